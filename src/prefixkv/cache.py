@@ -1,0 +1,186 @@
+"""PrefixKVCache: a PrefixIndex over a BlockPool of KV tensors, with a hard memory bound.
+
+The index owns which token blocks are cached (values are pool block ids); the pool owns the
+tensors and free blocks. This facade keeps them consistent under one lock:
+
+    blocks free + blocks indexed + blocks reserved by in-flight stores == blocks in the pool
+
+Copies of KV data (``store``'s writes, ``lookup``'s gather) run outside the lock: the blocks
+involved are either pinned in the index or reserved and not yet indexed, so neither eviction
+nor another store can touch them meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+
+from prefixkv.cache_api import CacheStats, Lease
+from prefixkv.index import PrefixIndex
+from prefixkv.layout import KVLayout
+from prefixkv.match import Match
+from prefixkv.policy import EvictionPolicy
+from prefixkv.pool import BlockPool
+from prefixkv.tokens import as_token_bytes, token_count
+
+DEFAULT_CAPACITY_BYTES = 1 << 30
+
+
+class PrefixKVCache:
+    """Exact prefix KV cache for one model layout. Thread-safe; implements PrefixCache."""
+
+    def __init__(
+        self,
+        layout: KVLayout,
+        block_size: int = 16,
+        capacity_bytes: int = DEFAULT_CAPACITY_BYTES,
+        device: str | torch.device = "cpu",
+        *,
+        policy: EvictionPolicy | None = None,
+    ) -> None:
+        if not isinstance(layout, KVLayout):
+            raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
+        self.layout = layout
+        self.index = PrefixIndex(block_size, policy=policy)
+        self.block_size = block_size
+        self.device = torch.device(device)
+        block_bytes = layout.block_bytes(block_size)
+        if not isinstance(capacity_bytes, int) or capacity_bytes < block_bytes:
+            raise ValueError(
+                f"capacity_bytes={capacity_bytes!r} holds no block: one block of {block_size} "
+                f"tokens takes {block_bytes} bytes for this layout"
+            )
+        self.pool = BlockPool(layout, block_size, capacity_bytes // block_bytes, self.device)
+        self._lock = threading.Lock()
+        self._reserved = 0
+        self._dropped = 0
+
+    # --- the two operations --------------------------------------------------------------
+
+    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
+        """Pin the longest cached prefix of ``tokens`` and copy its KV out.
+
+        Returns a Lease whose ``kv[layer]`` are ``[num_kv_heads, num_tokens, head_dim]``
+        tensors; its blocks stay pinned (never evicted) until it is released. Counts one
+        lookup in ``stats()``. Raises TypeError/ValueError on malformed tokens.
+        """
+        buf = as_token_bytes(tokens)
+        with self._lock:
+            match = self.index.match(buf, namespace)
+            self.index.lock(match)
+        try:
+            kv = self._read(match)
+        except BaseException:
+            self._unlock(match)
+            raise
+        return Lease(match.num_tokens, kv, namespace, lambda: self._unlock(match))
+
+    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
+        """Cache the full blocks of ``tokens`` that are not cached yet; return how many.
+
+        ``kv`` holds one ``(keys, values)`` pair per layer of ``[num_kv_heads, len(tokens),
+        head_dim]`` (a leading batch dim of 1 is accepted), dtype and device of the cache.
+        Makes room by evicting unpinned blocks, least valuable first; when only pinned blocks
+        remain it stores the leading blocks that fit and counts the rest as dropped. Never
+        raises for lack of space. Malformed input raises TypeError/ValueError before anything
+        changes.
+        """
+        buf = as_token_bytes(tokens)
+        layers = self.layout.check_kv(kv, token_count(buf), self.device)
+        wanted = token_count(buf) // self.block_size
+        with self._lock:
+            # Pin the cached part so that making room cannot evict the blocks we extend.
+            cached = self.index.peek(buf, namespace)
+            self.index.lock(cached)
+            blocks = self._reserve(wanted - cached.num_blocks)
+        try:
+            self.pool.write(blocks, layers, cached.num_tokens)
+        except BaseException:
+            with self._lock:
+                self._reserved -= len(blocks)
+                self.pool.free(blocks)
+            self._unlock(cached)
+            raise
+        with self._lock:
+            self._reserved -= len(blocks)
+            values = list(cached.values) + blocks
+            mine = set(blocks)
+            # Another store may have indexed some of these blocks meanwhile: free our copies.
+            duplicates = [b for b in self.index.insert(buf, values, namespace) if b in mine]
+            self.pool.free(duplicates)
+            self.index.unlock(cached)
+        return len(blocks) - len(duplicates)
+
+    def _reserve(self, count: int) -> list[int]:
+        """Take ``count`` free blocks, evicting as needed; fewer if the rest is pinned."""
+        if count <= 0:
+            return []
+        shortfall = count - self.pool.num_free
+        if shortfall > 0:
+            self.pool.free(self.index.evict(shortfall))
+        blocks = self.pool.allocate(count)
+        self._dropped += count - len(blocks)
+        self._reserved += len(blocks)
+        return blocks
+
+    def _read(self, match: Match) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        if match.num_blocks:
+            data = self.pool.gather(match.values)  # [layers, 2, heads, tokens, dim]
+        else:
+            lay = self.layout
+            data = torch.empty(
+                (lay.num_layers, 2, lay.num_kv_heads, 0, lay.head_dim),
+                dtype=lay.dtype,
+                device=self.device,
+            )
+        return tuple((data[layer, 0], data[layer, 1]) for layer in range(self.layout.num_layers))
+
+    def _unlock(self, match: Match) -> None:
+        with self._lock:
+            self.index.unlock(match)
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def reset(self) -> int:
+        """Evict every unpinned block (pinned ones stay until their leases end)."""
+        with self._lock:
+            evicted = self.index.evict(len(self.index))
+            self.pool.free(evicted)
+            return len(evicted)
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            idx = self.index.stats()
+            used = len(self.index)
+            block_bytes = self.layout.block_bytes(self.block_size)
+            return CacheStats(
+                lookups=idx.queries,
+                lookup_tokens=idx.query_tokens,
+                hit_tokens=idx.hit_tokens,
+                full_hits=idx.full_hits,
+                partial_hits=idx.partial_hits,
+                misses=idx.misses,
+                stored_blocks=idx.inserted,
+                dropped_blocks=self._dropped,
+                evicted_blocks=idx.evicted,
+                blocks_used=used,
+                blocks_free=self.pool.num_free,
+                blocks_total=self.pool.num_blocks,
+                blocks_pinned=self.index.num_pinned,
+                block_size=self.block_size,
+                bytes_used=used * block_bytes,
+                capacity_bytes=self.pool.nbytes,
+            )
+
+    def check_invariants(self) -> None:
+        """Index invariants, then the conservation law free + used + reserved == total."""
+        with self._lock:
+            self.index.check_invariants()
+            in_use = self.index.indexed_values()
+            if self._reserved == 0:
+                self.pool.check(in_use)
+            elif len(in_use) + self.pool.num_free + self._reserved != self.pool.num_blocks:
+                raise AssertionError("PrefixKVCache: free + used + reserved != total blocks")

@@ -1,0 +1,80 @@
+"""KVLayout: the shape of one model's attention keys/values, and checks against it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+KVPairs = Sequence[tuple[torch.Tensor, torch.Tensor]]
+"""One ``(keys, values)`` pair per layer, each ``[num_kv_heads, seq_len, head_dim]``."""
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Per-layer KV geometry of a model (grouped-query attention: ``num_kv_heads`` heads)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "num_kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"KVLayout.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.dtype, torch.dtype):
+            raise TypeError(f"KVLayout.dtype must be a torch.dtype, got {self.dtype!r}")
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Keys and values of one token across all layers."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * itemsize
+
+    def block_bytes(self, block_size: int) -> int:
+        return self.bytes_per_token * block_size
+
+    def check_kv(
+        self, kv: Any, seq_len: int, device: torch.device
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Validate ``kv`` for ``seq_len`` tokens; return it as 3-D ``[heads, seq, dim]`` pairs.
+
+        Accepts a leading batch dimension of 1. Raises TypeError/ValueError naming the layer,
+        the tensor and what is wrong. Never mutates or copies the tensors.
+        """
+        if isinstance(kv, torch.Tensor) or not isinstance(kv, Sequence):
+            raise TypeError(
+                f"kv must be a sequence of (keys, values) pairs, got {type(kv).__name__}"
+            )
+        if len(kv) != self.num_layers:
+            raise ValueError(f"kv has {len(kv)} layers, the layout has {self.num_layers}")
+        expected = (self.num_kv_heads, seq_len, self.head_dim)
+        out = []
+        for layer, pair in enumerate(kv):
+            if not isinstance(pair, Sequence) or len(pair) != 2:
+                raise TypeError(f"kv[{layer}] must be a (keys, values) pair")
+            checked = []
+            for name, tensor in zip(("keys", "values"), pair, strict=False):
+                where = f"kv[{layer}] {name}"
+                if not isinstance(tensor, torch.Tensor):
+                    raise TypeError(f"{where} must be a torch.Tensor, got {type(tensor).__name__}")
+                if tensor.dim() == 4 and tensor.shape[0] == 1:
+                    tensor = tensor[0]
+                if tuple(tensor.shape) != expected:
+                    raise ValueError(
+                        f"{where} has shape {tuple(tensor.shape)}, expected {expected}"
+                        " ([num_kv_heads, seq_len, head_dim], optionally with a batch dim of 1)"
+                    )
+                if tensor.dtype != self.dtype:
+                    raise TypeError(
+                        f"{where} has dtype {tensor.dtype}, the cache holds {self.dtype}"
+                    )
+                if tensor.device != device:
+                    raise ValueError(f"{where} is on {tensor.device}, the cache is on {device}")
+                checked.append(tensor)
+            out.append((checked[0], checked[1]))
+        return out

@@ -1,0 +1,68 @@
+"""Records returned by :class:`~prefixkv.index.PrefixIndex`."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from prefixkv.index import PrefixIndex
+    from prefixkv.node import Node
+
+
+class StaleMatchError(RuntimeError):
+    """``lock(match)`` after some of the match's blocks were evicted since ``match``."""
+
+
+class MatchHandle(NamedTuple):
+    """Where a match ended, for ``lock``; opaque to users."""
+
+    owner: PrefixIndex
+    node: Node | None
+    epoch: int
+    buf: bytes
+
+
+@dataclass(frozen=True, eq=False)
+class Match:
+    """The longest indexed prefix of a query.
+
+    ``num_tokens`` is a multiple of the block size; ``values`` holds one value per matched
+    block, in order. Compared and hashed by identity: each call to ``match`` makes a new one.
+    """
+
+    num_tokens: int
+    values: tuple[Any, ...]
+    namespace: Hashable
+    handle: MatchHandle = field(repr=False)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.values)
+
+
+class IndexStats(NamedTuple):
+    """Counters since the index was created (a snapshot)."""
+
+    queries: int
+    """Calls to ``match``."""
+    query_tokens: int
+    """Tokens passed to ``match``, partial trailing blocks included."""
+    hit_tokens: int
+    """Tokens matched (whole blocks)."""
+    full_hits: int
+    """Matches that covered every full block of their query (at least one)."""
+    partial_hits: int
+    """Matches that covered some but not all full blocks."""
+    misses: int
+    """Matches that covered no block."""
+    inserted: int
+    """Blocks newly indexed."""
+    evicted: int
+    """Blocks evicted."""
+
+    @property
+    def hit_rate(self) -> float:
+        """Matched tokens / queried tokens (0.0 before any query)."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0

@@ -1,0 +1,78 @@
+"""NullCache: the prefix cache that caches nothing (the uncached baseline)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import torch
+
+from prefixkv.cache_api import CacheStats, Lease
+from prefixkv.layout import KVLayout
+from prefixkv.tokens import as_token_bytes, token_count
+
+
+class NullCache:
+    """Implements PrefixCache: every lookup misses, every store keeps nothing.
+
+    It still validates its input exactly like PrefixKVCache, so a caller cannot tell the two
+    apart by their errors, only by their hits.
+    """
+
+    def __init__(
+        self, layout: KVLayout, block_size: int = 16, device: str | torch.device = "cpu"
+    ) -> None:
+        self.layout = layout
+        self.block_size = block_size
+        self.device = torch.device(device)
+        self._lookups = self._tokens = 0
+        self._counting = threading.Lock()
+
+    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
+        count = token_count(as_token_bytes(tokens))
+        with self._counting:
+            self._lookups += 1
+            self._tokens += count
+        empty = torch.empty(
+            (self.layout.num_kv_heads, 0, self.layout.head_dim),
+            dtype=self.layout.dtype,
+            device=self.device,
+        )
+        kv = tuple((empty, empty) for _ in range(self.layout.num_layers))
+        return Lease(0, kv, namespace, _nothing)
+
+    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
+        count = token_count(as_token_bytes(tokens))
+        self.layout.check_kv(kv, count, self.device)
+        return 0
+
+    def reset(self) -> int:
+        return 0
+
+    def stats(self) -> CacheStats:
+        return CacheStats(
+            lookups=self._lookups,
+            lookup_tokens=self._tokens,
+            hit_tokens=0,
+            full_hits=0,
+            partial_hits=0,
+            misses=self._lookups,
+            stored_blocks=0,
+            dropped_blocks=0,
+            evicted_blocks=0,
+            blocks_used=0,
+            blocks_free=0,
+            blocks_total=0,
+            blocks_pinned=0,
+            block_size=self.block_size,
+            bytes_used=0,
+            capacity_bytes=0,
+        )
+
+    def check_invariants(self) -> None:
+        return None
+
+
+def _nothing() -> None:
+    return None

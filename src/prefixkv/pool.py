@@ -1,0 +1,103 @@
+"""BlockPool: a fixed set of KV blocks in one preallocated tensor, and their free list.
+
+Storage: ``[num_layers, 2, num_kv_heads, num_blocks, block_size, head_dim]`` (2 = keys,
+values). With blocks on dim 3, gathering any list of blocks for all layers is one
+``index_select`` whose result is already laid out as ``[layers, 2, heads, tokens, dim]``.
+
+The pool owns tensors and free slots; it knows nothing of tokens. Not thread-safe by itself:
+:class:`~prefixkv.cache.PrefixKVCache` serializes every call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from prefixkv.layout import KVLayout
+
+
+class BlockPool:
+    """``num_blocks`` blocks of ``block_size`` tokens, allocated once, never resized."""
+
+    def __init__(
+        self, layout: KVLayout, block_size: int, num_blocks: int, device: torch.device
+    ) -> None:
+        if num_blocks < 1:
+            raise ValueError("a BlockPool needs at least one block")
+        self.layout = layout
+        self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.device = device
+        # torch.empty: pages of a large CPU allocation are committed only when first written.
+        self.data = torch.empty(
+            (layout.num_layers, 2, layout.num_kv_heads, num_blocks, block_size, layout.head_dim),
+            dtype=layout.dtype,
+            device=device,
+        )
+        # LIFO: recently freed (already touched) pages are reused first.
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._is_free = bytearray(b"\x01") * num_blocks
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+    def allocate(self, count: int) -> list[int]:
+        """Take up to ``count`` free blocks (fewer if the pool runs out). O(count)."""
+        taken = self._free[len(self._free) - min(count, len(self._free)) :]
+        del self._free[len(self._free) - len(taken) :]
+        for block in taken:
+            self._is_free[block] = 0
+        return taken
+
+    def free(self, blocks: Iterable[int]) -> None:
+        """Return blocks to the free list. Raises ValueError on a double free."""
+        for block in blocks:
+            if self._is_free[block]:
+                raise ValueError(f"block {block} freed twice")
+            self._is_free[block] = 1
+            self._free.append(block)
+
+    def write(
+        self,
+        blocks: Sequence[int],
+        kv: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        first_token: int,
+    ) -> None:
+        """Copy tokens ``[first_token, first_token + len(blocks) * block_size)`` of ``kv``
+        (pairs of ``[heads, seq, dim]``) into ``blocks``."""
+        if not blocks:
+            return
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        stop = first_token + len(blocks) * self.block_size
+        heads, dim = self.layout.num_kv_heads, self.layout.head_dim
+        for layer, pair in enumerate(kv):
+            for side, tensor in enumerate(pair):
+                src = tensor[:, first_token:stop].reshape(heads, len(blocks), self.block_size, dim)
+                self.data[layer, side].index_copy_(1, ids, src)
+
+    def gather(self, blocks: Sequence[int]) -> torch.Tensor:
+        """A new tensor ``[layers, 2, heads, len(blocks) * block_size, dim]`` of the blocks."""
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        out = self.data.index_select(3, ids)  # [layers, 2, heads, n, block_size, dim]
+        layers, _, heads, n, size, dim = out.shape
+        return out.view(layers, 2, heads, n * size, dim)
+
+    def check(self, in_use: Iterable[int]) -> None:
+        """Raise AssertionError unless free blocks and ``in_use`` partition the pool."""
+        used = list(in_use)
+        if len(set(self._free)) != len(self._free):
+            raise AssertionError("BlockPool: the free list holds a block twice")
+        if set(used) & set(self._free):
+            raise AssertionError("BlockPool: a block is both free and in use")
+        if len(used) + len(self._free) != self.num_blocks:
+            raise AssertionError(
+                f"BlockPool: {len(used)} in use + {len(self._free)} free != {self.num_blocks} blocks"
+            )
+        if sum(self._is_free) != len(self._free):
+            raise AssertionError("BlockPool: free flags disagree with the free list")

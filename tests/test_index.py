@@ -1,0 +1,181 @@
+"""PrefixIndex: contract details (the differential tests cover random sequences)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefixkv import LFUPolicy, PrefixIndex, StaleMatchError
+
+
+def blocks(*ids: int, size: int = 4) -> list[int]:
+    """Tokens made of whole blocks, block i filled with ids[i]."""
+    return [i for i in ids for _ in range(size)]
+
+
+def test_only_full_blocks_are_indexed_and_values_may_be_short() -> None:
+    index = PrefixIndex(4)
+    assert index.insert([*blocks(1, 2, 3), 9, 9], ["a", "b"]) == []
+    assert len(index) == 2
+    match = index.match([*blocks(1, 2, 3), 9])
+    assert (match.num_tokens, match.values) == (8, ("a", "b"))
+    assert index.match([1, 1, 1]).num_tokens == 0  # shorter than one block
+
+
+def test_insert_returns_values_not_adopted() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2), ["a", "b"])
+    assert index.insert(blocks(1, 2, 3), ["x", "y", "z"]) == ["x", "y"]
+    assert index.match(blocks(1, 2, 3)).values == ("a", "b", "z")
+
+
+def test_partial_overlap_inside_a_block_does_not_match_that_block() -> None:
+    index = PrefixIndex(4)
+    index.insert([1, 2, 3, 4, 5, 6, 7, 8], ["a", "b"])
+    assert index.match([1, 2, 3, 4, 5, 6, 7, 0]).values == ("a",)
+    assert index.match([0, 2, 3, 4]).values == ()
+
+
+def test_match_never_changes_structure() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2, 3, 4), list("abcd"))
+    nodes = index.num_nodes
+    index.match(blocks(1, 2))
+    index.match(blocks(1, 2, 9))
+    assert index.num_nodes == nodes == 1
+    index.check_invariants()
+
+
+def test_evicts_leaves_first_least_recently_used() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2, 3), ["a", "b", "c"])
+    index.insert(blocks(1, 5), ["x", "e"])
+    index.match(blocks(1, 2, 3))  # the 1-2-3 branch is now the most recent
+    assert index.evict(1) == ["e"]
+    assert index.evict(3) == ["c", "b", "a"]  # cascades upward, never a middle block first
+    assert len(index) == 0 and index.num_nodes == 0
+
+
+def test_partial_match_refreshes_only_matched_blocks() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2, 3), ["a", "b", "c"])
+    index.insert(blocks(7), ["z"])
+    index.match(blocks(1, 2))  # blocks a, b are newer than z; c is older
+    assert index.evict(2) == ["c", "z"]
+
+
+def test_lfu_prefers_rarely_used_blocks() -> None:
+    index = PrefixIndex(4, policy=LFUPolicy())
+    index.insert(blocks(1), ["hot"])
+    index.insert(blocks(2), ["cold"])
+    for _ in range(3):
+        index.match(blocks(1))
+    index.insert(blocks(3), ["new"])  # newest, but used once
+    assert index.evict(2) == ["cold", "new"]
+
+
+def test_locks_are_counted_and_pins_block_eviction() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2, 3), ["a", "b", "c"])
+    match = index.match(blocks(1, 2))
+    index.lock(match)
+    index.lock(match)
+    assert index.num_pinned == 2 and index.num_evictable == 1
+    assert index.evict(10) == ["c"]
+    index.unlock(match)
+    assert index.evict(10) == []
+    index.unlock(match)
+    with pytest.raises(ValueError, match="not locked"):
+        index.unlock(match)
+    assert index.evict(10) == ["b", "a"]
+    index.check_invariants()
+
+
+def test_lock_of_stale_match_raises() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2), ["a", "b"])
+    match = index.match(blocks(1, 2))
+    index.evict(1)
+    with pytest.raises(StaleMatchError):
+        index.lock(match)
+    index.insert(blocks(1, 2), ["a2", "b2"])  # same tokens, new values: still stale
+    with pytest.raises(StaleMatchError):
+        index.lock(match)
+    index.check_invariants()
+
+
+def test_lock_survives_unrelated_evictions() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2), ["a", "b"])
+    index.insert(blocks(9), ["z"])
+    match = index.match(blocks(1, 2))
+    index.match(blocks(1, 2))
+    assert index.evict(1) == ["z"]
+    index.lock(match)  # re-verified, still valid
+    assert index.num_pinned == 2
+    index.unlock(match)
+
+
+def test_match_from_another_index_is_rejected() -> None:
+    first, second = PrefixIndex(4), PrefixIndex(4)
+    match = first.match(blocks(1))
+    with pytest.raises(ValueError, match="another PrefixIndex"):
+        second.lock(match)
+    with pytest.raises(TypeError):
+        first.lock("not a match")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "3"])
+def test_evict_rejects_bad_counts(bad: object) -> None:
+    with pytest.raises(ValueError, match="num_blocks"):
+        PrefixIndex(4).evict(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.0])
+def test_block_size_must_be_positive_int(bad: object) -> None:
+    with pytest.raises(ValueError, match="block_size"):
+        PrefixIndex(bad)  # type: ignore[arg-type]
+
+
+def test_bad_tokens_leave_the_index_unchanged() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2), ["a", "b"])
+    before = index.stats()
+    for bad in ([1, -2, 3, 4], [1.0, 2, 3, 4], "abcd", [[1, 2, 3, 4]], [2**32, 0, 0, 0]):
+        with pytest.raises((TypeError, ValueError)):
+            index.insert(bad, ["x"])
+        with pytest.raises((TypeError, ValueError)):
+            index.match(bad)
+    assert index.stats() == before and len(index) == 2
+    index.check_invariants()
+
+
+def test_stats_count_queries_and_hits() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2), ["a", "b"])
+    index.match(blocks(1, 2))  # full
+    index.match(blocks(1, 3))  # partial
+    index.match([*blocks(5), 1, 2])  # miss (6 tokens)
+    stats = index.stats()
+    assert (stats.queries, stats.full_hits, stats.partial_hits, stats.misses) == (3, 1, 1, 1)
+    assert (stats.query_tokens, stats.hit_tokens) == (8 + 8 + 6, 8 + 4)
+    assert (stats.inserted, stats.evicted) == (2, 0)
+    assert stats.hit_rate == pytest.approx(12 / 22)
+
+
+def test_peek_records_nothing() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1), ["a"])
+    index.insert(blocks(2), ["b"])
+    before = index.stats()
+    assert index.peek(blocks(1)).values == ("a",)
+    assert index.stats() == before
+    assert index.evict(1) == ["a"]  # peek did not refresh "a"
+
+
+def test_long_prompt_round_trip() -> None:
+    index = PrefixIndex(16)
+    tokens = list(range(32768))
+    index.insert(tokens, list(range(2048)))
+    assert index.match(tokens).values == tuple(range(2048))
+    assert index.match(tokens[:1000] + [7] * 50).num_tokens == 992
+    index.check_invariants()

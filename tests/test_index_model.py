@@ -1,0 +1,121 @@
+"""Differential tests: PrefixIndex against the deliberately simple ReferenceIndex."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from prefixkv import LFUPolicy, LRUPolicy, PrefixIndex, StaleMatchError
+from prefixkv.reference import ReferenceIndex
+
+BLOCK = 2
+# A tiny alphabet makes shared prefixes, splits and partial-block overlaps common.
+tokens_st = st.lists(st.integers(0, 2), max_size=14)
+namespaces_st = st.sampled_from([None, "tenant-a"])
+
+
+class IndexVsReference(RuleBasedStateMachine):
+    policy_cls: type = LRUPolicy
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = PrefixIndex(BLOCK, policy=self.policy_cls())
+        self.ref = ReferenceIndex(BLOCK, policy=self.policy_cls())
+        self.values = itertools.count()
+        self.matches: list[tuple[object, object]] = []
+
+    @rule(tokens=tokens_st, extra=st.integers(-3, 1), ns=namespaces_st)
+    def insert(self, tokens: list[int], extra: int, ns: str | None) -> None:
+        count = max(0, len(tokens) // BLOCK + extra)
+        values = [next(self.values) for _ in range(count)]
+        assert self.index.insert(tokens, values, ns) == self.ref.insert(tokens, values, ns)
+
+    @rule(tokens=tokens_st, ns=namespaces_st)
+    def match(self, tokens: list[int], ns: str | None) -> None:
+        mine, theirs = self.index.match(tokens, ns), self.ref.match(tokens, ns)
+        assert (mine.num_tokens, mine.values) == (theirs.num_tokens, theirs.values)
+        assert mine.num_tokens % BLOCK == 0 and mine.num_blocks == len(mine.values)
+        self.matches.append((mine, theirs))
+        del self.matches[:-6]
+
+    @precondition(lambda self: self.matches)
+    @rule(data=st.data())
+    def lock(self, data: st.DataObject) -> None:
+        mine, theirs = data.draw(st.sampled_from(self.matches))
+        outcomes = []
+        for index, match in ((self.index, mine), (self.ref, theirs)):
+            try:
+                index.lock(match)
+                outcomes.append("locked")
+            except StaleMatchError:
+                outcomes.append("stale")
+        assert outcomes[0] == outcomes[1]
+
+    @precondition(lambda self: self.matches)
+    @rule(data=st.data())
+    def unlock(self, data: st.DataObject) -> None:
+        mine, theirs = data.draw(st.sampled_from(self.matches))
+        outcomes = []
+        for index, match in ((self.index, mine), (self.ref, theirs)):
+            try:
+                index.unlock(match)
+                outcomes.append("unlocked")
+            except ValueError:
+                outcomes.append("not locked")
+        assert outcomes[0] == outcomes[1]
+
+    @rule(count=st.integers(0, 6))
+    def evict(self, count: int) -> None:
+        assert self.index.evict(count) == self.ref.evict(count)
+
+    @invariant()
+    def consistent(self) -> None:
+        self.index.check_invariants()
+        assert len(self.index) == len(self.ref)
+        assert self.index.num_evictable == self.ref.num_evictable
+        assert self.index.num_pinned == self.ref.num_pinned
+        assert self.index.num_nodes <= len(self.index)
+
+
+class LFUIndexVsReference(IndexVsReference):
+    policy_cls = LFUPolicy
+
+
+settings_ = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestLRUAgainstReference = IndexVsReference.TestCase
+TestLRUAgainstReference.settings = settings_
+TestLFUAgainstReference = LFUIndexVsReference.TestCase
+TestLFUAgainstReference.settings = settings_
+
+
+@pytest.mark.parametrize("policy", [LRUPolicy, LFUPolicy])
+def test_long_random_run_matches_reference(policy: type) -> None:
+    """A longer seeded run with bigger blocks than hypothesis explores."""
+    import random
+
+    rng = random.Random(7)
+    index, ref = PrefixIndex(4, policy=policy()), ReferenceIndex(4, policy=policy())
+    counter = itertools.count()
+    bases = [[rng.randrange(3) for _ in range(rng.randrange(40))] for _ in range(8)]
+    for step in range(3000):
+        tokens = rng.choice(bases)[: rng.randrange(41)] + [
+            rng.randrange(3) for _ in range(rng.randrange(9))
+        ]
+        op = rng.random()
+        if op < 0.45:
+            values = [next(counter) for _ in range(len(tokens) // 4)]
+            assert index.insert(tokens, values) == ref.insert(tokens, values)
+        elif op < 0.9:
+            a, b = index.match(tokens), ref.match(tokens)
+            assert (a.num_tokens, a.values) == (b.num_tokens, b.values)
+        else:
+            count = rng.randrange(12)
+            assert index.evict(count) == ref.evict(count), step
+        if step % 50 == 0:
+            index.check_invariants()
+    index.check_invariants()
+    assert len(index) == len(ref)
