@@ -61,22 +61,25 @@ class PrefixKVCache:
     # --- the two operations --------------------------------------------------------------
 
     def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
-        """Pin the longest cached prefix of ``tokens`` and copy its KV out.
+        """Pin the longest cached prefix of ``tokens`` and return a Lease to read it.
 
-        Returns a Lease whose ``kv[layer]`` are ``[num_kv_heads, num_tokens, head_dim]``
-        tensors; its blocks stay pinned (never evicted) until it is released. Counts one
-        lookup in ``stats()``. Raises TypeError/ValueError on malformed tokens.
+        The blocks stay pinned (never evicted) until the lease is released; reading them
+        (``lease.copy_to`` / ``lease.kv``) needs no lock. Counts one lookup in ``stats()``.
+        Raises TypeError/ValueError on malformed tokens. O(prompt) plus O(path) pinning.
         """
         buf = as_token_bytes(tokens)
         with self._lock:
             match = self.index.match(buf, namespace)
             self.index.lock(match)
-        try:
-            kv = self._read(match)
-        except BaseException:
-            self._unlock(match)
-            raise
-        return Lease(match.num_tokens, kv, namespace, lambda: self._unlock(match))
+        blocks = match.values
+        return Lease(
+            match.num_tokens,
+            namespace,
+            self.layout,
+            self.device,
+            lambda out: self.pool.gather_into(blocks, out),
+            lambda: self._unlock(match),
+        )
 
     def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
         """Cache the full blocks of ``tokens`` that are not cached yet; return how many.
@@ -125,18 +128,6 @@ class PrefixKVCache:
         self._dropped += count - len(blocks)
         self._reserved += len(blocks)
         return blocks
-
-    def _read(self, match: Match) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        if match.num_blocks:
-            data = self.pool.gather(match.values)  # [layers, 2, heads, tokens, dim]
-        else:
-            lay = self.layout
-            data = torch.empty(
-                (lay.num_layers, 2, lay.num_kv_heads, 0, lay.head_dim),
-                dtype=lay.dtype,
-                device=self.device,
-            )
-        return tuple((data[layer, 0], data[layer, 1]) for layer in range(self.layout.num_layers))
 
     def _unlock(self, match: Match) -> None:
         with self._lock:

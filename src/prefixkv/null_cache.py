@@ -34,13 +34,7 @@ class NullCache:
         with self._counting:
             self._lookups += 1
             self._tokens += count
-        empty = torch.empty(
-            (self.layout.num_kv_heads, 0, self.layout.head_dim),
-            dtype=self.layout.dtype,
-            device=self.device,
-        )
-        kv = tuple((empty, empty) for _ in range(self.layout.num_layers))
-        return Lease(0, kv, namespace, _nothing)
+        return Lease(0, namespace, self.layout, self.device, _no_read, _nothing)
 
     def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
         count = token_count(as_token_bytes(tokens))
@@ -76,3 +70,7 @@ class NullCache:
 
 def _nothing() -> None:
     return None
+
+
+def _no_read(out: torch.Tensor) -> None:
+    raise AssertionError("a NullCache lease has no tokens to read")

@@ -81,12 +81,19 @@ class BlockPool:
                 src = tensor[:, first_token:stop].reshape(heads, len(blocks), self.block_size, dim)
                 self.data[layer, side].index_copy_(1, ids, src)
 
-    def gather(self, blocks: Sequence[int]) -> torch.Tensor:
-        """A new tensor ``[layers, 2, heads, len(blocks) * block_size, dim]`` of the blocks."""
+    def gather_into(self, blocks: Sequence[int], out: torch.Tensor) -> None:
+        """Copy ``blocks`` into ``out[:, :, :, :len(blocks) * block_size]``, where ``out`` is
+        ``[layers, 2, heads, T, dim]``. One ``index_select`` straight into ``out`` when it is
+        contiguous and T is a multiple of the block size; else through a temporary."""
         ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
-        out = self.data.index_select(3, ids)  # [layers, 2, heads, n, block_size, dim]
-        layers, _, heads, n, size, dim = out.shape
-        return out.view(layers, 2, heads, n * size, dim)
+        layers, _, heads, total, dim = out.shape
+        size = self.block_size
+        if out.is_contiguous() and total % size == 0:
+            paged = out.view(layers, 2, heads, total // size, size, dim)[:, :, :, : len(blocks)]
+            torch.index_select(self.data, 3, ids, out=paged)
+            return
+        gathered = self.data.index_select(3, ids)  # [layers, 2, heads, n, block_size, dim]
+        out[:, :, :, : len(blocks) * size].copy_(gathered.view(layers, 2, heads, -1, dim))
 
     def check(self, in_use: Iterable[int]) -> None:
         """Raise AssertionError unless free blocks and ``in_use`` partition the pool."""

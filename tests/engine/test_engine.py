@@ -207,7 +207,7 @@ def test_failed_generation_releases_its_lease(
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("model exploded")
 
-    monkeypatch.setattr(cached, "_forward", broken)
+    monkeypatch.setattr(cached, "forward", broken)
     with pytest.raises(RuntimeError, match="exploded"):
         cached.generate([*SHARED, 5, 6], max_tokens=5)
     assert cached.cache.stats().blocks_pinned == 0

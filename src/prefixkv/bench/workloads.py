@@ -53,7 +53,10 @@ SYSTEM_PROMPT = (
     "copies can be ordered at the front desk for a small fee. If a question is about research "
     "help, offer to book a thirty minute appointment with an archivist. Never invent catalogue "
     "numbers. When you are unsure, say so and suggest writing to the archive by post. Keep a "
-    "friendly tone, avoid jargon, and do not use lists or headings in your answers."
+    "friendly tone, avoid jargon, and do not use lists or headings in your answers. The reading "
+    "room has forty desks, free wireless internet and power sockets at every seat. Lockers for "
+    "coats and bags are in the basement; pens are not allowed near original documents, so ask "
+    "visitors to bring pencils. Groups larger than six people must book a week in advance."
 )
 
 USER_QUESTIONS = [
@@ -76,9 +79,17 @@ USER_QUESTIONS = [
 ]
 
 BATCH_INSTRUCTION = (
-    "Classify the sentiment of the customer review below as positive, negative or mixed, and "
-    "answer with that single word only."
+    "You are labelling customer feedback for a quality report. Classify the sentiment of the "
+    "customer review below as positive, negative or mixed. Reviews that praise one thing and "
+    "criticise another are mixed. Answer with that single word only, in lower case."
 )
+
+_PREAMBLES = [
+    "Hello, I am planning a visit next week with two colleagues from the university.",
+    "Good morning, I am writing a local history book and need some advice from you.",
+    "Hi there, my grandmother lived in this county and I would like to learn more.",
+    "Dear archive, I am a student working on a project about old shipping routes.",
+]
 
 REVIEWS = [
     "The delivery was late but the product works perfectly.",
@@ -149,6 +160,12 @@ def chat_workload(requests: int = 16) -> list[Request]:
         )
         for i in range(requests)
     ]
+
+
+def _user_message(i: int) -> str:
+    """About 30 tokens: a preamble, a question and a ticket number."""
+    question = USER_QUESTIONS[i % len(USER_QUESTIONS)]
+    return f"{_PREAMBLES[i % len(_PREAMBLES)]} {question} (ticket {1000 + i})"
 
 
 def rag_workload(documents: int = 4, questions: int = 3, sentences: int = 55) -> list[Request]:

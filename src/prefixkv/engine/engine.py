@@ -18,12 +18,13 @@ import torch
 from transformers import DynamicCache
 
 from prefixkv.cache import DEFAULT_CAPACITY_BYTES, PrefixKVCache
-from prefixkv.cache_api import PrefixCache
+from prefixkv.cache_api import Lease, PrefixCache
 from prefixkv.engine.detok import TextStream
-from prefixkv.engine.kvbridge import cache_from_kv, kv_from_cache, layout_of, new_cache
+from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.loader import load_model
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.sampling import InvalidRequestError, Sampler, SamplingParams
+from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.layout import KVLayout
 from prefixkv.policy import EvictionPolicy
 
@@ -70,6 +71,9 @@ class Engine:
         self.vocab_size = int(config.vocab_size)
         self.device = next(model.parameters()).device
         self._model_lock = threading.Lock()
+        self._workspaces = WorkspacePool(
+            layout_of(config, next(model.parameters()).dtype), self.device
+        )
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if getattr(tokenizer, "eos_token_id", None) is not None:
@@ -145,11 +149,11 @@ class Engine:
     def _run(
         self, ids: list[int], params: SamplingParams, namespace: Hashable, start: float
     ) -> Iterator[str | Completion]:
+        workspace = self._workspaces.acquire(len(ids) + params.max_tokens)
         lease = self.cache.lookup(ids, namespace)
         try:
-            reuse = min(lease.num_tokens, len(ids) - 1)
-            kv = cache_from_kv(lease.kv, reuse, self.model.config)
-            logits = self._forward(ids[reuse:], reuse, kv)
+            kv, reuse = self._restore(lease, workspace, len(ids))
+            logits = self.forward(ids[reuse:], reuse, kv)
             sampler, text = Sampler(params), TextStream(self.tokenizer, params.stop)
             generated: list[int] = []
             ttft, finish = 0.0, "length"
@@ -169,14 +173,14 @@ class Engine:
                     break
                 if len(generated) == params.max_tokens:
                     break
-                logits = self._forward([token], len(ids) + len(generated) - 1, kv)
+                logits = self.forward([token], len(ids) + len(generated) - 1, kv)
             tail = text.finish()
             if tail:
                 yield tail
             # The KV covers every token fed to the model: the prompt and all generated tokens
             # but the last one.
             fed = len(ids) + len(generated) - 1
-            self.cache.store((ids + generated)[:fed], kv_from_cache(kv, fed), namespace)
+            self.cache.store((ids + generated)[:fed], workspace.kv(fed), namespace)
             yield Completion(
                 text=text.text,
                 token_ids=tuple(generated),
@@ -188,9 +192,21 @@ class Engine:
             )
         finally:
             lease.release()
+            self._workspaces.release(workspace)
 
-    def _forward(self, ids: Sequence[int], position: int, kv: DynamicCache) -> torch.Tensor:
-        """Feed ``ids`` at positions ``position...`` on top of ``kv``; logits of the last."""
+    def _restore(
+        self, lease: Lease, workspace: Workspace, prompt_len: int
+    ) -> tuple[DynamicCache, int]:
+        """Copy the leased prefix into ``workspace``; return the model cache over it and how
+        many prompt tokens it holds (never all: the last one is recomputed for its logits)."""
+        lease.copy_to(workspace.data)
+        reuse = min(lease.num_tokens, prompt_len - 1)
+        return workspace.as_cache(self.model.config, reuse), reuse
+
+    def forward(self, ids: Sequence[int], position: int, kv: DynamicCache) -> torch.Tensor:
+        """Feed ``ids`` at positions ``position...`` on top of ``kv`` (a cache holding
+        ``position`` tokens, which grows by ``len(ids)``); return the last ``[vocab]`` logits.
+        The one place the model runs; model calls are serialized across threads."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
         positions = torch.arange(position, position + len(ids), device=self.device)[None]
         with self._model_lock, torch.inference_mode():
@@ -208,7 +224,10 @@ class Engine:
         """Logits for the token after ``prompt``, prefilling only what the cache lacks.
         Stores nothing; for scoring and for checking exactness against a recomputation."""
         ids = prompt_ids(prompt, self.tokenizer, self.vocab_size)
-        with self.cache.lookup(ids, namespace) as lease:
-            reuse = min(lease.num_tokens, len(ids) - 1)
-            kv = cache_from_kv(lease.kv, reuse, self.model.config)
-            return NextTokenLogits(self._forward(ids[reuse:], reuse, kv), reuse)
+        workspace = self._workspaces.acquire(len(ids))
+        try:
+            with self.cache.lookup(ids, namespace) as lease:
+                kv, reuse = self._restore(lease, workspace, len(ids))
+            return NextTokenLogits(self.forward(ids[reuse:], reuse, kv), reuse)
+        finally:
+            self._workspaces.release(workspace)

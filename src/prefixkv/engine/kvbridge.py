@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -42,30 +41,3 @@ def new_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
     _full_attention_layers(cache)
     return cache
-
-
-def cache_from_kv(
-    kv: Sequence[tuple[torch.Tensor, torch.Tensor]], num_tokens: int, config: Any
-) -> DynamicCache:
-    """A DynamicCache holding the first ``num_tokens`` positions of ``kv`` (``[heads, seq,
-    dim]`` per layer). The tensors are adopted, not copied: pass tensors you own."""
-    cache = new_cache(config)
-    if num_tokens == 0:
-        return cache
-    for layer, (keys, values) in zip(_full_attention_layers(cache), kv, strict=True):
-        k = keys[None, :, :num_tokens]  # [1, heads, tokens, dim]
-        v = values[None, :, :num_tokens]
-        # DynamicLayer.update would torch.cat onto an empty tensor, copying every prefix
-        # token once more; the lease's tensors are already private, so adopt them.
-        layer.lazy_initialization(k, v)
-        layer.keys, layer.values = k, v
-    return cache
-
-
-def kv_from_cache(cache: DynamicCache, num_tokens: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Views of the first ``num_tokens`` positions per layer, ``[heads, tokens, dim]``."""
-    out = []
-    for layer in _full_attention_layers(cache):
-        assert layer.keys is not None and layer.values is not None
-        out.append((layer.keys[0, :, :num_tokens], layer.values[0, :, :num_tokens]))
-    return out
