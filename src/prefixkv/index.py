@@ -64,7 +64,7 @@ class PrefixIndex:
         self._num_blocks = 0
         self._num_nodes = 0
         self._pinned = 0
-        self._held: dict[Match, list[Node | None]] = {}
+        self._held: dict[int, tuple[Match, list[Node | None]]] = {}  # by id(match)
         self._counts = dict.fromkeys(IndexStats._fields, 0)
 
     @property
@@ -298,18 +298,19 @@ class PrefixIndex:
                         self._queue.discard(node)
                     node.lock_ref += 1
                     node = node.parent
-            self._held.setdefault(match, []).append(end)
+            self._held.setdefault(id(match), (match, []))[1].append(end)
 
     def unlock(self, match: Match) -> None:
         """Undo one ``lock(match)``. Raises ValueError if ``match`` is not locked."""
         self._own(match)
         with self._lock:
-            ends = self._held.get(match)
-            if not ends:
+            held = self._held.get(id(match))
+            if held is None or held[0] is not match:
                 raise ValueError("unlock() of a match that is not locked")
+            ends = held[1]
             node = ends.pop()
             if not ends:
-                del self._held[match]
+                del self._held[id(match)]
             while node is not None and node.parent is not None:
                 node.lock_ref -= 1
                 if node.lock_ref == 0:

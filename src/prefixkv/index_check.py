@@ -24,7 +24,7 @@ def check_index(index: PrefixIndex) -> None:
     # Not thread-safe by itself: PrefixIndex.check_invariants holds the index lock.
     blocks = nodes = pinned = 0
     expected_locks: Counter[int] = Counter()
-    for ends in index._held.values():
+    for _, ends in index._held.values():
         for end in ends:
             node = end
             while node is not None and node.parent is not None:

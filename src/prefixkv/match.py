@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -24,22 +23,27 @@ class MatchHandle(NamedTuple):
     buf: bytes
 
 
-@dataclass(frozen=True, eq=False)
-class Match:
+class Match(NamedTuple):
     """The longest indexed prefix of a query.
 
     ``num_tokens`` is a multiple of the block size; ``values`` holds one value per matched
-    block, in order. Compared and hashed by identity: each call to ``match`` makes a new one.
+    block, in order. Locks are counted per Match object (by identity), not per equal value.
     """
 
     num_tokens: int
     values: tuple[Any, ...]
     namespace: Hashable
-    handle: MatchHandle = field(repr=False)
+    handle: MatchHandle
 
     @property
     def num_blocks(self) -> int:
         return len(self.values)
+
+    def __repr__(self) -> str:
+        return (
+            f"Match(num_tokens={self.num_tokens}, values={self.values!r},"
+            f" namespace={self.namespace!r})"
+        )
 
 
 class IndexStats(NamedTuple):

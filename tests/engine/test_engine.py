@@ -61,7 +61,8 @@ def test_greedy_ids_match_uncached(parts: tuple[Any, Any], case: str) -> None:
     hit = cached.generate(second, max_tokens=12)
     assert hit.token_ids == plain.generate(second, max_tokens=12).token_ids
     shared = next(
-        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b), min(len(first), len(second))
+        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+        min(len(first), len(second)),
     )
     assert hit.cached_tokens == min(shared // BLOCK * BLOCK, len(second) - 1) or len(second) < BLOCK
     assert cached.cache.stats().blocks_pinned == 0
