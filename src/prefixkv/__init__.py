@@ -6,6 +6,8 @@ engine lives in :mod:`prefixkv.engine` and is imported lazily.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from prefixkv.cache import PrefixKVCache
 from prefixkv.cache_api import CacheStats, Lease, PrefixCache
 from prefixkv.index import PrefixIndex
@@ -14,9 +16,14 @@ from prefixkv.match import IndexStats, Match, StaleMatchError
 from prefixkv.null_cache import NullCache
 from prefixkv.policy import BlockAccess, EvictionPolicy, LFUPolicy, LRUPolicy
 
+if TYPE_CHECKING:
+    from prefixkv.engine.engine import Completion, Engine
+
 __all__ = [
     "BlockAccess",
     "CacheStats",
+    "Completion",
+    "Engine",
     "EvictionPolicy",
     "IndexStats",
     "KVLayout",
@@ -31,3 +38,12 @@ __all__ = [
     "StaleMatchError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Engine and Completion import transformers (seconds); load them only when asked for.
+    if name in ("Engine", "Completion"):
+        from prefixkv.engine import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'prefixkv' has no attribute {name!r}")

@@ -222,3 +222,12 @@ def test_stop_strings_cut_the_text(parts: tuple[Any, Any]) -> None:
     stop = free.text[2:4]
     cut = cached.generate("Once upon a time", max_tokens=30, stop=[stop])
     assert cut.finish_reason == "stop" and cut.text == free.text[: free.text.find(stop)]
+
+
+def test_engine_is_exported_lazily_from_the_package() -> None:
+    import prefixkv
+
+    assert prefixkv.Engine is Engine
+    assert prefixkv.Completion is Completion
+    with pytest.raises(AttributeError, match="no attribute 'Engin'"):
+        _ = prefixkv.Engin  # type: ignore[attr-defined]

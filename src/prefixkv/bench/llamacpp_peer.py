@@ -6,6 +6,7 @@ dependency and CI never installs it. ``pip install llama-cpp-python`` to enable 
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,11 @@ def rag_ttft(
     """TTFT in seconds per request (a completion of one token, greedy), in order, through
     ``Llama.create_chat_completion`` with a LlamaRAMCache; the chat template comes from the
     GGUF itself."""
-    from llama_cpp import Llama, LlamaRAMCache
-
-    llm: Any = Llama(
+    llama_cpp: Any = importlib.import_module("llama_cpp")
+    llm = llama_cpp.Llama(
         model_path=str(gguf), n_ctx=4096, n_threads=threads, n_batch=512, verbose=False
     )
-    llm.set_cache(LlamaRAMCache(capacity_bytes=cache_bytes))
+    llm.set_cache(llama_cpp.LlamaRAMCache(capacity_bytes=cache_bytes))
     llm.create_chat_completion(
         messages=[{"role": "user", "content": "Hello"}], max_tokens=1
     )  # warm-up

@@ -162,7 +162,7 @@ async def drive(
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="prefixkv bench serve", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="prefixkv bench serve", description=__doc__)
     add_option(p, "--model", "model spec", default="smollm2")
     add_option(p, "--clients", "concurrent clients", type=int, default="8")
     add_option(p, "--requests-per-client", "requests each client sends", type=int, default="2")

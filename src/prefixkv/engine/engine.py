@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Generator, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +22,7 @@ from prefixkv.cache_api import Lease, PrefixCache
 from prefixkv.engine.detok import TextStream
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.loader import load_model
-from prefixkv.engine.prompts import Prompt, prompt_ids
+from prefixkv.engine.prompts import Prompt, prompt_field, prompt_ids
 from prefixkv.engine.sampling import InvalidRequestError, Sampler, SamplingParams
 from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.layout import KVLayout
@@ -122,36 +122,44 @@ class Engine:
 
     def stream(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
-    ) -> Iterator[str | Completion]:
-        """Validate now, then return an iterator of text deltas ending with the Completion.
-        Closing the iterator early stops generation and releases the cached blocks."""
+    ) -> Generator[str | Completion, None, None]:
+        """Validate now, then return a generator of text deltas ending with the Completion.
+        Closing it early (``close()``) stops generation and releases the cached blocks."""
         start = time.perf_counter()
         ids, params = self.prepare(prompt, **sampling)
         return self._run(ids, params, namespace, start)
 
     def prepare(self, prompt: Prompt, **sampling: Any) -> tuple[list[int], SamplingParams]:
         """Tokenize and validate a request without running it."""
-        params = SamplingParams.create(**sampling)
         ids = prompt_ids(prompt, self.tokenizer, self.vocab_size)
+        return ids, self.validate(ids, prompt_field(prompt), **sampling)
+
+    def validate(self, ids: Sequence[int], field: str, **sampling: Any) -> SamplingParams:
+        """Check sampling fields and that ``ids`` plus max_tokens fit the context; raise
+        InvalidRequestError naming the field (``field`` for the prompt itself)."""
+        params = SamplingParams.create(**sampling)
         if len(ids) >= self.context_length:
             raise InvalidRequestError(
-                f"prompt has {len(ids)} tokens; the model's context is {self.context_length}",
-                "prompt",
+                f"{field} has {len(ids)} tokens; the model's context is {self.context_length}",
+                field,
+                "context_length_exceeded",
             )
         if len(ids) + params.max_tokens > self.context_length:
             raise InvalidRequestError(
                 f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                 f"model's context of {self.context_length} tokens",
                 "max_tokens",
+                "context_length_exceeded",
             )
-        return ids, params
+        return params
 
     def _run(
         self, ids: list[int], params: SamplingParams, namespace: Hashable, start: float
-    ) -> Iterator[str | Completion]:
+    ) -> Generator[str | Completion, None, None]:
         workspace = self._workspaces.acquire(len(ids) + params.max_tokens)
-        lease = self.cache.lookup(ids, namespace)
+        lease: Lease | None = None
         try:
+            lease = self.cache.lookup(ids, namespace)
             kv, reuse = self._restore(lease, workspace, len(ids))
             logits = self.forward(ids[reuse:], reuse, kv)
             sampler, text = Sampler(params), TextStream(self.tokenizer, params.stop)
@@ -191,7 +199,8 @@ class Engine:
                 total_time=time.perf_counter() - start,
             )
         finally:
-            lease.release()
+            if lease is not None:
+                lease.release()
             self._workspaces.release(workspace)
 
     def _restore(

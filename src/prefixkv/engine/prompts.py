@@ -14,13 +14,28 @@ Prompt = str | Sequence[int] | Sequence[Mapping[str, Any]]
 """Text; token ids; or chat messages ``[{"role": ..., "content": ...}, ...]``."""
 
 
+def is_chat(prompt: Any) -> bool:
+    """True for a non-empty list of chat messages."""
+    return (
+        isinstance(prompt, Sequence)
+        and not isinstance(prompt, str)
+        and bool(prompt)
+        and all(isinstance(m, Mapping) for m in prompt)
+    )
+
+
+def prompt_field(prompt: Any) -> str:
+    """The request field a prompt came in: "messages" for chat, else "prompt"."""
+    return "messages" if is_chat(prompt) else "prompt"
+
+
 def prompt_ids(prompt: Any, tokenizer: Any, vocab_size: int) -> list[int]:
     """Token ids of ``prompt``. Raises InvalidRequestError naming the problem."""
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequestError("prompt is empty", "prompt")
         ids = list(tokenizer(prompt)["input_ids"])
-    elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+    elif is_chat(prompt):
         ids = chat_ids(prompt, tokenizer)
     elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
         if len(prompt) == 0:

@@ -12,9 +12,13 @@ import torch
 class InvalidRequestError(ValueError):
     """A request that cannot be served as given. ``param`` names the offending field."""
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.code = code
+
+
+SEED_MIN, SEED_MAX = -(1 << 63), (1 << 64) - 1  # what torch.Generator.manual_seed accepts
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,12 @@ class SamplingParams:
             )
         if not _is_real(top_p) or not 0.0 < top_p <= 1.0:
             raise InvalidRequestError(f"top_p must be a number in (0, 1], got {top_p!r}", "top_p")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InvalidRequestError(f"seed must be an integer or null, got {seed!r}", "seed")
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not SEED_MIN <= seed <= SEED_MAX
+        ):
+            raise InvalidRequestError(
+                f"seed must be an integer in [{SEED_MIN}, {SEED_MAX}] or null, got {seed!r}", "seed"
+            )
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         if not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
             raise InvalidRequestError(

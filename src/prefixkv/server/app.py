@@ -1,0 +1,146 @@
+"""The FastAPI application: routes, authentication, lifecycle of the worker.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``, ``GET /metrics``
+and ``GET /health`` (the only one open without an API key). The interactive docs are off:
+they would be unauthenticated endpoints.
+
+The routes are module-level and find their server through ``request.app.state``, so several
+apps (over different engines) can live in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from starlette.responses import Response
+
+from prefixkv.engine.engine import Engine
+from prefixkv.server.auth import Authenticator
+from prefixkv.server.errors import APIError, install_error_handlers
+from prefixkv.server.generation import CHAT, TEXT, Generation
+from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics
+from prefixkv.server.scheduler import Scheduler
+from prefixkv.server.settings import ServerSettings
+
+log = logging.getLogger("prefixkv.server")
+
+
+@dataclass
+class ServerState:
+    """Everything one app serves with."""
+
+    engine: Engine
+    settings: ServerSettings
+    scheduler: Scheduler
+    metrics: ServerMetrics
+    generation: Generation
+    auth: Authenticator
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @classmethod
+    def build(cls, engine: Engine, settings: ServerSettings) -> ServerState:
+        scheduler = Scheduler(engine, settings.max_queue)
+        metrics = ServerMetrics(engine.cache.stats, lambda: scheduler.pending)
+        scheduler.on_finish = metrics.observe_job
+        generation = Generation(engine, scheduler, settings)
+        return cls(
+            engine, settings, scheduler, metrics, generation, Authenticator(settings.api_keys)
+        )
+
+    def model_card(self) -> dict[str, Any]:
+        return {
+            "id": self.settings.model,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "prefixkv",
+            "max_model_len": self.engine.context_length,
+        }
+
+
+def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
+    """An OpenAI-compatible app serving ``engine``. The worker thread starts and stops with
+    the app's lifespan (uvicorn runs it; so does ``TestClient`` used as a context manager)."""
+    state = ServerState.build(engine, settings)
+    app = FastAPI(
+        title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+    app.state.prefixkv = state
+    install_error_handlers(app)
+    app.add_middleware(RequestCounter, metrics=state.metrics)
+    app.include_router(router)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServerState = app.state.prefixkv
+    state.scheduler.start()
+    log.info("serving %s (cache: %s)", state.settings.model, type(state.engine.cache).__name__)
+    yield
+    state.scheduler.stop()
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.prefixkv
+    return state
+
+
+def _tenant(request: Request) -> str:
+    return _state(request).auth(request)
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+"""The caller's tenant id; resolving it authenticates the request (401 otherwise)."""
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, tenant: Tenant) -> Response:
+    return await _state(request).generation.handle(request, tenant, CHAT)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request, tenant: Tenant) -> Response:
+    return await _state(request).generation.handle(request, tenant, TEXT)
+
+
+@router.get("/v1/models")
+async def models(request: Request, tenant: Tenant) -> dict[str, Any]:
+    return {"object": "list", "data": [_state(request).model_card()]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def model(model_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
+    state = _state(request)
+    if model_id not in state.settings.model_names:
+        raise APIError(404, f"the model {model_id!r} does not exist", code="model_not_found")
+    return state.model_card()
+
+
+@router.get("/v1/cache/stats")
+async def cache_stats(request: Request, tenant: Tenant) -> dict[str, Any]:
+    stats = _state(request).engine.cache.stats()
+    return {**stats._asdict(), "hit_rate": stats.hit_rate}
+
+
+@router.post("/v1/cache/reset")
+async def cache_reset(request: Request, tenant: Tenant) -> dict[str, Any]:
+    return {"evicted_blocks": _state(request).engine.cache.reset()}
+
+
+@router.get("/metrics")
+async def prometheus(request: Request, tenant: Tenant) -> Response:
+    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE)

@@ -1,0 +1,146 @@
+"""Prometheus metrics of one server, in a private registry (so two apps in one process, as in
+tests, never collide).
+
+Cache metrics are read from ``cache.stats()`` at scrape time rather than mirrored, so they
+can never drift from the cache. Request metrics are counted by an ASGI middleware (every
+HTTP request, by endpoint and status) and by the scheduler's ``on_finish`` hook (TTFT,
+latency and tokens of each generation, which outlives its client when that disconnects).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from prefixkv.cache_api import CacheStats
+from prefixkv.server.scheduler import Job
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ENDPOINTS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/cache/stats",
+        "/v1/cache/reset",
+        "/health",
+        "/metrics",
+    }
+)
+# Seconds; CPU inference spans milliseconds (tiny models, cache hits) to minutes.
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class CacheCollector(Collector):
+    """Exports a CacheStats snapshot, taken at each scrape."""
+
+    def __init__(self, stats: Callable[[], CacheStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        p = "prefixkv_prefix_cache_"
+        yield CounterMetricFamily(p + "queries", "Prompt tokens looked up", value=s.lookup_tokens)
+        yield CounterMetricFamily(p + "hits", "Prompt tokens found cached", value=s.hit_tokens)
+        yield CounterMetricFamily(p + "lookups", "Prompts looked up", value=s.lookups)
+        yield GaugeMetricFamily(p + "hit_rate", "Hit tokens / queried tokens", value=s.hit_rate)
+        yield GaugeMetricFamily(p + "blocks_used", "Blocks holding cached KV", value=s.blocks_used)
+        yield GaugeMetricFamily(p + "blocks_capacity", "Blocks in the pool", value=s.blocks_total)
+        yield GaugeMetricFamily(p + "blocks_pinned", "Blocks in use by requests", s.blocks_pinned)
+        yield GaugeMetricFamily(p + "bytes_used", "Bytes of cached KV", value=s.bytes_used)
+        yield GaugeMetricFamily(p + "capacity_bytes", "Bytes of the pool", s.capacity_bytes)
+        yield CounterMetricFamily(p + "evicted_blocks", "Blocks evicted", s.evicted_blocks)
+        yield CounterMetricFamily(p + "stored_blocks", "Blocks stored", value=s.stored_blocks)
+        yield CounterMetricFamily(
+            p + "dropped_blocks", "Blocks not stored: pool pinned", s.dropped_blocks
+        )
+
+
+class ServerMetrics:
+    """The registry and the instruments the server updates."""
+
+    def __init__(self, stats: Callable[[], CacheStats], queue_depth: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "prefixkv_http_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.generations = Counter(
+            "prefixkv_requests",
+            "Generation requests by API and outcome (completed, failed, skipped, stopped)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "prefixkv_time_to_first_token_seconds",
+            "From arrival (queueing included) to the first generated text",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "prefixkv_request_latency_seconds",
+            "From arrival to the last token of completed generations",
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter("prefixkv_prompt_tokens", "Prompt tokens", registry=r)
+        self.cached_tokens = Counter(
+            "prefixkv_cached_prompt_tokens", "Prompt tokens served from the cache", registry=r
+        )
+        self.generated_tokens = Counter(
+            "prefixkv_generation_tokens", "Generated tokens", registry=r
+        )
+        queued = Gauge("prefixkv_requests_waiting", "Requests queued for the worker", registry=r)
+        queued.set_function(lambda: float(queue_depth()))
+        r.register(CacheCollector(stats))
+
+    def observe_job(self, job: Job) -> None:
+        """Record a finished generation (called on the worker thread)."""
+        self.generations.labels(job.endpoint, job.outcome).inc()
+        if job.first_output is not None:
+            self.ttft.observe(job.first_output - job.arrived)
+        done = job.completion
+        if done is None or job.outcome != "completed":
+            return
+        self.latency.observe((job.finished or time.perf_counter()) - job.arrived)
+        self.prompt_tokens.inc(done.prompt_tokens)
+        self.cached_tokens.inc(done.cached_tokens)
+        self.generated_tokens.inc(done.completion_tokens)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestCounter:
+    """ASGI middleware counting every HTTP response by endpoint and status."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"  # bounded label values
+        counted = False
+
+        async def counting_send(message: Message) -> None:
+            nonlocal counted
+            if message["type"] == "http.response.start" and not counted:
+                counted = True
+                self.metrics.requests.labels(endpoint, str(message["status"])).inc()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting_send)
+        except Exception:
+            if not counted:
+                self.metrics.requests.labels(endpoint, "500").inc()
+            raise

@@ -1,0 +1,64 @@
+"""Running an app under uvicorn until SIGINT or SIGTERM, then shutting down gracefully.
+
+On either signal uvicorn stops accepting connections, lets in-flight requests finish for up
+to ``grace_seconds``, then runs the app's shutdown (which cancels what is still queued). It
+then re-raises the signal it caught so that the process dies of it; we install no-op Python
+handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+log = logging.getLogger("prefixkv.server")
+
+
+def serve(
+    app: FastAPI,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    log_level: str = "info",
+    grace_seconds: int = 10,
+    access_log: bool = False,
+) -> int:
+    """Serve until a signal; returns the process exit status (0 after a graceful stop)."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_graceful_shutdown=grace_seconds,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    previous = {sig: signal.signal(sig, _after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else 1
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; a server elsewhere is reachable by
+    other machines."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _after_shutdown(signum: int, frame: FrameType | None) -> None:
+    # Reached only when uvicorn re-raises the signal it already handled gracefully.
+    log.info("stopped on %s", signal.Signals(signum).name)

@@ -1,0 +1,105 @@
+"""Tenant isolation and authentication.
+
+A request's namespace is (tenant of its API key, its cache_salt): two requests share cached
+prefixes only if both match, so one tenant never gets hits from another's prompts.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from .conftest import TINY_ARGS
+from .harness import ServerProcess
+
+KEYS = ("key-of-ana", "key-of-bo")
+PROMPT: Any = [
+    {"role": "system", "content": "You guard the vault of the old bank. Never tell the code."},
+    {"role": "user", "content": "What is the code?"},
+]
+
+
+def cached_tokens(client: openai.OpenAI, salt: str | None = None) -> int:
+    extra = {} if salt is None else {"cache_salt": salt}
+    reply = client.chat.completions.create(
+        model="tiny",
+        messages=PROMPT,
+        max_tokens=2,
+        temperature=0,
+        extra_body=extra,
+    )
+    assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+    return reply.usage.prompt_tokens_details.cached_tokens or 0
+
+
+def test_cache_salt_values_never_share_hits(tiny_server: ServerProcess) -> None:
+    client = tiny_server.client()
+    assert cached_tokens(client, "tenant-a") == 0
+    assert cached_tokens(client, "tenant-a") > 0  # same salt: hits
+    assert cached_tokens(client, "tenant-b") == 0  # another salt: a cold cache
+    assert cached_tokens(client, "tenant-a-") == 0  # no prefix games between salts
+    assert cached_tokens(client) == 0  # no salt is a namespace of its own
+    assert cached_tokens(client, "") > 0  # ... the same as the empty salt
+    assert cached_tokens(client, "tenant-b") > 0
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Two keys, given through the environment as the CLI documents; stopped with SIGINT."""
+    log = tmp_path_factory.mktemp("logs") / "keyed-server.log"
+    env = {"PREFIXKV_API_KEY": ",".join(KEYS), "PREFIXKV_MODEL": str(tiny_model_dir)}
+    server = ServerProcess(TINY_ARGS, log, env=env, api_key=KEYS[0]).wait_ready()
+    yield server
+    assert server.stop(signal.SIGINT) == 0, server.output()
+    assert KEYS[0] not in server.output() and KEYS[1] not in server.output()
+
+
+ENDPOINTS = [
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/tiny"),
+    ("GET", "/v1/cache/stats"),
+    ("POST", "/v1/cache/reset"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+@pytest.mark.parametrize("key", [None, "wrong-key", KEYS[0] + "x"])
+def test_every_endpoint_but_health_needs_a_key(
+    keyed: ServerProcess, method: str, path: str, key: str | None
+) -> None:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    if method == "GET":
+        response = keyed.get(path, headers=headers)
+    else:
+        response = keyed.post(path, headers=headers, json={"model": "tiny", "prompt": "hi"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_health_is_open_and_keys_work(keyed: ServerProcess) -> None:
+    assert keyed.get("/health", headers={}).json() == {"status": "ok"}
+    for key in KEYS:
+        assert keyed.get("/v1/models", headers=keyed.headers(key)).status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        keyed.client("not-a-key").models.list()
+    assert [m.id for m in keyed.client().models.list()] == ["tiny"]
+
+
+def test_keys_are_tenants_that_never_share_hits(keyed: ServerProcess) -> None:
+    ana, bo = keyed.client(KEYS[0]), keyed.client(KEYS[1])
+    assert cached_tokens(ana) == 0
+    assert cached_tokens(ana) > 0
+    assert cached_tokens(bo) == 0  # same prompt, same (empty) salt, other key
+    assert cached_tokens(bo, "shared") == 0
+    assert cached_tokens(ana, "shared") == 0  # a salt does not cross tenants either
