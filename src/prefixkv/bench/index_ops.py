@@ -52,9 +52,18 @@ def _insert_next(subject: Subject, prompts: Iterator[Any]) -> None:
     subject.insert(next(prompts))
 
 
-def _turn(subject: Subject, history: list[int]) -> None:
+def _turn_list(subject: Subject, history: list[int]) -> None:
     subject.match(history)
     subject.insert(history)
+
+
+def _turn_once(subject: Subject, history: list[int]) -> None:
+    request = subject.native(history)  # timed: the one conversion a serving engine makes
+    subject.match(request)
+    subject.insert(request)
+
+
+TURN_FORMS = {"list": _turn_list, "once": _turn_once}
 
 
 def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dict[str, list[float]]:
@@ -79,14 +88,18 @@ def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dic
     return out
 
 
-def conversation_case(subject: Subject, turns: int, turn_tokens: int, seed: int) -> list[float]:
-    """Each turn: match the history, then insert it (as an engine does per request)."""
+def conversation_case(
+    subject: Subject, turns: int, turn_tokens: int, seed: int, form: str
+) -> list[float]:
+    """Each turn: match the history, then insert it (as an engine does per request).
+    ``form``: "list" passes the token list to both calls (each converts it); "once" converts
+    the turn's request once into the subject's own form (timed), then matches and inserts."""
     rng = random.Random(seed)
     history: list[int] = []
     out = []
     for _ in range(turns):
         history = history + _tokens(rng, turn_tokens)
-        out += _time(partial(_turn, subject, history), 1)
+        out += _time(partial(TURN_FORMS[form], subject, history), 1)
     return out
 
 
@@ -127,20 +140,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for case in per_subject["prefixkv"]:
             results = {name: cases[case] for name, cases in per_subject.items() if case in cases}
             rows.append(report(case, length, results))
-    turns = args.turns
-    conv = {
-        s.name: conversation_case(s, turns, args.turn_tokens, seed=7)
-        for s in make_subjects(args.peers, BLOCK)
-    }
-    rows.append(report("conversation", turns * args.turn_tokens, conv))
-    totals = {name: sum(samples) / 1e3 for name, samples in conv.items()}
-    print(
-        "index conversation total "
-        + " | ".join(
-            f"{n}={ms:,.1f}ms ({ms / totals['prefixkv']:.1f}x)" for n, ms in totals.items()
+    for form in TURN_FORMS:
+        conv = {
+            s.name: conversation_case(s, args.turns, args.turn_tokens, seed=7, form=form)
+            for s in make_subjects(args.peers, BLOCK)
+        }
+        rows.append(report(f"conversation[{form}]", args.turns * args.turn_tokens, conv))
+        totals = {name: sum(samples) / 1e3 for name, samples in conv.items()}
+        print(
+            f"index conversation[{form}] total "
+            + " | ".join(
+                f"{n}={ms:,.1f}ms ({ms / totals['prefixkv']:.1f}x)" for n, ms in totals.items()
+            )
         )
-    )
-    rows[-1]["total_ms"] = totals
+        rows[-1]["total_ms"] = totals
     for leaves in args.leaves:
         reps = max(3, int(20 * args.scale))
         results = {

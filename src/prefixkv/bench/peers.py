@@ -620,7 +620,8 @@ class VLLMHashing:
             hash_block_size=self.block_size,
         )
 
-    def _request(self, tokens: list[int]) -> _HasherRequest:
+    def request(self, tokens: list[int]) -> _HasherRequest:
+        """A request with its block hashes, as vLLM computes them once on arrival."""
         if self._kcu.NONE_HASH is not self._none_hash:
             self._kcu.NONE_HASH = self._none_hash
         request = _HasherRequest(tokens, self._ConstantList)
@@ -628,7 +629,7 @@ class VLLMHashing:
         return request
 
     def hash_blocks(self, tokens: list[int]) -> list[bytes]:
-        return self._request(tokens).block_hashes
+        return self.request(tokens).block_hashes
 
     def match_hashes(self, block_hashes: list[bytes], num_tokens: int) -> int:
         """The scheduler-side lookup alone, on hashes from ``hash_blocks``."""
@@ -647,7 +648,11 @@ class VLLMHashing:
         return self.match_hashes(self.hash_blocks(tokens), len(tokens))
 
     def insert(self, tokens: list[int]) -> None:
-        request = self._request(tokens)
+        self.insert_request(self.request(tokens))
+
+    def insert_request(self, request: _HasherRequest) -> None:
+        """``insert`` on a request from ``request`` (its hashes already computed)."""
+        tokens = request.all_token_ids
         num_full = len(request.block_hashes)
         if num_full == 0:
             return

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import sys
 from array import array
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from prefixkv.index import PrefixIndex
 from prefixkv.reference import ReferenceIndex
@@ -101,11 +101,6 @@ class SGLangSubject:
         return int(self.peer.evict(num_blocks * 16))
 
 
-class _Hashed(NamedTuple):
-    tokens: list[int]
-    hashes: list[Any]
-
-
 class VLLMSubject:
     """vLLM v1: hash the request's blocks, then probe its block-hash map (no tree)."""
 
@@ -119,15 +114,18 @@ class VLLMSubject:
 
     def native(self, tokens: list[int]) -> Any:
         # vLLM hashes a request's blocks once on arrival; its scheduler then only looks up.
-        return _Hashed(tokens, self.peer.hash_blocks(tokens))
+        return self.peer.request(tokens)
 
     def insert(self, tokens: Any) -> None:
-        self.peer.insert(tokens.tokens if isinstance(tokens, _Hashed) else tokens)
+        if isinstance(tokens, list):
+            self.peer.insert(tokens)
+        else:
+            self.peer.insert_request(tokens)
 
     def match(self, tokens: Any) -> int:
-        if isinstance(tokens, _Hashed):
-            return int(self.peer.match_hashes(tokens.hashes, len(tokens.tokens)))
-        return int(self.peer.match(tokens))
+        if isinstance(tokens, list):
+            return int(self.peer.match(tokens))
+        return int(self.peer.match_hashes(tokens.block_hashes, len(tokens.all_token_ids)))
 
     def pin(self, tokens: list[int]) -> Any:
         raise NotImplementedError
