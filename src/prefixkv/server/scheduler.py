@@ -189,11 +189,4 @@ class Scheduler:
             log.exception("generation failed")
             job.finish("failed", exc)
         finally:
-            _close(stream)
-
-
-def _close(stream: object) -> None:
-    """Close the engine's stream: a generator closed early releases its cache lease."""
-    close = getattr(stream, "close", None)
-    if callable(close):
-        close()
+            stream.close()  # a stream closed early releases its cache lease
