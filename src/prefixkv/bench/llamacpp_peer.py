@@ -1,7 +1,12 @@
 """llama.cpp (llama-cpp-python) with its LlamaRAMCache, as a TTFT peer on the same GGUF.
 
-Optional: llama-cpp-python compiles llama.cpp from source (~15 minutes here), so it is not a
-dependency and CI never installs it. ``pip install llama-cpp-python`` to enable it.
+Optional: llama-cpp-python compiles llama.cpp from source (5-15 minutes here), so it is not a
+dependency and CI never installs it. To enable it::
+
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+        pip install --no-deps llama-cpp-python==0.3.36
+
+(its default native build segfaulted in ``decode`` on an AVX-512 machine here).
 """
 
 from __future__ import annotations
