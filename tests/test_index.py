@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from prefixkv import LFUPolicy, PrefixIndex, StaleMatchError
+from prefixkv import LFUPolicy, LRUPolicy, PrefixIndex, StaleMatchError
 
 
 def blocks(*ids: int, size: int = 4) -> list[int]:
@@ -179,3 +181,19 @@ def test_long_prompt_round_trip() -> None:
     assert index.match(tokens).values == tuple(range(2048))
     assert index.match(tokens[:1000] + [7] * 50).num_tokens == 992
     index.check_invariants()
+
+
+@pytest.mark.parametrize(("policy", "records"), [(LRUPolicy, 1), (LFUPolicy, 32)])
+def test_a_conversation_keeps_one_use_record_under_lru(policy: type, records: int) -> None:
+    """LRU ignores hit counts, so blocks used together share one record (region); LFU must
+    keep one per distinct count: here one per turn."""
+    index, ids = PrefixIndex(4, policy=policy()), itertools.count()
+    history: list[int] = []
+    for turn in range(32):
+        history += [turn] * 8
+        index.match(history)
+        index.insert(history, [next(ids) for _ in range(len(history) // 4)])
+        index.check_invariants()
+    (node,) = index._roots[None].children.values()
+    assert len(node.values) == 64
+    assert len(node.regions) == records

@@ -140,6 +140,7 @@ class CountingPolicy:
     """LRU that counts priority computations (one per heap push)."""
 
     name = "counting-lru"
+    hit_step = 0
 
     def __init__(self) -> None:
         self.calls = 0

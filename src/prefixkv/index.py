@@ -57,6 +57,7 @@ class PrefixIndex:
         self._bb = block_size * TOKEN_BYTES  # bytes per block
         self._child_key = child_key
         self._queue = EvictionQueue(policy or LRUPolicy())
+        self._hit_step = self._queue.policy.hit_step
         self._roots: dict[Hashable, Node] = {}
         self._lock = threading.Lock()
         self._tick = 0
@@ -92,7 +93,7 @@ class PrefixIndex:
                 if used == len(path[-1].values):
                     self._use_all(path[-1], self._tick)
                 else:
-                    path[-1].use_prefix(used, self._tick)
+                    path[-1].use_prefix(used, self._tick, self._hit_step)
             self._count_query(len(buf) // TOKEN_BYTES, match.num_blocks, end // self._bb)
             return match
 
@@ -177,7 +178,7 @@ class PrefixIndex:
                 if common == len(child.values):
                     self._use_all(child, tick)
                 elif pos == end:
-                    child.use_prefix(common, tick)
+                    child.use_prefix(common, tick, self._hit_step)
                 else:
                     child = self._split(child, common)
                     self._use_all(child, tick)
@@ -231,7 +232,7 @@ class PrefixIndex:
         return head
 
     def _use_all(self, node: Node, tick: int) -> None:
-        node.use_all(tick)
+        node.use_all(tick, self._hit_step)
         if node in self._queue:
             self._queue.update(node)
 

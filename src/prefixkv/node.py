@@ -98,20 +98,20 @@ class Node:
                 return BlockAccess(region.hits, region.tick)
         raise IndexError(f"block {block} is outside a node of {len(self.values)} blocks")
 
-    def use_all(self, tick: int) -> None:
+    def use_all(self, tick: int, hit_step: int) -> None:
         """Record one use of every block. O(regions)."""
         for region in self.regions:
-            region.hits += 1
+            region.hits += hit_step
             region.tick = tick
         self._merge()
 
-    def use_prefix(self, num_blocks: int, tick: int) -> None:
+    def use_prefix(self, num_blocks: int, tick: int, hit_step: int) -> None:
         """Record one use of the first ``num_blocks`` blocks (0 < num_blocks <= len)."""
         self._cut(num_blocks)
         for region in self.regions:
             if region.end > num_blocks:
                 break
-            region.hits += 1
+            region.hits += hit_step
             region.tick = tick
         self._merge()
 

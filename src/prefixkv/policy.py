@@ -3,7 +3,10 @@
 Every indexed block carries a :class:`BlockAccess` record: how many operations used it
 (``hits``) and the logical clock tick of the latest one (``tick``). A match uses the blocks it
 matched; an insert uses every block of its path. A policy maps that record to a priority: the
-evictable leaf block with the smallest priority is evicted first.
+evictable leaf block with the smallest priority is evicted first. A policy also says what one
+use adds to ``hits`` (``hit_step``): LRU ignores frequency, so it counts nothing, and blocks
+last used together keep one shared record (one region per node, see ``node.py``) instead of
+one per distinct count: a 128-turn conversation is one record under LRU, 128 under LFU.
 
 Invariant the index relies on (true for any policy built from these records): along a chain
 of blocks, ``hits`` and ``tick`` never increase from parent to child, because every operation
@@ -21,7 +24,7 @@ class BlockAccess(NamedTuple):
     """What the index knows about the use of one block."""
 
     hits: int
-    """Operations (matches and inserts) that used the block, >= 1."""
+    """1 + ``hit_step`` per later operation (match or insert) that used the block."""
     tick: int
     """Logical clock of the latest such operation (unique per operation)."""
 
@@ -30,6 +33,8 @@ class EvictionPolicy(Protocol):
     """Orders evictable leaf blocks. Pure: never mutates anything, never raises."""
 
     name: str
+    hit_step: int
+    """What one use adds to a block's ``hits`` (0 when ``priority`` ignores hits)."""
 
     def priority(self, access: BlockAccess) -> tuple[int, ...]:
         """Smaller is evicted first. Must end with ``access.tick`` to break ties."""
@@ -40,6 +45,7 @@ class LRUPolicy:
     """Least recently used first."""
 
     name = "lru"
+    hit_step = 0
 
     def priority(self, access: BlockAccess) -> tuple[int, ...]:
         return (access.tick,)
@@ -49,6 +55,7 @@ class LFUPolicy:
     """Least frequently used first; among equally used blocks, least recently used first."""
 
     name = "lfu"
+    hit_step = 1
 
     def priority(self, access: BlockAccess) -> tuple[int, ...]:
         return (access.hits, access.tick)

@@ -68,7 +68,7 @@ class ReferenceIndex:
 
     def _use(self, entries: list[_Entry]) -> None:
         for entry in entries:
-            entry.hits += 1
+            entry.hits += self.policy.hit_step
             entry.tick = self._tick
 
     def match(self, tokens: Any, namespace: Hashable = None) -> RefMatch:

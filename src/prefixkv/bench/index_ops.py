@@ -5,8 +5,10 @@ and vLLM's block hashing + lookup (the peers when importable; see ``prefixkv.ben
 Two input forms per case: ``[list]``, a Python list of token ids (what a tokenizer returns),
 each call paying its own conversion; and ``[native]``, the form each engine keeps a request
 in (prefixkv: its canonical ``TokenBytes`` from ``as_token_bytes``; SGLang: ``array('q')``; vLLM: the request's block hashes,
-computed once on arrival, so its native match is the lookup alone). Each case prints one
-line: p50/p99 per subject and its p50 as a multiple of prefixkv's.
+computed once on arrival, so its native match is the lookup alone). The deep conversation
+also runs in a third form, ``[once]``: each turn converts its request into the subject's own
+form once, on the clock, then matches and inserts it. Each case prints one line: p50/p99 per
+subject and its p50 as a multiple of prefixkv's.
 """
 
 from __future__ import annotations
@@ -52,18 +54,17 @@ def _insert_next(subject: Subject, prompts: Iterator[Any]) -> None:
     subject.insert(next(prompts))
 
 
-def _turn_list(subject: Subject, history: list[int]) -> None:
-    subject.match(history)
-    subject.insert(history)
+def _turn(subject: Subject, tokens: Any) -> None:
+    subject.match(tokens)
+    subject.insert(tokens)
 
 
 def _turn_once(subject: Subject, history: list[int]) -> None:
     request = subject.native(history)  # timed: the one conversion a serving engine makes
-    subject.match(request)
-    subject.insert(request)
+    _turn(subject, request)
 
 
-TURN_FORMS = {"list": _turn_list, "once": _turn_once}
+CONVERSATION_FORMS = ("list", "once", "native")
 
 
 def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dict[str, list[float]]:
@@ -93,13 +94,18 @@ def conversation_case(
 ) -> list[float]:
     """Each turn: match the history, then insert it (as an engine does per request).
     ``form``: "list" passes the token list to both calls (each converts it); "once" converts
-    the turn's request once into the subject's own form (timed), then matches and inserts."""
+    the turn's request once into the subject's own form (timed), then matches and inserts;
+    "native" converts it before the clock starts, like the ``[native]`` cases."""
     rng = random.Random(seed)
     history: list[int] = []
     out = []
     for _ in range(turns):
         history = history + _tokens(rng, turn_tokens)
-        out += _time(partial(TURN_FORMS[form], subject, history), 1)
+        if form == "native":
+            call = partial(_turn, subject, subject.native(history))
+        else:
+            call = partial(_turn if form == "list" else _turn_once, subject, history)
+        out += _time(call, 1)
     return out
 
 
@@ -140,7 +146,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         for case in per_subject["prefixkv"]:
             results = {name: cases[case] for name, cases in per_subject.items() if case in cases}
             rows.append(report(case, length, results))
-    for form in TURN_FORMS:
+    for form in CONVERSATION_FORMS:
         conv = {
             s.name: conversation_case(s, args.turns, args.turn_tokens, seed=7, form=form)
             for s in make_subjects(args.peers, BLOCK)
