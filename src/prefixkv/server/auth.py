@@ -28,10 +28,6 @@ class Authenticator:
     def __init__(self, keys: tuple[str, ...]) -> None:
         self._keys = tuple((key.encode(), tenant_of(key)) for key in keys)
 
-    @property
-    def required(self) -> bool:
-        return bool(self._keys)
-
     def __call__(self, request: Request) -> str:
         if not self._keys:
             return ANONYMOUS

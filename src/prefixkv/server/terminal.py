@@ -77,9 +77,7 @@ def _turn(
     except KeyboardInterrupt:
         out.write("\n[interrupted]\n")
     finally:
-        close = getattr(stream, "close", None)
-        if callable(close):
-            close()  # releases the cache lease at once if the turn was interrupted
+        stream.close()  # releases the cache lease at once if the turn was interrupted
     return None
 
 
