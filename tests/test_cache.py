@@ -26,7 +26,7 @@ def test_store_copies_only_new_blocks_and_lookup_returns_exact_kv() -> None:
             assert torch.equal(keys, kv_for(tokens)[layer][0][:, :12])
             assert torch.equal(values, kv_for(tokens)[layer][1][:, :12])
     stats = cache.stats()
-    assert (stats.stored_blocks, stats.blocks_used, stats.blocks_pinned) == (3, 3, 0)
+    assert (stats.inserted_blocks, stats.used_blocks, stats.pinned_blocks) == (3, 3, 0)
 
 
 def test_lease_kv_is_a_private_copy() -> None:
@@ -55,7 +55,7 @@ def test_full_cache_evicts_lru_but_never_pinned_blocks() -> None:
     third = list(range(200, 216))  # 4 blocks: only 2 free, 2 pinned
     assert cache.store(third, kv_for(third)) == 2
     stats = cache.stats()
-    assert (stats.dropped_blocks, stats.blocks_used, stats.blocks_pinned) == (2, 4, 2)
+    assert (stats.dropped_blocks, stats.used_blocks, stats.pinned_blocks) == (2, 4, 2)
     lease.release()
     assert cache.store(third, kv_for(third)) == 2  # now the unpinned first prompt makes room
     with cache.lookup(third) as again:
@@ -80,10 +80,10 @@ def test_release_is_idempotent_and_pins_return_to_zero() -> None:
     tokens = list(range(8))
     cache.store(tokens, kv_for(tokens))
     lease = cache.lookup(tokens)
-    assert cache.stats().blocks_pinned == 2 and not lease.released
+    assert cache.stats().pinned_blocks == 2 and not lease.released
     lease.release()
     lease.release()
-    assert cache.stats().blocks_pinned == 0 and lease.released
+    assert cache.stats().pinned_blocks == 0 and lease.released
 
 
 def _bad_kv_cases() -> list[tuple[str, object, type[Exception], str]]:
@@ -141,7 +141,7 @@ def test_memory_never_exceeds_capacity() -> None:
     for start in range(0, 400, 7):
         tokens = list(range(start, start + 13))
         cache.store(tokens, kv_for(tokens))
-        assert cache.stats().bytes_used <= cache.stats().capacity_bytes <= capacity
+        assert cache.stats().used_bytes <= cache.stats().capacity_bytes <= capacity
 
 
 def test_null_cache_misses_and_validates_like_the_real_one() -> None:
@@ -156,4 +156,4 @@ def test_null_cache_misses_and_validates_like_the_real_one() -> None:
     with pytest.raises(ValueError, match="token"):
         cache.lookup([-1])
     stats = cache.stats()
-    assert (stats.lookups, stats.misses, stats.hit_tokens) == (1, 1, 0)
+    assert (stats.queries, stats.misses, stats.hit_tokens) == (1, 1, 0)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prefixkv import LFUPolicy, LRUPolicy, PrefixKVCache
-from prefixkv.reference import ReferenceIndex
+from prefixkv.index.reference import ReferenceIndex
 
 from .kvfixtures import LAYOUT, kv_for
 
@@ -30,12 +30,12 @@ class ReferenceCache:
 
     def lookup(self, tokens: list[int], ns: str | None) -> object:
         match = self.ref.match(tokens, ns)
-        self.ref.lock(match)
+        self.ref.pin(match)
         return match
 
     def store(self, tokens: list[int], ns: str | None) -> int:
         cached = self.ref.peek(tokens, ns)
-        self.ref.lock(cached)
+        self.ref.pin(cached)
         need = len(tokens) // BLOCK - len(cached.values)
         shortfall = need - (CAPACITY_BLOCKS - len(self.ref))
         if need > 0 and shortfall > 0:
@@ -43,7 +43,7 @@ class ReferenceCache:
         fits = max(0, min(need, CAPACITY_BLOCKS - len(self.ref)))
         self.dropped += max(0, need - fits)
         self.ref.insert(tokens, list(cached.values) + [next(self.serials) for _ in range(fits)], ns)
-        self.ref.unlock(cached)
+        self.ref.unpin(cached)
         self.stored += fits
         return fits
 
@@ -80,7 +80,7 @@ class CacheVsReference(RuleBasedStateMachine):
         lease, match, _ = self.leases.pop(data.draw(st.integers(0, len(self.leases) - 1)))
         lease.release()  # type: ignore[attr-defined]
         lease.release()  # type: ignore[attr-defined]  # idempotent
-        self.ref.ref.unlock(match)  # type: ignore[arg-type]
+        self.ref.ref.unpin(match)  # type: ignore[arg-type]
 
     @rule()
     def reset(self) -> None:
@@ -92,13 +92,13 @@ class CacheVsReference(RuleBasedStateMachine):
     def consistent(self) -> None:
         self.cache.check_invariants()
         stats = self.cache.stats()
-        assert stats.blocks_used == len(self.ref.ref)
-        assert stats.blocks_pinned == self.ref.ref.num_pinned
-        assert stats.blocks_free == CAPACITY_BLOCKS - stats.blocks_used
+        assert stats.used_blocks == len(self.ref.ref)
+        assert stats.pinned_blocks == self.ref.ref.pinned_blocks
+        assert stats.free_blocks == CAPACITY_BLOCKS - stats.used_blocks
         assert stats.dropped_blocks == self.ref.dropped
-        assert stats.stored_blocks == self.ref.stored
+        assert stats.inserted_blocks == self.ref.stored
         assert stats.evicted_blocks == self.ref.evicted
-        assert stats.bytes_used <= stats.capacity_bytes
+        assert stats.used_bytes <= stats.capacity_bytes
 
 
 class LFUCacheVsReference(CacheVsReference):

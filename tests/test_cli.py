@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from prefixkv import cli
+from prefixkv.cli import commands as cli
+from prefixkv.cli.options import parse_bytes
 
 from .engine.tiny import tiny_llama, tiny_tokenizer
 
@@ -31,13 +32,13 @@ from .engine.tiny import tiny_llama, tiny_tokenizer
     ],
 )
 def test_parse_bytes(text: str, expected: int) -> None:
-    assert cli.parse_bytes(text) == expected
+    assert parse_bytes(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "GiB", "2X", "-1G", "2iB", "1e9", "two"])
 def test_parse_bytes_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        cli.parse_bytes(text)
+        parse_bytes(text)
 
 
 def test_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -79,51 +79,51 @@ def test_locks_are_counted_and_pins_block_eviction() -> None:
     index = PrefixIndex(4)
     index.insert(blocks(1, 2, 3), ["a", "b", "c"])
     match = index.match(blocks(1, 2))
-    index.lock(match)
-    index.lock(match)
-    assert index.num_pinned == 2 and index.num_evictable == 1
+    index.pin(match)
+    index.pin(match)
+    assert index.pinned_blocks == 2 and index.evictable_blocks == 1
     assert index.evict(10) == ["c"]
-    index.unlock(match)
+    index.unpin(match)
     assert index.evict(10) == []
-    index.unlock(match)
-    with pytest.raises(ValueError, match="not locked"):
-        index.unlock(match)
+    index.unpin(match)
+    with pytest.raises(ValueError, match="not pinned"):
+        index.unpin(match)
     assert index.evict(10) == ["b", "a"]
     index.check_invariants()
 
 
-def test_lock_of_stale_match_raises() -> None:
+def test_pin_of_stale_match_raises() -> None:
     index = PrefixIndex(4)
     index.insert(blocks(1, 2), ["a", "b"])
     match = index.match(blocks(1, 2))
     index.evict(1)
     with pytest.raises(StaleMatchError):
-        index.lock(match)
+        index.pin(match)
     index.insert(blocks(1, 2), ["a2", "b2"])  # same tokens, new values: still stale
     with pytest.raises(StaleMatchError):
-        index.lock(match)
+        index.pin(match)
     index.check_invariants()
 
 
-def test_lock_survives_unrelated_evictions() -> None:
+def test_pin_survives_unrelated_evictions() -> None:
     index = PrefixIndex(4)
     index.insert(blocks(1, 2), ["a", "b"])
     index.insert(blocks(9), ["z"])
     match = index.match(blocks(1, 2))
     index.match(blocks(1, 2))
     assert index.evict(1) == ["z"]
-    index.lock(match)  # re-verified, still valid
-    assert index.num_pinned == 2
-    index.unlock(match)
+    index.pin(match)  # re-verified, still valid
+    assert index.pinned_blocks == 2
+    index.unpin(match)
 
 
 def test_match_from_another_index_is_rejected() -> None:
     first, second = PrefixIndex(4), PrefixIndex(4)
     match = first.match(blocks(1))
     with pytest.raises(ValueError, match="another PrefixIndex"):
-        second.lock(match)
+        second.pin(match)
     with pytest.raises(TypeError):
-        first.lock("not a match")  # type: ignore[arg-type]
+        first.pin("not a match")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "3"])
@@ -160,7 +160,7 @@ def test_stats_count_queries_and_hits() -> None:
     stats = index.stats()
     assert (stats.queries, stats.full_hits, stats.partial_hits, stats.misses) == (3, 1, 1, 1)
     assert (stats.query_tokens, stats.hit_tokens) == (8 + 8 + 6, 8 + 4)
-    assert (stats.inserted, stats.evicted) == (2, 0)
+    assert (stats.inserted_blocks, stats.evicted_blocks) == (2, 0)
     assert stats.hit_rate == pytest.approx(12 / 22)
 
 

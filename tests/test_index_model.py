@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prefixkv import LFUPolicy, LRUPolicy, PrefixIndex, StaleMatchError
-from prefixkv.reference import ReferenceIndex
+from prefixkv.index.reference import ReferenceIndex
 
 BLOCK = 2
 # A tiny alphabet makes shared prefixes, splits and partial-block overlaps common.
@@ -44,28 +44,28 @@ class IndexVsReference(RuleBasedStateMachine):
 
     @precondition(lambda self: self.matches)
     @rule(data=st.data())
-    def lock(self, data: st.DataObject) -> None:
+    def pin(self, data: st.DataObject) -> None:
         mine, theirs = data.draw(st.sampled_from(self.matches))
         outcomes = []
         for index, match in ((self.index, mine), (self.ref, theirs)):
             try:
-                index.lock(match)
-                outcomes.append("locked")
+                index.pin(match)
+                outcomes.append("pinned")
             except StaleMatchError:
                 outcomes.append("stale")
         assert outcomes[0] == outcomes[1]
 
     @precondition(lambda self: self.matches)
     @rule(data=st.data())
-    def unlock(self, data: st.DataObject) -> None:
+    def unpin(self, data: st.DataObject) -> None:
         mine, theirs = data.draw(st.sampled_from(self.matches))
         outcomes = []
         for index, match in ((self.index, mine), (self.ref, theirs)):
             try:
-                index.unlock(match)
-                outcomes.append("unlocked")
+                index.unpin(match)
+                outcomes.append("unpinned")
             except ValueError:
-                outcomes.append("not locked")
+                outcomes.append("not pinned")
         assert outcomes[0] == outcomes[1]
 
     @rule(count=st.integers(0, 6))
@@ -76,8 +76,8 @@ class IndexVsReference(RuleBasedStateMachine):
     def consistent(self) -> None:
         self.index.check_invariants()
         assert len(self.index) == len(self.ref)
-        assert self.index.num_evictable == self.ref.num_evictable
-        assert self.index.num_pinned == self.ref.num_pinned
+        assert self.index.evictable_blocks == self.ref.evictable_blocks
+        assert self.index.pinned_blocks == self.ref.pinned_blocks
         assert self.index.num_nodes <= len(self.index)
 
 

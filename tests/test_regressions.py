@@ -53,12 +53,12 @@ def test_cache_churn_keeps_memory_and_nodes_bounded() -> None:
         tokens = [cycle % 997, cycle // 997, *range(cycle % 7, cycle % 7 + 20)]
         cache.store(tokens, kv_for(tokens))
         stats = cache.stats()
-        assert stats.blocks_used <= capacity_blocks
-        assert cache.index.num_nodes <= stats.blocks_used
+        assert stats.used_blocks <= capacity_blocks
+        assert cache.index.num_nodes <= stats.used_blocks
     assert cache.stats().capacity_bytes == pool_bytes == cache.pool.data.numel() * 4
     assert cache.stats().evicted_blocks > 9_000
     assert cache.reset() > 0
-    assert (len(cache.index), cache.index.num_nodes, cache.stats().blocks_free) == (
+    assert (len(cache.index), cache.index.num_nodes, cache.stats().free_blocks) == (
         0,
         0,
         capacity_blocks,
@@ -206,8 +206,8 @@ def test_eight_threads_hammering_the_cache_lose_no_pin() -> None:
         sys.setswitchinterval(old)
     assert not errors, errors[0]
     stats = cache.stats()
-    assert stats.blocks_pinned == 0 and cache.index.num_pinned == 0
-    assert stats.lookups > 2000 and stats.hit_tokens > 0
+    assert stats.pinned_blocks == 0 and cache.index.pinned_blocks == 0
+    assert stats.queries > 2000 and stats.hit_tokens > 0
     cache.check_invariants()
 
 
@@ -231,16 +231,16 @@ def test_eight_threads_hammering_the_index() -> None:
                 elif roll < 0.7:
                     match = index.match(tokens)
                     try:
-                        index.lock(match)
+                        index.pin(match)
                         held.append(match)
                     except Exception as exc:  # StaleMatchError is legal under eviction
                         assert type(exc).__name__ == "StaleMatchError"
                 elif roll < 0.85 and held:
-                    index.unlock(held.pop(rng.randrange(len(held))))
+                    index.unpin(held.pop(rng.randrange(len(held))))
                 else:
                     index.evict(rng.randrange(4))
             for match in held:
-                index.unlock(match)
+                index.unpin(match)
         except BaseException as exc:
             errors.append(exc)
 
@@ -250,7 +250,7 @@ def test_eight_threads_hammering_the_index() -> None:
     for thread in threads:
         thread.join()
     assert not errors, errors[0]
-    assert index.num_pinned == 0
+    assert index.pinned_blocks == 0
     index.check_invariants()
 
 

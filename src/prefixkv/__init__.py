@@ -1,22 +1,29 @@
 """prefixkv: exact prefix KV-cache reuse for LLM inference.
 
-The cache layer (this package's top level) needs only NumPy and PyTorch; the Hugging Face
-engine lives in :mod:`prefixkv.engine` and is imported lazily.
+Three layers, each importable alone: :mod:`prefixkv.index` (NumPy only), :mod:`prefixkv.cache`
+(adds PyTorch) and :mod:`prefixkv.engine` (adds Hugging Face transformers, the ``[hf]`` extra).
+Importing ``prefixkv`` loads only the index; the other names load on first use, so
+``import prefixkv.index`` never imports torch.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from prefixkv.cache import PrefixKVCache
-from prefixkv.cache_api import CacheStats, Lease, PrefixCache
-from prefixkv.index import PrefixIndex
-from prefixkv.layout import KVLayout
-from prefixkv.match import IndexStats, Match, StaleMatchError
-from prefixkv.null_cache import NullCache
-from prefixkv.policy import BlockAccess, EvictionPolicy, LFUPolicy, LRUPolicy
+from prefixkv.index import (
+    BlockAccess,
+    EvictionPolicy,
+    IndexStats,
+    LFUPolicy,
+    LRUPolicy,
+    Match,
+    PrefixIndex,
+    StaleMatchError,
+)
 
 if TYPE_CHECKING:
+    from prefixkv.cache import CacheStats, KVLayout, Lease, NullCache, PrefixCache, PrefixKVCache
     from prefixkv.engine.engine import Completion, Engine
 
 __all__ = [
@@ -39,11 +46,24 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# Names that load a heavier layer, and the module each lives in.
+_LAZY = {
+    "CacheStats": "prefixkv.cache",
+    "KVLayout": "prefixkv.cache",
+    "Lease": "prefixkv.cache",
+    "NullCache": "prefixkv.cache",
+    "PrefixCache": "prefixkv.cache",
+    "PrefixKVCache": "prefixkv.cache",
+    "Completion": "prefixkv.engine.engine",
+    "Engine": "prefixkv.engine.engine",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # Engine and Completion import transformers (seconds); load them only when asked for.
-    if name in ("Engine", "Completion"):
-        from prefixkv.engine import engine
-
-        return getattr(engine, name)
-    raise AttributeError(f"module 'prefixkv' has no attribute {name!r}")
+    # PEP 562: import torch (the cache) or transformers (the engine) only when asked for.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefixkv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

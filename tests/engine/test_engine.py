@@ -65,7 +65,7 @@ def test_greedy_ids_match_uncached(parts: tuple[Any, Any], case: str) -> None:
         min(len(first), len(second)),
     )
     assert hit.cached_tokens == min(shared // BLOCK * BLOCK, len(second) - 1) or len(second) < BLOCK
-    assert cached.cache.stats().blocks_pinned == 0
+    assert cached.cache.stats().pinned_blocks == 0
     cached.cache.check_invariants()
 
 
@@ -194,9 +194,9 @@ def test_abandoned_stream_releases_its_lease(parts: tuple[Any, Any]) -> None:
     cached.generate(SHARED, max_tokens=2)
     stream: Iterator[Any] = cached.stream([*SHARED, 5, 6], max_tokens=50)
     next(stream)
-    assert cached.cache.stats().blocks_pinned > 0
+    assert cached.cache.stats().pinned_blocks > 0
     stream.close()  # what a disconnecting client's server does
-    assert cached.cache.stats().blocks_pinned == 0
+    assert cached.cache.stats().pinned_blocks == 0
 
 
 def test_failed_generation_releases_its_lease(
@@ -211,7 +211,7 @@ def test_failed_generation_releases_its_lease(
     monkeypatch.setattr(cached, "forward", broken)
     with pytest.raises(RuntimeError, match="exploded"):
         cached.generate([*SHARED, 5, 6], max_tokens=5)
-    assert cached.cache.stats().blocks_pinned == 0
+    assert cached.cache.stats().pinned_blocks == 0
     cached.cache.check_invariants()
 
 

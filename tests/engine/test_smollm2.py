@@ -47,7 +47,7 @@ def test_twenty_plus_prompts_are_token_identical(pair: tuple[Engine, Engine]) ->
     assert len(results) >= 20
     hits = [r for r in results if r.cached_tokens > 0]
     assert len(hits) >= len(results) - 4  # only the first of each shared prefix misses
-    assert cached.cache.stats().blocks_pinned == 0
+    assert cached.cache.stats().pinned_blocks == 0
     cached.cache.check_invariants()
 
 

@@ -192,7 +192,7 @@ def test_bad_input_leaves_cache_and_server_intact(tiny_server: ServerProcess) ->
     for path, body, *_ in CASES.values():
         assert send(tiny_server, path, body).status_code in (400, 404)
     after = tiny_server.stats()
-    for field in ("lookups", "lookup_tokens", "stored_blocks", "blocks_used", "blocks_pinned"):
+    for field in ("queries", "query_tokens", "inserted_blocks", "used_blocks", "pinned_blocks"):
         assert after[field] == before[field], field
     # Same prompt, same cached split as ``warm``: bitwise the same computation.
     again = client.chat.completions.create(**request)

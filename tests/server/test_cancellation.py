@@ -66,8 +66,8 @@ def test_disconnect_mid_stream_stops_generation_and_unpins(tiny_server: ServerPr
     generated = tiny_server.metrics()["prefixkv_generation_tokens_total"]
     with open_stream(tiny_server, body("disconnect", "Log tonight.", LONG, True), events=5):
         # The running request holds a lease on the cached system prompt.
-        assert tiny_server.stats()["blocks_pinned"] > 0
-    assert wait_for(lambda: tiny_server.stats()["blocks_pinned"] == 0, timeout=10)
+        assert tiny_server.stats()["pinned_blocks"] > 0
+    assert wait_for(lambda: tiny_server.stats()["pinned_blocks"] == 0, timeout=10)
     assert wait_for(lambda: outcomes(tiny_server)["stopped"] == before["stopped"] + 1)
     # It was stopped, not run to the end: its tokens were never counted as generated.
     assert tiny_server.metrics()["prefixkv_generation_tokens_total"] == generated
@@ -90,7 +90,7 @@ def test_queued_request_of_a_vanished_client_is_skipped(tiny_server: ServerProce
         )
     assert wait_for(lambda: outcomes(tiny_server)["skipped"] == before["skipped"] + 1)
     assert outcomes(tiny_server)["completed"] == before["completed"]
-    assert wait_for(lambda: tiny_server.stats()["blocks_pinned"] == 0)
+    assert wait_for(lambda: tiny_server.stats()["pinned_blocks"] == 0)
 
 
 def test_requests_are_served_in_order_of_arrival(tiny_server: ServerProcess) -> None:

@@ -91,4 +91,4 @@ def test_32_concurrent_clients_get_their_own_complete_answers(tiny_server: Serve
     texts = {answer[0] for answers in got for answer in answers}
     assert len(texts) > CLIENTS * REQUESTS * 0.9  # replies differ, so mix-ups would show
     stats = tiny_server.stats()
-    assert stats["blocks_pinned"] == 0
+    assert stats["pinned_blocks"] == 0

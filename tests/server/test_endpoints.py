@@ -129,12 +129,12 @@ def test_cache_stats_and_reset(tiny_server: ServerProcess) -> None:
     salt = {"cache_salt": "reset"}
     client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, extra_body=salt)
     stats = tiny_server.stats()
-    assert stats["blocks_used"] > 0 and stats["blocks_pinned"] == 0
-    assert stats["hit_rate"] == pytest.approx(stats["hit_tokens"] / stats["lookup_tokens"])
+    assert stats["used_blocks"] > 0 and stats["pinned_blocks"] == 0
+    assert stats["hit_rate"] == pytest.approx(stats["hit_tokens"] / stats["query_tokens"])
     reset = tiny_server.post("/v1/cache/reset")
-    assert reset.status_code == 200 and reset.json()["evicted_blocks"] == stats["blocks_used"]
+    assert reset.status_code == 200 and reset.json()["evicted_blocks"] == stats["used_blocks"]
     after = tiny_server.stats()
-    assert after["blocks_used"] == 0 and after["evicted_blocks"] >= stats["blocks_used"]
+    assert after["used_blocks"] == 0 and after["evicted_blocks"] >= stats["used_blocks"]
     reply = client.chat.completions.create(
         model="tiny", messages=MESSAGES, max_tokens=2, extra_body=salt
     )
@@ -143,15 +143,15 @@ def test_cache_stats_and_reset(tiny_server: ServerProcess) -> None:
 
 
 CACHE_METRICS = [
-    "prefixkv_prefix_cache_queries_total",
-    "prefixkv_prefix_cache_hits_total",
-    "prefixkv_prefix_cache_hit_rate",
-    "prefixkv_prefix_cache_blocks_used",
-    "prefixkv_prefix_cache_blocks_capacity",
-    "prefixkv_prefix_cache_blocks_pinned",
-    "prefixkv_prefix_cache_bytes_used",
-    "prefixkv_prefix_cache_capacity_bytes",
-    "prefixkv_prefix_cache_evicted_blocks_total",
+    "prefixkv_cache_query_tokens_total",
+    "prefixkv_cache_hit_tokens_total",
+    "prefixkv_cache_hit_rate",
+    "prefixkv_cache_used_blocks",
+    "prefixkv_cache_total_blocks",
+    "prefixkv_cache_pinned_blocks",
+    "prefixkv_cache_used_bytes",
+    "prefixkv_cache_capacity_bytes",
+    "prefixkv_cache_evicted_blocks_total",
 ]
 
 
@@ -159,7 +159,7 @@ def test_metrics_parse_and_move(tiny_server: ServerProcess) -> None:
     before = tiny_server.metrics()
     for name in CACHE_METRICS:
         assert name in before, name
-    assert before["prefixkv_prefix_cache_blocks_capacity"] > 0
+    assert before["prefixkv_cache_total_blocks"] > 0
     client = tiny_server.client()
     salt = {"cache_salt": "metrics"}
     for _ in range(2):
@@ -170,14 +170,14 @@ def test_metrics_parse_and_move(tiny_server: ServerProcess) -> None:
     chat_ok = 'prefixkv_http_requests_total{endpoint="/v1/chat/completions",status="200"}'
     assert after[chat_ok] == before.get(chat_ok, 0) + 2
     for moved in (
-        "prefixkv_prefix_cache_queries_total",
-        "prefixkv_prefix_cache_hits_total",
+        "prefixkv_cache_query_tokens_total",
+        "prefixkv_cache_hit_tokens_total",
         "prefixkv_time_to_first_token_seconds_count",
-        "prefixkv_request_latency_seconds_count",
+        "prefixkv_e2e_request_latency_seconds_count",
         "prefixkv_prompt_tokens_total",
-        "prefixkv_cached_prompt_tokens_total",
+        "prefixkv_cached_tokens_total",
         "prefixkv_generation_tokens_total",
     ):
         assert after[moved] > before.get(moved, 0), moved
-    assert 0 < after["prefixkv_prefix_cache_hit_rate"] <= 1
-    assert after["prefixkv_requests_waiting"] == 0
+    assert 0 < after["prefixkv_cache_hit_rate"] <= 1
+    assert after["prefixkv_num_requests_waiting"] == 0

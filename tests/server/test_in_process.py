@@ -46,9 +46,9 @@ def gated(tiny_model_dir: Path) -> Iterator[tuple[GatedEngine, TestClient]]:
 
 def waiting(client: TestClient) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("prefixkv_requests_waiting "):
+        if line.startswith("prefixkv_num_requests_waiting "):
             return float(line.split()[1])
-    raise AssertionError("no prefixkv_requests_waiting metric")
+    raise AssertionError("no prefixkv_num_requests_waiting metric")
 
 
 def test_full_queue_answers_429_and_keeps_the_queued(

@@ -1,7 +1,7 @@
 """``prefixkv bench index``: prefix-index operations, side by side with peers, in one run.
 
 Subjects: prefixkv's PrefixIndex, the plain-dict ReferenceIndex, SGLang's classic RadixCache
-and vLLM's block hashing + lookup (the peers when importable; see ``prefixkv.bench.peers``).
+and vLLM's block hashing + lookup (the peers when importable; see ``prefixkv.bench.peers.adapters``).
 Two input forms per case: ``[list]``, a Python list of token ids (what a tokenizer returns),
 each call paying its own conversion; and ``[native]``, the form each engine keeps a request
 in (prefixkv: its canonical ``TokenBytes`` from ``as_token_bytes``; SGLang: ``array('q')``; vLLM: the request's block hashes,
@@ -85,7 +85,7 @@ def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dic
         out[f"insert[{mode}]"] = _time(partial(_insert_next, subject, fresh), reps)
     if subject.can_lock:
         handle = subject.pin(prompt)
-        out["lock_unlock"] = _time(lambda: subject.lock_unlock(handle), reps)
+        out["pin_unpin"] = _time(lambda: subject.pin_unpin(handle), reps)
     return out
 
 

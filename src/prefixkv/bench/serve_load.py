@@ -28,7 +28,7 @@ import httpx
 import openai
 
 from prefixkv.bench.workloads import Request, chat_workload
-from prefixkv.cli import add_option, parse_bytes
+from prefixkv.cli.options import add_option, parse_bytes
 
 SETTINGS = {"prefix cache": [], "no prefix cache": ["--no-prefix-cache"]}
 

@@ -7,8 +7,8 @@ import sys
 from array import array
 from typing import Any, Protocol
 
-from prefixkv.index import PrefixIndex
-from prefixkv.reference import ReferenceIndex
+from prefixkv.index.reference import ReferenceIndex
+from prefixkv.index.tree import PrefixIndex
 from prefixkv.tokens import as_token_bytes
 
 
@@ -25,10 +25,10 @@ class Subject(Protocol):
     def insert(self, tokens: Any) -> None: ...
     def match(self, tokens: Any) -> int: ...
     def pin(self, tokens: list[int]) -> Any:
-        """Untimed preparation for ``lock_unlock``: whatever a lock needs (a match, a node)."""
+        """Untimed preparation for ``pin_unpin``: whatever a pin needs (a match, a node)."""
         ...
 
-    def lock_unlock(self, handle: Any) -> None: ...
+    def pin_unpin(self, handle: Any) -> None: ...
     def evict(self, num_blocks: int) -> int: ...
 
 
@@ -58,9 +58,9 @@ class OurIndex:
     def pin(self, tokens: list[int]) -> Any:
         return self.index.match(tokens)
 
-    def lock_unlock(self, handle: Any) -> None:
-        self.index.lock(handle)
-        self.index.unlock(handle)
+    def pin_unpin(self, handle: Any) -> None:
+        self.index.pin(handle)
+        self.index.unpin(handle)
 
     def evict(self, num_blocks: int) -> int:
         return len(self.index.evict(num_blocks))
@@ -72,7 +72,7 @@ class SGLangSubject:
     can_lock = can_evict = True
 
     def __init__(self, page_size: int) -> None:
-        from prefixkv.bench.peers import SGLangRadix
+        from prefixkv.bench.peers.adapters import SGLangRadix
 
         self.peer = SGLangRadix(page_size=page_size)
         self.name = f"sglang(page={page_size})"
@@ -93,7 +93,7 @@ class SGLangSubject:
         self.peer.unlock(node)
         return node
 
-    def lock_unlock(self, handle: Any) -> None:
+    def pin_unpin(self, handle: Any) -> None:
         self.peer.cache.inc_lock_ref(handle)
         self.peer.cache.dec_lock_ref(handle)
 
@@ -107,7 +107,7 @@ class VLLMSubject:
     can_lock = can_evict = False
 
     def __init__(self, block_size: int, hash_name: str) -> None:
-        from prefixkv.bench.peers import VLLMHashing
+        from prefixkv.bench.peers.adapters import VLLMHashing
 
         self.peer = VLLMHashing(block_size, hash_name, num_blocks=1 << 20)
         self.name = f"vllm({hash_name})"
@@ -130,7 +130,7 @@ class VLLMSubject:
     def pin(self, tokens: list[int]) -> Any:
         raise NotImplementedError
 
-    def lock_unlock(self, handle: Any) -> None:
+    def pin_unpin(self, handle: Any) -> None:
         raise NotImplementedError
 
     def evict(self, num_blocks: int) -> int:

@@ -146,7 +146,7 @@ def _llamacpp_rag(args: argparse.Namespace, engine: Any) -> list[dict[str, Any]]
     """The interleaved RAG workload through llama.cpp + LlamaRAMCache on the same GGUF."""
     import torch
 
-    from prefixkv.bench import llamacpp_peer
+    from prefixkv.bench.peers import llamacpp as llamacpp_peer
     from prefixkv.engine.loader import resolve_model
 
     reason = llamacpp_peer.available()

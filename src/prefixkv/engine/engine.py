@@ -17,16 +17,17 @@ from typing import Any, NamedTuple
 import torch
 from transformers import DynamicCache
 
-from prefixkv.cache import DEFAULT_CAPACITY_BYTES, PrefixKVCache
-from prefixkv.cache_api import Lease, PrefixCache
+from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.lease import Lease
+from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
+from prefixkv.cache.protocol import PrefixCache
 from prefixkv.engine.detok import TextStream
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.loader import load_model
 from prefixkv.engine.prompts import Prompt, prompt_field, prompt_ids
 from prefixkv.engine.sampling import InvalidRequestError, Sampler, SamplingParams
 from prefixkv.engine.workspace import Workspace, WorkspacePool
-from prefixkv.layout import KVLayout
-from prefixkv.policy import EvictionPolicy
+from prefixkv.index.policy import EvictionPolicy
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from prefixkv.layout import KVLayout
+from prefixkv.cache.layout import KVLayout
 
 
 class UnsupportedModelError(TypeError):

@@ -16,7 +16,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from prefixkv.layout import KVLayout
+from prefixkv.cache.layout import KVLayout
 
 GRANULE = 256
 """Buffer capacities are rounded up to this many tokens (a multiple of any block size we use)."""

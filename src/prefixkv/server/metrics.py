@@ -1,6 +1,12 @@
 """Prometheus metrics of one server, in a private registry (so two apps in one process, as in
 tests, never collide).
 
+Names: cache series are the :class:`~prefixkv.cache.CacheStats` fields, ``prefixkv_cache_<field>``
+(the names ``/v1/cache/stats`` returns). Request series follow vLLM's names with ``prefixkv_``
+for ``vllm:`` (``num_requests_waiting``, ``time_to_first_token_seconds``,
+``e2e_request_latency_seconds``, ``prompt_tokens``, ``generation_tokens``), so its dashboards
+carry over; ``cached_tokens`` is OpenAI's usage field.
+
 Cache metrics are read from ``cache.stats()`` at scrape time rather than mirrored, so they
 can never drift from the cache. Request metrics are counted by an ASGI middleware (every
 HTTP request, by endpoint and status) and by the scheduler's ``on_finish`` hook (TTFT,
@@ -17,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefixkv.cache_api import CacheStats
+from prefixkv.cache.protocol import CacheStats
 from prefixkv.server.scheduler import Job
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,29 +42,57 @@ ENDPOINTS = frozenset(
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
+# CacheStats fields that only grow (Prometheus counters); the rest are gauges.
+_CACHE_COUNTERS = frozenset(
+    {
+        "queries",
+        "query_tokens",
+        "hit_tokens",
+        "full_hits",
+        "partial_hits",
+        "misses",
+        "inserted_blocks",
+        "evicted_blocks",
+        "dropped_blocks",
+    }
+)
+
+
 class CacheCollector(Collector):
-    """Exports a CacheStats snapshot, taken at each scrape."""
+    """Exports a CacheStats snapshot, taken at each scrape: every field as
+    ``prefixkv_cache_<field>`` (counters get Prometheus' ``_total``), plus the hit rate."""
 
     def __init__(self, stats: Callable[[], CacheStats]) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
-        p = "prefixkv_prefix_cache_"
-        yield CounterMetricFamily(p + "queries", "Prompt tokens looked up", value=s.lookup_tokens)
-        yield CounterMetricFamily(p + "hits", "Prompt tokens found cached", value=s.hit_tokens)
-        yield CounterMetricFamily(p + "lookups", "Prompts looked up", value=s.lookups)
-        yield GaugeMetricFamily(p + "hit_rate", "Hit tokens / queried tokens", value=s.hit_rate)
-        yield GaugeMetricFamily(p + "blocks_used", "Blocks holding cached KV", value=s.blocks_used)
-        yield GaugeMetricFamily(p + "blocks_capacity", "Blocks in the pool", value=s.blocks_total)
-        yield GaugeMetricFamily(p + "blocks_pinned", "Blocks in use by requests", s.blocks_pinned)
-        yield GaugeMetricFamily(p + "bytes_used", "Bytes of cached KV", value=s.bytes_used)
-        yield GaugeMetricFamily(p + "capacity_bytes", "Bytes of the pool", s.capacity_bytes)
-        yield CounterMetricFamily(p + "evicted_blocks", "Blocks evicted", s.evicted_blocks)
-        yield CounterMetricFamily(p + "stored_blocks", "Blocks stored", value=s.stored_blocks)
-        yield CounterMetricFamily(
-            p + "dropped_blocks", "Blocks not stored: pool pinned", s.dropped_blocks
+        for name, value in s._asdict().items():
+            family = CounterMetricFamily if name in _CACHE_COUNTERS else GaugeMetricFamily
+            yield family(f"prefixkv_cache_{name}", _CACHE_HELP[name], value=value)
+        yield GaugeMetricFamily(
+            "prefixkv_cache_hit_rate", "hit_tokens / query_tokens", value=s.hit_rate
         )
+
+
+_CACHE_HELP = {
+    "queries": "Cache lookups (one per request)",
+    "query_tokens": "Prompt tokens looked up",
+    "hit_tokens": "Prompt tokens found cached",
+    "full_hits": "Lookups that found every full block cached",
+    "partial_hits": "Lookups that found some but not all full blocks cached",
+    "misses": "Lookups that found nothing cached",
+    "inserted_blocks": "Blocks stored into the cache",
+    "evicted_blocks": "Blocks evicted",
+    "dropped_blocks": "Blocks not stored because the rest of the pool was pinned",
+    "used_blocks": "Blocks holding cached KV",
+    "free_blocks": "Blocks free in the pool",
+    "total_blocks": "Blocks in the pool",
+    "pinned_blocks": "Blocks held by running requests (never evicted)",
+    "block_size": "Tokens per block",
+    "used_bytes": "Bytes of cached KV",
+    "capacity_bytes": "Bytes of the pool: the most the cache ever holds",
+}
 
 
 class ServerMetrics:
@@ -83,19 +117,21 @@ class ServerMetrics:
             registry=r,
         )
         self.latency = Histogram(
-            "prefixkv_request_latency_seconds",
+            "prefixkv_e2e_request_latency_seconds",
             "From arrival to the last token of completed generations",
             buckets=_BUCKETS,
             registry=r,
         )
         self.prompt_tokens = Counter("prefixkv_prompt_tokens", "Prompt tokens", registry=r)
         self.cached_tokens = Counter(
-            "prefixkv_cached_prompt_tokens", "Prompt tokens served from the cache", registry=r
+            "prefixkv_cached_tokens", "Prompt tokens served from the cache", registry=r
         )
         self.generated_tokens = Counter(
             "prefixkv_generation_tokens", "Generated tokens", registry=r
         )
-        queued = Gauge("prefixkv_requests_waiting", "Requests queued for the worker", registry=r)
+        queued = Gauge(
+            "prefixkv_num_requests_waiting", "Requests queued for the worker", registry=r
+        )
         queued.set_function(lambda: float(queue_depth()))
         r.register(CacheCollector(stats))
 

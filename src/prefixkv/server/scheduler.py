@@ -121,10 +121,6 @@ class Scheduler:
         """Jobs waiting for the worker (the running one excluded)."""
         return self._queue.qsize()
 
-    @property
-    def busy(self) -> bool:
-        return self._current is not None
-
     def start(self) -> None:
         # daemon: a generation stuck in the model must not keep a stopping process alive.
         self._thread = threading.Thread(target=self._work, name="prefixkv-worker", daemon=True)

@@ -1,6 +1,6 @@
 """PrefixIndex: token prefixes to per-block values, exact, bounded and thread-safe.
 
-Structure: one radix tree of blocks per namespace (see :mod:`prefixkv.node`). Prefixes are
+Structure: one radix tree of blocks per namespace (see :mod:`prefixkv.index.node`). Prefixes are
 compared as raw token bytes, so a match is always verified token for token: there is no hash
 whose collision could serve another prompt's blocks. Children are found with one dict lookup
 keyed by their first block (``child_key``, the block bytes themselves by default).
@@ -9,8 +9,8 @@ Costs, for a query of q tokens (b = q / block_size blocks) whose path crosses p 
 - ``match``: O(q) byte conversion and ``memcmp`` in C, plus O(p + r) Python steps, where r is
   the number of use regions on the path (usually p; at most b). No scan over siblings.
 - ``insert``: the same, plus O(new blocks) to copy labels and values.
-- ``lock`` / ``unlock``: O(p) (the path is re-verified in O(b) only if blocks were evicted
-  between ``match`` and ``lock``).
+- ``pin`` / ``unpin``: O(p) (the path is re-verified in O(b) only if blocks were evicted
+  between ``match`` and ``pin``).
 - ``evict(k)``: O((k + leaves touched) log n) amortized for n evictable leaves; never a scan or
   rebuild over all leaves.
 Every public method takes one ``threading.Lock``; any number of threads may call them.
@@ -22,11 +22,11 @@ import threading
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from prefixkv.evictq import EvictionQueue
-from prefixkv.index_check import check_index
-from prefixkv.match import IndexStats, Match, MatchHandle, StaleMatchError
-from prefixkv.node import Node, Region
-from prefixkv.policy import EvictionPolicy, LRUPolicy
+from prefixkv.index.check import check_index
+from prefixkv.index.eviction_queue import EvictionQueue
+from prefixkv.index.node import Node, Region
+from prefixkv.index.policy import EvictionPolicy, LRUPolicy
+from prefixkv.index.records import IndexStats, Match, MatchHandle, StaleMatchError
 from prefixkv.tokens import TOKEN_BYTES, as_token_bytes
 
 ChildKey = Callable[[bytes], Hashable]
@@ -54,17 +54,17 @@ class PrefixIndex:
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = block_size
-        self._bb = block_size * TOKEN_BYTES  # bytes per block
+        self._block_token_bytes = block_size * TOKEN_BYTES  # bytes of one block's token ids
         self._child_key = child_key
         self._queue = EvictionQueue(policy or LRUPolicy())
         self._hit_step = self._queue.policy.hit_step
         self._roots: dict[Hashable, Node] = {}
         self._lock = threading.Lock()
         self._tick = 0
-        self._epoch = 0  # bumped whenever blocks are removed; lets lock() skip re-verification
+        self._epoch = 0  # bumped whenever blocks are removed; lets pin() skip re-verification
         self._num_blocks = 0
         self._num_nodes = 0
-        self._pinned = 0
+        self._pinned_blocks = 0
         self._held: dict[int, tuple[Match, list[Node | None]]] = {}  # by id(match)
         self._counts = dict.fromkeys(IndexStats._fields, 0)
 
@@ -82,7 +82,7 @@ class PrefixIndex:
         ValueError for malformed tokens.
         """
         buf = as_token_bytes(tokens)
-        end = len(buf) - len(buf) % self._bb
+        end = len(buf) - len(buf) % self._block_token_bytes
         with self._lock:
             self._tick += 1
             match, path = self._find(buf, end, namespace)
@@ -94,7 +94,9 @@ class PrefixIndex:
                     self._use_all(path[-1], self._tick)
                 else:
                     path[-1].use_prefix(used, self._tick, self._hit_step)
-            self._count_query(len(buf) // TOKEN_BYTES, match.num_blocks, end // self._bb)
+            self._count_query(
+                len(buf) // TOKEN_BYTES, match.num_blocks, end // self._block_token_bytes
+            )
             return match
 
     def peek(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Match:
@@ -104,7 +106,7 @@ class PrefixIndex:
         """
         buf = as_token_bytes(tokens)
         with self._lock:
-            return self._find(buf, len(buf) - len(buf) % self._bb, namespace)[0]
+            return self._find(buf, len(buf) - len(buf) % self._block_token_bytes, namespace)[0]
 
     def _find(self, buf: bytes, end: int, namespace: Hashable) -> tuple[Match, list[Node]]:
         root = self._roots.get(namespace)
@@ -119,7 +121,7 @@ class PrefixIndex:
 
     def _descend(self, root: Node, buf: bytes, end: int) -> tuple[list[Node], int]:
         """Nodes on the longest verified path for ``buf[:end]``, and blocks used in the last."""
-        bb, key = self._bb, self._child_key
+        bb, key = self._block_token_bytes, self._child_key
         path: list[Node] = []
         node, pos, used = root, 0, 0
         while pos < end:
@@ -152,8 +154,8 @@ class PrefixIndex:
         """
         buf = as_token_bytes(tokens)
         values = list(values)
-        num = min(len(buf) // self._bb, len(values))
-        end, bb = num * self._bb, self._bb
+        num = min(len(buf) // self._block_token_bytes, len(values))
+        end, bb = num * self._block_token_bytes, self._block_token_bytes
         with self._lock:
             self._tick += 1
             tick = self._tick
@@ -188,14 +190,14 @@ class PrefixIndex:
     def _add_blocks(self, node: Node, label: bytes, values: list[Any], tick: int) -> None:
         """Append new blocks below ``node``: in place if it is an unpinned leaf, else a child."""
         self._num_blocks += len(values)
-        self._counts["inserted"] += len(values)
-        if node.parent is not None and not node.children and node.lock_ref == 0:
+        self._counts["inserted_blocks"] += len(values)
+        if node.parent is not None and not node.children and node.pin_count == 0:
             node.extend(label, values, tick)
             self._queue.update(node)
             return
         child = Node(
             node,
-            self._child_key(label[: self._bb]),
+            self._child_key(label[: self._block_token_bytes]),
             bytearray(label),
             values,
             node.depth + len(node.values),
@@ -208,10 +210,10 @@ class PrefixIndex:
 
     def _split(self, node: Node, num_blocks: int) -> Node:
         """Split ``node`` after ``num_blocks`` blocks; return the new head (the original node
-        object keeps the tail, so match handles and held locks that point at it stay valid)."""
+        object keeps the tail, so match handles and held pins that point at it stay valid)."""
         parent = node.parent
         assert parent is not None
-        cut = num_blocks * self._bb
+        cut = num_blocks * self._block_token_bytes
         head = Node(
             parent,
             node.key,
@@ -220,11 +222,11 @@ class PrefixIndex:
             node.depth,
             node.split_regions(num_blocks),
         )
-        head.lock_ref = node.lock_ref  # every lock through the tail also runs through the head
+        head.pin_count = node.pin_count  # every pin through the tail also runs through the head
         del node.label[:cut]
         del node.values[:num_blocks]
         node.depth += num_blocks
-        node.key = self._child_key(bytes(node.label[: self._bb]))
+        node.key = self._child_key(bytes(node.label[: self._block_token_bytes]))
         node.parent = head
         head.children[node.key] = node
         parent.children[head.key] = head
@@ -253,14 +255,14 @@ class PrefixIndex:
                     break
                 run_start = node.regions[-2].end if len(node.regions) > 1 else 0
                 keep = max(run_start, len(node.values) - (num_blocks - len(out)))
-                out.extend(node.truncate(keep, self._bb))
+                out.extend(node.truncate(keep, self._block_token_bytes))
                 if keep:
                     self._queue.update(node)
                 else:
                     self._remove(node)
             if out:
                 self._num_blocks -= len(out)
-                self._counts["evicted"] += len(out)
+                self._counts["evicted_blocks"] += len(out)
                 self._epoch += 1
         return out
 
@@ -274,13 +276,13 @@ class PrefixIndex:
             if not parent.children:
                 del self._roots[parent.key]
                 parent.attached = False
-        elif not parent.children and parent.lock_ref == 0:
+        elif not parent.children and parent.pin_count == 0:
             self._queue.update(parent)
 
     # --- pins ------------------------------------------------------------------------------
 
-    def lock(self, match: Match) -> None:
-        """Pin the blocks of ``match`` (counted: every lock needs its own unlock).
+    def pin(self, match: Match) -> None:
+        """Pin the blocks of ``match`` (counted: every pin needs its own unpin).
 
         Raises ValueError for a match from another index and StaleMatchError if some of its
         blocks were evicted (or replaced) since it was made.
@@ -294,28 +296,28 @@ class PrefixIndex:
                     end = self._split(end, match.num_blocks - end.depth)
                 node: Node | None = end
                 while node is not None and node.parent is not None:
-                    if node.lock_ref == 0:
-                        self._pinned += len(node.values)
+                    if node.pin_count == 0:
+                        self._pinned_blocks += len(node.values)
                         self._queue.discard(node)
-                    node.lock_ref += 1
+                    node.pin_count += 1
                     node = node.parent
             self._held.setdefault(id(match), (match, []))[1].append(end)
 
-    def unlock(self, match: Match) -> None:
-        """Undo one ``lock(match)``. Raises ValueError if ``match`` is not locked."""
+    def unpin(self, match: Match) -> None:
+        """Undo one ``pin(match)``. Raises ValueError if ``match`` is not pinned."""
         self._own(match)
         with self._lock:
             held = self._held.get(id(match))
             if held is None or held[0] is not match:
-                raise ValueError("unlock() of a match that is not locked")
+                raise ValueError("unpin() of a match that is not pinned")
             ends = held[1]
             node = ends.pop()
             if not ends:
                 del self._held[id(match)]
             while node is not None and node.parent is not None:
-                node.lock_ref -= 1
-                if node.lock_ref == 0:
-                    self._pinned -= len(node.values)
+                node.pin_count -= 1
+                if node.pin_count == 0:
+                    self._pinned_blocks -= len(node.values)
                     if not node.children:
                         self._queue.update(node)
                 node = node.parent
@@ -331,7 +333,9 @@ class PrefixIndex:
         """The node now holding the match's last block, verified to still hold its blocks."""
         node = handle.node
         if handle.epoch != self._epoch:  # blocks were evicted since: verify the whole path
-            now, path = self._find(handle.buf, match.num_blocks * self._bb, match.namespace)
+            now, path = self._find(
+                handle.buf, match.num_blocks * self._block_token_bytes, match.namespace
+            )
             if now.num_blocks != match.num_blocks or not all(map(_is, now.values, match.values)):
                 raise StaleMatchError("blocks of this match were evicted since it was made")
             node = path[-1]
@@ -347,13 +351,13 @@ class PrefixIndex:
         return self._num_blocks
 
     @property
-    def num_evictable(self) -> int:
+    def evictable_blocks(self) -> int:
         """Blocks that ``evict`` could remove now: every unpinned block."""
-        return self._num_blocks - self._pinned
+        return self._num_blocks - self._pinned_blocks
 
     @property
-    def num_pinned(self) -> int:
-        return self._pinned
+    def pinned_blocks(self) -> int:
+        return self._pinned_blocks
 
     @property
     def num_nodes(self) -> int:

@@ -1,6 +1,6 @@
 """A deliberately simple prefix index: one dict entry per block, every rule spelled out.
 
-This is the executable specification of :class:`~prefixkv.index.PrefixIndex`: the property
+This is the executable specification of :class:`~prefixkv.index.tree.PrefixIndex`: the property
 tests drive both with the same random operations and require identical answers, and the
 index benchmark uses it as the plain-dict baseline. It favours obviousness over speed:
 ``evict`` scans every block for each block it removes (O(n) per block).
@@ -12,8 +12,8 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefixkv.match import StaleMatchError
-from prefixkv.policy import BlockAccess, EvictionPolicy, LRUPolicy
+from prefixkv.index.policy import BlockAccess, EvictionPolicy, LRUPolicy
+from prefixkv.index.records import StaleMatchError
 from prefixkv.tokens import TOKEN_BYTES, as_token_bytes
 
 # An entry's key: (namespace, parent entry serial or None for the first block, block bytes).
@@ -39,7 +39,7 @@ class RefMatch:
 
 
 class ReferenceIndex:
-    """Same contract as PrefixIndex (match/insert/lock/unlock/evict), same eviction order."""
+    """Same contract as PrefixIndex (match/insert/pin/unpin/evict), same eviction order."""
 
     def __init__(self, block_size: int = 16, *, policy: EvictionPolicy | None = None) -> None:
         self.block_size = block_size
@@ -99,16 +99,16 @@ class ReferenceIndex:
             parent = entry
         return rejected
 
-    def lock(self, match: RefMatch) -> None:
+    def pin(self, match: RefMatch) -> None:
         if any(self._entries.get(e.key) is not e for e in match.entries):
             raise StaleMatchError("blocks of this match were evicted since it was made")
         for entry in match.entries:
             entry.pins += 1
         self._held[match] = self._held.get(match, 0) + 1
 
-    def unlock(self, match: RefMatch) -> None:
+    def unpin(self, match: RefMatch) -> None:
         if not self._held.get(match):
-            raise ValueError("unlock() of a match that is not locked")
+            raise ValueError("unpin() of a match that is not pinned")
         self._held[match] -= 1
         for entry in match.entries:
             entry.pins -= 1
@@ -132,9 +132,9 @@ class ReferenceIndex:
         return len(self._entries)
 
     @property
-    def num_evictable(self) -> int:
+    def evictable_blocks(self) -> int:
         return sum(1 for e in self._entries.values() if e.pins == 0)
 
     @property
-    def num_pinned(self) -> int:
+    def pinned_blocks(self) -> int:
         return sum(1 for e in self._entries.values() if e.pins > 0)

@@ -5,7 +5,7 @@ values). With blocks on dim 3, gathering any list of blocks for all layers is on
 ``index_select`` whose result is already laid out as ``[layers, 2, heads, tokens, dim]``.
 
 The pool owns tensors and free slots; it knows nothing of tokens. Not thread-safe by itself:
-:class:`~prefixkv.cache.PrefixKVCache` serializes every call.
+:class:`~prefixkv.cache.paged.PrefixKVCache` serializes every call.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from prefixkv.layout import KVLayout
+from prefixkv.cache.layout import KVLayout
 
 
 class BlockPool:

@@ -1,16 +1,16 @@
 """One node of the prefix tree: a run of consecutive blocks with a single parent.
 
 The tree is a radix tree over *blocks*: a node holds ``n >= 1`` consecutive full blocks (its
-``label``, ``n * block_bytes`` bytes of token ids) and one value per block. A root holds no
+``label``, ``n * block_token_bytes`` bytes of token ids) and one value per block. A root holds no
 blocks. Children are keyed by (a function of) their first block, so finding the child that
 continues a prefix is one dict lookup, whatever the number of siblings.
 
 Per-block use records are kept as *regions*: maximal runs of blocks that share one
-:class:`~prefixkv.policy.BlockAccess`. Because every operation that uses a block also uses
+:class:`~prefixkv.index.policy.BlockAccess`. Because every operation that uses a block also uses
 its ancestors, ``hits`` and ``tick`` never increase from head to tail, so a node needs only a
 few regions and a full pass over it is O(regions), usually O(1).
 
-This module owns the per-node mechanics only; :mod:`prefixkv.index` owns the tree.
+This module owns the per-node mechanics only; :mod:`prefixkv.index.tree` owns the tree.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from prefixkv.policy import BlockAccess
+from prefixkv.index.policy import BlockAccess
 
 
 class Region:
@@ -36,14 +36,14 @@ class Region:
 
 
 class Node:
-    """A tree node. Mutated only by :class:`~prefixkv.index.PrefixIndex` under its lock.
+    """A tree node. Mutated only by :class:`~prefixkv.index.tree.PrefixIndex` under its lock.
 
     Invariants (checked by ``PrefixIndex.check_invariants``):
-    - ``len(label) == len(values) * block_bytes``; a non-root node has at least one block;
+    - ``len(label) == len(values) * block_token_bytes``; a non-root node has at least one block;
     - ``depth`` is the absolute index of the node's first block in its prefix;
     - ``regions`` cover ``[0, len(values))`` with strictly increasing ends, and neither
       ``hits`` nor ``tick`` increases from one region to the next;
-    - ``lock_ref`` counts the locks whose pinned path runs through this node;
+    - ``pin_count`` counts the pins whose path runs through this node;
     - ``attached`` is False once the node has been removed from the tree.
     """
 
@@ -53,8 +53,8 @@ class Node:
         "depth",
         "key",
         "label",
-        "lock_ref",
         "parent",
+        "pin_count",
         "regions",
         "values",
     )
@@ -75,13 +75,13 @@ class Node:
         self.values = values
         self.depth = depth
         self.regions = regions
-        self.lock_ref = 0
+        self.pin_count = 0
         self.attached = True
 
     def __repr__(self) -> str:
         return (
             f"Node(depth={self.depth}, blocks={len(self.values)}, children={len(self.children)},"
-            f" lock_ref={self.lock_ref})"
+            f" pin_count={self.pin_count})"
         )
 
     # --- use records -------------------------------------------------------------------------
@@ -90,13 +90,6 @@ class Node:
         """Use record of the last block: the one eviction would take first."""
         last = self.regions[-1]
         return BlockAccess(last.hits, last.tick)
-
-    def access_at(self, block: int) -> BlockAccess:
-        """Use record of block ``block`` (0-based within this node). O(regions)."""
-        for region in self.regions:
-            if block < region.end:
-                return BlockAccess(region.hits, region.tick)
-        raise IndexError(f"block {block} is outside a node of {len(self.values)} blocks")
 
     def use_all(self, tick: int, hit_step: int) -> None:
         """Record one use of every block. O(regions)."""
@@ -122,12 +115,12 @@ class Node:
         self.regions.append(Region(len(self.values), 1, tick))
         self._merge()
 
-    def truncate(self, num_blocks: int, block_bytes: int) -> list[Any]:
+    def truncate(self, num_blocks: int, block_token_bytes: int) -> list[Any]:
         """Keep the first ``num_blocks`` blocks; return the removed values, deepest first."""
         removed = self.values[num_blocks:]
         removed.reverse()
         del self.values[num_blocks:]
-        del self.label[num_blocks * block_bytes :]
+        del self.label[num_blocks * block_token_bytes :]
         regions = self.regions
         while len(regions) > 1 and regions[-2].end >= num_blocks:
             regions.pop()

@@ -1,4 +1,4 @@
-"""Full consistency check of a :class:`~prefixkv.index.PrefixIndex` (tests and debugging).
+"""Full consistency check of a :class:`~prefixkv.index.tree.PrefixIndex` (tests and debugging).
 
 Walks every node once: O(total blocks). Raises ``AssertionError`` naming what broke.
 """
@@ -9,10 +9,10 @@ import itertools
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
-from prefixkv.node import Node
+from prefixkv.index.node import Node
 
 if TYPE_CHECKING:
-    from prefixkv.index import PrefixIndex
+    from prefixkv.index.tree import PrefixIndex
 
 
 def _fail(what: str) -> None:
@@ -23,12 +23,12 @@ def check_index(index: PrefixIndex) -> None:
     """Check structure, use records, pins, counters and the eviction queue of ``index``."""
     # Not thread-safe by itself: PrefixIndex.check_invariants holds the index lock.
     blocks = nodes = pinned = 0
-    expected_locks: Counter[int] = Counter()
+    expected_pins: Counter[int] = Counter()
     for _, ends in index._held.values():
         for end in ends:
             node = end
             while node is not None and node.parent is not None:
-                expected_locks[id(node)] += 1
+                expected_pins[id(node)] += 1
                 node = node.parent
     seen_values: set[Any] = set()
     evictable_leaves = set()
@@ -44,13 +44,13 @@ def check_index(index: PrefixIndex) -> None:
                 _check_node(index, node, key, child)
                 nodes += 1
                 blocks += len(child.values)
-                if child.lock_ref:
+                if child.pin_count:
                     pinned += len(child.values)
                 elif not child.children:
                     evictable_leaves.add(child)
-                if child.lock_ref != expected_locks[id(child)]:
+                if child.pin_count != expected_pins[id(child)]:
                     _fail(
-                        f"{child} has lock_ref {child.lock_ref}, held locks say {expected_locks[id(child)]}"
+                        f"{child} has pin_count {child.pin_count}, held pins say {expected_pins[id(child)]}"
                     )
                 for value in child.values:
                     tag = _value_tag(value)
@@ -62,15 +62,15 @@ def check_index(index: PrefixIndex) -> None:
         _fail(f"counted {blocks} blocks, index says {index._num_blocks}")
     if nodes != index._num_nodes:
         _fail(f"counted {nodes} nodes, index says {index._num_nodes}")
-    if pinned != index._pinned:
-        _fail(f"counted {pinned} pinned blocks, index says {index._pinned}")
+    if pinned != index._pinned_blocks:
+        _fail(f"counted {pinned} pinned blocks, index says {index._pinned_blocks}")
     if set(index._queue) != evictable_leaves:
         _fail("the eviction queue does not hold exactly the unpinned leaves")
     index._queue.check()
 
 
 def _check_node(index: PrefixIndex, parent: Node, key: object, node: Node) -> None:
-    bb = index._bb
+    bb = index._block_token_bytes
     if node.parent is not parent or not node.attached:
         _fail(f"{node} is not linked to its parent")
     if not node.values or len(node.label) != len(node.values) * bb:
@@ -79,8 +79,8 @@ def _check_node(index: PrefixIndex, parent: Node, key: object, node: Node) -> No
         _fail(f"{node} is filed under a key that is not its first block's")
     if node.depth != parent.depth + len(parent.values):
         _fail(f"{node} has depth {node.depth}, parent ends at {parent.depth + len(parent.values)}")
-    if node.lock_ref < sum(c.lock_ref for c in node.children.values()):
-        _fail(f"{node} has fewer locks than its children")
+    if node.pin_count < sum(c.pin_count for c in node.children.values()):
+        _fail(f"{node} has fewer pins than its children")
     regions = node.regions
     if not regions or regions[-1].end != len(node.values):
         _fail(f"{node} regions {regions} do not cover its blocks")

@@ -18,12 +18,13 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache_api import CacheStats, Lease
-from prefixkv.index import PrefixIndex
-from prefixkv.layout import KVLayout
-from prefixkv.match import Match
-from prefixkv.policy import EvictionPolicy
-from prefixkv.pool import BlockPool
+from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.lease import Lease
+from prefixkv.cache.pool import BlockPool
+from prefixkv.cache.protocol import CacheStats
+from prefixkv.index.policy import EvictionPolicy
+from prefixkv.index.records import Match
+from prefixkv.index.tree import PrefixIndex
 from prefixkv.tokens import as_token_bytes, token_count
 
 DEFAULT_CAPACITY_BYTES = 1 << 30
@@ -70,7 +71,7 @@ class PrefixKVCache:
         buf = as_token_bytes(tokens)
         with self._lock:
             match = self.index.match(buf, namespace)
-            self.index.lock(match)
+            self.index.pin(match)
         blocks = match.values
         return Lease(
             match.num_tokens,
@@ -78,7 +79,7 @@ class PrefixKVCache:
             self.layout,
             self.device,
             lambda out: self.pool.gather_into(blocks, out),
-            lambda: self._unlock(match),
+            lambda: self._unpin(match),
         )
 
     def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
@@ -97,7 +98,7 @@ class PrefixKVCache:
         with self._lock:
             # Pin the cached part so that making room cannot evict the blocks we extend.
             cached = self.index.peek(buf, namespace)
-            self.index.lock(cached)
+            self.index.pin(cached)
             blocks = self._reserve(wanted - cached.num_blocks)
         try:
             self.pool.write(blocks, layers, cached.num_tokens)
@@ -105,7 +106,7 @@ class PrefixKVCache:
             with self._lock:
                 self._reserved -= len(blocks)
                 self.pool.free(blocks)
-            self._unlock(cached)
+            self._unpin(cached)
             raise
         with self._lock:
             self._reserved -= len(blocks)
@@ -114,7 +115,7 @@ class PrefixKVCache:
             # Another store may have indexed some of these blocks meanwhile: free our copies.
             duplicates = [b for b in self.index.insert(buf, values, namespace) if b in mine]
             self.pool.free(duplicates)
-            self.index.unlock(cached)
+            self.index.unpin(cached)
         return len(blocks) - len(duplicates)
 
     def _reserve(self, count: int) -> list[int]:
@@ -129,9 +130,9 @@ class PrefixKVCache:
         self._reserved += len(blocks)
         return blocks
 
-    def _unlock(self, match: Match) -> None:
+    def _unpin(self, match: Match) -> None:
         with self._lock:
-            self.index.unlock(match)
+            self.index.unpin(match)
 
     # --- maintenance ---------------------------------------------------------------------
 
@@ -144,25 +145,16 @@ class PrefixKVCache:
 
     def stats(self) -> CacheStats:
         with self._lock:
-            idx = self.index.stats()
             used = len(self.index)
-            block_bytes = self.layout.block_bytes(self.block_size)
             return CacheStats(
-                lookups=idx.queries,
-                lookup_tokens=idx.query_tokens,
-                hit_tokens=idx.hit_tokens,
-                full_hits=idx.full_hits,
-                partial_hits=idx.partial_hits,
-                misses=idx.misses,
-                stored_blocks=idx.inserted,
+                *self.index.stats(),
                 dropped_blocks=self._dropped,
-                evicted_blocks=idx.evicted,
-                blocks_used=used,
-                blocks_free=self.pool.num_free,
-                blocks_total=self.pool.num_blocks,
-                blocks_pinned=self.index.num_pinned,
+                used_blocks=used,
+                free_blocks=self.pool.num_free,
+                total_blocks=self.pool.num_blocks,
+                pinned_blocks=self.index.pinned_blocks,
                 block_size=self.block_size,
-                bytes_used=used * block_bytes,
+                used_bytes=used * self.layout.block_bytes(self.block_size),
                 capacity_bytes=self.pool.nbytes,
             )
 

@@ -1,4 +1,4 @@
-"""Records returned by :class:`~prefixkv.index.PrefixIndex`."""
+"""Records returned by :class:`~prefixkv.index.tree.PrefixIndex`."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from prefixkv.index import PrefixIndex
-    from prefixkv.node import Node
+    from prefixkv.index.node import Node
+    from prefixkv.index.tree import PrefixIndex
 
 
 class StaleMatchError(RuntimeError):
-    """``lock(match)`` after some of the match's blocks were evicted since ``match``."""
+    """``pin(match)`` after some of the match's blocks were evicted since ``match``."""
 
 
 class MatchHandle(NamedTuple):
-    """Where a match ended, for ``lock``; opaque to users."""
+    """Where a match ended, for ``pin``; opaque to users."""
 
     owner: PrefixIndex
     node: Node | None
@@ -47,10 +47,14 @@ class Match(NamedTuple):
 
 
 class IndexStats(NamedTuple):
-    """Counters since the index was created (a snapshot)."""
+    """Counters since the index was created (a snapshot).
+
+    The same names, with the same meaning, head :class:`~prefixkv.cache.CacheStats`, the
+    server's ``/v1/cache/stats`` and its Prometheus ``prefixkv_cache_*`` series.
+    """
 
     queries: int
-    """Calls to ``match``."""
+    """Calls to ``match`` (on a cache: to ``lookup``)."""
     query_tokens: int
     """Tokens passed to ``match``, partial trailing blocks included."""
     hit_tokens: int
@@ -61,9 +65,9 @@ class IndexStats(NamedTuple):
     """Matches that covered some but not all full blocks."""
     misses: int
     """Matches that covered no block."""
-    inserted: int
-    """Blocks newly indexed."""
-    evicted: int
+    inserted_blocks: int
+    """Blocks newly indexed (by ``insert``; on a cache, by ``store``)."""
+    evicted_blocks: int
     """Blocks evicted."""
 
     @property

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache_api import CacheStats, Lease
-from prefixkv.layout import KVLayout
+from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.lease import Lease
+from prefixkv.cache.protocol import CacheStats
 from prefixkv.tokens import as_token_bytes, token_count
 
 
@@ -26,13 +27,13 @@ class NullCache:
         self.layout = layout
         self.block_size = block_size
         self.device = torch.device(device)
-        self._lookups = self._tokens = 0
+        self._queries = self._tokens = 0
         self._counting = threading.Lock()
 
     def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
         count = token_count(as_token_bytes(tokens))
         with self._counting:
-            self._lookups += 1
+            self._queries += 1
             self._tokens += count
         return Lease(0, namespace, self.layout, self.device, _no_read, _nothing)
 
@@ -46,21 +47,21 @@ class NullCache:
 
     def stats(self) -> CacheStats:
         return CacheStats(
-            lookups=self._lookups,
-            lookup_tokens=self._tokens,
+            queries=self._queries,
+            query_tokens=self._tokens,
             hit_tokens=0,
             full_hits=0,
             partial_hits=0,
-            misses=self._lookups,
-            stored_blocks=0,
+            misses=self._queries,
+            inserted_blocks=0,
             dropped_blocks=0,
             evicted_blocks=0,
-            blocks_used=0,
-            blocks_free=0,
-            blocks_total=0,
-            blocks_pinned=0,
+            used_blocks=0,
+            free_blocks=0,
+            total_blocks=0,
+            pinned_blocks=0,
             block_size=self.block_size,
-            bytes_used=0,
+            used_bytes=0,
             capacity_bytes=0,
         )
 

@@ -1,4 +1,4 @@
-"""The queue of evictable leaves, ordered by an :class:`~prefixkv.policy.EvictionPolicy`.
+"""The queue of evictable leaves, ordered by an :class:`~prefixkv.index.policy.EvictionPolicy`.
 
 A binary heap with lazy deletion: ``update`` pushes a fresh entry and marks older entries of
 the same node stale; ``pop`` skips stale entries. Each entry is pushed once and popped at most
@@ -6,7 +6,7 @@ once, and the heap is compacted whenever stale entries outnumber live ones, so `
 ``discard`` and ``pop`` cost O(log n) amortized for n evictable leaves. Nothing ever scans
 or re-heapifies all leaves on an eviction.
 
-Not thread-safe by itself: :class:`~prefixkv.index.PrefixIndex` calls it under its lock.
+Not thread-safe by itself: :class:`~prefixkv.index.tree.PrefixIndex` calls it under its lock.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import heapq
 import itertools
 from collections.abc import Iterator
 
-from prefixkv.node import Node
-from prefixkv.policy import EvictionPolicy
+from prefixkv.index.node import Node
+from prefixkv.index.policy import EvictionPolicy
 
 
 class EvictionQueue:

@@ -1,0 +1,1 @@
+"""Peer systems the benchmarks run beside prefixkv, each in its own module, all optional."""

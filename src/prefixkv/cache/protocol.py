@@ -1,0 +1,69 @@
+"""What a model engine needs from a prefix cache: the PrefixCache protocol and its records."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from prefixkv.cache.lease import Lease
+
+
+class CacheStats(NamedTuple):
+    """A snapshot of a prefix cache: the index's counters (same names and meaning as
+    :class:`~prefixkv.index.IndexStats`), then what only a cache has: dropped blocks and
+    occupancy. Every count of blocks ends in ``_blocks``; the server's ``/v1/cache/stats``
+    returns these fields and ``/metrics`` exports them as ``prefixkv_cache_<field>``."""
+
+    queries: int
+    """Calls to ``lookup``."""
+    query_tokens: int
+    """Tokens passed to ``lookup``."""
+    hit_tokens: int
+    """Tokens found cached (whole blocks)."""
+    full_hits: int
+    partial_hits: int
+    misses: int
+    inserted_blocks: int
+    """Blocks copied into the cache by ``store``."""
+    evicted_blocks: int
+    dropped_blocks: int
+    """Blocks ``store`` could not keep because every other block was pinned."""
+    used_blocks: int
+    free_blocks: int
+    total_blocks: int
+    pinned_blocks: int
+    """Blocks held by leases (requests running on them): never evicted."""
+    block_size: int
+    used_bytes: int
+    capacity_bytes: int
+    """Bytes of the preallocated pool: the most the cache ever holds."""
+
+    @property
+    def hit_rate(self) -> float:
+        """Hit tokens / query tokens (0.0 before any lookup)."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+
+class PrefixCache(Protocol):
+    """The cache interface the engine and server use; PrefixKVCache and NullCache implement it."""
+
+    block_size: int
+
+    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
+        """Pin and return the longest cached prefix of ``tokens``. Raises on malformed tokens."""
+        ...
+
+    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
+        """Cache the full blocks of ``tokens`` not cached yet; return how many were stored.
+        Never raises for lack of space; raises on malformed input and then changes nothing."""
+        ...
+
+    def reset(self) -> int:
+        """Evict every unpinned block; return how many."""
+        ...
+
+    def stats(self) -> CacheStats: ...
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError naming the first broken invariant."""
+        ...

@@ -1,0 +1,115 @@
+"""Options that also read ``PREFIXKV_<OPTION>`` environment variables, and their parsers.
+
+Every ``prefixkv`` option (commands and benchmarks) is added through :func:`add_option`, so
+each follows one rule: the command line wins over the variable, and a bad variable is
+reported under its own name, only when the command that reads it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def parse_bytes(text: str) -> int:
+    """``2GiB``, ``512MiB``, ``1G``, ``64k`` or a plain integer, as a number of bytes;
+    ValueError for anything else.
+
+    K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024; KB/MB/GB/TB are powers of 1000.
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", text, re.IGNORECASE)
+    if match is None or (match.group(3).lower() == "ib" and not match.group(2)):
+        raise ValueError(f"not a size: {text!r} (try 2GiB, 512MiB or 1000000)")
+    number, prefix, suffix = match.group(1), match.group(2).lower(), match.group(3).lower()
+    base = 1000 ** " kmgt".index(prefix) if suffix == "b" else _UNITS[prefix]
+    return int(float(number) * base)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class _EnvText(str):
+    """A default taken from an environment variable; remembers which, for error messages."""
+
+    env = ""
+
+
+def _checked(convert: Any) -> Any:
+    """``convert`` for argparse, naming the environment variable when its value is bad."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            where = f"{text.env}={text!r}" if isinstance(text, _EnvText) else repr(text)
+            raise argparse.ArgumentTypeError(f"invalid value {where}: {exc}") from exc
+
+    return parse
+
+
+def one_of(choices: list[str]) -> Any:
+    def parse(text: str) -> str:
+        if text.lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text.lower()
+
+    return parse
+
+
+def _parse_bool(text: str) -> bool:
+    if text.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(f"expected one of {', '.join(_TRUE + _FALSE[:-1])}")
+    return text.strip().lower() in _TRUE
+
+
+class _Flag(argparse.Action):
+    """``store_true`` whose default may come from the environment (parsed by ``type``)."""
+
+    def __init__(self, option_strings: Any, dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        setattr(namespace, self.dest, True)
+
+
+class ReplaceThenAppend(argparse.Action):
+    """``append``, except that the first use on the command line drops the environment's
+    list instead of adding to it."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        items = getattr(namespace, self.dest)
+        items = [] if items is self.default else list(items)
+        setattr(namespace, self.dest, [*items, values])
+
+
+def add_option(
+    parser: argparse.ArgumentParser, flag: str, help: str, secret: bool = False, **kwargs: Any
+) -> None:
+    """Add ``flag``, its default overridden by ``PREFIXKV_<FLAG>`` when that is set. The
+    variable is parsed (by ``type``) only if this command runs, so a bad one in the
+    environment cannot break another command. ``action="flag"`` is a boolean switch whose
+    variable reads 1/true/yes/on or 0/false/no/off; ``secret`` keeps the value out of --help.
+    Benchmarks use this too, so every ``prefixkv`` option follows the same rule."""
+    env = "PREFIXKV_" + flag.lstrip("-").upper().replace("-", "_")
+    value = os.environ.get(env)
+    if kwargs.get("action") == "flag":
+        kwargs.update(action=_Flag, type=_parse_bool, default=False)
+    if value is not None and kwargs.get("action") is ReplaceThenAppend:
+        kwargs["default"] = [item.strip() for item in value.split(",") if item.strip()]
+    elif value is not None:
+        kwargs["default"] = _EnvText(value)
+        kwargs["default"].env = env
+    if "type" in kwargs:
+        kwargs["type"] = _checked(kwargs["type"])
+    hidden = secret or kwargs.get("action") is _Flag or kwargs.get("default") is None
+    shown = "" if hidden else " (%(default)s)"
+    parser.add_argument(flag, help=f"{help}{shown} [env {env}]", **kwargs)

@@ -1,0 +1,32 @@
+"""The prefix index: token prefixes to per-block values. Needs NumPy only, never torch.
+
+- :mod:`.tree`: :class:`PrefixIndex`, the radix tree over blocks (structure, pins, eviction)
+- :mod:`.node`: one node (a run of blocks) and its per-block use records
+- :mod:`.records`: :class:`Match`, :class:`IndexStats`, :class:`StaleMatchError`
+- :mod:`.policy`: eviction policies (LRU, LFU) as small strategy objects
+- :mod:`.eviction_queue`: the lazy heap of evictable leaves
+- :mod:`.check`: the full invariant check
+- :mod:`.reference`: the plain-dict reference model the property tests compare against
+"""
+
+from prefixkv.index.policy import (
+    BlockAccess,
+    EvictionPolicy,
+    LFUPolicy,
+    LRUPolicy,
+    policy_by_name,
+)
+from prefixkv.index.records import IndexStats, Match, StaleMatchError
+from prefixkv.index.tree import PrefixIndex
+
+__all__ = [
+    "BlockAccess",
+    "EvictionPolicy",
+    "IndexStats",
+    "LFUPolicy",
+    "LRUPolicy",
+    "Match",
+    "PrefixIndex",
+    "StaleMatchError",
+    "policy_by_name",
+]
