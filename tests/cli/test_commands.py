@@ -14,7 +14,7 @@ import pytest
 from prefixkv.cli import commands as cli
 from prefixkv.cli.options import parse_bytes
 
-from .engine.tiny import tiny_llama, tiny_tokenizer
+from ..engine.tiny import tiny_llama, tiny_tokenizer
 
 
 @pytest.mark.parametrize(

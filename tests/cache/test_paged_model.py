@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from prefixkv import LFUPolicy, LRUPolicy, PrefixKVCache
 from prefixkv.index.reference import ReferenceIndex
 
-from .kvfixtures import LAYOUT, kv_for
+from ..kvfixtures import LAYOUT, kv_for
 
 BLOCK = 2
 CAPACITY_BLOCKS = 7

@@ -7,7 +7,7 @@ import torch
 
 from prefixkv import KVLayout, NullCache, PrefixKVCache
 
-from .kvfixtures import LAYOUT, kv_for
+from ..kvfixtures import LAYOUT, kv_for
 
 
 def make_cache(blocks: int = 8, block_size: int = 4) -> PrefixKVCache:
