@@ -24,7 +24,8 @@ from prefixkv.index import (
 
 if TYPE_CHECKING:
     from prefixkv.cache import CacheStats, KVLayout, Lease, NullCache, PrefixCache, PrefixKVCache
-    from prefixkv.engine.engine import Completion, Engine
+    from prefixkv.engine.engine import Engine
+    from prefixkv.engine.request import Completion
 
 __all__ = [
     "BlockAccess",
@@ -54,7 +55,7 @@ _LAZY = {
     "NullCache": "prefixkv.cache",
     "PrefixCache": "prefixkv.cache",
     "PrefixKVCache": "prefixkv.cache",
-    "Completion": "prefixkv.engine.engine",
+    "Completion": "prefixkv.engine.request",
     "Engine": "prefixkv.engine.engine",
 }
 

@@ -11,6 +11,7 @@ from transformers import DynamicCache
 from prefixkv import NullCache
 from prefixkv.bench import workloads
 from prefixkv.engine.engine import Engine
+from prefixkv.tokens import tokens_from_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +60,8 @@ def test_logits_bitwise_vs_same_split_and_close_to_one_pass(pair: tuple[Engine, 
     )
     cached.cache.reset()
     cached.generate(first, max_tokens=1)  # caches the KV of one pass over `first`
-    ids_first = cached.prepare(first)[0]
-    ids_second = cached.prepare(second)[0]
+    ids_first = tokens_from_bytes(cached.request(first).ids)
+    ids_second = tokens_from_bytes(cached.request(second).ids)
     logits, reuse = cached.next_token_logits(second)
     assert reuse >= 300
     with torch.inference_mode():

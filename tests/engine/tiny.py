@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-CHARS = string.ascii_letters + string.digits + " .,;:!?'\"-()\n"
+CHARS = string.ascii_letters + string.digits + " .,;:!?'\"-()\n<>|_"
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -21,9 +21,9 @@ def tiny_tokenizer() -> Any:
 
     vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split(
-        Regex("<\\|im_(start|end)\\|>|."), behavior="isolated"
-    )
+    # One character per piece: control tokens are recognised only as added special tokens,
+    # so ``split_special_tokens=True`` turns their text into plain characters, as with BPE.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens(SPECIALS)
     return PreTrainedTokenizerFast(

@@ -1,15 +1,24 @@
-"""Shared servers: one tiny-model server for the fast matrix (session-wide: starting a server
-costs seconds), each stopped with SIGTERM at the end and required to exit cleanly."""
+"""Servers for the tests: the app in-process over a FakeEngine (fast: the bad-input matrix,
+response shapes, auth, queueing), and a real ``prefixkv serve`` process on the tiny model
+(session-wide: starting one costs seconds), stopped with SIGTERM and required to exit cleanly.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import openai
 import pytest
+from fastapi.testclient import TestClient
+
+from prefixkv.server import ServerSettings, create_app
 
 from ..engine.tiny import tiny_llama, tiny_tokenizer
-from .harness import ServerProcess
+from .fake_engine import FakeEngine
+from .harness import ServerProcess, parse_metrics
 
 TINY_ARGS = ["--cache-bytes", "64MiB", "--block-size", "4", "--threads", "1"]
 TINY_CONTEXT = 4096
@@ -37,3 +46,54 @@ def tiny_server(
     yield server
     assert server.stop() == 0, server.output()
     assert "Traceback" not in server.output(), server.output()
+
+
+class App:
+    """The app over a FakeEngine, in-process: ``http`` is a started TestClient (an httpx
+    client), ``openai()`` the official client over it."""
+
+    def __init__(self, engine: FakeEngine, http: TestClient, api_key: str = "") -> None:
+        self.engine = engine
+        self.http = http
+        self.api_key = api_key
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        key = self.api_key if key is None else key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def openai(self, key: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url="http://testserver/v1",
+            api_key=key or self.api_key or "none",
+            http_client=self.http,
+            max_retries=0,
+        )
+
+    def stats(self) -> dict[str, Any]:
+        response = self.http.get("/v1/cache/stats", headers=self.headers())
+        response.raise_for_status()
+        stats: dict[str, Any] = response.json()
+        return stats
+
+    def metrics(self) -> dict[str, float]:
+        response = self.http.get("/metrics", headers=self.headers())
+        response.raise_for_status()
+        return parse_metrics(response.text)
+
+
+@contextmanager
+def running_app(engine: FakeEngine | None = None, **settings: Any) -> Iterator[App]:
+    """An app over ``engine`` (a new FakeEngine by default) with ``ServerSettings(**settings)``
+    (model name "fake"), its lifespan (worker thread) running for the block."""
+    engine = engine or FakeEngine()
+    keys = settings.get("api_keys", ())
+    config = ServerSettings(model_names=("fake",), **settings)
+    with TestClient(create_app(engine, config)) as http:
+        yield App(engine, http, keys[0] if keys else "")
+    engine.gate.set()
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    with running_app(max_tokens_limit=64, default_max_tokens=16) as running:
+        yield running

@@ -87,15 +87,9 @@ class ServerProcess:
         return stats
 
     def metrics(self) -> dict[str, float]:
-        """Every sample of ``/metrics``, keyed ``name{label="value",...}`` (labels sorted)."""
         response = self.get("/metrics")
         response.raise_for_status()
-        samples = {}
-        for family in text_string_to_metric_families(response.text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return samples
+        return parse_metrics(response.text)
 
     def client(self, key: str | None = None) -> openai.OpenAI:
         return openai.OpenAI(
@@ -109,6 +103,17 @@ class ServerProcess:
             max_retries=0,
             timeout=300.0,
         )
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Every sample of a Prometheus exposition, keyed ``name{label="value",...}`` (labels
+    sorted)."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -1,5 +1,8 @@
-"""Bad input: each malformed request gets a 4xx with an OpenAI-shaped error body naming the
-problem, touches neither the cache nor the queue, and the server keeps serving."""
+"""Bad input, in-process over the fake engine (whose validation is the real Intake): each
+malformed request gets a 4xx with an OpenAI-shaped error body naming the problem, touches
+neither the cache nor the queue, and the server keeps serving. ``test_fuzz.py`` generates
+bodies at random; ``test_real_server.py`` checks the openai client's typed errors on a real
+process."""
 
 from __future__ import annotations
 
@@ -7,22 +10,21 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import openai
 import pytest
 
-from .conftest import TINY_CONTEXT
-from .harness import ServerProcess
+from .conftest import App, running_app
+from .fake_engine import CONTEXT
 
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 USER = [{"role": "user", "content": "hello"}]
 
 
 def chat(**fields: Any) -> dict[str, Any]:
-    return {"model": "tiny", "messages": USER, "max_tokens": 4, **fields}
+    return {"model": "fake", "messages": USER, "max_tokens": 4, **fields}
 
 
 def text(**fields: Any) -> dict[str, Any]:
-    return {"model": "tiny", "prompt": "hello", "max_tokens": 4, **fields}
+    return {"model": "fake", "prompt": "hello", "max_tokens": 4, **fields}
 
 
 # name: (path, body (JSON-encoded unless bytes), status, param, code)
@@ -31,7 +33,7 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "json_not_an_object": (CHAT, b"[1, 2]", 400, None, "invalid_json"),
     "unknown_model": (CHAT, chat(model="gpt-17"), 404, "model", "model_not_found"),
     "model_not_a_string": (CHAT, chat(model=7), 400, "model", "invalid_type"),
-    "missing_messages": (CHAT, {"model": "tiny"}, 400, "messages", "invalid_type"),
+    "missing_messages": (CHAT, {"model": "fake"}, 400, "messages", "invalid_type"),
     "empty_messages": (CHAT, chat(messages=[]), 400, "messages", None),
     "messages_not_a_list": (CHAT, chat(messages="hi"), 400, "messages", "invalid_type"),
     "message_not_an_object": (CHAT, chat(messages=["hi"]), 400, "messages[0]", "invalid_type"),
@@ -64,21 +66,21 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "max_tokens_over_server_limit": (CHAT, chat(max_tokens=3001), 400, "max_tokens", None),
     "max_tokens_past_context": (
         TEXT,
-        text(prompt="a" * 1500, max_tokens=3000),
+        text(prompt="a" * 300, max_tokens=300),
         400,
         "max_tokens",
         "context_length_exceeded",
     ),
     "prompt_longer_than_context": (
         TEXT,
-        text(prompt="a" * (TINY_CONTEXT + 10)),
+        text(prompt="a" * (CONTEXT + 10)),
         400,
         "prompt",
         "context_length_exceeded",
     ),
     "chat_longer_than_context": (
         CHAT,
-        chat(messages=[{"role": "user", "content": "a" * TINY_CONTEXT}]),
+        chat(messages=[{"role": "user", "content": "a" * CONTEXT}]),
         400,
         "messages",
         "context_length_exceeded",
@@ -102,19 +104,82 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "seed_string": (CHAT, chat(seed="x"), 400, "seed", "invalid_type"),
     "seed_too_big": (CHAT, chat(seed=2**70), 400, "seed", None),
     "cache_salt_wrong_type": (CHAT, chat(cache_salt=5), 400, "cache_salt", "invalid_type"),
-    "missing_prompt": (TEXT, {"model": "tiny"}, 400, "prompt", "invalid_type"),
+    "missing_prompt": (TEXT, {"model": "fake"}, 400, "prompt", "invalid_type"),
     "empty_prompt": (TEXT, text(prompt=""), 400, "prompt", None),
     "empty_token_list": (TEXT, text(prompt=[]), 400, "prompt", None),
     "two_prompts": (TEXT, text(prompt=["a", "b"]), 400, "prompt", None),
     "token_outside_vocabulary": (TEXT, text(prompt=[5, 99999]), 400, "prompt", None),
     "mixed_prompt_list": (TEXT, text(prompt=[5, "a"]), 400, "prompt", "invalid_type"),
+    # Found by an adversarial review: each was a 500 (or silently accepted).
+    "lone_surrogate_in_content": (
+        CHAT,
+        chat(messages=[{"role": "user", "content": "hi \ud800 there"}]),
+        400,
+        "messages[0].content",
+        None,
+    ),
+    "lone_surrogate_in_prompt": (TEXT, text(prompt="\udfff"), 400, "prompt", None),
+    "nested_arrays_100k_deep": (
+        CHAT,
+        b'{"model": "fake", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        400,
+        None,
+        "invalid_json",
+    ),
+    "nested_objects_50k_deep": (
+        CHAT,
+        b'{"model": "fake", "x": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+        400,
+        None,
+        "invalid_json",
+    ),
+    "max_tokens_5000_digits": (
+        CHAT,
+        b'{"model": "fake", "messages": [], "max_tokens": ' + b"9" * 5000 + b"}",
+        400,
+        None,
+        "invalid_json",
+    ),
+    "unknown_field_5000_digits": (
+        CHAT,
+        b'{"model": "fake", "messages": [], "whatever": -' + b"7" * 5000 + b"}",
+        400,
+        None,
+        "invalid_json",
+    ),
+    "max_tokens_4000_digits": (CHAT, chat(max_tokens=10**3999), 400, "max_tokens", None),
+    "temperature_400_digits": (CHAT, chat(temperature=10**400), 400, "temperature", None),
+    "n_true": (CHAT, chat(n=True), 400, "n", "unsupported_parameter"),
+    "top_logprobs_false": (
+        CHAT,
+        chat(top_logprobs=False),
+        400,
+        "top_logprobs",
+        "unsupported_parameter",
+    ),
+    "role_deeply_nested": (
+        CHAT,
+        chat(messages=[{"role": json.loads("[" * 900 + "]" * 900), "content": "hi"}]),
+        400,
+        "messages[0].role",
+        None,
+    ),
+    "stop_list_of_numbers": (CHAT, chat(stop=[1, 2]), 400, "stop", "invalid_type"),
+    "seed_float": (CHAT, chat(seed=1.5), 400, "seed", "invalid_type"),
 }
 
 
-def send(server: ServerProcess, path: str, body: Any, **headers: str) -> Any:
+@pytest.fixture(scope="module")
+def served() -> Iterator[App]:
+    with running_app(max_tokens_limit=3000, default_max_tokens=8) as app:
+        yield app
+
+
+def send(app: App, path: str, body: Any, **headers: str) -> Any:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    all_headers = {"Content-Type": "application/json", **headers}
-    return server.post(path, content=content, headers=all_headers)
+    return app.http.post(
+        path, content=content, headers={"Content-Type": "application/json", **headers}
+    )
 
 
 def assert_error(response: Any, status: int, param: str | None, code: str | None) -> None:
@@ -129,58 +194,48 @@ def assert_error(response: Any, status: int, param: str | None, code: str | None
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_request_gets_openai_error(tiny_server: ServerProcess, case: str) -> None:
+def test_bad_request_gets_openai_error(served: App, case: str) -> None:
     path, body, status, param, code = CASES[case]
-    assert_error(send(tiny_server, path, body), status, param, code)
+    assert_error(send(served, path, body), status, param, code)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
-def test_wrong_content_type_is_415(tiny_server: ServerProcess, content_type: str) -> None:
-    response = tiny_server.post(
+def test_wrong_content_type_is_415(served: App, content_type: str) -> None:
+    response = served.http.post(
         CHAT, content=json.dumps(chat()).encode(), headers={"Content-Type": content_type}
     )
     assert_error(response, 415, None, "unsupported_media_type")
 
 
-def test_oversized_body_is_413(tiny_server: ServerProcess) -> None:
+def test_oversized_body_is_413(served: App) -> None:
     big = chat(messages=[{"role": "user", "content": "a" * (3 << 19)}])  # 1.5 MiB
-    assert_error(send(tiny_server, CHAT, big), 413, None, "request_too_large")
+    assert_error(send(served, CHAT, big), 413, None, "request_too_large")
 
 
-def test_oversized_chunked_body_is_413(tiny_server: ServerProcess) -> None:
+def test_oversized_chunked_body_is_413(served: App) -> None:
     """Without Content-Length the limit is enforced while reading."""
 
     def chunks() -> Iterator[bytes]:
-        yield b'{"model": "tiny", "prompt": "'
+        yield b'{"model": "fake", "prompt": "'
         for _ in range(40):
             yield b"a" * 65536
         yield b'"}'
 
-    response = tiny_server.post(
+    response = served.http.post(
         TEXT, content=chunks(), headers={"Content-Type": "application/json"}
     )
     assert_error(response, 413, None, "request_too_large")
 
 
-def test_unknown_route_and_method_are_openai_shaped(tiny_server: ServerProcess) -> None:
-    assert_error(tiny_server.get("/v1/nothing"), 404, None, "not_found")
-    assert_error(tiny_server.get(CHAT), 405, None, "method_not_allowed")
+def test_unknown_route_and_method_are_openai_shaped(served: App) -> None:
+    assert_error(served.http.get("/v1/nothing"), 404, None, "not_found")
+    assert_error(served.http.get(CHAT), 405, None, "method_not_allowed")
 
 
-def test_openai_client_sees_typed_errors(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
-    with pytest.raises(openai.NotFoundError) as missing:
-        client.chat.completions.create(model="gpt-17", messages=USER)  # type: ignore[arg-type]
-    assert missing.value.code == "model_not_found" and missing.value.param == "model"
-    with pytest.raises(openai.BadRequestError) as hot:
-        client.chat.completions.create(model="tiny", messages=USER, temperature=3)  # type: ignore[arg-type]
-    assert hot.value.param == "temperature"
-
-
-def test_bad_input_leaves_cache_and_server_intact(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
+def test_bad_input_leaves_cache_and_server_intact(served: App) -> None:
+    client = served.openai()
     request: Any = {
-        "model": "tiny",
+        "model": "fake",
         "messages": [{"role": "user", "content": "after the storm"}],
         "max_tokens": 8,
         "temperature": 0,
@@ -188,12 +243,13 @@ def test_bad_input_leaves_cache_and_server_intact(tiny_server: ServerProcess) ->
     }
     client.chat.completions.create(**request)  # warms the cache
     warm = client.chat.completions.create(**request)
-    before = tiny_server.stats()
+    before, runs = served.stats(), served.engine.runs
     for path, body, *_ in CASES.values():
-        assert send(tiny_server, path, body).status_code in (400, 404)
-    after = tiny_server.stats()
+        assert send(served, path, body).status_code in (400, 404)
+    after = served.stats()
     for field in ("queries", "query_tokens", "inserted_blocks", "used_blocks", "pinned_blocks"):
         assert after[field] == before[field], field
+    assert served.engine.runs == runs  # nothing reached the queue
     # Same prompt, same cached split as ``warm``: bitwise the same computation.
     again = client.chat.completions.create(**request)
     assert again.choices[0].message.content == warm.choices[0].message.content

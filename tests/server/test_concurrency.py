@@ -14,8 +14,11 @@ import asyncio
 from typing import Any
 
 import openai
+import pytest
 
 from .harness import ServerProcess
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 CLIENTS, REQUESTS, MAX_TOKENS = 32, 3, 12
 

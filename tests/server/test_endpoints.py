@@ -1,5 +1,6 @@
-"""Every endpoint on the tiny model, driven by the official openai client where it applies:
-response shapes, streaming, usage with cached tokens, models, metrics, cache stats/reset."""
+"""Every endpoint, in-process over the fake engine, driven by the official openai client where
+it applies: response shapes, streaming, usage with cached tokens, models, metrics, cache
+stats/reset. (``test_real_server.py`` runs the same client against a real process.)"""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from .harness import ServerProcess
+from .conftest import App
 
 MESSAGES: Any = [
     {"role": "system", "content": "You are a ship's cat. Answer in meows and purrs only."},
@@ -17,22 +18,22 @@ MESSAGES: Any = [
 ]
 
 
-def test_health(tiny_server: ServerProcess) -> None:
-    response = tiny_server.get("/health")
+def test_health(app: App) -> None:
+    response = app.http.get("/health")
     assert response.status_code == 200 and response.json() == {"status": "ok"}
 
 
-def test_models(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
-    assert [m.id for m in client.models.list()] == ["tiny"]
-    assert client.models.retrieve("tiny").id == "tiny"
+def test_models(app: App) -> None:
+    client = app.openai()
+    assert [m.id for m in client.models.list()] == ["fake"]
+    assert client.models.retrieve("fake").id == "fake"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-17")
 
 
-def test_chat_streaming_and_not_agree(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
-    common: Any = {"model": "tiny", "messages": MESSAGES, "max_tokens": 10, "temperature": 0}
+def test_chat_streaming_and_not_agree(app: App) -> None:
+    client = app.openai()
+    common: Any = {"model": "fake", "messages": MESSAGES, "max_tokens": 10, "temperature": 0}
     # Distinct salts: both requests start cold, so they compute the very same thing.
     whole = client.chat.completions.create(**common, extra_body={"cache_salt": "agree-1"})
     assert whole.object == "chat.completion" and whole.id.startswith("chatcmpl-")
@@ -57,13 +58,13 @@ def test_chat_streaming_and_not_agree(tiny_server: ServerProcess) -> None:
     assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
 
 
-def test_second_request_reports_cached_tokens(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
+def test_second_request_reports_cached_tokens(app: App) -> None:
+    client = app.openai()
     usages = []
     for question in ("Where is the captain?", "Where is the cook?"):
         messages = [MESSAGES[0], {"role": "user", "content": question}]
         reply = client.chat.completions.create(
-            model="tiny", messages=messages, max_tokens=3, extra_body={"cache_salt": "second"}
+            model="fake", messages=messages, max_tokens=3, extra_body={"cache_salt": "second"}
         )
         usages.append(reply.usage)
     first, second = usages
@@ -73,9 +74,9 @@ def test_second_request_reports_cached_tokens(tiny_server: ServerProcess) -> Non
     assert 0 < (second.prompt_tokens_details.cached_tokens or 0) < second.prompt_tokens
 
 
-def test_completions_text_tokens_and_stream(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
-    common: Any = {"model": "tiny", "max_tokens": 6, "temperature": 0}
+def test_completions_text_tokens_and_stream(app: App) -> None:
+    client = app.openai()
+    common: Any = {"model": "fake", "max_tokens": 6, "temperature": 0}
     by_text = client.completions.create(prompt="Once upon a time", **common)
     assert by_text.object == "text_completion" and by_text.id.startswith("cmpl-")
     assert by_text.usage is not None and by_text.usage.completion_tokens <= 6
@@ -96,9 +97,9 @@ def test_completions_text_tokens_and_stream(tiny_server: ServerProcess) -> None:
     )
 
 
-def test_stop_strings_and_token_limits(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
-    common: Any = {"model": "tiny", "prompt": "The tide rolls in", "temperature": 0}
+def test_stop_strings_and_token_limits(app: App) -> None:
+    client = app.openai()
+    common: Any = {"model": "fake", "prompt": "The tide rolls in", "temperature": 0}
     full = client.completions.create(max_tokens=12, **common).choices[0]
     assert full.finish_reason == "length"
     stop = full.text[3:5]
@@ -107,12 +108,12 @@ def test_stop_strings_and_token_limits(tiny_server: ServerProcess) -> None:
     newer = client.completions.create(extra_body={"max_completion_tokens": 2}, **common)
     assert newer.usage is not None and newer.usage.completion_tokens == 2
     default = client.completions.create(**common)  # max_tokens unset: the server's default
-    assert default.usage is not None and 1 <= default.usage.completion_tokens <= 256
+    assert default.usage is not None and default.usage.completion_tokens == 16  # app fixture
 
 
-def test_sse_wire_format(tiny_server: ServerProcess) -> None:
-    body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 3, "stream": True}
-    response = tiny_server.post("/v1/chat/completions", json=body)
+def test_sse_wire_format(app: App) -> None:
+    body = {"model": "fake", "messages": MESSAGES, "max_tokens": 3, "stream": True}
+    response = app.http.post("/v1/chat/completions", json=body)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [e for e in response.text.split("\n\n") if e]
@@ -124,19 +125,19 @@ def test_sse_wire_format(tiny_server: ServerProcess) -> None:
     assert all(p["object"] == "chat.completion.chunk" for p in payloads)
 
 
-def test_cache_stats_and_reset(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
+def test_cache_stats_and_reset(app: App) -> None:
+    client = app.openai()
     salt = {"cache_salt": "reset"}
-    client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=2, extra_body=salt)
-    stats = tiny_server.stats()
+    client.chat.completions.create(model="fake", messages=MESSAGES, max_tokens=2, extra_body=salt)
+    stats = app.stats()
     assert stats["used_blocks"] > 0 and stats["pinned_blocks"] == 0
     assert stats["hit_rate"] == pytest.approx(stats["hit_tokens"] / stats["query_tokens"])
-    reset = tiny_server.post("/v1/cache/reset")
+    reset = app.http.post("/v1/cache/reset")
     assert reset.status_code == 200 and reset.json()["evicted_blocks"] == stats["used_blocks"]
-    after = tiny_server.stats()
+    after = app.stats()
     assert after["used_blocks"] == 0 and after["evicted_blocks"] >= stats["used_blocks"]
     reply = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_tokens=2, extra_body=salt
+        model="fake", messages=MESSAGES, max_tokens=2, extra_body=salt
     )
     assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
     assert reply.usage.prompt_tokens_details.cached_tokens == 0
@@ -155,18 +156,18 @@ CACHE_METRICS = [
 ]
 
 
-def test_metrics_parse_and_move(tiny_server: ServerProcess) -> None:
-    before = tiny_server.metrics()
+def test_metrics_parse_and_move(app: App) -> None:
+    before = app.metrics()
     for name in CACHE_METRICS:
         assert name in before, name
     assert before["prefixkv_cache_total_blocks"] > 0
-    client = tiny_server.client()
+    client = app.openai()
     salt = {"cache_salt": "metrics"}
     for _ in range(2):
         client.chat.completions.create(
-            model="tiny", messages=MESSAGES, max_tokens=2, extra_body=salt
+            model="fake", messages=MESSAGES, max_tokens=2, extra_body=salt
         )
-    after = tiny_server.metrics()
+    after = app.metrics()
     chat_ok = 'prefixkv_http_requests_total{endpoint="/v1/chat/completions",status="200"}'
     assert after[chat_ok] == before.get(chat_ok, 0) + 2
     for moved in (

@@ -1,4 +1,5 @@
-"""Tenant isolation and authentication.
+"""Tenant isolation and authentication, in-process over the fake engine (and one real
+process for keys given through the environment).
 
 A request's namespace is (tenant of its API key, its cache_salt): two requests share cached
 prefixes only if both match, so one tenant never gets hits from another's prompts.
@@ -14,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from .conftest import TINY_ARGS
+from .conftest import TINY_ARGS, App, running_app
 from .harness import ServerProcess
 
 KEYS = ("key-of-ana", "key-of-bo")
@@ -27,7 +28,7 @@ PROMPT: Any = [
 def cached_tokens(client: openai.OpenAI, salt: str | None = None) -> int:
     extra = {} if salt is None else {"cache_salt": salt}
     reply = client.chat.completions.create(
-        model="tiny",
+        model="fake",
         messages=PROMPT,
         max_tokens=2,
         temperature=0,
@@ -37,8 +38,8 @@ def cached_tokens(client: openai.OpenAI, salt: str | None = None) -> int:
     return reply.usage.prompt_tokens_details.cached_tokens or 0
 
 
-def test_cache_salt_values_never_share_hits(tiny_server: ServerProcess) -> None:
-    client = tiny_server.client()
+def test_cache_salt_values_never_share_hits(app: App) -> None:
+    client = app.openai()
     assert cached_tokens(client, "tenant-a") == 0
     assert cached_tokens(client, "tenant-a") > 0  # same salt: hits
     assert cached_tokens(client, "tenant-b") == 0  # another salt: a cold cache
@@ -49,21 +50,32 @@ def test_cache_salt_values_never_share_hits(tiny_server: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def keyed(
+def keyed() -> Iterator[App]:
+    with running_app(api_keys=KEYS, max_tokens_limit=64) as app:
+        yield app
+
+
+@pytest.mark.process
+def test_keys_from_the_environment(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
-    """Two keys, given through the environment as the CLI documents; stopped with SIGINT."""
+) -> None:
+    """Two keys through the environment, as the CLI documents; stopped with SIGINT; the keys
+    never reach the log."""
     log = tmp_path_factory.mktemp("logs") / "keyed-server.log"
     env = {"PREFIXKV_API_KEY": ",".join(KEYS), "PREFIXKV_MODEL": str(tiny_model_dir)}
     server = ServerProcess(TINY_ARGS, log, env=env, api_key=KEYS[0]).wait_ready()
-    yield server
-    assert server.stop(signal.SIGINT) == 0, server.output()
+    try:
+        assert server.get("/v1/models", headers={}).status_code == 401
+        for key in KEYS:
+            assert [m.id for m in server.client(key).models.list()] == ["tiny"]
+    finally:
+        assert server.stop(signal.SIGINT) == 0, server.output()
     assert KEYS[0] not in server.output() and KEYS[1] not in server.output()
 
 
 ENDPOINTS = [
     ("GET", "/v1/models"),
-    ("GET", "/v1/models/tiny"),
+    ("GET", "/v1/models/fake"),
     ("GET", "/v1/cache/stats"),
     ("POST", "/v1/cache/reset"),
     ("GET", "/metrics"),
@@ -75,29 +87,29 @@ ENDPOINTS = [
 @pytest.mark.parametrize(("method", "path"), ENDPOINTS)
 @pytest.mark.parametrize("key", [None, "wrong-key", KEYS[0] + "x"])
 def test_every_endpoint_but_health_needs_a_key(
-    keyed: ServerProcess, method: str, path: str, key: str | None
+    keyed: App, method: str, path: str, key: str | None
 ) -> None:
     headers = {} if key is None else {"Authorization": f"Bearer {key}"}
     if method == "GET":
-        response = keyed.get(path, headers=headers)
+        response = keyed.http.get(path, headers=headers)
     else:
-        response = keyed.post(path, headers=headers, json={"model": "tiny", "prompt": "hi"})
+        response = keyed.http.post(path, headers=headers, json={"model": "fake", "prompt": "hi"})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_api_key"
     assert response.headers["www-authenticate"] == "Bearer"
 
 
-def test_health_is_open_and_keys_work(keyed: ServerProcess) -> None:
-    assert keyed.get("/health", headers={}).json() == {"status": "ok"}
+def test_health_is_open_and_keys_work(keyed: App) -> None:
+    assert keyed.http.get("/health").json() == {"status": "ok"}
     for key in KEYS:
-        assert keyed.get("/v1/models", headers=keyed.headers(key)).status_code == 200
+        assert keyed.http.get("/v1/models", headers=keyed.headers(key)).status_code == 200
     with pytest.raises(openai.AuthenticationError):
-        keyed.client("not-a-key").models.list()
-    assert [m.id for m in keyed.client().models.list()] == ["tiny"]
+        keyed.openai("not-a-key").models.list()
+    assert [m.id for m in keyed.openai().models.list()] == ["fake"]
 
 
-def test_keys_are_tenants_that_never_share_hits(keyed: ServerProcess) -> None:
-    ana, bo = keyed.client(KEYS[0]), keyed.client(KEYS[1])
+def test_keys_are_tenants_that_never_share_hits(keyed: App) -> None:
+    ana, bo = keyed.openai(KEYS[0]), keyed.openai(KEYS[1])
     assert cached_tokens(ana) == 0
     assert cached_tokens(ana) > 0
     assert cached_tokens(bo) == 0  # same prompt, same (empty) salt, other key

@@ -14,6 +14,8 @@ import pytest
 from .conftest import TINY_ARGS
 from .harness import ServerProcess
 
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
 
 def test_sigterm_lets_the_running_stream_finish(tiny_model_dir: Path, tmp_path: Path) -> None:
     server = ServerProcess(

@@ -14,7 +14,7 @@ from prefixkv.bench.workloads import SYSTEM_PROMPT
 
 from .harness import ServerProcess
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.process, pytest.mark.smollm2, pytest.mark.slow]
 
 MAX_TOKENS = 16
 QUESTIONS = ["When are you open on Mondays?", "Can I take a map home with me?"]

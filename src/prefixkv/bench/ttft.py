@@ -19,6 +19,7 @@ from typing import Any
 from prefixkv.bench import workloads
 from prefixkv.bench.machine import describe, machine_info
 from prefixkv.bench.stats import percentile
+from prefixkv.tokens import tokens_from_bytes
 
 WORKLOADS = ("chat", "rag", "batch", "multiturn")
 
@@ -59,15 +60,18 @@ def _conversations(
 def _floor(engine: Any, pool: Any, messages: list[dict[str, str]], reuse: int) -> float:
     """Seconds for the forward pass over ``ids[reuse:]`` (+ argmax) with the first ``reuse``
     tokens' KV already in a warm workspace."""
-    ids, _ = engine.prepare(messages, max_tokens=1)
-    workspace = pool.acquire(len(ids))
+    import torch
+
+    ids = engine.request(messages).ids
+    model_ids = torch.tensor(tokens_from_bytes(ids))
+    workspace = pool.acquire(len(model_ids))
     try:
         with engine.cache.lookup(ids) as lease:
             assert lease.num_tokens >= reuse
             lease.copy_to(workspace.data)
         kv = workspace.as_cache(engine.model.config, reuse)
         start = time.perf_counter()
-        int(engine.forward(ids[reuse:], reuse, kv).argmax())
+        int(engine.forward(model_ids[reuse:], reuse, kv).argmax())
         return time.perf_counter() - start
     finally:
         pool.release(workspace)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from prefixkv.engine.engine import Completion, Engine
-from prefixkv.engine.sampling import InvalidRequestError
+from prefixkv.engine.request import InvalidRequestError
 
 HELP = "Type a message. /reset starts a new conversation, /quit (or end of input) exits."
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from prefixkv.cli.options import ReplaceThenAppend, add_option, one_of, parse_bytes, positive_int
+from prefixkv.extras import MissingExtraError, require
 
 if TYPE_CHECKING:
     from prefixkv.engine.engine import Engine
@@ -24,6 +25,8 @@ BENCHES = {
     "ttft": ("prefixkv.bench.ttft", "time to first token with and without the prefix cache"),
     "serve": ("prefixkv.bench.serve_load", "concurrent clients against the HTTP server"),
 }
+# What each benchmark imports beyond the core (the index benchmark needs nothing more).
+_BENCH_EXTRAS = {"ttft": ("hf", "bench"), "serve": ("server", "bench")}
 
 
 class CommandError(Exception):
@@ -36,6 +39,13 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_option(p, "--block-size", "tokens per cache block", type=positive_int, default="16")
     add_option(p, "--no-prefix-cache", "disable the prefix cache (baseline)", action="flag")
     add_option(p, "--threads", "torch CPU threads (default: torch's choice)", type=positive_int)
+    add_option(
+        p,
+        "--eviction-policy",
+        "which cached blocks go first when the cache is full",
+        type=one_of(["lru", "lfu"]),
+        default="lru",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +94,12 @@ def run_bench(name: str, argv: list[str]) -> int:
     """Run ``prefixkv bench NAME ARGS...`` through the benchmark module's ``main(argv)``."""
     module_name = BENCHES[name][0]
     try:
+        for extra in _BENCH_EXTRAS.get(name, ()):
+            require(extra, f"prefixkv bench {name}")
         module = importlib.import_module(module_name)
+    except MissingExtraError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except ModuleNotFoundError as exc:
         if exc.name != module_name:
             raise
@@ -100,12 +115,16 @@ def load_engine(args: argparse.Namespace) -> Engine:
     from prefixkv.cache.null import NullCache
     from prefixkv.engine.engine import Engine
     from prefixkv.engine.loader import ModelNotFoundError
+    from prefixkv.index import policy_by_name
 
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         engine = Engine.from_pretrained(
-            args.model, cache_bytes=args.cache_bytes, block_size=args.block_size
+            args.model,
+            cache_bytes=args.cache_bytes,
+            block_size=args.block_size,
+            policy=policy_by_name(args.eviction_policy),
         )
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
@@ -159,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except CommandError as exc:
         print(f"prefixkv {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except MissingExtraError as exc:
+        print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Generator, Hashable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -22,31 +22,19 @@ from prefixkv.cache.lease import Lease
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import PrefixCache
 from prefixkv.engine.detok import TextStream
+from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.loader import load_model
-from prefixkv.engine.prompts import Prompt, prompt_field, prompt_ids
-from prefixkv.engine.sampling import InvalidRequestError, Sampler, SamplingParams
+from prefixkv.engine.prompts import Prompt, prompt_ids
+from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.sampling import Sampler
 from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.index.policy import EvictionPolicy
+from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
+__all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
 
-@dataclass(frozen=True)
-class Completion:
-    """The outcome of one request. Times are seconds from the call."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    prompt_tokens: int
-    cached_tokens: int
-    """Prompt tokens whose KV came from the cache (never all: the last one is recomputed)."""
-    finish_reason: str
-    """``"stop"`` (end-of-sequence token or a stop string) or ``"length"`` (max_tokens)."""
-    ttft: float
-    total_time: float
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
+DEFAULT_PARAMS = SamplingParams()
 
 
 class NextTokenLogits(NamedTuple):
@@ -80,6 +68,7 @@ class Engine:
         if getattr(tokenizer, "eos_token_id", None) is not None:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
+        self.intake = Intake(tokenizer, self.vocab_size, self.context_length)
 
     @classmethod
     def from_pretrained(
@@ -110,6 +99,21 @@ class Engine:
 
     # --- requests ------------------------------------------------------------------------
 
+    def request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams = DEFAULT_PARAMS,
+        *,
+        namespace: Hashable = None,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    ) -> Request:
+        """Tokenize and validate ``prompt`` once, into the record ``run`` takes (see
+        :meth:`Intake.request`). Raises InvalidRequestError naming the field, before any
+        work on the cache."""
+        return self.intake.request(
+            prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
+        )
+
     def generate(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
     ) -> Completion:
@@ -127,42 +131,23 @@ class Engine:
         """Validate now, then return a generator of text deltas ending with the Completion.
         Closing it early (``close()``) stops generation and releases the cached blocks."""
         start = time.perf_counter()
-        ids, params = self.prepare(prompt, **sampling)
-        return self._run(ids, params, namespace, start)
+        request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
+        return self._run(request, start)
 
-    def prepare(self, prompt: Prompt, **sampling: Any) -> tuple[list[int], SamplingParams]:
-        """Tokenize and validate a request without running it."""
-        ids = prompt_ids(prompt, self.tokenizer, self.vocab_size)
-        return ids, self.validate(ids, prompt_field(prompt), **sampling)
+    def run(self, request: Request) -> Generator[str | Completion, None, None]:
+        """Generate for a request from :meth:`request`: text deltas, then the Completion
+        (times from this call). Closing the generator early releases the cached blocks."""
+        return self._run(request, time.perf_counter())
 
-    def validate(self, ids: Sequence[int], field: str, **sampling: Any) -> SamplingParams:
-        """Check sampling fields and that ``ids`` plus max_tokens fit the context; raise
-        InvalidRequestError naming the field (``field`` for the prompt itself)."""
-        params = SamplingParams.create(**sampling)
-        if len(ids) >= self.context_length:
-            raise InvalidRequestError(
-                f"{field} has {len(ids)} tokens; the model's context is {self.context_length}",
-                field,
-                "context_length_exceeded",
-            )
-        if len(ids) + params.max_tokens > self.context_length:
-            raise InvalidRequestError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
-                f"model's context of {self.context_length} tokens",
-                "max_tokens",
-                "context_length_exceeded",
-            )
-        return params
-
-    def _run(
-        self, ids: list[int], params: SamplingParams, namespace: Hashable, start: float
-    ) -> Generator[str | Completion, None, None]:
-        workspace = self._workspaces.acquire(len(ids) + params.max_tokens)
+    def _run(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
+        prompt = _model_ids(request.ids)
+        count, params = len(prompt), request.params
+        workspace = self._workspaces.acquire(count + request.max_tokens)
         lease: Lease | None = None
         try:
-            lease = self.cache.lookup(ids, namespace)
-            kv, reuse = self._restore(lease, workspace, len(ids))
-            logits = self.forward(ids[reuse:], reuse, kv)
+            lease = self.cache.lookup(request.ids, request.namespace)
+            kv, reuse = self._restore(lease, workspace, count)
+            logits = self.forward(prompt[reuse:], reuse, kv)
             sampler, text = Sampler(params), TextStream(self.tokenizer, params.stop)
             generated: list[int] = []
             ttft, finish = 0.0, "length"
@@ -180,20 +165,20 @@ class Engine:
                 if text.stopped:
                     finish = "stop"
                     break
-                if len(generated) == params.max_tokens:
+                if len(generated) == request.max_tokens:
                     break
-                logits = self.forward([token], len(ids) + len(generated) - 1, kv)
+                logits = self.forward(prompt.new_tensor([token]), count + len(generated) - 1, kv)
             tail = text.finish()
             if tail:
                 yield tail
             # The KV covers every token fed to the model: the prompt and all generated tokens
             # but the last one.
-            fed = len(ids) + len(generated) - 1
-            self.cache.store((ids + generated)[:fed], workspace.kv(fed), namespace)
+            fed = TokenBytes(request.ids + as_token_bytes(generated[:-1]))
+            self.cache.store(fed, workspace.kv(token_count(fed)), request.namespace)
             yield Completion(
                 text=text.text,
                 token_ids=tuple(generated),
-                prompt_tokens=len(ids),
+                prompt_tokens=count,
                 cached_tokens=reuse,
                 finish_reason=finish,
                 ttft=ttft,
@@ -213,11 +198,11 @@ class Engine:
         reuse = min(lease.num_tokens, prompt_len - 1)
         return workspace.as_cache(self.model.config, reuse), reuse
 
-    def forward(self, ids: Sequence[int], position: int, kv: DynamicCache) -> torch.Tensor:
-        """Feed ``ids`` at positions ``position...`` on top of ``kv`` (a cache holding
-        ``position`` tokens, which grows by ``len(ids)``); return the last ``[vocab]`` logits.
+    def forward(self, ids: torch.Tensor, position: int, kv: DynamicCache) -> torch.Tensor:
+        """Feed ``ids`` (``[n]`` int64) at positions ``position...`` on top of ``kv`` (a cache
+        holding ``position`` tokens, which grows by ``n``); return the last ``[vocab]`` logits.
         The one place the model runs; model calls are serialized across threads."""
-        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        input_ids = ids.to(self.device)[None]
         positions = torch.arange(position, position + len(ids), device=self.device)[None]
         with self._model_lock, torch.inference_mode():
             out = self.model(
@@ -234,10 +219,16 @@ class Engine:
         """Logits for the token after ``prompt``, prefilling only what the cache lacks.
         Stores nothing; for scoring and for checking exactness against a recomputation."""
         ids = prompt_ids(prompt, self.tokenizer, self.vocab_size)
-        workspace = self._workspaces.acquire(len(ids))
+        model_ids = _model_ids(ids)
+        workspace = self._workspaces.acquire(len(model_ids))
         try:
             with self.cache.lookup(ids, namespace) as lease:
-                kv, reuse = self._restore(lease, workspace, len(ids))
-            return NextTokenLogits(self.forward(ids[reuse:], reuse, kv), reuse)
+                kv, reuse = self._restore(lease, workspace, len(model_ids))
+            return NextTokenLogits(self.forward(model_ids[reuse:], reuse, kv), reuse)
         finally:
             self._workspaces.release(workspace)
+
+
+def _model_ids(ids: TokenBytes) -> torch.Tensor:
+    """The model's input form of canonical ids: ``[n]`` int64 (a copy, in C)."""
+    return torch.from_numpy(np.frombuffer(ids, dtype=np.uint32).astype(np.int64))

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
-from prefixkv.engine.engine import Engine
+from prefixkv.engine.role import EngineRole
 from prefixkv.server.auth import Authenticator
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
@@ -36,7 +36,7 @@ log = logging.getLogger("prefixkv.server")
 class ServerState:
     """Everything one app serves with."""
 
-    engine: Engine
+    engine: EngineRole
     settings: ServerSettings
     scheduler: Scheduler
     metrics: ServerMetrics
@@ -45,7 +45,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def build(cls, engine: Engine, settings: ServerSettings) -> ServerState:
+    def build(cls, engine: EngineRole, settings: ServerSettings) -> ServerState:
         scheduler = Scheduler(engine, settings.max_queue)
         metrics = ServerMetrics(engine.cache.stats, lambda: scheduler.pending)
         scheduler.on_finish = metrics.observe_job
@@ -64,7 +64,7 @@ class ServerState:
         }
 
 
-def create_app(engine: Engine, settings: ServerSettings) -> FastAPI:
+def create_app(engine: EngineRole, settings: ServerSettings) -> FastAPI:
     """An OpenAI-compatible app serving ``engine``. The worker thread starts and stops with
     the app's lifespan (uvicorn runs it; so does ``TestClient`` used as a context manager)."""
     state = ServerState.build(engine, settings)
@@ -85,6 +85,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("serving %s (cache: %s)", state.settings.model, type(state.engine.cache).__name__)
     yield
     state.scheduler.stop()
+    state.generation.close()
 
 
 def _state(request: Request) -> ServerState:

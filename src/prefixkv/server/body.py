@@ -20,7 +20,9 @@ async def read_json_object(request: Request, max_bytes: int) -> dict[str, Any]:
     raw = await _read_bounded(request, max_bytes)
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise APIError.invalid("the body is nested too deeply", None, "invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of over 4,300 digits
         raise APIError.invalid(f"the body is not valid JSON: {exc}", None, "invalid_json") from exc
     if not isinstance(body, dict):
         raise APIError.invalid(

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from prefixkv.engine.sampling import InvalidRequestError
+from prefixkv.engine.request import InvalidRequestError
 
 log = logging.getLogger("prefixkv.server")
 

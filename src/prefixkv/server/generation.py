@@ -1,29 +1,34 @@
-"""One generation request end to end: body -> validated Job -> FIFO queue -> JSON or SSE.
+"""One generation request end to end: body -> Request -> queue -> JSON or SSE.
 
 Everything that can be wrong with a request is found before it is queued (so errors are
 proper 4xx responses, not events in a stream that already said 200) and before the cache is
-touched. After that, the request's fate is tied to its client: if the client disconnects,
-the job is cancelled, which the worker notices between tokens.
+touched. Tokenizing (and rendering the chat template) can take seconds for a long prompt, so
+it runs on a preparation thread, never on the event loop, and counts against the queue bound
+from the moment the request is admitted. After that, the request's fate is tied to its
+client: if the client disconnects, the job is cancelled, which the worker notices between
+tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.requests import Request
+from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
-from prefixkv.engine.engine import Completion, Engine
-from prefixkv.engine.prompts import prompt_field, prompt_ids
+from prefixkv.engine.request import Completion, Request
+from prefixkv.engine.role import EngineRole
 from prefixkv.server import responses
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
-from prefixkv.server.protocol import GenerationRequest, parse_chat, parse_completion
+from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, JobCancelled, QueueFullError, Scheduler
 from prefixkv.server.settings import ServerSettings
@@ -36,7 +41,7 @@ class Endpoint:
     """One OpenAI generation API: how its body is read and how its answers are shaped."""
 
     name: str
-    parse: Callable[[Mapping[str, Any], ServerSettings], GenerationRequest]
+    parse: Callable[[Mapping[str, Any], ServerSettings], ParsedRequest]
     shape: Shape
 
 
@@ -47,50 +52,55 @@ TEXT = Endpoint("completions", parse_completion, responses.TEXT)
 class Generation:
     """Serves generation endpoints over one engine and one scheduler."""
 
-    def __init__(self, engine: Engine, scheduler: Scheduler, settings: ServerSettings) -> None:
+    def __init__(self, engine: EngineRole, scheduler: Scheduler, settings: ServerSettings) -> None:
         self.engine = engine
         self.scheduler = scheduler
         self.settings = settings
+        # One thread: tokenizing shares the CPU with the model anyway, and one at a time
+        # keeps a burst of huge prompts from taking every core.
+        self._prepare = ThreadPoolExecutor(1, thread_name_prefix="prefixkv-prepare")
 
-    async def handle(self, request: Request, tenant: str, endpoint: Endpoint) -> Response:
-        body = await read_json_object(request, self.settings.max_body_bytes)
-        spec = endpoint.parse(body, self.settings)
-        job = self.job(spec, (tenant, spec.cache_salt), endpoint.name)
+    def close(self) -> None:
+        self._prepare.shutdown(wait=False, cancel_futures=True)
+
+    async def handle(self, http: HTTPRequest, tenant: str, endpoint: Endpoint) -> Response:
+        arrived = time.perf_counter()
+        body = await read_json_object(http, self.settings.max_body_bytes)
+        parsed = endpoint.parse(body, self.settings)
         try:
-            self.scheduler.submit(job)
+            with self.scheduler.reserve() as slot:
+                request = await self._request(parsed, (tenant, parsed.cache_salt))
+                job = Job(request, endpoint.name, arrived)
+                slot.submit(job)
         except QueueFullError as exc:
             raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
         except JobCancelled as exc:
             raise APIError(503, str(exc), code="shutting_down") from exc
         meta = responses.new_meta(endpoint.shape, self.settings.model)
-        if spec.stream:
-            events = _sse(job, endpoint.shape, meta, spec.include_usage)
+        if parsed.stream:
+            events = _sse(job, endpoint.shape, meta, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        completion = await _complete(request, job)
+        completion = await _complete(http, job)
         return JSONResponse(responses.body(endpoint.shape, meta, completion))
 
-    def job(self, spec: GenerationRequest, namespace: tuple[str, str], endpoint: str) -> Job:
-        """Tokenize and validate; raises the engine's InvalidRequestError (a 400)."""
-        engine = self.engine
-        ids = prompt_ids(spec.prompt, engine.tokenizer, engine.vocab_size)
-        # An unspecified max_tokens means "up to the default, as far as the context allows".
-        room = max(1, engine.context_length - len(ids))
-        max_tokens = spec.max_tokens or min(self.settings.default_max_tokens, room)
-        params = engine.validate(
-            ids,
-            prompt_field(spec.prompt),
-            max_tokens=max_tokens,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            seed=spec.seed,
-            stop=spec.stop,
+    async def _request(self, parsed: ParsedRequest, namespace: tuple[str, str]) -> Request:
+        """Tokenize and validate on the preparation thread; raises the engine's
+        InvalidRequestError (a 400)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._prepare,
+            lambda: self.engine.request(
+                parsed.prompt,
+                parsed.params,
+                namespace=namespace,
+                default_max_tokens=self.settings.default_max_tokens,
+            ),
         )
-        return Job(ids, params, namespace, endpoint)
 
 
-async def _complete(request: Request, job: Job) -> Completion:
+async def _complete(http: HTTPRequest, job: Job) -> Completion:
     """Wait for the whole completion, cancelling the job if the client disconnects first."""
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+    watcher = asyncio.create_task(_cancel_on_disconnect(http, job))
     try:
         return await job.result()
     except JobCancelled as exc:
@@ -102,9 +112,9 @@ async def _complete(request: Request, job: Job) -> Completion:
             await watcher
 
 
-async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+async def _cancel_on_disconnect(http: HTTPRequest, job: Job) -> None:
     # The body has been read, so the next ASGI message can only be the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
+    while (await http.receive())["type"] != "http.disconnect":
         pass
     job.cancel()
 
@@ -131,7 +141,9 @@ async def _sse(
         yield responses.sse("[DONE]")
     except JobCancelled as exc:
         yield responses.sse(error_body(503, str(exc), code="cancelled"))
+        yield responses.sse("[DONE]")
     except Exception:
         yield responses.sse(error_body(500, "internal server error", code="internal_error"))
+        yield responses.sse("[DONE]")
     finally:
         job.cancel()

@@ -13,16 +13,16 @@ its engine stream closed, which releases the cache lease (its pinned blocks) at 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Literal
 
-from prefixkv.engine.engine import Completion, Engine
-from prefixkv.engine.sampling import SamplingParams
+from prefixkv.engine.request import Completion, Request
+from prefixkv.engine.role import EngineRole
 
 log = logging.getLogger("prefixkv.server")
 
@@ -39,19 +39,15 @@ class QueueFullError(Exception):
 
 
 class Job:
-    """One validated request: its prompt ids, sampling, cache namespace and result channel.
-    ``endpoint`` names the API it came from (a metrics label). Create it on the event loop."""
+    """One validated Request and its result channel. ``endpoint`` names the API it came from
+    (a metrics label). Create it on the event loop."""
 
-    def __init__(
-        self, ids: list[int], params: SamplingParams, namespace: Hashable, endpoint: str
-    ) -> None:
-        self.ids = ids
-        self.params = params
-        self.namespace = namespace
+    def __init__(self, request: Request, endpoint: str, arrived: float) -> None:
+        self.request = request
         self.endpoint = endpoint
+        self.arrived = arrived  # perf_counter() when the HTTP request came in
         self.outcome: Outcome = "pending"
         self.completion: Completion | None = None
-        self.arrived = time.perf_counter()
         self.first_output: float | None = None
         self.finished: float | None = None
         self._loop = asyncio.get_running_loop()
@@ -99,13 +95,32 @@ class Job:
             self.deliver(error)
 
 
+class Slot:
+    """One admitted request's place in the queue (from :meth:`Scheduler.reserve`)."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+        self.submitted = False
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` behind every earlier one. Raises JobCancelled if the server began
+        shutting down meanwhile."""
+        self._scheduler._enqueue(job)
+        self.submitted = True
+
+
 class Scheduler:
     """Runs Jobs on one worker thread in submission order. ``on_finish(job)`` is called on
-    the worker after each job, whatever its outcome (metrics set it after construction)."""
+    the worker after each job, whatever its outcome (metrics set it after construction).
+
+    Admission is bounded: a request holds one of ``max_queue`` slots from :meth:`reserve`
+    (while it is being tokenized) until the worker takes its job; a request that finds no
+    free slot gets QueueFullError at once, before any work.
+    """
 
     def __init__(
         self,
-        engine: Engine,
+        engine: EngineRole,
         max_queue: int,
         on_finish: Callable[[Job], None] = lambda job: None,
     ) -> None:
@@ -115,39 +130,71 @@ class Scheduler:
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._current: Job | None = None
+        self._lock = threading.Lock()
+        self._waiting = 0  # slots held: requests being prepared or queued
+        self._accepting = False
 
     @property
     def pending(self) -> int:
-        """Jobs waiting for the worker (the running one excluded)."""
-        return self._queue.qsize()
+        """Requests admitted and not yet running: being tokenized or queued."""
+        return self._waiting
 
     def start(self) -> None:
         # daemon: a generation stuck in the model must not keep a stopping process alive.
         self._thread = threading.Thread(target=self._work, name="prefixkv-worker", daemon=True)
+        self._accepting = True
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job`` behind every earlier one; QueueFullError when the queue is full."""
-        if self._thread is None:
-            raise JobCancelled("the server is not running")
-        if self._queue.qsize() >= self._max_queue:
-            raise QueueFullError(f"{self._max_queue} requests are already waiting")
-        self._queue.put(job)
+    @contextlib.contextmanager
+    def reserve(self) -> Iterator[Slot]:
+        """Hold one queue slot for a request being prepared; submit its job through the slot.
+        Raises QueueFullError when every slot is held, JobCancelled when the server is not
+        accepting. Leaving the block without submitting frees the slot."""
+        with self._lock:
+            if not self._accepting:
+                raise JobCancelled("the server is shutting down")
+            if self._waiting >= self._max_queue:
+                raise QueueFullError(f"{self._max_queue} requests are already waiting")
+            self._waiting += 1
+        slot = Slot(self)
+        try:
+            yield slot
+        finally:
+            if not slot.submitted:
+                with self._lock:
+                    self._waiting -= 1
+
+    def _enqueue(self, job: Job) -> None:
+        with self._lock:  # atomic with drain(): a job is either queued and drained, or refused
+            if not self._accepting:
+                raise JobCancelled("the server is shutting down")
+            self._queue.put(job)
+
+    def drain(self) -> None:
+        """Stop accepting; every queued job gets JobCancelled at once (its client a 503).
+        The running job goes on. Idempotent; any thread."""
+        with self._lock:
+            self._accepting = False
+            drained = []
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    self._waiting -= 1
+                    drained.append(job)
+        for job in drained:
+            job.cancel()
+            job.finish("skipped", JobCancelled("the server is shutting down"))
+            self.on_finish(job)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Cancel every queued and running job, then wait up to ``timeout`` for the worker."""
+        """Drain, cancel the running job, then wait up to ``timeout`` for the worker."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.cancel()
-                job.finish("skipped", JobCancelled("the server is shutting down"))
-                self.on_finish(job)
+        self.drain()
         if self._current is not None:
             self._current.cancel()
         self._queue.put(None)
@@ -155,6 +202,8 @@ class Scheduler:
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
+            with self._lock:
+                self._waiting -= 1
             self._current = job
             try:
                 self._run(job)
@@ -166,12 +215,7 @@ class Scheduler:
         if job.cancelled:
             job.finish("skipped", JobCancelled("the request was cancelled while queued"))
             return
-        sampling = dataclasses.asdict(job.params)
-        try:
-            stream = self._engine.stream(job.ids, namespace=job.namespace, **sampling)
-        except Exception as exc:
-            job.finish("failed", exc)
-            return
+        stream = self._engine.run(job.request)
         try:
             for item in stream:
                 if job.cancelled:  # checked once per token

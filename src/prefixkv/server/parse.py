@@ -1,43 +1,42 @@
-"""OpenAI request bodies (chat and text completions) to validated GenerationRequests.
+"""OpenAI request bodies (chat and text completions) to validated ParsedRequests.
 
-Parsing checks shapes and types and names the offending field in ``param``; what needs the
-tokenizer (roles, content, prompt length against the context) is left to the engine, whose
-InvalidRequestError also carries ``param``. Unknown fields are ignored, as OpenAI-compatible
-servers do; known fields that would change the output in a way we do not implement
-(logprobs, tools, penalties, n > 1, ...) are refused rather than silently ignored.
+Parsing checks what only the HTTP API knows: which fields exist, their JSON types, OpenAI's
+bounds and this server's limits; it names the offending field in ``param``. Sampling values
+are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what needs the
+tokenizer (roles, content, prompt length against the context) is left to the engine's
+``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
+OpenAI-compatible servers do; known fields that would change the output in a way we do not
+implement (logprobs, tools, penalties, n > 1, ...) are refused rather than silently ignored.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prefixkv.engine.prompts import Prompt
+from prefixkv.engine.request import InvalidRequestError, SamplingParams, short_repr
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
 
 MAX_TEMPERATURE = 2.0  # OpenAI's bound; the engine itself accepts more
-_SEED_RANGE = (-(1 << 63), (1 << 64) - 1)  # what torch.Generator.manual_seed accepts
+OPENAI_TEMPERATURE = 1.0  # OpenAI's default (the library's is 0: greedy)
 
 
 @dataclass(frozen=True)
-class GenerationRequest:
-    """One validated request. ``max_tokens`` None means "the server's default"."""
+class ParsedRequest:
+    """One generation request as the HTTP API states it; ``params.max_tokens`` None means
+    "the server's default"."""
 
     prompt: Prompt
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    seed: int | None
-    stop: str | list[str] | None
+    params: SamplingParams
     stream: bool
     include_usage: bool
     cache_salt: str
 
 
-def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> GenerationRequest:
+def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
     """A ``/v1/chat/completions`` body; raises APIError naming the first bad field."""
     check_model(body, settings)
     messages = body.get("messages")
@@ -48,10 +47,10 @@ def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> GenerationR
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _type_error(f"messages[{i}]", "an object", message)
-    return _generation(body, messages, settings)
+    return _parse(body, messages, settings)
 
 
-def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> GenerationRequest:
+def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
     """A ``/v1/completions`` body: ``prompt`` is text or token ids, one prompt per request."""
     check_model(body, settings)
     prompt = body.get("prompt")
@@ -60,11 +59,11 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Gener
             raise APIError.invalid("only one prompt per request is supported", "prompt")
         prompt = prompt[0]
     if isinstance(prompt, list):
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if not all(_is_int(t) for t in prompt):
             raise _type_error("prompt", "text or a list of token ids", prompt)
     elif not isinstance(prompt, str):
         raise _type_error("prompt", "text or a list of token ids", prompt)
-    return _generation(body, prompt, settings)
+    return _parse(body, prompt, settings)
 
 
 def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
@@ -77,87 +76,56 @@ def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
     if model not in settings.model_names:
         raise APIError(
             404,
-            f"the model {model!r} does not exist; this server serves {settings.model!r}",
+            f"the model {short_repr(model)} does not exist; this server serves {settings.model!r}",
             param="model",
             code="model_not_found",
         )
 
 
-def _generation(
-    body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings
-) -> GenerationRequest:
+def _parse(body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings) -> ParsedRequest:
     _refuse_unsupported(body)
     stream = _bool(body, "stream", False)
-    return GenerationRequest(
+    return ParsedRequest(
         prompt=prompt,
-        max_tokens=_max_tokens(body, settings),
-        temperature=_number(body, "temperature", 1.0, 0.0, MAX_TEMPERATURE),
-        top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
-        seed=_seed(body),
-        stop=_stop(body),
+        params=_sampling(body, settings),
         stream=stream,
         include_usage=stream and _include_usage(body),
         cache_salt=_cache_salt(body, settings),
     )
 
 
-def _max_tokens(body: Mapping[str, Any], settings: ServerSettings) -> int | None:
+def _sampling(body: Mapping[str, Any], settings: ServerSettings) -> SamplingParams:
     # max_completion_tokens is the newer name; it wins when both are sent.
     name = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     )
-    value = body.get(name)
-    if value is None:
-        return None
-    if not _is_int(value):
-        raise _type_error(name, "an integer", value)
-    if value < 1:
-        raise APIError.invalid(f"{name} must be >= 1, got {value}", name)
-    if value > settings.max_tokens_limit:
-        raise APIError.invalid(
-            f"{name} must be <= {settings.max_tokens_limit} on this server, got {value}", name
+    temperature = body.get("temperature")
+    try:
+        params = SamplingParams.create(
+            max_tokens=body.get(name),
+            temperature=OPENAI_TEMPERATURE if temperature is None else temperature,
+            top_p=1.0 if body.get("top_p") is None else body["top_p"],
+            seed=body.get("seed"),
+            stop=body.get("stop"),
         )
-    return int(value)
-
-
-def _number(
-    body: Mapping[str, Any],
-    name: str,
-    default: float,
-    low: float,
-    high: float,
-    *,
-    low_open: bool = False,
-) -> float:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _type_error(name, "a number", value)
-    if value > high or value < low or (low_open and value == low):
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-        raise APIError.invalid(f"{name} must be in {interval}, got {value}", name)
-    return float(value)
-
-
-def _seed(body: Mapping[str, Any]) -> int | None:
-    seed = body.get("seed")
-    if seed is None:
-        return None
-    if not _is_int(seed):
-        raise _type_error("seed", "an integer", seed)
-    if not _SEED_RANGE[0] <= seed <= _SEED_RANGE[1]:
-        raise APIError.invalid("seed must fit in 64 bits", "seed")
-    return int(seed)
-
-
-def _stop(body: Mapping[str, Any]) -> str | list[str] | None:
-    stop = body.get("stop")
-    if stop is None or isinstance(stop, str):
-        return stop or None
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return stop
-    raise _type_error("stop", "a string or a list of strings", stop)
+    except InvalidRequestError as exc:
+        if exc.param == "max_tokens" != name:  # name the field that was sent
+            raise InvalidRequestError(
+                str(exc).replace("max_tokens", name), name, exc.code
+            ) from None
+        raise
+    if params.temperature > MAX_TEMPERATURE:
+        raise APIError.invalid(
+            f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {params.temperature}",
+            "temperature",
+        )
+    if params.max_tokens is not None and params.max_tokens > settings.max_tokens_limit:
+        raise APIError.invalid(
+            f"{name} must be <= {settings.max_tokens_limit} on this server, "
+            f"got {short_repr(params.max_tokens)}",
+            name,
+        )
+    return params
 
 
 def _include_usage(body: Mapping[str, Any]) -> bool:
@@ -191,17 +159,25 @@ def _bool(body: Mapping[str, Any], name: str, default: bool, param: str | None =
     return value
 
 
+def _is_one(value: object) -> bool:
+    return _is_int(value) and value == 1
+
+
+def _is_zero(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
 # Fields whose non-default values ask for behaviour this server does not implement.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "n": lambda v: v == 1,
-    "best_of": lambda v: v == 1,
-    "logprobs": lambda v: v is False or v == 0,
-    "top_logprobs": lambda v: v == 0,
+    "n": _is_one,
+    "best_of": _is_one,
+    "logprobs": lambda v: v is False,
+    "top_logprobs": lambda v: _is_int(v) and v == 0,
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",
     "logit_bias": lambda v: v == {},
-    "presence_penalty": lambda v: v == 0,
-    "frequency_penalty": lambda v: v == 0,
+    "presence_penalty": _is_zero,
+    "frequency_penalty": _is_zero,
     "tools": lambda v: v == [],
     "functions": lambda v: v == [],
     "tool_choice": lambda v: v in ("none", "auto"),
@@ -214,7 +190,9 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is not None and not harmless(value):
             raise APIError.invalid(
-                f"{name}={value!r} is not supported by this server", name, "unsupported_parameter"
+                f"{name}={short_repr(value)} is not supported by this server",
+                name,
+                "unsupported_parameter",
             )
 
 

@@ -1,0 +1,121 @@
+"""A model-free engine for in-process server tests: the real Intake (tokenizing, validation)
+over a character tokenizer, a real PrefixKVCache over tiny fake KV, and text that depends on
+the prompt, so a reply delivered to the wrong request shows."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from prefixkv.cache import KVLayout, PrefixKVCache
+from prefixkv.engine.intake import Intake
+from prefixkv.engine.prompts import Prompt
+from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.tokens import token_count
+
+SPECIALS = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+VOCAB = 256
+CONTEXT = 512
+BLOCK = 4
+LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=2)
+
+
+@dataclass(frozen=True)
+class _Added:
+    content: str
+    special: bool = True
+
+
+class CharTokenizer:
+    """One id per character (control markers as one id each unless split); ChatML template."""
+
+    chat_template = "chatml"
+    unk_token_id = 0
+
+    def __init__(self) -> None:
+        self.added_tokens_decoder = {i: _Added(s) for s, i in SPECIALS.items()}
+
+    def __call__(
+        self,
+        text: str | list[str],
+        add_special_tokens: bool = True,
+        split_special_tokens: bool = False,
+    ) -> dict[str, Any]:
+        if isinstance(text, list):
+            return {"input_ids": [self._encode(t, split_special_tokens) for t in text]}
+        return {"input_ids": self._encode(text, split_special_tokens)}
+
+    def _encode(self, text: str, split: bool) -> list[int]:
+        ids, pos = [], 0
+        while pos < len(text):
+            marker = next((s for s in SPECIALS if not split and text.startswith(s, pos)), None)
+            if marker is not None:
+                ids.append(SPECIALS[marker])
+                pos += len(marker)
+            else:
+                ids.append(3 + ord(text[pos]) % (VOCAB - 3))
+                pos += 1
+        return ids
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool, tokenize: bool
+    ) -> str:
+        assert not tokenize
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+class FakeEngine:
+    """Implements EngineRole. ``gate``: runs wait for it (set by default); ``entered`` is set
+    when a run starts; ``delay``: seconds per generated token."""
+
+    name = "fake"
+    context_length = CONTEXT
+
+    def __init__(self, capacity_blocks: int = 256, delay: float = 0.0) -> None:
+        self.cache = PrefixKVCache(LAYOUT, BLOCK, LAYOUT.block_bytes(BLOCK) * capacity_blocks)
+        self.intake = Intake(CharTokenizer(), VOCAB, CONTEXT)
+        self.delay = delay
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.runs = 0
+
+    def request(
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        *,
+        namespace: Hashable,
+        default_max_tokens: int,
+    ) -> Request:
+        return self.intake.request(
+            prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
+        )
+
+    def run(self, request: Request) -> Generator[str | Completion, None, None]:
+        start = time.perf_counter()
+        self.runs += 1
+        self.entered.set()
+        self.gate.wait(60)
+        count = token_count(request.ids)
+        seed = int(np.frombuffer(request.ids, dtype=np.uint32).sum())
+        with self.cache.lookup(request.ids, request.namespace) as lease:
+            reuse = min(lease.num_tokens, count - 1)
+            text = "".join(chr(ord("a") + (seed + i) % 26) for i in range(request.max_tokens))
+            cuts = [text.find(s) for s in request.params.stop if s in text]
+            finish = "stop" if cuts else "length"
+            text = text[: min(cuts)] if cuts else text
+            for char in text:
+                time.sleep(self.delay)
+                yield char
+            kv = [(torch.zeros(1, count, 2), torch.zeros(1, count, 2))]
+            self.cache.store(request.ids, kv, request.namespace)
+        elapsed = time.perf_counter() - start
+        yield Completion(text, tuple(range(len(text))), count, reuse, finish, elapsed, elapsed)
