@@ -87,7 +87,7 @@ def running_app(engine: FakeEngine | None = None, **settings: Any) -> Iterator[A
     (model name "fake"), its lifespan (worker thread) running for the block."""
     engine = engine or FakeEngine()
     keys = settings.get("api_keys", ())
-    config = ServerSettings(model_names=("fake",), **settings)
+    config = ServerSettings(model_names=("fake",), **{"allowed_hosts": ("testserver",), **settings})
     with TestClient(create_app(engine, config)) as http:
         yield App(engine, http, keys[0] if keys else "")
     engine.gate.set()

@@ -132,7 +132,7 @@ def test_cache_stats_and_reset(app: App) -> None:
     stats = app.stats()
     assert stats["used_blocks"] > 0 and stats["pinned_blocks"] == 0
     assert stats["hit_rate"] == pytest.approx(stats["hit_tokens"] / stats["query_tokens"])
-    reset = app.http.post("/v1/cache/reset")
+    reset = app.http.post("/v1/cache/reset", json={})
     assert reset.status_code == 200 and reset.json()["evicted_blocks"] == stats["used_blocks"]
     after = app.stats()
     assert after["used_blocks"] == 0 and after["evicted_blocks"] >= stats["used_blocks"]

@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prefixkv.cli.options import ReplaceThenAppend, add_option, one_of, parse_bytes, positive_int
+from prefixkv.cli.options import (
+    EnvText,
+    ReplaceThenAppend,
+    add_option,
+    one_of,
+    parse_bytes,
+    positive_int,
+)
 from prefixkv.extras import MissingExtraError, require
 
 if TYPE_CHECKING:
@@ -59,11 +66,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(serve, "--port", "TCP port", type=int, default="8000")
     add_option(
         serve,
+        "--allowed-host",
+        "Host header name to answer to, repeatable; '*' for any "
+        "(default: loopback names when bound to loopback, else any)",
+        action=ReplaceThenAppend,
+        default=[],
+    )
+    add_option(
+        serve,
         "--api-key",
         "required bearer key; repeat for several tenants (env: comma-separated)",
         secret=True,
         action=ReplaceThenAppend,
         default=[],
+    )
+    add_option(
+        serve,
+        "--admin-key",
+        "bearer key for whole-cache views, /metrics and a global reset",
+        secret=True,
     )
     add_option(serve, "--max-tokens-limit", "largest max_tokens", type=positive_int, default="2048")
     add_option(
@@ -133,20 +154,37 @@ def load_engine(args: argparse.Namespace) -> Engine:
     return engine
 
 
+def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
+    """Keys with surrounding blanks stripped; CommandError naming the flag (or variable) for
+    an empty or blank one: an unset secret must never start a server without auth."""
+    keys = []
+    for value in values:
+        if not value.strip():
+            source = f"{value.env}" if isinstance(value, EnvText) else flag
+            raise CommandError(f"{source} holds an empty key; give a key or leave it unset")
+        keys.append(value.strip())
+    return tuple(keys)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from prefixkv.server import ServerSettings, create_app, serve
-    from prefixkv.server.run import is_loopback
+    from prefixkv.server.hosts import default_allowed_hosts, is_loopback
 
+    # Checked before the model loads (seconds): a bad key is a start-up error at once.
+    api_keys = secret_keys(args.api_key, "--api-key")
+    admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
     engine = load_engine(args)
     settings = ServerSettings(
         model_names=(engine.name, args.model),
-        api_keys=tuple(args.api_key),
+        api_keys=api_keys,
+        admin_keys=admin,
+        allowed_hosts=tuple(args.allowed_host) or default_allowed_hosts(args.host),
         max_body_bytes=args.max_body_bytes,
         default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit,
         max_queue=args.max_queue,
     )
-    if not is_loopback(args.host) and not settings.api_keys:
+    if not is_loopback(args.host) and not settings.keyed:
         print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
     cache = "off" if args.no_prefix_cache else f"{args.cache_bytes / (1 << 30):.2f} GiB"
     print(

@@ -37,7 +37,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-class _EnvText(str):
+class EnvText(str):
     """A default taken from an environment variable; remembers which, for error messages."""
 
     env = ""
@@ -50,7 +50,7 @@ def _checked(convert: Any) -> Any:
         try:
             return convert(text)
         except (ValueError, argparse.ArgumentTypeError) as exc:
-            where = f"{text.env}={text!r}" if isinstance(text, _EnvText) else repr(text)
+            where = f"{text.env}={text!r}" if isinstance(text, EnvText) else repr(text)
             raise argparse.ArgumentTypeError(f"invalid value {where}: {exc}") from exc
 
     return parse
@@ -104,9 +104,12 @@ def add_option(
     if kwargs.get("action") == "flag":
         kwargs.update(action=_Flag, type=_parse_bool, default=False)
     if value is not None and kwargs.get("action") is ReplaceThenAppend:
-        kwargs["default"] = [item.strip() for item in value.split(",") if item.strip()]
+        # Every item is kept (stripped), blank ones too, so the command can refuse them by name.
+        kwargs["default"] = [EnvText(item.strip()) for item in value.split(",")]
+        for item in kwargs["default"]:
+            item.env = env
     elif value is not None:
-        kwargs["default"] = _EnvText(value)
+        kwargs["default"] = EnvText(value)
         kwargs["default"].env = env
     if "type" in kwargs:
         kwargs["type"] = _checked(kwargs["type"])

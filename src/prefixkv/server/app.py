@@ -22,14 +22,18 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole
-from prefixkv.server.auth import Authenticator
+from prefixkv.server.auth import Authenticator, Caller, require_admin
+from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
+from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics
 from prefixkv.server.scheduler import Scheduler
 from prefixkv.server.settings import ServerSettings
 
 log = logging.getLogger("prefixkv.server")
+
+RESET_BODY_BYTES = 4096
 
 
 @dataclass
@@ -50,9 +54,8 @@ class ServerState:
         metrics = ServerMetrics(engine.cache.stats, lambda: scheduler.pending)
         scheduler.on_finish = metrics.observe_job
         generation = Generation(engine, scheduler, settings)
-        return cls(
-            engine, settings, scheduler, metrics, generation, Authenticator(settings.api_keys)
-        )
+        auth = Authenticator(settings.api_keys, settings.admin_keys)
+        return cls(engine, settings, scheduler, metrics, generation, auth)
 
     def model_card(self) -> dict[str, Any]:
         return {
@@ -74,6 +77,7 @@ def create_app(engine: EngineRole, settings: ServerSettings) -> FastAPI:
     app.state.prefixkv = state
     install_error_handlers(app)
     app.add_middleware(RequestCounter, metrics=state.metrics)
+    app.add_middleware(HostCheck, allowed=settings.allowed_hosts)  # outermost: runs first
     app.include_router(router)
     return app
 
@@ -93,12 +97,12 @@ def _state(request: Request) -> ServerState:
     return state
 
 
-def _tenant(request: Request) -> str:
+def _caller(request: Request) -> Caller:
     return _state(request).auth(request)
 
 
-Tenant = Annotated[str, Depends(_tenant)]
-"""The caller's tenant id; resolving it authenticates the request (401 otherwise)."""
+CallerDep = Annotated[Caller, Depends(_caller)]
+"""Who is calling; resolving it authenticates the request (401 otherwise)."""
 
 router = APIRouter()
 
@@ -109,22 +113,22 @@ async def health() -> dict[str, str]:
 
 
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, tenant: Tenant) -> Response:
-    return await _state(request).generation.handle(request, tenant, CHAT)
+async def chat_completions(request: Request, caller: CallerDep) -> Response:
+    return await _state(request).generation.handle(request, caller.tenant, CHAT)
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, tenant: Tenant) -> Response:
-    return await _state(request).generation.handle(request, tenant, TEXT)
+async def completions(request: Request, caller: CallerDep) -> Response:
+    return await _state(request).generation.handle(request, caller.tenant, TEXT)
 
 
 @router.get("/v1/models")
-async def models(request: Request, tenant: Tenant) -> dict[str, Any]:
+async def models(request: Request, caller: CallerDep) -> dict[str, Any]:
     return {"object": "list", "data": [_state(request).model_card()]}
 
 
 @router.get("/v1/models/{model_id:path}")
-async def model(model_id: str, request: Request, tenant: Tenant) -> dict[str, Any]:
+async def model(model_id: str, request: Request, caller: CallerDep) -> dict[str, Any]:
     state = _state(request)
     if model_id not in state.settings.model_names:
         raise APIError(404, f"the model {model_id!r} does not exist", code="model_not_found")
@@ -132,16 +136,22 @@ async def model(model_id: str, request: Request, tenant: Tenant) -> dict[str, An
 
 
 @router.get("/v1/cache/stats")
-async def cache_stats(request: Request, tenant: Tenant) -> dict[str, Any]:
+async def cache_stats(request: Request, caller: CallerDep) -> dict[str, Any]:
+    require_admin(caller, "the whole cache's statistics")
     stats = _state(request).engine.cache.stats()
     return {**stats._asdict(), "hit_rate": stats.hit_rate}
 
 
 @router.post("/v1/cache/reset")
-async def cache_reset(request: Request, tenant: Tenant) -> dict[str, Any]:
+async def cache_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
+    # A JSON body is required (``{}`` will do): a cross-site page can send a "simple" POST
+    # (text/plain, form data) without asking, but not an application/json one.
+    await read_json_object(request, RESET_BODY_BYTES)
+    require_admin(caller, "a reset of the whole cache")
     return {"evicted_blocks": _state(request).engine.cache.reset()}
 
 
 @router.get("/metrics")
-async def prometheus(request: Request, tenant: Tenant) -> Response:
+async def prometheus(request: Request, caller: CallerDep) -> Response:
+    require_admin(caller, "/metrics (whole-cache and all-tenant figures)")
     return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE)

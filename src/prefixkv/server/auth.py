@@ -1,14 +1,17 @@
-"""Bearer-token authentication, and the tenant it identifies.
+"""Bearer-token authentication: who is calling (a tenant), and whether they are the admin.
 
 A tenant is a short digest of the API key used, so the key itself never becomes part of a
-cache namespace, a log line or a metric label. Without configured keys every request belongs
-to the one anonymous tenant ``""``.
+cache namespace, a log line or a metric label. Without configured keys every request
+belongs to the one anonymous tenant ``""`` and may do everything (the server binds to
+loopback by default). With keys, every route but ``/health`` needs one; an admin key
+(``--admin-key``) is needed for whole-cache views, ``/metrics`` and a global reset.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from starlette.requests import Request
 
@@ -22,15 +25,26 @@ def tenant_of(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: its tenant (the first part of its cache namespaces) and
+    whether it may act on the whole cache."""
+
+    tenant: str
+    admin: bool
+
+
 class Authenticator:
-    """A FastAPI dependency: returns the caller's tenant id or raises a 401 APIError."""
+    """A FastAPI dependency: returns the Caller or raises a 401 APIError."""
 
-    def __init__(self, keys: tuple[str, ...]) -> None:
-        self._keys = tuple((key.encode(), tenant_of(key)) for key in keys)
+    def __init__(self, api_keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()) -> None:
+        self._keys = tuple((key.encode(), Caller(tenant_of(key), False)) for key in api_keys) + (
+            tuple((key.encode(), Caller(tenant_of(key), True)) for key in admin_keys)
+        )
 
-    def __call__(self, request: Request) -> str:
+    def __call__(self, request: Request) -> Caller:
         if not self._keys:
-            return ANONYMOUS
+            return Caller(ANONYMOUS, admin=True)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise APIError(
@@ -38,16 +52,26 @@ class Authenticator:
                 "missing API key: send the header 'Authorization: Bearer <key>'",
                 code="invalid_api_key",
             )
-        tenant = self.tenant(token.strip())
-        if tenant is None:
+        caller = self.caller(token.strip())
+        if caller is None:
             raise APIError(401, "incorrect API key provided", code="invalid_api_key")
-        return tenant
+        return caller
 
-    def tenant(self, token: str) -> str | None:
-        """The tenant whose key is ``token``, comparing against every key in constant time."""
+    def caller(self, token: str) -> Caller | None:
+        """The caller whose key is ``token``, comparing against every key in constant time."""
         given = token.encode()
         found = None
-        for key, tenant in self._keys:
+        for key, caller in self._keys:
             if hmac.compare_digest(given, key):
-                found = tenant
+                found = caller
         return found
+
+
+def require_admin(caller: Caller, what: str) -> None:
+    """403 unless ``caller`` is the admin."""
+    if not caller.admin:
+        raise APIError(
+            403,
+            f"{what} needs the admin key (prefixkv serve --admin-key)",
+            code="admin_key_required",
+        )

@@ -8,7 +8,6 @@ handlers first, so that re-raise lands on them and a graceful stop exits with st
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 from types import FrameType
@@ -46,17 +45,6 @@ def serve(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback addresses; a server elsewhere is reachable by
-    other machines."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _after_shutdown(signum: int, frame: FrameType | None) -> None:
