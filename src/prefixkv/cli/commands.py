@@ -14,7 +14,14 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from prefixkv.cli.options import ReplaceThenAppend, add_option, one_of, parse_bytes, positive_int
+from prefixkv.cli.options import (
+    ReplaceThenAppend,
+    add_option,
+    one_of,
+    parse_bytes,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     from prefixkv.engine.engine import Engine
@@ -61,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(serve, "--max-body-bytes", "largest request body", type=parse_bytes, default="1MiB")
     add_option(serve, "--max-queue", "most requests waiting", type=positive_int, default="1024")
+    add_option(
+        serve,
+        "--header-timeout",
+        "seconds a client has to send a request head",
+        type=positive_float,
+        default="10",
+    )
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
     serve.set_defaults(run=_serve)
@@ -135,7 +149,13 @@ def _serve(args: argparse.Namespace) -> int:
         f"(prefix cache {cache}, blocks of {args.block_size} tokens)",
         flush=True,
     )
-    return serve(create_app(engine, settings), args.host, args.port, log_level=args.log_level)
+    return serve(
+        create_app(engine, settings),
+        args.host,
+        args.port,
+        log_level=args.log_level,
+        header_timeout=args.header_timeout,
+    )
 
 
 def _chat(args: argparse.Namespace) -> int:

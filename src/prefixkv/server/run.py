@@ -4,6 +4,9 @@ On either signal uvicorn stops accepting connections, lets in-flight requests fi
 to ``grace_seconds``, then runs the app's shutdown (which cancels what is still queued). It
 then re-raises the signal it caught so that the process dies of it; we install no-op Python
 handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
+
+Connections are hardened (see :mod:`prefixkv.server.connections`): a request head must
+arrive within ``header_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from prefixkv.server.connections import h11_protocol
+
 log = logging.getLogger("prefixkv.server")
 
 
@@ -27,12 +32,17 @@ def serve(
     log_level: str = "info",
     grace_seconds: int = 10,
     access_log: bool = False,
+    header_timeout: float = 10.0,
 ) -> int:
-    """Serve until a signal; returns the process exit status (0 after a graceful stop)."""
+    """Serve until a signal; returns the process exit status (0 after a graceful stop).
+
+    ``header_timeout``: seconds a connection has to send a complete request head (from
+    opening it, or from the first byte of a later request)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=h11_protocol(header_timeout),
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=grace_seconds,

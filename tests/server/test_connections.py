@@ -1,0 +1,157 @@
+"""Connections cannot starve the server: a request head must arrive within the header timeout
+(silent and slowloris connections are closed), and kept-alive connections still work.
+
+These tests run uvicorn in a thread with a tiny ASGI app."""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import uvicorn
+
+from prefixkv.cli import commands as cli
+from prefixkv.server.connections import h11_protocol
+
+from .harness import free_port, wait_for
+
+REQUEST = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+def closed_by_server(sock: socket.socket, timeout: float) -> float | None:
+    """Seconds until the server closes ``sock`` (reading and dropping what it sends), or None
+    if it is still open after ``timeout``."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - start
+
+
+def trickle(sock: socket.socket, head: bytes, interval: float, timeout: float) -> tuple[int, float]:
+    """Send ``head`` one byte per ``interval`` until the server closes the connection; the
+    bytes sent and the seconds it took. Fails if the server still listens after ``timeout``."""
+    start = time.monotonic()
+    for sent, byte in enumerate(head):
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return sent, time.monotonic() - start
+        readable, _, _ = select.select([sock], [], [], interval)
+        if readable and not sock.recv(65536):
+            return sent + 1, time.monotonic() - start
+        assert time.monotonic() - start < timeout, "the server kept a trickled head open"
+    raise AssertionError("the whole head was sent: make it longer")
+
+
+def exchange(sock: socket.socket, request: bytes = REQUEST) -> bytes:
+    """Send one request on ``sock`` and read its whole response (a Content-Length body)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head
+
+
+# Fast: the protocol under uvicorn in this process.
+
+
+async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    assert scope["type"] == "http"
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@contextmanager
+def uvicorn_thread(header_timeout: float, keep_alive: float = 5.0) -> Iterator[int]:
+    port = free_port()
+    config = uvicorn.Config(
+        _ok,
+        host="127.0.0.1",
+        port=port,
+        http=h11_protocol(header_timeout),
+        timeout_keep_alive=keep_alive,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    assert wait_for(lambda: server.started, timeout=10)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_silent_connection_is_closed_after_the_header_timeout() -> None:
+    with (
+        uvicorn_thread(header_timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        elapsed = closed_by_server(sock, timeout=5)
+        assert elapsed is not None and 0.4 < elapsed < 2.0
+
+
+def test_a_trickled_head_is_bounded_as_a_whole() -> None:
+    with (
+        uvicorn_thread(header_timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.1, timeout=5)
+        assert sent >= 3 and 0.4 < elapsed < 2.0
+
+
+def test_kept_alive_connections_wait_for_the_keep_alive_timeout() -> None:
+    with uvicorn_thread(header_timeout=0.5, keep_alive=2.0) as port:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            assert exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(0.8)  # idle longer than the header timeout: the connection stays
+            assert exchange(sock).startswith(b"HTTP/1.1 200")
+            elapsed = closed_by_server(sock, timeout=5)  # idle: closed by the keep-alive timeout
+            assert elapsed is not None and 1.5 < elapsed < 3.0
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            assert exchange(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(0.8)
+            # The next head is bounded from its first byte, not from the last response.
+            sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.1, timeout=5)
+            assert sent >= 3 and 0.4 < elapsed < 2.0
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            # A pipelined request whose head never ends: bounded from the previous response.
+            assert exchange(sock, REQUEST + b"GET / HTTP/1.1\r\n").startswith(b"HTTP/1.1 200")
+            elapsed = closed_by_server(sock, timeout=5)
+            assert elapsed is not None and elapsed < 2.0
+
+
+def test_header_timeout_option(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cli.build_parser().parse_args(["serve"])
+    assert args.header_timeout == 10.0
+    monkeypatch.setenv("PREFIXKV_HEADER_TIMEOUT", "2.5")
+    assert cli.build_parser().parse_args(["serve"]).header_timeout == 2.5
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--header-timeout", "0"])
+    assert "--header-timeout: invalid value '0'" in capsys.readouterr().err
