@@ -1,10 +1,12 @@
 """Connections cannot starve the server: a request head must arrive within the header timeout
-(silent and slowloris connections are closed), and kept-alive connections still work.
+(silent and slowloris connections are closed), kept-alive connections still work, and the
+connection limit stays below the open-file limit.
 
-These tests run uvicorn in a thread with a tiny ASGI app."""
+The protocol tests run uvicorn in a thread with a tiny ASGI app."""
 
 from __future__ import annotations
 
+import resource
 import select
 import socket
 import threading
@@ -17,6 +19,7 @@ import pytest
 import uvicorn
 
 from prefixkv.cli import commands as cli
+from prefixkv.server import connections
 from prefixkv.server.connections import h11_protocol
 
 from .harness import free_port, wait_for
@@ -145,13 +148,23 @@ def test_kept_alive_connections_wait_for_the_keep_alive_timeout() -> None:
             assert elapsed is not None and elapsed < 2.0
 
 
+def test_default_connection_limit_leaves_a_tenth_of_the_descriptors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for limit, expected in [(256, 231), (1024, 922), (100, 84), (resource.RLIM_INFINITY, None)]:
+        monkeypatch.setattr(resource, "getrlimit", lambda _, limit=limit: (limit, limit))
+        assert connections.default_max_connections() == expected
+
+
 def test_header_timeout_option(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = cli.build_parser().parse_args(["serve"])
-    assert args.header_timeout == 10.0
+    assert (args.header_timeout, args.max_connections) == (10.0, None)
     monkeypatch.setenv("PREFIXKV_HEADER_TIMEOUT", "2.5")
-    assert cli.build_parser().parse_args(["serve"]).header_timeout == 2.5
+    monkeypatch.setenv("PREFIXKV_MAX_CONNECTIONS", "64")
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.header_timeout, args.max_connections) == (2.5, 64)
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["serve", "--header-timeout", "0"])
     assert "--header-timeout: invalid value '0'" in capsys.readouterr().err

@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default="10",
     )
+    add_option(
+        serve,
+        "--max-connections",
+        "most connections served at once, more get 503 (default: 90%% of the open-file limit)",
+        type=positive_int,
+    )
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
     serve.set_defaults(run=_serve)
@@ -155,6 +161,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.port,
         log_level=args.log_level,
         header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
     )
 
 

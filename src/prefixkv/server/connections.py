@@ -1,4 +1,5 @@
-"""Connection hardening under uvicorn: a bound on reading each request head.
+"""Connection hardening under uvicorn: a bound on reading each request head, and a
+connection limit below the open-file limit.
 
 uvicorn (0.54) has no header timeout: ``timeout_keep_alive`` is armed only after a response
 and cancelled by any byte, so a connection that never sends anything, or trickles a request
@@ -72,3 +73,18 @@ def h11_protocol(header_timeout: float) -> type[asyncio.Protocol]:
     return type(
         "HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout}
     )
+
+
+def default_max_connections() -> int | None:
+    """A connection limit below the open-file limit, so that a flood of clients gets uvicorn's
+    503 (and a closed connection) before ``accept()`` fails for want of descriptors. Keeps a
+    tenth of the limit (at least 16) for the process's own files and the refused connections;
+    None when the limit is unbounded."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, soft - max(16, soft // 10))

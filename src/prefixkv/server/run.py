@@ -6,7 +6,8 @@ then re-raises the signal it caught so that the process dies of it; we install n
 handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
 
 Connections are hardened (see :mod:`prefixkv.server.connections`): a request head must
-arrive within ``header_timeout`` seconds.
+arrive within ``header_timeout`` seconds, and at most ``max_connections`` are served at once
+(more get uvicorn's 503).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from prefixkv.server.connections import h11_protocol
+from prefixkv.server.connections import default_max_connections, h11_protocol
 
 log = logging.getLogger("prefixkv.server")
 
@@ -33,11 +34,14 @@ def serve(
     grace_seconds: int = 10,
     access_log: bool = False,
     header_timeout: float = 10.0,
+    max_connections: int | None = None,
 ) -> int:
     """Serve until a signal; returns the process exit status (0 after a graceful stop).
 
     ``header_timeout``: seconds a connection has to send a complete request head (from
-    opening it, or from the first byte of a later request)."""
+    opening it, or from the first byte of a later request); ``max_connections``: more
+    connections than this get a 503 to their requests (default: a tenth below the open-file
+    limit, so that a flood is refused before ``accept()`` runs out of descriptors)."""
     config = uvicorn.Config(
         app,
         host=host,
@@ -46,6 +50,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=grace_seconds,
+        limit_concurrency=max_connections or default_max_connections(),
         lifespan="on",
     )
     server = uvicorn.Server(config)
