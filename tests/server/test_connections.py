@@ -1,11 +1,15 @@
 """Connections cannot starve the server: a request head must arrive within the header timeout
-(silent and slowloris connections are closed), kept-alive connections still work, and the
-connection limit stays below the open-file limit.
+(silent and slowloris connections are closed), kept-alive connections still work, more
+connections than the limit get a fast 503, and running out of descriptors is logged once per
+interval instead of once per failed accept().
 
 The protocol tests run uvicorn in a thread with a tiny ASGI app."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import resource
 import select
 import socket
@@ -20,7 +24,7 @@ import uvicorn
 
 from prefixkv.cli import commands as cli
 from prefixkv.server import connections
-from prefixkv.server.connections import h11_protocol
+from prefixkv.server.connections import HardenedLoop, ResourceErrorLimiter, h11_protocol
 
 from .harness import free_port, wait_for
 
@@ -94,6 +98,7 @@ def uvicorn_thread(header_timeout: float, keep_alive: float = 5.0) -> Iterator[i
         host="127.0.0.1",
         port=port,
         http=h11_protocol(header_timeout),
+        loop=HardenedLoop,
         timeout_keep_alive=keep_alive,
         lifespan="off",
         log_level="warning",
@@ -146,6 +151,89 @@ def test_kept_alive_connections_wait_for_the_keep_alive_timeout() -> None:
             assert exchange(sock, REQUEST + b"GET / HTTP/1.1\r\n").startswith(b"HTTP/1.1 200")
             elapsed = closed_by_server(sock, timeout=5)
             assert elapsed is not None and elapsed < 2.0
+
+
+def test_accept_stops_at_the_first_out_of_resource_error(caplog: pytest.LogCaptureFixture) -> None:
+    class Exhausted:
+        accepts = 0
+
+        def __init__(self) -> None:
+            self.sock = socket.socket()
+
+        def accept(self) -> Any:
+            self.accepts += 1
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+    loop = HardenedLoop()
+    sock = Exhausted()
+    try:
+        with caplog.at_level(logging.ERROR):
+            loop._accept_connection(lambda: None, sock, None, None, 2048)
+        # asyncio before gh-151615 calls accept() 2048 times here, scheduling 2048 retries;
+        # here: one accept(), one retry (and the log limiter's timer).
+        assert sock.accepts == 1 and len(loop._scheduled) == 2
+        assert [r.getMessage()[:38] for r in caplog.records] == [
+            "socket.accept() out of system resource"
+        ]
+        sock.sock.close()
+        loop._start_serving(lambda: None, sock)  # a retry due after the server closed: dropped
+    finally:
+        loop.close()
+        sock.sock.close()
+
+
+def test_resource_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        limiter = ResourceErrorLimiter(interval=0.2)
+        limiter.install(loop)
+        context = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(errno.EMFILE, "x"),
+        }
+        for _ in range(1000):
+            loop.call_exception_handler(context)
+        await asyncio.sleep(0.3)  # one count line
+        await asyncio.sleep(0.2)  # a quiet interval: the next error is logged in full again
+        loop.call_exception_handler(context)
+        loop.call_exception_handler({"message": "something else", "exception": ValueError("boom")})
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+    lines = [(r.name, r.getMessage().split(";")[0]) for r in caplog.records]
+    assert lines == [
+        ("prefixkv.server", "socket.accept() out of system resource: [Errno 24] x"),
+        (
+            "prefixkv.server",
+            "999 more out-of-resource errors (accept() and others) in the last 0.2 s",
+        ),
+        ("prefixkv.server", "socket.accept() out of system resource: [Errno 24] x"),
+        ("asyncio", "something else"),  # anything else keeps asyncio's handler and traceback
+    ]
+
+
+def test_per_request_warnings_are_shown_once_per_interval() -> None:
+    now = [0.0]
+    repeats = connections.RepeatFilter(
+        {"Exceeded concurrency limit."}, interval=10, clock=lambda: now[0]
+    )
+
+    def shown(msg: str, args: tuple[Any, ...] = ()) -> str | None:
+        record = logging.LogRecord("uvicorn.error", logging.WARNING, "", 0, msg, args, None)
+        return record.getMessage() if repeats.filter(record) else None
+
+    assert shown("Exceeded concurrency limit.") == "Exceeded concurrency limit."
+    assert [shown("Exceeded concurrency limit.") for _ in range(5)] == [None] * 5
+    assert shown("Something else.") == "Something else."
+    now[0] = 12.0
+    assert (
+        shown("Exceeded concurrency limit.")
+        == "Exceeded concurrency limit. (5 more in the last 12 s)"
+    )
+    assert shown("Exceeded concurrency limit.") is None
 
 
 def test_default_connection_limit_leaves_a_tenth_of_the_descriptors(

@@ -6,8 +6,9 @@ then re-raises the signal it caught so that the process dies of it; we install n
 handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
 
 Connections are hardened (see :mod:`prefixkv.server.connections`): a request head must
-arrive within ``header_timeout`` seconds, and at most ``max_connections`` are served at once
-(more get uvicorn's 503).
+arrive within ``header_timeout`` seconds, at most ``max_connections`` are served at once
+(more get uvicorn's 503), and running out of descriptors, like uvicorn's warnings that a
+client can cause once per request, is logged at most once per interval.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from prefixkv.server.connections import default_max_connections, h11_protocol
+from prefixkv.server.connections import (
+    UVICORN_PER_REQUEST,
+    HardenedLoop,
+    RepeatFilter,
+    default_max_connections,
+    h11_protocol,
+)
 
 log = logging.getLogger("prefixkv.server")
 
@@ -47,6 +54,7 @@ def serve(
         host=host,
         port=port,
         http=h11_protocol(header_timeout),
+        loop=HardenedLoop,  # type: ignore[arg-type]  # uvicorn takes a loop factory
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=grace_seconds,
@@ -54,12 +62,15 @@ def serve(
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    repeats = RepeatFilter(UVICORN_PER_REQUEST)
+    logging.getLogger("uvicorn.error").addFilter(repeats)
     previous = {sig: signal.signal(sig, _after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        logging.getLogger("uvicorn.error").removeFilter(repeats)
     return 0 if server.started else 1
 
 
