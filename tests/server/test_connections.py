@@ -3,7 +3,8 @@
 connections than the limit get a fast 503, and running out of descriptors is logged once per
 interval instead of once per failed accept().
 
-The protocol tests run uvicorn in a thread with a tiny ASGI app."""
+The fast tests run uvicorn in a thread with a tiny ASGI app; the slow ones start ``prefixkv
+serve`` on the tiny model with 256 file descriptors and open 300 connections to it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -26,7 +29,8 @@ from prefixkv.cli import commands as cli
 from prefixkv.server import connections
 from prefixkv.server.connections import HardenedLoop, ResourceErrorLimiter, h11_protocol
 
-from .harness import free_port, wait_for
+from .conftest import TINY_ARGS
+from .harness import ServerProcess, free_port, wait_for
 
 REQUEST = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
 
@@ -256,3 +260,104 @@ def test_header_timeout_option(
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["serve", "--header-timeout", "0"])
     assert "--header-timeout: invalid value '0'" in capsys.readouterr().err
+
+
+# Slow: a real server with 256 file descriptors.
+
+HEADER_TIMEOUT = 2.0
+MAX_CONNECTIONS = 200
+
+
+def limit_files(count: int) -> Callable[[], None]:
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+
+
+@pytest.fixture(scope="module")
+def guarded_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 600:
+        pytest.skip("the test opens 300 connections; raise `ulimit -n`")
+    log = tmp_path_factory.mktemp("logs") / "guarded-server.log"
+    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--header-timeout", str(HEADER_TIMEOUT)]
+    args += ["--max-connections", str(MAX_CONNECTIONS)]
+    server = ServerProcess(args, log, preexec_fn=limit_files(256)).wait_ready()
+    yield server
+    assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()
+
+
+@contextmanager
+def silent_connections(server: ServerProcess, count: int) -> Iterator[list[socket.socket]]:
+    socks = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(count)]
+    try:
+        yield socks
+    finally:
+        for sock in socks:
+            sock.close()
+        assert wait_for(lambda: server.get("/health").status_code == 200, timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_300_silent_connections_cannot_lock_out_a_client(guarded_server: ServerProcess) -> None:
+    server = guarded_server
+    log_before = server.log.stat().st_size
+    with silent_connections(server, 300) as socks:
+        start = time.monotonic()
+        response = httpx.get(server.url + "/health", timeout=HEADER_TIMEOUT + 10)
+        waited = time.monotonic() - start
+        assert response.status_code == 200
+        # Queued behind ~250 accepted silent connections until the header timeout closes them
+        # (asyncio retries accept() once a second while descriptors are out).
+        assert waited < HEADER_TIMEOUT + 2.5, waited
+        assert closed_by_server(socks[0], timeout=1) is not None
+        time.sleep(1.0)
+        grown = server.log.read_bytes()[log_before:]
+    assert b"socket.accept() out of system resource" in grown  # descriptors did run out
+    assert len(grown) < 2048 and b"Traceback" not in grown, grown.decode(errors="replace")
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_slowloris_is_disconnected_by_the_header_timeout(guarded_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
+        sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.5, timeout=HEADER_TIMEOUT + 3)
+    assert sent >= 3 and HEADER_TIMEOUT - 0.5 < elapsed < HEADER_TIMEOUT + 1.5
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_keep_alive_client_makes_several_requests_on_one_connection(
+    guarded_server: ServerProcess,
+) -> None:
+    body = b'{"model": "tiny", "prompt": "The ferry", "max_tokens": 4, "temperature": 0}'
+    completion = (
+        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
+        assert exchange(sock).startswith(b"HTTP/1.1 200")
+        assert exchange(sock, completion).startswith(b"HTTP/1.1 200")
+        time.sleep(HEADER_TIMEOUT + 0.5)  # idle past the header timeout, within keep-alive (5 s)
+        assert exchange(sock).startswith(b"HTTP/1.1 200")
+        elapsed = closed_by_server(sock, timeout=10)
+    assert elapsed is not None and 4.0 < elapsed < 7.0  # uvicorn's keep-alive timeout, 5 s
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_more_connections_than_the_limit_get_a_fast_503(guarded_server: ServerProcess) -> None:
+    server = guarded_server
+    log_before = server.log.stat().st_size
+    with silent_connections(server, MAX_CONNECTIONS + 5):
+        start = time.monotonic()
+        response = httpx.get(server.url + "/health", timeout=HEADER_TIMEOUT + 10)
+        assert response.status_code == 503 and time.monotonic() - start < 1.5
+        assert all(server.get("/health").status_code == 503 for _ in range(20))
+        assert wait_for(
+            lambda: server.get("/health").status_code == 200, timeout=HEADER_TIMEOUT + 2
+        )
+    grown = server.log.read_bytes()[log_before:]
+    assert b"out of system resource" not in grown
+    assert grown.count(b"Exceeded concurrency limit") == 1, grown  # once per 10 s
