@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ class ServerProcess:
     once ``/health`` answers, ``stop()`` sends a signal and returns the exit status."""
 
     def __init__(
-        self, args: list[str], log: Path, env: dict[str, str] | None = None, api_key: str = ""
+        self,
+        args: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        api_key: str = "",
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -36,7 +42,11 @@ class ServerProcess:
         command = [sys.executable, "-m", "prefixkv.cli", "serve", "--port", str(self.port), *args]
         with log.open("wb") as out:  # a file, not a pipe: a full pipe would block the server
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                preexec_fn=preexec_fn,  # e.g. to lower a resource limit in the server only
             )
 
     def wait_ready(self, timeout: float = 180.0) -> ServerProcess:

@@ -20,6 +20,7 @@ from prefixkv.cli.options import (
     add_option,
     one_of,
     parse_bytes,
+    positive_float,
     positive_int,
 )
 from prefixkv.extras import MissingExtraError, require
@@ -92,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(serve, "--max-body-bytes", "largest request body", type=parse_bytes, default="1MiB")
     add_option(serve, "--max-queue", "most requests waiting", type=positive_int, default="1024")
+    add_option(
+        serve,
+        "--header-timeout",
+        "seconds a client has to send a request head",
+        type=positive_float,
+        default="10",
+    )
+    add_option(
+        serve,
+        "--max-connections",
+        "most connections served at once, more get 503 (default: 90%% of the open-file limit)",
+        type=positive_int,
+    )
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
     serve.set_defaults(run=_serve)
@@ -192,7 +206,14 @@ def _serve(args: argparse.Namespace) -> int:
         f"(prefix cache {cache}, blocks of {args.block_size} tokens)",
         flush=True,
     )
-    return serve(create_app(engine, settings), args.host, args.port, log_level=args.log_level)
+    return serve(
+        create_app(engine, settings),
+        args.host,
+        args.port,
+        log_level=args.log_level,
+        header_timeout=args.header_timeout,
+        max_connections=args.max_connections,
+    )
 
 
 def _chat(args: argparse.Namespace) -> int:

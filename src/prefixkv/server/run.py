@@ -4,6 +4,11 @@ On either signal uvicorn stops accepting connections, lets in-flight requests fi
 to ``grace_seconds``, then runs the app's shutdown (which cancels what is still queued). It
 then re-raises the signal it caught so that the process dies of it; we install no-op Python
 handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
+
+Connections are hardened (see :mod:`prefixkv.server.connections`): a request head must
+arrive within ``header_timeout`` seconds, at most ``max_connections`` are served at once
+(more get uvicorn's 503), and running out of descriptors, like uvicorn's warnings that a
+client can cause once per request, is logged at most once per interval.
 """
 
 from __future__ import annotations
@@ -14,6 +19,14 @@ from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
+
+from prefixkv.server.connections import (
+    UVICORN_PER_REQUEST,
+    HardenedLoop,
+    RepeatFilter,
+    default_max_connections,
+    h11_protocol,
+)
 
 log = logging.getLogger("prefixkv.server")
 
@@ -26,24 +39,37 @@ def serve(
     log_level: str = "info",
     grace_seconds: int = 10,
     access_log: bool = False,
+    header_timeout: float = 10.0,
+    max_connections: int | None = None,
 ) -> int:
-    """Serve until a signal; returns the process exit status (0 after a graceful stop)."""
+    """Serve until a signal; returns the process exit status (0 after a graceful stop).
+
+    ``header_timeout``: seconds a connection has to send a complete request head (from
+    opening it, or from the first byte of a later request); ``max_connections``: more
+    connections than this get a 503 to their requests (default: a tenth below the open-file
+    limit, so that a flood is refused before ``accept()`` runs out of descriptors)."""
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=h11_protocol(header_timeout),
+        loop=HardenedLoop,  # type: ignore[arg-type]  # uvicorn takes a loop factory
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=grace_seconds,
+        limit_concurrency=max_connections or default_max_connections(),
         lifespan="on",
     )
     server = uvicorn.Server(config)
+    repeats = RepeatFilter(UVICORN_PER_REQUEST)
+    logging.getLogger("uvicorn.error").addFilter(repeats)
     previous = {sig: signal.signal(sig, _after_shutdown) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.run()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        logging.getLogger("uvicorn.error").removeFilter(repeats)
     return 0 if server.started else 1
 
 
