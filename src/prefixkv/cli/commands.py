@@ -102,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(
         serve,
+        "--grace-seconds",
+        "on SIGTERM, how long the running request may go on",
+        type=positive_int,
+        default="10",
+    )
+    add_option(
+        serve,
         "--max-connections",
         "most connections served at once, more get 503 (default: 90%% of the open-file limit)",
         type=positive_int,
@@ -182,6 +189,7 @@ def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
 
 def _serve(args: argparse.Namespace) -> int:
     from prefixkv.server import ServerSettings, create_app, serve
+    from prefixkv.server.app import begin_shutdown
     from prefixkv.server.hosts import default_allowed_hosts, is_loopback
 
     # Checked before the model loads (seconds): a bad key is a start-up error at once.
@@ -206,13 +214,16 @@ def _serve(args: argparse.Namespace) -> int:
         f"(prefix cache {cache}, blocks of {args.block_size} tokens)",
         flush=True,
     )
+    app = create_app(engine, settings)
     return serve(
-        create_app(engine, settings),
+        app,
         args.host,
         args.port,
         log_level=args.log_level,
+        grace_seconds=args.grace_seconds,
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
+        on_stop=lambda grace: begin_shutdown(app, grace),
     )
 
 

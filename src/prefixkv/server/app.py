@@ -82,6 +82,19 @@ def create_app(engine: EngineRole, settings: ServerSettings) -> FastAPI:
     return app
 
 
+def begin_shutdown(app: FastAPI, grace_seconds: float) -> None:
+    """What a stop signal starts (call it off the event loop): nothing new is admitted, every
+    queued request gets its 503 at once; the running one may finish, but is cancelled a
+    second before the grace period ends, so that its client still gets an OpenAI-shaped
+    answer (a 503, or an error event and ``[DONE]``) rather than a cut connection."""
+    state: ServerState = app.state.prefixkv
+    state.scheduler.drain()
+    if state.scheduler.wait_idle(max(0.0, grace_seconds - 1.0)):
+        return
+    log.warning("cancelling the running request: the shutdown grace period is ending")
+    state.scheduler.cancel_running()
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.prefixkv

@@ -189,14 +189,29 @@ class Scheduler:
             job.finish("skipped", JobCancelled("the server is shutting down"))
             self.on_finish(job)
 
+    def cancel_running(self) -> None:
+        """Cancel the job the worker is running, if any (it stops at the next token)."""
+        job = self._current
+        if job is not None:
+            job.cancel()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the worker to run nothing and have nothing
+        queued; True if it got there."""
+        deadline = time.monotonic() + timeout
+        while self._current is not None or self._queue.qsize():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def stop(self, timeout: float = 10.0) -> None:
         """Drain, cancel the running job, then wait up to ``timeout`` for the worker."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
         self.drain()
-        if self._current is not None:
-            self._current.cancel()
+        self.cancel_running()
         self._queue.put(None)
         thread.join(timeout)
 
