@@ -157,3 +157,38 @@ def test_chat_ends_at_end_of_input(tiny_dir: Path) -> None:
     done = run_chat(tiny_dir, "Hello.\n", "--no-prefix-cache")
     assert done.returncode == 0, done.stderr
     assert re.search(r"\[cached 0/\d+ prompt tokens", done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("env", "argv", "source"),
+    [
+        ({"PREFIXKV_API_KEY": ""}, [], "PREFIXKV_API_KEY"),
+        ({"PREFIXKV_API_KEY": " , "}, [], "PREFIXKV_API_KEY"),
+        ({"PREFIXKV_API_KEY": "k1,,k2"}, [], "PREFIXKV_API_KEY"),
+        ({}, ["--api-key", ""], "--api-key"),
+        ({}, ["--api-key", "k1", "--api-key", "   "], "--api-key"),
+        ({"PREFIXKV_ADMIN_KEY": " "}, [], "PREFIXKV_ADMIN_KEY"),
+        ({}, ["--admin-key", ""], "--admin-key"),
+    ],
+)
+def test_empty_keys_fail_closed_before_the_model_loads(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    argv: list[str],
+    source: str,
+    tmp_path: Path,
+) -> None:
+    """An unset secret in a unit file must not start a server without authentication."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    missing_model = str(tmp_path / "no-model-here")
+    assert cli.main(["serve", "--model", missing_model, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "empty key" in err and source in err
+    assert "no-model-here" not in err  # refused before trying to load the model
+
+
+def test_keys_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
+    args = cli.build_parser().parse_args(["serve", "--api-key", " k1 ", "--api-key", "k2"])
+    assert cli.secret_keys(args.api_key, "--api-key") == ("k1", "k2")

@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from prefixkv import NullCache, PrefixKVCache, tokens
+from prefixkv import KVLayout, NullCache, PrefixKVCache, tokens
 from prefixkv.engine.engine import Completion, Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
+from prefixkv.engine.workspace import WorkspacePool
 
 from .tiny import tiny_llama, tiny_tokenizer
 
@@ -295,3 +296,17 @@ def test_control_markers_in_content_are_plain_text(parts: tuple[Any, Any]) -> No
     )
     expected = expected["input_ids"] if isinstance(expected, Mapping) else expected
     assert tokens.tokens_from_bytes(honest) == list(expected)
+
+
+def test_idle_workspaces_stay_within_their_byte_budget() -> None:
+    layout = KVLayout(num_layers=2, num_kv_heads=2, head_dim=8)
+    pool = WorkspacePool(layout, torch.device("cpu"), max_idle=2, max_idle_bytes=1 << 20)
+    per_token = layout.bytes_per_token
+    big = pool.acquire((2 << 20) // per_token)  # larger than the whole budget
+    small = [pool.acquire(300) for _ in range(3)]
+    pool.release(big)
+    assert pool.idle_bytes == 0  # freed at once: too large to keep
+    for workspace in small:
+        pool.release(workspace)
+    assert pool.idle_bytes <= 1 << 20 and len(pool._idle) == 2
+    assert pool.acquire(300) in small  # warm buffers are reused

@@ -82,13 +82,17 @@ class App:
 
 
 @contextmanager
-def running_app(engine: FakeEngine | None = None, **settings: Any) -> Iterator[App]:
+def running_app(
+    engine: FakeEngine | None = None, *, raise_server_exceptions: bool = True, **settings: Any
+) -> Iterator[App]:
     """An app over ``engine`` (a new FakeEngine by default) with ``ServerSettings(**settings)``
-    (model name "fake"), its lifespan (worker thread) running for the block."""
+    (model name "fake"), its lifespan (worker thread) running for the block. Server errors
+    are raised in the test unless ``raise_server_exceptions`` is False (to see the 500)."""
     engine = engine or FakeEngine()
     keys = settings.get("api_keys", ())
     config = ServerSettings(model_names=("fake",), **{"allowed_hosts": ("testserver",), **settings})
-    with TestClient(create_app(engine, config)) as http:
+    app = create_app(engine, config)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as http:
         yield App(engine, http, keys[0] if keys else "")
     engine.gate.set()
 

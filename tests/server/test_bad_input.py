@@ -7,13 +7,14 @@ process."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from .conftest import App, running_app
-from .fake_engine import CONTEXT
+from .fake_engine import CONTEXT, FakeEngine
 
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 USER = [{"role": "user", "content": "hello"}]
@@ -255,3 +256,34 @@ def test_bad_input_leaves_cache_and_server_intact(served: App) -> None:
     assert again.choices[0].message.content == warm.choices[0].message.content
     assert again.usage is not None and again.usage.prompt_tokens_details is not None
     assert again.usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_bad_requests_log_one_line_not_a_flood(
+    served: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="prefixkv.server"):
+        for _ in range(50):
+            assert send(served, CHAT, chat(top_p=0)).status_code == 400
+    lines = [r for r in caplog.records if r.name == "prefixkv.server" and r.levelno >= logging.INFO]
+    assert len(lines) <= 1  # once per kind per 10 s (none if another test just logged it)
+    assert all(r.exc_info is None for r in lines)
+
+
+def test_a_failing_generation_logs_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FakeEngine()
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("the model exploded")
+        yield  # a generator, as run() is
+
+    engine.run = broken  # type: ignore[method-assign]
+    with (
+        running_app(engine, raise_server_exceptions=False) as app,
+        caplog.at_level(logging.ERROR, logger="prefixkv.server"),
+    ):
+        for _ in range(20):
+            response = send(app, TEXT, text())
+            assert response.status_code == 500  # a bug, reported in OpenAI's shape
+            assert response.json()["error"]["code"] == "internal_error"
+    failures = [r for r in caplog.records if "generation failed" in r.getMessage()]
+    assert 1 <= len(failures) <= 2 and sum(r.exc_info is not None for r in failures) <= 1

@@ -15,6 +15,8 @@ from typing import Any
 import openai
 import pytest
 
+from prefixkv.server import ServerSettings
+
 from .conftest import TINY_ARGS, App, running_app
 from .harness import ServerProcess
 
@@ -115,3 +117,64 @@ def test_keys_are_tenants_that_never_share_hits(keyed: App) -> None:
     assert cached_tokens(bo) == 0  # same prompt, same (empty) salt, other key
     assert cached_tokens(bo, "shared") == 0
     assert cached_tokens(ana, "shared") == 0  # a salt does not cross tenants either
+
+
+ADMIN = "key-of-the-operator"
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", "/metrics"), ("GET", "/v1/cache/stats")])
+def test_whole_cache_views_need_the_admin_key(method: str, path: str) -> None:
+    with running_app(api_keys=KEYS, admin_keys=(ADMIN,)) as app:
+        refused = app.http.get(path, headers=app.headers(KEYS[0]))
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "admin_key_required"
+        assert app.http.get(path, headers=app.headers(ADMIN)).status_code == 200
+
+
+def test_a_global_reset_needs_the_admin_key() -> None:
+    with running_app(api_keys=KEYS, admin_keys=(ADMIN,)) as app:
+        cached_tokens(app.openai(KEYS[1]))
+        response = app.http.post(
+            "/v1/cache/reset", json={"scope": "all"}, headers=app.headers(KEYS[0])
+        )
+        assert response.status_code == 403
+        assert cached_tokens(app.openai(KEYS[1])) > 0  # untouched
+        response = app.http.post(
+            "/v1/cache/reset", json={"scope": "all"}, headers=app.headers(ADMIN)
+        )
+        assert response.status_code == 200 and response.json()["evicted_blocks"] > 0
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_cross_site_simple_post_cannot_reset(app: App, content_type: str | None) -> None:
+    """What a web page can send without a CORS preflight: no JSON body, so no reset."""
+    cached_tokens(app.openai(), "csrf")
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = app.http.post("/v1/cache/reset", content=b"scope=all", headers=headers)
+    assert response.status_code == 415
+    assert cached_tokens(app.openai(), "csrf") > 0
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:8000", True),
+        ("localhost", True),
+        ("[::1]:8000", True),
+        ("attacker.example", False),
+        ("attacker.example:8000", False),
+        ("127.0.0.1.attacker.example", False),
+        ("", False),
+    ],
+)
+def test_the_host_header_must_name_the_server(host: str, allowed: bool) -> None:
+    """DNS rebinding: a page under another name reaching a loopback server is refused."""
+    with running_app(
+        allowed_hosts=ServerSettings.__dataclass_fields__["allowed_hosts"].default
+    ) as app:
+        response = app.http.get("/v1/models", headers={"Host": host})
+        if allowed:
+            assert response.status_code == 200
+        else:
+            assert response.status_code == 400
+            assert response.json()["error"]["code"] == "invalid_host"

@@ -20,6 +20,8 @@ from prefixkv.cache.layout import KVLayout
 
 GRANULE = 256
 """Buffer capacities are rounded up to this many tokens (a multiple of any block size we use)."""
+DEFAULT_MAX_IDLE_BYTES = 256 << 20
+"""Idle buffers kept warm between requests, at most (see WorkspacePool)."""
 
 
 class WorkspaceLayer(DynamicLayer):  # type: ignore[no-untyped-call]
@@ -73,6 +75,10 @@ class Workspace:
             device=device,
         )
 
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
     def as_cache(self, config: Any, length: int) -> DynamicCache:
         """A DynamicCache whose layers read and append to this buffer, holding ``length``
         tokens already (the caller wrote them into ``data``)."""
@@ -92,15 +98,29 @@ class Workspace:
 
 
 class WorkspacePool:
-    """Recycles workspaces. Thread-safe. Keeps at most ``max_idle`` idle buffers, so memory
-    held between requests is bounded by ``max_idle`` times the largest request."""
+    """Recycles workspaces. Thread-safe. Between requests it keeps at most ``max_idle``
+    buffers of at most ``max_idle_bytes`` together (largest dropped first), so the memory
+    idle after a long request is bounded: an 8K-token SmolLM2 request's buffer (377 MB in
+    fp32) is freed when it ends, while short requests keep reusing warm ones."""
 
-    def __init__(self, layout: KVLayout, device: torch.device, max_idle: int = 2) -> None:
+    def __init__(
+        self,
+        layout: KVLayout,
+        device: torch.device,
+        max_idle: int = 2,
+        max_idle_bytes: int = DEFAULT_MAX_IDLE_BYTES,
+    ) -> None:
         self.layout = layout
         self.device = device
         self.max_idle = max_idle
+        self.max_idle_bytes = max_idle_bytes
         self._idle: list[Workspace] = []
         self._lock = threading.Lock()
+
+    @property
+    def idle_bytes(self) -> int:
+        with self._lock:
+            return sum(w.nbytes for w in self._idle)
 
     def acquire(self, tokens: int) -> Workspace:
         """A workspace holding at least ``tokens`` tokens (the smallest idle one that fits)."""
@@ -116,5 +136,9 @@ class WorkspacePool:
     def release(self, workspace: Workspace) -> None:
         with self._lock:
             self._idle.append(workspace)
-            if len(self._idle) > self.max_idle:
-                self._idle.remove(min(self._idle, key=lambda w: w.capacity))
+            self._idle.sort(key=lambda w: w.capacity)
+            while self._idle and (
+                len(self._idle) > self.max_idle
+                or sum(w.nbytes for w in self._idle) > self.max_idle_bytes
+            ):
+                self._idle.pop()  # the largest

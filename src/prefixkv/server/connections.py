@@ -30,6 +30,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from prefixkv.server.throttle import Throttle
+
 log = logging.getLogger("prefixkv.server")
 
 # Errors of accept() that mean "out of descriptors or memory": asyncio logs them and retries.
@@ -168,21 +170,16 @@ class RepeatFilter(logging.Filter):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        self.messages, self.interval, self.clock = messages, interval, clock
-        self._last: dict[str, tuple[float, int]] = {}  # message: (last shown, left out since)
+        self.messages = messages
+        self.throttle = Throttle(interval, clock)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.msg not in self.messages or record.args:
             return True
-        now = self.clock()
-        shown, left_out = self._last.get(record.msg, (-self.interval, 0))
-        if now - shown < self.interval:
-            self._last[record.msg] = (shown, left_out + 1)
-            return False
-        self._last[record.msg] = (now, 0)
-        if left_out:
-            record.msg = f"{record.msg} ({left_out} more in the last {now - shown:.0f} s)"
-        return True
+        show, left_out, since = self.throttle(record.msg)
+        if show and left_out:
+            record.msg = f"{record.msg} ({left_out} more in the last {since:.0f} s)"
+        return show
 
 
 # uvicorn's warnings that any client can cause, one per request.

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prefixkv.engine.request import InvalidRequestError
+from prefixkv.server.throttle import Throttle, report_failure
 
 log = logging.getLogger("prefixkv.server")
 
@@ -74,15 +75,37 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
+# One line per kind of refusal or failure per interval: no client can flood the log.
+_THROTTLE = Throttle()
+
+
+def _log_refusal(request: Request, error: APIError) -> None:
+    show, left_out, _ = _THROTTLE((error.status, error.code))
+    if show:
+        more = f" ({left_out} more like it since)" if left_out else ""
+        log.info(
+            "%d %s on %s %s: %s%s",
+            error.status,
+            error.code or error.param or "refused",
+            request.method,
+            request.url.path[:100],
+            error.message[:200],
+            more,
+        )
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
+    _log_refusal(request, exc)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
     return exc.response(headers)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InvalidRequestError)
-    return APIError.from_engine(exc).response()
+    error = APIError.from_engine(exc)
+    _log_refusal(request, error)
+    return error.response()
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -101,5 +124,5 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    report_failure(log, f"internal error on {request.method} {request.url.path[:100]}", exc)
     return APIError(500, "internal server error", code="internal_error").response()

@@ -23,6 +23,7 @@ from typing import Literal
 
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole
+from prefixkv.server.throttle import report_failure
 
 log = logging.getLogger("prefixkv.server")
 
@@ -241,7 +242,7 @@ class Scheduler:
                     job.completion = item
             job.finish("completed")
         except Exception as exc:
-            log.exception("generation failed")
+            report_failure(log, "generation failed", exc)
             job.finish("failed", exc)
         finally:
             stream.close()  # a stream closed early releases its cache lease
