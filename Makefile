@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint bench-index bench-ttft bench-serve
+.PHONY: serve test lint check-core bench-index bench-ttft bench-serve
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
+
+# prefixkv without extras (numpy + torch only): the core works, the rest names its extra.
+check-core:
+	rm -rf .venv-core
+	$(PYTHON) -m venv .venv-core
+	.venv-core/bin/pip install --quiet torch==2.13.0
+	.venv-core/bin/pip install --quiet -e .
+	.venv-core/bin/python tests/smoke_core.py
 
 bench-index: $(STAMP)
 	$(BIN)/prefixkv bench index
