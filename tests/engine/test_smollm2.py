@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from transformers import DynamicCache
 from prefixkv import NullCache
 from prefixkv.bench import workloads
 from prefixkv.engine.engine import Engine
+from prefixkv.engine.request import InvalidRequestError
 from prefixkv.tokens import tokens_from_bytes
 
 pytestmark = pytest.mark.slow
@@ -80,3 +82,16 @@ def test_logits_bitwise_vs_same_split_and_close_to_one_pass(pair: tuple[Engine, 
     # One pass vs a split pass differ by float32 GEMM blocking: ~4e-5 observed on SmolLM2.
     torch.testing.assert_close(logits, single.float(), atol=2e-4, rtol=1e-4)
     assert int(logits.argmax()) == int(single.argmax())
+
+
+def test_a_hopeless_prompt_is_refused_before_tokenizing(pair: tuple[Engine, Engine]) -> None:
+    """1 MiB of text cannot fit 8,192 tokens of at most 81 characters: refused at once."""
+    cached, _ = pair
+    started = time.perf_counter()
+    with pytest.raises(InvalidRequestError) as refused:
+        cached.request("a" * (1 << 20))
+    assert time.perf_counter() - started < 0.05  # tokenizing it takes about a second
+    assert refused.value.code == "context_length_exceeded"
+    with pytest.raises(InvalidRequestError) as chat:
+        cached.request([{"role": "user", "content": "b" * (1 << 20)}])
+    assert chat.value.param == "messages"

@@ -33,13 +33,15 @@ class _Added:
 
 
 class CharTokenizer:
-    """One id per character (control markers as one id each unless split); ChatML template."""
+    """One id per character (control markers as one id each unless split); ChatML template.
+    ``delay``: seconds each call takes (a stand-in for tokenizing a huge prompt)."""
 
     chat_template = "chatml"
     unk_token_id = 0
 
     def __init__(self) -> None:
         self.added_tokens_decoder = {i: _Added(s) for s, i in SPECIALS.items()}
+        self.delay = 0.0
 
     def __call__(
         self,
@@ -47,6 +49,7 @@ class CharTokenizer:
         add_special_tokens: bool = True,
         split_special_tokens: bool = False,
     ) -> dict[str, Any]:
+        time.sleep(self.delay)
         if isinstance(text, list):
             return {"input_ids": [self._encode(t, split_special_tokens) for t in text]}
         return {"input_ids": self._encode(text, split_special_tokens)}
@@ -80,7 +83,8 @@ class FakeEngine:
 
     def __init__(self, capacity_blocks: int = 256, delay: float = 0.0) -> None:
         self.cache = PrefixKVCache(LAYOUT, BLOCK, LAYOUT.block_bytes(BLOCK) * capacity_blocks)
-        self.intake = Intake(CharTokenizer(), VOCAB, CONTEXT)
+        self.tokenizer = CharTokenizer()
+        self.intake = Intake(self.tokenizer, VOCAB, CONTEXT)
         self.delay = delay
         self.gate = threading.Event()
         self.gate.set()
