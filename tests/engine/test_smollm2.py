@@ -12,7 +12,7 @@ from prefixkv import NullCache
 from prefixkv.bench import workloads
 from prefixkv.engine.engine import Engine
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")
