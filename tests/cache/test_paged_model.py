@@ -56,11 +56,14 @@ class CacheVsReference(RuleBasedStateMachine):
         capacity = LAYOUT.block_bytes(BLOCK) * CAPACITY_BLOCKS
         self.cache = PrefixKVCache(LAYOUT, BLOCK, capacity, policy=self.policy_cls())
         self.ref = ReferenceCache(self.policy_cls())
-        self.leases: list[tuple[object, object, list[int]]] = []
+        self.leases: list[tuple[object, object, list[int], str | None]] = []
+        self.stored: list[tuple[list[int], str | None]] = []  # tokens, namespace
 
     @rule(tokens=tokens_st, ns=namespaces_st)
     def store(self, tokens: list[int], ns: str | None) -> None:
         assert self.cache.store(tokens, kv_for(tokens), ns) == self.ref.store(tokens, ns)
+        self.stored.append((tokens, ns))
+        del self.stored[:-6]
 
     @precondition(lambda self: len(self.leases) < 5)
     @rule(tokens=tokens_st, ns=namespaces_st)
@@ -72,12 +75,28 @@ class CacheVsReference(RuleBasedStateMachine):
         for layer, (keys, values) in enumerate(lease.kv):
             assert torch.equal(keys, expected[layer][0][:, : lease.num_tokens])
             assert torch.equal(values, expected[layer][1][:, : lease.num_tokens])
-        self.leases.append((lease, match, tokens))
+        self.leases.append((lease, match, tokens, ns))
+
+    # Independent random token lists rarely share a prefix, so lookups would mostly miss and
+    # stores would never split a node. These two rules derive a lookup from an earlier store
+    # and a store from a held lease: hits, partial hits, splits under pins.
+
+    @precondition(lambda self: self.stored and len(self.leases) < 5)
+    @rule(data=st.data(), tail=tokens_st)
+    def lookup_near_a_store(self, data: st.DataObject, tail: list[int]) -> None:
+        tokens, ns = data.draw(st.sampled_from(self.stored))
+        self.lookup(tokens[: data.draw(st.integers(0, len(tokens)))] + tail, ns)
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data(), tail=tokens_st)
+    def store_near_a_lease(self, data: st.DataObject, tail: list[int]) -> None:
+        _, _, tokens, ns = data.draw(st.sampled_from(self.leases))
+        self.store(tokens[: data.draw(st.integers(0, len(tokens)))] + tail, ns)
 
     @precondition(lambda self: self.leases)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
-        lease, match, _ = self.leases.pop(data.draw(st.integers(0, len(self.leases) - 1)))
+        lease, match, _, _ = self.leases.pop(data.draw(st.integers(0, len(self.leases) - 1)))
         lease.release()  # type: ignore[attr-defined]
         lease.release()  # type: ignore[attr-defined]  # idempotent
         self.ref.ref.unpin(match)  # type: ignore[arg-type]

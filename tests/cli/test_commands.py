@@ -87,6 +87,7 @@ def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
         assert "[env PREFIXKV_MODEL]" in out and "--no-prefix-cache" in out
 
 
+@pytest.mark.process
 def test_script_entry_point_runs() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "prefixkv.cli", "--help"],
@@ -140,6 +141,7 @@ def run_chat(tiny_dir: Path, lines: str, *extra: str) -> subprocess.CompletedPro
     return subprocess.run(command, input=lines, capture_output=True, text=True, timeout=180)
 
 
+@pytest.mark.process
 def test_chat_shows_cached_tokens_and_ttft_each_turn(tiny_dir: Path) -> None:
     done = run_chat(
         tiny_dir, "Hello there.\nAnd once more.\n/reset\nHi.\n/quit\n", "--system", "Be brief."
@@ -153,6 +155,7 @@ def test_chat_shows_cached_tokens_and_ttft_each_turn(tiny_dir: Path) -> None:
     assert "[conversation reset]" in done.stdout and int(p3) < int(p2)
 
 
+@pytest.mark.process
 def test_chat_ends_at_end_of_input(tiny_dir: Path) -> None:
     done = run_chat(tiny_dir, "Hello.\n", "--no-prefix-cache")
     assert done.returncode == 0, done.stderr

@@ -25,8 +25,16 @@ BLOCK = 4
 
 
 @pytest.fixture(scope="module")
-def parts() -> tuple[Any, Any]:
-    return tiny_llama(), tiny_tokenizer()
+def parts() -> Iterator[tuple[Any, Any]]:
+    # One torch thread, as the tiny servers run (--threads 1): on matrices this small a second
+    # thread gains nothing (this module: 5.6 s either way on an idle 2-core machine) and costs
+    # a lot once other processes compete for the cores (4.7 s on one thread, 32 s on two).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield tiny_llama(), tiny_tokenizer()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def engines(parts: tuple[Any, Any], capacity_blocks: int = 512) -> tuple[Engine, Engine]:

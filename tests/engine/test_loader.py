@@ -355,6 +355,7 @@ def test_failed_conversion_leaves_no_folder(
     assert lm.weights_dir == converted_dir(tiny_gguf, tmp_path)
 
 
+@pytest.mark.process
 def test_killed_conversion_is_never_loaded(tiny_gguf: Path, tmp_path: Path) -> None:
     """A process killed after writing every file but before the rename leaves only a temp."""
     script = (
@@ -436,7 +437,7 @@ def smollm2_converted(
     return first, cache, calls
 
 
-@pytest.mark.slow
+@pytest.mark.smollm2
 @needs_smollm2
 def test_smollm2_converts_once_and_matches_gguf_bitwise(
     smollm2_direct: tuple[LoadedModel, float],
@@ -473,7 +474,7 @@ def test_smollm2_converts_once_and_matches_gguf_bitwise(
     assert second.model.generation_config.pad_token_id is not None
 
 
-@pytest.mark.slow
+@pytest.mark.smollm2
 @needs_smollm2
 def test_smollm2_generates_without_warnings(
     smollm2_converted: tuple[LoadedModel, Path, list[Path]], hf_warnings: list[str]

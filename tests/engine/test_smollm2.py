@@ -15,7 +15,7 @@ from prefixkv.engine.engine import Engine
 from prefixkv.engine.request import InvalidRequestError
 from prefixkv.tokens import tokens_from_bytes
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")

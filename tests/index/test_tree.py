@@ -92,6 +92,19 @@ def test_locks_are_counted_and_pins_block_eviction() -> None:
     index.check_invariants()
 
 
+def test_insert_that_splits_a_pinned_node_keeps_its_pins() -> None:
+    index = PrefixIndex(4)
+    index.insert(blocks(1, 2, 3), ["a", "b", "c"])  # one node of three blocks
+    match = index.match(blocks(1, 2, 3))
+    index.pin(match)
+    index.insert(blocks(1, 2, 7), ["a2", "b2", "x"])  # diverges inside the pinned node: split
+    index.check_invariants()
+    assert index.pinned_blocks == 3 and index.evict(10) == ["x"]
+    index.unpin(match)
+    index.check_invariants()
+    assert index.pinned_blocks == 0 and index.evict(10) == ["c", "b", "a"]
+
+
 def test_pin_of_stale_match_raises() -> None:
     index = PrefixIndex(4)
     index.insert(blocks(1, 2), ["a", "b"])

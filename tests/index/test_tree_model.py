@@ -26,26 +26,48 @@ class IndexVsReference(RuleBasedStateMachine):
         self.index = PrefixIndex(BLOCK, policy=self.policy_cls())
         self.ref = ReferenceIndex(BLOCK, policy=self.policy_cls())
         self.values = itertools.count()
-        self.matches: list[tuple[object, object]] = []
+        self.matches: list[tuple[object, object, list[int]]] = []  # mine, theirs, tokens
+        self.inserted: list[tuple[list[int], str | None]] = []  # tokens, namespace
 
     @rule(tokens=tokens_st, extra=st.integers(-3, 1), ns=namespaces_st)
     def insert(self, tokens: list[int], extra: int, ns: str | None) -> None:
         count = max(0, len(tokens) // BLOCK + extra)
         values = [next(self.values) for _ in range(count)]
         assert self.index.insert(tokens, values, ns) == self.ref.insert(tokens, values, ns)
+        self.inserted.append((tokens, ns))
+        del self.inserted[:-6]
 
     @rule(tokens=tokens_st, ns=namespaces_st)
     def match(self, tokens: list[int], ns: str | None) -> None:
         mine, theirs = self.index.match(tokens, ns), self.ref.match(tokens, ns)
         assert (mine.num_tokens, mine.values) == (theirs.num_tokens, theirs.values)
         assert mine.num_tokens % BLOCK == 0 and mine.num_blocks == len(mine.values)
-        self.matches.append((mine, theirs))
+        self.matches.append((mine, theirs, tokens))
         del self.matches[:-6]
+
+    # Independent random token lists rarely share a prefix, so matches would be mostly empty
+    # and pins rare. These two rules derive a query from an earlier insert and an insert from
+    # an earlier (maybe pinned) match: splits under pins, partial matches, shared prefixes.
+
+    @precondition(lambda self: self.inserted)
+    @rule(data=st.data(), tail=tokens_st)
+    def match_near_an_insert(self, data: st.DataObject, tail: list[int]) -> None:
+        tokens, ns = data.draw(st.sampled_from(self.inserted))
+        self.match(tokens[: data.draw(st.integers(0, len(tokens)))] + tail, ns)
+
+    @precondition(lambda self: self.matches)
+    @rule(data=st.data(), tail=tokens_st, extra=st.integers(-3, 1))
+    def insert_diverging_from_a_match(
+        self, data: st.DataObject, tail: list[int], extra: int
+    ) -> None:
+        mine, _, tokens = data.draw(st.sampled_from(self.matches))
+        cut = data.draw(st.integers(0, len(tokens)))
+        self.insert(tokens[:cut] + tail, extra, mine.namespace)  # type: ignore[attr-defined]
 
     @precondition(lambda self: self.matches)
     @rule(data=st.data())
     def pin(self, data: st.DataObject) -> None:
-        mine, theirs = data.draw(st.sampled_from(self.matches))
+        mine, theirs, _ = data.draw(st.sampled_from(self.matches))
         outcomes = []
         for index, match in ((self.index, mine), (self.ref, theirs)):
             try:
@@ -58,7 +80,7 @@ class IndexVsReference(RuleBasedStateMachine):
     @precondition(lambda self: self.matches)
     @rule(data=st.data())
     def unpin(self, data: st.DataObject) -> None:
-        mine, theirs = data.draw(st.sampled_from(self.matches))
+        mine, theirs, _ = data.draw(st.sampled_from(self.matches))
         outcomes = []
         for index, match in ((self.index, mine), (self.ref, theirs)):
             try:

@@ -1,0 +1,135 @@
+"""Markers, and the guard that keeps unmarked tests from starting processes.
+
+Markers (declared in pyproject.toml):
+
+- ``process``: the test starts a subprocess, itself or through a fixture (a server, a CLI run).
+- ``smollm2``: the test loads the real SmolLM2 model.
+
+Both imply ``slow``, added here at collection, so ``pytest -m "not slow"`` deselects them.
+
+The guard: while a test that is not marked ``process`` is being set up, run or torn down,
+starting a process (``subprocess.Popen`` and everything built on it, a ``multiprocessing``
+process, ``os.system``, ``os.fork``, ``os.posix_spawn``) fails it with "this test starts a
+process: mark it @pytest.mark.process". What counts is the test whose setup or teardown is
+running, so a session- or module-scoped fixture that starts a server is judged by the test
+that first requests it; tests that later run without it are not affected. A test that
+requests such a fixture after it was started (and so finds the server already running) still
+depends on a process: it fails too, unless marked (fixtures it names; not ones fetched with
+``request.getfixturevalue``). When the unmarked test that first requested a shared fixture
+fails this way, pytest keeps that error for the fixture's scope, so later tests using it
+report the same message, naming the culprit.
+
+How: a session-scoped autouse fixture installs the patches (autouse fixtures come first
+within their scope, so before any other session fixture; a function-scoped one would come
+after them and miss their setup); hooks around each test and each fixture setup record which
+test is current and which fixture is starting.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.process
+import os
+import platform
+import subprocess
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["pytester"]  # tests/test_markers.py runs the guard in inner sessions
+
+PROCESS_MESSAGE = "this test starts a process: mark it @pytest.mark.process"
+
+# The openai client reports the platform, and platform.processor() runs `uname -p` once per
+# process (then caches it): asked here, before the guard is on, it is no test's process.
+platform.processor()
+
+
+_tests: list[pytest.Item] = []  # the test being set up, run or torn down
+_fixtures: list[pytest.FixtureDef[Any]] = []  # fixtures being set up, innermost last
+_process_fixtures: dict[pytest.FixtureDef[Any], str] = {}  # fixture -> test it started for
+
+
+def _marked(item: pytest.Item) -> bool:
+    return item.get_closest_marker("process") is not None
+
+
+@pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by -m
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _marked(item) or item.get_closest_marker("smollm2") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    _tests.append(item)
+    try:
+        return (yield)
+    finally:
+        _tests.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> Generator[None, object, object]:
+    _fixtures.append(fixturedef)
+    try:
+        return (yield)
+    finally:
+        _fixtures.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    yield
+    if _marked(item):
+        return
+    info = getattr(item, "_fixtureinfo", None)
+    for name, defs in getattr(info, "name2fixturedefs", {}).items():
+        if defs and defs[-1] in _process_fixtures:
+            pytest.fail(
+                f"{PROCESS_MESSAGE} ({item.nodeid} uses fixture {name!r}, which started a"
+                f" process for {_process_fixtures[defs[-1]]})",
+                pytrace=False,
+            )
+
+
+def _check_process_start(what: str) -> None:
+    if not _tests:
+        return  # collection or session start: no test to judge
+    item = _tests[-1]
+    fixture = _fixtures[-1] if _fixtures else None
+    if fixture is not None:
+        _process_fixtures.setdefault(fixture, item.nodeid)
+    if not _marked(item):
+        where = f" in fixture {fixture.argname!r}" if fixture is not None else ""
+        pytest.fail(f"{PROCESS_MESSAGE} ({item.nodeid} called {what}{where})")
+
+
+def _guarded(name: str, original: Callable[..., Any], shown_arg: int | None = None) -> Any:
+    """``original``, checked first; the call is named with its argument ``shown_arg``."""
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        shown = ""
+        if shown_arg is not None:
+            shown = repr(args[shown_arg] if len(args) > shown_arg else kwargs.get("args"))
+        _check_process_start(f"{name}({shown})")
+        return original(*args, **kwargs)
+
+    guarded.__wrapped__ = original  # type: ignore[attr-defined]
+    return guarded
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_unmarked_processes() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        init = subprocess.Popen.__init__
+        patch.setattr(subprocess.Popen, "__init__", _guarded("subprocess.Popen", init, 1))
+        start = multiprocessing.process.BaseProcess.start
+        patch.setattr(
+            multiprocessing.process.BaseProcess, "start", _guarded("Process.start", start)
+        )
+        for name in ("system", "fork", "forkpty", "posix_spawn", "posix_spawnp"):
+            if hasattr(os, name):
+                patch.setattr(os, name, _guarded(f"os.{name}", getattr(os, name), 0))
+        yield
