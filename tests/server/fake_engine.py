@@ -81,8 +81,12 @@ class FakeEngine:
     name = "fake"
     context_length = CONTEXT
 
-    def __init__(self, capacity_blocks: int = 256, delay: float = 0.0) -> None:
-        self.cache = PrefixKVCache(LAYOUT, BLOCK, LAYOUT.block_bytes(BLOCK) * capacity_blocks)
+    def __init__(
+        self, capacity_blocks: int = 256, delay: float = 0.0, tenant_share: float | None = None
+    ) -> None:
+        self.cache = PrefixKVCache(
+            LAYOUT, BLOCK, LAYOUT.block_bytes(BLOCK) * capacity_blocks, tenant_share=tenant_share
+        )
         self.tokenizer = CharTokenizer()
         self.intake = Intake(self.tokenizer, VOCAB, CONTEXT)
         self.delay = delay

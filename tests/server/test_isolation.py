@@ -18,6 +18,7 @@ import pytest
 from prefixkv.server import ServerSettings
 
 from .conftest import TINY_ARGS, App, running_app
+from .fake_engine import FakeEngine
 from .harness import ServerProcess
 
 KEYS = ("key-of-ana", "key-of-bo")
@@ -122,13 +123,54 @@ def test_keys_are_tenants_that_never_share_hits(keyed: App) -> None:
 ADMIN = "key-of-the-operator"
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/metrics"), ("GET", "/v1/cache/stats")])
-def test_whole_cache_views_need_the_admin_key(method: str, path: str) -> None:
+def test_metrics_need_the_admin_key() -> None:
     with running_app(api_keys=KEYS, admin_keys=(ADMIN,)) as app:
-        refused = app.http.get(path, headers=app.headers(KEYS[0]))
+        refused = app.http.get("/metrics", headers=app.headers(KEYS[0]))
         assert refused.status_code == 403
         assert refused.json()["error"]["code"] == "admin_key_required"
-        assert app.http.get(path, headers=app.headers(ADMIN)).status_code == 200
+        assert app.http.get("/metrics", headers=app.headers(ADMIN)).status_code == 200
+
+
+def stats(app: App, key: str) -> dict[str, Any]:
+    response = app.http.get("/v1/cache/stats", headers=app.headers(key))
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_a_tenant_sees_and_resets_only_its_own_namespaces() -> None:
+    with running_app(api_keys=KEYS, admin_keys=(ADMIN,)) as app:
+        ana, bo = app.openai(KEYS[0]), app.openai(KEYS[1])
+        cached_tokens(ana)
+        before = stats(app, KEYS[0])
+        assert before["scope"] == "tenant" and "free_blocks" not in before
+        for salt in ("x", "y", "x"):  # Bo's traffic, as it happens
+            cached_tokens(bo, salt)
+        after = stats(app, KEYS[0])
+        for field in ("queries", "query_tokens", "hit_tokens", "used_blocks", "inserted_blocks"):
+            assert after[field] == before[field], field  # nothing of Bo's shows
+        assert stats(app, KEYS[1])["queries"] == 3
+        reset = app.http.post("/v1/cache/reset", json={}, headers=app.headers(KEYS[0]))
+        assert reset.json() == {"evicted_blocks": before["used_blocks"], "scope": "tenant"}
+        assert cached_tokens(bo, "x") > 0  # Ana's reset left Bo's blocks alone
+        assert cached_tokens(ana) == 0
+        whole = stats(app, ADMIN)
+        assert whole["scope"] == "all" and whole["queries"] == 6 and "free_blocks" in whole
+
+
+def test_a_tenant_within_its_share_keeps_its_blocks() -> None:
+    """--tenant-share: a flood from one tenant evicts its own blocks, not another's."""
+    engine = FakeEngine(capacity_blocks=64, tenant_share=0.5)
+    with running_app(engine, api_keys=KEYS, max_tokens_limit=64) as app:
+        ana, bo = app.openai(KEYS[0]), app.openai(KEYS[1])
+        cached_tokens(bo, "keep")
+        held = stats(app, KEYS[1])["used_blocks"]
+        assert 0 < held <= 32
+        for i in range(40):  # far more than the whole cache
+            cached_tokens(ana, f"flood-{i}")
+        assert stats(app, KEYS[1])["used_blocks"] == held
+        assert cached_tokens(bo, "keep") > 0
+        assert stats(app, KEYS[0])["evicted_blocks"] > 0
 
 
 def test_a_global_reset_needs_the_admin_key() -> None:

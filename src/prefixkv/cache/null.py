@@ -45,6 +45,13 @@ class NullCache:
     def reset(self) -> int:
         return 0
 
+    def reset_tenant(self, tenant: Hashable) -> int:
+        return 0
+
+    def tenant_stats(self, tenant: Hashable) -> CacheStats:
+        """The counts of every tenant: a cache that keeps nothing tells nobody anything."""
+        return self.stats()
+
     def stats(self) -> CacheStats:
         return CacheStats(
             queries=self._queries,

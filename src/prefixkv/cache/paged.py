@@ -1,7 +1,9 @@
-"""PrefixKVCache: a PrefixIndex over a BlockPool of KV tensors, with a hard memory bound.
+"""PrefixKVCache: prefix indexes (one per tenant) over a BlockPool of KV tensors, with a hard
+memory bound.
 
-The index owns which token blocks are cached (values are pool block ids); the pool owns the
-tensors and free blocks. This facade keeps them consistent under one lock:
+The indexes own which token blocks are cached (values are pool block ids; see
+:mod:`prefixkv.cache.tenants` for tenants and their shares); the pool owns the tensors and
+free blocks. This facade keeps them consistent under one lock:
 
     blocks free + blocks indexed + blocks reserved by in-flight stores == blocks in the pool
 
@@ -22,8 +24,9 @@ from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.tenants import Tenants, tenant_of
 from prefixkv.index.policy import EvictionPolicy
-from prefixkv.index.records import Match
+from prefixkv.index.records import IndexStats, Match
 from prefixkv.index.tree import PrefixIndex
 from prefixkv.tokens import as_token_bytes, token_count
 
@@ -41,11 +44,14 @@ class PrefixKVCache:
         device: str | torch.device = "cpu",
         *,
         policy: EvictionPolicy | None = None,
+        tenant_share: float | None = None,
     ) -> None:
+        """``tenant_share``: the fraction of the pool within which a tenant's blocks cannot
+        be evicted by another tenant's stores (None: tenants compete freely, LRU/LFU
+        across all of them)."""
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
         self.layout = layout
-        self.index = PrefixIndex(block_size, policy=policy)
         self.block_size = block_size
         self.device = torch.device(device)
         block_bytes = layout.block_bytes(block_size)
@@ -55,9 +61,16 @@ class PrefixKVCache:
                 f"tokens takes {block_bytes} bytes for this layout"
             )
         self.pool = BlockPool(layout, block_size, capacity_bytes // block_bytes, self.device)
+        self.tenants = Tenants(block_size, policy, self.pool.num_blocks, tenant_share)
         self._lock = threading.Lock()
         self._reserved = 0
-        self._dropped = 0
+        self._dropped: dict[Hashable, int] = {}  # by tenant
+
+    @property
+    def index(self) -> PrefixIndex:
+        """The index of the tenant None (every namespace that is not a Namespace)."""
+        with self._lock:
+            return self.tenants.index(None)
 
     # --- the two operations --------------------------------------------------------------
 
@@ -70,8 +83,9 @@ class PrefixKVCache:
         """
         buf = as_token_bytes(tokens)
         with self._lock:
-            match = self.index.match(buf, namespace)
-            self.index.pin(match)
+            index = self.tenants.index(tenant_of(namespace))
+            match = index.match(buf, namespace)
+            index.pin(match)
         blocks = match.values
         return Lease(
             match.num_tokens,
@@ -79,7 +93,7 @@ class PrefixKVCache:
             self.layout,
             self.device,
             lambda out: self.pool.gather_into(blocks, out),
-            lambda: self._unpin(match),
+            lambda: self._unpin(index, match),
         )
 
     def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
@@ -95,74 +109,104 @@ class PrefixKVCache:
         buf = as_token_bytes(tokens)
         layers = self.layout.check_kv(kv, token_count(buf), self.device)
         wanted = token_count(buf) // self.block_size
+        tenant = tenant_of(namespace)
         with self._lock:
+            index = self.tenants.index(tenant)
             # Pin the cached part so that making room cannot evict the blocks we extend.
-            cached = self.index.peek(buf, namespace)
-            self.index.pin(cached)
-            blocks = self._reserve(wanted - cached.num_blocks)
+            cached = index.peek(buf, namespace)
+            index.pin(cached)
+            blocks = self._reserve(wanted - cached.num_blocks, tenant)
         try:
             self.pool.write(blocks, layers, cached.num_tokens)
         except BaseException:
             with self._lock:
                 self._reserved -= len(blocks)
                 self.pool.free(blocks)
-            self._unpin(cached)
+            self._unpin(index, cached)
             raise
         with self._lock:
             self._reserved -= len(blocks)
             values = list(cached.values) + blocks
             mine = set(blocks)
             # Another store may have indexed some of these blocks meanwhile: free our copies.
-            duplicates = [b for b in self.index.insert(buf, values, namespace) if b in mine]
+            duplicates = [b for b in index.insert(buf, values, namespace) if b in mine]
             self.pool.free(duplicates)
-            self.index.unpin(cached)
+            index.unpin(cached)
         return len(blocks) - len(duplicates)
 
-    def _reserve(self, count: int) -> list[int]:
-        """Take ``count`` free blocks, evicting as needed; fewer if the rest is pinned."""
+    def _reserve(self, count: int, tenant: Hashable) -> list[int]:
+        """Take ``count`` free blocks, evicting what ``tenant`` may evict; fewer if the rest
+        is pinned or protected."""
         if count <= 0:
             return []
         shortfall = count - self.pool.num_free
         if shortfall > 0:
-            self.pool.free(self.index.evict(shortfall))
+            self.pool.free(self.tenants.evict(shortfall, tenant))
         blocks = self.pool.allocate(count)
-        self._dropped += count - len(blocks)
+        if len(blocks) < count:
+            self._dropped[tenant] = self._dropped.get(tenant, 0) + count - len(blocks)
         self._reserved += len(blocks)
         return blocks
 
-    def _unpin(self, match: Match) -> None:
+    def _unpin(self, index: PrefixIndex, match: Match) -> None:
         with self._lock:
-            self.index.unpin(match)
+            index.unpin(match)
 
     # --- maintenance ---------------------------------------------------------------------
 
     def reset(self) -> int:
         """Evict every unpinned block (pinned ones stay until their leases end)."""
         with self._lock:
-            evicted = self.index.evict(len(self.index))
+            evicted = [v for _, index in self.tenants for v in index.evict(len(index))]
+            self.pool.free(evicted)
+            return len(evicted)
+
+    def reset_tenant(self, tenant: Hashable) -> int:
+        """Evict every unpinned block of ``tenant``'s namespaces; return how many."""
+        with self._lock:
+            index = self.tenants.index(tenant)
+            evicted = index.evict(len(index))
             self.pool.free(evicted)
             return len(evicted)
 
     def stats(self) -> CacheStats:
         with self._lock:
-            used = len(self.index)
-            return CacheStats(
-                *self.index.stats(),
-                dropped_blocks=self._dropped,
-                used_blocks=used,
-                free_blocks=self.pool.num_free,
-                total_blocks=self.pool.num_blocks,
-                pinned_blocks=self.index.pinned_blocks,
-                block_size=self.block_size,
-                used_bytes=used * self.layout.block_bytes(self.block_size),
-                capacity_bytes=self.pool.nbytes,
+            return self._stats(
+                self.tenants.stats(),
+                len(self.tenants),
+                self.tenants.pinned_blocks,
+                sum(self._dropped.values()),
             )
+
+    def tenant_stats(self, tenant: Hashable) -> CacheStats:
+        """``tenant``'s own counters and blocks (``free_blocks`` and the capacity are the
+        pool's, shared by all tenants)."""
+        with self._lock:
+            index = self.tenants.index(tenant)
+            return self._stats(
+                index.stats(), len(index), index.pinned_blocks, self._dropped.get(tenant, 0)
+            )
+
+    def _stats(self, counts: IndexStats, used: int, pinned: int, dropped: int) -> CacheStats:
+        return CacheStats(
+            *counts,
+            dropped_blocks=dropped,
+            used_blocks=used,
+            free_blocks=self.pool.num_free,
+            total_blocks=self.pool.num_blocks,
+            pinned_blocks=pinned,
+            block_size=self.block_size,
+            used_bytes=used * self.layout.block_bytes(self.block_size),
+            capacity_bytes=self.pool.nbytes,
+        )
 
     def check_invariants(self) -> None:
         """Index invariants, then the conservation law free + used + reserved == total."""
         with self._lock:
-            self.index.check_invariants()
-            in_use = self.index.indexed_values()
+            in_use = []
+            for _, index in self.tenants:
+                index.check_invariants()
+                in_use += index.indexed_values()
             if self._reserved == 0:
                 self.pool.check(in_use)
             elif len(in_use) + self.pool.num_free + self._reserved != self.pool.num_blocks:

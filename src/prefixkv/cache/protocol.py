@@ -62,7 +62,18 @@ class PrefixCache(Protocol):
         """Evict every unpinned block; return how many."""
         ...
 
-    def stats(self) -> CacheStats: ...
+    def reset_tenant(self, tenant: Hashable) -> int:
+        """Evict every unpinned block of ``tenant``'s namespaces (see
+        :class:`~prefixkv.cache.tenants.Namespace`); return how many."""
+        ...
+
+    def stats(self) -> CacheStats:
+        """The whole cache."""
+        ...
+
+    def tenant_stats(self, tenant: Hashable) -> CacheStats:
+        """``tenant``'s counters and blocks; capacity and free blocks are the pool's."""
+        ...
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming the first broken invariant."""

@@ -22,6 +22,7 @@ from prefixkv.cli.options import (
     parse_bytes,
     positive_float,
     positive_int,
+    share_fraction,
 )
 from prefixkv.extras import MissingExtraError, require
 
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         secret=True,
         action=ReplaceThenAppend,
         default=[],
+    )
+    add_option(
+        serve,
+        "--tenant-share",
+        "fraction of the cache within which a tenant's blocks are safe from other tenants",
+        type=share_fraction,
     )
     add_option(
         serve,
@@ -150,7 +157,7 @@ def run_bench(name: str, argv: list[str]) -> int:
     return int(module.main(argv))
 
 
-def load_engine(args: argparse.Namespace) -> Engine:
+def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
     """The Engine the options describe; ``--no-prefix-cache`` puts it over a NullCache."""
     import torch
 
@@ -167,6 +174,7 @@ def load_engine(args: argparse.Namespace) -> Engine:
             cache_bytes=args.cache_bytes,
             block_size=args.block_size,
             policy=policy_by_name(args.eviction_policy),
+            tenant_share=tenant_share,
         )
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
@@ -195,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     # Checked before the model loads (seconds): a bad key is a start-up error at once.
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
-    engine = load_engine(args)
+    engine = load_engine(args, args.tenant_share)
     settings = ServerSettings(
         model_names=(engine.name, args.model),
         api_keys=api_keys,

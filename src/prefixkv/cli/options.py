@@ -44,6 +44,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def share_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 class EnvText(str):
     """A default taken from an environment variable; remembers which, for error messages."""
 

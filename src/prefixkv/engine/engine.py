@@ -81,12 +81,16 @@ class Engine:
         dtype: torch.dtype | None = None,
         cache_dir: Path | None = None,
         policy: EvictionPolicy | None = None,
+        tenant_share: float | None = None,
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
-        PrefixKVCache of ``cache_bytes``; use :meth:`with_cache` for another cache."""
+        PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there); use
+        :meth:`with_cache` for another cache."""
         loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
         layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
-        cache = PrefixKVCache(layout, block_size, cache_bytes, device, policy=policy)
+        cache = PrefixKVCache(
+            layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share
+        )
         return cls(loaded.model, loaded.tokenizer, cache, name=loaded.name)
 
     @property

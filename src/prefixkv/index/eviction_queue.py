@@ -51,6 +51,17 @@ class EvictionQueue:
         """Remove ``node`` if present (its heap entry goes stale). O(1)."""
         self._live.pop(node, None)
 
+    def peek(self) -> tuple[int, ...] | None:
+        """The priority of the leaf ``pop`` would return, or None; drops stale entries on the
+        way. O(log n) amortized."""
+        heap, live = self._heap, self._live
+        while heap:
+            priority, seq, node = heap[0]
+            if live.get(node) == seq:
+                return priority
+            heapq.heappop(heap)
+        return None
+
     def pop(self) -> Node | None:
         """Remove and return the leaf to evict first, or None when there is none."""
         heap, live = self._heap, self._live

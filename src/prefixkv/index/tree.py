@@ -18,8 +18,9 @@ Every public method takes one ``threading.Lock``; any number of threads may call
 
 from __future__ import annotations
 
+import itertools
 import threading
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from prefixkv.index.check import check_index
@@ -50,6 +51,7 @@ class PrefixIndex:
         *,
         policy: EvictionPolicy | None = None,
         child_key: ChildKey = _same_bytes,
+        clock: Iterator[int] | None = None,
     ) -> None:
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
@@ -60,6 +62,9 @@ class PrefixIndex:
         self._hit_step = self._queue.policy.hit_step
         self._roots: dict[Hashable, Node] = {}
         self._lock = threading.Lock()
+        # Ticks: one per operation, increasing. Indexes sharing a clock (one per tenant of a
+        # cache) have comparable use records; ``_tick`` is this index's latest.
+        self._clock = clock if clock is not None else itertools.count(1)
         self._tick = 0
         self._epoch = 0  # bumped whenever blocks are removed; lets pin() skip re-verification
         self._num_blocks = 0
@@ -84,7 +89,7 @@ class PrefixIndex:
         buf = as_token_bytes(tokens)
         end = len(buf) - len(buf) % self._block_token_bytes
         with self._lock:
-            self._tick += 1
+            self._tick = next(self._clock)
             match, path = self._find(buf, end, namespace)
             for node in path[:-1]:
                 self._use_all(node, self._tick)
@@ -157,7 +162,7 @@ class PrefixIndex:
         num = min(len(buf) // self._block_token_bytes, len(values))
         end, bb = num * self._block_token_bytes, self._block_token_bytes
         with self._lock:
-            self._tick += 1
+            self._tick = next(self._clock)
             tick = self._tick
             node = self._roots.get(namespace)
             if node is None:
@@ -265,6 +270,12 @@ class PrefixIndex:
                 self._counts["evicted_blocks"] += len(out)
                 self._epoch += 1
         return out
+
+    def next_eviction(self) -> tuple[int, ...] | None:
+        """The policy priority of the block ``evict(1)`` would take now, or None when no
+        block is evictable. Amortized O(log n)."""
+        with self._lock:
+            return self._queue.peek()
 
     def _remove(self, node: Node) -> None:
         parent = node.parent

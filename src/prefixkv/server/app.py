@@ -150,18 +150,34 @@ async def model(model_id: str, request: Request, caller: CallerDep) -> dict[str,
 
 @router.get("/v1/cache/stats")
 async def cache_stats(request: Request, caller: CallerDep) -> dict[str, Any]:
-    require_admin(caller, "the whole cache's statistics")
-    stats = _state(request).engine.cache.stats()
-    return {**stats._asdict(), "hit_rate": stats.hit_rate}
+    """The admin sees the whole cache; a tenant sees its own namespaces only (and not the
+    pool's free blocks, which would tell it how much the others hold)."""
+    cache = _state(request).engine.cache
+    if caller.admin:
+        stats = cache.stats()
+        return {**stats._asdict(), "hit_rate": stats.hit_rate, "scope": "all"}
+    stats = cache.tenant_stats(caller.tenant)
+    own = {k: v for k, v in stats._asdict().items() if k not in _POOL_WIDE}
+    return {**own, "hit_rate": stats.hit_rate, "scope": "tenant"}
+
+
+_POOL_WIDE = frozenset({"free_blocks"})
 
 
 @router.post("/v1/cache/reset")
 async def cache_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
-    # A JSON body is required (``{}`` will do): a cross-site page can send a "simple" POST
-    # (text/plain, form data) without asking, but not an application/json one.
-    await read_json_object(request, RESET_BODY_BYTES)
+    """Body ``{}`` or ``{"scope": "tenant"}``: the caller's own namespaces; ``{"scope":
+    "all"}``: the whole cache (admin only). A JSON body is required: a cross-site page can
+    send a "simple" POST (text/plain, form data) without asking, but not application/json."""
+    body = await read_json_object(request, RESET_BODY_BYTES)
+    scope = body.get("scope", "tenant")
+    cache = _state(request).engine.cache
+    if scope == "tenant":
+        return {"evicted_blocks": cache.reset_tenant(caller.tenant), "scope": scope}
+    if scope != "all":
+        raise APIError.invalid('scope must be "tenant" or "all"', "scope")
     require_admin(caller, "a reset of the whole cache")
-    return {"evicted_blocks": _state(request).engine.cache.reset()}
+    return {"evicted_blocks": cache.reset(), "scope": scope}
 
 
 @router.get("/metrics")

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
+from prefixkv.cache.tenants import Namespace
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole
 from prefixkv.server import responses
@@ -69,7 +70,7 @@ class Generation:
         parsed = endpoint.parse(body, self.settings)
         try:
             with self.scheduler.reserve() as slot:
-                request = await self._request(parsed, (tenant, parsed.cache_salt))
+                request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
                 job = Job(request, endpoint.name, arrived)
                 slot.submit(job)
         except QueueFullError as exc:
@@ -83,7 +84,7 @@ class Generation:
         completion = await _complete(http, job)
         return JSONResponse(responses.body(endpoint.shape, meta, completion))
 
-    async def _request(self, parsed: ParsedRequest, namespace: tuple[str, str]) -> Request:
+    async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         """Tokenize and validate on the preparation thread; raises the engine's
         InvalidRequestError (a 400)."""
         loop = asyncio.get_running_loop()
