@@ -20,7 +20,8 @@ class MatchHandle(NamedTuple):
     owner: PrefixIndex
     node: Node | None
     epoch: int
-    buf: bytes
+    query: memoryview
+    """Canonical bytes of the query as far as the match read it (at least its blocks)."""
 
 
 class Match(NamedTuple):
