@@ -1,14 +1,21 @@
 """``prefixkv bench index``: prefix-index operations, side by side with peers, in one run.
 
 Subjects: prefixkv's PrefixIndex, the plain-dict ReferenceIndex, SGLang's classic RadixCache
-and vLLM's block hashing + lookup (the peers when importable; see ``prefixkv.bench.peers.adapters``).
-Two input forms per case: ``[list]``, a Python list of token ids (what a tokenizer returns),
-each call paying its own conversion; and ``[native]``, the form each engine keeps a request
-in (prefixkv: its canonical ``TokenBytes`` from ``as_token_bytes``; SGLang: ``array('q')``; vLLM: the request's block hashes,
-computed once on arrival, so its native match is the lookup alone). The deep conversation
-also runs in a third form, ``[once]``: each turn converts its request into the subject's own
-form once, on the clock, then matches and inserts it. Each case prints one line: p50/p99 per
-subject and its p50 as a multiple of prefixkv's.
+(page size 16 and 1) and vLLM's block hashing + lookup (sha256 and xxhash), the peers when
+importable (``prefixkv.bench.peers``). Every subject gets the same input object, in one of
+three forms, made before the clock starts:
+
+- ``[list]``: a Python list of token ids (what a tokenizer returns); each call converts it.
+- ``[array]``: an ``array('q')``, the form SGLang's scheduler keeps a request in; SGLang takes
+  it as it is, prefixkv converts it inside the call, vLLM hashes it inside the call.
+- ``[native]``: the form each system keeps a request in: prefixkv its canonical
+  ``TokenBytes``, SGLang ``array('q')``, vLLM the request's block hashes (computed once on
+  arrival, so its native match is the lookup alone).
+
+The deep conversation also runs in a fourth form, ``[once]``: each turn converts its request
+into the subject's own form once, on the clock, then matches and inserts it. Each case prints
+one line: p50/p99 per subject and its p50 as a multiple of prefixkv's; the JSON rows and a
+markdown table go under ``results/``.
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import gc
 import json
 import random
 import time
+from array import array
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from prefixkv.bench.index_table import markdown_table
 from prefixkv.bench.machine import describe, machine_info
 from prefixkv.bench.stats import percentile
 from prefixkv.bench.subjects import Subject, make_subjects
@@ -64,7 +73,17 @@ def _turn_once(subject: Subject, history: list[int]) -> None:
     _turn(subject, request)
 
 
-CONVERSATION_FORMS = ("list", "once", "native")
+def _form(subject: Subject, mode: str) -> Callable[[list[int]], Any]:
+    """How a prompt is handed to ``subject`` in form ``mode`` (applied before the clock)."""
+    if mode == "list":
+        return lambda tokens: tokens
+    if mode == "array":
+        return partial(array, "q")
+    return subject.native
+
+
+INPUT_FORMS = ("list", "array", "native")
+CONVERSATION_FORMS = ("list", "array", "once", "native")
 
 
 def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dict[str, list[float]]:
@@ -76,14 +95,15 @@ def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dic
     half = prompt[: length // 2] + _tokens(rng, length - length // 2)
     miss = _tokens(rng, length)
     out = {}
-    for mode, form in (("list", lambda t: t), ("native", subject.native)):
+    for mode in INPUT_FORMS:
+        form = _form(subject, mode)
         hit, part, other = form(prompt), form(half), form(miss)
         out[f"match_hit[{mode}]"] = _time(partial(subject.match, hit), reps)
         out[f"match_partial[{mode}]"] = _time(partial(subject.match, part), reps)
         out[f"match_miss[{mode}]"] = _time(partial(subject.match, other), reps)
         fresh = iter([form(_tokens(rng, length)) for _ in range(reps)])
         out[f"insert[{mode}]"] = _time(partial(_insert_next, subject, fresh), reps)
-    if subject.can_lock:
+    if subject.can_pin:
         handle = subject.pin(prompt)
         out["pin_unpin"] = _time(lambda: subject.pin_unpin(handle), reps)
     return out
@@ -93,18 +113,18 @@ def conversation_case(
     subject: Subject, turns: int, turn_tokens: int, seed: int, form: str
 ) -> list[float]:
     """Each turn: match the history, then insert it (as an engine does per request).
-    ``form``: "list" passes the token list to both calls (each converts it); "once" converts
-    the turn's request once into the subject's own form (timed), then matches and inserts;
-    "native" converts it before the clock starts, like the ``[native]`` cases."""
+    ``form``: "list", "array" and "native" hand both calls the turn's request in that form,
+    made before the clock starts; "once" converts the list into the subject's own form once
+    per turn, on the clock, then matches and inserts it."""
     rng = random.Random(seed)
     history: list[int] = []
     out = []
     for _ in range(turns):
         history = history + _tokens(rng, turn_tokens)
-        if form == "native":
-            call = partial(_turn, subject, subject.native(history))
+        if form == "once":
+            call = partial(_turn_once, subject, history)
         else:
-            call = partial(_turn if form == "list" else _turn_once, subject, history)
+            call = partial(_turn, subject, _form(subject, form)(history))
         out += _time(call, 1)
     return out
 
@@ -186,6 +206,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="baselines to run beside prefixkv (skipped with a note when not importable)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/index_ops.json"))
+    parser.add_argument(
+        "--table", type=Path, default=Path("results/index_table.md"), help="markdown table"
+    )
     return parser.parse_args(argv)
 
 
@@ -197,7 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    print(f"# wrote {args.out}")
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    args.table.write_text(markdown_table(rows, describe(info)))
+    print(f"# wrote {args.out} and {args.table}")
     return 0
 
 
