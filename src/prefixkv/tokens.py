@@ -49,14 +49,17 @@ _STRIDED_READ = 256
 _HIGH_HALF = 1 if sys.byteorder == "little" else 0  # where an 8-byte int keeps its high half
 _ZERO_HALVES = memoryview(array.array("I", bytes(TOKEN_BYTES * _STRIDED_READ)))
 
+_ARRAY = array.array
 _INT_TYPECODES = frozenset("bBhHiIlLqQ")
 _ARRAY_DTYPES = {typecode: np.dtype(typecode) for typecode in _INT_TYPECODES}  # same C types
 _max, _min = np.maximum.reduce, np.minimum.reduce
 
 
-# Converts ids [start, stop) of a source to canonical bytes (a read-only format-'B' view of a new
-# buffer), validating each; raises TypeError/ValueError naming the first bad id by position.
-_Convert = Callable[[Any, int, int], memoryview]
+# Converts ids [start, stop) of a source to canonical bytes, validating each: bytes for a few
+# ids (cheap to slice), a read-only format-'B' view of a new buffer for many (zero-copy
+# slices); raises TypeError/ValueError naming the first bad id by its position.
+_Convert = Callable[[Any, int, int], "bytes | memoryview"]
+_NOTHING = memoryview(b"")
 
 
 class TokenBytes(bytes):
@@ -87,10 +90,11 @@ def as_token_bytes(tokens: Any) -> TokenBytes:
 class TokenReader:
     """A token sequence converted to canonical bytes front to back, as far as asked.
 
-    ``view`` is a read-only byte view (format ``'B'``, hashable like bytes) of the canonical
-    bytes of the ids read so far: a prefix of the sequence, every id in it validated, held in
-    memory of the reader's own (never a view of the caller's mutable buffers). ``num_tokens``
-    is the length of the whole sequence.
+    ``view`` holds the canonical bytes of the ids read so far: a prefix of the sequence, every
+    id in it validated, in memory of the reader's own (never a view of the caller's mutable
+    buffers); it is ``bytes`` while short and a read-only ``memoryview`` (format ``'B'``)
+    once long, so that slicing it stays cheap either way. ``num_tokens`` is the length of the
+    whole sequence.
 
     Construction checks the container in O(1) (O(n) only for an iterable that is not a list,
     tuple, array or tensor: it is read into a list), raising TypeError/ValueError as
@@ -102,14 +106,18 @@ class TokenReader:
     __slots__ = ("_convert", "_source", "num_tokens", "view")
 
     def __init__(self, tokens: Any, head: int = 0) -> None:
+        self.view: bytes | memoryview
         if type(tokens) is TokenBytes:
             self.view = memoryview(tokens)
             self.num_tokens = len(tokens) >> 2
             return
-        self._source, self._convert, self.num_tokens = source, convert, num = _open(tokens)
-        self.view = convert(source, 0, min(head, num)) if head > 0 and num else memoryview(b"")
+        source, convert, num = _open(tokens)
+        self._source = source
+        self._convert = convert
+        self.num_tokens = num
+        self.view = convert(source, 0, head if head < num else num) if head and num else _NOTHING
 
-    def read_to(self, stop: int) -> memoryview:
+    def read_to(self, stop: int) -> bytes | memoryview:
         """Read (and validate) ids up to ``min(stop, num_tokens)``; return ``view``.
 
         Raises TypeError/ValueError naming the first bad id among those newly read; ``view``
@@ -148,7 +156,9 @@ def _open(tokens: Any) -> tuple[Any, _Convert, int]:
     kind = type(tokens)  # exact types first: this runs on every match
     if kind is list or kind is tuple:
         return tokens, _from_list, len(tokens)
-    if kind is array.array:
+    if kind is _ARRAY:
+        if tokens.itemsize == 8 and tokens.typecode in _INT_TYPECODES:
+            return _open_wide_array(tokens)
         return _open_array(tokens)
     if isinstance(tokens, np.ndarray):
         return _checked_ndarray(tokens), _from_ndarray, len(tokens)
@@ -174,10 +184,14 @@ def _open(tokens: Any) -> tuple[Any, _Convert, int]:
     return items, _from_list, len(items)
 
 
+def _open_wide_array(arr: array.array[Any]) -> tuple[Any, _Convert, int]:
+    # The array and a view of it as 32-bit halves (made once per reader, not per read).
+    return (arr, memoryview(arr).cast("B").cast("I")), _from_wide_array, len(arr)
+
+
 def _open_array(arr: array.array[Any]) -> tuple[Any, _Convert, int]:
     if arr.itemsize == 8 and arr.typecode in _INT_TYPECODES:
-        # The array and a view of it as 32-bit halves (made once per reader, not per read).
-        return (arr, memoryview(arr).cast("B").cast("I")), _from_wide_array, len(arr)
+        return _open_wide_array(arr)
     convert = _ARRAY_CONVERTERS.get(arr.typecode)
     if convert is None:
         raise TypeError(f"tokens must hold integers, got array typecode {arr.typecode!r}")
@@ -195,17 +209,19 @@ def _checked_ndarray(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return arr
 
 
-def _from_list(items: Any, start: int, stop: int) -> memoryview:
+def _from_list(items: Any, start: int, stop: int) -> bytes | memoryview:
     return _uint32s(items if start == 0 and stop == len(items) else items[start:stop], start)
 
 
-def _from_uint32_array(arr: array.array[int], start: int, stop: int) -> memoryview:
+def _from_uint32_array(arr: array.array[int], start: int, stop: int) -> bytes | memoryview:
     # Every uint32 is a valid id: nothing to check. A copy, so that no view of the caller's
     # array outlives the call (it could not be resized while one exists).
+    if stop - start <= _SMALL_READ:
+        return arr[start:stop].tobytes()
     return memoryview(arr[start:stop]).cast("B").toreadonly()
 
 
-def _from_int_array(arr: array.array[int], start: int, stop: int) -> memoryview:
+def _from_int_array(arr: array.array[int], start: int, stop: int) -> bytes | memoryview:
     count = stop - start
     if count <= _SMALL_READ:
         return _uint32s(arr[start:stop].tolist(), start)
@@ -215,7 +231,7 @@ def _from_int_array(arr: array.array[int], start: int, stop: int) -> memoryview:
 
 def _from_wide_array(
     source: tuple[array.array[int], memoryview], start: int, stop: int
-) -> memoryview:
+) -> bytes | memoryview:
     """Ids of an array of 8-byte integers ('q', 'Q'; 'l', 'L' where a C long has 64 bits),
     given with its view as 32-bit halves."""
     arr, halves = source
@@ -229,23 +245,26 @@ def _from_wide_array(
     # has 0xFFFFFFFF there) and then its low half is the canonical id: two strided C loops.
     if halves[2 * start + _HIGH_HALF : 2 * stop : 2] != _ZERO_HALVES[:count]:
         raise _bad_id(arr[start:stop].tolist(), start)
-    return memoryview(halves[2 * start + 1 - _HIGH_HALF : 2 * stop : 2].tobytes())
+    return halves[2 * start + 1 - _HIGH_HALF : 2 * stop : 2].tobytes()
 
 
-def _from_ndarray(arr: np.ndarray[Any, Any], start: int, stop: int) -> memoryview:
+def _from_ndarray(arr: np.ndarray[Any, Any], start: int, stop: int) -> bytes | memoryview:
     if stop - start <= _SMALL_READ:
         return _uint32s(arr[start:stop].tolist(), start)
     return _narrow(arr[start:stop], start)
 
 
-def _uint32s(ids: list[Any] | tuple[Any, ...], start: int) -> memoryview:
+def _uint32s(ids: list[Any] | tuple[Any, ...], start: int) -> bytes | memoryview:
     """``ids`` (from position ``start`` on) as canonical bytes. ``array('I', ids)`` checks
     every id exactly (OverflowError outside ``[0, 2**32)``, TypeError for a non-integer) and
     is the fastest way from Python ints: about 8 ns an id after 0.3 us."""
     try:
-        return memoryview(array.array("I", ids)).cast("B").toreadonly()
+        converted = array.array("I", ids)
     except (OverflowError, TypeError):
         raise _bad_id(ids, start) from None
+    if len(converted) <= _SMALL_READ:
+        return converted.tobytes()
+    return memoryview(converted).cast("B").toreadonly()
 
 
 def _converter_for(typecode: str) -> _Convert:

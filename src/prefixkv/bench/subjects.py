@@ -6,7 +6,6 @@ implements :class:`Subject` itself.
 
 from __future__ import annotations
 
-import itertools
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -53,7 +52,13 @@ class Subject(Protocol):
 
 class OurIndex:
     """A :class:`~prefixkv.index.tree.PrefixIndex` (or the plain-dict reference) whose values
-    are unique ints, like KV block ids."""
+    are KV block ids.
+
+    ``insert`` takes its block ids as ``PrefixKVCache`` does from its ``BlockPool``: a slice of
+    a list of existing ints (the pool's free list), made inside the call; SGLang's subject
+    likewise slices its KV indices off a preallocated tensor, as SGLang's allocator does.
+    The ids repeat from one insert to the next: values are opaque to the index.
+    """
 
     can_pin = can_evict = True
 
@@ -61,15 +66,14 @@ class OurIndex:
         self.name = name
         self.index = index if index is not None else PrefixIndex(block_size)
         self.block_size = block_size
-        self._ids = itertools.count()
+        self._block_ids = list(range(1 << 16))  # up to 1M tokens per insert at block 16
 
     def native(self, tokens: list[int]) -> Any:
         return as_token_bytes(tokens)  # the canonical form, TokenBytes
 
     def insert(self, tokens: Any) -> None:
-        start = next(self._ids) * 65536  # disjoint value ranges per insert, no per-block work
         length = len(tokens) // TOKEN_BYTES if isinstance(tokens, bytes) else len(tokens)
-        self.index.insert(tokens, range(start, start + length // self.block_size))
+        self.index.insert(tokens, self._block_ids[: length // self.block_size])
 
     def match(self, tokens: Any) -> int:
         return int(self.index.match(tokens).num_tokens)

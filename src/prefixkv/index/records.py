@@ -20,7 +20,7 @@ class MatchHandle(NamedTuple):
     owner: PrefixIndex
     node: Node | None
     epoch: int
-    query: memoryview
+    query: bytes | memoryview
     """Canonical bytes of the query as far as the match read it (at least its blocks)."""
 
     def __hash__(self) -> int:

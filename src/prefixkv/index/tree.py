@@ -151,7 +151,7 @@ class PrefixIndex:
         end = reader.num_tokens // self.block_size * self._block_token_bytes
         root = self._roots.get(namespace)
         if root is not None and end:
-            first = reader.view[: self._block_token_bytes].tobytes()
+            first = bytes(reader.view[: self._block_token_bytes])
             child = root.children.get(self._child_key(first))
             if child is not None:
                 path, used = self._descend(child, reader, end)
@@ -178,7 +178,7 @@ class PrefixIndex:
                 if not label.startswith(query[pos : pos + bb]):  # a key collision: stop here
                     return path, used
                 query = reader.read_to(min(end, max(stop, 2 * len(query))) // TOKEN_BYTES)
-            if stop <= end and label == query[pos:stop]:
+            if stop <= end and label.startswith(query[pos:stop]):  # (same length: equal)
                 path.append(child)
                 used = len(child.values)
                 if stop == end:
@@ -186,7 +186,7 @@ class PrefixIndex:
                 pos = stop
                 if len(query) < pos + bb:
                     query = reader.read_to(min(end, max(pos + bb, 2 * len(query))) // TOKEN_BYTES)
-                below = child.children.get(key(query[pos : pos + bb].tobytes()))
+                below = child.children.get(key(bytes(query[pos : pos + bb])))
                 if below is None:
                     return path, used
                 child = below
@@ -201,7 +201,7 @@ class PrefixIndex:
             return path, used
 
     def _match_of(
-        self, path: list[Node], used: int, query: memoryview, namespace: Hashable
+        self, path: list[Node], used: int, query: bytes | memoryview, namespace: Hashable
     ) -> Match:
         """The Match for a non-empty path whose last node is used up to block ``used``."""
         last = path[-1].values
@@ -231,7 +231,8 @@ class PrefixIndex:
         mutating anything.
         """
         reader = TokenReader(tokens, self.block_size)
-        values = list(values)
+        if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
+            values = list(values)
         num = min(reader.num_tokens // self.block_size, len(values))
         query = reader.read_to(num * self.block_size)
         end, bb, key = num * self._block_token_bytes, self._block_token_bytes, self._child_key
@@ -246,7 +247,7 @@ class PrefixIndex:
             rejected: list[Any] = []
             pos = block = 0
             while pos < end:
-                first = key(query[pos : pos + bb].tobytes())
+                first = key(bytes(query[pos : pos + bb]))
                 child = node.children.get(first)
                 if child is None:
                     self._add_blocks(node, first, query[pos:end], values[block:num], tick)
@@ -268,7 +269,7 @@ class PrefixIndex:
             return rejected
 
     def _add_blocks(
-        self, node: Node, key: Hashable, label: memoryview, values: list[Any], tick: int
+        self, node: Node, key: Hashable, label: bytes | memoryview, values: list[Any], tick: int
     ) -> None:
         """Append new blocks below ``node``: in place if it is an unpinned leaf, else a child
         filed under ``key`` (the child key of the label's first block)."""
@@ -480,7 +481,7 @@ def _is(a: object, b: object) -> bool:
     return a is b
 
 
-def _common_blocks(label: bytearray, query: memoryview, pos: int, end: int, bb: int) -> int:
+def _common_blocks(label: bytearray, query: bytes | memoryview, pos: int, end: int, bb: int) -> int:
     """Number of leading whole blocks of ``label`` equal to ``query[pos:end]``. O(len) bytes in
     C (``memcmp``, no copies) plus O(log blocks) Python steps."""
     num = min(len(label), end - pos) // bb
@@ -489,7 +490,7 @@ def _common_blocks(label: bytearray, query: memoryview, pos: int, end: int, bb: 
     return _equal_blocks(label, query, pos, num, bb)
 
 
-def _equal_blocks(label: bytearray, query: memoryview, pos: int, num: int, bb: int) -> int:
+def _equal_blocks(label: bytearray, query: bytes | memoryview, pos: int, num: int, bb: int) -> int:
     """Number of leading blocks of ``label`` equal to ``query`` from ``pos``, given that some
     block among the first ``num`` differs.
 

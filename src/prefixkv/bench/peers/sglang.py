@@ -87,27 +87,32 @@ def load_sglang() -> _SGLang:
 class _FakeKVAllocator:
     """Stand-in for SGLang's token-to-KV-pool allocator.
 
-    ``RadixCache`` only reads ``.device`` and calls ``free_segment`` (on evict); ``alloc``
-    hands out fresh int64 KV indices the way a request's KV row would hold them. ``live``
-    counts indices handed out and not freed: after every call it equals the number of tokens
-    held by the tree.
+    ``RadixCache`` only reads ``.device`` and calls ``free_segment`` (on evict). ``alloc``
+    hands out the next ``n`` KV indices as a view of a preallocated int64 tensor, as SGLang's
+    allocator slices its free-page tensor (O(1)); indices repeat after ``ARENA`` tokens
+    (values are opaque to the tree). ``live`` counts indices handed out and not freed: after
+    every call it equals the number of tokens held by the tree.
     """
 
+    ARENA = 1 << 21
+
     def __init__(self, torch: Any, page_size: int) -> None:
-        self._torch = torch
         self.device = torch.device("cpu")
         self.page_size = page_size
+        self._arena = torch.arange(1, 1 + self.ARENA, dtype=torch.int64)  # 0: SGLang's padding
         self.reset()
 
     def reset(self) -> None:
-        self.next_index = 1  # index 0 is SGLang's padding slot
+        self.next_index = 0
         self.live = 0
 
     def alloc(self, n: int) -> Any:
+        if self.next_index + n > self.ARENA:
+            self.next_index = 0
         start = self.next_index
         self.next_index += n
         self.live += n
-        return self._torch.arange(start, start + n, dtype=self._torch.int64)
+        return self._arena[start : start + n]
 
     def free_segment(self, free_index: Any, *, start_pos: int = 0) -> None:
         assert start_pos % self.page_size == 0, "segment start is not page-aligned"
@@ -126,9 +131,10 @@ class SGLangRadix:
     benchmark calls a block (``evict`` counts in it). Token inputs may be a list (converted
     to ``array('q')`` inside the call, as SGLang's scheduler would) or an ``array('q')``.
 
-    * ``insert``: what ``cache_finished_req`` does for a request: the page-aligned key, fresh
-      KV indices for it (one ``torch.arange``, inside the call), ``insert``, then freeing the
-      indices of the tokens already in the tree, so the allocator holds what the tree holds.
+    * ``insert``: what ``cache_finished_req`` does for a request: the page-aligned key, KV
+      indices for it (a view of the allocator's tensor, inside the call), ``insert``, then
+      freeing the indices of the tokens already in the tree, so the allocator holds what the
+      tree holds.
     * ``match``: ``match_prefix``; returns ``device_prefix_len``. It does not concatenate the
       matched KV indices (the scheduler does that later).
     * ``pin_unpin``: ``inc_lock_ref`` / ``dec_lock_ref`` on the match's last node.
