@@ -22,8 +22,8 @@ from prefixkv.tokens import (
 )
 
 TYPECODES = "bBhHiIlLqQ"
-# Lengths around every switch between conversion paths (96 and 256 ids) and beyond.
-LENGTHS = [0, 1, 15, 16, 95, 96, 97, 255, 256, 257, 1000]
+# Lengths around every switch between conversion paths (96, 256, 1536 ids) and beyond.
+LENGTHS = [0, 1, 15, 16, 95, 96, 97, 255, 256, 257, 1000, 1536, 1537, 5000]
 
 
 def canonical(ids: list[int]) -> bytes:

@@ -15,7 +15,9 @@ three forms, made before the clock starts:
 The deep conversation also runs in a fourth form, ``[once]``: each turn converts its request
 into the subject's own form once, on the clock, then matches and inserts it. Each case prints
 one line: p50/p99 per subject and its p50 as a multiple of prefixkv's; the JSON rows and a
-markdown table go under ``results/``.
+markdown table go under ``results/``. The subjects take turns in rounds (see ``_time``), and
+the C heap is pre-faulted first (``prefixkv.bench.heap``) so that no timing includes
+first-touch page faults.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from prefixkv.bench.heap import prefault_heap
 from prefixkv.bench.index_table import markdown_table
 from prefixkv.bench.machine import describe, machine_info
 from prefixkv.bench.stats import percentile
@@ -51,14 +54,16 @@ def _tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(VOCAB) for _ in range(n)]
 
 
-def _time(calls: Calls, reps: int, rounds: int = ROUNDS) -> dict[str, list[float]]:
+def _time(calls: Calls, reps: int, rounds: int = ROUNDS, warmup: int = 1) -> dict[str, list[float]]:
     """Microseconds per call of each subject, ``reps`` calls each; each call is made (input
     prepared) off the clock by its subject's entry in ``calls``.
 
     The calls run in ``rounds`` rounds; in each round every subject makes a run of
-    consecutive calls (so each is timed warm, in its steady state), in an order that rotates
-    from round to round, so that drifts in machine load and the heap's growth fall on all
-    subjects alike. Garbage collection is off while timing, as in timeit.
+    consecutive calls, the first ``warmup`` of them untimed (so that each is timed warm, in
+    its steady state, not right after another subject's work), in an order that rotates from
+    round to round, so that drifts in machine load and the heap's growth fall on all subjects
+    alike. Each subject makes ``reps + rounds * warmup`` calls. Garbage collection is off
+    while timing, as in timeit.
     """
     names = list(calls)
     out: dict[str, list[float]] = {name: [] for name in names}
@@ -70,6 +75,8 @@ def _time(calls: Calls, reps: int, rounds: int = ROUNDS) -> dict[str, list[float
             turn = round_ % len(names)
             for name in names[turn:] + names[:turn]:
                 make, samples = calls[name], out[name]
+                for _ in range(warmup):
+                    make()()
                 for _ in range(count):
                     call = make()
                     start = time.perf_counter_ns()
@@ -121,7 +128,7 @@ def per_length_cases(
             given = _inputs(subjects, mode, tokens)
             calls = {s.name: _always(partial(s.match, given[s.name])) for s in subjects}
             cases[f"{case}[{mode}]"] = _time(calls, reps)
-        fresh = [_inputs(subjects, mode, _tokens(rng, length)) for _ in range(reps)]
+        fresh = [_inputs(subjects, mode, _tokens(rng, length)) for _ in range(reps + ROUNDS)]
         calls = {
             s.name: iter([partial(s.insert, given[s.name]) for given in fresh]).__next__
             for s in subjects
@@ -145,7 +152,7 @@ def conversation_case(
     for _ in range(turns - 1):
         histories.append(histories[-1] + _tokens(rng, turn_tokens))
     calls = {s.name: map(partial(_prepare_turn, s, form), histories).__next__ for s in subjects}
-    return _time(calls, turns, rounds=min(turns, 16))
+    return _time(calls, turns, rounds=min(turns, 16), warmup=0)  # every turn is timed
 
 
 def _prepare_turn(subject: Subject, form: str, history: list[int]) -> Call:
@@ -232,13 +239,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
     info = machine_info()
+    info["heap_prefaulted"] = prefault_heap()
     print(describe(info))
-    print("# times per call in microseconds; (Nx) = that subject's p50 / prefixkv's p50")
+    print(
+        "# heap: "
+        + ("1 GiB pre-faulted (glibc)" if info["heap_prefaulted"] else "not pre-faulted")
+        + "; times per call in microseconds; (Nx) = that subject's p50 / prefixkv's p50"
+    )
     rows = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
     args.table.parent.mkdir(parents=True, exist_ok=True)
-    args.table.write_text(markdown_table(rows, describe(info)))
+    heap = "; C heap pre-faulted (1 GiB)" if info["heap_prefaulted"] else ""
+    args.table.write_text(markdown_table(rows, describe(info) + heap))
     print(f"# wrote {args.out} and {args.table}")
     return 0
 
