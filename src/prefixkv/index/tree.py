@@ -41,6 +41,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from prefixkv.index.check import check_index
+from prefixkv.index.descent import common_blocks, descend
 from prefixkv.index.eviction_queue import EvictionQueue
 from prefixkv.index.node import Node, Region
 from prefixkv.index.policy import EvictionPolicy, LRUPolicy
@@ -154,51 +155,10 @@ class PrefixIndex:
             first = bytes(reader.view[: self._block_token_bytes])
             child = root.children.get(self._child_key(first))
             if child is not None:
-                path, used = self._descend(child, reader, end)
+                path, used = descend(child, reader, end, self._block_token_bytes, self._child_key)
                 if path:
                     return self._match_of(path, used, reader.view, namespace), path, used
         return _new(Match, (0, (), namespace, self._no_blocks)), [], 0
-
-    def _descend(self, child: Node, reader: TokenReader, end: int) -> tuple[list[Node], int]:
-        """From ``child``, filed at the root under the query's first block: the nodes on the
-        longest verified path for the query's first ``end`` bytes, and the blocks used in the
-        last one.
-
-        Reads ``reader`` as the module docstring says: past a node's first block only once
-        that block matched, then at least doubling what is read, never past ``end``.
-        """
-        bb, key = self._block_token_bytes, self._child_key
-        query = reader.view
-        path: list[Node] = []
-        pos = used = 0
-        while True:
-            label = child.label
-            stop = pos + len(label)
-            if len(query) < min(stop, end):
-                if not label.startswith(query[pos : pos + bb]):  # a key collision: stop here
-                    return path, used
-                query = reader.read_to(min(end, max(stop, 2 * len(query))) // TOKEN_BYTES)
-            if stop <= end and label.startswith(query[pos:stop]):  # (same length: equal)
-                path.append(child)
-                used = len(child.values)
-                if stop == end:
-                    return path, used
-                pos = stop
-                if len(query) < pos + bb:
-                    query = reader.read_to(min(end, max(pos + bb, 2 * len(query))) // TOKEN_BYTES)
-                below = child.children.get(key(bytes(query[pos : pos + bb])))
-                if below is None:
-                    return path, used
-                child = below
-                continue
-            if stop <= end:  # some block of the label differs
-                common = _equal_blocks(label, query, pos, len(child.values), bb)
-            else:  # the query ends inside this node
-                common = _common_blocks(label, query, pos, end, bb)
-            if common:
-                path.append(child)
-                return path, common
-            return path, used
 
     def _match_of(
         self, path: list[Node], used: int, query: bytes | memoryview, namespace: Hashable
@@ -235,38 +195,45 @@ class PrefixIndex:
             values = list(values)
         num = min(reader.num_tokens // self.block_size, len(values))
         query = reader.read_to(num * self.block_size)
-        end, bb, key = num * self._block_token_bytes, self._block_token_bytes, self._child_key
         with self._lock:
             self._tick += 1
-            tick = self._tick
-            node = self._roots.get(namespace)
-            if node is None:
+            root = self._roots.get(namespace)
+            if root is None:
                 if num == 0:
-                    return values[:num]
-                node = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
-            rejected: list[Any] = []
-            pos = block = 0
-            while pos < end:
-                first = key(bytes(query[pos : pos + bb]))
-                child = node.children.get(first)
-                if child is None:
-                    self._add_blocks(node, first, query[pos:end], values[block:num], tick)
-                    break
-                common = _common_blocks(child.label, query, pos, end, bb)
-                if common == 0:  # sibling key collision: cannot place the rest
-                    rejected.extend(values[block:num])
-                    break
-                rejected.extend(values[block : block + common])
-                pos, block = pos + common * bb, block + common
-                if common == len(child.values):
-                    self._use_all(child, tick)
-                elif pos == end:
-                    child.use_prefix(common, tick, self._hit_step)
-                else:
-                    child = self._split(child, common)
-                    self._use_all(child, tick)
-                node = child
-            return rejected
+                    return []
+                root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
+            return self._place(root, query, values, num)
+
+    def _place(
+        self, node: Node, query: bytes | memoryview, values: list[Any], num: int
+    ) -> list[Any]:
+        """Insert's work under the lock: index the first ``num`` blocks of ``query`` (all read)
+        below ``node``; return the values not adopted."""
+        bb, key, tick = self._block_token_bytes, self._child_key, self._tick
+        end = num * bb
+        rejected: list[Any] = []
+        pos = block = 0
+        while pos < end:
+            first = key(bytes(query[pos : pos + bb]))
+            child = node.children.get(first)
+            if child is None:
+                self._add_blocks(node, first, query[pos:end], values[block:num], tick)
+                break
+            common = common_blocks(child.label, query, pos, end, bb)
+            if common == 0:  # sibling key collision: cannot place the rest
+                rejected.extend(values[block:num])
+                break
+            rejected.extend(values[block : block + common])
+            pos, block = pos + common * bb, block + common
+            if common == len(child.values):
+                self._use_all(child, tick)
+            elif pos == end:
+                child.use_prefix(common, tick, self._hit_step)
+            else:
+                child = self._split(child, common)
+                self._use_all(child, tick)
+            node = child
+        return rejected
 
     def _add_blocks(
         self, node: Node, key: Hashable, label: bytes | memoryview, values: list[Any], tick: int
@@ -479,30 +446,3 @@ class PrefixIndex:
 
 def _is(a: object, b: object) -> bool:
     return a is b
-
-
-def _common_blocks(label: bytearray, query: bytes | memoryview, pos: int, end: int, bb: int) -> int:
-    """Number of leading whole blocks of ``label`` equal to ``query[pos:end]``. O(len) bytes in
-    C (``memcmp``, no copies) plus O(log blocks) Python steps."""
-    num = min(len(label), end - pos) // bb
-    if label.startswith(query[pos : pos + num * bb]):
-        return num
-    return _equal_blocks(label, query, pos, num, bb)
-
-
-def _equal_blocks(label: bytearray, query: bytes | memoryview, pos: int, num: int, bb: int) -> int:
-    """Number of leading blocks of ``label`` equal to ``query`` from ``pos``, given that some
-    block among the first ``num`` differs.
-
-    Binary search over blocks; each probe ``memcmp``s only the not-yet-verified middle range
-    (``label.startswith(part, offset)``, zero-copy views), so the total work is O(num) bytes in
-    C plus O(log num) Python steps.
-    """
-    lo, hi = 0, num - 1  # blocks [0, lo) are known equal; at most hi blocks are
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if label.startswith(query[pos + lo * bb : pos + mid * bb], lo * bb):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
