@@ -41,7 +41,7 @@ from prefixkv.bench.subjects import Subject, make_subjects
 
 BLOCK = 16
 VOCAB = 49152
-REPS = {128: 400, 1024: 200, 8192: 80, 32768: 40}
+REPS = {128: 400, 1024: 200, 8192: 100, 32768: 60}
 INPUT_FORMS = ("list", "array", "native")
 CONVERSATION_FORMS = ("list", "array", "once", "native")
 
