@@ -161,9 +161,6 @@ def _open(tokens: Any) -> tuple[Any, _Convert, int]:
     if kind is list or kind is tuple:
         return tokens, _from_list, len(tokens)
     if kind is _ARRAY:
-        if tokens.itemsize == 8 and tokens.typecode in _INT_TYPECODES:
-            # The array and a view of it as 32-bit halves (made once per reader, not per read).
-            return (tokens, memoryview(tokens).cast("B").cast("I")), _from_wide_array, len(tokens)
         return _open_array(tokens)
     if isinstance(tokens, np.ndarray):
         return _checked_ndarray(tokens), _from_ndarray, len(tokens)
@@ -189,14 +186,10 @@ def _open(tokens: Any) -> tuple[Any, _Convert, int]:
     return items, _from_list, len(items)
 
 
-def _open_wide_array(arr: array.array[Any]) -> tuple[Any, _Convert, int]:
-    # The array and a view of it as 32-bit halves (made once per reader, not per read).
-    return (arr, memoryview(arr).cast("B").cast("I")), _from_wide_array, len(arr)
-
-
 def _open_array(arr: array.array[Any]) -> tuple[Any, _Convert, int]:
     if arr.itemsize == 8 and arr.typecode in _INT_TYPECODES:
-        return _open_wide_array(arr)
+        # The array and a view of it as 32-bit halves (made once per reader, not per read).
+        return (arr, memoryview(arr).cast("B").cast("I")), _from_wide_array, len(arr)
     convert = _ARRAY_CONVERTERS.get(arr.typecode)
     if convert is None:
         raise TypeError(f"tokens must hold integers, got array typecode {arr.typecode!r}")
