@@ -1,14 +1,23 @@
 """``prefixkv bench index``: prefix-index operations, side by side with peers, in one run.
 
 Subjects: prefixkv's PrefixIndex, the plain-dict ReferenceIndex, SGLang's classic RadixCache
-and vLLM's block hashing + lookup (the peers when importable; see ``prefixkv.bench.peers.adapters``).
-Two input forms per case: ``[list]``, a Python list of token ids (what a tokenizer returns),
-each call paying its own conversion; and ``[native]``, the form each engine keeps a request
-in (prefixkv: its canonical ``TokenBytes`` from ``as_token_bytes``; SGLang: ``array('q')``; vLLM: the request's block hashes,
-computed once on arrival, so its native match is the lookup alone). The deep conversation
-also runs in a third form, ``[once]``: each turn converts its request into the subject's own
-form once, on the clock, then matches and inserts it. Each case prints one line: p50/p99 per
-subject and its p50 as a multiple of prefixkv's.
+(page size 16 and 1) and vLLM's block hashing + lookup (sha256 and xxhash), the peers when
+importable (``prefixkv.bench.peers``). Every subject gets the same input object, in one of
+three forms, made before the clock starts:
+
+- ``[list]``: a Python list of token ids (what a tokenizer returns); each call converts it.
+- ``[array]``: an ``array('q')``, the form SGLang's scheduler keeps a request in; SGLang takes
+  it as it is, prefixkv converts it inside the call, vLLM hashes it inside the call.
+- ``[native]``: the form each system keeps a request in: prefixkv its canonical
+  ``TokenBytes``, SGLang ``array('q')``, vLLM the request's block hashes (computed once on
+  arrival, so its native match is the lookup alone).
+
+The deep conversation also runs in a fourth form, ``[once]``: each turn converts its request
+into the subject's own form once, on the clock, then matches and inserts it. Each case prints
+one line: p50/p99 per subject and its p50 as a multiple of prefixkv's; the JSON rows and a
+markdown table go under ``results/``. The subjects take turns in rounds (see ``_time``), and
+the C heap is pre-faulted first (``prefixkv.bench.heap``) so that no timing includes
+first-touch page faults.
 """
 
 from __future__ import annotations
@@ -18,40 +27,77 @@ import gc
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from prefixkv.bench.heap import prefault_heap
+from prefixkv.bench.index_table import markdown_table
 from prefixkv.bench.machine import describe, machine_info
 from prefixkv.bench.stats import percentile
 from prefixkv.bench.subjects import Subject, make_subjects
 
 BLOCK = 16
 VOCAB = 49152
-REPS = {128: 400, 1024: 200, 8192: 60, 32768: 25}
+REPS = {128: 400, 1024: 200, 8192: 100, 32768: 60}
+INPUT_FORMS = ("list", "array", "native")
+CONVERSATION_FORMS = ("list", "array", "once", "native")
+
+Call = Callable[[], object]
+Calls = Mapping[str, Callable[[], Call]]  # subject name -> makes, off the clock, the next call
+ROUNDS = 10  # each case's repetitions run in this many rounds over the subjects
 
 
 def _tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(VOCAB) for _ in range(n)]
 
 
-def _time(call: Callable[[], object], reps: int) -> list[float]:
-    """Microseconds per call; garbage collection off while timing, as in timeit."""
-    out = []
+def _time(calls: Calls, reps: int, rounds: int = ROUNDS, warmup: int = 1) -> dict[str, list[float]]:
+    """Microseconds per call of each subject, ``reps`` calls each; each call is made (input
+    prepared) off the clock by its subject's entry in ``calls``.
+
+    The calls run in ``rounds`` rounds; in each round every subject makes a run of
+    consecutive calls, the first ``warmup`` of them untimed (so that each is timed warm, in
+    its steady state, not right after another subject's work), in an order that rotates from
+    round to round, so that drifts in machine load and the heap's growth fall on all subjects
+    alike. Each subject makes ``reps + rounds * warmup`` calls. Garbage collection is off
+    while timing, as in timeit.
+    """
+    names = list(calls)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    per_round = -(-reps // rounds)
     gc.disable()
     try:
-        for _ in range(reps):
-            start = time.perf_counter_ns()
-            call()
-            out.append((time.perf_counter_ns() - start) / 1e3)
+        for round_ in range(rounds):
+            count = min(per_round, reps - round_ * per_round)
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:
+                make, samples = calls[name], out[name]
+                for _ in range(warmup):
+                    make()()
+                for _ in range(count):
+                    call = make()
+                    start = time.perf_counter_ns()
+                    call()
+                    samples.append((time.perf_counter_ns() - start) / 1e3)
     finally:
         gc.enable()
     return out
 
 
-def _insert_next(subject: Subject, prompts: Iterator[Any]) -> None:
-    subject.insert(next(prompts))
+def _always(call: Call) -> Callable[[], Call]:
+    return lambda: call
+
+
+def _inputs(subjects: list[Subject], mode: str, tokens: list[int]) -> dict[str, Any]:
+    """``tokens`` as each subject gets it in form ``mode`` (made before the clock): one
+    shared object for ``list`` and ``array``, each subject's own for ``native``."""
+    if mode == "native":
+        return {s.name: s.native(tokens) for s in subjects}
+    shared = tokens if mode == "list" else array("q", tokens)
+    return {s.name: shared for s in subjects}
 
 
 def _turn(subject: Subject, tokens: Any) -> None:
@@ -64,57 +110,66 @@ def _turn_once(subject: Subject, history: list[int]) -> None:
     _turn(subject, request)
 
 
-CONVERSATION_FORMS = ("list", "once", "native")
-
-
-def per_length_cases(subject: Subject, length: int, reps: int, seed: int) -> dict[str, list[float]]:
+def per_length_cases(
+    subjects: list[Subject], length: int, reps: int, seed: int
+) -> dict[str, dict[str, list[float]]]:
+    """Samples per case and subject: hit, partial hit (half the prompt), miss and insert of a
+    fresh prompt in each input form, and pin+unpin, over 64 unrelated background prompts."""
     rng = random.Random(seed)
-    for _ in range(64):  # unrelated background prompts
-        subject.insert(_tokens(rng, 256))
-    prompt = _tokens(rng, length)
-    subject.insert(prompt)
+    background = [_tokens(rng, 256) for _ in range(64)]
+    prompt, miss = _tokens(rng, length), _tokens(rng, length)
     half = prompt[: length // 2] + _tokens(rng, length - length // 2)
-    miss = _tokens(rng, length)
-    out = {}
-    for mode, form in (("list", lambda t: t), ("native", subject.native)):
-        hit, part, other = form(prompt), form(half), form(miss)
-        out[f"match_hit[{mode}]"] = _time(partial(subject.match, hit), reps)
-        out[f"match_partial[{mode}]"] = _time(partial(subject.match, part), reps)
-        out[f"match_miss[{mode}]"] = _time(partial(subject.match, other), reps)
-        fresh = iter([form(_tokens(rng, length)) for _ in range(reps)])
-        out[f"insert[{mode}]"] = _time(partial(_insert_next, subject, fresh), reps)
-    if subject.can_lock:
-        handle = subject.pin(prompt)
-        out["pin_unpin"] = _time(lambda: subject.pin_unpin(handle), reps)
-    return out
+    for subject in subjects:
+        for tokens in [*background, prompt]:
+            subject.insert(tokens)
+    cases = {}
+    for mode in INPUT_FORMS:
+        for case, tokens in (("match_hit", prompt), ("match_partial", half), ("match_miss", miss)):
+            given = _inputs(subjects, mode, tokens)
+            calls = {s.name: _always(partial(s.match, given[s.name])) for s in subjects}
+            cases[f"{case}[{mode}]"] = _time(calls, reps)
+        fresh = [_inputs(subjects, mode, _tokens(rng, length)) for _ in range(reps + ROUNDS)]
+        calls = {
+            s.name: iter([partial(s.insert, given[s.name]) for given in fresh]).__next__
+            for s in subjects
+        }
+        cases[f"insert[{mode}]"] = _time(calls, reps)
+    pins = {s.name: _always(partial(s.pin_unpin, s.pin(prompt))) for s in subjects if s.can_pin}
+    cases["pin_unpin"] = _time(pins, reps)
+    return cases
 
 
 def conversation_case(
-    subject: Subject, turns: int, turn_tokens: int, seed: int, form: str
-) -> list[float]:
+    subjects: list[Subject], turns: int, turn_tokens: int, seed: int, form: str
+) -> dict[str, list[float]]:
     """Each turn: match the history, then insert it (as an engine does per request).
-    ``form``: "list" passes the token list to both calls (each converts it); "once" converts
-    the turn's request once into the subject's own form (timed), then matches and inserts;
-    "native" converts it before the clock starts, like the ``[native]`` cases."""
+    ``form``: "list", "array" and "native" hand both calls the turn's request in that form,
+    made before the clock starts; "once" converts the list into the subject's own form once
+    per turn, on the clock, then matches and inserts it. Every subject runs the same turns on
+    its own index, in the rounds of ``_time``."""
     rng = random.Random(seed)
-    history: list[int] = []
-    out = []
-    for _ in range(turns):
-        history = history + _tokens(rng, turn_tokens)
-        if form == "native":
-            call = partial(_turn, subject, subject.native(history))
-        else:
-            call = partial(_turn if form == "list" else _turn_once, subject, history)
-        out += _time(call, 1)
-    return out
+    histories = [_tokens(rng, turn_tokens)]
+    for _ in range(turns - 1):
+        histories.append(histories[-1] + _tokens(rng, turn_tokens))
+    calls = {s.name: map(partial(_prepare_turn, s, form), histories).__next__ for s in subjects}
+    return _time(calls, turns, rounds=min(turns, 16), warmup=0)  # every turn is timed
 
 
-def evict_case(subject: Subject, leaves: int, reps: int, seed: int) -> list[float]:
+def _prepare_turn(subject: Subject, form: str, history: list[int]) -> Call:
+    if form == "once":
+        return partial(_turn_once, subject, history)
+    return partial(_turn, subject, _inputs([subject], form, history)[subject.name])
+
+
+def evict_case(subjects: list[Subject], leaves: int, reps: int, seed: int) -> dict[str, Any]:
     """One evict call (one block) with ``leaves`` evictable one-block leaves."""
     rng = random.Random(seed)
-    for i in range(leaves):
-        subject.insert([i % VOCAB, i // VOCAB, *_tokens(rng, BLOCK - 2)])
-    return _time(lambda: subject.evict(1), reps)
+    prompts = [[i % VOCAB, i // VOCAB, *_tokens(rng, BLOCK - 2)] for i in range(leaves)]
+    evicting = [s for s in subjects if s.can_evict]
+    for subject in evicting:
+        for tokens in prompts:
+            subject.insert(tokens)
+    return _time({s.name: _always(partial(s.evict, 1)) for s in evicting}, reps)
 
 
 def report(case: str, size: int, results: dict[str, list[float]]) -> dict[str, Any]:
@@ -139,18 +194,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for length in args.lengths:
         reps = max(5, int(REPS.get(length, 50) * args.scale))
-        per_subject = {
-            s.name: per_length_cases(s, length, reps, seed=length)
-            for s in make_subjects(args.peers, BLOCK)
-        }
-        for case in per_subject["prefixkv"]:
-            results = {name: cases[case] for name, cases in per_subject.items() if case in cases}
-            rows.append(report(case, length, results))
+        cases = per_length_cases(make_subjects(args.peers, BLOCK), length, reps, seed=length)
+        rows += [report(case, length, results) for case, results in cases.items()]
     for form in CONVERSATION_FORMS:
-        conv = {
-            s.name: conversation_case(s, args.turns, args.turn_tokens, seed=7, form=form)
-            for s in make_subjects(args.peers, BLOCK)
-        }
+        subjects = make_subjects(args.peers, BLOCK)
+        conv = conversation_case(subjects, args.turns, args.turn_tokens, seed=7, form=form)
         rows.append(report(f"conversation[{form}]", args.turns * args.turn_tokens, conv))
         totals = {name: sum(samples) / 1e3 for name, samples in conv.items()}
         print(
@@ -162,11 +210,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows[-1]["total_ms"] = totals
     for leaves in args.leaves:
         reps = max(3, int(20 * args.scale))
-        results = {
-            s.name: evict_case(s, leaves, reps, seed=leaves)
-            for s in make_subjects(args.peers, BLOCK)
-            if s.can_evict
-        }
+        results = evict_case(make_subjects(args.peers, BLOCK), leaves, reps, seed=leaves)
         rows.append(report("evict_1_call", leaves, results))
     return rows
 
@@ -186,18 +230,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="baselines to run beside prefixkv (skipped with a note when not importable)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/index_ops.json"))
+    parser.add_argument(
+        "--table", type=Path, default=Path("results/index_table.md"), help="markdown table"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv or [])
     info = machine_info()
+    info["heap_prefaulted"] = prefault_heap()
     print(describe(info))
-    print("# times per call in microseconds; (Nx) = that subject's p50 / prefixkv's p50")
+    print(
+        "# heap: "
+        + ("1 GiB pre-faulted (glibc)" if info["heap_prefaulted"] else "not pre-faulted")
+        + "; times per call in microseconds; (Nx) = that subject's p50 / prefixkv's p50"
+    )
     rows = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
-    print(f"# wrote {args.out}")
+    args.table.parent.mkdir(parents=True, exist_ok=True)
+    heap = "; C heap pre-faulted (1 GiB)" if info["heap_prefaulted"] else ""
+    args.table.write_text(markdown_table(rows, describe(info) + heap))
+    print(f"# wrote {args.out} and {args.table}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The prefix index: token prefixes to per-block values. Needs NumPy only, never torch.
 
 - :mod:`.tree`: :class:`PrefixIndex`, the radix tree over blocks (structure, pins, eviction)
+- :mod:`.descent`: the lookup of a query's longest indexed path (reading it lazily)
 - :mod:`.node`: one node (a run of blocks) and its per-block use records
 - :mod:`.records`: :class:`Match`, :class:`IndexStats`, :class:`StaleMatchError`
 - :mod:`.policy`: eviction policies (LRU, LFU) as small strategy objects

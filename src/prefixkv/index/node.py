@@ -99,16 +99,23 @@ class Node:
         self._merge()
 
     def use_prefix(self, num_blocks: int, tick: int, hit_step: int) -> None:
-        """Record one use of the first ``num_blocks`` blocks (0 < num_blocks <= len)."""
-        self._cut(num_blocks)
-        for region in self.regions:
-            if region.end > num_blocks:
-                break
+        """Record one use of the first ``num_blocks`` blocks (0 < num_blocks <= len).
+        O(regions up to block ``num_blocks``): usually one, on a repeated partial match."""
+        regions = self.regions
+        last = 0  # the region holding block num_blocks - 1
+        while regions[last].end < num_blocks:
+            last += 1
+        region = regions[last]
+        if region.end > num_blocks:  # the prefix ends inside it: cut it there
+            regions.insert(last + 1, Region(region.end, region.hits, region.tick))
+            region.end = num_blocks
+        for region in regions[: last + 1]:
             region.hits += hit_step
             region.tick = tick
-        self._merge()
+        if last:  # the used regions now share a tick; those with equal hits merge
+            self._merge()
 
-    def extend(self, label: bytes, values: list[Any], tick: int) -> None:
+    def extend(self, label: bytes | memoryview, values: list[Any], tick: int) -> None:
         """Append blocks first used at ``tick`` (the caller has already used the rest)."""
         self.label += label
         self.values.extend(values)

@@ -20,7 +20,13 @@ class MatchHandle(NamedTuple):
     owner: PrefixIndex
     node: Node | None
     epoch: int
-    buf: bytes
+    query: bytes | memoryview
+    """Canonical bytes of the query as far as the match read it (at least its blocks)."""
+
+    def __hash__(self) -> int:
+        # Not the query's bytes: its view may be of an (unhashable) array, and equal handles
+        # have the same owner, node and epoch anyway.
+        return hash((self.owner, self.node, self.epoch))
 
 
 class Match(NamedTuple):

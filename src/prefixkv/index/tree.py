@@ -5,10 +5,28 @@ compared as raw token bytes, so a match is always verified token for token: ther
 whose collision could serve another prompt's blocks. Children are found with one dict lookup
 keyed by their first block (``child_key``, the block bytes themselves by default).
 
+What the operations read of their ``tokens`` (any form :mod:`prefixkv.tokens` accepts): the
+container is checked first, in O(1) (type; dtype or typecode and dimensions of arrays and
+tensors), and a malformed one raises TypeError/ValueError. Ids are then converted to bytes
+front to back, only as far as needed, and every id converted is validated (an id outside
+``[0, 2**32)`` or a non-integer element raises, naming its position). Nothing is recorded
+or changed before the reading is done, so a raising call leaves the index as it was.
+
+- ``match`` and ``peek`` always read the first ``min(len(tokens), block_size)`` ids. They read
+  past a node's first block only once that block matched, then up to the node's end (or
+  twice what has been read, whichever is more), never past the last full block. So a *miss*
+  reads exactly the first block; a hit reads every id it covers and the full block after it
+  (if any), and at most up to the end of the node it stopped in (or twice what it had read);
+  ids after the last full block are never read. Ids not read are not validated.
+- ``insert`` reads the first block and every block it uses (the first
+  ``min(len(tokens) // block_size, len(values))``): every id it stores is validated.
+- :class:`~prefixkv.tokens.TokenBytes` is already canonical: nothing is converted or checked.
+
 Costs, for a query of q tokens (b = q / block_size blocks) whose path crosses p nodes:
-- ``match``: O(q) byte conversion and ``memcmp`` in C, plus O(p + r) Python steps, where r is
-  the number of use regions on the path (usually p; at most b). No scan over siblings.
-- ``insert``: the same, plus O(new blocks) to copy labels and values.
+- ``match``: O(ids read) conversion and ``memcmp`` in C (a miss: O(block_size)), plus
+  O(p + r) Python steps, where r is the number of use regions on the path (usually p; at most
+  b). No scan over siblings.
+- ``insert``: the same over the blocks it uses, plus O(new blocks) to copy labels and values.
 - ``pin`` / ``unpin``: O(p) (the path is re-verified in O(b) only if blocks were evicted
   between ``match`` and ``pin``).
 - ``evict(k)``: O((k + leaves touched) log n) amortized for n evictable leaves; never a scan or
@@ -24,13 +42,18 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from prefixkv.index.check import check_index
+from prefixkv.index.descent import common_blocks, descend
 from prefixkv.index.eviction_queue import EvictionQueue
 from prefixkv.index.node import Node, Region
 from prefixkv.index.policy import EvictionPolicy, LRUPolicy
 from prefixkv.index.records import IndexStats, Match, MatchHandle, StaleMatchError
-from prefixkv.tokens import TOKEN_BYTES, as_token_bytes
+from prefixkv.tokens import TOKEN_BYTES, TokenBytes, TokenReader
 
 ChildKey = Callable[[bytes], Hashable]
+
+# Builds a NamedTuple from a tuple of its fields in C: a NamedTuple's own __new__ is a Python
+# function, a noticeable share of a 2 us match.
+_new = tuple.__new__
 
 
 def _same_bytes(block: bytes) -> Hashable:
@@ -71,7 +94,11 @@ class PrefixIndex:
         self._num_nodes = 0
         self._pinned_blocks = 0
         self._held: dict[int, tuple[Match, list[Node | None]]] = {}  # by id(match)
-        self._counts = dict.fromkeys(IndexStats._fields, 0)
+        # The IndexStats counters, as plain attributes (cheaper than a dict on every match).
+        self._queries = self._query_tokens = self._hit_tokens = 0
+        self._full_hits = self._partial_hits = self._misses = 0
+        self._inserted_blocks = self._evicted_blocks = 0
+        self._no_blocks = MatchHandle(self, None, 0, memoryview(b""))  # of every empty match
 
     @property
     def policy(self) -> EvictionPolicy:
@@ -83,67 +110,76 @@ class PrefixIndex:
         """Return the longest indexed prefix of ``tokens`` (whole blocks) in ``namespace``.
 
         Records one use of every matched block (recency/frequency for eviction) and counts the
-        query in ``stats()``; never changes which blocks are indexed. Raises TypeError or
-        ValueError for malformed tokens.
+        query in ``stats()``; never changes which blocks are indexed. Reads ``tokens`` lazily
+        (module docstring): a miss reads and validates the first block only. Raises TypeError
+        or ValueError for a malformed container or a malformed id among those read, before
+        recording anything.
         """
-        buf = as_token_bytes(tokens)
-        end = len(buf) - len(buf) % self._block_token_bytes
+        reader = TokenReader(tokens, self.block_size)
         with self._lock:
+            match, path, used = self._find(reader, namespace)
             self._tick = next(self._clock)
-            match, path = self._find(buf, end, namespace)
-            for node in path[:-1]:
-                self._use_all(node, self._tick)
             if path:
-                used = match.num_blocks - path[-1].depth
-                if used == len(path[-1].values):
-                    self._use_all(path[-1], self._tick)
+                tick = self._tick
+                for node in path[:-1]:
+                    self._use_all(node, tick)
+                last = path[-1]
+                if used == len(last.values):
+                    self._use_all(last, tick)
                 else:
-                    path[-1].use_prefix(used, self._tick, self._hit_step)
-            self._count_query(
-                len(buf) // TOKEN_BYTES, match.num_blocks, end // self._block_token_bytes
-            )
+                    last.use_prefix(used, tick, self._hit_step)
+            self._queries += 1
+            self._query_tokens += reader.num_tokens
+            if match.num_tokens == 0:
+                self._misses += 1
+            else:
+                self._hit_tokens += match.num_tokens
+                if match.num_tokens + self.block_size > reader.num_tokens:  # every full block
+                    self._full_hits += 1
+                else:
+                    self._partial_hits += 1
             return match
 
     def peek(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Match:
         """Like ``match`` but read-only: records no use and counts no query.
 
         For callers that inspect the cache without being a request (``store``, diagnostics).
+        Reads ``tokens`` exactly as ``match`` does.
         """
-        buf = as_token_bytes(tokens)
+        reader = TokenReader(tokens, self.block_size)
         with self._lock:
-            return self._find(buf, len(buf) - len(buf) % self._block_token_bytes, namespace)[0]
+            return self._find(reader, namespace)[0]
 
-    def _find(self, buf: bytes, end: int, namespace: Hashable) -> tuple[Match, list[Node]]:
+    def _find(self, reader: TokenReader, namespace: Hashable) -> tuple[Match, list[Node], int]:
+        """The match for ``reader``'s full blocks, its path, and the blocks used in the path's
+        last node. Reads ``reader`` as far as the descent needs (a miss at the root: nothing
+        past the first block, which ``reader`` holds)."""
+        end = reader.num_tokens // self.block_size * self._block_token_bytes
         root = self._roots.get(namespace)
-        path, used = self._descend(root, buf, end) if root is not None else ([], 0)
-        values: list[Any] = []
-        for node in path[:-1]:
-            values.extend(node.values)
-        if path:
-            values.extend(path[-1].values[:used])
-        handle = MatchHandle(self, path[-1] if path else root, self._epoch, buf)
-        return Match(len(values) * self.block_size, tuple(values), namespace, handle), path
+        if root is not None and end:
+            first = bytes(reader.view[: self._block_token_bytes])
+            child = root.children.get(self._child_key(first))
+            if child is not None:
+                path, used = descend(child, reader, end, self._block_token_bytes, self._child_key)
+                if path:
+                    return self._match_of(path, used, reader.view, namespace), path, used
+        return _new(Match, (0, (), namespace, self._no_blocks)), [], 0
 
-    def _descend(self, root: Node, buf: bytes, end: int) -> tuple[list[Node], int]:
-        """Nodes on the longest verified path for ``buf[:end]``, and blocks used in the last."""
-        bb, key = self._block_token_bytes, self._child_key
-        path: list[Node] = []
-        node, pos, used = root, 0, 0
-        while pos < end:
-            child = node.children.get(key(buf[pos : pos + bb]))
-            if child is None:
-                break
-            label = child.label
-            if pos + len(label) <= end and buf.startswith(label, pos):
-                path.append(child)
-                node, pos, used = child, pos + len(label), len(child.values)
-                continue
-            common = _common_blocks(label, buf, pos, end, bb)
-            if common:
-                path.append(child)
-                used = common
-            break
-        return path, used
+    def _match_of(
+        self, path: list[Node], used: int, query: bytes | memoryview, namespace: Hashable
+    ) -> Match:
+        """The Match for a non-empty path whose last node is used up to block ``used``."""
+        last = path[-1].values
+        if len(path) == 1:
+            values = tuple(last) if used == len(last) else tuple(last[:used])
+        else:
+            gathered: list[Any] = []
+            for node in path[:-1]:
+                gathered += node.values
+            gathered += last if used == len(last) else last[:used]
+            values = tuple(gathered)
+        handle = _new(MatchHandle, (self, path[-1], self._epoch, query))
+        return _new(Match, (len(values) * self.block_size, values, namespace, handle))
 
     # --- mutation --------------------------------------------------------------------------
 
@@ -155,54 +191,69 @@ class PrefixIndex:
         Uses at most ``len(values)`` leading blocks. Blocks already indexed keep their value;
         the given values that were not adopted (already indexed, or a sibling key collision
         under a non-injective ``child_key``) are returned in block order, for the caller to
-        free. Records one use of every block on the path. Raises before mutating anything.
+        free. Records one use of every block on the path. Reads and validates the first block
+        and every block it uses (module docstring); raises TypeError/ValueError before
+        mutating anything.
         """
-        buf = as_token_bytes(tokens)
-        values = list(values)
-        num = min(len(buf) // self._block_token_bytes, len(values))
-        end, bb = num * self._block_token_bytes, self._block_token_bytes
+        reader = TokenReader(tokens, self.block_size)
+        if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
+            values = list(values)
+        num = min(reader.num_tokens // self.block_size, len(values))
+        query = reader.read_to(num * self.block_size)
         with self._lock:
             self._tick = next(self._clock)
-            tick = self._tick
-            node = self._roots.get(namespace)
-            if node is None:
+            root = self._roots.get(namespace)
+            if root is None:
                 if num == 0:
-                    return values[:num]
-                node = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
-            rejected: list[Any] = []
-            pos = block = 0
-            while pos < end:
-                child = node.children.get(self._child_key(buf[pos : pos + bb]))
-                if child is None:
-                    self._add_blocks(node, buf[pos:end], values[block:num], tick)
-                    break
-                common = _common_blocks(child.label, buf, pos, end, bb)
-                if common == 0:  # sibling key collision: cannot place the rest
-                    rejected.extend(values[block:num])
-                    break
-                rejected.extend(values[block : block + common])
-                pos, block = pos + common * bb, block + common
-                if common == len(child.values):
-                    self._use_all(child, tick)
-                elif pos == end:
-                    child.use_prefix(common, tick, self._hit_step)
-                else:
-                    child = self._split(child, common)
-                    self._use_all(child, tick)
-                node = child
-            return rejected
+                    return []
+                root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
+            return self._place(root, query, values, num)
 
-    def _add_blocks(self, node: Node, label: bytes, values: list[Any], tick: int) -> None:
-        """Append new blocks below ``node``: in place if it is an unpinned leaf, else a child."""
+    def _place(
+        self, node: Node, query: bytes | memoryview, values: list[Any], num: int
+    ) -> list[Any]:
+        """Insert's work under the lock: index the first ``num`` blocks of ``query`` (all read)
+        below ``node``; return the values not adopted."""
+        bb, key, tick = self._block_token_bytes, self._child_key, self._tick
+        end = num * bb
+        rejected: list[Any] = []
+        pos = block = 0
+        while pos < end:
+            first = key(bytes(query[pos : pos + bb]))
+            child = node.children.get(first)
+            if child is None:
+                self._add_blocks(node, first, query[pos:end], values[block:num], tick)
+                break
+            common = common_blocks(child.label, query, pos, end, bb)
+            if common == 0:  # sibling key collision: cannot place the rest
+                rejected.extend(values[block:num])
+                break
+            rejected.extend(values[block : block + common])
+            pos, block = pos + common * bb, block + common
+            if common == len(child.values):
+                self._use_all(child, tick)
+            elif pos == end:
+                child.use_prefix(common, tick, self._hit_step)
+            else:
+                child = self._split(child, common)
+                self._use_all(child, tick)
+            node = child
+        return rejected
+
+    def _add_blocks(
+        self, node: Node, key: Hashable, label: bytes | memoryview, values: list[Any], tick: int
+    ) -> None:
+        """Append new blocks below ``node``: in place if it is an unpinned leaf, else a child
+        filed under ``key`` (the child key of the label's first block)."""
         self._num_blocks += len(values)
-        self._counts["inserted_blocks"] += len(values)
+        self._inserted_blocks += len(values)
         if node.parent is not None and not node.children and node.pin_count == 0:
             node.extend(label, values, tick)
             self._queue.update(node)
             return
         child = Node(
             node,
-            self._child_key(label[: self._block_token_bytes]),
+            key,
             bytearray(label),
             values,
             node.depth + len(node.values),
@@ -267,7 +318,7 @@ class PrefixIndex:
                     self._remove(node)
             if out:
                 self._num_blocks -= len(out)
-                self._counts["evicted_blocks"] += len(out)
+                self._evicted_blocks += len(out)
                 self._epoch += 1
         return out
 
@@ -344,9 +395,8 @@ class PrefixIndex:
         """The node now holding the match's last block, verified to still hold its blocks."""
         node = handle.node
         if handle.epoch != self._epoch:  # blocks were evicted since: verify the whole path
-            now, path = self._find(
-                handle.buf, match.num_blocks * self._block_token_bytes, match.namespace
-            )
+            matched = TokenBytes(handle.query[: match.num_blocks * self._block_token_bytes])
+            now, path, _ = self._find(TokenReader(matched), match.namespace)
             if now.num_blocks != match.num_blocks or not all(map(_is, now.values, match.values)):
                 raise StaleMatchError("blocks of this match were evicted since it was made")
             node = path[-1]
@@ -388,19 +438,16 @@ class PrefixIndex:
 
     def stats(self) -> IndexStats:
         with self._lock:
-            return IndexStats(**self._counts)
-
-    def _count_query(self, query_tokens: int, hit_blocks: int, full_blocks: int) -> None:
-        counts = self._counts
-        counts["queries"] += 1
-        counts["query_tokens"] += query_tokens
-        counts["hit_tokens"] += hit_blocks * self.block_size
-        if hit_blocks == 0:
-            counts["misses"] += 1
-        elif hit_blocks == full_blocks:
-            counts["full_hits"] += 1
-        else:
-            counts["partial_hits"] += 1
+            return IndexStats(
+                queries=self._queries,
+                query_tokens=self._query_tokens,
+                hit_tokens=self._hit_tokens,
+                full_hits=self._full_hits,
+                partial_hits=self._partial_hits,
+                misses=self._misses,
+                inserted_blocks=self._inserted_blocks,
+                evicted_blocks=self._evicted_blocks,
+            )
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming the first broken invariant. O(total blocks)."""
@@ -410,22 +457,3 @@ class PrefixIndex:
 
 def _is(a: object, b: object) -> bool:
     return a is b
-
-
-def _common_blocks(label: bytearray, buf: bytes, pos: int, end: int, bb: int) -> int:
-    """Number of leading whole blocks of ``label`` equal to ``buf[pos:end]``.
-
-    Binary search over blocks; each probe ``memcmp``s only the not-yet-verified middle range,
-    so the total work is O(len) bytes in C plus O(log blocks) Python steps.
-    """
-    lo, hi = 0, min(len(label), end - pos) // bb  # blocks [0, lo) are known equal
-    if buf.startswith(label[: hi * bb], pos):
-        return hi
-    hi -= 1  # some block in [0, hi) differs, so at most hi - 1 blocks are equal
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if buf.startswith(label[lo * bb : mid * bb], pos + lo * bb):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
