@@ -136,6 +136,7 @@ def test_a_trickled_head_is_bounded_as_a_whole() -> None:
         assert sent >= 3 and 0.4 < elapsed < 2.0
 
 
+@pytest.mark.slow  # waits out uvicorn's 5 s keep-alive timeout
 def test_kept_alive_connections_wait_for_the_keep_alive_timeout() -> None:
     with uvicorn_thread(header_timeout=0.5, keep_alive=2.0) as port:
         with socket.create_connection(("127.0.0.1", port)) as sock:

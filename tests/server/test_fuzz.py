@@ -123,17 +123,32 @@ def check_answer(response: Any) -> None:
         assert response.json()["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-@settings(
-    max_examples=1500,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(path=st.sampled_from(PATHS), body=BODIES)
-def test_any_json_body_gets_a_2xx_or_an_openai_4xx(fuzzed: App, path: str, body: Any) -> None:
+def post_any_body(app: App, path: str, body: Any) -> None:
     content = json.dumps(body, allow_nan=True).encode("utf-8", "surrogatepass")
-    response = fuzzed.http.post(path, content=content, headers={"Content-Type": "application/json"})
+    response = app.http.post(path, content=content, headers={"Content-Type": "application/json"})
     event(f"status {response.status_code}")
     check_answer(response)
+
+
+def fuzz(examples: int) -> settings:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+
+
+@fuzz(400)
+@given(path=st.sampled_from(PATHS), body=BODIES)
+def test_any_json_body_gets_a_2xx_or_an_openai_4xx(fuzzed: App, path: str, body: Any) -> None:
+    post_any_body(fuzzed, path, body)
+
+
+@pytest.mark.slow  # in-process, but a few thousand requests: with the full suite, in CI
+@fuzz(4000)
+@given(path=st.sampled_from(PATHS), body=BODIES)
+def test_thousands_of_json_bodies_get_no_5xx(fuzzed: App, path: str, body: Any) -> None:
+    post_any_body(fuzzed, path, body)
 
 
 @settings(
