@@ -5,22 +5,11 @@ compared as raw token bytes, so a match is always verified token for token: ther
 whose collision could serve another prompt's blocks. Children are found with one dict lookup
 keyed by their first block (``child_key``, the block bytes themselves by default).
 
-What the operations read of their ``tokens`` (any form :mod:`prefixkv.tokens` accepts): the
-container is checked first, in O(1) (type; dtype or typecode and dimensions of arrays and
-tensors), and a malformed one raises TypeError/ValueError. Ids are then converted to bytes
-front to back, only as far as needed, and every id converted is validated (an id outside
-``[0, 2**32)`` or a non-integer element raises, naming its position). Nothing is recorded
-or changed before the reading is done, so a raising call leaves the index as it was.
-
-- ``match`` and ``peek`` always read the first ``min(len(tokens), block_size)`` ids. They read
-  past a node's first block only once that block matched, then up to the node's end (or
-  twice what has been read, whichever is more), never past the last full block. So a *miss*
-  reads exactly the first block; a hit reads every id it covers and the full block after it
-  (if any), and at most up to the end of the node it stopped in (or twice what it had read);
-  ids after the last full block are never read. Ids not read are not validated.
-- ``insert`` reads the first block and every block it uses (the first
-  ``min(len(tokens) // block_size, len(values))``): every id it stores is validated.
-- :class:`~prefixkv.tokens.TokenBytes` is already canonical: nothing is converted or checked.
+What the operations read of their ``tokens`` (any form :mod:`prefixkv.tokens` accepts; see
+``docs/design.md``): the container is checked first, in O(1); ids are converted and validated
+front to back only as far as needed, and nothing changes before the reading is done. A
+``match`` or ``peek`` that misses reads exactly the first block; ``insert`` reads (and so
+validates) every block it stores; ids not read are not validated.
 
 Costs, for a query of q tokens (b = q / block_size blocks) whose path crosses p nodes:
 - ``match``: O(ids read) conversion and ``memcmp`` in C (a miss: O(block_size)), plus
