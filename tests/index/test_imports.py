@@ -8,7 +8,7 @@ import sys
 import pytest
 
 
-@pytest.mark.slow  # a fresh interpreter (torch is already loaded in this one)
+@pytest.mark.process  # a fresh interpreter (torch is already loaded in this one)
 def test_importing_the_index_and_tokens_loads_no_torch() -> None:
     code = (
         "import sys, array\n"

@@ -32,7 +32,7 @@ from prefixkv.server.connections import HardenedLoop, ResourceErrorLimiter, h11_
 from .conftest import TINY_ARGS
 from .harness import ServerProcess, free_port, wait_for
 
-REQUEST = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n"
+REQUEST = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
 
 
 def closed_by_server(sock: socket.socket, timeout: float) -> float | None:
@@ -334,7 +334,7 @@ def test_keep_alive_client_makes_several_requests_on_one_connection(
 ) -> None:
     body = b'{"model": "tiny", "prompt": "The ferry", "max_tokens": 4, "temperature": 0}'
     completion = (
-        b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
