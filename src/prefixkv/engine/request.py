@@ -55,7 +55,7 @@ class SamplingParams:
         elif isinstance(stop, (list, tuple)):
             stops = tuple(stop)
         else:
-            raise _wrong_type("stop", "a string or a list of strings", stop)
+            raise wrong_type("stop", "a string or a list of strings", stop)
         return cls(
             max_tokens,
             _as_float("temperature", temperature),
@@ -87,7 +87,7 @@ class SamplingParams:
             if not SEED_MIN <= self.seed <= SEED_MAX:
                 raise InvalidRequestError("seed must fit in 64 bits", "seed")
         if not all(isinstance(s, str) for s in self.stop):
-            raise _wrong_type("stop", "a string or a list of strings", self.stop)
+            raise wrong_type("stop", "a string or a list of strings", self.stop)
         if not all(self.stop) or len(self.stop) > MAX_STOPS:
             raise InvalidRequestError(
                 f"stop must be a non-empty string or a list of up to {MAX_STOPS} of them", "stop"
@@ -147,19 +147,20 @@ def short_repr(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _wrong_type(param: str, expected: str, value: object) -> InvalidRequestError:
+def wrong_type(param: str, expected: str, value: object) -> InvalidRequestError:
+    """The error for a value of the wrong JSON type (code ``invalid_type``)."""
     got = "null" if value is None else type(value).__name__
     return InvalidRequestError(f"{param} must be {expected}, got {got}", param, "invalid_type")
 
 
 def _check_int(param: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _wrong_type(param, "an integer", value)
+        raise wrong_type(param, "an integer", value)
 
 
 def _check_number(param: str, value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _wrong_type(param, "a number", value)
+        raise wrong_type(param, "a number", value)
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequestError(f"{param} must be finite, got {value}", param)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefixkv.engine.prompts import Prompt
-from prefixkv.engine.request import InvalidRequestError, SamplingParams, short_repr
+from prefixkv.engine.request import InvalidRequestError, SamplingParams, short_repr, wrong_type
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
 
@@ -41,12 +41,12 @@ def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedReque
     check_model(body, settings)
     messages = body.get("messages")
     if not isinstance(messages, list):
-        raise _type_error("messages", "a list of messages", messages)
+        raise wrong_type("messages", "a list of messages", messages)
     if not messages:
         raise APIError.invalid("messages must contain at least one message", "messages")
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _type_error(f"messages[{i}]", "an object", message)
+            raise wrong_type(f"messages[{i}]", "an object", message)
     return _parse(body, messages, settings)
 
 
@@ -60,9 +60,9 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Parse
         prompt = prompt[0]
     if isinstance(prompt, list):
         if not all(_is_int(t) for t in prompt):
-            raise _type_error("prompt", "text or a list of token ids", prompt)
+            raise wrong_type("prompt", "text or a list of token ids", prompt)
     elif not isinstance(prompt, str):
-        raise _type_error("prompt", "text or a list of token ids", prompt)
+        raise wrong_type("prompt", "text or a list of token ids", prompt)
     return _parse(body, prompt, settings)
 
 
@@ -72,7 +72,7 @@ def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
     if model is None:
         return
     if not isinstance(model, str):
-        raise _type_error("model", "a string", model)
+        raise wrong_type("model", "a string", model)
     if model not in settings.model_names:
         raise APIError(
             404,
@@ -133,7 +133,7 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
     if options is None:
         return False
     if not isinstance(options, dict):
-        raise _type_error("stream_options", "an object", options)
+        raise wrong_type("stream_options", "an object", options)
     return _bool(options, "include_usage", False, "stream_options.include_usage")
 
 
@@ -142,7 +142,7 @@ def _cache_salt(body: Mapping[str, Any], settings: ServerSettings) -> str:
     if salt is None:
         return ""
     if not isinstance(salt, str):
-        raise _type_error("cache_salt", "a string", salt)
+        raise wrong_type("cache_salt", "a string", salt)
     if len(salt) > settings.max_cache_salt_chars:
         raise APIError.invalid(
             f"cache_salt must be at most {settings.max_cache_salt_chars} characters", "cache_salt"
@@ -155,7 +155,7 @@ def _bool(body: Mapping[str, Any], name: str, default: bool, param: str | None =
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise _type_error(param or name, "a boolean", value)
+        raise wrong_type(param or name, "a boolean", value)
     return value
 
 
@@ -198,8 +198,3 @@ def _refuse_unsupported(body: Mapping[str, Any]) -> None:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _type_error(param: str, expected: str, value: object) -> APIError:
-    got = "null" if value is None else type(value).__name__
-    return APIError.invalid(f"{param} must be {expected}, got {got}", param, "invalid_type")
