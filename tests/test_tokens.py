@@ -21,6 +21,8 @@ from prefixkv.tokens import (
     tokens_from_bytes,
 )
 
+from .token_forms import WIDE_AND_NARROW
+
 TYPECODES = "bBhHiIlLqQ"
 # Lengths around every switch between conversion paths (96, 256, 1536 ids) and beyond.
 LENGTHS = [0, 1, 15, 16, 95, 96, 97, 255, 256, 257, 1000, 1536, 1537, 5000]
@@ -196,13 +198,7 @@ def test_bools_in_a_list_count_as_integers() -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [
-        list,
-        lambda ids: array.array("q", ids),
-        lambda ids: array.array("i", ids),
-        lambda ids: np.array(ids, dtype=np.int64),
-        lambda ids: torch.tensor(ids, dtype=torch.int64),
-    ],
+    WIDE_AND_NARROW,
 )
 def test_reader_validates_only_the_ids_it_reads(make: Callable[[list[int]], Any]) -> None:
     ids = list(range(1000))

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from prefixkv import PrefixIndex
 from prefixkv.tokens import TokenBytes, as_token_bytes
 
+from ..token_forms import WIDE_AND_NARROW
+
 BLOCK = 4
 
 FORMS: dict[str, Callable[[list[int]], Any]] = {
@@ -104,13 +106,7 @@ def test_a_miss_on_a_long_prompt_reads_only_the_first_block() -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [
-        list,
-        lambda ids: array.array("q", ids),
-        lambda ids: array.array("i", ids),
-        lambda ids: np.array(ids, dtype=np.int64),
-        lambda ids: torch.tensor(ids, dtype=torch.int64),
-    ],
+    WIDE_AND_NARROW,
 )
 def test_a_miss_never_sees_malformed_ids_after_the_first_block(
     make: Callable[[list[int]], Any],
