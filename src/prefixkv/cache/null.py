@@ -10,8 +10,10 @@ import torch
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
+from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats
-from prefixkv.tokens import as_token_bytes, token_count
+from prefixkv.cache.table import BlockTable
+from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 
 class NullCache:
@@ -22,11 +24,19 @@ class NullCache:
     """
 
     def __init__(
-        self, layout: KVLayout, block_size: int = 16, device: str | torch.device = "cpu"
+        self,
+        layout: KVLayout,
+        block_size: int = 16,
+        device: str | torch.device = "cpu",
+        capacity_bytes: int = 0,
     ) -> None:
+        """``capacity_bytes``: a pool for running sequences' KV (a batching engine writes it
+        there; nothing is ever indexed). 0: no pool, for the serial engine."""
         self.layout = layout
         self.block_size = block_size
         self.device = torch.device(device)
+        blocks = capacity_bytes // layout.block_bytes(block_size)
+        self.pool = BlockPool(layout, block_size, blocks, self.device) if blocks else None
         self._queries = self._tokens = 0
         self._counting = threading.Lock()
 
@@ -41,6 +51,40 @@ class NullCache:
         count = token_count(as_token_bytes(tokens))
         self.layout.check_kv(kv, count, self.device)
         return 0
+
+    # --- running sequences: private blocks only, nothing indexed -------------------------
+
+    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        self.lookup(tokens, namespace)  # counts and validates like a lookup that misses
+        return BlockTable(namespace, [], 0, 0, None)
+
+    def grow(self, table: BlockTable, num_tokens: int) -> bool:
+        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        if need <= 0:
+            return True
+        with self._counting:
+            if self.pool is None or self.pool.num_free < need:
+                return False
+            blocks = self.pool.allocate(need)
+        table.blocks += blocks
+        table.private.update(blocks)
+        return True
+
+    def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
+        return 0
+
+    def close(self, table: BlockTable) -> None:
+        with self._counting:
+            if self.pool is not None:
+                self.pool.free(table.private)
+            table.blocks, table.private = [], set()
+
+    def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
+        return 0
+
+    def available_blocks(self) -> int:
+        with self._counting:
+            return 0 if self.pool is None else self.pool.num_free
 
     def reset(self) -> int:
         return 0
@@ -64,12 +108,12 @@ class NullCache:
             dropped_blocks=0,
             evicted_blocks=0,
             used_blocks=0,
-            free_blocks=0,
-            total_blocks=0,
+            free_blocks=0 if self.pool is None else self.pool.num_free,
+            total_blocks=0 if self.pool is None else self.pool.num_blocks,
             pinned_blocks=0,
             block_size=self.block_size,
             used_bytes=0,
-            capacity_bytes=0,
+            capacity_bytes=0 if self.pool is None else self.pool.nbytes,
         )
 
     def check_invariants(self) -> None:

@@ -24,11 +24,12 @@ from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.table import BlockTable
 from prefixkv.cache.tenants import Tenants, tenant_of
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.index.records import IndexStats, Match
 from prefixkv.index.tree import PrefixIndex
-from prefixkv.tokens import as_token_bytes, token_count
+from prefixkv.tokens import TOKEN_BYTES, TokenBytes, as_token_bytes, token_count
 
 DEFAULT_CAPACITY_BYTES = 1 << 30
 
@@ -133,6 +134,82 @@ class PrefixKVCache:
             self.pool.free(duplicates)
             index.unpin(cached)
         return len(blocks) - len(duplicates)
+
+    # --- running sequences: KV written in place (see prefixkv.cache.table) ----------------
+
+    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """A table over the longest cached prefix of ``tokens``, pinned until :meth:`close`.
+
+        Counts one lookup in ``stats()``, like :meth:`lookup`. Raises TypeError/ValueError
+        on malformed tokens."""
+        buf = as_token_bytes(tokens)
+        with self._lock:
+            index = self.tenants.index(tenant_of(namespace))
+            match = index.match(buf, namespace)
+            index.pin(match)
+        return BlockTable(namespace, list(match.values), match.num_tokens, match.num_blocks, match)
+
+    def grow(self, table: BlockTable, num_tokens: int) -> bool:
+        """Give ``table`` room for ``num_tokens`` tokens in all, evicting unpinned cached
+        blocks if needed. All or nothing: False (and nothing allocated) when the pool cannot
+        supply every block, for the caller to preempt a sequence and retry."""
+        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        if need <= 0:
+            return True
+        with self._lock:
+            shortfall = need - self.pool.num_free
+            if shortfall > sum(i.evictable_blocks for _, i in self.tenants):
+                return False  # evicting would lose cached blocks for nothing
+            if shortfall > 0:
+                self.pool.free(self.tenants.evict(shortfall, tenant_of(table.namespace)))
+            if self.pool.num_free < need:
+                return False
+            blocks = self.pool.allocate(need)
+            self._reserved += need
+        table.blocks += blocks
+        table.private.update(blocks)
+        return True
+
+    def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
+        """Index the full blocks of ``tokens`` (the ids whose KV ``table`` holds, from the
+        first) that are not indexed yet; return how many blocks the index adopted. They
+        stay pinned by the table; a block another sequence indexed first stays private."""
+        full = min(token_count(tokens) // self.block_size, len(table.blocks))
+        if full <= table.indexed:
+            return 0
+        prefix = TokenBytes(tokens[: full * self.block_size * TOKEN_BYTES])
+        with self._lock:
+            index = self.tenants.index(tenant_of(table.namespace))
+            refused = set(index.insert(prefix, table.blocks[:full], table.namespace))
+            adopted = [b for b in table.blocks[table.indexed : full] if b not in refused]
+            table.private.difference_update(adopted)
+            self._reserved -= len(adopted)
+            path = index.peek(prefix, table.namespace)
+            index.pin(path)
+            if table.pin is not None:
+                index.unpin(table.pin)
+            table.pin, table.indexed = path, full
+        return len(adopted)
+
+    def close(self, table: BlockTable) -> None:
+        """Unpin the table's indexed blocks and free its private ones. Idempotent."""
+        with self._lock:
+            if table.pin is not None:
+                self.tenants.index(tenant_of(table.namespace)).unpin(table.pin)
+            self.pool.free(table.private)
+            self._reserved -= len(table.private)
+            table.pin, table.blocks, table.private, table.indexed = None, [], set(), 0
+
+    def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
+        """Tokens of ``tokens`` cached now (records nothing, pins nothing)."""
+        buf = as_token_bytes(tokens)
+        with self._lock:
+            return self.tenants.index(tenant_of(namespace)).peek(buf, namespace).num_tokens
+
+    def available_blocks(self) -> int:
+        """Blocks a new sequence could get now: free plus evictable (unpinned) ones."""
+        with self._lock:
+            return self.pool.num_free + sum(i.evictable_blocks for _, i in self.tenants)
 
     def _reserve(self, count: int, tenant: Hashable) -> list[int]:
         """Take ``count`` free blocks, evicting what ``tenant`` may evict; fewer if the rest

@@ -6,6 +6,9 @@ from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from prefixkv.cache.lease import Lease
+from prefixkv.cache.pool import BlockPool
+from prefixkv.cache.table import BlockTable
+from prefixkv.tokens import TokenBytes
 
 
 class CacheStats(NamedTuple):
@@ -77,4 +80,41 @@ class PrefixCache(Protocol):
 
     def check_invariants(self) -> None:
         """Raise AssertionError naming the first broken invariant."""
+        ...
+
+
+class BlockStore(PrefixCache, Protocol):
+    """A prefix cache whose pool also holds running sequences' KV (what a batching engine
+    needs). PrefixKVCache shares matched blocks and indexes new ones as they fill;
+    NullCache (with a capacity) gives private blocks only. See :mod:`prefixkv.cache.table`."""
+
+    @property
+    def pool(self) -> BlockPool | None:
+        """The tensors KV is read from and written to: ``data`` is ``[layers, 2, kv_heads,
+        blocks, block_size, head_dim]`` (None: no pool, so no running sequences)."""
+        ...
+
+    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """A table over the longest cached prefix of ``tokens`` (pinned until ``close``).
+        Counts one lookup. Raises TypeError/ValueError on malformed tokens."""
+        ...
+
+    def grow(self, table: BlockTable, num_tokens: int) -> bool:
+        """Room for ``num_tokens`` tokens in all, or False and nothing allocated."""
+        ...
+
+    def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
+        """Index the table's full blocks of ``tokens`` not indexed yet; return how many."""
+        ...
+
+    def close(self, table: BlockTable) -> None:
+        """Unpin and free what the table holds. Idempotent."""
+        ...
+
+    def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
+        """Tokens of ``tokens`` cached now; records and pins nothing."""
+        ...
+
+    def available_blocks(self) -> int:
+        """Free plus evictable blocks: what a new sequence could get now."""
         ...

@@ -59,7 +59,7 @@ class Engine:
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         self.vocab_size = int(config.vocab_size)
         self.device = next(model.parameters()).device
-        self._model_lock = threading.Lock()
+        self.model_lock = threading.Lock()
         self._workspaces = WorkspacePool(
             layout_of(config, next(model.parameters()).dtype), self.device
         )
@@ -208,7 +208,7 @@ class Engine:
         The one place the model runs; model calls are serialized across threads."""
         input_ids = ids.to(self.device)[None]
         positions = torch.arange(position, position + len(ids), device=self.device)[None]
-        with self._model_lock, torch.inference_mode():
+        with self.model_lock, torch.inference_mode():
             out = self.model(
                 input_ids=input_ids,
                 position_ids=positions,

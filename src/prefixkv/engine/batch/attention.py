@@ -1,0 +1,239 @@
+"""Attention over KV blocks in the pool, through transformers' ``AttentionInterface``.
+
+A step feeds the model one packed row of tokens (``[1, T]``): every running sequence's next
+token and chunks of prompts being prefilled. Llama-style attention modules project and rotate
+them as usual, then call ``past_key_values.update`` (:class:`PagedKV` writes each token's
+keys and values into its pool slot) and the registered attention function
+(:func:`paged_attention`), which attends each sequence's queries to its own context where it
+lies in the pool. Nothing is gathered into a per-request buffer for decoding; the cost of a
+sequence grows with its own context, never with the batch's total squared.
+
+Pool layer layout, flattened: ``[kv_heads, blocks * block_size, head_dim]``, so a run of
+consecutive block ids is one contiguous token range: a zero-copy view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache
+
+from prefixkv.engine.kvbridge import UnsupportedModelError
+from prefixkv.engine.kvbridge import layout_of as layout_of_config
+
+NAME = "prefixkv_paged"
+
+
+@dataclass(frozen=True)
+class SeqSpan:
+    """One sequence's share of a step.
+
+    ``queries``: its rows of the packed batch (``start``, ``count``); its context after
+    this step is ``context`` tokens, held in ``runs`` (``(first_slot, num_slots)`` ranges of
+    the flat pool layer, in token order, covering exactly ``context`` tokens). The queries
+    are the last ``count`` of those tokens."""
+
+    start: int
+    count: int
+    context: int
+    runs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class StepLayout:
+    """Where one step's tokens go and whom they attend to."""
+
+    slots: torch.Tensor
+    """``[T]`` int64: the flat pool slot each packed token's KV is written to."""
+    spans: tuple[SeqSpan, ...]
+
+
+class PagedKV(Cache):
+    """A transformers Cache whose ``update`` writes a step's new keys/values into their pool
+    slots and returns the whole pool layer (``[kv_heads, slots, head_dim]`` views), which
+    :func:`paged_attention` reads through the step's spans. ``data``: the pool tensor
+    ``[layers, 2, kv_heads, blocks, block_size, head_dim]``."""
+
+    def __init__(self, data: torch.Tensor, layout: StepLayout) -> None:
+        super().__init__(layers=[])
+        layers, _, heads, blocks, size, dim = data.shape
+        # [layers, 2, kv_heads, blocks * block_size, head_dim]: views, no copy
+        self._flat = data.view(layers, 2, heads, blocks * size, dim)
+        self._layout = layout
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``key_states``/``value_states``: ``[1, kv_heads, T, head_dim]`` for the packed row."""
+        keys, values = self._flat[layer_idx, 0], self._flat[layer_idx, 1]
+        keys.index_copy_(1, self._layout.slots, key_states[0])
+        values.index_copy_(1, self._layout.slots, value_states[0])
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0  # positions are always passed explicitly
+
+    def __len__(self) -> int:
+        return int(self._flat.shape[0])
+
+
+def paged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    scaling: float | None = None,
+    step: StepLayout | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """``query``: ``[1, heads, T, dim]``; ``key``/``value``: a pool layer from PagedKV.
+    Returns ``[1, T, heads, dim]`` like transformers' own attention functions."""
+    if step is None:
+        raise RuntimeError(
+            f"the {NAME!r} attention runs only inside prefixkv's batch runner (no step given)"
+        )
+    heads, dim = query.shape[1], query.shape[3]
+    groups = heads // key.shape[0]
+    out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
+    for span in step.spans:
+        q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
+        attended = attend(q, key, value, span, groups, scaling)  # [heads, n, dim]
+        out[span.start : span.start + span.count] = attended.transpose(0, 1)
+    return out[None], None
+
+
+def attend(
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    span: SeqSpan,
+    groups: int,
+    scale: float | None,
+) -> torch.Tensor:
+    """One sequence: ``q`` ``[heads, n, dim]`` over its runs of ``keys``/``values``
+    (``[kv_heads, slots, dim]``); returns ``[heads, n, dim]``.
+
+    Decoding (n = 1) reads each run in place; more than one run is merged through the
+    runs' log-sum-exps. A prefill chunk (n > 1) joins its runs (the chunk's compute dwarfs
+    that copy) and applies the causal mask at its offset."""
+    kv_heads, n, dim = keys.shape[0], q.shape[1], q.shape[2]
+    # Grouped-query attention: the heads sharing kv head h are rows of one packed query.
+    packed = q.reshape(kv_heads, groups * n, dim)[None]  # [1, kv_heads, groups * n, dim]
+    views = [(keys[:, a : a + c][None], values[:, a : a + c][None]) for a, c in span.runs]
+    if n == 1 and len(views) == 1:
+        k, v = views[0]
+        result = F.scaled_dot_product_attention(packed, k, v, scale=scale)
+    elif n == 1 and packed.device.type == "cpu":
+        result = _merge_runs(packed, views, scale)
+    else:
+        k = torch.cat([k for k, _ in views], dim=2) if len(views) > 1 else views[0][0]
+        v = torch.cat([v for _, v in views], dim=2) if len(views) > 1 else views[0][1]
+        mask = _causal_tail(n, span.context, groups, q.device) if n > 1 else None
+        result = F.scaled_dot_product_attention(packed, k, v, attn_mask=mask, scale=scale)
+    return result[0].reshape(kv_heads * groups, n, dim)
+
+
+def _merge_runs(
+    packed: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]], scale: float | None
+) -> torch.Tensor:
+    """Attention of one query row over several runs: each run's output weighted by the
+    softmax of the runs' log-sum-exps (exactly the softmax over their union)."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    outs, lses = zip(*(flash(packed, k, v, scale=scale) for k, v in views), strict=True)
+    weights = torch.softmax(torch.stack(lses), dim=0)  # [runs, 1, kv_heads, rows]
+    merged: torch.Tensor = (torch.stack(outs) * weights[..., None]).sum(0)
+    return merged.to(packed.dtype)
+
+
+def _causal_tail(n: int, context: int, groups: int, device: torch.device) -> torch.Tensor:
+    """``[groups * n, context]`` bool: query i (the (context - n + i)-th token) sees keys
+    up to itself. Rows repeat per group (the packed query layout)."""
+    rows = torch.arange(context - n, context, device=device)[:, None]
+    mask = torch.arange(context, device=device)[None, :] <= rows  # [n, context]
+    return mask.repeat(groups, 1)
+
+
+@contextlib.contextmanager
+def active(model: Any) -> Iterator[None]:
+    """Run ``model`` with paged attention inside the block (call under the engine's model
+    lock: the setting is the model's, shared by every caller)."""
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def check_supported(model: Any) -> None:
+    """Raise UnsupportedModelError unless paged attention reproduces the model's own logits
+    on a 3-token probe, with every layer's attention going through it (the model calls
+    ``AttentionInterface`` and ``Cache.update`` like Llama does)."""
+    config = model.config
+    layers = int(config.num_hidden_layers)
+    lay = layout_of_config(config, next(model.parameters()).dtype)
+    device = next(model.parameters()).device
+    # [layers, 2, kv_heads, 1 block, 4 tokens, head_dim]
+    data = torch.zeros(
+        layers, 2, lay.num_kv_heads, 1, 4, lay.head_dim, dtype=lay.dtype, device=device
+    )
+    step = StepLayout(torch.arange(3, device=device), (SeqSpan(0, 3, 3, ((0, 3),)),))
+    ids = torch.tensor([[1, 2, 3]], device=device) % int(config.vocab_size)
+    calls = _CallCount()
+    try:
+        with torch.inference_mode():
+            expected = model(input_ids=ids, use_cache=False).logits
+            with active(model), calls.watch():
+                got = model(
+                    input_ids=ids,
+                    position_ids=torch.arange(3, device=device)[None],
+                    past_key_values=PagedKV(data, step),
+                    use_cache=True,
+                    step=step,
+                ).logits
+    except Exception as exc:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} does not run with prefixkv's paged attention ({exc})"
+        ) from exc
+    if calls.count != layers or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} does not run with prefixkv's paged attention: "
+            f"{calls.count} of {layers} layers called it, max logit difference "
+            f"{(got - expected).abs().max().item():.3g}"
+        )
+
+
+class _CallCount:
+    """Counts calls of the paged attention function while watching."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        def counted(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
+            self.count += 1
+            return paged_attention(*args, **kwargs)
+
+        AttentionInterface.register(NAME, counted)
+        try:
+            yield
+        finally:
+            AttentionInterface.register(NAME, paged_attention)
+
+
+AttentionInterface.register(NAME, paged_attention)

@@ -1,0 +1,84 @@
+"""A step's plan: which tokens of which sequences one forward pass feeds (pure, no model).
+
+Every running sequence that has decoded gets its one token first, so no decode waits behind a
+prefill; prompts being prefilled then share the rest of the ``max_batch_tokens`` budget in
+admission order, each a chunk of at most what is left (chunked prefill). The layout maps each
+fed token to its pool slot and each sequence to the runs of consecutive blocks holding its
+context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from prefixkv.engine.batch.attention import SeqSpan, StepLayout
+from prefixkv.engine.batch.sequence import Sequence
+
+
+class Feed(NamedTuple):
+    """``tokens`` tokens of ``seq`` from its ``computed``-th."""
+
+    seq: Sequence
+    tokens: int
+
+
+def plan_step(running: Seq[Sequence], max_batch_tokens: int) -> list[Feed]:
+    """Decode tokens first (one per sequence that has all its prompt computed), then prefill
+    chunks in ``running`` order while budget remains. Every sequence with a decode token is
+    fed whatever the budget (a budget below the running count would starve them)."""
+    feeds = [Feed(s, 1) for s in running if s.pending == 1]
+    budget = max_batch_tokens - len(feeds)
+    for seq in running:
+        if seq.pending > 1 and budget > 0:
+            count = min(seq.pending, budget)
+            feeds.append(Feed(seq, count))
+            budget -= count
+    return feeds
+
+
+def runs_of(blocks: Seq[int], context: int, block_size: int) -> tuple[tuple[int, int], ...]:
+    """The first ``context`` tokens of a block table as ``(first_slot, num_slots)`` ranges of
+    the flat pool, merging consecutive block ids."""
+    runs: list[list[int]] = []
+    remaining = context
+    for block in blocks[: -(-context // block_size)]:
+        take = min(block_size, remaining)
+        if runs and runs[-1][0] + runs[-1][1] == block * block_size:
+            runs[-1][1] += take
+        else:
+            runs.append([block * block_size, take])
+        remaining -= take
+    return tuple((a, c) for a, c in runs)
+
+
+def layout_of(feeds: Seq[Feed], block_size: int, device: torch.device) -> StepLayout:
+    """Slots and spans for ``feeds`` (tables already grown to hold every fed token)."""
+    slots: list[np.ndarray] = []
+    spans = []
+    start = 0
+    for seq, count in feeds:
+        assert seq.table is not None
+        positions = np.arange(seq.computed, seq.computed + count)
+        table = np.asarray(seq.table.blocks, dtype=np.int64)
+        slots.append(table[positions // block_size] * block_size + positions % block_size)
+        context = seq.computed + count
+        spans.append(SeqSpan(start, count, context, runs_of(seq.table.blocks, context, block_size)))
+        start += count
+    flat = torch.from_numpy(np.concatenate(slots)).to(device)
+    return StepLayout(flat, tuple(spans))
+
+
+def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``position_ids``, each ``[1, T]`` int64."""
+    ids = np.concatenate(
+        [np.frombuffer(s.tokens, dtype=np.uint32)[s.computed : s.computed + n] for s, n in feeds]
+    ).astype(np.int64)
+    positions = np.concatenate([np.arange(s.computed, s.computed + n) for s, n in feeds])
+    return (
+        torch.from_numpy(ids)[None].to(device),
+        torch.from_numpy(positions.astype(np.int64))[None].to(device),
+    )

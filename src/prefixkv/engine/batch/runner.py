@@ -1,0 +1,309 @@
+"""BatchRunner: continuous batching over the pool (one thread, one forward pass per step).
+
+Requests join the running batch between steps and leave it as they finish or are cancelled.
+Each step (see :mod:`.plan`) feeds one token of every decoding sequence plus prefill chunks
+under ``max_batch_tokens``; KV is written to and read from the pool in place (see
+:mod:`.attention`); every block a sequence fills is indexed at once, so a request arriving
+meanwhile with the same prefix reuses it. When the pool cannot supply a block, the most
+recently admitted sequence is preempted: its table closes (full blocks stay indexed), and it
+resumes later from its cached prefix with its sampler and text intact. Nothing is lost and no
+request sees an out-of-memory error.
+
+Thread-safety: ``submit``, ``drain``, ``cancel_running``, ``stop`` and the read-only counters
+may be called from any thread; everything else runs on the runner thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prefixkv.cache.protocol import BlockStore
+from prefixkv.engine.batch import attention
+from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step
+from prefixkv.engine.batch.policy import FCFS, AdmissionPolicy
+from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
+from prefixkv.engine.request import InvalidRequestError, Request
+from prefixkv.tokens import token_count
+
+log = logging.getLogger("prefixkv.engine")
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    """``max_running`` sequences at once; ``max_batch_tokens`` tokens per forward pass."""
+
+    max_running: int = 16
+    max_batch_tokens: int = 512
+    policy: AdmissionPolicy = FCFS
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "max_batch_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one step did (for metrics)."""
+
+    sequences: int
+    tokens: int
+    sampled: int
+    """Tokens generated (one per sequence that reached its last known token)."""
+    seconds: float
+    running: int
+    waiting: int
+    preempted: int
+
+
+class BatchRunner:
+    """Serves Requests from many callers together on one engine's model and block store."""
+
+    def __init__(
+        self,
+        engine: Any,
+        limits: BatchLimits = BatchLimits(),
+        on_step: Callable[[StepReport], None] = lambda report: None,
+    ) -> None:
+        store: BlockStore = engine.cache
+        if getattr(store, "pool", None) is None:
+            raise TypeError(
+                "the batch runner needs a cache with a KV pool (PrefixKVCache, or "
+                "NullCache with capacity_bytes)"
+            )
+        attention.check_supported(engine.model)
+        self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
+        self.block_size: int = store.block_size
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._running: list[Sequence] = []
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.preemptions = 0
+        self.steps = 0
+
+    # --- any thread ---------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def submit(self, request: Request, sink: Sink) -> None:
+        """Queue ``request``; results go to ``sink``. Raises InvalidRequestError when the
+        pool could never hold it, RequestCancelled when the runner stopped accepting."""
+        need = -(-(token_count(request.ids) + request.max_tokens) // self.block_size)
+        pool = self.store.pool
+        assert pool is not None
+        if need > pool.num_blocks:
+            raise InvalidRequestError(
+                f"the prompt plus max_tokens needs {need} KV blocks; the pool holds "
+                f"{pool.num_blocks} (raise --cache-bytes or lower max_tokens)",
+                "max_tokens",
+                "context_length_exceeded",
+            )
+        seq = Sequence.create(request, sink, self.engine.tokenizer, self.engine.eos_ids)
+        with self._cond:
+            if not self._accepting:
+                raise RequestCancelled("the server is shutting down")
+            self._waiting.append(seq)
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="prefixkv-batch", daemon=True)
+        self._thread.start()
+
+    def drain(self) -> None:
+        """Stop accepting; every waiting request is finished as skipped at once."""
+        with self._cond:
+            self._accepting = False
+            drained = list(self._waiting)
+            self._waiting.clear()
+        for seq in drained:
+            self._end(seq, "skipped", RequestCancelled("the server is shutting down"))
+
+    def cancel_running(self) -> None:
+        """Running sequences stop at the next step (their sinks report cancelled)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._running or self._waiting:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        thread, self._thread = self._thread, None
+        self.drain()
+        self.cancel_running()
+        if thread is not None:
+            thread.join(timeout)
+
+    # --- the runner thread ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._running and not self._waiting and self._accepting:
+                    self._cond.wait()
+                if not self._accepting and not self._running and not self._waiting:
+                    return
+            try:
+                self.step()
+            except Exception as exc:  # the model failed: fail the step's sequences, go on
+                log.exception("batch step failed")
+                for seq in list(self._running):
+                    self._end(seq, "failed", exc)
+
+    def step(self) -> StepReport | None:
+        """One step: drop cancelled sequences, admit, feed, sample. None when idle."""
+        self._drop_cancelled()
+        self._admit()
+        feeds, preempted = self._allocate(plan_step(self._running, self.limits.max_batch_tokens))
+        if not feeds:
+            return None
+        start = time.perf_counter()
+        logits = self._forward(feeds)
+        self._advance(feeds, logits)
+        self.steps += 1
+        report = StepReport(
+            len(feeds),
+            sum(f.tokens for f in feeds),
+            int(logits.shape[0]),
+            time.perf_counter() - start,
+            len(self._running),
+            len(self._waiting),
+            preempted,
+        )
+        self.on_step(report)
+        return report
+
+    def _drop_cancelled(self) -> None:
+        stopping = self._stopping
+        for seq in [s for s in self._running if stopping or s.sink.cancelled]:
+            self._end(seq, "stopped", RequestCancelled("the request was cancelled"))
+        with self._cond:
+            gone = [s for s in self._waiting if s.sink.cancelled]
+            for seq in gone:
+                self._waiting.remove(seq)
+        for seq in gone:
+            self._end(seq, "skipped", RequestCancelled("the request was cancelled while queued"))
+
+    def _admit(self) -> None:
+        """Open tables for waiting sequences while the limits and the pool allow."""
+        while len(self._running) < self.limits.max_running:
+            with self._cond:
+                if not self._waiting:
+                    return
+                seq = self.limits.policy.next(self._waiting, self.store)
+            table = self.store.open(seq.lookup_bytes(), seq.request.namespace)
+            if not self.store.grow(table, len(seq.tokens)) and self._running:
+                self.store.close(table)
+                with self._cond:
+                    self._waiting.appendleft(seq)
+                return
+            seq.table, seq.computed = table, table.cached_tokens
+            if seq.cached_tokens < 0:
+                seq.cached_tokens = table.cached_tokens
+            self._running.append(seq)
+
+    def _allocate(self, feeds: list[Feed]) -> tuple[list[Feed], int]:
+        """Grow every fed sequence's table; preempt the newest sequences where the pool runs
+        out. Returns the feeds still valid and how many sequences were preempted."""
+        kept: list[Feed] = []
+        preempted = 0
+        for feed in feeds:
+            seq = feed.seq
+            while seq in self._running and seq.table is not None:
+                if self.store.grow(seq.table, seq.computed + feed.tokens):
+                    kept.append(feed)
+                    break
+                victim = self._running[-1]
+                if victim is seq and len(self._running) == 1:
+                    error = MemoryError("the KV pool cannot hold this request even alone")
+                    self._end(seq, "failed", error)
+                    break
+                self._preempt(victim)
+                preempted += 1
+        alive = {id(s) for s in self._running}
+        return [f for f in kept if id(f.seq) in alive], preempted
+
+    def _preempt(self, seq: Sequence) -> None:
+        assert seq.table is not None
+        self.store.commit(seq.table, seq.fed_bytes())
+        self.store.close(seq.table)
+        seq.table, seq.computed = None, 0
+        self._running.remove(seq)
+        self.preemptions += 1
+        with self._cond:
+            self._waiting.appendleft(seq)
+
+    def _forward(self, feeds: list[Feed]) -> torch.Tensor:
+        """One model pass over every feed; ``[sampled feeds, vocab]`` float logits for the
+        feeds that reach their sequence's last known token."""
+        device = self.engine.device
+        input_ids, positions = input_of(feeds, device)
+        layout = layout_of(feeds, self.block_size, device)
+        rows, end = [], 0
+        for seq, count in feeds:
+            end += count
+            if count == seq.pending:
+                rows.append(end - 1)
+        pool = self.store.pool
+        assert pool is not None
+        kv = attention.PagedKV(pool.data, layout)
+        keep = torch.tensor(rows, dtype=torch.long, device=device)
+        with self.engine.model_lock, torch.inference_mode(), attention.active(self.engine.model):
+            out = self.engine.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                past_key_values=kv,
+                use_cache=True,
+                logits_to_keep=keep,
+                step=layout,
+            )
+        logits: torch.Tensor = out.logits[0].float()
+        return logits
+
+    def _advance(self, feeds: list[Feed], logits: torch.Tensor) -> None:
+        row = 0
+        for seq, count in feeds:
+            sample = count == seq.pending
+            seq.computed += count
+            assert seq.table is not None
+            if seq.computed // self.block_size > seq.table.indexed:
+                self.store.commit(seq.table, seq.fed_bytes())
+            if not sample:
+                continue
+            delta = seq.accept(logits[row])
+            row += 1
+            if delta:
+                seq.sink.deliver(delta)
+            if seq.done:
+                seq.sink.deliver(seq.completion())
+                self._end(seq, "completed")
+
+    def _end(self, seq: Sequence, outcome: Any, error: BaseException | None = None) -> None:
+        if seq.table is not None:
+            self.store.close(seq.table)
+            seq.table = None
+        if seq in self._running:
+            self._running.remove(seq)
+        seq.sink.finish(outcome, error)
