@@ -48,16 +48,20 @@ class BlockPool:
         return self.data.numel() * self.data.element_size()
 
     def allocate(self, count: int) -> list[int]:
-        """Take up to ``count`` free blocks (fewer if the pool runs out). O(count)."""
+        """Take up to ``count`` free blocks (fewer if the pool runs out), in ascending order
+        when the free list allows: consecutive ids are one contiguous run of KV, which
+        attention reads in place as a single view. O(count)."""
         taken = self._free[len(self._free) - min(count, len(self._free)) :]
         del self._free[len(self._free) - len(taken) :]
+        taken.reverse()
         for block in taken:
             self._is_free[block] = 0
         return taken
 
     def free(self, blocks: Iterable[int]) -> None:
-        """Return blocks to the free list. Raises ValueError on a double free."""
-        for block in blocks:
+        """Return blocks to the free list (highest id first, so that allocating them again
+        yields ascending runs). Raises ValueError on a double free."""
+        for block in sorted(blocks, reverse=True):
             if self._is_free[block]:
                 raise ValueError(f"block {block} freed twice")
             self._is_free[block] = 1

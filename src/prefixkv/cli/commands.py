@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefixkv.cli.options import (
     EnvText,
@@ -33,9 +33,14 @@ BENCHES = {
     "index": ("prefixkv.bench.index_ops", "prefix index operations (lookup, insert, evict)"),
     "ttft": ("prefixkv.bench.ttft", "time to first token with and without the prefix cache"),
     "serve": ("prefixkv.bench.serve_load", "concurrent clients against the HTTP server"),
+    "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
-_BENCH_EXTRAS = {"ttft": ("hf", "bench"), "serve": ("server", "bench")}
+_BENCH_EXTRAS = {
+    "ttft": ("hf", "bench"),
+    "serve": ("server", "bench"),
+    "attention": ("hf", "bench"),
+}
 
 
 class CommandError(Exception):
@@ -54,6 +59,33 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "which cached blocks go first when the cache is full",
         type=one_of(["lru", "lfu"]),
         default="lru",
+    )
+
+
+def _batch_options(p: argparse.ArgumentParser) -> None:
+    add_option(
+        p,
+        "--backend",
+        "batch: continuous batching (many requests per forward pass); serial: one at a time",
+        type=one_of(["batch", "serial"]),
+        default="batch",
+    )
+    add_option(
+        p, "--max-running", "most requests generating at once", type=positive_int, default="16"
+    )
+    add_option(
+        p,
+        "--max-batch-tokens",
+        "most tokens per forward pass (longer prompts are prefilled in chunks)",
+        type=positive_int,
+        default="512",
+    )
+    add_option(
+        p,
+        "--schedule-policy",
+        "which waiting request starts next: fcfs (arrival order) or lpm (longest cached prefix)",
+        type=one_of(["fcfs", "lpm"]),
+        default="fcfs",
     )
 
 
@@ -120,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "most connections served at once, more get 503 (default: 90%% of the open-file limit)",
         type=positive_int,
     )
+    _batch_options(serve)
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
     serve.set_defaults(run=_serve)
@@ -179,8 +212,30 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
     if args.no_prefix_cache:
-        engine = engine.with_cache(NullCache(engine.layout, args.block_size))
+        # A pool of the same size still holds running requests' KV when batching.
+        capacity = args.cache_bytes if getattr(args, "backend", "serial") == "batch" else 0
+        engine = engine.with_cache(
+            NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
+        )
     return engine
+
+
+def make_backend(args: argparse.Namespace, engine: Engine) -> Any:
+    """The server backend the options ask for: the batch runner, or the serial worker (also
+    the fallback, with a warning, for a model the batch runner cannot run)."""
+    from prefixkv.engine.batch.policy import POLICIES
+    from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
+    from prefixkv.engine.kvbridge import UnsupportedModelError
+    from prefixkv.server.backends import BatchBackend, SerialBackend
+
+    if args.backend == "serial":
+        return SerialBackend(engine)
+    limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
+    try:
+        return BatchBackend(BatchRunner(engine, limits))
+    except UnsupportedModelError as exc:
+        print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
+        return SerialBackend(engine)
 
 
 def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
@@ -219,10 +274,10 @@ def _serve(args: argparse.Namespace) -> int:
     cache = "off" if args.no_prefix_cache else f"{args.cache_bytes / (1 << 30):.2f} GiB"
     print(
         f"prefixkv: serving {engine.name} at http://{args.host}:{args.port}/v1 "
-        f"(prefix cache {cache}, blocks of {args.block_size} tokens)",
+        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})",
         flush=True,
     )
-    app = create_app(engine, settings)
+    app = create_app(engine, settings, make_backend(args, engine))
     return serve(
         app,
         args.host,
@@ -232,6 +287,15 @@ def _serve(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         max_connections=args.max_connections,
         on_stop=lambda grace: begin_shutdown(app, grace),
+    )
+
+
+def _batching(args: argparse.Namespace) -> str:
+    if args.backend == "serial":
+        return "one request at a time"
+    return (
+        f"batching up to {args.max_running} requests, {args.max_batch_tokens} tokens per step, "
+        f"{args.schedule_policy}"
     )
 
 

@@ -8,7 +8,7 @@ Importing this module loads no model library.
 from __future__ import annotations
 
 from collections.abc import Generator, Hashable
-from typing import Protocol
+from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import PrefixCache
 from prefixkv.engine.prompts import Prompt
@@ -46,4 +46,31 @@ class EngineRole(Protocol):
     def run(self, request: Request) -> Generator[str | Completion, None, None]:
         """Text deltas, then the Completion. Closing the generator early stops the
         generation and releases everything it pinned. Runs the model: call it on a worker."""
+        ...
+
+
+Outcome = Literal["pending", "completed", "failed", "skipped", "stopped"]
+"""How a request ended. ``skipped``: cancelled while waiting; ``stopped``: cancelled while
+generating."""
+
+
+class RequestCancelled(Exception):
+    """The request was cancelled before it finished (client gone, or the server stopping)."""
+
+
+class Sink(Protocol):
+    """Where a request's results go when an engine runs it in the background (the batch
+    runner). Called from the engine's thread; must not block."""
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the consumer gave up: the request stops at the engine's next step."""
+        ...
+
+    def deliver(self, item: str | Completion) -> None:
+        """One text delta, or the final Completion."""
+        ...
+
+    def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        """The end, whatever it was; ``error`` is passed on to the consumer when given."""
         ...

@@ -23,12 +23,13 @@ from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole
 from prefixkv.server.auth import Authenticator, Caller, require_admin
+from prefixkv.server.backends import BatchBackend, SerialBackend
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
 from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics
-from prefixkv.server.scheduler import Scheduler
+from prefixkv.server.scheduler import Backend, Scheduler
 from prefixkv.server.settings import ServerSettings
 
 log = logging.getLogger("prefixkv.server")
@@ -49,10 +50,16 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
-    def build(cls, engine: EngineRole, settings: ServerSettings) -> ServerState:
-        scheduler = Scheduler(engine, settings.max_queue)
-        metrics = ServerMetrics(engine.cache.stats, lambda: scheduler.pending)
+    def build(
+        cls, engine: EngineRole, settings: ServerSettings, backend: Backend | None = None
+    ) -> ServerState:
+        scheduler = Scheduler(backend or SerialBackend(engine), settings.max_queue)
+        metrics = ServerMetrics(
+            engine.cache.stats, lambda: scheduler.pending, lambda: scheduler.backend.running
+        )
         scheduler.on_finish = metrics.observe_job
+        if isinstance(backend, BatchBackend):
+            backend.runner.on_step = metrics.observe_step
         generation = Generation(engine, scheduler, settings)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
         return cls(engine, settings, scheduler, metrics, generation, auth)
@@ -67,10 +74,13 @@ class ServerState:
         }
 
 
-def create_app(engine: EngineRole, settings: ServerSettings) -> FastAPI:
-    """An OpenAI-compatible app serving ``engine``. The worker thread starts and stops with
-    the app's lifespan (uvicorn runs it; so does ``TestClient`` used as a context manager)."""
-    state = ServerState.build(engine, settings)
+def create_app(
+    engine: EngineRole, settings: ServerSettings, backend: Backend | None = None
+) -> FastAPI:
+    """An OpenAI-compatible app serving ``engine`` through ``backend`` (default: one request
+    at a time, :class:`SerialBackend`). The backend's threads start and stop with the app's
+    lifespan (uvicorn runs it; so does ``TestClient`` used as a context manager)."""
+    state = ServerState.build(engine, settings, backend)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )

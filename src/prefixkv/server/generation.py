@@ -25,13 +25,13 @@ from starlette.responses import Response
 
 from prefixkv.cache.tenants import Namespace
 from prefixkv.engine.request import Completion, Request
-from prefixkv.engine.role import EngineRole
+from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.server import responses
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
-from prefixkv.server.scheduler import Job, JobCancelled, QueueFullError, Scheduler
+from prefixkv.server.scheduler import Job, QueueFullError, Scheduler
 from prefixkv.server.settings import ServerSettings
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -75,7 +75,7 @@ class Generation:
                 slot.submit(job)
         except QueueFullError as exc:
             raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
-        except JobCancelled as exc:
+        except RequestCancelled as exc:
             raise APIError(503, str(exc), code="shutting_down") from exc
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         if parsed.stream:
@@ -104,7 +104,7 @@ async def _complete(http: HTTPRequest, job: Job) -> Completion:
     watcher = asyncio.create_task(_cancel_on_disconnect(http, job))
     try:
         return await job.result()
-    except JobCancelled as exc:
+    except RequestCancelled as exc:
         raise APIError(503, str(exc), code="cancelled") from exc
     finally:
         job.cancel()  # a no-op once the job is done; stops it if this handler is cancelled
@@ -140,7 +140,7 @@ async def _sse(
             if include_usage:
                 yield responses.sse(responses.chunk(shape, meta, [], responses.usage(item)))
         yield responses.sse("[DONE]")
-    except JobCancelled as exc:
+    except RequestCancelled as exc:
         yield responses.sse(error_body(503, str(exc), code="cancelled"))
         yield responses.sse("[DONE]")
     except Exception:

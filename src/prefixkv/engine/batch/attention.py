@@ -126,8 +126,8 @@ def attend(
     """One sequence: ``q`` ``[heads, n, dim]`` over its runs of ``keys``/``values``
     (``[kv_heads, slots, dim]``); returns ``[heads, n, dim]``.
 
-    Decoding (n = 1) reads each run in place; more than one run is merged through the
-    runs' log-sum-exps. A prefill chunk (n > 1) joins its runs (the chunk's compute dwarfs
+    Decoding (n = 1) reads each run in place (several runs share one softmax over their
+    joined scores). A prefill chunk (n > 1) joins its runs (the chunk's compute dwarfs
     that copy) and applies the causal mask at its offset."""
     kv_heads, n, dim = keys.shape[0], q.shape[1], q.shape[2]
     # Grouped-query attention: the heads sharing kv head h are rows of one packed query.
@@ -136,7 +136,7 @@ def attend(
     if n == 1 and len(views) == 1:
         k, v = views[0]
         result = F.scaled_dot_product_attention(packed, k, v, scale=scale)
-    elif n == 1 and packed.device.type == "cpu":
+    elif n == 1:
         result = _merge_runs(packed, views, scale)
     else:
         k = torch.cat([k for k, _ in views], dim=2) if len(views) > 1 else views[0][0]
@@ -149,13 +149,20 @@ def attend(
 def _merge_runs(
     packed: torch.Tensor, views: list[tuple[torch.Tensor, torch.Tensor]], scale: float | None
 ) -> torch.Tensor:
-    """Attention of one query row over several runs: each run's output weighted by the
-    softmax of the runs' log-sum-exps (exactly the softmax over their union)."""
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    outs, lses = zip(*(flash(packed, k, v, scale=scale) for k, v in views), strict=True)
-    weights = torch.softmax(torch.stack(lses), dim=0)  # [runs, 1, kv_heads, rows]
-    merged: torch.Tensor = (torch.stack(outs) * weights[..., None]).sum(0)
-    return merged.to(packed.dtype)
+    """Attention of one query row over several runs, reading each in place: the scores of
+    all runs (``[1, kv_heads, groups, context]``, small) are joined for one softmax, then
+    each run's values are weighted by their share. No KV is copied."""
+    q = packed * (packed.shape[-1] ** -0.5 if scale is None else scale)
+    scores = torch.cat([torch.matmul(q, k.transpose(-1, -2)) for k, _ in views], dim=-1)
+    weights = torch.softmax(scores, dim=-1)
+    out: torch.Tensor | None = None
+    start = 0
+    for _, v in views:
+        part = weights[..., start : start + v.shape[-2]]
+        out = torch.matmul(part, v) if out is None else torch.baddbmm(out[0], part[0], v[0])[None]
+        start += v.shape[-2]
+    assert out is not None
+    return out
 
 
 def _causal_tail(n: int, context: int, groups: int, device: torch.device) -> torch.Tensor:

@@ -12,39 +12,18 @@ from __future__ import annotations
 import array
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import torch
 
 from prefixkv.cache.table import BlockTable
 from prefixkv.engine.detok import TextStream
 from prefixkv.engine.request import Completion, Request
+from prefixkv.engine.role import Outcome, RequestCancelled, Sink
 from prefixkv.engine.sampling import Sampler
 from prefixkv.tokens import TokenBytes
 
-Outcome = Literal["pending", "completed", "failed", "skipped", "stopped"]
-"""``skipped``: cancelled while waiting; ``stopped``: cancelled while running."""
-
-
-class RequestCancelled(Exception):
-    """The request was cancelled before it finished (client gone, or the server stopping)."""
-
-
-class Sink(Protocol):
-    """Where a sequence's results go. Called from the runner thread; must not block."""
-
-    @property
-    def cancelled(self) -> bool:
-        """True once the consumer gave up: the sequence leaves the batch at the next step."""
-        ...
-
-    def deliver(self, item: str | Completion) -> None:
-        """One text delta, or the final Completion."""
-        ...
-
-    def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
-        """The end, whatever it was; ``error`` is delivered to the consumer when given."""
-        ...
+__all__ = ["Outcome", "RequestCancelled", "Sequence", "Sink"]
 
 
 @dataclass(eq=False)
