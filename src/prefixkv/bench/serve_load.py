@@ -50,7 +50,10 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefixkv bench serve", description=__doc__)
     add_option(p, "--model", "model spec", default="smollm2")
     add_option(
-        p, "--settings", "comma list of settings, or auto: every runnable one", default="auto"
+        p,
+        "--settings",
+        f"comma list of {', '.join(servers.NAMES)}; auto: every one that runs here",
+        default="auto",
     )
     add_option(p, "--clients", "concurrent client counts", type=client_counts, default="1,4,16,64")
     add_option(
@@ -61,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     add_option(
         p,
         "--sentences",
-        "sentences per document (~19 tokens each)",
+        "sentences per document (about 19 SmolLM2 tokens each)",
         type=positive_int,
         default="36",
     )
@@ -83,23 +86,19 @@ def workloads(args: argparse.Namespace) -> dict[int, list[Request]]:
     }
 
 
-def ideal_uncached(folder: Path, work: dict[int, list[Request]]) -> dict[int, int]:
-    """Per client count, the prompt tokens an unbounded exact prefix cache computes."""
+def prompt_ids(folder: Path, work: dict[int, list[Request]]) -> dict[int, list[list[int]]]:
+    """Per client count, every request's prompt as the model's chat template tokenizes it."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    prompts = {
-        c: [
-            list(
-                tokenizer.apply_chat_template(
-                    r.chat(), add_generation_prompt=True, tokenize=True, return_dict=False
-                )
-            )
-            for r in requests
-        ]
-        for c, requests in work.items()
-    }
-    return {c: roofline.distinct_prefix_tokens(p) for c, p in prompts.items()}
+
+    def ids(request: Request) -> list[int]:
+        got: Any = tokenizer.apply_chat_template(
+            request.chat(), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in got]
+
+    return {c: [ids(r) for r in requests] for c, requests in work.items()}
 
 
 def choose(args: argparse.Namespace, table: dict[str, servers.Setting]) -> list[servers.Setting]:
@@ -166,29 +165,25 @@ def make_plan(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def header(args: argparse.Namespace, chosen: list[servers.Setting], sizes: list[int]) -> str:
+    """The run's description line (``sizes``: every prompt's length in tokens)."""
+    return (
+        f"# prefixkv bench serve: {args.model}, clients {args.clients} x "
+        f"{args.requests_per_client} questions about {args.documents} documents, prompts of "
+        f"{min(sizes)}-{max(sizes)} tokens, max_tokens {args.max_tokens}, greedy; "
+        f"settings {', '.join(s.name for s in chosen)}"
+    )
+
+
+def run_all(
+    chosen: list[servers.Setting],
+    plan: servers.Plan,
+    args: argparse.Namespace,
+    work: dict[int, list[Request]],
+) -> tuple[list[Phase], dict[str, Any]]:
+    """Every chosen setting in turn under one progress bar; returns phases and server facts."""
     from tqdm import tqdm
 
-    args = parser().parse_args(argv)
-    work = workloads(args)
-    folder = servers.model_folder(args.model)
-    plan = make_plan(args, folder, work)
-    table = servers.settings_table(plan)
-    chosen = choose(args, table)
-    if not chosen:
-        print("# nothing to run")
-        return 2
-    info = machine_info()
-    rates, size = roofline.measure_machine(), roofline.model_size(folder)
-    uncached = ideal_uncached(folder, work)
-    print(describe(info))
-    print(roofline.describe(rates, size), flush=True)
-    print(
-        f"# prefixkv bench serve: {args.model}, clients {args.clients} x {args.requests_per_client} "
-        f"questions, {args.documents} documents of ~{19 * args.sentences} tokens, max_tokens "
-        f"{args.max_tokens}, greedy; settings {', '.join(s.name for s in chosen)}",
-        flush=True,
-    )
     phases: list[Phase] = []
     facts = {}
     total = len(chosen) * sum(len(r) for r in work.values())
@@ -199,35 +194,56 @@ def main(argv: list[str] | None = None) -> int:
         for setting in chosen:
             got, facts[setting.name] = run_setting(setting, plan, args, work, bar, Path(logs))
             phases += got
-    ref = reference_name(chosen)
-    refs = {p.clients: p for p in phases if p.setting == ref}
-    summaries = [
-        summarize(p, refs[p.clients], table[p.setting], rates, size, uncached[p.clients])
+    return phases, facts
+
+
+def write(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    phases: list[Phase],
+    summaries: list[dict[str, Any]],
+    compared: list[dict[str, Any]],
+) -> None:
+    """The JSON results (``context`` first, every reply last) and the chart."""
+    replies = [
+        {"setting": p.setting, "clients": p.clients, "replies": [asdict(r) for r in p.replies]}
         for p in phases
     ]
-    for s in summaries:
-        print(line(s))
-    compared = comparisons(summaries)
-    for c in compared:
-        print(comparison_line(c))
-    result = {
-        "machine": info,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "model_folder": str(folder),
-        "roofline": {**asdict(rates), **asdict(size)},
-        "reference": ref,
-        "servers": facts,
-        "summaries": summaries,
-        "comparisons": compared,
-        "replies": [
-            {"setting": p.setting, "clients": p.clients, "replies": [asdict(r) for r in p.replies]}
-            for p in phases
-        ],
-    }
+    result = {**context, "summaries": summaries, "comparisons": compared, "replies": replies}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.chart.parent.mkdir(parents=True, exist_ok=True)
     chart(summaries, args.chart)
     print(f"# wrote {args.out} and {args.chart}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every prefixkv setting replied as the reference did."""
+    args = parser().parse_args(argv)
+    work = workloads(args)
+    folder = servers.model_folder(args.model)
+    plan = make_plan(args, folder, work)
+    table = servers.settings_table(plan)
+    chosen = choose(args, table)
+    if not chosen:
+        print("# nothing to run")
+        return 2
+    info, size = machine_info(), roofline.model_size(folder)
+    rates, prompts = roofline.measure_machine(), prompt_ids(folder, work)
+    print(describe(info), roofline.describe(rates, size), sep="\n")
+    print(header(args, chosen, [len(p) for ps in prompts.values() for p in ps]), flush=True)
+    phases, facts = run_all(chosen, plan, args, work)
+    ref = reference_name(chosen)
+    refs = {p.clients: p for p in phases if p.setting == ref}
+    uncached = {c: roofline.distinct_prefix_tokens(p) for c, p in prompts.items()}
+    summaries = [
+        summarize(p, refs[p.clients], table[p.setting], rates, size, uncached[p.clients])
+        for p in phases
+    ]
+    compared = comparisons(summaries)
+    print("\n".join([*map(line, summaries), *map(comparison_line, compared)]))
+    context: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+    context |= {"model_folder": str(folder), "roofline": asdict(rates) | asdict(size)}
+    write(args, context | {"reference": ref, "servers": facts}, phases, summaries, compared)
     exact = all(s["identical"] == s["requests"] for s in summaries if s["kind"] == servers.PREFIXKV)
     return 0 if exact else 1

@@ -25,6 +25,7 @@ import httpx
 
 PREFIXKV = "prefixkv"
 TRANSFORMERS = "transformers"
+NAMES = ("prefixkv-serial", "prefixkv", "prefixkv-nocache", "tf-cb", "tf-cb-matched")
 # transformers serve refuses to start without these (its is_serve_available()).
 _TRANSFORMERS_SERVE_NEEDS = ("fastapi", "uvicorn", "pydantic", "openai")
 
@@ -66,7 +67,7 @@ def matched_blocks(cache_bytes: int, block_size: int, bytes_per_token: int) -> i
 
 
 def settings_table(plan: Plan) -> dict[str, Setting]:
-    """Every setting by name, in the order they run."""
+    """Every setting by name, in the order they run (that of ``NAMES``)."""
     batch = () if plan.max_batch_tokens is None else (str(plan.max_batch_tokens),)
     blocks = matched_blocks(plan.cache_bytes, plan.block_size, plan.kv_bytes_per_token)
     matched = ("--cb-block-size", str(plan.block_size), "--cb-num-blocks", str(blocks))
