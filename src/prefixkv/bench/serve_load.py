@@ -1,12 +1,23 @@
-"""``prefixkv bench serve``: concurrent clients against the HTTP server, with and without the
-prefix cache, side by side in one run.
+"""``prefixkv bench serve``: concurrent streaming clients against real servers, one server at
+a time, on a shared-prefix workload with long documents.
 
-Two servers are started as subprocesses (the same command a user runs, one of them with
-``--no-prefix-cache``), both load while nothing else runs, then each in turn receives the
-same shared-system-prompt chat workload from ``--clients`` concurrent clients using the
-official openai client, streaming. TTFT is the client's time to the first chunk, which the
-server sends with the first token, so it includes the wait in the FIFO queue, as users feel
-it. The token hit rate is cached prompt tokens / prompt tokens, from the responses' usage.
+Settings (``--settings``, see :mod:`prefixkv.bench.servers`): ``prefixkv serve`` with its
+defaults, with ``--max-running 1`` (the serial reference) and with ``--no-prefix-cache``;
+``transformers serve --continuous-batching`` with its defaults and with a cache matched to
+ours (16-token blocks, the same KV bytes, sdpa attention). Each server is started, warmed
+up, driven at every ``--clients`` count and stopped before the next starts: two loaded
+servers on a small machine would disturb each other.
+
+The workload: ``--documents`` documents of about 700 tokens; each client asks
+``--requests-per-client`` questions about one of them; every client count gets fresh
+documents, so a server never finds an earlier count's documents cached. Per (setting,
+clients): req/s, output tokens/s, TTFT and inter-token latency p50/p99 (client side, see
+:mod:`prefixkv.bench.serve_client`), the token hit rate (cached / prompt tokens from usage;
+transformers reports no cached tokens), replies identical to the reference setting's
+(``prefixkv-serial`` when run, else the first prefixkv setting), and the measured time
+against the minimum of :mod:`prefixkv.bench.roofline`, where the uncached prompt tokens are
+those an unbounded exact prefix cache would compute (tokenized with the model's chat
+template) and the output tokens are the ones the setting produced.
 """
 
 from __future__ import annotations
@@ -14,213 +25,225 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import httpx
-import openai
-
-from prefixkv.bench.workloads import Request, chat_workload
-from prefixkv.cli.options import add_option, parse_bytes
-
-SETTINGS = {"prefix cache": [], "no prefix cache": ["--no-prefix-cache"]}
-
-
-@dataclass(frozen=True)
-class Reply:
-    text: str
-    ttft: float
-    latency: float
-    prompt_tokens: int
-    cached_tokens: int
-    completion_tokens: int
+from prefixkv.bench import roofline, servers
+from prefixkv.bench.machine import describe, machine_info
+from prefixkv.bench.serve_client import Phase, drive, warm_up
+from prefixkv.bench.serve_report import chart, comparison_line, comparisons, line, summarize
+from prefixkv.bench.workloads import Request, document_qa_workload
+from prefixkv.cli.options import add_option, parse_bytes, positive_int
 
 
-@dataclass(frozen=True)
-class Phase:
-    """One setting's run: its replies in workload order and the wall time of the run."""
-
-    replies: list[Reply]
-    seconds: float
-
-    def summary(self) -> dict[str, float]:
-        ttfts = sorted(r.ttft for r in self.replies)
-        prompt = sum(r.prompt_tokens for r in self.replies)
-        return {
-            "requests": len(self.replies),
-            "seconds": self.seconds,
-            "requests_per_s": len(self.replies) / self.seconds,
-            "ttft_p50_s": percentile(ttfts, 50),
-            "ttft_p99_s": percentile(ttfts, 99),
-            "token_hit_rate": sum(r.cached_tokens for r in self.replies) / prompt,
-            "output_tokens_per_s": sum(r.completion_tokens for r in self.replies) / self.seconds,
-        }
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between the closest ranks of a sorted, non-empty list."""
-    position = (len(ordered) - 1) * q / 100
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-class ServerUnderTest:
-    """``prefixkv serve`` in a subprocess on a free loopback port, logging to a file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        # Only what we pass: a PREFIXKV_API_KEY of the caller would lock our clients out.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFIXKV_")}
-        if "PREFIXKV_CACHE_DIR" in os.environ:
-            env["PREFIXKV_CACHE_DIR"] = os.environ["PREFIXKV_CACHE_DIR"]
-        command = [sys.executable, "-m", "prefixkv.cli", "serve", "--port", str(self.port)]
-        with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [*command, "--log-level", "warning", *args], stdout=out, stderr=out, env=env
-            )
-
-    def wait_ready(self, timeout: float = 600.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server failed to start:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError(f"server not ready after {timeout} s")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-async def ask(api: openai.AsyncOpenAI, model: str, request: Request, max_tokens: int) -> Reply:
-    messages: Any = request.chat()  # plain dicts; the client's TypedDicts are the same shape
-    start = time.perf_counter()
-    stream = await api.chat.completions.create(
-        model=model,
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=0,
-        stream=True,
-        stream_options={"include_usage": True},
-    )
-    first, parts, usage = 0.0, [], None
-    async for chunk in stream:
-        first = first or time.perf_counter() - start
-        parts += [c.delta.content or "" for c in chunk.choices]
-        usage = chunk.usage or usage
-    if usage is None or usage.prompt_tokens_details is None:
-        raise RuntimeError("the server sent no usage")
-    return Reply(
-        text="".join(parts),
-        ttft=first,
-        latency=time.perf_counter() - start,
-        prompt_tokens=usage.prompt_tokens,
-        cached_tokens=usage.prompt_tokens_details.cached_tokens or 0,
-        completion_tokens=usage.completion_tokens,
-    )
-
-
-async def drive(
-    url: str, model: str, workload: list[Request], clients: int, max_tokens: int
-) -> Phase:
-    """``clients`` concurrent clients; client i sends requests i, i + clients, ... in turn."""
-    replies: dict[int, Reply] = {}
-    async with openai.AsyncOpenAI(
-        base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600.0
-    ) as api:
-        await ask(api, model, Request((("user", "Hello!"),), "warmup"), 1)
-
-        async def client(first: int) -> None:
-            for i in range(first, len(workload), clients):
-                replies[i] = await ask(api, model, workload[i], max_tokens)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(client(c) for c in range(clients)))
-        seconds = time.perf_counter() - start
-    return Phase([replies[i] for i in range(len(workload))], seconds)
+def client_counts(text: str) -> list[int]:
+    """``1,4,16,64`` as a list of positive ints, in the given order, duplicates dropped."""
+    counts = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not counts:
+        raise ValueError(f"no client counts in {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="prefixkv bench serve", description=__doc__)
     add_option(p, "--model", "model spec", default="smollm2")
-    add_option(p, "--clients", "concurrent clients", type=int, default="8")
-    add_option(p, "--requests-per-client", "requests each client sends", type=int, default="2")
-    add_option(p, "--max-tokens", "tokens per reply", type=int, default="16")
-    add_option(p, "--cache-bytes", "prefix cache size", type=parse_bytes, default="256MiB")
-    add_option(p, "--block-size", "tokens per cache block", type=int, default="16")
+    add_option(
+        p,
+        "--settings",
+        f"comma list of {', '.join(servers.NAMES)}; auto: every one that runs here",
+        default="auto",
+    )
+    add_option(p, "--clients", "concurrent client counts", type=client_counts, default="1,4,16,64")
+    add_option(
+        p, "--requests-per-client", "questions each client asks", type=positive_int, default="2"
+    )
+    add_option(p, "--max-tokens", "tokens per reply", type=positive_int, default="32")
+    add_option(p, "--documents", "documents the clients share", type=positive_int, default="3")
+    add_option(
+        p,
+        "--sentences",
+        "sentences per document (about 19 SmolLM2 tokens each)",
+        type=positive_int,
+        default="36",
+    )
+    add_option(p, "--cache-bytes", "KV cache size, both servers", type=parse_bytes, default="2GiB")
+    add_option(
+        p, "--block-size", "tokens per cache block, both servers", type=positive_int, default="16"
+    )
+    add_option(p, "--max-batch-tokens", "tokens per batched step, both servers", type=positive_int)
     add_option(p, "--out", "JSON results file", type=Path, default="results/serve_load.json")
+    add_option(p, "--chart", "PNG chart", type=Path, default="results/serve_load.png")
     return p
 
 
-def report(args: argparse.Namespace, phases: dict[str, Phase]) -> dict[str, Any]:
-    lines = [f"{'setting':<16} {'req/s':>7} {'TTFT p50':>9} {'TTFT p99':>9} {'hit rate':>9}"]
-    for name, phase in phases.items():
-        s = phase.summary()
-        lines.append(
-            f"{name:<16} {s['requests_per_s']:>7.2f} {s['ttft_p50_s']:>8.2f}s "
-            f"{s['ttft_p99_s']:>8.2f}s {s['token_hit_rate']:>8.1%}"
-        )
-    texts = [[r.text for r in phase.replies] for phase in phases.values()]
-    same = sum(a == b for a, b in zip(*texts, strict=True))
-    lines.append(f"identical greedy replies across settings: {same}/{len(texts[0])}")
-    print("\n".join(lines), flush=True)
+def workloads(args: argparse.Namespace) -> dict[int, list[Request]]:
+    """Each client count's requests, with documents of its own."""
     return {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "settings": {
-            n: {**p.summary(), "replies": [asdict(r) for r in p.replies]} for n, p in phases.items()
-        },
-        "identical_replies": same,
+        c: document_qa_workload(c, args.requests_per_client, args.documents, args.sentences, seed=c)
+        for c in args.clients
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    workload = chat_workload(args.clients * args.requests_per_client)
-    common = ["--model", args.model, "--cache-bytes", str(args.cache_bytes)]
-    common += ["--block-size", str(args.block_size), "--max-queue", str(len(workload) + 1)]
-    print(
-        f"prefixkv bench serve: {args.model}, {args.clients} clients x "
-        f"{args.requests_per_client} requests, shared system prompt, max_tokens {args.max_tokens}",
-        flush=True,
+def prompt_ids(folder: Path, work: dict[int, list[Request]]) -> dict[int, list[list[int]]]:
+    """Per client count, every request's prompt as the model's chat template tokenizes it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+    def ids(request: Request) -> list[int]:
+        got: Any = tokenizer.apply_chat_template(
+            request.chat(), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return [int(t) for t in got]
+
+    return {c: [ids(r) for r in requests] for c, requests in work.items()}
+
+
+def choose(args: argparse.Namespace, table: dict[str, servers.Setting]) -> list[servers.Setting]:
+    """The settings to run: those asked for (all for ``auto``) minus the ones that cannot run
+    here, each skipped with its reason printed."""
+    asked = servers.parse_settings(args.settings, list(table))
+    names = list(table) if asked is None else asked
+    helps = {kind: servers.help_text(kind) for kind in {table[n].kind for n in names}}
+    chosen = []
+    for name in names:
+        reason = servers.skip_reason(table[name], helps)
+        if reason is None:
+            chosen.append(table[name])
+        else:
+            print(f"# {name} skipped: {reason}", flush=True)
+    return chosen
+
+
+def run_setting(
+    setting: servers.Setting,
+    plan: servers.Plan,
+    args: argparse.Namespace,
+    work: dict[int, list[Request]],
+    bar: Any,
+    logs: Path,
+) -> tuple[list[Phase], dict[str, Any]]:
+    """Start the setting's server, warm it up, drive every client count, stop it. Returns the
+    phases and facts about the server (load time, peak memory, flags)."""
+    server = servers.ServerProcess(setting, plan, logs / f"{setting.name}.log")
+    try:
+        load = server.wait_ready()
+        asyncio.run(warm_up(server.url, server.model, args.max_tokens))
+        phases = []
+        for clients, requests in work.items():
+            replies, seconds = asyncio.run(
+                drive(server.url, server.model, requests, clients, args.max_tokens, bar.update)
+            )
+            phases.append(Phase(setting.name, clients, replies, seconds))
+        peak = server.peak_rss()
+    finally:
+        server.stop()
+    return phases, {"flags": list(setting.flags), "load_s": load, "peak_rss_bytes": peak}
+
+
+def reference_name(chosen: list[servers.Setting]) -> str:
+    """The setting whose replies the others are compared with."""
+    names = [s.name for s in chosen]
+    if "prefixkv-serial" in names:
+        return "prefixkv-serial"
+    return next((s.name for s in chosen if s.kind == servers.PREFIXKV), names[0])
+
+
+def make_plan(
+    args: argparse.Namespace, folder: Path, work: dict[int, list[Request]]
+) -> servers.Plan:
+    return servers.Plan(
+        model=args.model,
+        folder=folder,
+        cache_bytes=args.cache_bytes,
+        block_size=args.block_size,
+        kv_bytes_per_token=servers.kv_bytes_per_token(servers.read_config(folder)),
+        max_queue=max(len(r) for r in work.values()) + 1,
+        max_batch_tokens=args.max_batch_tokens,
     )
-    with tempfile.TemporaryDirectory(prefix="prefixkv-bench-") as logs:
-        servers = {
-            name: ServerUnderTest([*common, *extra], Path(logs) / f"server{i}.log")
-            for i, (name, extra) in enumerate(SETTINGS.items())
-        }
-        try:
-            for server in servers.values():
-                server.wait_ready()
-            phases = {
-                name: asyncio.run(drive(s.url, args.model, workload, args.clients, args.max_tokens))
-                for name, s in servers.items()
-            }
-        finally:
-            for server in servers.values():
-                server.stop()
-    result = report(args, phases)
+
+
+def header(args: argparse.Namespace, chosen: list[servers.Setting], sizes: list[int]) -> str:
+    """The run's description line (``sizes``: every prompt's length in tokens)."""
+    return (
+        f"# prefixkv bench serve: {args.model}, clients {args.clients} x "
+        f"{args.requests_per_client} questions about {args.documents} documents, prompts of "
+        f"{min(sizes)}-{max(sizes)} tokens, max_tokens {args.max_tokens}, greedy; "
+        f"settings {', '.join(s.name for s in chosen)}"
+    )
+
+
+def run_all(
+    chosen: list[servers.Setting],
+    plan: servers.Plan,
+    args: argparse.Namespace,
+    work: dict[int, list[Request]],
+) -> tuple[list[Phase], dict[str, Any]]:
+    """Every chosen setting in turn under one progress bar; returns phases and server facts."""
+    from tqdm import tqdm
+
+    phases: list[Phase] = []
+    facts = {}
+    total = len(chosen) * sum(len(r) for r in work.values())
+    with (
+        tempfile.TemporaryDirectory(prefix="prefixkv-bench-") as logs,
+        tqdm(total=total, desc="bench serve", unit="req") as bar,
+    ):
+        for setting in chosen:
+            got, facts[setting.name] = run_setting(setting, plan, args, work, bar, Path(logs))
+            phases += got
+    return phases, facts
+
+
+def write(
+    args: argparse.Namespace,
+    context: dict[str, Any],
+    phases: list[Phase],
+    summaries: list[dict[str, Any]],
+    compared: list[dict[str, Any]],
+) -> None:
+    """The JSON results (``context`` first, every reply last) and the chart."""
+    replies = [
+        {"setting": p.setting, "clients": p.clients, "replies": [asdict(r) for r in p.replies]}
+        for p in phases
+    ]
+    result = {**context, "summaries": summaries, "comparisons": compared, "replies": replies}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"results: {args.out}")
-    return 0
+    args.chart.parent.mkdir(parents=True, exist_ok=True)
+    chart(summaries, args.chart)
+    print(f"# wrote {args.out} and {args.chart}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every prefixkv setting replied as the reference did."""
+    args = parser().parse_args(argv)
+    work = workloads(args)
+    folder = servers.model_folder(args.model)
+    plan = make_plan(args, folder, work)
+    table = servers.settings_table(plan)
+    chosen = choose(args, table)
+    if not chosen:
+        print("# nothing to run")
+        return 2
+    info, size = machine_info(), roofline.model_size(folder)
+    rates, prompts = roofline.measure_machine(), prompt_ids(folder, work)
+    print(describe(info), roofline.describe(rates, size), sep="\n")
+    print(header(args, chosen, [len(p) for ps in prompts.values() for p in ps]), flush=True)
+    phases, facts = run_all(chosen, plan, args, work)
+    ref = reference_name(chosen)
+    refs = {p.clients: p for p in phases if p.setting == ref}
+    uncached = {c: roofline.distinct_prefix_tokens(p) for c, p in prompts.items()}
+    summaries = [
+        summarize(p, refs[p.clients], table[p.setting], rates, size, uncached[p.clients])
+        for p in phases
+    ]
+    compared = comparisons(summaries)
+    print("\n".join([*map(line, summaries), *map(comparison_line, compared)]))
+    context: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
+    context |= {"model_folder": str(folder), "roofline": asdict(rates) | asdict(size)}
+    write(args, context | {"reference": ref, "servers": facts}, phases, summaries, compared)
+    exact = all(s["identical"] == s["requests"] for s in summaries if s["kind"] == servers.PREFIXKV)
+    return 0 if exact else 1

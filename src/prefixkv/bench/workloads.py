@@ -201,3 +201,32 @@ def multiturn_user_turns(conversations: int = 2, turns: int = 8) -> list[list[st
         ]
         for c in range(conversations)
     ]
+
+
+def document_qa_workload(
+    clients: int, per_client: int, documents: int = 3, sentences: int = 36, seed: int = 0
+) -> list[Request]:
+    """``clients * per_client`` questions about ``documents`` long documents (≈700 tokens for
+    the default 36 sentences), in the order a round-robin driver hands them out.
+
+    Request ``k * clients + c`` is client ``c``'s ``k``-th question, always about document
+    ``c % documents``, so each client keeps asking about one document and several clients
+    share each one. ``seed`` picks a fresh set of documents and questions, so that runs
+    against the same server do not find each other's documents already cached.
+    """
+    docs = [document(10_000 * (seed + 1) + d, sentences) for d in range(documents)]
+    return [
+        Request(
+            (
+                ("system", "Answer the question using only the document."),
+                (
+                    "user",
+                    f"Document:\n{docs[c % documents]}\n\n"
+                    f"Question: {rag_question(10_000 * (seed + 1) + 100 * c + k)}",
+                ),
+            ),
+            f"doc{c % documents}",
+        )
+        for k in range(per_client)
+        for c in range(clients)
+    ]

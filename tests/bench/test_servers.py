@@ -1,0 +1,110 @@
+"""The settings table of ``prefixkv bench serve``: names, matched cache size, flag checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefixkv.bench import servers
+
+SMOLLM2_CONFIG: dict[str, object] = {
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "hidden_size": 576,
+    "head_dim": 64,
+}
+
+
+def plan(max_batch_tokens: int | None = None) -> servers.Plan:
+    return servers.Plan(
+        model="smollm2",
+        folder=Path("/models/smollm2"),
+        cache_bytes=256 << 20,
+        block_size=16,
+        kv_bytes_per_token=servers.kv_bytes_per_token(SMOLLM2_CONFIG),
+        max_queue=10,
+        max_batch_tokens=max_batch_tokens,
+    )
+
+
+def test_kv_bytes_per_token_of_smollm2_is_45_kib() -> None:
+    assert servers.kv_bytes_per_token(SMOLLM2_CONFIG) == 45 << 10
+
+
+def test_kv_bytes_per_token_defaults_head_dim_and_kv_heads() -> None:
+    config = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32}
+    assert servers.kv_bytes_per_token(config, dtype_bytes=2) == 2 * 2 * 4 * 8 * 2
+
+
+def test_matched_blocks_hold_the_same_kv_bytes() -> None:
+    per_token = 45 << 10
+    blocks = servers.matched_blocks(256 << 20, 16, per_token)
+    assert blocks * 16 * per_token <= 256 << 20 < (blocks + 1) * 16 * per_token
+    assert servers.matched_blocks(1, 16, per_token) == 1
+
+
+def test_table_order_and_matched_flags() -> None:
+    table = servers.settings_table(plan())
+    assert tuple(table) == servers.NAMES
+    flags = table["tf-cb-matched"].flags
+    assert flags[flags.index("--cb-num-blocks") + 1] == str(
+        servers.matched_blocks(256 << 20, 16, 45 << 10)
+    )
+    assert flags[flags.index("--attn-implementation") + 1] == "sdpa"
+    assert "--cb-max-batch-tokens" not in flags and table["prefixkv"].flags == ()
+    assert table["prefixkv-serial"].max_running == 1
+
+
+def test_max_batch_tokens_goes_to_both_servers() -> None:
+    table = servers.settings_table(plan(max_batch_tokens=2048))
+    assert table["prefixkv"].flags == ("--max-batch-tokens", "2048")
+    assert table["tf-cb-matched"].flags[-2:] == ("--cb-max-batch-tokens", "2048")
+
+
+def test_parse_settings_keeps_table_order() -> None:
+    assert servers.parse_settings("auto", list(servers.NAMES)) is None
+    assert servers.parse_settings("tf-cb, prefixkv", list(servers.NAMES)) == ["prefixkv", "tf-cb"]
+
+
+@pytest.mark.parametrize("text", ["", " , ", "prefixkv,vllm"])
+def test_parse_settings_refuses_unknown_or_empty(text: str) -> None:
+    with pytest.raises(ValueError, match="known: prefixkv-serial"):
+        servers.parse_settings(text, list(servers.NAMES))
+
+
+def test_missing_flags_matches_whole_flags_only() -> None:
+    help_text = "  --max-running-x N   ...\n  --no-prefix-cache   disable\n"
+    flags = ("--max-running", "1", "--no-prefix-cache")
+    assert servers.missing_flags(flags, help_text) == ["--max-running"]
+
+
+def test_skip_reason_names_the_missing_flag_or_the_server() -> None:
+    table = servers.settings_table(plan())
+    helps = {
+        servers.PREFIXKV: ("--no-prefix-cache", ""),
+        servers.TRANSFORMERS: (None, "no fastapi"),
+    }
+    assert servers.skip_reason(table["prefixkv-nocache"], helps) is None
+    assert "--max-running" in (servers.skip_reason(table["prefixkv-serial"], helps) or "")
+    assert servers.skip_reason(table["tf-cb"], helps) == "no fastapi"
+
+
+def test_server_env_drops_prefixkv_variables_but_the_cache_dir(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PREFIXKV_API_KEY", "secret")
+    monkeypatch.setenv("PREFIXKV_CACHE_DIR", "/tmp/cache")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    env = servers.server_env(servers.TRANSFORMERS)
+    assert "PREFIXKV_API_KEY" not in env and env["PREFIXKV_CACHE_DIR"] == "/tmp/cache"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in servers.server_env(servers.PREFIXKV)
+
+
+@pytest.mark.process
+def test_prefixkv_serve_help_lists_the_flags_the_table_uses() -> None:
+    text, why = servers.help_text(servers.PREFIXKV)
+    assert text is not None, why
+    assert servers.missing_flags(("--no-prefix-cache", "--cache-bytes", "--max-queue"), text) == []
