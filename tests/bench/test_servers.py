@@ -87,7 +87,7 @@ def test_skip_reason_names_the_missing_flag_or_the_server() -> None:
         servers.TRANSFORMERS: (None, "no fastapi"),
     }
     assert servers.skip_reason(table["prefixkv-nocache"], helps) is None
-    assert "--max-running" in (servers.skip_reason(table["prefixkv-serial"], helps) or "")
+    assert "--backend" in (servers.skip_reason(table["prefixkv-serial"], helps) or "")
     assert servers.skip_reason(table["tf-cb"], helps) == "no fastapi"
 
 

@@ -48,6 +48,19 @@ def tiny_server(
     assert "Traceback" not in server.output(), server.output()
 
 
+@pytest.fixture(scope="session")
+def tiny_server_one_at_a_time(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The batch backend limited to one running request: later ones wait (queueing tests)."""
+    log = tmp_path_factory.mktemp("logs") / "tiny-server-one.log"
+    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--max-tokens-limit", "3000"]
+    server = ServerProcess([*args, "--max-running", "1"], log).wait_ready()
+    yield server
+    assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()
+
+
 class App:
     """The app over a FakeEngine, in-process: ``http`` is a started TestClient (an httpx
     client), ``openai()`` the official client over it."""

@@ -78,21 +78,25 @@ def test_disconnect_mid_stream_stops_generation_and_unpins(tiny_server: ServerPr
     assert reply.status_code == 200 and reply.json()["usage"]["completion_tokens"] >= 1
 
 
-def test_queued_request_of_a_vanished_client_is_skipped(tiny_server: ServerProcess) -> None:
-    before = outcomes(tiny_server)
-    # The second request queues behind the stream; its client gives up while it waits.
+def test_queued_request_of_a_vanished_client_is_skipped(
+    tiny_server_one_at_a_time: ServerProcess,
+) -> None:
+    server = tiny_server_one_at_a_time
+    before = outcomes(server)
+    # The second request waits behind the stream (one may run at a time); its client gives
+    # up while it waits.
     with (
-        open_stream(tiny_server, body("skip", "Hold the worker.", LONG, True), events=2),
+        open_stream(server, body("skip", "Hold the worker.", LONG, True), events=2),
         pytest.raises(httpx.ReadTimeout),
     ):
         httpx.post(
-            tiny_server.url + "/v1/chat/completions",
+            server.url + "/v1/chat/completions",
             json=body("skip", "Too late.", 5, False),
             timeout=httpx.Timeout(60.0, read=0.5),
         )
-    assert wait_for(lambda: outcomes(tiny_server)["skipped"] == before["skipped"] + 1)
-    assert outcomes(tiny_server)["completed"] == before["completed"]
-    assert wait_for(lambda: tiny_server.stats()["pinned_blocks"] == 0)
+    assert wait_for(lambda: outcomes(server)["skipped"] == before["skipped"] + 1)
+    assert outcomes(server)["completed"] == before["completed"]
+    assert wait_for(lambda: server.stats()["pinned_blocks"] == 0)
 
 
 def test_requests_are_served_in_order_of_arrival(tiny_server: ServerProcess) -> None:

@@ -71,6 +71,8 @@ def test_sigterm_answers_the_queued_at_once_and_cuts_nothing(
             "4000",
             "--grace-seconds",
             "3",
+            "--max-running",
+            "1",
         ],
         tmp_path / "log",
     ).wait_ready()

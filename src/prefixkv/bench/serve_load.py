@@ -2,7 +2,7 @@
 a time, on a shared-prefix workload with long documents.
 
 Settings (``--settings``, see :mod:`prefixkv.bench.servers`): ``prefixkv serve`` with its
-defaults, with ``--max-running 1`` (the serial reference) and with ``--no-prefix-cache``;
+defaults, with ``--backend serial`` (the serial reference: one request at a time) and with ``--no-prefix-cache``;
 ``transformers serve --continuous-batching`` with its defaults and with a cache matched to
 ours (16-token blocks, the same KV bytes, sdpa attention). Each server is started, warmed
 up, driven at every ``--clients`` count and stopped before the next starts: two loaded

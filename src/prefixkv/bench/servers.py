@@ -77,7 +77,7 @@ def settings_table(plan: Plan) -> dict[str, Setting]:
         *(("--cb-max-batch-tokens", *batch) if batch else ()),
     )
     rows = [
-        Setting("prefixkv-serial", PREFIXKV, ("--max-running", "1"), "one request at a time", 1),
+        Setting("prefixkv-serial", PREFIXKV, ("--backend", "serial"), "one request at a time", 1),
         Setting(
             "prefixkv", PREFIXKV, (*(("--max-batch-tokens", *batch) if batch else ()),), "defaults"
         ),
