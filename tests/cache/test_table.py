@@ -77,7 +77,8 @@ class TablesVsModel(RuleBasedStateMachine):
     # --- helpers --------------------------------------------------------------------------
 
     def _related(self, data: st.DataObject, tail: list[int]) -> list[int]:
-        if self.seen and data.draw(st.booleans()):
+        near: bool = data.draw(st.booleans())
+        if self.seen and near:
             base = data.draw(st.sampled_from(self.seen))
             tokens = base[: data.draw(st.integers(0, len(base)))] + tail
         else:
