@@ -16,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from prefixkv import NullCache, PrefixKVCache
+from prefixkv.cache import Namespace, NullCache, PrefixKVCache
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.table import BlockTable
 from prefixkv.index.records import Match
@@ -396,4 +396,19 @@ def test_commit_of_tokens_another_table_indexed_first_keeps_a_private_copy() -> 
     cache.close(second)
     stats = cache.stats()
     assert (stats.pinned_blocks, stats.used_blocks, stats.free_blocks) == (0, 2, 6)
+    cache.check_invariants()
+
+
+def test_grow_evicts_another_tenants_blocks_whatever_its_share() -> None:
+    size = 2
+    cache = PrefixKVCache(LAYOUT, size, LAYOUT.block_bytes(size) * 4, tenant_share=0.5)
+    owner = Namespace("b")
+    cache.store([1, 2, 3, 4], kv_for([1, 2, 3, 4]), owner)  # 2 blocks: b's share, protected
+    assert cache.store([5, 6, 7, 8, 9, 10], kv_for([5, 6, 7, 8, 9, 10]), "a") == 2  # 1 dropped
+    cache.reset_tenant(None)
+    table = cache.open([7, 7], "a")
+    assert cache.available_blocks() == 4
+    assert cache.grow(table, 8)  # the running sequence's KV beats b's cached blocks
+    assert cache.cached([1, 2, 3, 4], owner) == 0
+    cache.close(table)
     cache.check_invariants()

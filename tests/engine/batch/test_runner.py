@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from prefixkv import NullCache, PrefixKVCache
+from prefixkv.cache import Namespace, NullCache, PrefixKVCache
 from prefixkv.engine.batch.policy import LPM
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.batch.sequence import Outcome, RequestCancelled
@@ -493,4 +493,28 @@ def test_lpm_admits_the_longest_cached_prefix_first(parts: tuple[Any, Any], poli
     assert order == (["long", "short", "none"] if policy == "lpm" else ["none", "short", "long"])
     for name, prompt in prompts.items():
         assert sinks[name].completion.token_ids == alone_ids(parts, prompt, 2)
+    assert_clean(engine)
+
+
+# --- tenant shares ------------------------------------------------------------------------
+
+
+def test_another_tenants_protected_cache_does_not_fail_a_running_request(
+    parts: tuple[Any, Any],
+) -> None:
+    lay = layout(parts)
+    cache = PrefixKVCache(lay, BLOCK, lay.block_bytes(BLOCK) * 10, tenant_share=0.5)
+    engine = Engine(parts[0], parts[1], cache)
+    runner = runner_of(engine, max_batch_tokens=64)
+    first = Sink()
+    request = engine.request(ids(1, 21), SamplingParams(max_tokens=1), namespace=Namespace("b"))
+    runner.submit(request, first)
+    drive(runner)
+    assert cache.tenant_stats("b").used_blocks == 5  # at its share: protected from stores
+    second = Sink()
+    prompt = ids(2, 24)  # needs 7 blocks of 10: only 5 free
+    runner.submit(engine.request(prompt, SamplingParams(max_tokens=4), namespace="a"), second)
+    drive(runner)
+    assert second.outcome == "completed", second.error
+    assert second.completion.token_ids == alone_ids(parts, prompt, 4)
     assert_clean(engine)
