@@ -518,3 +518,18 @@ def test_another_tenants_protected_cache_does_not_fail_a_running_request(
     assert second.outcome == "completed", second.error
     assert second.completion.token_ids == alone_ids(parts, prompt, 4)
     assert_clean(engine)
+
+
+def test_the_model_check_waits_for_the_serial_engine(parts: tuple[Any, Any]) -> None:
+    # check_supported switches the model's attention implementation while it probes: a
+    # serial request running meanwhile would run paged attention without a step and fail.
+    engine = batch_engine(parts)
+    made: list[BatchRunner] = []
+    with engine.model_lock:  # a serial forward is running
+        worker = threading.Thread(target=lambda: made.append(runner_of(engine)))
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive() and not made
+    worker.join(30)
+    assert made
+    assert engine.generate(PROMPTS[0], max_tokens=3).token_ids == alone_ids(parts, PROMPTS[0], 3)
