@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from prefixkv.cache import Namespace, NullCache, PrefixKVCache
-from prefixkv.engine.batch.policy import LPM
+from prefixkv.engine.batch.policy import FCFS, LPM
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.batch.sequence import Outcome, RequestCancelled
 from prefixkv.engine.engine import Completion, Engine
@@ -533,3 +533,58 @@ def test_the_model_check_waits_for_the_serial_engine(parts: tuple[Any, Any]) -> 
     worker.join(30)
     assert made
     assert engine.generate(PROMPTS[0], max_tokens=3).token_ids == alone_ids(parts, PROMPTS[0], 3)
+
+
+# --- random workloads ---------------------------------------------------------------------
+
+BASES = [ids(100 + i, 20) for i in range(3)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_workloads_match_running_alone(parts: tuple[Any, Any], seed: int) -> None:
+    """Random pools (some too small), limits, policies, arrivals, sampling and cancellations:
+    the cache stays consistent after every step; every request not cancelled gets what it gets
+    alone, and nothing stays pinned."""
+    rng = random.Random(seed)
+    blocks = rng.randrange(6, 30)
+    lay = layout(parts)
+    cache: Any
+    if seed % 4 == 3:
+        cache = NullCache(lay, BLOCK, capacity_bytes=lay.block_bytes(BLOCK) * blocks)
+    else:
+        cache = PrefixKVCache(lay, BLOCK, lay.block_bytes(BLOCK) * blocks)
+    engine = Engine(parts[0], parts[1], cache)
+    limits = BatchLimits(rng.randrange(1, 7), rng.randrange(1, 17), LPM if seed % 2 else FCFS)
+    runner = BatchRunner(engine, limits)
+    arrivals = []
+    for i in range(8):
+        prompt = rng.choice(BASES)[: rng.randrange(0, 21)] + ids(1000 * seed + i, rng.randrange(6))
+        sampling: dict[str, Any] = {"max_tokens": rng.randrange(1, 13)}
+        if rng.random() < 0.3:
+            sampling.update(temperature=0.8, seed=rng.randrange(100))
+        if -(-(len(prompt or [7]) + sampling["max_tokens"]) // BLOCK) > blocks:
+            continue
+        cancel = rng.randrange(6) if rng.random() < 0.15 else None
+        arrivals.append((rng.randrange(15), prompt or [7], sampling, cancel))
+    arrivals.sort(key=lambda a: a[0])
+    sinks = []
+    step = 0
+    while arrivals or runner.num_running or runner.num_waiting:
+        while arrivals and arrivals[0][0] <= step:
+            _, prompt, sampling, cancel = arrivals.pop(0)
+            sink = Sink(cancel_after=cancel)
+            runner.submit(engine.request(prompt, SamplingParams.create(**sampling)), sink)
+            sinks.append((prompt, sampling, sink))
+        runner.step()
+        cache.check_invariants()
+        step += 1
+        assert step < 2000
+    assert sinks
+    for prompt, sampling, sink in sinks:
+        if sink.cancel_after is None:
+            assert sink.completion.token_ids == alone(parts, prompt, **sampling).token_ids
+        else:
+            assert sink.outcome in ("completed", "stopped", "skipped")
+    stats = cache.stats()
+    assert stats.pinned_blocks == 0
+    assert stats.free_blocks + stats.used_blocks == stats.total_blocks
