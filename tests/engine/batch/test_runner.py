@@ -588,3 +588,27 @@ def test_random_workloads_match_running_alone(parts: tuple[Any, Any], seed: int)
     stats = cache.stats()
     assert stats.pinned_blocks == 0
     assert stats.free_blocks + stats.used_blocks == stats.total_blocks
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_running": 0}, {"max_batch_tokens": 0}, {"max_running": True}, {"max_batch_tokens": 2.0}],
+)
+def test_limits_must_be_positive_integers(limits: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(limits))):
+        BatchLimits(**limits)
+
+
+def test_step_reports_what_it_did(parts: tuple[Any, Any]) -> None:
+    engine = batch_engine(parts)
+    runner = runner_of(engine, max_batch_tokens=5, max_running=2)
+    assert runner.step() is None  # idle
+    for prompt in (PROMPTS[0], PROMPTS[6]):
+        submit(engine, runner, prompt, max_tokens=2)
+    first = runner.step()
+    assert first is not None
+    # The one-token prompt decodes at once; the other gets the rest of the budget.
+    assert (first.sequences, first.tokens, first.sampled) == (2, 5, 1)
+    assert (first.running, first.waiting, first.preempted) == (2, 0, 0)
+    drive(runner)
+    assert runner.step() is None and runner.steps > 1
