@@ -151,8 +151,9 @@ class PrefixKVCache:
 
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
         """Give ``table`` room for ``num_tokens`` tokens in all, evicting unpinned cached
-        blocks if needed. All or nothing: False (and nothing allocated) when the pool cannot
-        supply every block, for the caller to preempt a sequence and retry."""
+        blocks if needed (any tenant's: shares bound what stores may evict, not the KV of
+        running sequences). All or nothing: False (and nothing allocated or evicted) when the
+        pool cannot supply every block, for the caller to preempt a sequence and retry."""
         need = -(-num_tokens // self.block_size) - len(table.blocks)
         if need <= 0:
             return True
@@ -161,7 +162,9 @@ class PrefixKVCache:
             if shortfall > sum(i.evictable_blocks for _, i in self.tenants):
                 return False  # evicting would lose cached blocks for nothing
             if shortfall > 0:
-                self.pool.free(self.tenants.evict(shortfall, tenant_of(table.namespace)))
+                self.pool.free(
+                    self.tenants.evict(shortfall, tenant_of(table.namespace), shares=False)
+                )
             if self.pool.num_free < need:
                 return False
             blocks = self.pool.allocate(need)

@@ -83,15 +83,16 @@ class Tenants:
             totals = [a + b for a, b in zip(totals, index.stats(), strict=True)]
         return IndexStats(*totals)
 
-    def evict(self, count: int, requester: Hashable) -> list[Any]:
+    def evict(self, count: int, requester: Hashable, *, shares: bool = True) -> list[Any]:
         """Remove up to ``count`` blocks for ``requester``'s store, least valuable first
-        among the blocks it may take (its own, and other tenants' above their share).
+        among the blocks it may take (its own, and other tenants' above their share; with
+        ``shares=False``, any tenant's: room for a running sequence's KV).
         O(count x tenants x log n); one index call when a single tenant is eligible."""
         out: list[Any] = []
         while len(out) < count:
             heads = []
             for tenant, index in self._indexes.items():
-                room = self._takeable(tenant, index, requester)
+                room = self._takeable(tenant, index, requester) if shares else len(index)
                 priority = index.next_eviction() if room else None
                 if priority is not None:
                     heads.append((priority, room, index))

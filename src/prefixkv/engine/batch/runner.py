@@ -80,7 +80,8 @@ class BatchRunner:
                 "the batch runner needs a cache with a KV pool (PrefixKVCache, or "
                 "NullCache with capacity_bytes)"
             )
-        attention.check_supported(engine.model)
+        with engine.model_lock:  # the probe switches the model's attention for a moment
+            attention.check_supported(engine.model)
         self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
         self.block_size: int = store.block_size
         self._waiting: collections.deque[Sequence] = collections.deque()
