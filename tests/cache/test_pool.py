@@ -47,10 +47,13 @@ def test_allocate_takes_distinct_blocks_until_the_pool_runs_out() -> None:
 def test_free_returns_blocks_and_recently_freed_come_back_first() -> None:
     pool = make_pool(6)
     taken = pool.allocate(6)
-    pool.free([taken[1], taken[4]])
+    assert taken == list(range(6))  # a fresh pool hands out one ascending run
+    pool.free([taken[4], taken[1]])
     assert pool.num_free == 2
-    assert pool.allocate(1) == [taken[4]]  # LIFO: the last freed is reused first
-    assert pool.allocate(1) == [taken[1]]
+    assert pool.allocate(1) == [1]  # recently freed first, lowest id first
+    assert pool.allocate(1) == [4]
+    pool.free([5, 2, 3])
+    assert pool.allocate(3) == [2, 3, 5]  # freed together, back as one ascending run
     pool.check(taken)
 
 

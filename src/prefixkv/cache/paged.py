@@ -162,9 +162,7 @@ class PrefixKVCache:
             if shortfall > sum(i.evictable_blocks for _, i in self.tenants):
                 return False  # evicting would lose cached blocks for nothing
             if shortfall > 0:
-                self.pool.free(
-                    self.tenants.evict(shortfall, tenant_of(table.namespace), shares=False)
-                )
+                self.pool.free(self.tenants.evict_any(shortfall))
             if self.pool.num_free < need:
                 return False
             blocks = self.pool.allocate(need)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any, NamedTuple
 
 from prefixkv.index.policy import EvictionPolicy
@@ -83,16 +83,24 @@ class Tenants:
             totals = [a + b for a, b in zip(totals, index.stats(), strict=True)]
         return IndexStats(*totals)
 
-    def evict(self, count: int, requester: Hashable, *, shares: bool = True) -> list[Any]:
+    def evict(self, count: int, requester: Hashable) -> list[Any]:
         """Remove up to ``count`` blocks for ``requester``'s store, least valuable first
-        among the blocks it may take (its own, and other tenants' above their share; with
-        ``shares=False``, any tenant's: room for a running sequence's KV).
+        among the blocks it may take (its own, and other tenants' above their share).
         O(count x tenants x log n); one index call when a single tenant is eligible."""
+        return self._evict(count, lambda tenant, index: self._takeable(tenant, index, requester))
+
+    def evict_any(self, count: int) -> list[Any]:
+        """Remove up to ``count`` blocks, least valuable first, whatever their tenant's
+        share: room for running sequences' KV (shares bound what stores may evict; a request
+        that cannot get KV cannot run at all)."""
+        return self._evict(count, lambda tenant, index: len(index))
+
+    def _evict(self, count: int, takeable: Callable[[Hashable, PrefixIndex], int]) -> list[Any]:
         out: list[Any] = []
         while len(out) < count:
             heads = []
             for tenant, index in self._indexes.items():
-                room = self._takeable(tenant, index, requester) if shares else len(index)
+                room = takeable(tenant, index)
                 priority = index.next_eviction() if room else None
                 if priority is not None:
                     heads.append((priority, room, index))

@@ -133,6 +133,7 @@ class BatchRunner:
             self._accepting = False
             drained = list(self._waiting)
             self._waiting.clear()
+            self._cond.notify()
         for seq in drained:
             self._end(seq, "skipped", RequestCancelled("the server is shutting down"))
 
@@ -208,22 +209,56 @@ class BatchRunner:
             self._end(seq, "skipped", RequestCancelled("the request was cancelled while queued"))
 
     def _admit(self) -> None:
-        """Open tables for waiting sequences while the limits and the pool allow."""
-        while len(self._running) < self.limits.max_running:
+        """Open tables for waiting sequences while the limits and the pool allow. A sequence
+        whose next block another running sequence is prefilling waits (see ``_in_flight``)."""
+        deferred: list[Sequence] = []
+        try:
+            while len(self._running) < self.limits.max_running:
+                with self._cond:
+                    if not self._waiting:
+                        return
+                    seq = self.limits.policy.next(self._waiting, self.store)
+                if self._in_flight(seq):
+                    deferred.append(seq)
+                elif not self._start(seq):
+                    deferred.append(seq)
+                    return  # the pool is full: admit nobody else before it
+        finally:
             with self._cond:
-                if not self._waiting:
-                    return
-                seq = self.limits.policy.next(self._waiting, self.store)
+                self._waiting.extendleft(reversed(deferred))
+
+    def _start(self, seq: Sequence) -> bool:
+        """Open ``seq``'s table with room for its known tokens; False (nothing held) when
+        the pool cannot give that room while others run. A failure ends ``seq``."""
+        try:
             table = self.store.open(seq.lookup_bytes(), seq.request.namespace)
             if not self.store.grow(table, len(seq.tokens)) and self._running:
                 self.store.close(table)
-                with self._cond:
-                    self._waiting.appendleft(seq)
-                return
-            seq.table, seq.computed = table, table.cached_tokens
-            if seq.cached_tokens < 0:
-                seq.cached_tokens = table.cached_tokens
-            self._running.append(seq)
+                return False
+        except Exception as exc:
+            log.exception("admitting a request failed")
+            self._end(seq, "failed", exc)
+            return True
+        seq.table, seq.computed = table, table.cached_tokens
+        if seq.cached_tokens < 0:
+            seq.cached_tokens = table.cached_tokens
+        self._running.append(seq)
+        return True
+
+    def _in_flight(self, seq: Sequence) -> bool:
+        """True when a running sequence of the same namespace is prefilling the block
+        ``seq`` would compute next: waiting for it to be indexed (a step or two) saves
+        computing it twice, which matters when many clients send one document at once."""
+        end = self.store.cached(seq.lookup_bytes(), seq.request.namespace) + self.block_size
+        if end >= len(seq.tokens):
+            return False
+        head = seq.tokens[:end]
+        return any(
+            r.computed < end <= r.prompt_tokens
+            and r.request.namespace == seq.request.namespace
+            and r.tokens[:end] == head
+            for r in self._running
+        )
 
     def _allocate(self, feeds: list[Feed]) -> tuple[list[Feed], int]:
         """Grow every fed sequence's table; preempt the newest sequences where the pool runs
