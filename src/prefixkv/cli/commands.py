@@ -34,12 +34,14 @@ BENCHES = {
     "ttft": ("prefixkv.bench.ttft", "time to first token with and without the prefix cache"),
     "serve": ("prefixkv.bench.serve_load", "concurrent clients against the HTTP server"),
     "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
+    "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
     "ttft": ("hf", "bench"),
     "serve": ("server", "bench"),
     "attention": ("hf", "bench"),
+    "decode": ("hf", "bench"),
 }
 
 

@@ -28,6 +28,10 @@ from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 
 NAME = "prefixkv_paged"
+JOIN_BELOW = 512
+"""Decoding over several runs joins them first (one copy, then one attention call) up to
+this many context tokens, and reads them in place beyond: below it, the per-call overhead
+of attending run by run costs more than copying (``prefixkv bench attention``)."""
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ def attend(
     (``[kv_heads, slots, dim]``); returns ``[heads, n, dim]``.
 
     Decoding (n = 1) reads each run in place (several runs share one softmax over their
-    joined scores). A prefill chunk (n > 1) joins its runs (the chunk's compute dwarfs
+    joined scores), except short contexts over several runs, joined (``JOIN_BELOW``). A
+    prefill chunk (n > 1) joins its runs (the chunk's compute dwarfs
     that copy) and applies the causal mask at its offset."""
     kv_heads, n, dim = keys.shape[0], q.shape[1], q.shape[2]
     # Grouped-query attention: the heads sharing kv head h are rows of one packed query.
@@ -136,7 +141,7 @@ def attend(
     if n == 1 and len(views) == 1:
         k, v = views[0]
         result = F.scaled_dot_product_attention(packed, k, v, scale=scale)
-    elif n == 1:
+    elif n == 1 and span.context > JOIN_BELOW:
         result = _merge_runs(packed, views, scale)
     else:
         k = torch.cat([k for k, _ in views], dim=2) if len(views) > 1 else views[0][0]
