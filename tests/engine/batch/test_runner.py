@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,19 +22,7 @@ from prefixkv.engine.engine import Completion, Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
 
-from ..tiny import tiny_llama, tiny_tokenizer
-
 BLOCK = 4
-
-
-@pytest.fixture(scope="module")
-def parts() -> Iterator[tuple[Any, Any]]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/engine/test_engine.py
-    try:
-        yield tiny_llama(), tiny_tokenizer()
-    finally:
-        torch.set_num_threads(threads)
 
 
 class Sink:

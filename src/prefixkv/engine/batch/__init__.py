@@ -7,4 +7,5 @@
   and a ``Cache`` subclass
 - :mod:`.sequence`: one request's state in the batch, and the sink it reports to
 - :mod:`.policy`: admission order (``fcfs``, ``lpm``)
+- :mod:`.records`: :class:`BatchLimits`, :class:`StepReport`
 """

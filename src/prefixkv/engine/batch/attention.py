@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from prefixkv.engine.batch.cascade import SharedPrefix, attend_shared
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 
@@ -56,6 +57,9 @@ class StepLayout:
     slots: torch.Tensor
     """``[T]`` int64: the flat pool slot each packed token's KV is written to."""
     spans: tuple[SeqSpan, ...]
+    """The sequences attended one by one."""
+    shared: tuple[SharedPrefix, ...] = ()
+    """Groups of decoding sequences attended together (see :mod:`.cascade`)."""
 
 
 class PagedKV(Cache):
@@ -112,6 +116,9 @@ def paged_attention(
     heads, dim = query.shape[1], query.shape[3]
     groups = heads // key.shape[0]
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
+    for group in step.shared:
+        scale = dim**-0.5 if scaling is None else scaling
+        out.index_copy_(0, group.rows, attend_shared(query[0], key, value, group, scale))
     for span in step.spans:
         q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
         attended = attend(q, key, value, span, groups, scaling)  # [heads, n, dim]

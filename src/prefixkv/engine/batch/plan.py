@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout
+from prefixkv.engine.batch.cascade import group_spans
 from prefixkv.engine.batch.sequence import Sequence
 
 
@@ -69,7 +70,8 @@ def layout_of(feeds: Seq[Feed], block_size: int, device: torch.device) -> StepLa
         spans.append(SeqSpan(start, count, context, runs_of(seq.table.blocks, context, block_size)))
         start += count
     flat = torch.from_numpy(np.concatenate(slots)).to(device)
-    return StepLayout(flat, tuple(spans))
+    shared, alone = group_spans(spans, device)
+    return StepLayout(flat, alone, shared)
 
 
 def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

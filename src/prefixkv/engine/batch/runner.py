@@ -20,7 +20,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,41 +27,14 @@ import torch
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch import attention
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step
-from prefixkv.engine.batch.policy import FCFS, AdmissionPolicy
+from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.request import InvalidRequestError, Request
 from prefixkv.tokens import token_count
 
 log = logging.getLogger("prefixkv.engine")
 
-
-@dataclass(frozen=True)
-class BatchLimits:
-    """``max_running`` sequences at once; ``max_batch_tokens`` tokens per forward pass."""
-
-    max_running: int = 16
-    max_batch_tokens: int = 512
-    policy: AdmissionPolicy = FCFS
-
-    def __post_init__(self) -> None:
-        for name in ("max_running", "max_batch_tokens"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What one step did (for metrics)."""
-
-    sequences: int
-    tokens: int
-    sampled: int
-    """Tokens generated (one per sequence that reached its last known token)."""
-    seconds: float
-    running: int
-    waiting: int
-    preempted: int
+__all__ = ["BatchLimits", "BatchRunner", "StepReport"]
 
 
 class BatchRunner:
@@ -71,7 +43,7 @@ class BatchRunner:
     def __init__(
         self,
         engine: Any,
-        limits: BatchLimits = BatchLimits(),
+        limits: BatchLimits = DEFAULT_LIMITS,
         on_step: Callable[[StepReport], None] = lambda report: None,
     ) -> None:
         store: BlockStore = engine.cache

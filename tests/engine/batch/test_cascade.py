@@ -1,0 +1,115 @@
+"""Shared-prefix decoding: grouped attention equals attention over each whole context, and
+only spans that can share are grouped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from prefixkv.engine.batch import cascade
+from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
+from prefixkv.engine.batch.cascade import attend_shared, group_spans
+
+from .test_attention import DIM, HEADS, pool, reference
+from .test_runner import (
+    assert_clean,
+    batch_engine,
+    drive,
+    ids,
+    runner_of,
+    serial_engine,
+    submit,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_members_sharing_a_first_run_are_grouped_the_rest_stay_alone() -> None:
+    spans = [
+        SeqSpan(0, 1, 13, ((0, 12), (20, 1))),  # shares slots 0.. with the next two
+        SeqSpan(1, 1, 14, ((0, 8), (24, 6))),
+        SeqSpan(2, 1, 10, ((0, 10),)),  # its whole context is in the run: keeps its last token
+        SeqSpan(3, 1, 5, ((30, 5),)),  # shares with nobody
+        SeqSpan(4, 3, 14, ((0, 12), (40, 2))),  # a prefill chunk: never grouped
+    ]
+    shared, alone = group_spans(spans, CPU)
+    assert len(shared) == 1
+    group = shared[0]
+    assert (group.start, group.length) == (0, 8)  # the shortest run, all keep >= 1 token
+    assert group.rows.tolist() == [0, 1, 2]
+    assert group.valid.sum(1).tolist() == [5, 6, 2]
+    assert group.rest[0, :5].tolist() == [8, 9, 10, 11, 20]
+    assert {s.start for s in alone} == {3, 4}
+
+
+def test_a_member_with_a_long_rest_is_attended_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cascade, "REST_MAX", 4)
+    spans = [
+        SeqSpan(0, 1, 6, ((0, 4), (10, 2))),
+        SeqSpan(1, 1, 7, ((0, 4), (20, 3))),
+        SeqSpan(2, 1, 12, ((0, 4), (30, 8))),  # 8 tokens past the shared run
+    ]
+    shared, alone = group_spans(spans, CPU)
+    assert [g.rows.tolist() for g in shared] == [[0, 1]]
+    assert [s.start for s in alone] == [2]
+
+
+@pytest.mark.parametrize("scale", [DIM**-0.5, 0.3])
+def test_attend_shared_matches_attention_over_each_context(scale: float) -> None:
+    keys, values = pool()
+    spans = [
+        SeqSpan(0, 1, 13, ((0, 12), (20, 1))),
+        SeqSpan(1, 1, 14, ((0, 8), (24, 6))),
+        SeqSpan(2, 1, 10, ((0, 10),)),
+    ]
+    (group,), _ = group_spans(spans, CPU)
+    query = torch.randn(HEADS, 3, DIM, generator=torch.Generator().manual_seed(2))
+    got = attend_shared(query, keys, values, group, scale)  # [B, heads, dim]
+    for i, span in enumerate(spans):
+        want = reference(query[:, i : i + 1], keys, values, span, scale)[:, 0]
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
+
+
+def test_paged_attention_mixes_groups_and_single_spans() -> None:
+    keys, values = pool(3)
+    spans = (
+        SeqSpan(0, 1, 9, ((0, 8), (30, 1))),
+        SeqSpan(1, 2, 7, ((16, 7),)),  # a prefill chunk of 2
+        SeqSpan(3, 1, 10, ((0, 8), (36, 2))),
+    )
+    shared, alone = group_spans(spans, CPU)
+    assert len(shared) == 1 and len(alone) == 1
+    query = torch.randn(1, HEADS, 4, DIM, generator=torch.Generator().manual_seed(4))
+    layout = StepLayout(torch.arange(4), alone, shared)
+    module = torch.nn.Module()
+    out, _ = paged_attention(module, query, keys, values, None, scaling=None, step=layout)
+    for span in spans:
+        rows = slice(span.start, span.start + span.count)
+        want = reference(query[0, :, rows], keys, values, span, None)  # [heads, n, dim]
+        torch.testing.assert_close(out[0, rows], want.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+def test_requests_on_one_document_decode_as_a_group_and_match_alone(
+    parts: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    groups: list[int] = []
+
+    def counted(query: Any, keys: Any, values: Any, group: Any, scale: float) -> Any:
+        groups.append(group.rows.numel())
+        return attend_shared(query, keys, values, group, scale)
+
+    monkeypatch.setattr("prefixkv.engine.batch.attention.attend_shared", counted)
+    document = ids(11, 40)
+    prompts = [document + ids(20 + i, 3 + i) for i in range(5)]
+    engine = batch_engine(parts)
+    engine.generate(document + ids(99, 2), max_tokens=1)  # the document is cached
+    runner = runner_of(engine, max_running=8, max_batch_tokens=64)
+    sinks = [submit(engine, runner, p, max_tokens=10) for p in prompts]
+    drive(runner)
+    alone = serial_engine(parts)
+    for prompt, sink in zip(prompts, sinks, strict=True):
+        assert sink.completion.token_ids == alone.generate(prompt, max_tokens=10).token_ids
+    assert groups and max(groups) == len(prompts)  # all five read the document once a step
+    assert_clean(engine)

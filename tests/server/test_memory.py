@@ -1,0 +1,74 @@
+"""500 requests through the batch backend: the server's memory stays flat, the pool never
+passes its capacity, and nothing stays pinned, whether clients finish or disconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import TINY_ARGS
+from .harness import ServerProcess, wait_for
+
+pytestmark = [pytest.mark.process, pytest.mark.slow]
+
+CLIENTS, WAVES = 16, 5  # 5 waves of 100 requests
+PER_WAVE = 100
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kib * 1024
+
+
+async def _wave(server: ServerProcess, wave: int) -> None:
+    """``PER_WAVE`` requests from ``CLIENTS`` concurrent clients; one in ten streams and
+    hangs up after its first chunk."""
+    rng = random.Random(wave)
+    queue = list(range(PER_WAVE))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        while queue:
+            i = queue.pop()
+            body = {
+                "messages": [
+                    {"role": "system", "content": f"Shop {i % 7} sells bicycles. " * 8},
+                    {"role": "user", "content": f"Question {wave}-{i}: " + "x" * rng.randrange(40)},
+                ],
+                "max_tokens": rng.randrange(1, 24),
+            }
+            if i % 10 == 0:  # a client that disconnects mid-stream
+                async with http.stream(
+                    "POST", "/v1/chat/completions", json={**body, "stream": True}
+                ) as reply:
+                    async for _ in reply.aiter_lines():
+                        break
+                continue
+            reply = await http.post("/v1/chat/completions", json=body)
+            assert reply.status_code == 200, reply.text
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=120.0) as http:
+        await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
+
+
+def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
+    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--cache-bytes", "1MiB"]
+    server = ServerProcess(args, tmp_path / "log").wait_ready()
+    try:
+        asyncio.run(_wave(server, 0))  # warm-up: allocator pools, the pool's pages
+        baseline = _rss_bytes(server.process.pid)
+        for wave in range(1, WAVES):
+            asyncio.run(_wave(server, wave))
+            stats = server.stats()
+            assert stats["used_bytes"] <= stats["capacity_bytes"]
+        assert wait_for(lambda: server.stats()["pinned_blocks"] == 0)
+        growth = _rss_bytes(server.process.pid) - baseline
+        # A leak of even one small object per request would show over 400 requests.
+        assert growth < 16 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 400 requests"
+        assert server.metrics()["prefixkv_num_requests_running"] == 0
+    finally:
+        assert server.stop() == 0, server.output()
