@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from prefixkv.bench import workloads
 from prefixkv.bench.machine import describe, machine_info
@@ -72,6 +75,21 @@ def interleaved(
     return batch, serial
 
 
+def linear_seconds(model: torch.nn.Module, rows: int, repeat: int = 5) -> float:
+    """Best time of the model's linear layers alone (its weights, ``rows`` input rows): what
+    PyTorch's GEMM costs for one step's worth of tokens, attention and the rest excluded."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(rows, m.in_features) for m in layers}
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(repeat):
+            start = time.perf_counter()
+            for m in layers:
+                torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prefixkv bench decode", description=__doc__)
     p.add_argument("--model", default="smollm2")
@@ -94,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_line("batch runner", running, batch, floor))
         rows.append(_line("serial engine", 1, serial, floor))
         rows[-2]["vs_serial"] = rows[-2]["p50_ms"] / rows[-1]["p50_ms"]
+    gemm = {n: linear_seconds(engine.model, n) for n in (1, 16)}
+    print(f"# linear layers alone (PyTorch GEMM): {gemm[1] * 1e3:.1f} ms for 1 row, "
+          f"{gemm[16] * 1e3:.1f} ms for 16 (the weight-read floor: {floor * 1e3:.1f} ms)")  # fmt: skip
     one = rows[0]["tokens_per_s"]
     for row in rows[::2]:
         print(f"decode batch runner running={row['running']:>3}: "

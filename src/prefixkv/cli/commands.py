@@ -73,7 +73,7 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
         default="batch",
     )
     add_option(
-        p, "--max-running", "most requests generating at once", type=positive_int, default="16"
+        p, "--max-running", "most requests generating at once", type=positive_int, default="64"
     )
     add_option(
         p,

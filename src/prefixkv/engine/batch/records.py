@@ -11,7 +11,7 @@ from prefixkv.engine.batch.policy import FCFS, AdmissionPolicy
 class BatchLimits:
     """``max_running`` sequences at once; ``max_batch_tokens`` tokens per forward pass."""
 
-    max_running: int = 16
+    max_running: int = 64
     max_batch_tokens: int = 512
     policy: AdmissionPolicy = FCFS
 
