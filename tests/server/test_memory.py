@@ -69,6 +69,8 @@ def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) 
         growth = _rss_bytes(server.process.pid) - baseline
         # A leak of even one small object per request would show over 400 requests.
         assert growth < 16 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 400 requests"
-        assert server.metrics()["prefixkv_num_requests_running"] == 0
+        metrics = server.metrics()
+        assert metrics["prefixkv_num_requests_running"] == 0
+        assert metrics["prefixkv_num_preemptions_total"] > 0  # the small pool did preempt
     finally:
         assert server.stop() == 0, server.output()
