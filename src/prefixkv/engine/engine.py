@@ -21,13 +21,12 @@ from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import PrefixCache
-from prefixkv.engine.detok import TextStream
+from prefixkv.engine.decoding import Decoding
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.loader import load_model
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
-from prefixkv.engine.sampling import Sampler
 from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
@@ -145,49 +144,27 @@ class Engine:
 
     def _run(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
         prompt = _model_ids(request.ids)
-        count, params = len(prompt), request.params
+        count = len(prompt)
         workspace = self._workspaces.acquire(count + request.max_tokens)
         lease: Lease | None = None
         try:
             lease = self.cache.lookup(request.ids, request.namespace)
             kv, reuse = self._restore(lease, workspace, count)
             logits = self.forward(prompt[reuse:], reuse, kv)
-            sampler, text = Sampler(params), TextStream(self.tokenizer, params.stop)
-            generated: list[int] = []
-            ttft, finish = 0.0, "length"
+            decoding = Decoding(request, self.tokenizer, self.eos_ids)
             while True:
-                token = sampler(logits)
-                if not generated:
-                    ttft = time.perf_counter() - start
-                generated.append(token)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                delta = text.push(token)
+                delta = decoding.accept(logits)
                 if delta:
                     yield delta
-                if text.stopped:
-                    finish = "stop"
+                if decoding.done:
                     break
-                if len(generated) == request.max_tokens:
-                    break
-                logits = self.forward(prompt.new_tensor([token]), count + len(generated) - 1, kv)
-            tail = text.finish()
-            if tail:
-                yield tail
+                position = count + len(decoding.generated) - 1
+                logits = self.forward(prompt.new_tensor(decoding.generated[-1:]), position, kv)
             # The KV covers every token fed to the model: the prompt and all generated tokens
             # but the last one.
-            fed = TokenBytes(request.ids + as_token_bytes(generated[:-1]))
+            fed = TokenBytes(request.ids + as_token_bytes(decoding.generated[:-1]))
             self.cache.store(fed, workspace.kv(token_count(fed)), request.namespace)
-            yield Completion(
-                text=text.text,
-                token_ids=tuple(generated),
-                prompt_tokens=count,
-                cached_tokens=reuse,
-                finish_reason=finish,
-                ttft=ttft,
-                total_time=time.perf_counter() - start,
-            )
+            yield decoding.completion(count, reuse, start)
         finally:
             if lease is not None:
                 lease.release()

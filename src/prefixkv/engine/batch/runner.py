@@ -304,7 +304,7 @@ class BatchRunner:
             row += 1
             if delta:
                 seq.sink.deliver(delta)
-            if seq.done:
+            if seq.decoding.done:
                 seq.sink.deliver(seq.completion())
                 self._end(seq, "completed")
 
