@@ -14,7 +14,6 @@ import threading
 import time
 from typing import Any
 
-from prefixkv.engine.request import Completion
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.server.scheduler import Job
 from prefixkv.server.throttle import report_failure
@@ -107,9 +106,7 @@ class SerialBackend:
                 if job.cancelled:  # checked once per token
                     job.finish("stopped", RequestCancelled("the request was cancelled"))
                     return
-                job.deliver(item)
-                if isinstance(item, Completion):
-                    job.completion = item
+                job.deliver(item)  # a Completion is kept on the job
             job.finish("completed")
         except Exception as exc:
             report_failure(log, "generation failed", exc)
