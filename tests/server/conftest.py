@@ -36,12 +36,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def tiny_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+def _tiny_server(
+    model_dir: Path, factory: pytest.TempPathFactory, name: str, *extra: str
 ) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("logs") / "tiny-server.log"
-    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--max-tokens-limit", "3000"]
+    """A session's server on the tiny model; it must stop cleanly, with no traceback."""
+    log = factory.mktemp("logs") / f"{name}.log"
+    args = ["--model", str(model_dir), *TINY_ARGS, "--max-tokens-limit", "3000", *extra]
     server = ServerProcess(args, log).wait_ready()
     yield server
     assert server.stop() == 0, server.output()
@@ -49,16 +49,20 @@ def tiny_server(
 
 
 @pytest.fixture(scope="session")
+def tiny_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    yield from _tiny_server(tiny_model_dir, tmp_path_factory, "tiny-server")
+
+
+@pytest.fixture(scope="session")
 def tiny_server_one_at_a_time(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """The batch backend limited to one running request: later ones wait (queueing tests)."""
-    log = tmp_path_factory.mktemp("logs") / "tiny-server-one.log"
-    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--max-tokens-limit", "3000"]
-    server = ServerProcess([*args, "--max-running", "1"], log).wait_ready()
-    yield server
-    assert server.stop() == 0, server.output()
-    assert "Traceback" not in server.output(), server.output()
+    yield from _tiny_server(
+        tiny_model_dir, tmp_path_factory, "tiny-server-one", "--max-running", "1"
+    )
 
 
 class App:
