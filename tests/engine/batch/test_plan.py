@@ -46,11 +46,17 @@ def test_decode_tokens_come_first_then_prefill_chunks_in_order() -> None:
     assert fed(feeds) == [(first, 1), (second, 1), (prefill, 3)]
 
 
-def test_prefills_share_the_budget_in_admission_order() -> None:
+def test_prefills_share_the_budget_shortest_remaining_first() -> None:
     a, b, c = seq(list(range(4))), seq(list(range(6))), seq(list(range(3)))
-    assert fed(plan_step([a, b, c], max_batch_tokens=7)) == [(a, 4), (b, 3)]
-    assert fed(plan_step([a, b, c], max_batch_tokens=13)) == [(a, 4), (b, 6), (c, 3)]
-    assert fed(plan_step([a, b, c], max_batch_tokens=100)) == [(a, 4), (b, 6), (c, 3)]
+    assert fed(plan_step([a, b, c], max_batch_tokens=7)) == [(c, 3), (a, 4)]
+    assert fed(plan_step([a, b, c], max_batch_tokens=9)) == [(c, 3), (a, 4), (b, 2)]
+    assert fed(plan_step([a, b, c], max_batch_tokens=100)) == [(c, 3), (a, 4), (b, 6)]
+
+
+def test_a_cached_request_never_waits_behind_a_long_prefill() -> None:
+    long = seq(list(range(8000)))  # admitted first, thousands of tokens to prefill
+    cached = seq(list(range(40)), computed=32)  # its prefix was cached: 8 tokens left
+    assert fed(plan_step([long, cached], max_batch_tokens=512)) == [(cached, 8), (long, 504)]
 
 
 def test_every_decode_is_fed_even_past_the_budget_and_prefill_waits() -> None:

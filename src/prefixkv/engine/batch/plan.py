@@ -1,8 +1,8 @@
 """A step's plan: which tokens of which sequences one forward pass feeds (pure, no model).
 
 Every running sequence that has decoded gets its one token first, so no decode waits behind a
-prefill; prompts being prefilled then share the rest of the ``max_batch_tokens`` budget in
-admission order, each a chunk of at most what is left (chunked prefill). The layout maps each
+prefill; prompts being prefilled then share the rest of the ``max_batch_tokens`` budget, the
+shortest remaining first, each a chunk of at most what is left (chunked prefill). The layout maps each
 fed token to its pool slot and each sequence to the runs of consecutive blocks holding its
 context.
 """
@@ -29,15 +29,18 @@ class Feed(NamedTuple):
 
 def plan_step(running: Seq[Sequence], max_batch_tokens: int) -> list[Feed]:
     """Decode tokens first (one per sequence that has all its prompt computed), then prefill
-    chunks in ``running`` order while budget remains. Every sequence with a decode token is
-    fed whatever the budget (a budget below the running count would starve them)."""
+    chunks while budget remains, the shortest remaining prefill first: a request whose prefix
+    was cached (a few tokens left) gets its first token at the next step, never after another
+    request's long prefill. Every sequence with a decode token is fed whatever the budget (a
+    budget below the running count would starve them)."""
     feeds = [Feed(s, 1) for s in running if s.pending == 1]
     budget = max_batch_tokens - len(feeds)
-    for seq in running:
-        if seq.pending > 1 and budget > 0:
-            count = min(seq.pending, budget)
-            feeds.append(Feed(seq, count))
-            budget -= count
+    for seq in sorted((s for s in running if s.pending > 1), key=lambda s: s.pending):
+        if budget <= 0:
+            break
+        count = min(seq.pending, budget)
+        feeds.append(Feed(seq, count))
+        budget -= count
     return feeds
 
 
