@@ -29,7 +29,7 @@ from prefixkv.engine.batch import attention
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
-from prefixkv.engine.request import InvalidRequestError, Request
+from prefixkv.engine.request import Completion, InvalidRequestError, Request
 from prefixkv.tokens import token_count
 
 log = logging.getLogger("prefixkv.engine")
@@ -94,6 +94,19 @@ class BatchRunner:
                 raise RequestCancelled("the server is shutting down")
             self._waiting.append(seq)
             self._cond.notify()
+
+    def run_all(self, requests: list[Request]) -> list[Completion]:
+        """Serve ``requests`` together on the calling thread (a runner not started, for
+        library use); return their Completions in order. Raises the first request's error
+        if any failed. Each keeps its own sampling parameters."""
+        if self._thread is not None:
+            raise RuntimeError("run_all drives the runner itself: do not start() it too")
+        sinks = [_Collect() for _ in requests]
+        for request, sink in zip(requests, sinks, strict=True):
+            self.submit(request, sink)
+        while self._running or self._waiting:
+            self.step()
+        return [sink.result() for sink in sinks]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="prefixkv-batch", daemon=True)
@@ -315,3 +328,25 @@ class BatchRunner:
         if seq in self._running:
             self._running.remove(seq)
         seq.sink.finish(outcome, error)
+
+
+class _Collect:
+    """A Sink that keeps the Completion (or the error) of one request."""
+
+    cancelled = False
+
+    def __init__(self) -> None:
+        self.completion: Completion | None = None
+        self.error: BaseException | None = None
+
+    def deliver(self, item: str | Completion) -> None:
+        if isinstance(item, Completion):
+            self.completion = item
+
+    def finish(self, outcome: str, error: BaseException | None = None) -> None:
+        self.error = error
+
+    def result(self) -> Completion:
+        if self.completion is None:
+            raise self.error or RuntimeError("the request ended without a completion")
+        return self.completion
