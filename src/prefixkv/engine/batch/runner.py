@@ -234,15 +234,20 @@ class BatchRunner:
         """True when a running sequence of the same namespace is prefilling the block
         ``seq`` would compute next: waiting for it to be indexed (a step or two) saves
         computing it twice, which matters when many clients send one document at once."""
-        end = self.store.cached(seq.lookup_bytes(), seq.request.namespace) + self.block_size
+        namespace = seq.request.namespace
+        prefilling = [
+            r
+            for r in self._running
+            if r.computed < r.prompt_tokens and r.request.namespace == namespace
+        ]
+        if not prefilling:  # the common case: no index lookup at all
+            return False
+        end = self.store.cached(seq.lookup_bytes(), namespace) + self.block_size
         if end >= len(seq.tokens):
             return False
         head = seq.tokens[:end]
         return any(
-            r.computed < end <= r.prompt_tokens
-            and r.request.namespace == seq.request.namespace
-            and r.tokens[:end] == head
-            for r in self._running
+            r.computed < end <= r.prompt_tokens and r.tokens[:end] == head for r in prefilling
         )
 
     def _allocate(self, feeds: list[Feed]) -> tuple[list[Feed], int]:
