@@ -2,7 +2,7 @@
 
 The core (``prefixkv.index``, ``prefixkv.cache``) needs NumPy and PyTorch only. Each layer
 above it lives behind an extra: ``[hf]`` for the engine (transformers and GGUF loading),
-``[server]`` for the HTTP server, ``[bench]`` for the benchmarks.
+``[tiers]`` for the disk and Redis tiers, ``[server]`` for the HTTP server, ``[bench]`` for the benchmarks.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import importlib.util
 
 EXTRAS = {
     "hf": ("transformers", "gguf", "accelerate", "safetensors"),
+    "tiers": ("xxhash", "redis"),
     "server": ("fastapi", "uvicorn", "prometheus_client"),
     "bench": ("openai", "httpx", "matplotlib"),
 }
