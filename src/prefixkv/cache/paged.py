@@ -15,7 +15,7 @@ nor another store can touch them meanwhile.
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ import torch
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.protocol import CacheStats, NoWriteThrough, WriteThrough
 from prefixkv.cache.table import BlockTable
 from prefixkv.cache.tenants import Tenants, tenant_of
 from prefixkv.index.policy import EvictionPolicy
@@ -49,7 +49,8 @@ class PrefixKVCache:
     ) -> None:
         """``tenant_share``: the fraction of the pool within which a tenant's blocks cannot
         be evicted by another tenant's stores (None: tenants compete freely, LRU/LFU
-        across all of them)."""
+        across all of them). ``write_through`` (set by a tiered cache) is told of every block
+        ``store`` or ``commit`` caches; blocks put back by ``restore`` are not repeated."""
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
         self.layout = layout
@@ -66,6 +67,7 @@ class PrefixKVCache:
         self._lock = threading.Lock()
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
+        self.write_through: WriteThrough = NoWriteThrough()
 
     @property
     def index(self) -> PrefixIndex:
@@ -110,15 +112,66 @@ class PrefixKVCache:
         buf = as_token_bytes(tokens)
         layers = self.layout.check_kv(kv, token_count(buf), self.device)
         wanted = token_count(buf) // self.block_size
+        index, cached, blocks = self._begin(buf, wanted, namespace)
+
+        def fill() -> None:
+            self.pool.write(blocks, layers, cached.num_tokens)
+            self.write_through.write(namespace, buf, cached.num_blocks, blocks)
+
+        return self._finish(index, buf, cached, blocks, fill)
+
+    def restore(
+        self, tokens: Sequence[int] | Any, first_block: int, data: Any, namespace: Hashable = None
+    ) -> int:
+        """Cache blocks ``first_block ...`` of ``tokens`` from ``data`` (``[layers, 2,
+        heads, n, block_size, dim]``, the cache's dtype), as read back from a lower tier.
+
+        Stores nothing (returns 0) unless exactly ``first_block`` blocks are cached now (the
+        blocks before must stay the path); else like ``store``: evicts to make room, keeps
+        the leading blocks that fit, returns how many it cached. The write-through is not
+        told (the blocks came from below)."""
+        buf = as_token_bytes(tokens)
+        count = data.shape[3]
+        end = (first_block + count) * self.block_size
+        if token_count(buf) < end:
+            raise ValueError(f"{count} blocks from block {first_block} need {end} tokens")
+        buf = TokenBytes(buf[: end * TOKEN_BYTES])
+        index, cached, blocks = self._begin(buf, count, namespace, first_block)
+        fill = lambda: self.pool.write_blocks(blocks, data[:, :, :, : len(blocks)])  # noqa: E731
+        return self._finish(index, buf, cached, blocks, fill)
+
+    def _begin(
+        self, buf: TokenBytes, wanted: int, namespace: Hashable, first_block: int | None = None
+    ) -> tuple[PrefixIndex, Match, list[int]]:
+        """Pin the cached part of ``buf`` and reserve blocks for the rest (none when the
+        cached part is not ``first_block`` blocks long, if given)."""
         tenant = tenant_of(namespace)
         with self._lock:
             index = self.tenants.index(tenant)
             # Pin the cached part so that making room cannot evict the blocks we extend.
             cached = index.peek(buf, namespace)
             index.pin(cached)
-            blocks = self._reserve(wanted - cached.num_blocks, tenant)
+            if first_block is None:
+                blocks = self._reserve(wanted - cached.num_blocks, tenant)
+            elif cached.num_blocks == first_block:
+                blocks = self._reserve(wanted, tenant)
+            else:
+                blocks = []
+        return index, cached, blocks
+
+    def _finish(
+        self,
+        index: PrefixIndex,
+        buf: TokenBytes,
+        cached: Match,
+        blocks: list[int],
+        fill: Callable[[], None],
+    ) -> int:
+        """Fill the reserved ``blocks`` (outside the lock), index them after ``cached``,
+        unpin ``cached``; return how many blocks the index adopted."""
         try:
-            self.pool.write(blocks, layers, cached.num_tokens)
+            if blocks:
+                fill()
         except BaseException:
             with self._lock:
                 self._reserved -= len(blocks)
@@ -130,7 +183,7 @@ class PrefixKVCache:
             values = list(cached.values) + blocks
             mine = set(blocks)
             # Another store may have indexed some of these blocks meanwhile: free our copies.
-            duplicates = [b for b in index.insert(buf, values, namespace) if b in mine]
+            duplicates = [b for b in index.insert(buf, values, cached.namespace) if b in mine]
             self.pool.free(duplicates)
             index.unpin(cached)
         return len(blocks) - len(duplicates)
@@ -189,7 +242,9 @@ class PrefixKVCache:
             index.pin(path)
             if table.pin is not None:
                 index.unpin(table.pin)
-            table.pin, table.indexed = path, full
+            first, table.pin, table.indexed = table.indexed, path, full
+        if adopted:  # (blocks another sequence indexed first were told of by it)
+            self.write_through.write(table.namespace, prefix, first, table.blocks[first:full])
         return len(adopted)
 
     def close(self, table: BlockTable) -> None:

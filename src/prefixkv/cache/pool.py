@@ -85,6 +85,18 @@ class BlockPool:
                 src = tensor[:, first_token:stop].reshape(heads, len(blocks), self.block_size, dim)
                 self.data[layer, side].index_copy_(1, ids, src)
 
+    def read_blocks(self, blocks: Sequence[int]) -> torch.Tensor:
+        """A copy of ``blocks``: ``[layers, 2, heads, len(blocks), block_size, dim]``."""
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        return self.data.index_select(3, ids)
+
+    def write_blocks(self, blocks: Sequence[int], data: torch.Tensor) -> None:
+        """Copy ``data`` (``[layers, 2, heads, len(blocks), block_size, dim]``) into
+        ``blocks``."""
+        if blocks:
+            ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+            self.data.index_copy_(3, ids, data.to(self.device))
+
     def gather_into(self, blocks: Sequence[int], out: torch.Tensor) -> None:
         """Copy ``blocks`` into ``out[:, :, :, :len(blocks) * block_size]``, where ``out`` is
         ``[layers, 2, heads, T, dim]``. One ``index_select`` straight into ``out`` when it is

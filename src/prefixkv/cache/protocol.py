@@ -47,6 +47,29 @@ class CacheStats(NamedTuple):
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
 
+class WriteThrough(Protocol):
+    """Told of blocks as they become cached, to copy them below RAM (see
+    :mod:`prefixkv.tiers`). Called outside the cache's lock, while the blocks are reserved or
+    pinned: their data is stable until the call returns, not after, so an implementation
+    copies what it keeps before returning and does slow work elsewhere."""
+
+    def write(
+        self, namespace: Hashable, tokens: TokenBytes, first_block: int, blocks: Sequence[int]
+    ) -> None:
+        """``blocks`` (pool ids) hold the KV of blocks ``first_block, first_block + 1, ...``
+        of ``tokens`` in ``namespace``."""
+        ...
+
+
+class NoWriteThrough:
+    """The WriteThrough of a cache with nothing below RAM: does nothing."""
+
+    def write(
+        self, namespace: Hashable, tokens: TokenBytes, first_block: int, blocks: Sequence[int]
+    ) -> None:
+        return None
+
+
 class PrefixCache(Protocol):
     """The cache interface the engine and server use; PrefixKVCache and NullCache implement it."""
 

@@ -54,6 +54,20 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_option(p, "--cache-bytes", "prefix cache size", type=parse_bytes, default="2GiB")
     add_option(p, "--block-size", "tokens per cache block", type=positive_int, default="16")
     add_option(p, "--no-prefix-cache", "disable the prefix cache (baseline)", action="flag")
+    add_option(
+        p, "--disk-cache", "directory of a disk tier below the RAM cache (kept across restarts)"
+    )
+    add_option(p, "--disk-cache-bytes", "disk tier size", type=parse_bytes, default="16GiB")
+    add_option(
+        p, "--redis-url", "Redis tier below RAM and disk, shared by replicas: redis://HOST:PORT/DB"
+    )
+    add_option(
+        p,
+        "--tier-compression",
+        "KV quantization in the disk and Redis tiers (lossy: int8, int4)",
+        type=one_of(["none", "int8", "int4"]),
+        default="none",
+    )
     add_option(p, "--threads", "torch CPU threads (default: torch's choice)", type=positive_int)
     add_option(
         p,
@@ -213,13 +227,40 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
         )
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
+    if args.no_prefix_cache and (args.disk_cache or args.redis_url):
+        raise CommandError(
+            "--disk-cache and --redis-url need the prefix cache (drop --no-prefix-cache)"
+        )
     if args.no_prefix_cache:
         # A pool of the same size still holds running requests' KV when batching.
         capacity = args.cache_bytes if getattr(args, "backend", "serial") == "batch" else 0
         engine = engine.with_cache(
             NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
         )
+    elif args.disk_cache or args.redis_url:
+        engine = engine.with_cache(_tiered(args, engine))
     return engine
+
+
+def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
+    """The engine's RAM cache with the disk and Redis tiers the options ask for."""
+    require("tiers", "--disk-cache and --redis-url")
+    from prefixkv.cache.paged import PrefixKVCache
+    from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.tiers.build import build_tiered
+
+    assert isinstance(engine.cache, PrefixKVCache)
+    try:
+        return build_tiered(
+            engine.cache,
+            model_fingerprint(engine.model, engine.layout),
+            disk_dir=args.disk_cache,
+            disk_bytes=args.disk_cache_bytes,
+            redis_url=args.redis_url,
+            compression=args.tier_compression,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def make_backend(args: argparse.Namespace, engine: Engine) -> Any:
@@ -253,8 +294,7 @@ def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from prefixkv.server import ServerSettings, create_app, serve
-    from prefixkv.server.app import begin_shutdown
+    from prefixkv.server import ServerSettings, create_app
     from prefixkv.server.hosts import default_allowed_hosts, is_loopback
 
     # Checked before the model loads (seconds): a bad key is a start-up error at once.
@@ -274,12 +314,28 @@ def _serve(args: argparse.Namespace) -> int:
     if not is_loopback(args.host) and not settings.keyed:
         print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
     cache = "off" if args.no_prefix_cache else f"{args.cache_bytes / (1 << 30):.2f} GiB"
+    if args.disk_cache:
+        cache += f" + disk {args.disk_cache} ({args.disk_cache_bytes / (1 << 30):.2f} GiB)"
+    if args.redis_url:
+        cache += f" + redis {args.redis_url}"
     print(
         f"prefixkv: serving {engine.name} at http://{args.host}:{args.port}/v1 "
         f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})",
         flush=True,
     )
     app = create_app(engine, settings, make_backend(args, engine))
+    try:
+        return _run_server(app, args)
+    finally:
+        shutdown = getattr(engine.cache, "shutdown", None)  # a TieredCache's writer and tiers
+        if shutdown is not None:
+            shutdown()
+
+
+def _run_server(app: Any, args: argparse.Namespace) -> int:
+    from prefixkv.server import serve
+    from prefixkv.server.app import begin_shutdown
+
     return serve(
         app,
         args.host,

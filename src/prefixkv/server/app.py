@@ -28,7 +28,7 @@ from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
 from prefixkv.server.hosts import HostCheck
-from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics
+from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
 from prefixkv.server.scheduler import Backend, Scheduler
 from prefixkv.server.settings import ServerSettings
 
@@ -55,7 +55,10 @@ class ServerState:
     ) -> ServerState:
         scheduler = Scheduler(backend or SerialBackend(engine), settings.max_queue)
         metrics = ServerMetrics(
-            engine.cache.stats, lambda: scheduler.pending, lambda: scheduler.backend.running
+            engine.cache.stats,
+            lambda: scheduler.pending,
+            lambda: scheduler.backend.running,
+            engine.cache,
         )
         scheduler.on_finish = metrics.observe_job
         if isinstance(backend, BatchBackend):
@@ -165,7 +168,12 @@ async def cache_stats(request: Request, caller: CallerDep) -> dict[str, Any]:
     cache = _state(request).engine.cache
     if caller.admin:
         stats = cache.stats()
-        return {**stats._asdict(), "hit_rate": stats.hit_rate, "scope": "all"}
+        return {
+            **stats._asdict(),
+            "hit_rate": stats.hit_rate,
+            "scope": "all",
+            "tiers": tier_records(cache),
+        }
     stats = cache.tenant_stats(caller.tenant)
     own = {k: v for k, v in stats._asdict().items() if k not in _POOL_WIDE}
     return {**own, "hit_rate": stats.hit_rate, "scope": "tenant"}

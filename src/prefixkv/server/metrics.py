@@ -99,6 +99,54 @@ _CACHE_HELP = {
 }
 
 
+_TIER_GAUGES = frozenset({"blocks", "bytes", "capacity_bytes"})
+_TIER_HELP = {
+    "hit_blocks": "Verified blocks the tier supplied to lookups",
+    "missed_lookups": "Lookups that asked the tier and got no block",
+    "promoted_blocks": "Blocks of the tier put back into RAM",
+    "verification_failures": "Records rejected on load (checksum, tokens, name, model): never served",
+    "blocks": "Records the tier holds (as far as this process knows)",
+    "bytes": "Bytes of the records the tier holds",
+    "capacity_bytes": "The most the tier holds (0: bounded by the store)",
+    "reads": "Reads that reached the store",
+    "read_seconds": "Seconds spent in reads",
+    "writes": "Records written (demoted) to the tier",
+    "write_seconds": "Seconds spent in writes",
+    "evicted_blocks": "Records the tier removed to stay under capacity",
+    "errors": "Failed tier operations (answered as misses or skipped writes)",
+    "corrupt_blocks": "Damaged records the tier found and removed itself",
+}
+
+
+def tier_records(cache: object) -> list[dict[str, object]]:
+    """One flat record per lower tier of ``cache`` (none unless it is a TieredCache)."""
+    from prefixkv.tiers.tiered import TieredCache
+
+    if not isinstance(cache, TieredCache):
+        return []
+    return [
+        {**{k: v for k, v in t._asdict().items() if k != "counters"}, **t.counters._asdict()}
+        for t in cache.tier_stats()
+    ]
+
+
+class TierCollector(Collector):
+    """Exports each lower tier's stats at each scrape as ``prefixkv_tier_<field>{tier=...}``."""
+
+    def __init__(self, cache: object) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        records = tier_records(self._cache)
+        for field, help_text in _TIER_HELP.items():
+            family = GaugeMetricFamily if field in _TIER_GAUGES else CounterMetricFamily
+            metric = family(f"prefixkv_tier_{field}", help_text, labels=["tier"])
+            for record in records:
+                metric.add_metric([str(record["tier"])], float(record[field]))  # type: ignore[arg-type]
+            if records:
+                yield metric
+
+
 class ServerMetrics:
     """The registry and the instruments the server updates."""
 
@@ -107,6 +155,7 @@ class ServerMetrics:
         stats: Callable[[], CacheStats],
         queue_depth: Callable[[], int],
         running: Callable[[], int] = lambda: 0,
+        cache: object = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -175,6 +224,7 @@ class ServerMetrics:
             registry=r,
         )
         r.register(CacheCollector(stats))
+        r.register(TierCollector(cache))
 
     def observe_step(self, report: StepReport) -> None:
         """Record one batch step (called on the runner thread)."""

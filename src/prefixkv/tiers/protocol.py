@@ -39,6 +39,9 @@ class TierCounters(NamedTuple):
     errors: int
     """Failed operations (I/O errors, timeouts, connection errors): each answered as a miss
     or a skipped write."""
+    corrupt_blocks: int = 0
+    """Records the tier itself found damaged (truncated or misnamed files at start) and
+    removed; records failing verification on load are counted by the facade."""
 
 
 class Tier(Protocol):
@@ -64,8 +67,7 @@ class Tier(Protocol):
         """Remove the record under ``name`` (it failed verification). Never raises."""
         ...
 
-    def counters(self) -> TierCounters:
-        ...
+    def counters(self) -> TierCounters: ...
 
     def close(self) -> None:
         """Release files and connections. Idempotent."""

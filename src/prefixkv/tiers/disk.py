@@ -1,0 +1,230 @@
+"""DiskTier: records as files in a directory, surviving restarts, bounded in bytes.
+
+Layout: ``DIR/prefixkv-v1/<2 hex>/<32 hex>.kv``, one record per file, named by its block
+name. A file is written under a temporary name in ``DIR/prefixkv-v1/tmp`` and renamed into
+place (``os.replace`` is atomic on POSIX), so a reader never sees a half-written record under
+a real name, even after a ``kill -9`` mid-write; leftovers of dead writers are removed at
+start. No fsync: after a power loss a file may be short or zeroed, which the checksum on
+every load catches (the record is removed and never served).
+
+The index (name -> size, least recently used first) lives in RAM and is rebuilt at start from
+the files: each file's header is read and its size checked, and a truncated or misnamed file
+is removed and counted. Startup reads ~100 bytes per file.
+
+Two processes on one directory never corrupt it: names are content-addressed (a name fixes
+the record's bytes), writes are atomic renames, and a file removed by one process is a miss
+for the other. Each process bounds only what it knows of, so two processes may together hold
+up to twice the capacity; give each its own directory for a strict bound.
+
+A failed write (a full disk, an unwritable directory) is counted in ``errors``, logged once,
+and writes pause for ``retry_after`` seconds; reads go on. Never raises from get/put.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+from prefixkv.tiers.protocol import NAME_BYTES, TierCounters, hex_name
+from prefixkv.tiers.record import HEADER_BYTES, VerificationError, read_header
+
+log = logging.getLogger("prefixkv.tiers.disk")
+SUFFIX = ".kv"
+
+
+class DiskTier:
+    """Implements Tier over one directory. Thread-safe (one lock around the index; file I/O
+    runs outside it)."""
+
+    name = "disk"
+
+    def __init__(self, directory: str | Path, capacity_bytes: int, retry_after: float = 10.0):
+        if not isinstance(capacity_bytes, int) or capacity_bytes < 1:
+            raise ValueError(
+                f"disk tier capacity must be a positive integer, got {capacity_bytes!r}"
+            )
+        self.root = Path(directory) / "prefixkv-v1"
+        self.capacity_bytes = capacity_bytes
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._files: OrderedDict[bytes, int] = OrderedDict()  # name -> bytes, LRU first
+        self._bytes = 0
+        self._reads = self._writes = self._evicted = self._errors = self._corrupt = 0
+        self._read_seconds = self._write_seconds = 0.0
+        self._paused_until = 0.0
+        self._tmp_seq = 0
+        try:
+            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+            self._load()
+        except OSError as exc:
+            self._failed("cannot use the disk tier directory", exc)
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Index the files already there (oldest first), removing what cannot be a record."""
+        self._remove_stale_temporaries()
+        found = []
+        for path in self.root.glob(f"??/*{SUFFIX}"):
+            try:
+                stat = path.stat()
+                name = bytes.fromhex(path.stem)
+                with path.open("rb") as file:
+                    head = read_header(file.read(HEADER_BYTES))
+                if len(name) != NAME_BYTES or head.name != name:
+                    raise VerificationError("name", "file name and record name differ")
+                if head.record_bytes != stat.st_size:
+                    raise VerificationError("truncated", f"{stat.st_size} of {head.record_bytes}")
+            except (ValueError, OSError) as exc:  # VerificationError is a ValueError
+                log.warning("disk tier: removing %s (%s)", path, exc)
+                self._corrupt += 1
+                path.unlink(missing_ok=True)
+                continue
+            found.append((stat.st_mtime, name, stat.st_size))
+        for _, name, size in sorted(found):
+            self._files[name] = size
+            self._bytes += size
+        self._evict_over(0)
+
+    def _remove_stale_temporaries(self) -> None:
+        for path in (self.root / "tmp").iterdir():
+            pid = path.name.split("-", 1)[0]
+            if not (pid.isdigit() and _alive(int(pid))):
+                path.unlink(missing_ok=True)
+
+    # --- Tier ----------------------------------------------------------------------------
+
+    def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
+        """Read each held name's file whole (None if not held, gone or unreadable)."""
+        out: list[bytes | None] = []
+        for name in names:
+            with self._lock:
+                size = self._files.get(name)
+                if size is not None:
+                    self._files.move_to_end(name)
+            out.append(None if size is None else self._read(name, size))
+        return out
+
+    def _read(self, name: bytes, size: int) -> bytes | None:
+        start = time.perf_counter()
+        try:
+            with self._path(name).open("rb") as file:
+                data = bytearray(size)
+                got = file.readinto(data)
+                if file.read(1):
+                    got += 1  # longer than indexed: verification will reject it
+        except FileNotFoundError:  # removed by another process sharing the directory
+            self._forget(name)
+            return None
+        except OSError as exc:
+            self._failed("read failed", exc)
+            return None
+        with self._lock:
+            self._reads += 1
+            self._read_seconds += time.perf_counter() - start
+        return bytes(data[:got]) if got != size else bytes(data)
+
+    def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+        for name, record in records:
+            with self._lock:
+                if name in self._files or time.monotonic() < self._paused_until:
+                    continue
+            self._write(name, record)
+
+    def _write(self, name: bytes, record: bytes) -> None:
+        start = time.perf_counter()
+        path = self._path(name)
+        with self._lock:
+            self._tmp_seq += 1
+            tmp = self.root / "tmp" / f"{os.getpid()}-{threading.get_ident()}-{self._tmp_seq}"
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with tmp.open("wb") as file:
+                file.write(record)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            self._failed("write failed", exc)
+            with self._lock:
+                self._paused_until = time.monotonic() + self.retry_after
+            return
+        with self._lock:
+            if name not in self._files:
+                self._files[name] = len(record)
+                self._bytes += len(record)
+            self._writes += 1
+            self._write_seconds += time.perf_counter() - start
+            self._evict_over(0)
+
+    def discard(self, name: bytes) -> None:
+        self._forget(name)
+        try:
+            self._path(name).unlink(missing_ok=True)
+        except OSError as exc:
+            self._failed("remove failed", exc)
+
+    def counters(self) -> TierCounters:
+        with self._lock:
+            return TierCounters(
+                blocks=len(self._files),
+                bytes=self._bytes,
+                capacity_bytes=self.capacity_bytes,
+                reads=self._reads,
+                read_seconds=self._read_seconds,
+                writes=self._writes,
+                write_seconds=self._write_seconds,
+                evicted_blocks=self._evicted,
+                errors=self._errors,
+                corrupt_blocks=self._corrupt,
+            )
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _path(self, name: bytes) -> Path:
+        text = hex_name(name)
+        return self.root / text[:2] / f"{text}{SUFFIX}"
+
+    def _forget(self, name: bytes) -> None:
+        with self._lock:
+            size = self._files.pop(name, None)
+            if size is not None:
+                self._bytes -= size
+
+    def _evict_over(self, incoming: int) -> None:
+        """Under the lock: remove least recently used files until the new bytes fit."""
+        while self._files and self._bytes + incoming > self.capacity_bytes:
+            name, size = self._files.popitem(last=False)
+            self._bytes -= size
+            self._evicted += 1
+            try:
+                self._path(name).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("disk tier: cannot remove %s: %s", self._path(name), exc)
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        """Count an I/O failure; log it unless writes are already paused for one."""
+        with self._lock:
+            self._errors += 1
+            quiet = time.monotonic() < self._paused_until
+        if not quiet:
+            log.warning("disk tier %s: %s: %s", self.root, what, exc)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

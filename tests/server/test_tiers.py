@@ -1,0 +1,84 @@
+"""A real server with a disk tier: restarts serve earlier prefixes from disk with identical
+outputs; a kill -9 leaves nothing corrupt that could be served."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY_ARGS
+from .harness import ServerProcess
+
+pytestmark = pytest.mark.process
+
+DOCUMENT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog. " for i in range(6))
+
+
+def _server(model: Path, tmp: Path, name: str, *extra: str) -> ServerProcess:
+    args = ["--model", str(model), *TINY_ARGS, *extra]
+    return ServerProcess(args, tmp / f"{name}.log").wait_ready()
+
+
+def _ask(server: ServerProcess, question: str) -> tuple[str, int]:
+    reply = server.client().chat.completions.create(
+        model="tiny",
+        messages=[{"role": "system", "content": DOCUMENT}, {"role": "user", "content": question}],
+        max_tokens=12,
+        temperature=0,
+    )
+    details = reply.usage.prompt_tokens_details if reply.usage else None
+    return reply.choices[0].message.content or "", (details.cached_tokens or 0) if details else 0
+
+
+def test_a_restarted_server_serves_earlier_prefixes_from_disk(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    disk = ["--disk-cache", str(tmp_path / "kv"), "--disk-cache-bytes", "64MiB"]
+    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
+    try:
+        expected = [_ask(baseline, q)[0] for q in ("first?", "second?")]
+    finally:
+        assert baseline.stop() == 0
+    first = _server(tiny_model_dir, tmp_path, "first", *disk)
+    try:
+        assert _ask(first, "first?")[0] == expected[0]
+    finally:
+        assert first.stop() == 0, first.output()
+    again = _server(tiny_model_dir, tmp_path, "again", *disk)
+    try:
+        before = again.stats()["tiers"][0]
+        assert before["tier"] == "disk" and before["blocks"] > 0
+        text, cached = _ask(again, "second?")
+        assert text == expected[1]
+        assert cached >= len(DOCUMENT) // 2  # the document's blocks came back from disk
+        (tier,) = again.stats()["tiers"]
+        assert tier["hit_blocks"] > 0 and tier["verification_failures"] == 0
+        assert again.metrics()['prefixkv_tier_hit_blocks_total{tier="disk"}'] > 0
+    finally:
+        assert again.stop() == 0, again.output()
+    assert "Traceback" not in again.output()
+
+
+def test_kill_9_while_writing_leaves_nothing_corrupt_served(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    disk = ["--disk-cache", str(tmp_path / "kv"), "--disk-cache-bytes", "64MiB"]
+    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
+    questions = [f"question {i}?" for i in range(4)]
+    try:
+        expected = [_ask(baseline, q)[0] for q in questions]
+    finally:
+        assert baseline.stop() == 0
+    for round_ in range(2):  # kill right after replies, while the writer is busy
+        victim = _server(tiny_model_dir, tmp_path, f"victim{round_}", *disk)
+        assert [_ask(victim, q)[0] for q in questions[:2]] == expected[:2]
+        victim.stop(signal.SIGKILL)
+    again = _server(tiny_model_dir, tmp_path, "again", *disk)
+    try:
+        assert [_ask(again, q)[0] for q in questions] == expected
+        (tier,) = again.stats()["tiers"]
+        assert tier["verification_failures"] == 0
+    finally:
+        assert again.stop() == 0, again.output()
