@@ -186,6 +186,20 @@ class DiskTier:
     def close(self) -> None:
         """Nothing stays open between calls."""
 
+    def check_invariants(self) -> None:
+        """The index matches the files (when no other process shares the directory) and its
+        byte count, within capacity. O(files)."""
+        with self._lock:
+            on_disk = {
+                bytes.fromhex(p.stem): p.stat().st_size for p in self.root.glob(f"??/*{SUFFIX}")
+            }
+            if on_disk != dict(self._files):
+                raise AssertionError("DiskTier: the index and the files differ")
+            if sum(self._files.values()) != self._bytes:
+                raise AssertionError("DiskTier: the byte count is off")
+            if self._bytes > self.capacity_bytes:
+                raise AssertionError("DiskTier: over capacity")
+
     # --- internals -----------------------------------------------------------------------
 
     def _path(self, name: bytes) -> Path:
