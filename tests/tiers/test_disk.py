@@ -144,3 +144,31 @@ def test_a_full_disk_degrades_the_tier_and_logs_once(
     assert tier.get_many(NAMES[:3]) == [data for _, data in big[:3]]
     tier.check_invariants()
     assert not any((small_disk / "prefixkv-v1" / "tmp").iterdir())
+
+
+_SHARED_WRITER = """
+import sys
+from prefixkv.tiers.disk import DiskTier
+from prefixkv.tiers.record import encode
+tier = DiskTier(sys.argv[1], int(sys.argv[2]))
+for i in range(200):
+    name = (i % 40).to_bytes(16, "little")
+    if tier.get_many([name])[0] is None:
+        tier.put_many([(name, encode(0, bytes(16), name, bytes(16), bytes(16), name * 4096))])
+"""
+
+
+@pytest.mark.process
+def test_two_processes_on_one_directory_never_corrupt_it(tmp_path: Path) -> None:
+    capacity = 20 * (64 * 1024 + 200)  # half the names fit: both processes evict
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _SHARED_WRITER, str(tmp_path), str(capacity)])
+        for _ in range(2)
+    ]
+    assert [w.wait(60) for w in writers] == [0, 0]
+    tier = DiskTier(tmp_path, 1 << 30)
+    names = list(tier._files)
+    assert names
+    for name, data in zip(names, tier.get_many(names), strict=True):
+        assert data == encode(0, bytes(16), name, bytes(16), bytes(16), name * 4096)
+    tier.check_invariants()
