@@ -7,7 +7,7 @@ head_dim). An element ``x`` is stored as an unsigned code ``q`` in ``[0, 2**bits
 restored as ``zero + q * step``.
 
 Payload of a block ``[L, 2, H, S, D]`` (layers, keys/values, kv heads, tokens, head_dim), in
-this order, native byte order (little-endian on the platforms torch supports)::
+this order, in native byte order (little-endian on x86 and ARM)::
 
     key zero points    [L, H, D] float16
     key steps          [L, H, D] float16
@@ -21,8 +21,9 @@ rounded *outward*: the zero point down to a float16 at or below the group's mini
 up so that ``zero + (2**bits - 1) * step`` reaches the maximum. Every element is then within
 half a step of its restored value (up to float32 rounding, ~1e-7 relative). A group whose
 range is zero and whose value is a float16 gets step 1 and code 0: restored exactly. A block
-holding NaN, an infinity, or a range beyond float16's (|x| > 65504) cannot be encoded: encode
-raises ValueError and the caller stores that block raw.
+holding NaN, an infinity, or a value beyond float16's range (|x| > 65504) cannot be encoded:
+encode raises ValueError, and that block stays out of the compressed tier (SmolLM2's KV peaks
+near |x| = 29).
 """
 
 from __future__ import annotations
@@ -64,8 +65,15 @@ class QuantizedCodec:
             )
         x = block.detach().to(device="cpu", dtype=torch.float32)
         keys, values = x[:, 0], x[:, 1]  # [L, H, S, D]
-        key_zero, key_step = self._params(keys.amin(dim=2), keys.amax(dim=2))  # [L, H, D]
-        value_zero, value_step = self._params(values.amin(dim=3), values.amax(dim=3))  # [L, H, S]
+        key_low, key_high = keys.amin(dim=2), keys.amax(dim=2)  # [L, H, D]
+        value_low, value_high = values.amin(dim=3), values.amax(dim=3)  # [L, H, S]
+        zero, step = self._params(  # keys then values, in one pass
+            torch.cat((key_low.view(-1), value_low.view(-1))),
+            torch.cat((key_high.view(-1), value_high.view(-1))),
+        )
+        keys_at = key_low.numel()
+        key_zero, value_zero = zero[:keys_at].view_as(key_low), zero[keys_at:].view_as(value_low)
+        key_step, value_step = step[:keys_at].view_as(key_low), step[keys_at:].view_as(value_low)
         codes = torch.cat(
             (
                 self._codes(keys, key_zero.unsqueeze(2), key_step.unsqueeze(2)).view(-1),
@@ -74,7 +82,7 @@ class QuantizedCodec:
         )
         if self.bits == 4:  # an even count: 2 * L * H * S * D
             codes = codes[0::2] | (codes[1::2] << 4)
-        params = torch.cat([t.reshape(-1) for t in (key_zero, key_step, value_zero, value_step)])
+        params = torch.cat((zero[:keys_at], step[:keys_at], zero[keys_at:], step[keys_at:]))
         payload: bytes = torch.cat((params.view(torch.uint8), codes)).numpy().tobytes()
         return payload
 
