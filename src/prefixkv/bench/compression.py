@@ -34,6 +34,7 @@ from prefixkv.bench.machine import describe, machine_info
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.null import NullCache
 from prefixkv.cache.paged import PrefixKVCache
+from prefixkv.cli.options import positive_int
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.workspace import Workspace
@@ -309,11 +310,11 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--max-tokens", type=int, default=32, help="greedy tokens per prompt")
-    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-tokens", type=positive_int, default=32, help="greedy tokens per prompt")
+    p.add_argument("--block-size", type=positive_int, default=16)
     p.add_argument("--codecs", default="none,int8,int4", help="comma-separated")
-    p.add_argument("--prompts", type=int, default=None, help="the first N of the suite only")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    p.add_argument("--prompts", type=positive_int, default=None, help="the first N prompts only")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement")
     p.add_argument("--out", type=Path, default=Path("results/compression.json"))
     args = p.parse_args(argv)
     names = args.codecs.split(",")
