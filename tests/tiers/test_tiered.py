@@ -177,3 +177,16 @@ def test_random_operations_serve_only_exact_kv(tmp_path: Path, seed: int) -> Non
         if rng.random() < 0.1:
             cache.flush(10)
     cache.shutdown()
+
+
+def test_a_block_the_codec_cannot_hold_ends_the_write_there(tmp_path: Path) -> None:
+    from prefixkv.tiers.quantize import CODECS
+
+    disk = DiskTier(tmp_path, 1 << 20)
+    cache = TieredCache(hot_cache(8), [disk], FINGERPRINT, codec=CODECS["int8"])
+    tokens = prompt(9)
+    kv = kv_of(tokens)
+    kv[0][0][0, BLOCK + 1, 0] = float("inf")  # in block 1: int8 cannot hold it
+    assert cache.store(tokens, kv) == 3
+    assert cache.flush(10)
+    assert disk.counters().blocks == 1 and cache.dropped_writes == 2

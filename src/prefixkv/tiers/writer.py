@@ -134,7 +134,14 @@ class Writer:
             block = job.first + i
             name = names[block]
             tokens = job.tokens[block * size : (block + 1) * size]
-            payload = self.codec.encode(job.data[:, :, :, i])
+            try:
+                payload = self.codec.encode(job.data[:, :, :, i])
+            except ValueError as exc:  # e.g. a value int8/int4 cannot hold: blocks after
+                # it would be unreachable (a lookup stops at the first missing block)
+                log.warning("tier writer: block not written below RAM: %s", exc)
+                with self._cond:
+                    self.dropped_blocks += count - i
+                break
             out.append(
                 (name, encode(self.codec.id, self.namer.fingerprint, name, parent, tokens, payload))
             )
