@@ -32,6 +32,13 @@ except ImportError as exc:
 else:
     raise AssertionError("prefixkv.Engine imported without the [hf] extra")
 
+try:
+    import prefixkv.tiers
+except ImportError as exc:
+    assert "pip install 'prefixkv[tiers]'" in str(exc), exc
+else:
+    raise AssertionError("prefixkv.tiers imported without the [tiers] extra")
+
 for command, extra in ((["serve"], "server"), (["chat"], "hf"), (["bench", "ttft"], "hf")):
     done = subprocess.run(
         [sys.executable, "-m", "prefixkv.cli", *command], capture_output=True, text=True

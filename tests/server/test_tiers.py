@@ -59,6 +59,21 @@ def test_a_restarted_server_serves_earlier_prefixes_from_disk(
     finally:
         assert again.stop() == 0, again.output()
     assert "Traceback" not in again.output()
+    _flip_a_byte_in_every_record(tmp_path / "kv")
+    damaged = _server(tiny_model_dir, tmp_path, "damaged", *disk)
+    try:
+        text, cached = _ask(damaged, "second?")
+        assert (text, cached) == (expected[1], 0)
+        assert damaged.stats()["tiers"][0]["verification_failures"] == 1  # then: a miss
+    finally:
+        assert damaged.stop() == 0, damaged.output()
+
+
+def _flip_a_byte_in_every_record(directory: Path) -> None:
+    for path in directory.rglob("*.kv"):
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
 
 
 def test_kill_9_while_writing_leaves_nothing_corrupt_served(

@@ -90,12 +90,11 @@ class BlockPool:
         ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
         return self.data.index_select(3, ids)
 
-    def write_blocks(self, blocks: Sequence[int], data: torch.Tensor) -> None:
-        """Copy ``data`` (``[layers, 2, heads, len(blocks), block_size, dim]``) into
-        ``blocks``."""
-        if blocks:
-            ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
-            self.data.index_copy_(3, ids, data.to(self.device))
+    def write_blocks(self, blocks: Sequence[int], data: Sequence[torch.Tensor]) -> None:
+        """Copy ``data[i]`` (``[layers, 2, heads, block_size, dim]``) into ``blocks[i]``:
+        one copy per block, straight from wherever ``data`` lies."""
+        for block, tensor in zip(blocks, data, strict=False):
+            self.data[:, :, :, block].copy_(tensor)
 
     def gather_into(self, blocks: Sequence[int], out: torch.Tensor) -> None:
         """Copy ``blocks`` into ``out[:, :, :, :len(blocks) * block_size]``, where ``out`` is

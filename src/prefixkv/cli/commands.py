@@ -24,10 +24,11 @@ from prefixkv.cli.options import (
     positive_int,
     share_fraction,
 )
+from prefixkv.cli.setup import CommandError, close_tiers, load_engine, make_backend
 from prefixkv.extras import MissingExtraError, require
 
 if TYPE_CHECKING:
-    from prefixkv.engine.engine import Engine
+    pass
 
 BENCHES = {
     "index": ("prefixkv.bench.index_ops", "prefix index operations (lookup, insert, evict)"),
@@ -43,10 +44,6 @@ _BENCH_EXTRAS = {
     "attention": ("hf", "bench"),
     "decode": ("hf", "bench"),
 }
-
-
-class CommandError(Exception):
-    """A problem with the command's inputs: printed without a traceback, exit status 2."""
 
 
 def _engine_options(p: argparse.ArgumentParser) -> None:
@@ -206,81 +203,6 @@ def run_bench(name: str, argv: list[str]) -> int:
     return int(module.main(argv))
 
 
-def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
-    """The Engine the options describe; ``--no-prefix-cache`` puts it over a NullCache."""
-    import torch
-
-    from prefixkv.cache.null import NullCache
-    from prefixkv.engine.engine import Engine
-    from prefixkv.engine.loader import ModelNotFoundError
-    from prefixkv.index import policy_by_name
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        engine = Engine.from_pretrained(
-            args.model,
-            cache_bytes=args.cache_bytes,
-            block_size=args.block_size,
-            policy=policy_by_name(args.eviction_policy),
-            tenant_share=tenant_share,
-        )
-    except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
-        raise CommandError(str(exc)) from exc
-    if args.no_prefix_cache and (args.disk_cache or args.redis_url):
-        raise CommandError(
-            "--disk-cache and --redis-url need the prefix cache (drop --no-prefix-cache)"
-        )
-    if args.no_prefix_cache:
-        # A pool of the same size still holds running requests' KV when batching.
-        capacity = args.cache_bytes if getattr(args, "backend", "serial") == "batch" else 0
-        engine = engine.with_cache(
-            NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
-        )
-    elif args.disk_cache or args.redis_url:
-        engine = engine.with_cache(_tiered(args, engine))
-    return engine
-
-
-def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
-    """The engine's RAM cache with the disk and Redis tiers the options ask for."""
-    require("tiers", "--disk-cache and --redis-url")
-    from prefixkv.cache.paged import PrefixKVCache
-    from prefixkv.engine.fingerprint import model_fingerprint
-    from prefixkv.tiers.build import build_tiered
-
-    assert isinstance(engine.cache, PrefixKVCache)
-    try:
-        return build_tiered(
-            engine.cache,
-            model_fingerprint(engine.model, engine.layout),
-            disk_dir=args.disk_cache,
-            disk_bytes=args.disk_cache_bytes,
-            redis_url=args.redis_url,
-            compression=args.tier_compression,
-        )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
-
-
-def make_backend(args: argparse.Namespace, engine: Engine) -> Any:
-    """The server backend the options ask for: the batch runner, or the serial worker (also
-    the fallback, with a warning, for a model the batch runner cannot run)."""
-    from prefixkv.engine.batch.policy import POLICIES
-    from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
-    from prefixkv.engine.kvbridge import UnsupportedModelError
-    from prefixkv.server.backends import BatchBackend, SerialBackend
-
-    if args.backend == "serial":
-        return SerialBackend(engine)
-    limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
-    try:
-        return BatchBackend(BatchRunner(engine, limits))
-    except UnsupportedModelError as exc:
-        print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
-        return SerialBackend(engine)
-
-
 def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
     """Keys with surrounding blanks stripped; CommandError naming the flag (or variable) for
     an empty or blank one: an unset secret must never start a server without auth."""
@@ -327,9 +249,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         return _run_server(app, args)
     finally:
-        shutdown = getattr(engine.cache, "shutdown", None)  # a TieredCache's writer and tiers
-        if shutdown is not None:
-            shutdown()
+        close_tiers(engine)
 
 
 def _run_server(app: Any, args: argparse.Namespace) -> int:
@@ -361,9 +281,12 @@ def _chat(args: argparse.Namespace) -> int:
     from prefixkv.cli.chat import chat_loop
 
     engine = load_engine(args)
-    return chat_loop(
-        engine, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature
-    )
+    try:
+        return chat_loop(
+            engine, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature
+        )
+    finally:
+        close_tiers(engine)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

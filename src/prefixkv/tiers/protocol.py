@@ -51,9 +51,9 @@ class Tier(Protocol):
     name: str
     """Short and stable: ``disk``, ``redis`` (used in metrics and logs)."""
 
-    def get_many(self, names: Sequence[bytes]) -> list[bytes | None]:
+    def get_many(self, names: Sequence[bytes]) -> list[bytes | bytearray | None]:
         """The records stored under ``names``, in order; None for a name not held or not
-        readable now. One batched operation where the store allows (one Redis MGET). Never
+        readable now (a bytearray spares the reader a copy). One batched operation where the store allows (one Redis MGET). Never
         raises for a storage failure (counted in ``errors``)."""
         ...
 

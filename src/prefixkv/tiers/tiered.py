@@ -180,7 +180,7 @@ class TieredCache:
             if pos == full:
                 break
         if found:
-            restored = self.hot.restore(buf, first, torch.stack(found, dim=3), namespace)
+            restored = self.hot.restore(buf, first, found, namespace)
             self._count_promoted(by_tier, restored)
         log.debug(
             "lookup of %d tokens: %d in RAM, %s",
@@ -212,14 +212,14 @@ class TieredCache:
                 if block is None:
                     return kept, pos
                 found.append(block)
-                kept.append((names[pos], bytes(raw)))  # type: ignore[arg-type]
+                kept.append((names[pos], raw))  # type: ignore[arg-type]
                 pos += 1
         return kept, pos
 
     def _verified(
         self,
         tier: Tier,
-        raw: bytes,
+        raw: bytes | bytearray,
         buf: TokenBytes,
         namespace: Hashable,
         names: list[bytes],

@@ -1,0 +1,54 @@
+"""TieredCache hammered by threads: every lookup serves exactly its prompt's KV."""
+
+from __future__ import annotations
+
+import random
+import threading
+from pathlib import Path
+
+from prefixkv.tiers.disk import DiskTier
+from prefixkv.tiers.tiered import TieredCache
+from tests.tiers.kv import BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, kv_tensor
+
+
+def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) -> None:
+    cache = TieredCache(hot_cache(8), [DiskTier(tmp_path, 40 * (BLOCK_BYTES + 200))], FINGERPRINT)
+    prompts = [
+        [random.Random(i).randrange(1000) for _ in range(4 * (1 + i % 5))] for i in range(24)
+    ]
+    errors: list[BaseException] = []
+    served = [0]
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(150):
+                tokens = rng.choice(prompts)
+                if rng.random() < 0.4:
+                    cache.store(tokens, kv_of(tokens))
+                    continue
+                with cache.lookup(tokens) as lease:
+                    if lease.num_tokens:
+                        got = lease.kv
+                        want = kv_tensor(tokens)
+                        for layer, (keys, values) in enumerate(got):
+                            assert keys.equal(want[layer, 0, :, : lease.num_tokens])
+                            assert values.equal(want[layer, 1, :, : lease.num_tokens])
+                        served[0] += lease.num_tokens
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors[0]
+    assert cache.flush(30)
+    cache.check_invariants()
+    (disk,) = cache.tier_stats()
+    disk_tier = cache.tiers[0]
+    assert isinstance(disk_tier, DiskTier)
+    disk_tier.check_invariants()
+    assert served[0] > 0 and disk.hit_blocks > 0 and disk.verification_failures == 0
+    assert cache.stats().pinned_blocks == 0
