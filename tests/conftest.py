@@ -36,7 +36,9 @@ from typing import Any
 
 import pytest
 
-pytest_plugins = ["pytester"]  # tests/test_markers.py runs the guard in inner sessions
+# pytester: tests/test_markers.py runs the guard in inner sessions; redis_fixtures: a real
+# redis-server for the Redis tier (tests/tiers, tests/server).
+pytest_plugins = ["pytester", "tests.redis_fixtures"]
 
 PROCESS_MESSAGE = "this test starts a process: mark it @pytest.mark.process"
 

@@ -4,12 +4,15 @@ outputs; a kill -9 leaves nothing corrupt that could be served."""
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
 
+from tests.redis_fixtures import StartRedis
+
 from .conftest import TINY_ARGS
-from .harness import ServerProcess
+from .harness import ServerProcess, wait_for
 
 pytestmark = pytest.mark.process
 
@@ -97,3 +100,38 @@ def test_kill_9_while_writing_leaves_nothing_corrupt_served(
         assert tier["verification_failures"] == 0
     finally:
         assert again.stop() == 0, again.output()
+
+
+def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
+    tiny_model_dir: Path, tmp_path: Path, start_redis: StartRedis
+) -> None:
+    redis = start_redis()
+    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
+    questions = ["one?", "two?", "three?", "four?"]
+    try:
+        expected = [_ask(baseline, q)[0] for q in questions]
+    finally:
+        assert baseline.stop() == 0
+    shared = ["--redis-url", redis.url]
+    a = _server(tiny_model_dir, tmp_path, "replica-a", *shared)
+    b = _server(tiny_model_dir, tmp_path, "replica-b", *shared)
+    try:
+        assert _ask(a, questions[0]) == (expected[0], 0)
+        assert wait_for(lambda: a.stats()["tiers"][0]["writes"] > 0)
+        time.sleep(0.5)  # the writer finishes the last blocks of the prompt
+        text, cached = _ask(b, questions[1])  # the document was computed by a only
+        assert text == expected[1] and cached >= len(DOCUMENT) // 2
+        assert b.stats()["tiers"][0]["hit_blocks"] > 0
+        redis.stop()  # an outage: every request still succeeds, from RAM or computed
+        assert [_ask(b, q)[0] for q in questions[2:]] == expected[2:]
+        assert _ask(a, questions[3])[0] == expected[3]
+        assert a.stats()["tiers"][0]["errors"] + b.stats()["tiers"][0]["errors"] > 0
+        written = a.stats()["tiers"][0]["writes"]
+        redis.start()  # back (empty): the tier reconnects by itself
+        time.sleep(1.5)  # past its retry_after
+        _ask(a, "five?")
+        assert wait_for(lambda: a.stats()["tiers"][0]["writes"] > written, timeout=10)
+    finally:
+        for server in (a, b):
+            assert server.stop() == 0, server.output()
+            assert "Traceback" not in server.output()

@@ -20,8 +20,7 @@ from prefixkv.tiers import record
 from prefixkv.tiers.codec import RawCodec, block_shape
 from prefixkv.tiers.naming import BlockNamer, fingerprint_of
 from prefixkv.tiers.redis import RedisTier
-
-from .conftest import RedisServer, StartRedis, free_port
+from tests.redis_fixtures import RedisServer, StartRedis, free_port
 
 LAYOUT = KVLayout(num_layers=30, num_kv_heads=3, head_dim=64)  # SmolLM2-135M, float32
 BLOCK_SIZE = 16  # a record is 737,280 payload bytes + header and tokens
