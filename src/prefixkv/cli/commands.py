@@ -36,6 +36,7 @@ BENCHES = {
     "serve": ("prefixkv.bench.serve_load", "concurrent clients against the HTTP server"),
     "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
     "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
+    "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
@@ -43,6 +44,7 @@ _BENCH_EXTRAS = {
     "serve": ("server", "bench"),
     "attention": ("hf", "bench"),
     "decode": ("hf", "bench"),
+    "tiers": ("server", "bench"),
 }
 
 
