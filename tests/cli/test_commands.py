@@ -195,3 +195,21 @@ def test_empty_keys_fail_closed_before_the_model_loads(
 def test_keys_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["serve", "--api-key", " k1 ", "--api-key", "k2"])
     assert cli.secret_keys(args.api_key, "--api-key") == ("k1", "k2")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--no-prefix-cache", "--disk-cache", "d"], "need the prefix cache"),
+        (["--no-prefix-cache", "--redis-url", "redis://h:1/0"], "need the prefix cache"),
+        (["--redis-url", "http://h:1/0"], "--redis-url: not a Redis URL"),
+        (["--redis-url", "redis://u:secret@h:1/x"], "--redis-url: not a Redis URL"),
+    ],
+)
+def test_bad_tier_options_fail_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str], message: str
+) -> None:
+    assert cli.main(["serve", "--model", str(tmp_path / "no-model-here"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "no-model-here" not in err
+    assert "secret" not in err

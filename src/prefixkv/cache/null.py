@@ -92,6 +92,10 @@ class NullCache:
     def reset_tenant(self, tenant: Hashable) -> int:
         return 0
 
+    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
+        """Nothing is held below RAM here: does nothing."""
+        return {}
+
     def tenant_stats(self, tenant: Hashable) -> CacheStats:
         """The counts of every tenant: a cache that keeps nothing tells nobody anything."""
         return self.stats()

@@ -290,6 +290,10 @@ class PrefixKVCache:
         with self._lock:
             index.unpin(match)
 
+    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
+        """Nothing is held below RAM here: does nothing."""
+        return {}
+
     # --- maintenance ---------------------------------------------------------------------
 
     def reset(self) -> int:

@@ -84,6 +84,13 @@ class PrefixCache(Protocol):
         Never raises for lack of space; raises on malformed input and then changes nothing."""
         ...
 
+    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
+        """Bring the blocks of ``tokens`` held below RAM (disk, Redis) back into RAM ahead of
+        ``lookup``/``open`` (a prefetch, e.g. while the request waits in a queue); return
+        blocks found by tier name. A cache with nothing below RAM does nothing and returns
+        ``{}``. Pins nothing: what it brings may be evicted again before the lookup."""
+        ...
+
     def reset(self) -> int:
         """Evict every unpinned block; return how many."""
         ...

@@ -17,6 +17,23 @@ class CommandError(Exception):
     """A problem with the command's inputs: printed without a traceback, exit status 2."""
 
 
+def check_tier_options(args: argparse.Namespace) -> None:
+    """Refuse tier options that cannot work, before the model loads (seconds)."""
+    if args.no_prefix_cache and (args.disk_cache or args.redis_url):
+        raise CommandError(
+            "--disk-cache and --redis-url need the prefix cache (drop --no-prefix-cache)"
+        )
+    if args.disk_cache or args.redis_url:
+        require("tiers", "--disk-cache and --redis-url")
+    if args.redis_url:
+        from prefixkv.tiers.redis import check_url
+
+        try:
+            check_url(args.redis_url)
+        except ValueError as exc:
+            raise CommandError(f"--redis-url: {exc}") from exc
+
+
 def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
     """The Engine the options describe; ``--no-prefix-cache`` puts it over a NullCache."""
     import torch
@@ -26,6 +43,7 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
     from prefixkv.engine.loader import ModelNotFoundError
     from prefixkv.index import policy_by_name
 
+    check_tier_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -38,10 +56,6 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
         )
     except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
-    if args.no_prefix_cache and (args.disk_cache or args.redis_url):
-        raise CommandError(
-            "--disk-cache and --redis-url need the prefix cache (drop --no-prefix-cache)"
-        )
     if args.no_prefix_cache:
         # A pool of the same size still holds running requests' KV when batching.
         capacity = args.cache_bytes if getattr(args, "backend", "serial") == "batch" else 0
@@ -55,7 +69,6 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
 
 def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
     """The engine's RAM cache with the disk and Redis tiers the options ask for."""
-    require("tiers", "--disk-cache and --redis-url")
     from prefixkv.cache.paged import PrefixKVCache
     from prefixkv.engine.fingerprint import model_fingerprint
     from prefixkv.tiers.build import build_tiered

@@ -85,18 +85,21 @@ class Generation:
         return JSONResponse(responses.body(endpoint.shape, meta, completion))
 
     async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
-        """Tokenize and validate on the preparation thread; raises the engine's
-        InvalidRequestError (a 400)."""
+        """Tokenize and validate on the preparation thread, then bring the prompt's blocks
+        held below RAM (disk, Redis) into RAM there, so that the batch runner never waits
+        for a tier's I/O. Raises the engine's InvalidRequestError (a 400)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._prepare,
-            lambda: self.engine.request(
-                parsed.prompt,
-                parsed.params,
-                namespace=namespace,
-                default_max_tokens=self.settings.default_max_tokens,
-            ),
+        return await loop.run_in_executor(self._prepare, lambda: self._prepared(parsed, namespace))
+
+    def _prepared(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
+        request = self.engine.request(
+            parsed.prompt,
+            parsed.params,
+            namespace=namespace,
+            default_max_tokens=self.settings.default_max_tokens,
         )
+        self.engine.cache.promote(request.ids, request.namespace)
+        return request
 
 
 async def _complete(http: HTTPRequest, job: Job) -> Completion:

@@ -53,6 +53,11 @@ def _redacted(url: str) -> str:
 _FORM = "redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
 
 
+def check_url(url: str) -> None:
+    """Raise ValueError naming ``url`` (password hidden) unless it has the form ``_FORM``."""
+    _connection_options(url)
+
+
 def _connection_options(url: str) -> dict[str, Any]:
     """Pool options for a URL of form ``_FORM``; ValueError naming it (password hidden) for
     anything else."""
