@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
                type=fraction, default="0.5")  # fmt: skip
     add_option(p, "--lower-fraction", "disk budget / uncompressed working set in (e)",
                type=fraction, default="0.5")  # fmt: skip
-    add_option(p, "--restarts", "rounds of (c)", type=positive_int, default="3")
+    add_option(p, "--restarts", "rounds of (c)", type=positive_int, default="5")
     add_option(p, "--replica-rounds", "rounds of (d)", type=positive_int, default="4")
     add_option(p, "--server-cache-bytes", "--cache-bytes of the servers", default="512MiB")
     add_option(p, "--redis-server", "redis-server binary", default="redis-server")
