@@ -37,6 +37,7 @@ BENCHES = {
     "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
     "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
+    "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
@@ -45,6 +46,7 @@ _BENCH_EXTRAS = {
     "attention": ("hf", "bench"),
     "decode": ("hf", "bench"),
     "compression": ("hf", "tiers"),
+    "tiers": ("server", "bench"),
 }
 
 
