@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefixkv.cli.options import (
     EnvText,
@@ -26,9 +26,6 @@ from prefixkv.cli.options import (
 )
 from prefixkv.cli.setup import CommandError, close_tiers, load_engine, make_backend
 from prefixkv.extras import MissingExtraError, require
-
-if TYPE_CHECKING:
-    pass
 
 BENCHES = {
     "index": ("prefixkv.bench.index_ops", "prefix index operations (lookup, insert, evict)"),
