@@ -124,25 +124,25 @@ class PrefixKVCache:
         self,
         tokens: Sequence[int] | Any,
         first_block: int,
-        data: Sequence[torch.Tensor],
+        fills: Sequence[Callable[[torch.Tensor], None]],
         namespace: Hashable = None,
     ) -> int:
-        """Cache blocks ``first_block ...`` of ``tokens`` from ``data`` (one ``[layers, 2,
-        heads, block_size, dim]`` tensor per block, the cache's dtype), as read back from a
-        lower tier.
+        """Cache blocks ``first_block ...`` of ``tokens``, each written in place by its
+        ``fills[i]`` (called with the pool block's ``[layers, 2, heads, block_size, dim]``
+        view; e.g. a record decoded straight from a lower tier's buffer).
 
         Stores nothing (returns 0) unless exactly ``first_block`` blocks are cached now (the
         blocks before must stay the path); else like ``store``: evicts to make room, keeps
         the leading blocks that fit, returns how many it cached. The write-through is not
         told (the blocks came from below)."""
         buf = as_token_bytes(tokens)
-        count = len(data)
+        count = len(fills)
         end = (first_block + count) * self.block_size
         if token_count(buf) < end:
             raise ValueError(f"{count} blocks from block {first_block} need {end} tokens")
         buf = TokenBytes(buf[: end * TOKEN_BYTES])
         index, cached, blocks = self._begin(buf, count, namespace, first_block)
-        fill = lambda: self.pool.write_blocks(blocks, data)  # noqa: E731
+        fill = lambda: self.pool.fill_blocks(blocks, fills)  # noqa: E731
         return self._finish(index, buf, cached, blocks, fill)
 
     def _begin(

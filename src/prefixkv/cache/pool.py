@@ -10,7 +10,7 @@ The pool owns tensors and free slots; it knows nothing of tokens. Not thread-saf
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -90,11 +90,13 @@ class BlockPool:
         ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
         return self.data.index_select(3, ids)
 
-    def write_blocks(self, blocks: Sequence[int], data: Sequence[torch.Tensor]) -> None:
-        """Copy ``data[i]`` (``[layers, 2, heads, block_size, dim]``) into ``blocks[i]``:
-        one copy per block, straight from wherever ``data`` lies."""
-        for block, tensor in zip(blocks, data, strict=False):
-            self.data[:, :, :, block].copy_(tensor)
+    def fill_blocks(
+        self, blocks: Sequence[int], fills: Sequence[Callable[[torch.Tensor], None]]
+    ) -> None:
+        """Call ``fills[i]`` with block ``blocks[i]``'s view (``[layers, 2, heads,
+        block_size, dim]``, strided) to write its KV in place."""
+        for block, fill in zip(blocks, fills, strict=False):
+            fill(self.data[:, :, :, block])
 
     def gather_into(self, blocks: Sequence[int], out: torch.Tensor) -> None:
         """Copy ``blocks`` into ``out[:, :, :, :len(blocks) * block_size]``, where ``out`` is

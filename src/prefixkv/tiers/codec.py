@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from prefixkv.cache.layout import KVLayout
@@ -26,9 +27,20 @@ class BlockCodec(Protocol):
         """``block``: ``[layers, 2, kv_heads, block_size, head_dim]``, the layout's dtype."""
         ...
 
+    def payload_bytes(self, layout: KVLayout, block_size: int) -> int:
+        """Bytes of one block's payload (scales included): a pure function of the layout."""
+        ...
+
     def decode(self, payload: memoryview, layout: KVLayout, block_size: int) -> torch.Tensor:
         """The block back, ``[layers, 2, kv_heads, block_size, head_dim]`` in the layout's
         dtype on the CPU. Raises ValueError if ``payload`` has the wrong size."""
+        ...
+
+    def decode_into(self, payload: memoryview, out: torch.Tensor) -> None:
+        """Write the block into ``out`` (``[layers, 2, kv_heads, block_size, head_dim]``,
+        any strides with the last one 1, any device; e.g. a pool block): what a restore
+        calls, to copy as little as it can. The payload's size must have been checked
+        against ``payload_bytes``."""
         ...
 
 
@@ -42,8 +54,20 @@ class RawCodec:
     id = 0
     name = "none"
 
+    def payload_bytes(self, layout: KVLayout, block_size: int) -> int:
+        return layout.block_bytes(block_size)
+
     def encode(self, block: torch.Tensor) -> bytes:
         return bytes(block.contiguous().view(-1).view(torch.uint8).numpy().data)
+
+    def decode_into(self, payload: memoryview, out: torch.Tensor) -> None:
+        """One strided copy from the record's bytes (read-only is fine) into ``out``."""
+        if out.device.type != "cpu":
+            layout = KVLayout(out.shape[0], out.shape[2], out.shape[4], out.dtype)
+            out.copy_(self.decode(payload, layout, out.shape[3]))
+            return
+        dest = out.view(torch.uint8).numpy()  # [layers, 2, heads, block, dim * itemsize]
+        np.copyto(dest, np.frombuffer(payload, dtype=np.uint8).reshape(dest.shape))
 
     def decode(self, payload: memoryview, layout: KVLayout, block_size: int) -> torch.Tensor:
         expected = layout.block_bytes(block_size)

@@ -86,6 +86,10 @@ class QuantizedCodec:
         payload: bytes = torch.cat((params.view(torch.uint8), codes)).numpy().tobytes()
         return payload
 
+    def decode_into(self, payload: memoryview, out: torch.Tensor) -> None:
+        layout = KVLayout(out.shape[0], out.shape[2], out.shape[4], out.dtype)
+        out.copy_(self.decode(payload, layout, out.shape[3]))
+
     def decode(self, payload: memoryview, layout: KVLayout, block_size: int) -> torch.Tensor:
         """The block back, ``[layers, 2, kv_heads, block_size, head_dim]`` in the layout's
         dtype on the CPU. Raises ValueError if ``payload`` has the wrong size."""
@@ -173,8 +177,4 @@ def codec_for_id(codec_id: int) -> BlockCodec:
 
 def payload_bytes(codec: BlockCodec, layout: KVLayout, block_size: int) -> int:
     """Bytes of one block's payload under ``codec`` (scales included)."""
-    if isinstance(codec, QuantizedCodec):
-        return codec.payload_bytes(layout, block_size)
-    if isinstance(codec, RawCodec):
-        return layout.block_bytes(block_size)
-    raise TypeError(f"no size rule for codec {codec.name!r}")
+    return codec.payload_bytes(layout, block_size)

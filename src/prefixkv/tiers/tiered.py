@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -40,6 +41,9 @@ from prefixkv.tiers.writer import Writer
 from prefixkv.tokens import TOKEN_BYTES, TokenBytes, as_token_bytes, token_count
 
 log = logging.getLogger("prefixkv.tiers")
+
+Fill = Callable[[torch.Tensor], None]
+"""Writes one verified block into the pool block view it is given."""
 
 
 class TierStats(NamedTuple):
@@ -166,7 +170,7 @@ class TieredCache:
         if pos == full or not self.tiers:
             return {}
         names = self.namer.names(buf, namespace, full)
-        found: list[torch.Tensor] = []
+        found: list[Fill] = []
         by_tier: dict[str, int] = {}
         for depth, tier in enumerate(self.tiers):
             start = pos
@@ -198,7 +202,7 @@ class TieredCache:
         names: list[bytes],
         pos: int,
         full: int,
-        found: list[torch.Tensor],
+        found: list[Fill],
     ) -> tuple[list[tuple[bytes, bytes]], int]:
         """Read ``tier`` from block ``pos`` until a miss; append verified blocks to
         ``found``; return their records and the new position."""
@@ -224,9 +228,10 @@ class TieredCache:
         namespace: Hashable,
         names: list[bytes],
         pos: int,
-    ) -> torch.Tensor | None:
-        """The block in ``raw`` if it is exactly block ``pos`` of ``buf``, else None (the
-        record is counted, logged and removed from ``tier``)."""
+    ) -> Fill | None:
+        """What writes the block in ``raw`` into a pool block, if ``raw`` is exactly block
+        ``pos`` of ``buf``; else None (the record is counted, logged and removed from
+        ``tier``)."""
         step = self.block_size * TOKEN_BYTES
         parent = names[pos - 1] if pos else self.namer.root(namespace)
         tokens = buf[pos * step : (pos + 1) * step]
@@ -237,7 +242,10 @@ class TieredCache:
             codec = self.codecs.get(codec_id)
             if codec is None:
                 raise VerificationError("codec", f"codec {codec_id} is not {self.codec.name}")
-            return codec.decode(payload, self.hot.layout, self.block_size)
+            expected = codec.payload_bytes(self.hot.layout, self.block_size)
+            if len(payload) != expected:
+                raise VerificationError("size", f"payload of {len(payload)} bytes, not {expected}")
+            return partial(codec.decode_into, payload)
         except (VerificationError, ValueError) as exc:
             log.warning("%s tier: rejected block %s (%s)", tier.name, names[pos].hex(), exc)
             with self._lock:
