@@ -4,6 +4,7 @@ outputs; a kill -9 leaves nothing corrupt that could be served."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -135,3 +136,31 @@ def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
         for server in (a, b):
             assert server.stop() == 0, server.output()
             assert "Traceback" not in server.output()
+
+
+def test_a_disk_tier_that_fills_costs_hits_never_a_request(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
+        questions = [f"item {i}?" for i in range(4)]
+        try:
+            expected = [_ask(baseline, q)[0] for q in questions]
+        finally:
+            assert baseline.stop() == 0
+        full = _server(tiny_model_dir, tmp_path, "full", "--disk-cache", str(mount))
+        try:
+            assert [_ask(full, q)[0] for q in questions] == expected
+            assert wait_for(lambda: full.stats()["tiers"][0]["errors"] > 0)
+            assert [_ask(full, q)[0] for q in questions] == expected
+        finally:
+            assert full.stop() == 0, full.output()
+        assert full.output().count("disk tier") <= 2  # logged once (per pause), not per block
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
