@@ -61,13 +61,19 @@ class RawCodec:
         return bytes(block.contiguous().view(-1).view(torch.uint8).numpy().data)
 
     def decode_into(self, payload: memoryview, out: torch.Tensor) -> None:
-        """One strided copy from the record's bytes (read-only is fine) into ``out``."""
+        """One strided copy from the record's bytes into ``out``: torch's (faster) from a
+        writable buffer (disk reads), NumPy's from a read-only one (Redis replies), which
+        torch would have to copy first."""
         if out.device.type != "cpu":
             layout = KVLayout(out.shape[0], out.shape[2], out.shape[4], out.dtype)
             out.copy_(self.decode(payload, layout, out.shape[3]))
             return
-        dest = out.view(torch.uint8).numpy()  # [layers, 2, heads, block, dim * itemsize]
-        np.copyto(dest, np.frombuffer(payload, dtype=np.uint8).reshape(dest.shape))
+        dest = out.view(torch.uint8)  # [layers, 2, heads, block, dim * itemsize]
+        if payload.readonly:
+            array = dest.numpy()
+            np.copyto(array, np.frombuffer(payload, dtype=np.uint8).reshape(array.shape))
+        else:
+            dest.copy_(torch.frombuffer(payload, dtype=torch.uint8).view(dest.shape))
 
     def decode(self, payload: memoryview, layout: KVLayout, block_size: int) -> torch.Tensor:
         expected = layout.block_bytes(block_size)
