@@ -190,3 +190,30 @@ def test_a_block_the_codec_cannot_hold_ends_the_write_there(tmp_path: Path) -> N
     assert cache.store(tokens, kv) == 3
     assert cache.flush(10)
     assert disk.counters().blocks == 1 and cache.dropped_writes == 2
+
+
+def test_blocks_committed_one_at_a_time_get_the_names_of_a_whole_store(tmp_path: Path) -> None:
+    """A running sequence's blocks reach the writer one commit at a time (each job resumes
+    the last chain); their names must equal those of one store of the whole prompt."""
+    from prefixkv.tokens import TokenBytes, as_token_bytes
+
+    cache = tiered(tmp_path / "a", ram_blocks=16)
+    tokens = prompt(11, 24)
+    data = cache.hot.pool  # blocks for the table come from the pool
+    table = cache.open(tokens)
+    assert cache.grow(table, len(tokens))
+    kv = kv_tensor(tokens)  # [layers, 2, heads, tokens, dim]
+    for i, block in enumerate(table.blocks):
+        data.data[:, :, :, block] = kv[:, :, :, i * BLOCK : (i + 1) * BLOCK]
+    ids = as_token_bytes(tokens)
+    for end in range(BLOCK, len(tokens) + 1, BLOCK):  # as a batch runner commits
+        cache.commit(table, TokenBytes(ids[: end * 4]))
+    cache.close(table)
+    assert cache.flush(10)
+    other = tiered(tmp_path / "b", ram_blocks=16)
+    other.store(tokens, kv_of(tokens))
+    assert other.flush(10)
+    names = lambda root: sorted(p.name for p in root.rglob("*.kv"))  # noqa: E731
+    assert names(tmp_path / "a") == names(tmp_path / "b") and len(names(tmp_path / "a")) == 6
+    cache.reset()
+    assert check_lookup(cache, tokens) == len(tokens)

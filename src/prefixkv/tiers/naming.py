@@ -63,13 +63,17 @@ class BlockNamer:
     def names(self, tokens: bytes, namespace: Hashable, num_blocks: int) -> list[bytes]:
         """Names of the first ``num_blocks`` full blocks of ``tokens`` (canonical uint32
         bytes, see :mod:`prefixkv.tokens`). O(num_blocks), ~0.1 us per block."""
+        return self.extend(self.root(namespace), tokens, 0, num_blocks)
+
+    def extend(self, parent: bytes, tokens: bytes, start: int, stop: int) -> list[bytes]:
+        """Names of blocks ``start .. stop - 1`` of ``tokens``, given ``parent``, the name of
+        block ``start - 1`` (or the root). O(stop - start)."""
         size = self._block_token_bytes
-        if num_blocks * size > len(tokens):
-            raise ValueError(f"{num_blocks} blocks need {num_blocks * size} token bytes")
-        parent = self.root(namespace)
+        if stop * size > len(tokens):
+            raise ValueError(f"{stop} blocks need {stop * size} token bytes")
         view = memoryview(tokens)
         out = []
-        for i in range(num_blocks):
+        for i in range(start, stop):
             parent = xxhash.xxh3_128_digest(parent + view[i * size : (i + 1) * size], seed=SEED)
             out.append(parent)
         return out

@@ -269,7 +269,7 @@ class TieredCache:
         them for every tier."""
         if blocks and self.tiers:
             data = self.hot.pool.read_blocks(blocks)
-            self.writer.put_blocks(namespace, bytes(tokens), first_block, data, self.tiers)
+            self.writer.put_blocks(namespace, tokens, first_block, data, self.tiers)  # immutable
 
     # --- lifecycle and stats ------------------------------------------------------------
 

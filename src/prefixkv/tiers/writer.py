@@ -50,6 +50,10 @@ class Writer:
         self.max_queued_bytes = max_queued_bytes
         self.dropped_blocks = 0
         self._jobs: deque[_Blocks | _Records] = deque()
+        # The last chain named (writer thread only): a running sequence's blocks arrive one
+        # commit at a time, each job extending the last, so naming resumes where it stopped
+        # instead of rehashing the prompt from block 0 (O(n) per prompt, not O(n^2)).
+        self._chain: tuple[Hashable, bytes, int, bytes] | None = None
         self._queued_bytes = 0
         self._busy = False
         self._stopping = False
@@ -124,15 +128,29 @@ class Writer:
         for tier in job.tiers:
             tier.put_many(records)
 
+    def _parent_of(self, job: _Blocks) -> bytes:
+        """The name of the block before the job's first: from the last chain if the job
+        continues it (same namespace, same tokens up to there), else hashed from block 0."""
+        if job.first == 0:
+            return self.namer.root(job.namespace)
+        if self._chain is not None:
+            namespace, tokens, end, name = self._chain
+            start = job.first * self.namer.block_size * 4
+            continues = namespace == job.namespace and end == start <= len(job.tokens)
+            if continues and memoryview(tokens)[:end] == memoryview(job.tokens)[:end]:
+                return name
+        return self.namer.names(job.tokens, job.namespace, job.first)[-1]
+
     def _encode(self, job: _Blocks) -> list[tuple[bytes, bytes]]:
         count = job.data.shape[3]
-        names = self.namer.names(job.tokens, job.namespace, job.first + count)
-        parent = names[job.first - 1] if job.first else self.namer.root(job.namespace)
+        parent = self._parent_of(job)
+        names = self.namer.extend(parent, job.tokens, job.first, job.first + count)
         size = self.namer.block_size * 4
+        self._chain = (job.namespace, job.tokens, (job.first + count) * size, names[-1])
         out = []
         for i in range(count):
             block = job.first + i
-            name = names[block]
+            name = names[i]
             tokens = job.tokens[block * size : (block + 1) * size]
             try:
                 payload = self.codec.encode(job.data[:, :, :, i])
