@@ -1,16 +1,18 @@
-"""A real server with a disk tier: restarts serve earlier prefixes from disk with identical
-outputs; a kill -9 leaves nothing corrupt that could be served."""
+"""Real servers with tiers answer exactly as one without a cache (one ``--no-prefix-cache``
+server per module gives the expected replies): restarts on a disk tier, damaged records, a
+kill -9 mid-write, a disk that fills, two replicas on one Redis through its outage."""
 
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.redis_fixtures import StartRedis
+from tests.tmpfs import tmpfs
 
 from .conftest import TINY_ARGS
 from .harness import ServerProcess, wait_for
@@ -18,6 +20,18 @@ from .harness import ServerProcess, wait_for
 pytestmark = pytest.mark.process
 
 DOCUMENT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog. " for i in range(6))
+
+
+@pytest.fixture(scope="module")
+def uncached(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The reference: the same model with no prefix cache."""
+    server = _server(
+        tiny_model_dir, tmp_path_factory.mktemp("logs"), "nocache", "--no-prefix-cache"
+    )
+    yield server
+    assert server.stop() == 0, server.output()
 
 
 def _server(model: Path, tmp: Path, name: str, *extra: str) -> ServerProcess:
@@ -37,14 +51,10 @@ def _ask(server: ServerProcess, question: str) -> tuple[str, int]:
 
 
 def test_a_restarted_server_serves_earlier_prefixes_from_disk(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:
     disk = ["--disk-cache", str(tmp_path / "kv"), "--disk-cache-bytes", "64MiB"]
-    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
-    try:
-        expected = [_ask(baseline, q)[0] for q in ("first?", "second?")]
-    finally:
-        assert baseline.stop() == 0
+    expected = [_ask(uncached, q)[0] for q in ("first?", "second?")]
     first = _server(tiny_model_dir, tmp_path, "first", *disk)
     try:
         assert _ask(first, "first?")[0] == expected[0]
@@ -81,15 +91,11 @@ def _flip_a_byte_in_every_record(directory: Path) -> None:
 
 
 def test_kill_9_while_writing_leaves_nothing_corrupt_served(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:
     disk = ["--disk-cache", str(tmp_path / "kv"), "--disk-cache-bytes", "64MiB"]
-    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
     questions = [f"question {i}?" for i in range(4)]
-    try:
-        expected = [_ask(baseline, q)[0] for q in questions]
-    finally:
-        assert baseline.stop() == 0
+    expected = [_ask(uncached, q)[0] for q in questions]
     for round_ in range(2):  # kill right after replies, while the writer is busy
         victim = _server(tiny_model_dir, tmp_path, f"victim{round_}", *disk)
         assert [_ask(victim, q)[0] for q in questions[:2]] == expected[:2]
@@ -104,15 +110,11 @@ def test_kill_9_while_writing_leaves_nothing_corrupt_served(
 
 
 def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
-    tiny_model_dir: Path, tmp_path: Path, start_redis: StartRedis
+    tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess, start_redis: StartRedis
 ) -> None:
     redis = start_redis()
-    baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
     questions = ["one?", "two?", "three?", "four?"]
-    try:
-        expected = [_ask(baseline, q)[0] for q in questions]
-    finally:
-        assert baseline.stop() == 0
+    expected = [_ask(uncached, q)[0] for q in questions]
     shared = ["--redis-url", redis.url]
     a = _server(tiny_model_dir, tmp_path, "replica-a", *shared)
     b = _server(tiny_model_dir, tmp_path, "replica-b", *shared)
@@ -139,21 +141,11 @@ def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
 
 
 def test_a_disk_tier_that_fills_costs_hits_never_a_request(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
-        baseline = _server(tiny_model_dir, tmp_path, "nocache", "--no-prefix-cache")
+    with tmpfs(tmp_path / "small", "256k") as mount:
         questions = [f"item {i}?" for i in range(4)]
-        try:
-            expected = [_ask(baseline, q)[0] for q in questions]
-        finally:
-            assert baseline.stop() == 0
+        expected = [_ask(uncached, q)[0] for q in questions]
         full = _server(tiny_model_dir, tmp_path, "full", "--disk-cache", str(mount))
         try:
             assert [_ask(full, q)[0] for q in questions] == expected
@@ -162,5 +154,3 @@ def test_a_disk_tier_that_fills_costs_hits_never_a_request(
         finally:
             assert full.stop() == 0, full.output()
         assert full.output().count("disk tier") <= 2  # logged once (per pause), not per block
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)

@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
+from tests.tmpfs import tmpfs
 
 NAMES = [bytes([i]) * 16 for i in range(8)]
 CAPACITY = 700
@@ -88,6 +89,7 @@ _WRITER = """
 import sys
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
+from tests.tmpfs import tmpfs
 tier = DiskTier(sys.argv[1], 1 << 30)
 print("ready", flush=True)
 i = 0
@@ -120,15 +122,9 @@ def test_a_writer_killed_mid_write_leaves_only_whole_records(tmp_path: Path) -> 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 1 MiB tmpfs (a disk that fills for real), where mounting is allowed."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    """A 1 MiB tmpfs: a disk that fills for real."""
+    with tmpfs(tmp_path / "small", "1m") as mount:
+        yield mount
 
 
 @pytest.mark.process
@@ -150,6 +146,7 @@ _SHARED_WRITER = """
 import sys
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
+from tests.tmpfs import tmpfs
 tier = DiskTier(sys.argv[1], int(sys.argv[2]))
 for i in range(200):
     name = (i % 40).to_bytes(16, "little")
