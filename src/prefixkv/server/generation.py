@@ -86,8 +86,9 @@ class Generation:
 
     async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         """Tokenize and validate on the preparation thread, then bring the prompt's blocks
-        held below RAM (disk, Redis) into RAM there, so that the batch runner never waits
-        for a tier's I/O. Raises the engine's InvalidRequestError (a 400)."""
+        held below RAM (disk, Redis) into RAM there: the batch runner's ``open`` then finds
+        them in RAM and reads no block from a tier (it still asks each tier once for the
+        block past them, a miss). Raises the engine's InvalidRequestError (a 400)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._prepare, lambda: self._prepared(parsed, namespace))
 
