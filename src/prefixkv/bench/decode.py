@@ -24,6 +24,7 @@ from prefixkv.bench.roofline import measure_bandwidth
 from prefixkv.bench.stats import percentile
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
+from prefixkv.engine.linear import kernel_of, linear_layers
 from prefixkv.engine.request import Completion, SamplingParams
 
 
@@ -77,15 +78,16 @@ def interleaved(
 
 def linear_seconds(model: torch.nn.Module, rows: int, repeat: int = 5) -> float:
     """Best time of the model's linear layers alone (its weights, ``rows`` input rows): what
-    PyTorch's GEMM costs for one step's worth of tokens, attention and the rest excluded."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    the engine's linear kernel costs for one step's worth of tokens, attention and the rest
+    excluded."""
+    layers = linear_layers(model)
     inputs = {m.in_features: torch.randn(rows, m.in_features) for m in layers}
     best = float("inf")
     with torch.inference_mode():
         for _ in range(repeat):
             start = time.perf_counter()
             for m in layers:
-                torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
+                m(inputs[m.in_features])
             best = min(best, time.perf_counter() - start)
     return best
 
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(_line("serial engine", 1, serial, floor))
         rows[-2]["vs_serial"] = rows[-2]["p50_ms"] / rows[-1]["p50_ms"]
     gemm = {n: linear_seconds(engine.model, n) for n in (1, 16)}
-    print(f"# linear layers alone (PyTorch GEMM): {gemm[1] * 1e3:.1f} ms for 1 row, "
+    print(f"# linear layers alone ({kernel_of(engine.model)} kernel): {gemm[1] * 1e3:.1f} ms for 1 row, "
           f"{gemm[16] * 1e3:.1f} ms for 16 (the weight-read floor: {floor * 1e3:.1f} ms)")  # fmt: skip
     one = rows[0]["tokens_per_s"]
     for row in rows[::2]:

@@ -29,6 +29,7 @@ from prefixkv.bench import workloads
 from prefixkv.bench.stats import percentile
 from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.engine.engine import Engine
+from prefixkv.engine.linear import linear_layers
 from prefixkv.tiers.build import build_tiered
 from prefixkv.tiers.tiered import TieredCache
 
@@ -225,7 +226,8 @@ def _row(
     }
     kv_bytes = tokens * ctx.engine.layout.bytes_per_token
     if path is recompute:
-        flops = 2 * sum(m.weight.numel() for m in _matmuls(ctx.engine.model)) * tokens
+        flops = 2 * sum(m.in_features * m.out_features for m in _matmuls(ctx.engine.model))
+        flops *= tokens
         row |= {
             "linear_ms_per_1000_p50": 1e3 * floor * per,
             "linear_gflops": flops / floor / 1e9,
@@ -247,12 +249,12 @@ def _row(
     return row
 
 
-def _matmuls(model: torch.nn.Module) -> list[torch.nn.Linear]:
+def _matmuls(model: torch.nn.Module) -> list[Any]:
     """The linear layers every prompt token goes through: all but the output head (a prefill
     computes logits for its last token only)."""
     output = getattr(model, "get_output_embeddings", None)
     head = output() if callable(output) else None
-    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    return [m for m in linear_layers(model) if m is not head]
 
 
 def _linear_seconds(model: torch.nn.Module, rows: int) -> Callable[[], dict[str, float]]:
@@ -264,7 +266,7 @@ def _linear_seconds(model: torch.nn.Module, rows: int) -> Callable[[], dict[str,
     def run() -> dict[str, float]:
         with torch.inference_mode():
             for m in layers:
-                torch.nn.functional.linear(inputs[m.in_features], m.weight, m.bias)
+                m(inputs[m.in_features])
         return {}
 
     return run

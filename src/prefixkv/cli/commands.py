@@ -69,6 +69,14 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_option(p, "--threads", "torch CPU threads (default: torch's choice)", type=positive_int)
     add_option(
         p,
+        "--linear-kernel",
+        "what runs the linear layers: onednn (weights packed once; float32 CPU), torch "
+        "(PyTorch's own), auto (onednn where it runs)",
+        type=one_of(["auto", "onednn", "torch"]),
+        default="auto",
+    )
+    add_option(
+        p,
         "--eviction-policy",
         "which cached blocks go first when the cache is full",
         type=one_of(["lru", "lfu"]),

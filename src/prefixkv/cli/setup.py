@@ -53,8 +53,13 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
             block_size=args.block_size,
             policy=policy_by_name(args.eviction_policy),
             tenant_share=tenant_share,
+            linear_kernel=args.linear_kernel,
         )
-    except (ModelNotFoundError, ValueError) as exc:  # ValueError: a cache too small for a block
+    except (
+        ModelNotFoundError,
+        ValueError,
+        RuntimeError,
+    ) as exc:  # ValueError: a cache too small for a block
         raise CommandError(str(exc)) from exc
     if args.no_prefix_cache:
         # A pool of the same size still holds running requests' KV when batching.

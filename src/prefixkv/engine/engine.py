@@ -7,6 +7,7 @@ the full blocks of prompt + generated tokens, and release the lease whatever hap
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Generator, Hashable
@@ -24,6 +25,7 @@ from prefixkv.cache.protocol import PrefixCache
 from prefixkv.engine.decoding import Decoding
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
+from prefixkv.engine.linear import linear_kernel as choose_kernel
 from prefixkv.engine.loader import load_model
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
@@ -34,6 +36,7 @@ from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
 
 DEFAULT_PARAMS = SamplingParams()
+log = logging.getLogger("prefixkv.engine")
 
 
 class NextTokenLogits(NamedTuple):
@@ -81,11 +84,15 @@ class Engine:
         cache_dir: Path | None = None,
         policy: EvictionPolicy | None = None,
         tenant_share: float | None = None,
+        linear_kernel: str = "auto",
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
         PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there); use
-        :meth:`with_cache` for another cache."""
+        :meth:`with_cache` for another cache. ``linear_kernel`` picks what runs the linear
+        layers (see :mod:`prefixkv.engine.linear`; ValueError for an unknown name)."""
         loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
+        kernel = choose_kernel(linear_kernel, loaded.model)
+        log.info("linear layers: %s (%d packed)", kernel.name, kernel.install(loaded.model))
         layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
         cache = PrefixKVCache(
             layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share

@@ -37,7 +37,7 @@ def test_members_sharing_a_first_run_are_grouped_the_rest_stay_alone() -> None:
     shared, alone = group_spans(spans, CPU)
     assert len(shared) == 1
     group = shared[0]
-    assert (group.start, group.length) == (0, 8)  # the shortest run, all keep >= 1 token
+    assert group.runs == ((0, 8),)  # the shortest run, all keep >= 1 token
     assert group.rows.tolist() == [0, 1, 2]
     assert group.valid.sum(1).tolist() == [5, 6, 2]
     assert group.rest[0, :5].tolist() == [8, 9, 10, 11, 20]
@@ -54,6 +54,72 @@ def test_a_member_with_a_long_rest_is_attended_alone(monkeypatch: pytest.MonkeyP
     shared, alone = group_spans(spans, CPU)
     assert [g.rows.tolist() for g in shared] == [[0, 1]]
     assert [s.start for s in alone] == [2]
+
+
+# A document prefilled in chunks while others took blocks between them: two shared runs.
+SPLIT = [
+    SeqSpan(0, 1, 15, ((0, 8), (16, 4), (40, 3))),
+    SeqSpan(1, 1, 13, ((0, 8), (16, 5))),  # its own blocks follow the shared ones at once
+    SeqSpan(2, 1, 14, ((0, 8), (16, 4), (44, 2))),
+]
+
+
+def test_members_sharing_several_runs_are_grouped_over_all_of_them() -> None:
+    (group,), alone = group_spans(SPLIT, CPU)
+    assert group.runs == ((0, 8), (16, 4)) and not alone
+    assert group.valid.sum(1).tolist() == [3, 1, 2]
+    assert group.rest[0, :3].tolist() == [40, 41, 42]
+    assert group.rest[1, :1].tolist() == [20]
+
+
+def test_documents_under_one_system_prompt_are_grouped_per_document(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every request shares the system prompt's block; each document's readers share more.
+    Grouped on the system block alone, the rests would be too long: the groups are the
+    documents'."""
+    monkeypatch.setattr(cascade, "REST_MAX", 4)
+    spans = [
+        SeqSpan(0, 1, 14, ((0, 4), (10, 8), (40, 2))),
+        SeqSpan(1, 1, 15, ((0, 4), (10, 8), (42, 3))),
+        SeqSpan(2, 1, 14, ((0, 4), (24, 8), (46, 2))),
+        SeqSpan(3, 1, 13, ((0, 4), (24, 8), (48, 1))),
+        SeqSpan(4, 1, 14, ((0, 4), (24, 4), (50, 6))),  # reads half of document two
+        SeqSpan(5, 1, 7, ((0, 4), (56, 3))),  # the system prompt, then its own question
+        SeqSpan(6, 1, 7, ((0, 4), (60, 3))),
+    ]
+    shared, alone = group_spans(spans, CPU)
+    got = {g.runs: g.rows.tolist() for g in shared}
+    assert got == {((0, 4), (10, 8)): [0, 1], ((0, 4), (24, 8)): [2, 3], ((0, 4),): [5, 6]}
+    assert [s.start for s in alone] == [4]
+
+
+@pytest.mark.parametrize(
+    ("spans", "want"),
+    [
+        ([SeqSpan(0, 1, 9, ((0, 8), (16, 1))), SeqSpan(1, 1, 9, ((0, 8), (24, 1)))], ((0, 8),)),
+        ([SeqSpan(0, 1, 12, ((0, 12),)), SeqSpan(1, 1, 12, ((0, 12),))], ((0, 11),)),
+        ([SeqSpan(0, 1, 9, ((0, 4), (8, 5))), SeqSpan(1, 1, 9, ((0, 9),))], ((0, 4),)),
+    ],
+)
+def test_common_runs_stop_where_contexts_part(
+    spans: list[SeqSpan], want: tuple[tuple[int, int], ...]
+) -> None:
+    assert cascade.common_runs(spans) == want
+
+
+@pytest.mark.parametrize("spans", [SPLIT[:2], SPLIT])
+@pytest.mark.parametrize("scale", [DIM**-0.5, 0.3])
+def test_attend_shared_over_several_runs_matches_attention(
+    spans: list[SeqSpan], scale: float
+) -> None:
+    keys, values = pool(4)
+    (group,), _ = group_spans(spans, CPU)
+    query = torch.randn(HEADS, len(spans), DIM, generator=torch.Generator().manual_seed(5))
+    got = attend_shared(query, keys, values, group, scale)
+    for i, span in enumerate(spans):
+        want = reference(query[:, i : i + 1], keys, values, span, scale)[:, 0]
+        torch.testing.assert_close(got[i], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [DIM**-0.5, 0.3])

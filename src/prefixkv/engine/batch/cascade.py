@@ -2,11 +2,13 @@
 together, and that run is read once per layer instead of once per sequence.
 
 Many requests about one document hold the same cached blocks (the index hands every match
-the same block ids), so their contexts begin with the same run of pool slots. For a group of
-B decoding sequences sharing a run of ``length`` slots:
+the same block ids), so their block tables begin alike. The shared blocks need not be
+consecutive in the pool: a document prefilled in chunks, while other requests took blocks
+between them, lies in several runs. For a group of B decoding sequences whose contexts begin
+with the same runs of slots:
 
-- the shared run: one matmul of all B queries against its keys, one against its values
-  (the run is read once, not B times);
+- the shared runs: per run, one matmul of all B queries against its keys, one against its
+  values (the shared context is read once, not B times);
 - the rest of each context (its own blocks, at most ``REST_MAX`` tokens): gathered into a
   padded ``[B, R]`` batch, attended with one batched matmul under a padding mask;
 - the two parts are merged exactly through their running maxima and sums (the softmax over
@@ -37,14 +39,14 @@ copied each step (``prefixkv bench attention`` puts the per-call cost at ~50 us,
 
 @dataclass(frozen=True)
 class SharedPrefix:
-    """Decoding sequences whose contexts start with the slots ``[start, start + length)``."""
+    """Decoding sequences whose contexts start with the same ``runs`` of slots."""
 
-    start: int
-    length: int
+    runs: tuple[tuple[int, int], ...]
+    """``(first_slot, num_slots)`` ranges of the flat pool layer, in token order."""
     rows: torch.Tensor
     """``[B]`` int64: each member's query row in the packed step."""
     rest: torch.Tensor
-    """``[B, R]`` int64: each member's later context slots, padded with ``start``."""
+    """``[B, R]`` int64: each member's later context slots, padded with the first shared slot."""
     valid: torch.Tensor
     """``[B, R]`` bool: which ``rest`` entries are real."""
 
@@ -52,36 +54,100 @@ class SharedPrefix:
 def group_spans(
     spans: Seq[SeqSpan], device: torch.device
 ) -> tuple[tuple[SharedPrefix, ...], tuple[SeqSpan, ...]]:
-    """Decoding spans that share a first run (two or more, each with a short rest) as groups;
-    every other span alone. Pure bookkeeping, once per step (not per layer)."""
-    by_start: dict[int, list[SeqSpan]] = defaultdict(list)
-    alone: list[SeqSpan] = []
-    for span in spans:
-        (by_start[span.runs[0][0]] if span.count == 1 else alone).append(span)
-    shared = []
-    for start, members in by_start.items():
-        # The common part: the shortest first run, leaving every member at least its own token.
-        length = min(min(m.runs[0][1] for m in members), min(m.context for m in members) - 1)
-        fits = [m for m in members if m.context - length <= REST_MAX]
-        if len(fits) < 2 or length < 1:
+    """Decoding spans as groups sharing the longest common runs (two or more members, each
+    with at most ``REST_MAX`` tokens past them); every other span alone. Pure bookkeeping,
+    once per step (not per layer)."""
+    found: list[tuple[tuple[tuple[int, int], ...], list[SeqSpan]]] = []
+    alone = [span for span in spans if span.count != 1]
+    _partition([span for span in spans if span.count == 1], found, alone)
+    return tuple(_group(runs, members, device) for runs, members in found), tuple(alone)
+
+
+def _partition(
+    members: list[SeqSpan],
+    found: list[tuple[tuple[tuple[int, int], ...], list[SeqSpan]]],
+    alone: list[SeqSpan],
+) -> None:
+    """Split ``members`` where their contexts part, like a trie over their slots: a set
+    whose common runs leave every member a short rest is a group, else each branch (the slot
+    after the common runs) is split again. Each level's common runs are longer than its
+    parent's, so the depth is bounded by the contexts' runs."""
+    if len(members) < 2:
+        alone += members
+        return
+    runs = common_runs(members)
+    length = _length(runs)
+    fits = [m for m in members if m.context - length <= REST_MAX]
+    if runs and len(fits) == len(members):
+        found.append((runs, members))
+        return
+    branches: dict[int, list[SeqSpan]] = defaultdict(list)
+    for m in members:
+        branches[_slot_at(m.runs, length)].append(m)
+    if len(branches) == 1:  # the shortest context stopped the runs: split the long ones off
+        rest = [m for m in members if m not in fits]
+        if not runs or not rest:  # only for one-token contexts, which never decode
             alone += members
-            continue
-        alone += [m for m in members if m.context - length > REST_MAX]
-        shared.append(_group(start, length, fits, device))
-    return tuple(shared), tuple(alone)
+            return
+        found.append((runs, fits)) if len(fits) > 1 else alone.extend(fits)
+        _partition(rest, found, alone)
+        return
+    singles = [m for branch in branches.values() if len(branch) == 1 for m in branch]
+    if runs and len([m for m in singles if m in fits]) >= 2:  # share this level's runs
+        found.append((runs, [m for m in singles if m in fits]))
+        alone += [m for m in singles if m not in fits]
+    else:
+        alone += singles
+    for branch in branches.values():
+        if len(branch) > 1:
+            _partition(branch, found, alone)
 
 
-def _group(start: int, length: int, members: list[SeqSpan], device: torch.device) -> SharedPrefix:
+def _slot_at(runs: tuple[tuple[int, int], ...], position: int) -> int:
+    """The pool slot of the context token at ``position``."""
+    for first, count in runs:
+        if position < count:
+            return first + position
+        position -= count
+    raise IndexError("position past the context")
+
+
+def common_runs(members: Seq[SeqSpan]) -> tuple[tuple[int, int], ...]:
+    """The longest run sequence every member's context starts with, leaving each member at
+    least its own last token: equal runs while all agree, then the shortest of the first
+    runs that differ in length only (after it, their contexts continue in different places)."""
+    limit = min(m.context for m in members) - 1
+    common: list[tuple[int, int]] = []
+    total = 0
+    for j, (first, _) in enumerate(members[0].runs):
+        if total >= limit or any(len(m.runs) <= j or m.runs[j][0] != first for m in members):
+            break
+        lengths = {m.runs[j][1] for m in members}
+        take = min(min(lengths), limit - total)
+        common.append((first, take))
+        total += take
+        if len(lengths) > 1:
+            break
+    return tuple(common)
+
+
+def _length(runs: tuple[tuple[int, int], ...]) -> int:
+    return sum(count for _, count in runs)
+
+
+def _group(
+    runs: tuple[tuple[int, int], ...], members: list[SeqSpan], device: torch.device
+) -> SharedPrefix:
+    length, pad = _length(runs), runs[0][0]
     rests = [_slots(m.runs)[length:] for m in members]
     width = max(len(r) for r in rests)
-    rest = np.full((len(members), width), start, dtype=np.int64)
+    rest = np.full((len(members), width), pad, dtype=np.int64)
     valid = np.zeros((len(members), width), dtype=bool)
     for i, slots in enumerate(rests):
         rest[i, : len(slots)] = slots
         valid[i, : len(slots)] = True
     return SharedPrefix(
-        start,
-        length,
+        runs,
         torch.tensor([m.start for m in members], dtype=torch.long, device=device),
         torch.from_numpy(rest).to(device),
         torch.from_numpy(valid).to(device),
@@ -106,13 +172,21 @@ def attend_shared(
     # Head h reads kv head h // per_kv: [kv_heads, B, per_kv, dim], pre-scaled.
     q = query.index_select(1, group.rows).view(kv_heads, per_kv, size, dim).transpose(1, 2)
     q = q * scale
-    shared_k = keys[:, group.start : group.start + group.length]  # [kv_heads, L, dim]
-    shared_v = values[:, group.start : group.start + group.length]
-    scores = torch.matmul(q.reshape(kv_heads, size * per_kv, dim), shared_k.transpose(1, 2))
+    flat_q = q.reshape(kv_heads, size * per_kv, dim)
+    # The shared runs: [kv_heads, B * per_kv, L] scores (small), one softmax over all runs.
+    parts = [torch.matmul(flat_q, keys[:, a : a + n].transpose(1, 2)) for a, n in group.runs]
+    scores = torch.cat(parts, -1) if len(parts) > 1 else parts[0]
     top_s = scores.amax(-1, keepdim=True)
     weights = scores.sub_(top_s).exp_()
     sum_s = weights.sum(-1, keepdim=True)
-    out_s = torch.matmul(weights, shared_v).view(kv_heads, size, per_kv, dim)
+    out_s: torch.Tensor | None = None
+    offset = 0
+    for a, n in group.runs:  # each run's values weighted in place, no KV copied
+        part, run_v = weights[..., offset : offset + n], values[:, a : a + n]
+        out_s = torch.matmul(part, run_v) if out_s is None else out_s.baddbmm_(part, run_v)
+        offset += n
+    assert out_s is not None
+    out_s = out_s.view(kv_heads, size, per_kv, dim)
     # The rest: [kv_heads, B, R, dim] gathered, masked where padded.
     width = group.rest.shape[1]
     rest_k = keys.index_select(1, group.rest.view(-1)).view(kv_heads, size, width, dim)

@@ -1,0 +1,140 @@
+"""The kernel behind a model's linear layers: PyTorch's default, or oneDNN on weights packed once.
+
+On CPU, ``F.linear`` hands every call to MKL with the weights in their plain layout. A decode
+step multiplies a few rows by every weight of the model, and there MKL ran SmolLM2's linear
+layers at 84 ms for 16 rows against a 16-19 ms weight-read floor on this project's AMD EPYC
+(``prefixkv bench decode`` prints the line). oneDNN with each weight reordered once into its
+blocked layout (the path PyTorch's own compiler takes when it freezes a CPU model) ran them in
+35 ms for 16 rows, 25 ms for one row and 1.3x faster for 512-row prefill chunks.
+
+Its results differ from MKL's at float rounding (about 1e-6 relative). The engine runs one
+kernel for every path (cached or not, serial or batched), so outputs stay identical with and
+without the cache; :func:`prefixkv.engine.fingerprint.model_fingerprint` names the kernel, so
+KV stored below RAM by one kernel is never served to the other. oneDNN's rows also came out
+the same whatever the number of rows in the call (except one-row calls of 1536-wide inputs),
+where MKL's small calls differed from its large ones.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, cast
+
+import torch
+
+KERNELS = ("auto", "onednn", "torch")
+PACK_ROWS = 64
+"""The row count oneDNN packs for: best for 64-512 rows and within 3% of the best at 1 and 16."""
+
+
+class PackedLinear(torch.nn.Module):
+    """``y = x W^T + b`` on oneDNN, ``W`` reordered once into its blocked layout.
+
+    ``weight`` is an opaque oneDNN tensor (a buffer: ``to_dense()`` gives the plain
+    ``[out_features, in_features]`` weight back); the plain weight is not kept."""
+
+    weight: torch.Tensor
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[..., in_features]`` -> ``[..., out_features]``."""
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
+            x, self.weight, self.bias, "none", [], ""
+        )
+        return out
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, onednn"
+
+
+class LinearKernel(Protocol):
+    """How a model's ``nn.Linear`` layers run."""
+
+    name: str
+
+    def install(self, model: torch.nn.Module) -> int:
+        """Swap ``model``'s linear layers in place for this kernel's; returns how many were
+        swapped. Raises RuntimeError when the kernel cannot run them."""
+        ...
+
+
+class TorchLinear:
+    """PyTorch's own ``nn.Linear`` (MKL on CPU, cuBLAS on CUDA): nothing to install."""
+
+    name = "torch"
+
+    def install(self, model: torch.nn.Module) -> int:
+        return 0
+
+
+class OneDNNLinear:
+    """:class:`PackedLinear` for every float32 CPU ``nn.Linear`` of the model."""
+
+    name = "onednn"
+
+    def install(self, model: torch.nn.Module) -> int:
+        swapped = 0
+        for parent in list(model.modules()):
+            for child_name, child in list(parent.named_children()):
+                if isinstance(child, torch.nn.Linear):
+                    if not onednn_runs(child.weight):
+                        raise RuntimeError(
+                            f"oneDNN linear layers need float32 CPU weights with PyTorch's "
+                            f"oneDNN build; {child_name} has {child.weight.dtype} on "
+                            f"{child.weight.device} (use --linear-kernel torch)"
+                        )
+                    setattr(parent, child_name, PackedLinear(child))
+                    swapped += 1
+        return swapped
+
+
+def onednn_runs(weight: torch.Tensor) -> bool:
+    """True where :class:`PackedLinear` can hold ``weight``."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+def linear_kernel(name: str, model: torch.nn.Module) -> LinearKernel:
+    """The kernel called ``name`` (one of :data:`KERNELS`) for ``model``: ``auto`` is oneDNN
+    where every linear weight is float32 on the CPU, PyTorch's otherwise. Raises ValueError
+    for another name."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown linear kernel {name!r}; choose one of {', '.join(KERNELS)}")
+    if name == "torch":
+        return TorchLinear()
+    if name == "onednn":
+        return OneDNNLinear()
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if layers and all(onednn_runs(m.weight) for m in layers):
+        return OneDNNLinear()
+    return TorchLinear()
+
+
+class LinearLayer(Protocol):
+    """A linear layer, plain or packed."""
+
+    in_features: int
+    out_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def linear_layers(model: torch.nn.Module) -> list[LinearLayer]:
+    """The model's linear layers, plain or packed, in module order."""
+    kinds = torch.nn.Linear | PackedLinear
+    return [cast(LinearLayer, m) for m in model.modules() if isinstance(m, kinds)]
+
+
+def kernel_of(model: torch.nn.Module) -> str:
+    """``onednn`` when any of the model's linear layers is packed, else ``torch``."""
+    packed = any(isinstance(m, PackedLinear) for m in model.modules())
+    return OneDNNLinear.name if packed else TorchLinear.name

@@ -1,0 +1,95 @@
+"""The oneDNN linear kernel: the same products as nn.Linear up to float rounding, every layer
+swapped, and an engine on it still exact with and without the cache, serial or batched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefixkv.cache import NullCache, PrefixKVCache
+from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
+from prefixkv.engine.engine import Engine
+from prefixkv.engine.kvbridge import layout_of
+from prefixkv.engine.linear import (
+    OneDNNLinear,
+    PackedLinear,
+    TorchLinear,
+    kernel_of,
+    linear_kernel,
+    linear_layers,
+)
+from prefixkv.engine.request import SamplingParams
+
+from .tiny import tiny_llama, tiny_tokenizer
+
+pytestmark = pytest.mark.skipif(
+    not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN"
+)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 5, 48)])
+def test_packed_linear_matches_nn_linear(bias: bool, shape: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(48, 80, bias=bias)
+    packed = PackedLinear(plain)
+    x = torch.randn(*shape)
+    with torch.inference_mode():
+        want, got = plain(x), packed(x)
+    assert got.shape == want.shape == (*shape[:-1], 80)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(packed.weight.to_dense(), plain.weight.detach())
+
+
+def test_install_swaps_every_linear_layer_and_keeps_the_logits() -> None:
+    model = tiny_llama()
+    before = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    ids = torch.tensor([[5, 9, 14, 20, 7, 33]])
+    with torch.inference_mode():
+        want = model(input_ids=ids).logits
+    assert OneDNNLinear().install(model) == len(before) > 0
+    assert kernel_of(model) == "onednn"
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert len(linear_layers(model)) == len(before)
+    with torch.inference_mode():
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_picks_onednn_for_float32_cpu_and_torch_otherwise() -> None:
+    assert isinstance(linear_kernel("auto", tiny_llama()), OneDNNLinear)
+    assert isinstance(linear_kernel("torch", tiny_llama()), TorchLinear)
+    half = tiny_llama().to(torch.bfloat16)
+    assert isinstance(linear_kernel("auto", half), TorchLinear)
+    with pytest.raises(RuntimeError, match="float32 CPU weights"):
+        linear_kernel("onednn", half).install(half)
+    with pytest.raises(ValueError, match="unknown linear kernel 'mkl'"):
+        linear_kernel("mkl", half)
+
+
+def test_the_fingerprint_names_the_kernel() -> None:
+    pytest.importorskip("xxhash")
+    from prefixkv.engine.fingerprint import model_fingerprint
+
+    plain, packed, again = tiny_llama(), tiny_llama(), tiny_llama()
+    OneDNNLinear().install(packed)
+    OneDNNLinear().install(again)
+    lay = layout_of(plain.config, torch.float32)
+    assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
+    assert model_fingerprint(packed, lay) != model_fingerprint(plain, lay)
+
+
+def test_an_engine_on_onednn_is_exact_cached_uncached_and_batched() -> None:
+    model, tokenizer = tiny_llama(seed=3), tiny_tokenizer()
+    OneDNNLinear().install(model)
+    lay = layout_of(model.config, torch.float32)
+    cached = Engine(model, tokenizer, PrefixKVCache(lay, 4, lay.block_bytes(4) * 256))
+    uncached = Engine(model, tokenizer, NullCache(lay, 4))
+    document = "The quick brown fox jumps over the lazy dog. " * 3
+    prompts = [document + q for q in ("Who jumps?", "What is lazy?", "Which fox?")]
+    want = [uncached.generate(p, max_tokens=12).token_ids for p in prompts]
+    assert [cached.generate(p, max_tokens=12).token_ids for p in prompts] == want
+    assert [cached.generate(p, max_tokens=12).token_ids for p in prompts] == want  # all cached
+    runner = BatchRunner(cached, BatchLimits(max_running=4, max_batch_tokens=32))
+    params = [cached.request(p, SamplingParams(max_tokens=12)) for p in prompts]
+    assert [c.token_ids for c in runner.run_all(params)] == want
