@@ -2,7 +2,8 @@
 
 Two rates are measured in the benchmark's own process with torch's default threads: memory
 read bandwidth (summing a tensor far larger than the caches) and fp32 GEMM throughput (a
-512x576 @ 576x1536 matmul, the shape of SmolLM2's MLP over a 512-token chunk). Then, for a
+512x576 @ 576x1536 matmul, the shape of SmolLM2's MLP over a 512-token chunk, on the faster
+of PyTorch's ``mm`` and oneDNN). Then, for a
 model of P parameters whose weights take W bytes::
 
     compute  = (uncached prompt tokens + output tokens) * 2 * P / GEMM FLOP/s
@@ -74,11 +75,19 @@ def measure_bandwidth(mib: int = 256, repeats: int = 5) -> float:
 
 
 def measure_gemm(m: int = 512, k: int = 576, n: int = 1536, repeats: int = 30) -> float:
-    """fp32 FLOP/s of an ``m x k @ k x n`` matmul, 2*m*k*n FLOPs each (best of ``repeats``)."""
+    """fp32 FLOP/s of an ``m x k @ k x n`` matmul, 2*m*k*n FLOPs each: the best of
+    ``repeats`` calls, on PyTorch's own ``mm`` and, where it runs, oneDNN on a packed weight
+    (the engine's kernel, :mod:`prefixkv.engine.linear`), whichever is faster here."""
     import torch
 
     a, b = torch.randn(m, k), torch.randn(k, n)
     seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
+    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):  # type: ignore[no-untyped-call]
+        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), 64)
+        onednn = _best_seconds(
+            lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), repeats
+        )
+        seconds = min(seconds, onednn)
     return 2 * m * k * n / seconds
 
 

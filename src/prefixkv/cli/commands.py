@@ -231,6 +231,14 @@ def _serve(args: argparse.Namespace) -> int:
     # Checked before the model loads (seconds): a bad key is a start-up error at once.
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
+    import torch
+
+    from prefixkv.threads import helper_thread
+
+    # The backend's thread runs the model on every core; this one only loads it (see
+    # prefixkv.threads: a second multi-threaded team would slow every step).
+    threads = args.threads or torch.get_num_threads()
+    helper_thread()
     engine = load_engine(args, args.tenant_share)
     settings = ServerSettings(
         model_names=(engine.name, args.model),
@@ -254,7 +262,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})",
         flush=True,
     )
-    app = create_app(engine, settings, make_backend(args, engine))
+    app = create_app(engine, settings, make_backend(args, engine, threads))
     try:
         return _run_server(app, args)
     finally:
@@ -289,6 +297,10 @@ def _batching(args: argparse.Namespace) -> str:
 def _chat(args: argparse.Namespace) -> int:
     from prefixkv.cli.chat import chat_loop
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     engine = load_engine(args)
     try:
         return chat_loop(

@@ -36,16 +36,12 @@ def check_tier_options(args: argparse.Namespace) -> None:
 
 def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
     """The Engine the options describe; ``--no-prefix-cache`` puts it over a NullCache."""
-    import torch
-
     from prefixkv.cache.null import NullCache
     from prefixkv.engine.engine import Engine
     from prefixkv.engine.loader import ModelNotFoundError
     from prefixkv.index import policy_by_name
 
     check_tier_options(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         engine = Engine.from_pretrained(
             args.model,
@@ -92,22 +88,23 @@ def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
         raise CommandError(str(exc)) from exc
 
 
-def make_backend(args: argparse.Namespace, engine: Engine) -> Any:
+def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
     """The server backend the options ask for: the batch runner, or the serial worker (also
-    the fallback, with a warning, for a model the batch runner cannot run)."""
+    the fallback, with a warning, for a model the batch runner cannot run); its thread runs
+    the model's ops on ``threads`` cores."""
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
     from prefixkv.engine.kvbridge import UnsupportedModelError
     from prefixkv.server.backends import BatchBackend, SerialBackend
 
     if args.backend == "serial":
-        return SerialBackend(engine)
+        return SerialBackend(engine, threads)
     limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
     try:
-        return BatchBackend(BatchRunner(engine, limits))
+        return BatchBackend(BatchRunner(engine, limits), threads)
     except UnsupportedModelError as exc:
         print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
-        return SerialBackend(engine)
+        return SerialBackend(engine, threads)
 
 
 def close_tiers(engine: Engine) -> None:

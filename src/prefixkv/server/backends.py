@@ -17,6 +17,7 @@ from typing import Any
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.server.scheduler import Job
 from prefixkv.server.throttle import report_failure
+from prefixkv.threads import compute_on
 
 log = logging.getLogger("prefixkv.server")
 
@@ -24,8 +25,11 @@ log = logging.getLogger("prefixkv.server")
 class SerialBackend:
     """Runs jobs one at a time on one worker thread, in submission order."""
 
-    def __init__(self, engine: EngineRole) -> None:
+    def __init__(self, engine: EngineRole, threads: int | None = None) -> None:
+        """``threads``: the cores the worker's torch ops use (see
+        :mod:`prefixkv.threads`; default: the process's default)."""
         self._engine = engine
+        self._threads = threads
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._current: Job | None = None
@@ -89,6 +93,8 @@ class SerialBackend:
         thread.join(timeout)
 
     def _work(self) -> None:
+        if self._threads is not None:
+            compute_on(self._threads)
         while (job := self._queue.get()) is not None:
             self._current = job
             try:
@@ -118,8 +124,10 @@ class SerialBackend:
 class BatchBackend:
     """Jobs go straight to a BatchRunner (``runner``: anything with its interface)."""
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: Any, threads: int | None = None) -> None:
+        """``threads``: the cores the runner's torch ops use (see :mod:`prefixkv.threads`)."""
         self.runner = runner
+        self._threads = threads
 
     @property
     def waiting(self) -> int:
@@ -130,7 +138,7 @@ class BatchBackend:
         return int(self.runner.num_running)
 
     def start(self) -> None:
-        self.runner.start()
+        self.runner.start(self._threads)
 
     def submit(self, job: Job) -> None:
         self.runner.submit(job.request, job)

@@ -33,6 +33,7 @@ from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler
 from prefixkv.server.settings import ServerSettings
+from prefixkv.threads import helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -59,7 +60,9 @@ class Generation:
         self.settings = settings
         # One thread: tokenizing shares the CPU with the model anyway, and one at a time
         # keeps a burst of huge prompts from taking every core.
-        self._prepare = ThreadPoolExecutor(1, thread_name_prefix="prefixkv-prepare")
+        self._prepare = ThreadPoolExecutor(
+            1, thread_name_prefix="prefixkv-prepare", initializer=helper_thread
+        )
 
     def close(self) -> None:
         self._prepare.shutdown(wait=False, cancel_futures=True)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from prefixkv.threads import helper_thread
 from prefixkv.tiers.codec import BlockCodec
 from prefixkv.tiers.naming import BlockNamer
 from prefixkv.tiers.protocol import Tier
@@ -103,6 +104,7 @@ class Writer:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        helper_thread()
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._jobs or self._stopping)

@@ -30,6 +30,7 @@ from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
+from prefixkv.threads import compute_on
 from prefixkv.tokens import token_count
 
 log = logging.getLogger("prefixkv.engine")
@@ -108,8 +109,12 @@ class BatchRunner:
             self.step()
         return [sink.result() for sink in sinks]
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="prefixkv-batch", daemon=True)
+    def start(self, threads: int | None = None) -> None:
+        """Run steps on a thread of the runner's own; ``threads``: the cores its torch ops
+        use (default: the process's default; see :mod:`prefixkv.threads`)."""
+        self._thread = threading.Thread(
+            target=self._loop, args=(threads,), name="prefixkv-batch", daemon=True
+        )
         self._thread.start()
 
     def drain(self) -> None:
@@ -145,7 +150,9 @@ class BatchRunner:
 
     # --- the runner thread ----------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, threads: int | None) -> None:
+        if threads is not None:
+            compute_on(threads)
         while True:
             with self._cond:
                 while not self._running and not self._waiting and self._accepting:

@@ -1,0 +1,37 @@
+"""One thread computes on every core; every other thread runs its torch ops on one.
+
+PyTorch's CPU ops run on OpenMP (libgomp on Linux), where each thread that starts parallel
+work gets its own team of worker threads. Between parallel regions the workers spin for a
+few milliseconds before sleeping, which is what makes a model's thousands of small ops per
+step cheap, but libgomp cuts that spin to ~100 iterations once the process holds more OpenMP
+threads than CPUs. A server whose main thread loaded the model with two threads and whose
+runner thread computes with two more holds three on two CPUs: a 16-sequence SmolLM2 forward
+took 57 ms on the runner thread against 48 ms with the main thread kept to one (2-core AMD
+EPYC). So the thread that runs the model calls :func:`compute_on`, and every other thread
+that may touch torch (the main thread before it loads the model, the tier writer, the
+request preparation thread) calls :func:`helper_thread` first.
+
+``torch.set_num_threads`` sets the calling thread's count and a process-wide default, which
+each thread copies the first time it asks for its count (PyTorch initialises a thread's count
+lazily). Each function here makes that first ask before setting, so a thread keeps its own
+count whatever the others set later, and the order threads start in does not matter.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_on(threads: int) -> None:
+    """Run the calling thread's torch ops on ``threads`` cores (the model's thread)."""
+    _own(threads)
+
+
+def helper_thread() -> None:
+    """Run the calling thread's torch ops on one core (any thread but the model's)."""
+    _own(1)
+
+
+def _own(threads: int) -> None:
+    torch.get_num_threads()  # the thread copies the default now, not at its first op
+    torch.set_num_threads(threads)
