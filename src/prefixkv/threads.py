@@ -27,6 +27,11 @@ def compute_on(threads: int) -> None:
     _own(threads)
 
 
+def current_threads() -> int:
+    """The calling thread's count (the default a thread started from it should claim)."""
+    return torch.get_num_threads()
+
+
 def helper_thread() -> None:
     """Run the calling thread's torch ops on one core (any thread but the model's)."""
     _own(1)

@@ -17,6 +17,7 @@ from prefixkv.engine.linear import (
     kernel_of,
     linear_kernel,
     linear_layers,
+    row_bucket,
 )
 from prefixkv.engine.request import SamplingParams
 
@@ -39,6 +40,28 @@ def test_packed_linear_matches_nn_linear(bias: bool, shape: tuple[int, ...]) -> 
     assert got.shape == want.shape == (*shape[:-1], 80)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert torch.equal(packed.weight.to_dense(), plain.weight.detach())
+
+
+@pytest.mark.parametrize(
+    ("rows", "bucket"), [(1, 1), (3, 4), (16, 16), (17, 32), (64, 64), (65, 128), (512, 512)]
+)
+def test_rows_are_padded_to_few_buckets(rows: int, bucket: int) -> None:
+    assert row_bucket(rows) == bucket
+
+
+@pytest.mark.parametrize("rows", [5, 100, 512, 513, 1200])
+def test_padded_and_split_calls_give_each_row_its_product(rows: int) -> None:
+    """Zero rows pad a call to its bucket and calls past MAX_ROWS run in pieces; neither
+    shows in the result."""
+    torch.manual_seed(1)
+    plain = torch.nn.Linear(32, 24)
+    packed = PackedLinear(plain)
+    x = torch.randn(rows, 32)
+    with torch.inference_mode():
+        got = packed(x)
+        assert got.shape == (rows, 24)
+        torch.testing.assert_close(got, plain(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[:5], packed(x[:5]), rtol=1e-5, atol=1e-5)
 
 
 def test_install_swaps_every_linear_layer_and_keeps_the_logits() -> None:

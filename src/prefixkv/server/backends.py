@@ -17,7 +17,7 @@ from typing import Any
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.server.scheduler import Job
 from prefixkv.server.throttle import report_failure
-from prefixkv.threads import compute_on
+from prefixkv.threads import compute_on, current_threads
 
 log = logging.getLogger("prefixkv.server")
 
@@ -27,7 +27,7 @@ class SerialBackend:
 
     def __init__(self, engine: EngineRole, threads: int | None = None) -> None:
         """``threads``: the cores the worker's torch ops use (see
-        :mod:`prefixkv.threads`; default: the process's default)."""
+        :mod:`prefixkv.threads`; default: those of the thread that calls ``start``)."""
         self._engine = engine
         self._threads = threads
         self._queue: queue.Queue[Job | None] = queue.Queue()
@@ -45,6 +45,8 @@ class SerialBackend:
         return int(self._current is not None)
 
     def start(self) -> None:
+        if self._threads is None:
+            self._threads = current_threads()
         # daemon: a generation stuck in the model must not keep a stopping process alive.
         self._thread = threading.Thread(target=self._work, name="prefixkv-worker", daemon=True)
         self._thread.start()
@@ -93,8 +95,8 @@ class SerialBackend:
         thread.join(timeout)
 
     def _work(self) -> None:
-        if self._threads is not None:
-            compute_on(self._threads)
+        assert self._threads is not None
+        compute_on(self._threads)
         while (job := self._queue.get()) is not None:
             self._current = job
             try:

@@ -111,7 +111,9 @@ class BatchRunner:
 
     def start(self, threads: int | None = None) -> None:
         """Run steps on a thread of the runner's own; ``threads``: the cores its torch ops
-        use (default: the process's default; see :mod:`prefixkv.threads`)."""
+        use (default: the calling thread's; see :mod:`prefixkv.threads`)."""
+        if threads is None:
+            threads = torch.get_num_threads()
         self._thread = threading.Thread(
             target=self._loop, args=(threads,), name="prefixkv-batch", daemon=True
         )
@@ -150,9 +152,8 @@ class BatchRunner:
 
     # --- the runner thread ----------------------------------------------------------------
 
-    def _loop(self, threads: int | None) -> None:
-        if threads is not None:
-            compute_on(threads)
+    def _loop(self, threads: int) -> None:
+        compute_on(threads)
         while True:
             with self._cond:
                 while not self._running and not self._waiting and self._accepting:
