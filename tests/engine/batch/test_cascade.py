@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefixkv.engine.batch import cascade
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
 from prefixkv.engine.batch.cascade import attend_shared, group_spans
+from prefixkv.engine.batch.plan import runs_of
 
 from .test_attention import DIM, HEADS, pool, reference
 from .test_runner import (
@@ -179,3 +182,49 @@ def test_requests_on_one_document_decode_as_a_group_and_match_alone(
         assert sink.completion.token_ids == alone.generate(prompt, max_tokens=10).token_ids
     assert groups and max(groups) == len(prompts)  # all five read the document once a step
     assert_clean(engine)
+
+
+@st.composite
+def block_tables(draw: st.DrawFn) -> list[SeqSpan]:
+    """Decoding spans over a random tree of blocks (shared prefixes of any depth, fresh
+    blocks anywhere in the pool), as the index hands them out."""
+    size = 4
+    children: dict[tuple[int, ...], list[int]] = {}
+    free = iter(draw(st.permutations(list(range(128)))))  # enough for 12 x 10 blocks
+    spans = []
+    for row in range(draw(st.integers(1, 12))):
+        path: tuple[int, ...] = ()
+        for _ in range(draw(st.integers(1, 10))):
+            known = children.setdefault(path, [])
+            if known and draw(st.booleans()):
+                block = draw(st.sampled_from(known))
+            else:
+                block = next(free)
+                known.append(block)
+            path += (block,)
+        context = draw(st.integers(2, len(path) * size))
+        spans.append(SeqSpan(row, 1, context, runs_of(list(path), context, size)))
+    return spans
+
+
+def _slots(span: SeqSpan) -> list[int]:
+    return [a + i for a, c in span.runs for i in range(c)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(block_tables(), st.integers(1, 12))
+def test_groups_share_their_runs_and_every_span_lands_once(
+    spans: list[SeqSpan], rest_max: int
+) -> None:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cascade, "REST_MAX", rest_max)
+        shared, alone = group_spans(spans, CPU)
+    rows = [r for g in shared for r in g.rows.tolist()] + [s.start for s in alone]
+    assert sorted(rows) == [s.start for s in spans]  # each span exactly once
+    for group in shared:
+        assert group.rows.numel() >= 2
+        prefix = [a + i for a, c in group.runs for i in range(c)]
+        for row in group.rows.tolist():
+            slots = _slots(spans[row])
+            assert slots[: len(prefix)] == prefix  # the shared runs start its context
+            assert 1 <= len(slots) - len(prefix) <= rest_max  # a short rest of its own

@@ -89,7 +89,10 @@ def _partition(
         if not runs or not rest:  # only for one-token contexts, which never decode
             alone += members
             return
-        found.append((runs, fits)) if len(fits) > 1 else alone.extend(fits)
+        if len(fits) > 1:
+            found.append((runs, fits))
+        else:
+            alone += fits
         _partition(rest, found, alone)
         return
     singles = [m for branch in branches.values() if len(branch) == 1 for m in branch]
