@@ -40,3 +40,23 @@ def test_the_compute_thread_keeps_its_count_after_a_helper_starts() -> None:
     for t in threads:
         t.join()
     assert counts == {"compute": 2, "helper": 1}
+
+
+def test_a_thread_that_starts_a_helper_keeps_its_count() -> None:
+    """The creator claims its count before the helper's claim of one changes the default."""
+    counts: dict[str, int] = {}
+
+    def creator() -> None:
+        from prefixkv.threads import current_threads
+
+        counts["before"] = current_threads()
+        helper = threading.Thread(target=helper_thread)
+        helper.start()
+        helper.join()
+        counts["after"] = torch.get_num_threads()
+
+    torch.set_num_threads(2)  # the default a fresh thread copies
+    thread = threading.Thread(target=creator)
+    thread.start()
+    thread.join()
+    assert counts == {"before": 2, "after": 2}

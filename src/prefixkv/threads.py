@@ -14,7 +14,9 @@ request preparation thread) calls :func:`helper_thread` first.
 ``torch.set_num_threads`` sets the calling thread's count and a process-wide default, which
 each thread copies the first time it asks for its count (PyTorch initialises a thread's count
 lazily). Each function here makes that first ask before setting, so a thread keeps its own
-count whatever the others set later, and the order threads start in does not matter.
+count whatever the others set later, and the order threads start in does not matter. A
+thread that starts a helper calls :func:`current_threads` first, so that it too has its own
+count before the helper's claim of one changes the default.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def compute_on(threads: int) -> None:
 
 
 def current_threads() -> int:
-    """The calling thread's count (the default a thread started from it should claim)."""
+    """The calling thread's count, fixed for it from now on (call before starting a helper
+    thread, and to learn the count a thread started from this one should claim)."""
     return torch.get_num_threads()
 
 

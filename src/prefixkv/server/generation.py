@@ -33,7 +33,7 @@ from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler
 from prefixkv.server.settings import ServerSettings
-from prefixkv.threads import helper_thread
+from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -60,6 +60,7 @@ class Generation:
         self.settings = settings
         # One thread: tokenizing shares the CPU with the model anyway, and one at a time
         # keeps a burst of huge prompts from taking every core.
+        current_threads()  # this thread keeps its count when the helper claims one
         self._prepare = ThreadPoolExecutor(
             1, thread_name_prefix="prefixkv-prepare", initializer=helper_thread
         )

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from prefixkv.threads import helper_thread
+from prefixkv.threads import current_threads, helper_thread
 from prefixkv.tiers.codec import BlockCodec
 from prefixkv.tiers.naming import BlockNamer
 from prefixkv.tiers.protocol import Tier
@@ -59,6 +59,7 @@ class Writer:
         self._busy = False
         self._stopping = False
         self._cond = threading.Condition()
+        current_threads()  # this thread keeps its count when the writer claims one
         self._thread = threading.Thread(target=self._run, name="prefixkv-tier-writer", daemon=True)
         self._thread.start()
 
