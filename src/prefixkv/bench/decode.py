@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(describe(info), flush=True)
     engine = Engine.from_pretrained(args.model, cache_bytes=1 << 30)
-    weights = sum(t.numel() * t.element_size() for t in engine.model.parameters())
+    # Bytes a decode step reads: every linear layer's weight (the output head included),
+    # packed or not; the embedding is only gathered row by row.
+    itemsize = next(engine.model.parameters()).element_size()
+    weights = sum(m.in_features * m.out_features for m in linear_layers(engine.model)) * itemsize
     floor = weights / measure_bandwidth()
     print(f"# floor per step: {weights / 1e6:.0f} MB of weights at the measured bandwidth = "
           f"{floor * 1e3:.1f} ms")  # fmt: skip
