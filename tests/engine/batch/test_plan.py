@@ -8,7 +8,15 @@ import torch
 
 from prefixkv.cache.table import BlockTable
 from prefixkv.engine.batch.attention import SeqSpan
-from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step, runs_of
+from prefixkv.engine.batch.plan import (
+    MAX_HELD,
+    Feed,
+    input_of,
+    layout_of,
+    note_held,
+    plan_step,
+    runs_of,
+)
 from prefixkv.engine.batch.sequence import Outcome, Sequence
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.tokens import as_token_bytes
@@ -49,14 +57,39 @@ def test_decode_tokens_come_first_then_prefill_chunks_in_order() -> None:
 def test_prefills_share_the_budget_shortest_remaining_first() -> None:
     a, b, c = seq(list(range(4))), seq(list(range(6))), seq(list(range(3)))
     assert fed(plan_step([a, b, c], max_batch_tokens=7)) == [(c, 3), (a, 4)]
-    assert fed(plan_step([a, b, c], max_batch_tokens=9)) == [(c, 3), (a, 4), (b, 2)]
     assert fed(plan_step([a, b, c], max_batch_tokens=100)) == [(c, 3), (a, 4), (b, 6)]
+    assert fed(plan_step([a, b], max_batch_tokens=3)) == [(a, 3)]  # nothing completes: fill
+
+
+def test_a_step_that_gives_a_first_token_takes_no_partial_chunk() -> None:
+    a, b, c = seq(list(range(4))), seq(list(range(6))), seq(list(range(3)))
+    assert fed(plan_step([a, b, c], max_batch_tokens=9)) == [(c, 3), (a, 4)]  # b: 2 of 6
+    b.held = MAX_HELD  # left out long enough: it joins
+    assert fed(plan_step([a, b, c], max_batch_tokens=9)) == [(c, 3), (a, 4), (b, 2)]
 
 
 def test_a_cached_request_never_waits_behind_a_long_prefill() -> None:
     long = seq(list(range(8000)))  # admitted first, thousands of tokens to prefill
     cached = seq(list(range(40)), computed=32)  # its prefix was cached: 8 tokens left
-    assert fed(plan_step([long, cached], max_batch_tokens=512)) == [(cached, 8), (long, 504)]
+    assert fed(plan_step([long, cached], max_batch_tokens=512)) == [(cached, 8)]
+
+
+def test_a_stream_of_short_prompts_cannot_starve_a_long_one() -> None:
+    """Every step a new cached request completes its prompt; the long prompt still gets a
+    chunk at least once every MAX_HELD + 1 steps."""
+    long = seq(list(range(3000)))
+    fed_steps = []
+    for step in range(12):
+        short = seq(list(range(40)), computed=36)
+        running = [long, short]
+        feeds = plan_step(running, max_batch_tokens=512)
+        note_held(running, feeds)
+        assert (short, 4) in fed(feeds)
+        if any(f.seq is long for f in feeds):
+            long.computed += next(f.tokens for f in feeds if f.seq is long)
+            fed_steps.append(step)
+    assert fed_steps == [2, 5, 8, 11]
+    assert long.held == 0
 
 
 def test_every_decode_is_fed_even_past_the_budget_and_prefill_waits() -> None:

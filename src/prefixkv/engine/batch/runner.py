@@ -26,7 +26,7 @@ import torch
 
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch import attention
-from prefixkv.engine.batch.plan import Feed, input_of, layout_of, plan_step
+from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
@@ -172,6 +172,7 @@ class BatchRunner:
         self._drop_cancelled()
         self._admit()
         feeds, preempted = self._allocate(plan_step(self._running, self.limits.max_batch_tokens))
+        note_held(self._running, feeds)
         if not feeds:
             return None
         start = time.perf_counter()

@@ -38,6 +38,8 @@ class Sequence:
     computed: int = 0
     prompt_tokens: int = 0
     cached_tokens: int = -1  # set at first admission (-1: never admitted)
+    held: int = 0
+    """Steps in a row that left this prefill out to give others their first token sooner."""
 
     @classmethod
     def create(cls, request: Request, sink: Sink, tokenizer: Any, eos: frozenset[int]) -> Sequence:
