@@ -92,7 +92,8 @@ class Engine:
         layers (see :mod:`prefixkv.engine.linear`; ValueError for an unknown name)."""
         loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
         kernel = choose_kernel(linear_kernel, loaded.model)
-        log.info("linear layers: %s (%d packed)", kernel.name, kernel.install(loaded.model))
+        swapped = kernel.install(loaded.model)
+        log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
         layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
         cache = PrefixKVCache(
             layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share

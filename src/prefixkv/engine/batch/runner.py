@@ -30,7 +30,7 @@ from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, pla
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
-from prefixkv.threads import compute_on
+from prefixkv.threads import compute_on, current_threads
 from prefixkv.tokens import token_count
 
 log = logging.getLogger("prefixkv.engine")
@@ -113,7 +113,7 @@ class BatchRunner:
         """Run steps on a thread of the runner's own; ``threads``: the cores its torch ops
         use (default: the calling thread's; see :mod:`prefixkv.threads`)."""
         if threads is None:
-            threads = torch.get_num_threads()
+            threads = current_threads()
         self._thread = threading.Thread(
             target=self._loop, args=(threads,), name="prefixkv-batch", daemon=True
         )
