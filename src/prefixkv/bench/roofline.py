@@ -80,14 +80,17 @@ def measure_gemm(m: int = 512, k: int = 576, n: int = 1536, repeats: int = 30) -
     (the engine's kernel, :mod:`prefixkv.engine.linear`), whichever is faster here."""
     import torch
 
+    from prefixkv.engine.linear import PackedLinear, onednn_runs
+
     a, b = torch.randn(m, k), torch.randn(k, n)
     seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
-    if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):  # type: ignore[no-untyped-call]
-        packed = torch.ops.mkldnn._reorder_linear_weight(b.t().contiguous(), 64)
-        onednn = _best_seconds(
-            lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], ""), repeats
-        )
-        seconds = min(seconds, onednn)
+    plain = torch.nn.Linear(k, n, bias=False)
+    if onednn_runs(plain.weight):
+        with torch.no_grad():
+            plain.weight.copy_(b.t())
+        packed = PackedLinear(plain)
+        with torch.inference_mode():
+            seconds = min(seconds, _best_seconds(lambda: packed(a), repeats))
     return 2 * m * k * n / seconds
 
 

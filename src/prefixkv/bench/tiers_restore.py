@@ -29,7 +29,7 @@ from prefixkv.bench import workloads
 from prefixkv.bench.stats import percentile
 from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.engine.engine import Engine
-from prefixkv.engine.linear import linear_layers
+from prefixkv.engine.linear import LinearLayer, linear_layers
 from prefixkv.tiers.build import build_tiered
 from prefixkv.tiers.tiered import TieredCache
 
@@ -249,7 +249,7 @@ def _row(
     return row
 
 
-def _matmuls(model: torch.nn.Module) -> list[Any]:
+def _matmuls(model: torch.nn.Module) -> list[LinearLayer]:
     """The linear layers every prompt token goes through: all but the output head (a prefill
     computes logits for its last token only)."""
     output = getattr(model, "get_output_embeddings", None)

@@ -231,13 +231,11 @@ def _serve(args: argparse.Namespace) -> int:
     # Checked before the model loads (seconds): a bad key is a start-up error at once.
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
-    import torch
-
-    from prefixkv.threads import helper_thread
+    from prefixkv.threads import current_threads, helper_thread
 
     # The backend's thread runs the model on every core; this one only loads it (see
     # prefixkv.threads: a second multi-threaded team would slow every step).
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or current_threads()
     helper_thread()
     engine = load_engine(args, args.tenant_share)
     settings = ServerSettings(
@@ -298,9 +296,9 @@ def _chat(args: argparse.Namespace) -> int:
     from prefixkv.cli.chat import chat_loop
 
     if args.threads:
-        import torch
+        from prefixkv.threads import compute_on
 
-        torch.set_num_threads(args.threads)
+        compute_on(args.threads)  # the chat runs the model on this thread
     engine = load_engine(args)
     try:
         return chat_loop(

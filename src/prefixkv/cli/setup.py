@@ -51,11 +51,9 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
             tenant_share=tenant_share,
             linear_kernel=args.linear_kernel,
         )
-    except (
-        ModelNotFoundError,
-        ValueError,
-        RuntimeError,
-    ) as exc:  # ValueError: a cache too small for a block
+    # ValueError: a cache too small for a block; RuntimeError: a linear kernel that cannot
+    # run this model's weights.
+    except (ModelNotFoundError, ValueError, RuntimeError) as exc:
         raise CommandError(str(exc)) from exc
     if args.no_prefix_cache:
         # A pool of the same size still holds running requests' KV when batching.
