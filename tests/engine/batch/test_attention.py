@@ -14,6 +14,7 @@ from prefixkv.engine.batch.attention import (
     SeqSpan,
     StepLayout,
     attend,
+    causal_mask,
     check_supported,
     paged_attention,
 )
@@ -99,6 +100,42 @@ def test_paged_attention_packs_every_sequence_of_a_step() -> None:
         expected = reference(q, keys, values, span, 0.25).transpose(0, 1)
         got = out[0, span.start : span.start + span.count]
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_step_builds_each_prefill_mask_once_for_all_layers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys, values = pool(4)
+    spans = (SeqSpan(0, 3, 7, ((36, 4), (44, 3))), SeqSpan(3, 3, 7, ((8, 7),)))
+    step = StepLayout(torch.arange(6), spans)
+    built: list[tuple[int, int]] = []
+
+    def counted(n: int, context: int, groups: int, like: torch.Tensor) -> torch.Tensor:
+        built.append((n, context))
+        return causal_mask(n, context, groups, like)
+
+    monkeypatch.setattr("prefixkv.engine.batch.attention.causal_mask", counted)
+    query = torch.randn(1, HEADS, 6, DIM, generator=torch.Generator().manual_seed(5))
+    outs = [
+        paged_attention(torch.nn.Module(), query, keys, values, None, step=step)[0]
+        for _layer in range(3)
+    ]
+    assert built == [(3, 7)]  # two spans of one shape, three layers: one mask
+    for span in spans:
+        q = query[0, :, span.start : span.start + span.count]
+        expected = reference(q, keys, values, span, None).transpose(0, 1)
+        for out in outs:
+            got = out[0, span.start : span.start + span.count]
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_causal_mask_hides_exactly_the_later_keys() -> None:
+    mask = causal_mask(2, 5, 2, torch.zeros(1, dtype=torch.float64))
+    assert mask.dtype == torch.float64 and mask.shape == (4, 5)
+    seen = mask == 0
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(seen, expected.repeat(2, 1))
+    assert torch.isneginf(mask[~seen]).all()
 
 
 def test_paged_attention_outside_a_step_raises() -> None:
