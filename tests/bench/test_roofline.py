@@ -68,3 +68,11 @@ def test_bound_concurrency_divides_only_the_memory_term() -> None:
 def test_describe_states_the_formula() -> None:
     text = roofline.describe(roofline.MachineRates(19e9, 130e9), roofline.ModelSize(135e6, 540e6))
     assert "19.0 GB/s" in text and "130 GFLOP/s" in text and "minimum = max(" in text
+
+
+def test_best_keeps_the_higher_of_each_rate() -> None:
+    first = roofline.MachineRates(bandwidth=20e9, gemm_flops=200e9)
+    second = roofline.MachineRates(bandwidth=30e9, gemm_flops=110e9)
+    assert first.best(second) == second.best(first) == roofline.MachineRates(30e9, 200e9)
+    line = roofline.describe_remeasured(second)
+    assert "30.0 GB/s" in line and "110 GFLOP/s" in line

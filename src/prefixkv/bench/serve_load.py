@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info), roofline.describe(rates, size), sep="\n")
     print(header(args, chosen, [len(p) for ps in prompts.values() for p in ps]), flush=True)
     phases, facts = run_all(chosen, plan, args, work)
+    after = roofline.measure_machine()
+    print(roofline.describe_remeasured(after))
+    rates = rates.best(after)
     ref = reference_name(chosen)
     refs = {p.clients: p for p in phases if p.setting == ref}
     uncached = {c: roofline.distinct_prefix_tokens(p) for c, p in prompts.items()}

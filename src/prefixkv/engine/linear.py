@@ -21,6 +21,8 @@ from typing import Protocol, cast
 
 import torch
 
+from prefixkv.engine.fused import join_siblings
+
 KERNELS = ("auto", "onednn", "torch")
 PACK_ROWS = 64
 """The row count oneDNN packs for: best for 64-512 rows and within 3% of the best at 1 and 16."""
@@ -103,21 +105,25 @@ class TorchLinear:
 
 
 class OneDNNLinear:
-    """:class:`PackedLinear` for every float32 CPU ``nn.Linear`` of the model."""
+    """:class:`PackedLinear` for every float32 CPU ``nn.Linear`` of the model, sibling
+    projections of one input first joined into one (:mod:`prefixkv.engine.fused`: fewer,
+    larger GEMMs with bit-identical outputs)."""
 
     name = "onednn"
 
     def install(self, model: torch.nn.Module) -> int:
+        for name, layer in model.named_modules():  # check every layer before changing any
+            if isinstance(layer, torch.nn.Linear) and not onednn_runs(layer.weight):
+                raise RuntimeError(
+                    f"oneDNN linear layers need float32 CPU weights with PyTorch's oneDNN "
+                    f"build; {name} has {layer.weight.dtype} on {layer.weight.device} "
+                    f"(use --linear-kernel torch)"
+                )
+        join_siblings(model)
         swapped = 0
         for parent in list(model.modules()):
             for child_name, child in list(parent.named_children()):
                 if isinstance(child, torch.nn.Linear):
-                    if not onednn_runs(child.weight):
-                        raise RuntimeError(
-                            f"oneDNN linear layers need float32 CPU weights with PyTorch's "
-                            f"oneDNN build; {child_name} has {child.weight.dtype} on "
-                            f"{child.weight.device} (use --linear-kernel torch)"
-                        )
                     setattr(parent, child_name, PackedLinear(child))
                     swapped += 1
         return swapped

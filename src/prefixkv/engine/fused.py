@@ -1,0 +1,120 @@
+"""Sibling projections of one input run as one GEMM: q/k/v of an attention block, gate/up of
+a gated MLP.
+
+transformers' Llama-family modules call ``q_proj``, ``k_proj`` and ``v_proj`` one after
+another on the same hidden states (``gate_proj`` and ``up_proj`` likewise). Each call pays a
+kernel launch and streams its own weight; one call over the rows of the three weights
+stacked streams them once. :func:`join_siblings` stacks them into one linear layer owned by a
+:class:`JoinedProjection` and puts a :class:`ProjectionPart` in each sibling's place. On
+oneDNN with packed weights every output column of the joined product is bit-identical to the
+sibling's own (the same dot product over the same input, whatever the number of columns:
+``tests/engine/test_fused.py`` checks the logits of whole models), so only the cost changes.
+
+The parts' contract: the first part called with an input computes the joined product and
+keeps it until each part has taken its columns for that same input object; a part called
+with another input (or a second time) computes the product afresh. Any call order is
+therefore correct, and the order transformers uses costs one GEMM. Not thread-safe: a model
+runs one forward at a time (the engine's model lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Attribute names of projections that read one input, as transformers' Llama-family
+attention and MLP modules name them."""
+
+
+class JoinedProjection(torch.nn.Module):
+    """The siblings' weights stacked by rows in ``joined`` (an ``nn.Linear`` until a kernel
+    swaps it), and the column range each sibling owns in its output."""
+
+    def __init__(self, siblings: Sequence[torch.nn.Linear]) -> None:
+        super().__init__()
+        first = siblings[0]
+        biased = first.bias is not None
+        self.in_features = first.in_features
+        self.widths = tuple(s.out_features for s in siblings)
+        self.joined = torch.nn.Linear(
+            first.in_features,
+            sum(self.widths),
+            bias=biased,
+            device=first.weight.device,
+            dtype=first.weight.dtype,
+        )
+        with torch.no_grad():
+            self.joined.weight.copy_(torch.cat([s.weight for s in siblings]))
+            if biased:
+                self.joined.bias.copy_(torch.cat([s.bias for s in siblings]))
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._untaken: set[int] = set()
+
+    def columns(self, part: int, x: torch.Tensor) -> torch.Tensor:
+        """Sibling ``part``'s output for ``x``: ``[..., widths[part]]``, a view of the joined
+        product (computed here unless kept from this same input and not yet taken)."""
+        if x is not self._input or part not in self._untaken:
+            self._input, self._output = x, self.joined(x)
+            self._untaken = set(range(len(self.widths)))
+        output = self._output
+        assert output is not None
+        self._untaken.discard(part)
+        if not self._untaken:  # every part has its columns: drop the references
+            self._input = self._output = None
+        start = sum(self.widths[:part])
+        return output[..., start : start + self.widths[part]]
+
+
+class ProjectionPart(torch.nn.Module):
+    """One sibling's place: its columns of the :class:`JoinedProjection` (held as a plain
+    reference, so the joined weight is registered once, under its owner)."""
+
+    def __init__(self, owner: JoinedProjection, part: int) -> None:
+        super().__init__()
+        self.__dict__["owner"] = owner  # not a submodule: the owner is registered elsewhere
+        self.part = part
+        self.out_features = owner.widths[part]
+        self.in_features = owner.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owner: JoinedProjection = self.__dict__["owner"]
+        return owner.columns(self.part, x)
+
+    def extra_repr(self) -> str:
+        return f"part {self.part} of the joined projection, out_features={self.out_features}"
+
+
+def join_siblings(model: torch.nn.Module) -> int:
+    """Replace every set of :data:`SIBLINGS` in ``model`` (all plain ``nn.Linear`` over one
+    input size, with or without bias alike) by a :class:`JoinedProjection`, registered next to
+    them as ``joined_<first name>``, and its parts. Returns how many sets were joined; leaves
+    any other set as it is. Mutates ``model``."""
+    count = 0
+    for module in list(model.modules()):
+        for names in SIBLINGS:
+            siblings = [getattr(module, name, None) for name in names]
+            if not _joinable(siblings):
+                continue
+            owner = JoinedProjection(siblings)  # type: ignore[arg-type]
+            setattr(module, f"joined_{names[0]}", owner)
+            for part, name in enumerate(names):
+                setattr(module, name, ProjectionPart(owner, part))
+            count += 1
+    return count
+
+
+def _joinable(siblings: list[object]) -> bool:
+    if not all(type(s) is torch.nn.Linear for s in siblings):
+        return False
+    linears: list[torch.nn.Linear] = siblings  # type: ignore[assignment]
+    first = linears[0]
+    return all(
+        s.in_features == first.in_features
+        and (s.bias is None) == (first.bias is None)
+        and s.weight.dtype == first.weight.dtype
+        and s.weight.device == first.weight.device
+        for s in linears
+    )
