@@ -2,9 +2,10 @@
 a gated MLP.
 
 transformers' Llama-family modules call ``q_proj``, ``k_proj`` and ``v_proj`` one after
-another on the same hidden states (``gate_proj`` and ``up_proj`` likewise). Each call pays a
-kernel launch and streams its own weight; one call over the rows of the three weights
-stacked streams them once. :func:`join_siblings` stacks them into one linear layer owned by a
+another on the same hidden states (``gate_proj`` and ``up_proj`` likewise). Each call pays
+its own dispatch and kernel start (every weight is read once either way); one call over the
+three weights stacked pays it once: a SmolLM2 decode step took 0.96x the time at one
+sequence and 0.99x at 16 (``docs/design.md``). :func:`join_siblings` stacks them into one linear layer owned by a
 :class:`JoinedProjection` and puts a :class:`ProjectionPart` in each sibling's place. On
 oneDNN with packed weights every output column of the joined product is bit-identical to the
 sibling's own (the same dot product over the same input, whatever the number of columns:
