@@ -27,6 +27,7 @@ test is current and which fixture is starting.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.process
 import os
 import platform
@@ -45,6 +46,18 @@ PROCESS_MESSAGE = "this test starts a process: mark it @pytest.mark.process"
 # The openai client reports the platform, and platform.processor() runs `uname -p` once per
 # process (then caches it): asked here, before the guard is on, it is no test's process.
 platform.processor()
+
+
+def _build_native_kernel() -> None:
+    """Compile the native decode kernel (a build step, like installing a package) before the
+    guard is on: later loads in this process reuse it (``native_build.load`` is cached)."""
+    from prefixkv.engine.batch.native_build import NativeUnavailable, load
+
+    with contextlib.suppress(NativeUnavailable):  # tests needing it say why; "auto" falls back
+        load()
+
+
+_build_native_kernel()
 
 
 _tests: list[pytest.Item] = []  # the test being set up, run or torn down

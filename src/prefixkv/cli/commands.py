@@ -104,6 +104,15 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     )
     add_option(
         p,
+        "--decode-kernel",
+        "what attends decoding requests: native (one C call per layer, float32 CPU; built "
+        "with the system's C compiler on first use), torch (PyTorch ops), auto (native where "
+        "it builds)",
+        type=one_of(["auto", "native", "torch"]),
+        default="auto",
+    )
+    add_option(
+        p,
         "--schedule-policy",
         "which waiting request starts next: fcfs (arrival order) or lpm (longest cached prefix)",
         type=one_of(["fcfs", "lpm"]),

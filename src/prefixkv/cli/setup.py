@@ -90,6 +90,7 @@ def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
     """The server backend the options ask for: the batch runner, or the serial worker (also
     the fallback, with a warning, for a model the batch runner cannot run); its thread runs
     the model's ops on ``threads`` cores."""
+    from prefixkv.engine.batch.native_build import NativeUnavailable
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
     from prefixkv.engine.kvbridge import UnsupportedModelError
@@ -99,10 +100,13 @@ def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
         return SerialBackend(engine, threads)
     limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
     try:
-        return BatchBackend(BatchRunner(engine, limits), threads)
+        runner = BatchRunner(engine, limits, decode_kernel=args.decode_kernel)
     except UnsupportedModelError as exc:
         print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
         return SerialBackend(engine, threads)
+    except NativeUnavailable as exc:  # --decode-kernel native where it cannot run
+        raise CommandError(f"--decode-kernel native: {exc}") from exc
+    return BatchBackend(runner, threads)
 
 
 def close_tiers(engine: Engine) -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from prefixkv.engine.batch import cascade
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
-from prefixkv.engine.batch.cascade import attend_shared, group_spans
+from prefixkv.engine.batch.cascade import CascadePlan, attend_shared, group_spans
 from prefixkv.engine.batch.plan import runs_of
 
 from .test_attention import DIM, HEADS, pool, reference
@@ -151,7 +151,7 @@ def test_paged_attention_mixes_groups_and_single_spans() -> None:
     shared, alone = group_spans(spans, CPU)
     assert len(shared) == 1 and len(alone) == 1
     query = torch.randn(1, HEADS, 4, DIM, generator=torch.Generator().manual_seed(4))
-    layout = StepLayout(torch.arange(4), alone, shared)
+    layout = StepLayout(torch.arange(4), alone, CascadePlan(shared))
     module = torch.nn.Module()
     out, _ = paged_attention(module, query, keys, values, None, scaling=None, step=layout)
     for span in spans:
@@ -169,12 +169,12 @@ def test_requests_on_one_document_decode_as_a_group_and_match_alone(
         groups.append(group.rows.numel())
         return attend_shared(query, keys, values, group, scale)
 
-    monkeypatch.setattr("prefixkv.engine.batch.attention.attend_shared", counted)
+    monkeypatch.setattr("prefixkv.engine.batch.cascade.attend_shared", counted)
     document = ids(11, 40)
     prompts = [document + ids(20 + i, 3 + i) for i in range(5)]
     engine = batch_engine(parts)
     engine.generate(document + ids(99, 2), max_tokens=1)  # the document is cached
-    runner = runner_of(engine, max_running=8, max_batch_tokens=64)
+    runner = runner_of(engine, "torch", max_running=8, max_batch_tokens=64)
     sinks = [submit(engine, runner, p, max_tokens=10) for p in prompts]
     drive(runner)
     alone = serial_engine(parts)

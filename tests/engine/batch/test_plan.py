@@ -8,6 +8,7 @@ import torch
 
 from prefixkv.cache.table import BlockTable
 from prefixkv.engine.batch.attention import SeqSpan
+from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.plan import (
     MAX_HELD,
     Feed,
@@ -131,7 +132,7 @@ def test_runs_merge_consecutive_blocks_and_cut_the_last_run() -> None:
 def test_layout_slots_and_spans_of_two_sequences() -> None:
     a = seq(list(range(6)), computed=3, blocks=[2, 7])  # feeds positions 3, 4, 5
     b = seq([1, 2, 3, 4, 5], computed=4, blocks=[1, 0])  # decodes position 4
-    layout = layout_of([Feed(a, 3), Feed(b, 1)], 4, CPU)
+    layout = layout_of([Feed(a, 3), Feed(b, 1)], 4, CPU, CascadeKernel())
     assert layout.slots.tolist() == [2 * 4 + 3, 7 * 4 + 0, 7 * 4 + 1, 0 * 4 + 0]
     assert layout.slots.dtype == torch.int64
     assert layout.spans == (

@@ -72,8 +72,8 @@ def serial_engine(parts: tuple[Any, Any]) -> Engine:
     return Engine(parts[0], parts[1], NullCache(layout(parts), BLOCK))
 
 
-def runner_of(engine: Engine, **limits: Any) -> BatchRunner:
-    return BatchRunner(engine, BatchLimits(**limits))
+def runner_of(engine: Engine, kernel: str = "auto", **limits: Any) -> BatchRunner:
+    return BatchRunner(engine, BatchLimits(**limits), decode_kernel=kernel)
 
 
 def drive(runner: BatchRunner, limit: int = 5000) -> int:
@@ -175,14 +175,15 @@ def test_a_cache_without_a_pool_is_refused(parts: tuple[Any, Any]) -> None:
 # --- (b) many requests at once -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel", ["native", "torch"])
 @pytest.mark.parametrize(
     ("max_batch_tokens", "max_running"), [(1, 8), (2, 3), (3, 1), (5, 8), (8, 2), (64, 8)]
 )
 def test_concurrent_requests_each_match_running_alone(
-    parts: tuple[Any, Any], max_batch_tokens: int, max_running: int
+    parts: tuple[Any, Any], max_batch_tokens: int, max_running: int, kernel: str
 ) -> None:
     engine = batch_engine(parts)
-    runner = runner_of(engine, max_batch_tokens=max_batch_tokens, max_running=max_running)
+    runner = runner_of(engine, kernel, max_batch_tokens=max_batch_tokens, max_running=max_running)
     sinks = [submit(engine, runner, p, max_tokens=6) for p in PROMPTS]
     drive(runner)
     for prompt, sink in zip(PROMPTS, sinks, strict=True):
@@ -542,7 +543,8 @@ def test_random_workloads_match_running_alone(parts: tuple[Any, Any], seed: int)
         cache = PrefixKVCache(lay, BLOCK, lay.block_bytes(BLOCK) * blocks)
     engine = Engine(parts[0], parts[1], cache)
     limits = BatchLimits(rng.randrange(1, 7), rng.randrange(1, 17), LPM if seed % 2 else FCFS)
-    runner = BatchRunner(engine, limits)
+    # both decode kernels, each with both policies
+    runner = BatchRunner(engine, limits, decode_kernel=("native", "torch")[(seed // 2 + seed) % 2])
     arrivals = []
     for i in range(8):
         prompt = rng.choice(BASES)[: rng.randrange(0, 21)] + ids(1000 * seed + i, rng.randrange(6))

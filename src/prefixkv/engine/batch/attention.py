@@ -17,16 +17,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
-from prefixkv.engine.batch.cascade import SharedPrefix, attend_shared
+from prefixkv.engine.batch.cascade import CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
+
+if TYPE_CHECKING:
+    from prefixkv.engine.batch.decode import DecodePlan
 
 NAME = "prefixkv_paged"
 JOIN_BELOW = 512
@@ -75,9 +78,9 @@ class StepLayout:
     slots: torch.Tensor
     """``[T]`` int64: the flat pool slot each packed token's KV is written to."""
     spans: tuple[SeqSpan, ...]
-    """The sequences attended one by one."""
-    shared: tuple[SharedPrefix, ...] = ()
-    """Groups of decoding sequences attended together (see :mod:`.cascade`)."""
+    """The sequences attended one by one (:func:`attend`)."""
+    decode: DecodePlan = field(default_factory=CascadePlan)
+    """The decoding sequences a decode kernel attends together (see :mod:`.decode`)."""
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
 
@@ -136,9 +139,7 @@ def paged_attention(
     heads, dim = query.shape[1], query.shape[3]
     groups = heads // key.shape[0]
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
-    for group in step.shared:
-        scale = dim**-0.5 if scaling is None else scaling
-        out.index_copy_(0, group.rows, attend_shared(query[0], key, value, group, scale))
+    step.decode.attend(query[0], key, value, out, dim**-0.5 if scaling is None else scaling)
     for span in step.spans:
         q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
         mask = step.masks.of(span, groups, query) if span.count > 1 else None

@@ -58,10 +58,54 @@ def group_spans(
     """Decoding spans as groups sharing the longest common runs (two or more members, each
     with at most ``REST_MAX`` tokens past them); every other span alone. Pure bookkeeping,
     once per step (not per layer)."""
-    found: list[tuple[tuple[tuple[int, int], ...], list[SeqSpan]]] = []
-    alone = [span for span in spans if span.count != 1]
-    _partition([span for span in spans if span.count == 1], found, alone)
-    return tuple(_group(runs, members, device) for runs, members in found), tuple(alone)
+    found, alone = partition([span for span in spans if span.count == 1])
+    prefill = tuple(span for span in spans if span.count != 1)
+    return tuple(_group(runs, members, device) for runs, members in found), prefill + alone
+
+
+Runs = tuple[tuple[int, int], ...]
+
+
+def partition(
+    decoding: Seq[SeqSpan],
+) -> tuple[list[tuple[Runs, list[SeqSpan]]], tuple[SeqSpan, ...]]:
+    """Decoding spans as groups (common runs, members: two or more, each with at most
+    ``REST_MAX`` tokens past the runs), and those that share nothing worth sharing."""
+    found: list[tuple[Runs, list[SeqSpan]]] = []
+    alone: list[SeqSpan] = []
+    _partition(list(decoding), found, alone)
+    return found, tuple(alone)
+
+
+class CascadeKernel:
+    """The ``torch`` decode kernel (see :mod:`.decode`): groups sharing a prefix attend
+    together (:func:`attend_shared`), every other span one by one."""
+
+    name = "torch"
+
+    def plan(
+        self, spans: Seq[SeqSpan], device: torch.device
+    ) -> tuple[CascadePlan, tuple[SeqSpan, ...]]:
+        shared, others = group_spans(spans, device)
+        return CascadePlan(shared), others
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """The groups of one step (a DecodePlan)."""
+
+    groups: tuple[SharedPrefix, ...] = ()
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        out: torch.Tensor,
+        scale: float,
+    ) -> None:
+        for group in self.groups:
+            out.index_copy_(0, group.rows, attend_shared(query, keys, values, group, scale))
 
 
 def _partition(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout
-from prefixkv.engine.batch.cascade import group_spans
+from prefixkv.engine.batch.decode import DecodeKernel
 from prefixkv.engine.batch.sequence import Sequence
 
 MAX_HELD = 2
@@ -81,8 +81,11 @@ def runs_of(blocks: Seq[int], context: int, block_size: int) -> tuple[tuple[int,
     return tuple((a, c) for a, c in runs)
 
 
-def layout_of(feeds: Seq[Feed], block_size: int, device: torch.device) -> StepLayout:
-    """Slots and spans for ``feeds`` (tables already grown to hold every fed token)."""
+def layout_of(
+    feeds: Seq[Feed], block_size: int, device: torch.device, kernel: DecodeKernel
+) -> StepLayout:
+    """Slots and spans for ``feeds`` (tables already grown to hold every fed token), the
+    decoding ones planned by ``kernel``."""
     slots: list[np.ndarray] = []
     spans = []
     start = 0
@@ -95,8 +98,8 @@ def layout_of(feeds: Seq[Feed], block_size: int, device: torch.device) -> StepLa
         spans.append(SeqSpan(start, count, context, runs_of(seq.table.blocks, context, block_size)))
         start += count
     flat = torch.from_numpy(np.concatenate(slots)).to(device)
-    shared, alone = group_spans(spans, device)
-    return StepLayout(flat, alone, shared)
+    decode, others = kernel.plan(spans, device)
+    return StepLayout(flat, others, decode)
 
 
 def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,80 @@
+"""What attends a step's decoding sequences (one new token each): the decode kernel.
+
+Two kernels, one contract:
+
+- ``torch`` (:mod:`.cascade`): PyTorch ops; sequences sharing a prefix attend it together,
+  the others one by one. The reference, and the kernel for any device and dtype.
+- ``native`` (:mod:`.native`): one C call per layer for every decoding sequence, float32 on
+  the CPU; built on first use with the system's C compiler (:mod:`.native_build`).
+
+``auto`` takes ``native`` where it runs and ``torch`` otherwise. Both equal plain attention
+over each sequence's context up to float rounding (tests/engine/batch/test_native.py).
+Prefill chunks (more than one token) are attended by :func:`.attention.attend` either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence as Seq
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from prefixkv.engine.batch.cascade import CascadeKernel
+from prefixkv.engine.batch.native import NativeKernel
+from prefixkv.engine.batch.native_build import NativeUnavailable
+
+if TYPE_CHECKING:
+    from prefixkv.engine.batch.attention import SeqSpan
+
+log = logging.getLogger("prefixkv.engine")
+
+KERNELS = ("auto", "native", "torch")
+
+
+class DecodePlan(Protocol):
+    """One step's decoding sequences, arranged by a kernel once per step (not per layer)."""
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        out: torch.Tensor,
+        scale: float,
+    ) -> None:
+        """``query``: ``[heads, T, dim]``, the step's queries; ``keys``/``values``: a pool
+        layer ``[kv_heads, slots, dim]``. Writes the attention of each planned sequence into
+        its row of ``out`` (``[T, heads, dim]``) and mutates nothing else."""
+        ...
+
+
+class DecodeKernel(Protocol):
+    name: str
+
+    def plan(
+        self, spans: Seq[SeqSpan], device: torch.device
+    ) -> tuple[DecodePlan, tuple[SeqSpan, ...]]:
+        """The plan for the decoding spans (``count == 1``) this kernel attends, and every
+        other span (prefill chunks, and any it leaves to be attended one by one). Pure."""
+        ...
+
+
+def decode_kernel(
+    name: str, heads: int, kv_heads: int, dtype: torch.dtype, device: torch.device
+) -> DecodeKernel:
+    """The kernel called ``name`` (one of :data:`KERNELS`) for a model with ``heads`` query
+    and ``kv_heads`` KV heads whose KV is ``dtype`` on ``device``. ``auto``: native where it
+    runs, else torch (logged). Raises ValueError for another name, NativeUnavailable when
+    ``native`` is asked for where it cannot run."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown decode kernel {name!r}; choose one of {', '.join(KERNELS)}")
+    if name == "torch":
+        return CascadeKernel()
+    try:
+        return NativeKernel.create(heads // kv_heads, dtype, device)
+    except NativeUnavailable as exc:
+        if name == "native":
+            raise
+        log.warning("decode attention: PyTorch ops (%s)", exc)
+        return CascadeKernel()

@@ -1,0 +1,175 @@
+/* Decoding attention over pool slots, for sequences that may share context (prefixkv).
+ *
+ * One call per layer. Work item i holds up to LANES query rows: the query heads of one kv
+ * head for each of its members (sequences decoding one token each). Its tokens are the
+ * context slots its members read: tokens every member sees (a shared prefix, read once for
+ * all) and tokens only one member sees (owner[t] = that member's index in the item).
+ *
+ * Scores and values are computed with the query rows as vector lanes, so a key or value row
+ * is loaded once per item whatever the number of members, and no horizontal sums are needed:
+ *   scores[t][lane] = sum_d q[lane][d] * k[t][d]   (a broadcast FMA per d)
+ *   out[d][lane]    = sum_t p[t][lane] * v[t][d]
+ * Softmax is in float32 with the max subtracted; a token a lane does not see gets weight 0.
+ * Results equal plain attention up to float rounding (summation order differs).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#define LANES 16
+typedef float vf __attribute__((vector_size(LANES * 4)));
+typedef int32_t vi __attribute__((vector_size(LANES * 4)));
+
+static inline vf splat(float x) { return (vf){} + x; }
+static inline vf select_lanes(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+static inline vf lane_max(vf a, vf b) { return select_lanes(a > b, a, b); }
+
+/* e^x lane-wise for x <= 0, clamped at -87: range reduction by ln 2 in two parts and a
+ * degree-6 polynomial (the Cephes expf coefficients), within about 1 ulp. */
+static inline vf exp_nonpositive(vf x) {
+    const vf magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    x = lane_max(x, splat(-87.0f));
+    vf n = (x * 1.44269504088896341f + magic) - magic;
+    vf r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23; /* 2^n */
+    return p * (vf)bits;
+}
+
+/* scores[t] = qt . k(slot t): eight tokens at a time, eight independent accumulators. */
+static void scores_of(const vf *qt, const float *keys, const int64_t *slot, int64_t n, int dim,
+                      vf *scores) {
+    int64_t t = 0;
+    for (; t + 8 <= n; t += 8) {
+        const float *k[8];
+        for (int j = 0; j < 8; j++) k[j] = keys + slot[t + j] * dim;
+        vf a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
+        for (int d = 0; d < dim; d++) {
+            vf q = qt[d];
+            a0 += q * k[0][d]; a1 += q * k[1][d]; a2 += q * k[2][d]; a3 += q * k[3][d];
+            a4 += q * k[4][d]; a5 += q * k[5][d]; a6 += q * k[6][d]; a7 += q * k[7][d];
+        }
+        scores[t] = a0; scores[t + 1] = a1; scores[t + 2] = a2; scores[t + 3] = a3;
+        scores[t + 4] = a4; scores[t + 5] = a5; scores[t + 6] = a6; scores[t + 7] = a7;
+    }
+    for (; t < n; t++) {
+        const float *k = keys + slot[t] * dim;
+        vf a = {};
+        for (int d = 0; d < dim; d++) a += qt[d] * k[d];
+        scores[t] = a;
+    }
+}
+
+/* ot[d] = sum_t weights[t] * v(slot t)[d]: sixteen dims at a time in registers. */
+static void values_of(const vf *weights, const float *values, const int64_t *slot, int64_t n,
+                      int dim, vf *ot) {
+    int d0 = 0;
+    for (; d0 + 16 <= dim; d0 += 16) {
+        vf a[16] = {};
+        for (int64_t t = 0; t < n; t++) {
+            vf w = weights[t];
+            const float *v = values + slot[t] * dim + d0;
+            for (int j = 0; j < 16; j++) a[j] += w * v[j];
+        }
+        for (int j = 0; j < 16; j++) ot[d0 + j] = a[j];
+    }
+    for (; d0 < dim; d0++) {
+        vf a = {};
+        for (int64_t t = 0; t < n; t++) a += weights[t] * values[slot[t] * dim + d0];
+        ot[d0] = a;
+    }
+}
+
+/* Turns scores into unnormalised weights in place; returns each lane's sum of weights. */
+static vf softmax_weights(vf *scores, const int32_t *owner, int64_t n, int groups) {
+    const vf hidden = splat(-__builtin_inff());
+    vi lane;
+    for (int l = 0; l < LANES; l++) lane[l] = l;
+    vf top = hidden;
+    for (int64_t t = 0; t < n; t++) {
+        if (owner[t] >= 0) {
+            vi own = (lane >= owner[t] * groups) & (lane < (owner[t] + 1) * groups);
+            scores[t] = select_lanes(own, scores[t], hidden);
+        }
+        top = lane_max(top, scores[t]);
+    }
+    top = select_lanes(top == hidden, splat(0.0f), top); /* unused lanes */
+    vf sum = {};
+    for (int64_t t = 0; t < n; t++) {
+        vf e = select_lanes(scores[t] == hidden, splat(0.0f), exp_nonpositive(scores[t] - top));
+        scores[t] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+static void attend_item(const float *q, int64_t q_head, int64_t q_row, const float *keys,
+                        const float *values, float *out, int heads, int kv_head, int groups,
+                        int dim, float scale, int members, const int64_t *rows, int64_t n,
+                        const int64_t *slot, const int32_t *owner, vf *scores, vf *qt, vf *ot) {
+    /* qt[d][member * groups + j] = scale * query head (kv_head * groups + j) of that member */
+    for (int d = 0; d < dim; d++) qt[d] = (vf){};
+    for (int m = 0; m < members; m++)
+        for (int j = 0; j < groups; j++) {
+            const float *src = q + (int64_t)(kv_head * groups + j) * q_head + rows[m] * q_row;
+            for (int d = 0; d < dim; d++) qt[d][m * groups + j] = src[d] * scale;
+        }
+    scores_of(qt, keys, slot, n, dim, scores);
+    vf sum = softmax_weights(scores, owner, n, groups);
+    values_of(scores, values, slot, n, dim, ot);
+    for (int m = 0; m < members; m++)
+        for (int j = 0; j < groups; j++) {
+            int l = m * groups + j;
+            float inv = 1.0f / sum[l];
+            float *dst = out + (rows[m] * heads + kv_head * groups + j) * dim;
+            for (int d = 0; d < dim; d++) dst[d] = ot[d][l] * inv;
+        }
+}
+
+int prefixkv_lanes(void) { return LANES; }
+
+/* q: query head h, step row r, element d at q[h * q_head + r * q_row + d].
+ * keys, values: kv head g, slot s, element d at [g * kv_stride + s * dim + d].
+ * out: [step rows, heads, dim], contiguous; only the items' member rows are written.
+ * Item i: members rows[member_start[i] .. member_start[i + 1]), tokens
+ * slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; max_tokens: the most
+ * tokens of any item. Requires members * (heads / kv_heads) <= LANES.
+ * Returns 0, or -1 when scratch memory could not be allocated (out is then incomplete). */
+int prefixkv_decode(const float *q, int64_t q_head, int64_t q_row, const float *keys,
+                    const float *values, int64_t kv_stride, float *out, int heads, int kv_heads,
+                    int dim, float scale, int items, const int64_t *member_start,
+                    const int64_t *rows, const int64_t *token_start, const int64_t *slot,
+                    const int32_t *owner, int64_t max_tokens, int threads) {
+    int groups = heads / kv_heads, jobs = items * kv_heads, failed = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        vf *scores = aligned_alloc(64, sizeof(vf) * (size_t)(max_tokens > 0 ? max_tokens : 1));
+        vf *qt = aligned_alloc(64, sizeof(vf) * (size_t)dim);
+        vf *ot = aligned_alloc(64, sizeof(vf) * (size_t)dim);
+        int ready = scores && qt && ot;
+        /* kv-head-major order: consecutive jobs read the same kv head's rows (warm caches) */
+        #pragma omp for schedule(dynamic, 1)
+        for (int job = 0; job < jobs; job++) {
+            int g = job / items, i = job % items;
+            if (!ready) {
+                #pragma omp atomic write
+                failed = 1;
+                continue;
+            }
+            attend_item(q, q_head, q_row, keys + g * kv_stride, values + g * kv_stride, out,
+                        heads, g, groups, dim, scale, (int)(member_start[i + 1] - member_start[i]),
+                        rows + member_start[i], token_start[i + 1] - token_start[i],
+                        slot + token_start[i], owner + token_start[i], scores, qt, ot);
+        }
+        free(scores);
+        free(qt);
+        free(ot);
+    }
+    return failed ? -1 : 0;
+}

@@ -1,0 +1,173 @@
+"""The native decode kernel: equal to attention over each whole context (random block tables,
+shared prefixes, more members than one item holds), planned once per step, built and cached
+per machine, and replaced by PyTorch ops where it cannot run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefixkv.cli.setup import CommandError, make_backend
+from prefixkv.engine.batch import native, native_build
+from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
+from prefixkv.engine.batch.cascade import CascadeKernel
+from prefixkv.engine.batch.decode import decode_kernel
+from prefixkv.engine.batch.native import NativeKernel, NativePlan
+from prefixkv.engine.batch.native_build import NativeUnavailable
+
+from .test_attention import DIM, GROUPS, HEADS, KV_HEADS, pool, reference
+from .test_cascade import block_tables
+from .test_runner import assert_clean, batch_engine, drive, ids, runner_of, serial_engine, submit
+
+CPU = torch.device("cpu")
+
+
+def kernel() -> NativeKernel:
+    try:
+        return NativeKernel.create(GROUPS, torch.float32, CPU)
+    except NativeUnavailable as exc:  # CI has gcc: fail there, say why anywhere
+        pytest.fail(f"the native kernel does not build here: {exc}")
+
+
+def check_against_reference(spans: list[SeqSpan], keys: Any, values: Any, seed: int) -> None:
+    rows = sum(s.count for s in spans)
+    query = torch.randn(1, HEADS, rows, DIM, generator=torch.Generator().manual_seed(seed))
+    plan, others = kernel().plan(spans, CPU)
+    assert others == tuple(s for s in spans if s.count != 1)
+    out, _ = paged_attention(
+        torch.nn.Module(), query, keys, values, None, scaling=None, step=StepLayout(
+            torch.arange(rows), others, plan
+        )
+    )  # fmt: skip
+    for span in spans:
+        part = slice(span.start, span.start + span.count)
+        want = reference(query[0, :, part], keys, values, span, None)  # [heads, n, dim]
+        torch.testing.assert_close(out[0, part], want.transpose(0, 1), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(block_tables(), st.integers(0, 2**16))
+def test_random_block_tables_match_attention_over_each_context(
+    spans: list[SeqSpan], seed: int
+) -> None:
+    keys, values = (torch.randn(KV_HEADS, 128 * 4, DIM) for _ in range(2))
+    check_against_reference(spans, keys, values, seed)
+
+
+def test_prefill_chunks_are_left_to_attend_and_decoders_of_one_document_share_items() -> None:
+    keys, values = pool(1)
+    spans, row = [], 0
+    for i in range(7):  # seven decoders over slots 0-11, a prefill chunk of two among them
+        if i == 3:
+            spans.append(SeqSpan(row, 2, 6, ((40, 6),)))
+            row += 2
+        spans.append(SeqSpan(row, 1, 13 + i % 3, ((0, 12), (20 + 3 * i, 1 + i % 3))))
+        row += 1
+    check_against_reference(spans, keys, values, 3)
+    plan, _ = kernel().plan(spans, CPU)
+    assert isinstance(plan, NativePlan)
+    per_item = 16 // GROUPS  # five members of three query heads fill an item's lanes
+    assert np.diff(plan.member_start).tolist() == [per_item, 7 - per_item]
+    first = plan.slot[plan.token_start[0] : plan.token_start[1]]
+    assert first[:12].tolist() == list(range(12))  # the document, once for five members
+    assert sorted(plan.rows.tolist()) == sorted(s.start for s in spans if s.count == 1)
+
+
+def test_a_step_without_decoders_plans_nothing() -> None:
+    keys, values = pool(2)
+    spans = [SeqSpan(0, 3, 3, ((0, 3),))]
+    plan, others = kernel().plan(spans, CPU)
+    assert others == tuple(spans) and plan.max_tokens == 0
+    check_against_reference(spans, keys, values, 0)
+
+
+def test_auto_is_native_where_it_builds_and_torch_otherwise(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(decode_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), NativeKernel)
+    assert isinstance(decode_kernel("torch", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel)
+    half = decode_kernel("auto", HEADS, KV_HEADS, torch.float16, CPU)
+    assert isinstance(half, CascadeKernel)
+    with pytest.raises(NativeUnavailable, match="query heads per kv head"):
+        NativeKernel.create(17, torch.float32, CPU)
+
+    def missing(cache_dir: Path | None = None) -> Any:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(native, "load", missing)
+    with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
+        assert isinstance(decode_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel)
+    assert "no C compiler" in caplog.text
+    with pytest.raises(NativeUnavailable, match="no C compiler"):
+        decode_kernel("native", HEADS, KV_HEADS, torch.float32, CPU)
+    with pytest.raises(ValueError, match="unknown decode kernel 'fast'"):
+        decode_kernel("fast", HEADS, KV_HEADS, torch.float32, CPU)
+
+
+def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    with pytest.raises(NativeUnavailable, match="no-such-cc"):
+        native_build.load(tmp_path)
+
+
+@pytest.mark.process
+def test_the_library_is_built_once_per_cache_dir_and_reused(tmp_path: Path) -> None:
+    build_or_load = native_build.load.__wrapped__  # past the per-process cache
+    library = build_or_load(tmp_path)
+    (built,) = (tmp_path / "native").glob("decode-*.so")
+    assert int(library.prefixkv_lanes()) == 16
+    stamp = built.stat().st_mtime_ns
+    build_or_load(tmp_path)
+    assert built.stat().st_mtime_ns == stamp and len(os.listdir(tmp_path / "native")) == 1
+
+
+def test_requests_on_one_document_decode_in_one_call_per_layer_and_match_alone(
+    parts: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[int] = []
+    attend = NativePlan.attend
+
+    def counted(plan: NativePlan, *args: Any) -> None:
+        calls.append(len(plan.rows))
+        attend(plan, *args)
+
+    monkeypatch.setattr(NativePlan, "attend", counted)
+    document = ids(11, 40)
+    prompts = [document + ids(20 + i, 3 + i) for i in range(5)]
+    engine = batch_engine(parts)
+    engine.generate(document + ids(99, 2), max_tokens=1)  # the document is cached
+    runner = runner_of(engine, "native", max_running=8, max_batch_tokens=64)
+    sinks = [submit(engine, runner, p, max_tokens=10) for p in prompts]
+    drive(runner)
+    alone = serial_engine(parts)
+    for prompt, sink in zip(prompts, sinks, strict=True):
+        assert sink.completion.token_ids == alone.generate(prompt, max_tokens=10).token_ids
+    assert max(calls) == len(prompts)  # all five decoding in one call
+    assert_clean(engine)
+
+
+def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
+    parts: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options = {"backend": "batch", "max_running": 4, "max_batch_tokens": 8}
+    options["schedule_policy"] = "fcfs"
+    engine = batch_engine(parts)
+    for name, kind in (("auto", NativeKernel), ("torch", CascadeKernel)):
+        backend = make_backend(argparse.Namespace(**options, decode_kernel=name), engine, 1)
+        assert isinstance(backend.runner.decode_kernel, kind)
+
+    def missing(cache_dir: Path | None = None) -> Any:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(native, "load", missing)
+    with pytest.raises(CommandError, match="--decode-kernel native: no C compiler"):
+        make_backend(argparse.Namespace(**options, decode_kernel="native"), engine, 1)
