@@ -43,7 +43,19 @@ def test_packed_linear_matches_nn_linear(bias: bool, shape: tuple[int, ...]) -> 
 
 
 @pytest.mark.parametrize(
-    ("rows", "bucket"), [(1, 1), (3, 4), (16, 16), (17, 32), (64, 64), (65, 128), (512, 512)]
+    ("rows", "bucket"),
+    [
+        (1, 1),
+        (3, 4),
+        (8, 8),
+        (9, 16),
+        (17, 24),
+        (39, 40),
+        (64, 64),
+        (65, 96),
+        (200, 224),
+        (512, 512),
+    ],
 )
 def test_rows_are_padded_to_few_buckets(rows: int, bucket: int) -> None:
     assert row_bucket(rows) == bucket
