@@ -171,3 +171,11 @@ def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
     monkeypatch.setattr(native, "load", missing)
     with pytest.raises(CommandError, match="--decode-kernel native: no C compiler"):
         make_backend(argparse.Namespace(**options, decode_kernel="native"), engine, 1)
+
+
+@pytest.mark.process  # asks the compiler its version
+def test_an_unwritable_cache_dir_is_named(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    with pytest.raises(NativeUnavailable, match="cannot build into"):
+        native_build.load.__wrapped__(blocked)

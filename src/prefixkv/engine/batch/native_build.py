@@ -113,7 +113,10 @@ def load(cache_dir: Path | None = None) -> ctypes.CDLL:
     cc = compiler()
     path = library_path(default_cache_dir() if cache_dir is None else cache_dir, cc)
     if not path.exists():
-        build(path, cc)
+        try:
+            build(path, cc)
+        except OSError as exc:  # an unwritable cache directory, a full disk
+            raise NativeUnavailable(f"cannot build into {path.parent} ({exc})") from exc
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
