@@ -58,26 +58,71 @@ class NativeKernel:
         self, spans: Seq[SeqSpan], device: torch.device
     ) -> tuple[NativePlan, tuple[SeqSpan, ...]]:
         found, alone = partition([s for s in spans if s.count == 1])
-        per_item = int(self.library.prefixkv_lanes()) // self.groups
-        rows: list[int] = []
-        slots: list[np.ndarray] = []
-        owners: list[np.ndarray] = []
-        member_start, token_start = [0], [0]
+        items = _Items(int(self.library.prefixkv_lanes()) // self.groups)
         for runs, members in [*found, *[(s.runs, [s]) for s in alone]]:
-            shared = _slots(runs)
-            for first in range(0, len(members), per_item):
-                chunk = members[first : first + per_item]
-                slots.append(shared)
-                owners.append(np.full(len(shared), -1, dtype=np.int32))
-                for index, member in enumerate(chunk):
-                    own = _slots(member.runs)[len(shared) :]
-                    slots.append(own)
-                    owners.append(np.full(len(own), index, dtype=np.int32))
-                    rows.append(member.start)
-                member_start.append(len(rows))
-                token_start.append(token_start[-1] + sum(len(s) for s in slots[-len(chunk) - 1 :]))
-        others = tuple(s for s in spans if s.count != 1)
-        return NativePlan.of(self.library, member_start, rows, token_start, slots, owners), others
+            items.add_group(runs, members)
+        for span in spans:
+            if span.count > 1:
+                items.add_prefill(span)
+        return items.plan(self.library), ()
+
+
+class _Items:
+    """Work items under construction (see the module docstring), as flat lists."""
+
+    def __init__(self, per_item: int) -> None:
+        self.per_item = per_item
+        self.rows: list[int] = []
+        self.sees: list[int] = []
+        self.slots: list[np.ndarray] = []
+        self.owners: list[np.ndarray] = []
+        self.member_start, self.token_start = [0], [0]
+
+    def _close(self, tokens: int) -> None:
+        self.member_start.append(len(self.rows))
+        self.token_start.append(self.token_start[-1] + tokens)
+
+    def add_group(self, runs: tuple[tuple[int, int], ...], members: list[SeqSpan]) -> None:
+        """Decoding sequences whose contexts start with ``runs``: the runs once per item,
+        then each member's own tokens."""
+        shared = _slots(runs)
+        for first in range(0, len(members), self.per_item):
+            chunk = members[first : first + self.per_item]
+            own = [_slots(m.runs)[len(shared) :] for m in chunk]
+            tokens = len(shared) + sum(len(o) for o in own)
+            self.slots += [shared, *own]
+            self.owners.append(np.full(len(shared), -1, dtype=np.int32))
+            self.owners += [np.full(len(o), i, dtype=np.int32) for i, o in enumerate(own)]
+            self.rows += [m.start for m in chunk]
+            self.sees += [tokens] * len(chunk)
+            self._close(tokens)
+
+    def add_prefill(self, span: SeqSpan) -> None:
+        """A prefill chunk: items of consecutive queries, each over the context up to its
+        last query; query j sees the tokens up to its own position (causal)."""
+        context = _slots(span.runs)
+        before = span.context - span.count
+        for first in range(0, span.count, self.per_item):
+            size = min(self.per_item, span.count - first)
+            tokens = before + first + size
+            self.slots.append(context[:tokens])
+            self.owners.append(np.full(tokens, -1, dtype=np.int32))
+            self.rows += range(span.start + first, span.start + first + size)
+            self.sees += range(before + first + 1, tokens + 1)
+            self._close(tokens)
+
+    def plan(self, library: ctypes.CDLL) -> NativePlan:
+        starts = np.asarray(self.token_start, dtype=np.int64)
+        return NativePlan(
+            library,
+            np.asarray(self.member_start, dtype=np.int64),
+            np.asarray(self.rows, dtype=np.int64),
+            np.asarray(self.sees, dtype=np.int64),
+            starts,
+            np.concatenate(self.slots) if self.slots else np.zeros(0, dtype=np.int64),
+            np.concatenate(self.owners) if self.owners else np.zeros(0, dtype=np.int32),
+            int(np.diff(starts).max()) if len(starts) > 1 else 0,
+        )
 
 
 def _slots(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
@@ -93,30 +138,11 @@ class NativePlan:
     library: ctypes.CDLL
     member_start: np.ndarray  # [items + 1] int64: item i's members are rows[member_start[i]:...]
     rows: np.ndarray  # [members] int64: each member's query row in the step
+    sees: np.ndarray  # [members] int64: how many of its item's tokens (from the first) it sees
     token_start: np.ndarray  # [items + 1] int64: item i's tokens are slot[token_start[i]:...]
     slot: np.ndarray  # [tokens] int64: pool slot of each token
     owner: np.ndarray  # [tokens] int32: -1 (every member of the item sees it) or a member index
     max_tokens: int
-
-    @staticmethod
-    def of(
-        library: ctypes.CDLL,
-        member_start: list[int],
-        rows: list[int],
-        token_start: list[int],
-        slots: list[np.ndarray],
-        owners: list[np.ndarray],
-    ) -> NativePlan:
-        starts = np.asarray(token_start, dtype=np.int64)
-        return NativePlan(
-            library,
-            np.asarray(member_start, dtype=np.int64),
-            np.asarray(rows, dtype=np.int64),
-            starts,
-            np.concatenate(slots) if slots else np.zeros(0, dtype=np.int64),
-            np.concatenate(owners) if owners else np.zeros(0, dtype=np.int32),
-            int(np.diff(starts).max()) if len(starts) > 1 else 0,
-        )
 
     def attend(
         self,
@@ -140,7 +166,7 @@ class NativePlan:
             query.data_ptr(), query.stride(0), query.stride(1),
             keys.data_ptr(), values.data_ptr(), keys.stride(0),
             out.data_ptr(), heads, kv_heads, dim, scale,
-            items, self.member_start.ctypes.data, self.rows.ctypes.data,
+            items, self.member_start.ctypes.data, self.rows.ctypes.data, self.sees.ctypes.data,
             self.token_start.ctypes.data, self.slot.ctypes.data, self.owner.ctypes.data,
             self.max_tokens, torch.get_num_threads(),
         )  # fmt: skip

@@ -133,6 +133,6 @@ def _declare(lib: ctypes.CDLL) -> None:
         ptr, i64, i64,  # query, head stride, row stride
         ptr, ptr, i64,  # keys, values, kv head stride
         ptr, i32, i32, i32, f32,  # out, heads, kv heads, dim, scale
-        i32, ptr, ptr, ptr, ptr, ptr, i64,  # items, member_start, rows, token_start, slot, owner, max
+        i32, ptr, ptr, ptr, ptr, ptr, ptr, i64,  # items, member_start, rows, sees, token_start, slot, owner, max
         i32,  # threads
     ]  # fmt: skip

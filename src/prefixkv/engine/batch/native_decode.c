@@ -86,17 +86,22 @@ static void values_of(const vf *weights, const float *values, const int64_t *slo
     }
 }
 
-/* Turns scores into unnormalised weights in place; returns each lane's sum of weights. */
-static vf softmax_weights(vf *scores, const int32_t *owner, int64_t n, int groups) {
+/* Turns scores into unnormalised weights in place; returns each lane's sum of weights.
+ * Lane l (member l / groups) sees token t when t < sees[member] and the token is shared
+ * (owner -1) or its own; unused lanes see nothing. */
+static vf softmax_weights(vf *scores, const int32_t *owner, const int64_t *sees, int members,
+                          int64_t n, int groups) {
     const vf hidden = splat(-__builtin_inff());
-    vi lane;
-    for (int l = 0; l < LANES; l++) lane[l] = l;
+    vi lane, limit;
+    for (int l = 0; l < LANES; l++) {
+        lane[l] = l;
+        limit[l] = l / groups < members ? (int32_t)sees[l / groups] : 0;
+    }
     vf top = hidden;
     for (int64_t t = 0; t < n; t++) {
-        if (owner[t] >= 0) {
-            vi own = (lane >= owner[t] * groups) & (lane < (owner[t] + 1) * groups);
-            scores[t] = select_lanes(own, scores[t], hidden);
-        }
+        vi seen = (vi){} + (int32_t)t < limit;
+        if (owner[t] >= 0) seen &= (lane >= owner[t] * groups) & (lane < (owner[t] + 1) * groups);
+        scores[t] = select_lanes(seen, scores[t], hidden);
         top = lane_max(top, scores[t]);
     }
     top = select_lanes(top == hidden, splat(0.0f), top); /* unused lanes */
@@ -111,8 +116,9 @@ static vf softmax_weights(vf *scores, const int32_t *owner, int64_t n, int group
 
 static void attend_item(const float *q, int64_t q_head, int64_t q_row, const float *keys,
                         const float *values, float *out, int heads, int kv_head, int groups,
-                        int dim, float scale, int members, const int64_t *rows, int64_t n,
-                        const int64_t *slot, const int32_t *owner, vf *scores, vf *qt, vf *ot) {
+                        int dim, float scale, int members, const int64_t *rows,
+                        const int64_t *sees, int64_t n, const int64_t *slot,
+                        const int32_t *owner, vf *scores, vf *qt, vf *ot) {
     /* qt[d][member * groups + j] = scale * query head (kv_head * groups + j) of that member */
     for (int d = 0; d < dim; d++) qt[d] = (vf){};
     for (int m = 0; m < members; m++)
@@ -121,7 +127,7 @@ static void attend_item(const float *q, int64_t q_head, int64_t q_row, const flo
             for (int d = 0; d < dim; d++) qt[d][m * groups + j] = src[d] * scale;
         }
     scores_of(qt, keys, slot, n, dim, scores);
-    vf sum = softmax_weights(scores, owner, n, groups);
+    vf sum = softmax_weights(scores, owner, sees, members, n, groups);
     values_of(scores, values, slot, n, dim, ot);
     for (int m = 0; m < members; m++)
         for (int j = 0; j < groups; j++) {
@@ -144,7 +150,8 @@ int prefixkv_lanes(void) { return LANES; }
 int prefixkv_decode(const float *q, int64_t q_head, int64_t q_row, const float *keys,
                     const float *values, int64_t kv_stride, float *out, int heads, int kv_heads,
                     int dim, float scale, int items, const int64_t *member_start,
-                    const int64_t *rows, const int64_t *token_start, const int64_t *slot,
+                    const int64_t *rows, const int64_t *sees, const int64_t *token_start,
+                    const int64_t *slot,
                     const int32_t *owner, int64_t max_tokens, int threads) {
     int groups = heads / kv_heads, jobs = items * kv_heads, failed = 0;
     #pragma omp parallel num_threads(threads)
@@ -164,7 +171,8 @@ int prefixkv_decode(const float *q, int64_t q_head, int64_t q_row, const float *
             }
             attend_item(q, q_head, q_row, keys + g * kv_stride, values + g * kv_stride, out,
                         heads, g, groups, dim, scale, (int)(member_start[i + 1] - member_start[i]),
-                        rows + member_start[i], token_start[i + 1] - token_start[i],
+                        rows + member_start[i], sees + member_start[i],
+                        token_start[i + 1] - token_start[i],
                         slot + token_start[i], owner + token_start[i], scores, qt, ot);
         }
         free(scores);
