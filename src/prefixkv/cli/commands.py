@@ -104,10 +104,10 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
     )
     add_option(
         p,
-        "--decode-kernel",
-        "what attends decoding requests: native (one C call per layer, float32 CPU; built "
-        "with the system's C compiler on first use), torch (PyTorch ops), auto (native where "
-        "it builds)",
+        "--attention-kernel",
+        "what runs attention over the KV pool: native (one C call per layer, float32 CPU; "
+        "built with the system's C compiler on first use), torch (PyTorch ops), auto (native "
+        "where it builds)",
         type=one_of(["auto", "native", "torch"]),
         default="auto",
     )

@@ -100,12 +100,12 @@ def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
         return SerialBackend(engine, threads)
     limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
     try:
-        runner = BatchRunner(engine, limits, decode_kernel=args.decode_kernel)
+        runner = BatchRunner(engine, limits, attention_kernel=args.attention_kernel)
     except UnsupportedModelError as exc:
         print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
         return SerialBackend(engine, threads)
-    except NativeUnavailable as exc:  # --decode-kernel native where it cannot run
-        raise CommandError(f"--decode-kernel native: {exc}") from exc
+    except NativeUnavailable as exc:  # --attention-kernel native where it cannot run
+        raise CommandError(f"--attention-kernel native: {exc}") from exc
     return BatchBackend(runner, threads)
 
 

@@ -1,6 +1,7 @@
-"""The native decode kernel: equal to attention over each whole context (random block tables,
-shared prefixes, more members than one item holds), planned once per step, built and cached
-per machine, and replaced by PyTorch ops where it cannot run."""
+"""The native attention kernel: equal to causal attention over each whole context (random
+block tables, shared prefixes, more members than one item holds, prefill chunks), planned
+once per step, built and cached per machine, and replaced by PyTorch ops where it cannot
+run."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from prefixkv.cli.setup import CommandError, make_backend
 from prefixkv.engine.batch import native, native_build
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
 from prefixkv.engine.batch.cascade import CascadeKernel
-from prefixkv.engine.batch.decode import decode_kernel
+from prefixkv.engine.batch.kernels import attention_kernel
 from prefixkv.engine.batch.native import NativeKernel, NativePlan
 from prefixkv.engine.batch.native_build import NativeUnavailable
 
@@ -104,9 +105,9 @@ def test_a_long_prefill_chunk_is_split_into_causal_items() -> None:
 def test_auto_is_native_where_it_builds_and_torch_otherwise(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert isinstance(decode_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), NativeKernel)
-    assert isinstance(decode_kernel("torch", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel)
-    half = decode_kernel("auto", HEADS, KV_HEADS, torch.float16, CPU)
+    assert isinstance(attention_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), NativeKernel)
+    assert isinstance(attention_kernel("torch", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel)
+    half = attention_kernel("auto", HEADS, KV_HEADS, torch.float16, CPU)
     assert isinstance(half, CascadeKernel)
     with pytest.raises(NativeUnavailable, match="query heads per kv head"):
         NativeKernel.create(17, torch.float32, CPU)
@@ -116,12 +117,14 @@ def test_auto_is_native_where_it_builds_and_torch_otherwise(
 
     monkeypatch.setattr(native, "load", missing)
     with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
-        assert isinstance(decode_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel)
+        assert isinstance(
+            attention_kernel("auto", HEADS, KV_HEADS, torch.float32, CPU), CascadeKernel
+        )
     assert "no C compiler" in caplog.text
     with pytest.raises(NativeUnavailable, match="no C compiler"):
-        decode_kernel("native", HEADS, KV_HEADS, torch.float32, CPU)
-    with pytest.raises(ValueError, match="unknown decode kernel 'fast'"):
-        decode_kernel("fast", HEADS, KV_HEADS, torch.float32, CPU)
+        attention_kernel("native", HEADS, KV_HEADS, torch.float32, CPU)
+    with pytest.raises(ValueError, match="unknown attention kernel 'fast'"):
+        attention_kernel("fast", HEADS, KV_HEADS, torch.float32, CPU)
 
 
 def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -134,7 +137,7 @@ def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 def test_the_library_is_built_once_per_cache_dir_and_reused(tmp_path: Path) -> None:
     build_or_load = native_build.load.__wrapped__  # past the per-process cache
     library = build_or_load(tmp_path)
-    (built,) = (tmp_path / "native").glob("decode-*.so")
+    (built,) = (tmp_path / "native").glob("attention-*.so")
     assert int(library.prefixkv_lanes()) == 16
     stamp = built.stat().st_mtime_ns
     build_or_load(tmp_path)
@@ -173,15 +176,15 @@ def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
     options["schedule_policy"] = "fcfs"
     engine = batch_engine(parts)
     for name, kind in (("auto", NativeKernel), ("torch", CascadeKernel)):
-        backend = make_backend(argparse.Namespace(**options, decode_kernel=name), engine, 1)
-        assert isinstance(backend.runner.decode_kernel, kind)
+        backend = make_backend(argparse.Namespace(**options, attention_kernel=name), engine, 1)
+        assert isinstance(backend.runner.attention_kernel, kind)
 
     def missing(cache_dir: Path | None = None) -> Any:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
 
     monkeypatch.setattr(native, "load", missing)
-    with pytest.raises(CommandError, match="--decode-kernel native: no C compiler"):
-        make_backend(argparse.Namespace(**options, decode_kernel="native"), engine, 1)
+    with pytest.raises(CommandError, match="--attention-kernel native: no C compiler"):
+        make_backend(argparse.Namespace(**options, attention_kernel="native"), engine, 1)
 
 
 @pytest.mark.process  # asks the compiler its version

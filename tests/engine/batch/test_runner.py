@@ -73,7 +73,7 @@ def serial_engine(parts: tuple[Any, Any]) -> Engine:
 
 
 def runner_of(engine: Engine, kernel: str = "auto", **limits: Any) -> BatchRunner:
-    return BatchRunner(engine, BatchLimits(**limits), decode_kernel=kernel)
+    return BatchRunner(engine, BatchLimits(**limits), attention_kernel=kernel)
 
 
 def drive(runner: BatchRunner, limit: int = 5000) -> int:
@@ -544,7 +544,9 @@ def test_random_workloads_match_running_alone(parts: tuple[Any, Any], seed: int)
     engine = Engine(parts[0], parts[1], cache)
     limits = BatchLimits(rng.randrange(1, 7), rng.randrange(1, 17), LPM if seed % 2 else FCFS)
     # both decode kernels, each with both policies
-    runner = BatchRunner(engine, limits, decode_kernel=("native", "torch")[(seed // 2 + seed) % 2])
+    runner = BatchRunner(
+        engine, limits, attention_kernel=("native", "torch")[(seed // 2 + seed) % 2]
+    )
     arrivals = []
     for i in range(8):
         prompt = rng.choice(BASES)[: rng.randrange(0, 21)] + ids(1000 * seed + i, rng.randrange(6))

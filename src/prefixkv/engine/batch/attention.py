@@ -29,7 +29,7 @@ from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 
 if TYPE_CHECKING:
-    from prefixkv.engine.batch.decode import DecodePlan
+    from prefixkv.engine.batch.kernels import AttentionPlan
 
 NAME = "prefixkv_paged"
 JOIN_BELOW = 512
@@ -79,8 +79,9 @@ class StepLayout:
     """``[T]`` int64: the flat pool slot each packed token's KV is written to."""
     spans: tuple[SeqSpan, ...]
     """The sequences attended one by one (:func:`attend`)."""
-    decode: DecodePlan = field(default_factory=CascadePlan)
-    """The decoding sequences a decode kernel attends together (see :mod:`.decode`)."""
+    attention: AttentionPlan = field(default_factory=CascadePlan)
+    """The sequences the attention kernel attends (see :mod:`.kernels`); ``spans`` holds the
+    ones it leaves."""
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
 
@@ -139,7 +140,7 @@ def paged_attention(
     heads, dim = query.shape[1], query.shape[3]
     groups = heads // key.shape[0]
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
-    step.decode.attend(query[0], key, value, out, dim**-0.5 if scaling is None else scaling)
+    step.attention.attend(query[0], key, value, out, dim**-0.5 if scaling is None else scaling)
     for span in step.spans:
         q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
         mask = step.masks.of(span, groups, query) if span.count > 1 else None

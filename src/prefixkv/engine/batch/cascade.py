@@ -78,7 +78,7 @@ def partition(
 
 
 class CascadeKernel:
-    """The ``torch`` decode kernel (see :mod:`.decode`): groups sharing a prefix attend
+    """The ``torch`` decode kernel (see :mod:`.kernels`): groups sharing a prefix attend
     together (:func:`attend_shared`), every other span one by one."""
 
     name = "torch"
@@ -92,7 +92,7 @@ class CascadeKernel:
 
 @dataclass(frozen=True)
 class CascadePlan:
-    """The groups of one step (a DecodePlan)."""
+    """The groups of one step (a AttentionPlan)."""
 
     groups: tuple[SharedPrefix, ...] = ()
 

@@ -1,15 +1,21 @@
-"""The ``native`` decode kernel: every decoding sequence of a step in one C call per layer.
+"""The ``native`` attention kernel: a whole step, decoding and prefill, in one C call per layer.
 
-The PyTorch kernel (:mod:`.cascade`) spends most of a 16-sequence decode step's attention in
-per-op overhead: about 11 small ops per layer for each group, ~35 ms a step on SmolLM2 here,
-of which the matmuls are ~10 ms. ``native_decode.c`` does the same arithmetic in one call:
-the step is planned once into work items (below), and each layer hands the items, the
-query and the pool layer to the library, which runs them on PyTorch's threads.
+The PyTorch kernel (:mod:`.cascade`) spent most of a 16-sequence decode step's attention in
+per-op overhead (~11 small ops per group and layer, ~35 ms a step on SmolLM2 here, of which
+the matmuls were ~10 ms), and SDPA ran prefill chunks at ~90 GFLOP/s over a full mask.
+``native_attention.c`` does the arithmetic in one call: the step is planned once into work
+items (below), and each layer hands the items, the query and the pool layer to the library,
+which runs them on PyTorch's threads.
 
-An item is a group's shared context read once for up to ``lanes // groups`` members (16
-float32 lanes: five SmolLM2 sequences of three query heads per kv head), followed by each
-member's own tokens, flagged with the member that sees them. A group with more members is
-split into items of that many; a sequence sharing nothing is an item of one.
+An item holds up to ``lanes // groups`` query tokens (16 float32 lanes: five SmolLM2 tokens
+of three query heads per kv head) and the context slots they read, each token seeing a
+prefix of them (``sees``):
+
+- decoding sequences: a group's shared context once, then each member's own tokens, flagged
+  with the member that sees them; a group with more members is split into several items, a
+  sequence sharing nothing is an item of one;
+- a prefill chunk: consecutive queries, over the context up to the last of them; each sees
+  the tokens up to its own position (causal, no mask tensor).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class NativeKernel:
-    """The ``native`` decode kernel (see :mod:`.decode`) for ``groups`` query heads per kv head."""
+    """The ``native`` attention kernel (see :mod:`.kernels`), ``groups`` query heads per kv head."""
 
     library: ctypes.CDLL
     groups: int
@@ -44,7 +50,7 @@ class NativeKernel:
         :func:`.native_build.load`)."""
         if device.type != "cpu" or dtype != torch.float32:
             raise NativeUnavailable(
-                f"the native kernel runs float32 on the CPU, not {dtype} on {device}"
+                f"the native attention kernel runs float32 on the CPU, not {dtype} on {device}"
             )
         library = load()
         lanes = int(library.prefixkv_lanes())
@@ -133,7 +139,7 @@ def _slots(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
 
 @dataclass(frozen=True)
 class NativePlan:
-    """One step's work items (a DecodePlan), as the arrays the library reads."""
+    """One step's work items (a AttentionPlan), as the arrays the library reads."""
 
     library: ctypes.CDLL
     member_start: np.ndarray  # [items + 1] int64: item i's members are rows[member_start[i]:...]
@@ -162,7 +168,7 @@ class NativePlan:
         # the library reads [kv_heads, slots, dim] with unit strides below the kv head
         assert keys.stride()[1:] == (dim, 1) and values.stride() == keys.stride()
         assert out.is_contiguous() and out.dtype == query.dtype == keys.dtype == torch.float32
-        status = self.library.prefixkv_decode(
+        status = self.library.prefixkv_attend(
             query.data_ptr(), query.stride(0), query.stride(1),
             keys.data_ptr(), values.data_ptr(), keys.stride(0),
             out.data_ptr(), heads, kv_heads, dim, scale,
@@ -171,4 +177,4 @@ class NativePlan:
             self.max_tokens, torch.get_num_threads(),
         )  # fmt: skip
         if status != 0:
-            raise MemoryError("the native decode kernel could not allocate its scratch memory")
+            raise MemoryError("the native attention kernel could not allocate its scratch memory")

@@ -1,4 +1,4 @@
-"""Builds and loads the native decoding kernel (``native_decode.c``) on first use.
+"""Builds and loads the native attention kernel (``native_attention.c``) on first use.
 
 The C file is compiled once per machine with the system's C compiler (``$CC``, else ``cc``
 or ``gcc``) into ``<cache dir>/native/``, under a name hashed from the source, the flags, the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from prefixkv.engine.loader import default_cache_dir
 
-SOURCE = Path(__file__).with_name("native_decode.c")
+SOURCE = Path(__file__).with_name("native_attention.c")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 """No ``-ffast-math``: linking with it sets flush-to-zero for the whole process, which would
 change PyTorch's own results."""
@@ -34,7 +34,7 @@ OPENMP = ("-fopenmp",)
 
 
 class NativeUnavailable(RuntimeError):
-    """The native kernel cannot be built or loaded here; the message says why."""
+    """The native attention kernel cannot be built or loaded here; the message says why."""
 
 
 def compiler() -> str:
@@ -80,7 +80,7 @@ def library_path(cache_dir: Path, cc: str) -> Path:
     for part in (SOURCE.read_bytes(), " ".join(FLAGS + OPENMP).encode(), _version(cc).encode()):
         digest.update(part)
     digest.update(_cpu_identity().encode())
-    return cache_dir / "native" / f"decode-{digest.hexdigest()[:20]}.so"
+    return cache_dir / "native" / f"attention-{digest.hexdigest()[:20]}.so"
 
 
 def build(target: Path, cc: str) -> None:
@@ -128,8 +128,8 @@ def load(cache_dir: Path | None = None) -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
     lib.prefixkv_lanes.argtypes, lib.prefixkv_lanes.restype = [], i32
-    lib.prefixkv_decode.restype = i32
-    lib.prefixkv_decode.argtypes = [
+    lib.prefixkv_attend.restype = i32
+    lib.prefixkv_attend.argtypes = [
         ptr, i64, i64,  # query, head stride, row stride
         ptr, ptr, i64,  # keys, values, kv head stride
         ptr, i32, i32, i32, f32,  # out, heads, kv heads, dim, scale

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout
-from prefixkv.engine.batch.decode import DecodeKernel
+from prefixkv.engine.batch.kernels import AttentionKernel
 from prefixkv.engine.batch.sequence import Sequence
 
 MAX_HELD = 2
@@ -82,10 +82,10 @@ def runs_of(blocks: Seq[int], context: int, block_size: int) -> tuple[tuple[int,
 
 
 def layout_of(
-    feeds: Seq[Feed], block_size: int, device: torch.device, kernel: DecodeKernel
+    feeds: Seq[Feed], block_size: int, device: torch.device, kernel: AttentionKernel
 ) -> StepLayout:
-    """Slots and spans for ``feeds`` (tables already grown to hold every fed token), the
-    decoding ones planned by ``kernel``."""
+    """Slots and spans for ``feeds`` (tables already grown to hold every fed token), planned
+    by the attention ``kernel``."""
     slots: list[np.ndarray] = []
     spans = []
     start = 0
@@ -98,8 +98,8 @@ def layout_of(
         spans.append(SeqSpan(start, count, context, runs_of(seq.table.blocks, context, block_size)))
         start += count
     flat = torch.from_numpy(np.concatenate(slots)).to(device)
-    decode, others = kernel.plan(spans, device)
-    return StepLayout(flat, others, decode)
+    planned, others = kernel.plan(spans, device)
+    return StepLayout(flat, others, planned)
 
 
 def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

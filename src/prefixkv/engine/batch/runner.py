@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from prefixkv.cache.protocol import BlockStore
-from prefixkv.engine.batch import attention, decode
+from prefixkv.engine.batch import attention, kernels
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
@@ -46,9 +46,9 @@ class BatchRunner:
         engine: Any,
         limits: BatchLimits = DEFAULT_LIMITS,
         on_step: Callable[[StepReport], None] = lambda report: None,
-        decode_kernel: str = "auto",
+        attention_kernel: str = "auto",
     ) -> None:
-        """``decode_kernel``: what attends decoding sequences (see :mod:`.decode`; ValueError
+        """``attention_kernel``: what attends decoding sequences (see :mod:`.kernels`; ValueError
         for an unknown name, NativeUnavailable for ``native`` where it cannot run)."""
         store: BlockStore = engine.cache
         if getattr(store, "pool", None) is None:
@@ -61,8 +61,8 @@ class BatchRunner:
         self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
         self.block_size: int = store.block_size
         layout = engine.layout
-        self.decode_kernel = decode.decode_kernel(
-            decode_kernel,
+        self.attention_kernel = kernels.attention_kernel(
+            attention_kernel,
             int(engine.model.config.num_attention_heads),
             layout.num_kv_heads,
             layout.dtype,
@@ -306,7 +306,7 @@ class BatchRunner:
         feeds that reach their sequence's last known token."""
         device = self.engine.device
         input_ids, positions = input_of(feeds, device)
-        layout = layout_of(feeds, self.block_size, device, self.decode_kernel)
+        layout = layout_of(feeds, self.block_size, device, self.attention_kernel)
         rows, end = [], 0
         for seq, count in feeds:
             end += count

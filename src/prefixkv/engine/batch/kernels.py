@@ -1,15 +1,17 @@
-"""What attends a step's decoding sequences (one new token each): the decode kernel.
+"""What attends a step's tokens over the pool: the attention kernel.
 
 Two kernels, one contract:
 
-- ``torch`` (:mod:`.cascade`): PyTorch ops; sequences sharing a prefix attend it together,
-  the others one by one. The reference, and the kernel for any device and dtype.
-- ``native`` (:mod:`.native`): one C call per layer for every decoding sequence, float32 on
-  the CPU; built on first use with the system's C compiler (:mod:`.native_build`).
+- ``torch`` (:mod:`.cascade`): PyTorch ops. Decoding sequences sharing a prefix attend it
+  together; every other decoding sequence and every prefill chunk is attended one by one
+  (:func:`.attention.attend`). The reference, and the kernel for any device and dtype.
+- ``native`` (:mod:`.native`): one C call per layer for the whole step, decoding sequences
+  and prefill chunks alike, float32 on the CPU; built on first use with the system's C
+  compiler (:mod:`.native_build`).
 
-``auto`` takes ``native`` where it runs and ``torch`` otherwise. Both equal plain attention
-over each sequence's context up to float rounding (tests/engine/batch/test_native.py).
-Prefill chunks (more than one token) are attended by :func:`.attention.attend` either way.
+``auto`` takes ``native`` where it runs and ``torch`` otherwise. Both equal plain causal
+attention over each sequence's context up to float rounding
+(tests/engine/batch/test_native.py).
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ log = logging.getLogger("prefixkv.engine")
 KERNELS = ("auto", "native", "torch")
 
 
-class DecodePlan(Protocol):
-    """One step's decoding sequences, arranged by a kernel once per step (not per layer)."""
+class AttentionPlan(Protocol):
+    """The sequences of one step a kernel attends, arranged once per step (not per layer)."""
 
     def attend(
         self,
@@ -45,30 +47,30 @@ class DecodePlan(Protocol):
     ) -> None:
         """``query``: ``[heads, T, dim]``, the step's queries; ``keys``/``values``: a pool
         layer ``[kv_heads, slots, dim]``. Writes the attention of each planned sequence into
-        its row of ``out`` (``[T, heads, dim]``) and mutates nothing else."""
+        its rows of ``out`` (``[T, heads, dim]``) and mutates nothing else."""
         ...
 
 
-class DecodeKernel(Protocol):
+class AttentionKernel(Protocol):
     name: str
 
     def plan(
         self, spans: Seq[SeqSpan], device: torch.device
-    ) -> tuple[DecodePlan, tuple[SeqSpan, ...]]:
-        """The plan for the decoding spans (``count == 1``) this kernel attends, and every
-        other span (prefill chunks, and any it leaves to be attended one by one). Pure."""
+    ) -> tuple[AttentionPlan, tuple[SeqSpan, ...]]:
+        """The plan for the spans this kernel attends, and the spans it leaves to be
+        attended one by one (:func:`.attention.attend`). Pure."""
         ...
 
 
-def decode_kernel(
+def attention_kernel(
     name: str, heads: int, kv_heads: int, dtype: torch.dtype, device: torch.device
-) -> DecodeKernel:
+) -> AttentionKernel:
     """The kernel called ``name`` (one of :data:`KERNELS`) for a model with ``heads`` query
     and ``kv_heads`` KV heads whose KV is ``dtype`` on ``device``. ``auto``: native where it
     runs, else torch (logged). Raises ValueError for another name, NativeUnavailable when
     ``native`` is asked for where it cannot run."""
     if name not in KERNELS:
-        raise ValueError(f"unknown decode kernel {name!r}; choose one of {', '.join(KERNELS)}")
+        raise ValueError(f"unknown attention kernel {name!r}; choose one of {', '.join(KERNELS)}")
     if name == "torch":
         return CascadeKernel()
     try:
@@ -76,5 +78,5 @@ def decode_kernel(
     except NativeUnavailable as exc:
         if name == "native":
             raise
-        log.warning("decode attention: PyTorch ops (%s)", exc)
+        log.warning("attention: PyTorch ops (%s)", exc)
         return CascadeKernel()

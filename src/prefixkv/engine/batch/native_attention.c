@@ -1,9 +1,11 @@
-/* Decoding attention over pool slots, for sequences that may share context (prefixkv).
+/* Attention over pool slots for one step of prefixkv's batch runner: decoding sequences
+ * (which may share context) and causal prefill chunks, in one call per layer.
  *
- * One call per layer. Work item i holds up to LANES query rows: the query heads of one kv
- * head for each of its members (sequences decoding one token each). Its tokens are the
- * context slots its members read: tokens every member sees (a shared prefix, read once for
- * all) and tokens only one member sees (owner[t] = that member's index in the item).
+ * Work item i holds up to LANES query rows: the query heads of one kv head for each of its
+ * members (query tokens). Its tokens are the context slots its members read; member m sees
+ * the first sees[m] of them, except tokens flagged as another member's own (owner[t] = that
+ * member's index; -1: every member's). Decoding sequences sharing a prefix read it once per
+ * item; a prefill chunk's consecutive queries see the context up to their own positions.
  *
  * Scores and values are computed with the query rows as vector lanes, so a key or value row
  * is loaded once per item whatever the number of members, and no horizontal sums are needed:
@@ -143,11 +145,11 @@ int prefixkv_lanes(void) { return LANES; }
 /* q: query head h, step row r, element d at q[h * q_head + r * q_row + d].
  * keys, values: kv head g, slot s, element d at [g * kv_stride + s * dim + d].
  * out: [step rows, heads, dim], contiguous; only the items' member rows are written.
- * Item i: members rows[member_start[i] .. member_start[i + 1]), tokens
+ * Item i: members rows[member_start[i] .. member_start[i + 1]) (sees[] alongside), tokens
  * slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; max_tokens: the most
  * tokens of any item. Requires members * (heads / kv_heads) <= LANES.
  * Returns 0, or -1 when scratch memory could not be allocated (out is then incomplete). */
-int prefixkv_decode(const float *q, int64_t q_head, int64_t q_row, const float *keys,
+int prefixkv_attend(const float *q, int64_t q_head, int64_t q_row, const float *keys,
                     const float *values, int64_t kv_stride, float *out, int heads, int kv_heads,
                     int dim, float scale, int items, const int64_t *member_start,
                     const int64_t *rows, const int64_t *sees, const int64_t *token_start,
