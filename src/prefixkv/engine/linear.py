@@ -32,20 +32,23 @@ MAX_ROWS = 512
 
 def row_bucket(rows: int) -> int:
     """The row count a call of ``rows`` rows (1 to MAX_ROWS) is padded to: 1, 2, 4 or 8, then
-    the next multiple of 8 up to 64, then the next multiple of 32 (25 buckets).
+    the next multiple of 8 up to 64, then the next multiple of 64 (18 buckets).
 
     oneDNN keeps per-shape state for every row count it has seen: 600 distinct counts on
     four SmolLM2 shapes grew RSS by 1.2 GB (545 MB even with its primitive cache off), while
-    these 25 buckets on all five shapes cost 3 MB once (2026-11-27). Its time grows with the
-    rows it is given (~200 GFLOP/s from 24 to 512 rows here), so padding is paid in full: the
-    first buckets (powers of two to 64, then multiples of 64) ran a 39-token mixed step as 64
-    rows and a 200-token chunk as 256. These pad by at most 7 rows up to 64 and 31 past it; rows still come out
-    the same whatever the bucket (one-row calls of 1536-wide inputs aside, as before)."""
+    a few buckets cost a bounded amount once (on the tiny test model's server, ~0.5 MiB per
+    bucket over its shapes; tests/server/test_memory.py holds 400 requests to 16 MiB). Its
+    time grows with the rows it is given (~200 GFLOP/s from 24 to 512 rows here), so
+    padding is paid in full: powers of two up to 64 ran a 39-token mixed step (16 decoding
+    sequences and a question) as 64 rows. Multiples of 8 there pad by at most 7 rows;
+    multiples of 32 past 64 would also have saved a 200-token chunk's 56 padded rows, but
+    doubled the buckets and their one-time memory. Rows come out the same whatever the
+    bucket (one-row calls of 1536-wide inputs aside, as before)."""
     if rows <= 8:
         return 1 << (rows - 1).bit_length()
     if rows <= 64:
         return -(-rows // 8) * 8
-    return -(-rows // 32) * 32
+    return -(-rows // 64) * 64
 
 
 class PackedLinear(torch.nn.Module):
