@@ -78,8 +78,8 @@ def partition(
 
 
 class CascadeKernel:
-    """The ``torch`` decode kernel (see :mod:`.kernels`): groups sharing a prefix attend
-    together (:func:`attend_shared`), every other span one by one."""
+    """The ``torch`` attention kernel (see :mod:`.kernels`): decoding groups sharing a
+    prefix attend together (:func:`attend_shared`), every other span one by one."""
 
     name = "torch"
 
@@ -92,7 +92,7 @@ class CascadeKernel:
 
 @dataclass(frozen=True)
 class CascadePlan:
-    """The groups of one step (a AttentionPlan)."""
+    """The decoding groups of one step (an AttentionPlan)."""
 
     groups: tuple[SharedPrefix, ...] = ()
 
@@ -187,7 +187,7 @@ def _group(
     runs: tuple[tuple[int, int], ...], members: list[SeqSpan], device: torch.device
 ) -> SharedPrefix:
     length, pad = _length(runs), runs[0][0]
-    rests = [_slots(m.runs)[length:] for m in members]
+    rests = [slots_of(m.runs)[length:] for m in members]
     width = max(len(r) for r in rests)
     rest = np.full((len(members), width), pad, dtype=np.int64)
     valid = np.zeros((len(members), width), dtype=bool)
@@ -202,7 +202,10 @@ def _group(
     )
 
 
-def _slots(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
+def slots_of(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """The pool slots of ``runs``, in token order (int64; empty for no runs)."""
+    if not runs:
+        return np.zeros(0, dtype=np.int64)
     return np.concatenate([np.arange(a, a + c, dtype=np.int64) for a, c in runs])
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from prefixkv.engine.batch.cascade import partition
+from prefixkv.engine.batch.cascade import partition, slots_of
 from prefixkv.engine.batch.native_build import NativeUnavailable, load
 
 if TYPE_CHECKING:
@@ -37,10 +37,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class NativeKernel:
-    """The ``native`` attention kernel (see :mod:`.kernels`), ``groups`` query heads per kv head."""
+    """The ``native`` attention kernel (see :mod:`.kernels`)."""
 
     library: ctypes.CDLL
-    groups: int
+    per_item: int  # query tokens per work item: the library's lanes // query heads per kv head
     name = "native"
 
     @staticmethod
@@ -58,13 +58,13 @@ class NativeKernel:
             raise NativeUnavailable(
                 f"the native kernel holds {lanes} query heads per kv head, the model has {groups}"
             )
-        return NativeKernel(library, groups)
+        return NativeKernel(library, lanes // groups)
 
     def plan(
         self, spans: Seq[SeqSpan], device: torch.device
     ) -> tuple[NativePlan, tuple[SeqSpan, ...]]:
         found, alone = partition([s for s in spans if s.count == 1])
-        items = _Items(int(self.library.prefixkv_lanes()) // self.groups)
+        items = _Items(self.per_item)
         for runs, members in [*found, *[(s.runs, [s]) for s in alone]]:
             items.add_group(runs, members)
         for span in spans:
@@ -91,10 +91,10 @@ class _Items:
     def add_group(self, runs: tuple[tuple[int, int], ...], members: list[SeqSpan]) -> None:
         """Decoding sequences whose contexts start with ``runs``: the runs once per item,
         then each member's own tokens."""
-        shared = _slots(runs)
+        shared = slots_of(runs)
         for first in range(0, len(members), self.per_item):
             chunk = members[first : first + self.per_item]
-            own = [_slots(m.runs)[len(shared) :] for m in chunk]
+            own = [slots_of(m.runs)[len(shared) :] for m in chunk]
             tokens = len(shared) + sum(len(o) for o in own)
             self.slots += [shared, *own]
             self.owners.append(np.full(len(shared), -1, dtype=np.int32))
@@ -106,7 +106,7 @@ class _Items:
     def add_prefill(self, span: SeqSpan) -> None:
         """A prefill chunk: items of consecutive queries, each over the context up to its
         last query; query j sees the tokens up to its own position (causal)."""
-        context = _slots(span.runs)
+        context = slots_of(span.runs)
         before = span.context - span.count
         for first in range(0, span.count, self.per_item):
             size = min(self.per_item, span.count - first)
@@ -129,12 +129,6 @@ class _Items:
             np.concatenate(self.owners) if self.owners else np.zeros(0, dtype=np.int32),
             int(np.diff(starts).max()) if len(starts) > 1 else 0,
         )
-
-
-def _slots(runs: tuple[tuple[int, int], ...]) -> np.ndarray:
-    if not runs:
-        return np.zeros(0, dtype=np.int64)
-    return np.concatenate([np.arange(a, a + c, dtype=np.int64) for a, c in runs])
 
 
 @dataclass(frozen=True)
