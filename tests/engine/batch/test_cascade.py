@@ -170,18 +170,26 @@ def test_requests_on_one_document_decode_as_a_group_and_match_alone(
         return attend_shared(query, keys, values, group, scale)
 
     monkeypatch.setattr("prefixkv.engine.batch.cascade.attend_shared", counted)
+    asked = five_questions_on_one_document(parts, "torch")
+    assert groups and max(groups) == asked  # all five read the document once a step
+
+
+def five_questions_on_one_document(parts: tuple[Any, Any], kernel: str) -> int:
+    """Five requests about one cached document, served together by a runner on ``kernel``:
+    each gets the tokens it gets alone on the serial engine, and nothing stays pinned.
+    Returns the number of requests."""
     document = ids(11, 40)
     prompts = [document + ids(20 + i, 3 + i) for i in range(5)]
     engine = batch_engine(parts)
     engine.generate(document + ids(99, 2), max_tokens=1)  # the document is cached
-    runner = runner_of(engine, "torch", max_running=8, max_batch_tokens=64)
+    runner = runner_of(engine, kernel, max_running=8, max_batch_tokens=64)
     sinks = [submit(engine, runner, p, max_tokens=10) for p in prompts]
     drive(runner)
     alone = serial_engine(parts)
     for prompt, sink in zip(prompts, sinks, strict=True):
         assert sink.completion.token_ids == alone.generate(prompt, max_tokens=10).token_ids
-    assert groups and max(groups) == len(prompts)  # all five read the document once a step
     assert_clean(engine)
+    return len(prompts)
 
 
 @st.composite
