@@ -102,6 +102,25 @@ def test_a_long_prefill_chunk_is_split_into_causal_items() -> None:
     check_against_reference(spans, keys, values, 0)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 40), st.booleans(), st.integers(0, 2**16))
+def test_store_writes_what_index_copy_writes(tokens: int, strided: bool, seed: int) -> None:
+    """The native plan's KV write against the PyTorch plan's, with the new values a
+    transposed view (as transformers passes them) when ``strided``."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = torch.randperm(128, generator=gen)[:tokens]
+    new_keys = torch.randn(KV_HEADS, tokens, DIM, generator=gen)
+    rows = torch.randn(tokens, KV_HEADS, DIM, generator=gen)
+    new_values = rows.transpose(0, 1) if strided else rows.transpose(0, 1).contiguous()
+    pools = [[torch.randn(KV_HEADS, 128, DIM, generator=gen) for _ in range(2)]]
+    pools.append([t.clone() for t in pools[0]])
+    native_plan, _ = kernel().plan([], CPU)
+    native_plan.store(*pools[0], new_keys, new_values, slots)
+    CascadeKernel().plan([], CPU)[0].store(*pools[1], new_keys, new_values, slots)
+    for got, want in zip(pools[0], pools[1], strict=True):
+        assert torch.equal(got, want)
+
+
 def test_auto_is_native_where_it_builds_and_torch_otherwise(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -88,7 +88,7 @@ class StepLayout:
 
 class PagedKV(Cache):
     """A transformers Cache whose ``update`` writes a step's new keys/values into their pool
-    slots and returns the whole pool layer (``[kv_heads, slots, head_dim]`` views), which
+    slots (through the step's attention plan) and returns the whole pool layer (``[kv_heads, slots, head_dim]`` views), which
     :func:`paged_attention` reads through the step's spans. ``data``: the pool tensor
     ``[layers, 2, kv_heads, blocks, block_size, head_dim]``."""
 
@@ -109,8 +109,8 @@ class PagedKV(Cache):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``key_states``/``value_states``: ``[1, kv_heads, T, head_dim]`` for the packed row."""
         keys, values = self._flat[layer_idx, 0], self._flat[layer_idx, 1]
-        keys.index_copy_(1, self._layout.slots, key_states[0])
-        values.index_copy_(1, self._layout.slots, value_states[0])
+        layout = self._layout
+        layout.attention.store(keys, values, key_states[0], value_states[0], layout.slots)
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

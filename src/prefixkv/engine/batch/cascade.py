@@ -96,6 +96,17 @@ class CascadePlan:
 
     groups: tuple[SharedPrefix, ...] = ()
 
+    def store(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        new_keys: torch.Tensor,
+        new_values: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> None:
+        keys.index_copy_(1, slots, new_keys)
+        values.index_copy_(1, slots, new_values)
+
     def attend(
         self,
         query: torch.Tensor,

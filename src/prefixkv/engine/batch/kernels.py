@@ -37,6 +37,19 @@ KERNELS = ("auto", "native", "torch")
 class AttentionPlan(Protocol):
     """The sequences of one step a kernel attends, arranged once per step (not per layer)."""
 
+    def store(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        new_keys: torch.Tensor,
+        new_values: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> None:
+        """Write the step's new keys and values (``[kv_heads, T, dim]``, any strides) into
+        a pool layer's ``keys``/``values`` (``[kv_heads, slots, dim]``) at ``slots``
+        (``[T]`` int64, distinct). Mutates ``keys`` and ``values`` only."""
+        ...
+
     def attend(
         self,
         query: torch.Tensor,

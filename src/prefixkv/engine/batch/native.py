@@ -144,6 +144,27 @@ class NativePlan:
     owner: np.ndarray  # [tokens] int32: -1 (every member of the item sees it) or a member index
     max_tokens: int
 
+    def store(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        new_keys: torch.Tensor,
+        new_values: torch.Tensor,
+        slots: torch.Tensor,
+    ) -> None:
+        # one C call instead of two index_copy_ (~25 us each for a 16-token decode step)
+        kv_heads, tokens, dim = new_keys.shape
+        assert keys.stride()[1:] == (dim, 1) and values.stride() == keys.stride()
+        assert new_keys.stride(2) == new_values.stride(2) == 1 and slots.is_contiguous()
+        assert keys.dtype == new_keys.dtype == new_values.dtype == torch.float32
+        assert slots.dtype == torch.int64 and slots.shape == (tokens,)
+        self.library.prefixkv_store(
+            keys.data_ptr(), values.data_ptr(), keys.stride(0),
+            new_keys.data_ptr(), new_keys.stride(0), new_keys.stride(1),
+            new_values.data_ptr(), new_values.stride(0), new_values.stride(1),
+            kv_heads, dim, tokens, slots.data_ptr(),
+        )  # fmt: skip
+
     def attend(
         self,
         query: torch.Tensor,

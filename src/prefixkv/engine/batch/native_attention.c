@@ -16,8 +16,12 @@
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define LANES 16
+/* Rows are prefetched this many tokens ahead: a pool block of one kv head is 4 KB, so a
+ * sequence's rows lie on scattered pages that the hardware prefetchers do not follow. */
+#define AHEAD 16
 typedef float vf __attribute__((vector_size(LANES * 4)));
 typedef int32_t vi __attribute__((vector_size(LANES * 4)));
 
@@ -51,6 +55,8 @@ static void scores_of(const vf *qt, const float *keys, const int64_t *slot, int6
     for (; t + 8 <= n; t += 8) {
         const float *k[8];
         for (int j = 0; j < 8; j++) k[j] = keys + slot[t + j] * dim;
+        for (int64_t j = t + AHEAD; j < t + AHEAD + 8 && j < n; j++)
+            for (int b = 0; b < dim; b += 16) __builtin_prefetch(keys + slot[j] * dim + b);
         vf a0 = {}, a1 = {}, a2 = {}, a3 = {}, a4 = {}, a5 = {}, a6 = {}, a7 = {};
         for (int d = 0; d < dim; d++) {
             vf q = qt[d];
@@ -77,6 +83,7 @@ static void values_of(const vf *weights, const float *values, const int64_t *slo
         for (int64_t t = 0; t < n; t++) {
             vf w = weights[t];
             const float *v = values + slot[t] * dim + d0;
+            if (t + AHEAD < n) __builtin_prefetch(values + slot[t + AHEAD] * dim + d0);
             for (int j = 0; j < 16; j++) a[j] += w * v[j];
         }
         for (int j = 0; j < 16; j++) ot[d0 + j] = a[j];
@@ -141,6 +148,22 @@ static void attend_item(const float *q, int64_t q_head, int64_t q_row, const flo
 }
 
 int prefixkv_lanes(void) { return LANES; }
+
+/* Writes a step's new keys and values into their pool slots: token t of kv head g goes to
+ * slot slots[t], at [g * kv_stride + slots[t] * dim] of keys and values. The sources are
+ * read at [g * head + t * row] (new_keys and new_values have their own strides). */
+void prefixkv_store(float *keys, float *values, int64_t kv_stride, const float *new_keys,
+                    int64_t key_head, int64_t key_row, const float *new_values,
+                    int64_t value_head, int64_t value_row, int kv_heads, int dim,
+                    int64_t tokens, const int64_t *slots) {
+    size_t bytes = (size_t)dim * sizeof(float);
+    for (int g = 0; g < kv_heads; g++)
+        for (int64_t t = 0; t < tokens; t++) {
+            int64_t at = g * kv_stride + slots[t] * dim;
+            memcpy(keys + at, new_keys + g * key_head + t * key_row, bytes);
+            memcpy(values + at, new_values + g * value_head + t * value_row, bytes);
+        }
+}
 
 /* q: query head h, step row r, element d at q[h * q_head + r * q_row + d].
  * keys, values: kv head g, slot s, element d at [g * kv_stride + s * dim + d].

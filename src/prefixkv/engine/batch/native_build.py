@@ -136,3 +136,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         i32, ptr, ptr, ptr, ptr, ptr, ptr, i64,  # items, member_start, rows, sees, token_start, slot, owner, max
         i32,  # threads
     ]  # fmt: skip
+    lib.prefixkv_store.restype = None
+    lib.prefixkv_store.argtypes = [
+        ptr, ptr, i64,  # keys, values, kv head stride
+        ptr, i64, i64, ptr, i64, i64,  # new keys and new values, each with head and row strides
+        i32, i32, i64, ptr,  # kv heads, dim, tokens, slots
+    ]  # fmt: skip
