@@ -17,6 +17,8 @@ from prefixkv.engine.linear import (
     kernel_of,
     linear_kernel,
     linear_layers,
+    padded_rows,
+    padding_of,
     row_bucket,
 )
 from prefixkv.engine.request import SamplingParams
@@ -59,6 +61,16 @@ def test_packed_linear_matches_nn_linear(bias: bool, shape: tuple[int, ...]) -> 
 )
 def test_rows_are_padded_to_few_buckets(rows: int, bucket: int) -> None:
     assert row_bucket(rows) == bucket
+
+
+def test_the_padding_a_model_pays_follows_its_kernel() -> None:
+    """What the batch planner fills (:func:`padding_of`): buckets under oneDNN, split into
+    MAX_ROWS pieces; nothing under PyTorch's kernel."""
+    assert [padded_rows(n) for n in (1, 200, 512, 513, 1100)] == [1, 256, 512, 513, 1152]
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    assert padding_of(model)(200) == 200
+    OneDNNLinear().install(model)
+    assert padding_of(model) is padded_rows
 
 
 @pytest.mark.parametrize("rows", [5, 100, 512, 513, 1200])

@@ -17,6 +17,7 @@ where MKL's small calls differed from its large ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import torch
@@ -176,6 +177,19 @@ def linear_layers(model: torch.nn.Module) -> list[LinearLayer]:
     """The model's linear layers, plain or packed, in module order."""
     kinds = torch.nn.Linear | PackedLinear
     return [cast(LinearLayer, m) for m in model.modules() if isinstance(m, kinds)]
+
+
+def padded_rows(rows: int) -> int:
+    """The rows :class:`PackedLinear` computes for a call of ``rows`` rows: full pieces of
+    MAX_ROWS, then the rest's :func:`row_bucket`."""
+    full, rest = divmod(rows, MAX_ROWS)
+    return full * MAX_ROWS + (row_bucket(rest) if rest else 0)
+
+
+def padding_of(model: torch.nn.Module) -> Callable[[int], int]:
+    """The rows ``model``'s linear layers compute for a call of n rows, as a function of n:
+    :func:`padded_rows` under oneDNN, n itself under PyTorch's kernel."""
+    return padded_rows if kernel_of(model) == OneDNNLinear.name else int
 
 
 def kernel_of(model: torch.nn.Module) -> str:

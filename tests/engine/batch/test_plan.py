@@ -69,6 +69,23 @@ def test_a_step_that_gives_a_first_token_takes_no_partial_chunk() -> None:
     assert fed(plan_step([a, b, c], max_batch_tokens=9)) == [(c, 3), (a, 4), (b, 2)]
 
 
+def test_a_held_back_prompt_fills_the_rows_the_step_is_padded_to() -> None:
+    """A step completing a prompt still takes another's partial chunk where the linear
+    layers pad the step anyway: never past the padding or the budget."""
+    a, b, c = seq(list(range(4))), seq(list(range(6))), seq(list(range(3)))
+
+    def eights(n: int) -> int:
+        return -(-n // 8) * 8
+
+    assert fed(plan_step([a, b, c], max_batch_tokens=10)) == [(c, 3), (a, 4)]
+    # 7 tokens run as 8 rows: one token of b rides along
+    assert fed(plan_step([a, b, c], 10, padded=eights)) == [(c, 3), (a, 4), (b, 1)]
+    # padded to 16 rows, but the budget leaves 3
+    assert fed(plan_step([a, b, c], 10, padded=lambda n: 16)) == [(c, 3), (a, 4), (b, 3)]
+    d, e = seq(list(range(8))), seq(list(range(20)))
+    assert fed(plan_step([d, e], 12, padded=eights)) == [(d, 8)]  # 8 rows: no room
+
+
 def test_a_cached_request_never_waits_behind_a_long_prefill() -> None:
     long = seq(list(range(8000)))  # admitted first, thousands of tokens to prefill
     cached = seq(list(range(40)), computed=32)  # its prefix was cached: 8 tokens left

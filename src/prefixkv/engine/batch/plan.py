@@ -5,13 +5,16 @@ prefill; prompts being prefilled then share the rest of the ``max_batch_tokens``
 shortest remaining first, each a chunk of at most what is left (chunked prefill). A step that
 completes a prompt (its first token comes at the step's end) takes no partial chunk of
 another prompt, which would only delay that first token, unless that prompt has been left
-out ``MAX_HELD`` steps in a row (so a stream of short prompts cannot starve a long one). The
+out ``MAX_HELD`` steps in a row (so a stream of short prompts cannot starve a long one), or
+the chunk fits in the rows the linear layers pad the step to anyway (``padded``: oneDNN runs
+a 200-token step as 256 rows, so 56 tokens of another prompt cost only their attention). The
 layout maps each fed token to its pool slot and each sequence to the runs of consecutive
 blocks holding its context.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from typing import NamedTuple
 
@@ -35,26 +38,38 @@ class Feed(NamedTuple):
     tokens: int
 
 
-def plan_step(running: Seq[Sequence], max_batch_tokens: int) -> list[Feed]:
+def plan_step(
+    running: Seq[Sequence], max_batch_tokens: int, padded: Callable[[int], int] = int
+) -> list[Feed]:
     """Decode tokens first (one per sequence that has all its prompt computed), then prefill
     chunks while budget remains, the shortest remaining prefill first: a request whose prefix
     was cached (a few tokens left) gets its first token at the next step, never after another
     request's long prefill; once a chunk completes a prompt, partial chunks join only for
-    prompts held back ``MAX_HELD`` steps (see the module docstring). Every sequence with a
-    decode token is fed whatever the budget (a budget below the running count would starve
-    them). Pure: the runner updates ``held`` (:func:`note_held`)."""
+    prompts held back ``MAX_HELD`` steps, or within the padding: ``padded(n)`` is the rows a
+    step of ``n`` tokens costs (see the module docstring). Every sequence with a decode token
+    is fed whatever the budget (a budget below the running count would starve them). Pure:
+    the runner updates ``held`` (:func:`note_held`)."""
     feeds = [Feed(s, 1) for s in running if s.pending == 1]
     budget = max_batch_tokens - len(feeds)
     completes = False
+    held_back: list[Sequence] = []
     for seq in sorted((s for s in running if s.pending > 1), key=lambda s: s.pending):
         if budget <= 0:
             break
         count = min(seq.pending, budget)
         if completes and count < seq.pending and seq.held < MAX_HELD:
+            held_back.append(seq)
             continue
         feeds.append(Feed(seq, count))
         budget -= count
         completes = completes or count == seq.pending
+    total = max_batch_tokens - budget
+    room = min(padded(total), max_batch_tokens) - total
+    for seq in held_back:  # chunks that cost no linear rows: the step computes them anyway
+        if room <= 0:
+            break
+        feeds.append(Feed(seq, min(seq.pending, room)))
+        room -= feeds[-1].tokens
     return feeds
 
 

@@ -29,6 +29,7 @@ from prefixkv.engine.batch import attention, kernels
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
+from prefixkv.engine.linear import padding_of
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
 from prefixkv.threads import compute_on, current_threads
 from prefixkv.tokens import token_count
@@ -60,6 +61,7 @@ class BatchRunner:
             attention.check_supported(engine.model)
         self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
         self.block_size: int = store.block_size
+        self._padded = padding_of(engine.model)  # rows the linear layers compute per step
         layout = engine.layout
         self.attention_kernel = kernels.attention_kernel(
             attention_kernel,
@@ -182,7 +184,8 @@ class BatchRunner:
         """One step: drop cancelled sequences, admit, feed, sample. None when idle."""
         self._drop_cancelled()
         self._admit()
-        feeds, preempted = self._allocate(plan_step(self._running, self.limits.max_batch_tokens))
+        planned = plan_step(self._running, self.limits.max_batch_tokens, self._padded)
+        feeds, preempted = self._allocate(planned)
         note_held(self._running, feeds)
         if not feeds:
             return None
