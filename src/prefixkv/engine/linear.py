@@ -186,10 +186,15 @@ def padded_rows(rows: int) -> int:
     return full * MAX_ROWS + (row_bucket(rest) if rest else 0)
 
 
+def unpadded(rows: int) -> int:
+    """The rows PyTorch's own kernel computes for a call of ``rows`` rows: those."""
+    return rows
+
+
 def padding_of(model: torch.nn.Module) -> Callable[[int], int]:
     """The rows ``model``'s linear layers compute for a call of n rows, as a function of n:
-    :func:`padded_rows` under oneDNN, n itself under PyTorch's kernel."""
-    return padded_rows if kernel_of(model) == OneDNNLinear.name else int
+    :func:`padded_rows` under oneDNN, :func:`unpadded` under PyTorch's kernel."""
+    return padded_rows if kernel_of(model) == OneDNNLinear.name else unpadded
 
 
 def kernel_of(model: torch.nn.Module) -> str:

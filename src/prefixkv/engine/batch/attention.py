@@ -88,9 +88,10 @@ class StepLayout:
 
 class PagedKV(Cache):
     """A transformers Cache whose ``update`` writes a step's new keys/values into their pool
-    slots (through the step's attention plan) and returns the whole pool layer (``[kv_heads, slots, head_dim]`` views), which
-    :func:`paged_attention` reads through the step's spans. ``data``: the pool tensor
-    ``[layers, 2, kv_heads, blocks, block_size, head_dim]``."""
+    slots (through the step's attention plan) and returns the whole pool layer
+    (``[kv_heads, slots, head_dim]`` views), which :func:`paged_attention` reads through the
+    step's spans. ``data``: the pool tensor ``[layers, 2, kv_heads, blocks, block_size,
+    head_dim]``."""
 
     def __init__(self, data: torch.Tensor, layout: StepLayout) -> None:
         super().__init__(layers=[])

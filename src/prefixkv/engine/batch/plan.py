@@ -24,6 +24,7 @@ import torch
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout
 from prefixkv.engine.batch.kernels import AttentionKernel
 from prefixkv.engine.batch.sequence import Sequence
+from prefixkv.engine.linear import unpadded
 
 MAX_HELD = 2
 """Steps in a row a partial prefill chunk may be left out of steps that give a first token.
@@ -39,7 +40,7 @@ class Feed(NamedTuple):
 
 
 def plan_step(
-    running: Seq[Sequence], max_batch_tokens: int, padded: Callable[[int], int] = int
+    running: Seq[Sequence], max_batch_tokens: int, padded: Callable[[int], int] = unpadded
 ) -> list[Feed]:
     """Decode tokens first (one per sequence that has all its prompt computed), then prefill
     chunks while budget remains, the shortest remaining prefill first: a request whose prefix
