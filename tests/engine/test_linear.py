@@ -3,10 +3,14 @@ swapped, and an engine on it still exact with and without the cache, serial or b
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import pytest
 import torch
 
 from prefixkv.cache import NullCache, PrefixKVCache
+from prefixkv.engine import linear
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.kvbridge import layout_of
@@ -21,6 +25,8 @@ from prefixkv.engine.linear import (
     padding_of,
     row_bucket,
 )
+from prefixkv.engine.native_build import NativeUnavailable
+from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.request import SamplingParams
 
 from .tiny import tiny_llama, tiny_tokenizer
@@ -88,7 +94,11 @@ def test_padded_and_split_calls_give_each_row_its_product(rows: int) -> None:
         torch.testing.assert_close(got[:5], packed(x[:5]), rtol=1e-5, atol=1e-5)
 
 
-def test_install_swaps_every_linear_layer_and_keeps_the_logits() -> None:
+KERNELS = [OneDNNLinear, NativeLinear]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_install_swaps_every_linear_layer_and_keeps_the_logits(kernel: type[Any]) -> None:
     model = tiny_llama()
     layers = len(model.model.layers)
     before = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
@@ -96,8 +106,8 @@ def test_install_swaps_every_linear_layer_and_keeps_the_logits() -> None:
     with torch.inference_mode():
         want = model(input_ids=ids).logits
     # q/k/v and gate/up of each layer joined (tests/engine/test_fused.py): 3 fewer a layer.
-    assert OneDNNLinear().install(model) == len(before) - 3 * layers > 0
-    assert kernel_of(model) == "onednn"
+    assert kernel().install(model) == len(before) - 3 * layers > 0
+    assert kernel_of(model) == kernel.name
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert len(linear_layers(model)) == len(before) - 3 * layers
     with torch.inference_mode():
@@ -105,32 +115,51 @@ def test_install_swaps_every_linear_layer_and_keeps_the_logits() -> None:
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_auto_picks_onednn_for_float32_cpu_and_torch_otherwise() -> None:
-    assert isinstance(linear_kernel("auto", tiny_llama()), OneDNNLinear)
+def test_auto_picks_native_then_onednn_for_float32_cpu_and_torch_otherwise(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(linear_kernel("auto", tiny_llama()), NativeLinear)
     assert isinstance(linear_kernel("torch", tiny_llama()), TorchLinear)
+    assert isinstance(linear_kernel("onednn", tiny_llama()), OneDNNLinear)
     half = tiny_llama().to(torch.bfloat16)
     assert isinstance(linear_kernel("auto", half), TorchLinear)
-    with pytest.raises(RuntimeError, match="float32 CPU weights"):
-        linear_kernel("onednn", half).install(half)
+    for name in ("onednn", "native"):
+        with pytest.raises(RuntimeError, match="float32 CPU weights"):
+            linear_kernel(name, half).install(half)
     with pytest.raises(ValueError, match="unknown linear kernel 'mkl'"):
         linear_kernel("mkl", half)
+
+    def no_compiler() -> None:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(linear, "load", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
+        assert isinstance(linear_kernel("auto", tiny_llama()), OneDNNLinear)
+    assert "no C compiler" in caplog.text
 
 
 def test_the_fingerprint_names_the_kernel() -> None:
     pytest.importorskip("xxhash")
     from prefixkv.engine.fingerprint import model_fingerprint
 
-    plain, packed, again = tiny_llama(), tiny_llama(), tiny_llama()
-    OneDNNLinear().install(packed)
-    OneDNNLinear().install(again)
+    plain = tiny_llama()
     lay = layout_of(plain.config, torch.float32)
-    assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
-    assert model_fingerprint(packed, lay) != model_fingerprint(plain, lay)
+    prints = [model_fingerprint(plain, lay)]
+    for kernel in KERNELS:
+        packed, again = tiny_llama(), tiny_llama()
+        kernel().install(packed)
+        kernel().install(again)
+        assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
+        prints.append(model_fingerprint(packed, lay))
+    assert len(set(prints)) == 3  # plain, oneDNN and native KV never mix
 
 
-def test_an_engine_on_onednn_is_exact_cached_uncached_and_batched() -> None:
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_an_engine_on_a_packed_kernel_is_exact_cached_uncached_and_batched(
+    kernel: type[Any],
+) -> None:
     model, tokenizer = tiny_llama(seed=3), tiny_tokenizer()
-    OneDNNLinear().install(model)
+    kernel().install(model)
     lay = layout_of(model.config, torch.float32)
     cached = Engine(model, tokenizer, PrefixKVCache(lay, 4, lay.block_bytes(4) * 256))
     uncached = Engine(model, tokenizer, NullCache(lay, 4))

@@ -2,8 +2,8 @@
 
 Two rates are measured in the benchmark's own process with torch's default threads: memory
 read bandwidth (summing a tensor far larger than the caches) and fp32 GEMM throughput (a
-512x576 @ 576x1536 matmul, the shape of SmolLM2's MLP over a 512-token chunk, on the faster
-of PyTorch's ``mm`` and oneDNN). Then, for a
+512x576 @ 576x1536 matmul, the shape of SmolLM2's MLP over a 512-token chunk, on the fastest
+of PyTorch's ``mm``, oneDNN and the native kernel). Then, for a
 model of P parameters whose weights take W bytes::
 
     compute  = (uncached prompt tokens + output tokens) * 2 * P / GEMM FLOP/s
@@ -19,6 +19,7 @@ the saving of not applying the output head to prefill tokens (about -21%).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 import time
@@ -86,21 +87,28 @@ def measure_bandwidth(mib: int = 256, repeats: int = 5) -> float:
 
 def measure_gemm(m: int = 512, k: int = 576, n: int = 1536, repeats: int = 30) -> float:
     """fp32 FLOP/s of an ``m x k @ k x n`` matmul, 2*m*k*n FLOPs each: the best of
-    ``repeats`` calls, on PyTorch's own ``mm`` and, where it runs, oneDNN on a packed weight
-    (the engine's kernel, :mod:`prefixkv.engine.linear`), whichever is faster here."""
+    ``repeats`` calls, on PyTorch's own ``mm`` and, where they run, oneDNN on a packed weight
+    and prefixkv's native kernel (the engine's kernels, :mod:`prefixkv.engine.linear`),
+    whichever is fastest here."""
     import torch
 
     from prefixkv.engine.linear import PackedLinear, onednn_runs
+    from prefixkv.engine.native_build import NativeUnavailable, load
+    from prefixkv.engine.native_linear import NativeLinearLayer
 
     a, b = torch.randn(m, k), torch.randn(k, n)
     seconds = _best_seconds(lambda: torch.mm(a, b), repeats)
     plain = torch.nn.Linear(k, n, bias=False)
+    with torch.no_grad():
+        plain.weight.copy_(b.t())
+    layers: list[Callable[[torch.Tensor], torch.Tensor]] = []
     if onednn_runs(plain.weight):
-        with torch.no_grad():
-            plain.weight.copy_(b.t())
-        packed = PackedLinear(plain)
-        with torch.inference_mode():
-            seconds = min(seconds, _best_seconds(lambda: packed(a), repeats))
+        layers.append(PackedLinear(plain))
+    with contextlib.suppress(NativeUnavailable):  # no compiler: the others' rates stand
+        layers.append(NativeLinearLayer(plain, load()))
+    with torch.inference_mode():
+        for layer in layers:
+            seconds = min(seconds, _best_seconds(lambda: layer(a), repeats))  # noqa: B023
     return 2 * m * k * n / seconds
 
 

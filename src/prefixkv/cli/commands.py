@@ -70,9 +70,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     add_option(
         p,
         "--linear-kernel",
-        "what runs the linear layers: onednn (weights packed once; float32 CPU), torch "
-        "(PyTorch's own), auto (onednn where it runs)",
-        type=one_of(["auto", "onednn", "torch"]),
+        "what runs the linear layers: native (prefixkv's own GEMM, built with the C "
+        "compiler; float32 CPU), onednn (weights packed once; float32 CPU), torch (PyTorch's "
+        "own), auto (native where it builds, else onednn where it runs)",
+        type=one_of(["auto", "native", "onednn", "torch"]),
         default="auto",
     )
     add_option(

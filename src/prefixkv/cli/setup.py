@@ -90,10 +90,10 @@ def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
     """The server backend the options ask for: the batch runner, or the serial worker (also
     the fallback, with a warning, for a model the batch runner cannot run); its thread runs
     the model's ops on ``threads`` cores."""
-    from prefixkv.engine.batch.native_build import NativeUnavailable
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
     from prefixkv.engine.kvbridge import UnsupportedModelError
+    from prefixkv.engine.native_build import NativeUnavailable
     from prefixkv.server.backends import BatchBackend, SerialBackend
 
     if args.backend == "serial":

@@ -5,7 +5,8 @@ another dtype or KV layout. The fingerprint hashes every tensor of the model's s
 (name, dtype, shape and bytes, in name order) and the KV layout: two processes loading the
 same weights the same way agree on it, on any machine; any change of a weight does not. A
 weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its plain values under a
-name marking the kernel: the two kernels round differently, so their KV never mixes.
+name marking the kernel, and one packed for the native kernel is hashed as its column blocks
+(a buffer named ``packed``): the kernels round differently, so their KV never mixes.
 Costs one pass over the weights (~0.1 s for SmolLM2's 540 MB in fp32 here).
 """
 

@@ -1,4 +1,5 @@
-"""The kernel behind a model's linear layers: PyTorch's default, or oneDNN on weights packed once.
+"""The kernel behind a model's linear layers: PyTorch's default, oneDNN on weights packed once,
+or prefixkv's own (:mod:`prefixkv.engine.native_linear`, the default where it builds).
 
 On CPU, ``F.linear`` hands every call to MKL with the weights in their plain layout. A decode
 step multiplies a few rows by every weight of the model, and there MKL ran SmolLM2's linear
@@ -17,14 +18,19 @@ where MKL's small calls differed from its large ones.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol, cast
 
 import torch
 
 from prefixkv.engine.fused import join_siblings
+from prefixkv.engine.native_build import NativeUnavailable, load
+from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
 
-KERNELS = ("auto", "onednn", "torch")
+log = logging.getLogger("prefixkv.engine")
+
+KERNELS = ("auto", "native", "onednn", "torch")
 PACK_ROWS = 64
 """The row count oneDNN packs for: best for 64-512 rows and within 3% of the best at 1 and 16."""
 MAX_ROWS = 512
@@ -149,19 +155,27 @@ def onednn_runs(weight: torch.Tensor) -> bool:
 
 
 def linear_kernel(name: str, model: torch.nn.Module) -> LinearKernel:
-    """The kernel called ``name`` (one of :data:`KERNELS`) for ``model``: ``auto`` is oneDNN
-    where every linear weight is float32 on the CPU, PyTorch's otherwise. Raises ValueError
-    for another name."""
+    """The kernel called ``name`` (one of :data:`KERNELS`) for ``model``: ``auto`` is native
+    where every linear weight is float32 on the CPU and the library builds, else oneDNN where
+    it runs, else PyTorch's (logged). Raises ValueError for another name."""
     if name not in KERNELS:
         raise ValueError(f"unknown linear kernel {name!r}; choose one of {', '.join(KERNELS)}")
-    if name == "torch":
-        return TorchLinear()
-    if name == "onednn":
-        return OneDNNLinear()
+    chosen: dict[str, type[LinearKernel]] = {
+        "native": NativeLinear,
+        "onednn": OneDNNLinear,
+        "torch": TorchLinear,
+    }
+    if name != "auto":
+        return chosen[name]()
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if layers and all(onednn_runs(m.weight) for m in layers):
-        return OneDNNLinear()
-    return TorchLinear()
+    if not layers or not all(native_runs(m.weight) for m in layers):
+        return TorchLinear()
+    try:
+        load()
+    except NativeUnavailable as exc:
+        log.warning("linear layers: oneDNN or PyTorch (%s)", exc)
+        return OneDNNLinear() if all(onednn_runs(m.weight) for m in layers) else TorchLinear()
+    return NativeLinear()
 
 
 class LinearLayer(Protocol):
@@ -175,7 +189,7 @@ class LinearLayer(Protocol):
 
 def linear_layers(model: torch.nn.Module) -> list[LinearLayer]:
     """The model's linear layers, plain or packed, in module order."""
-    kinds = torch.nn.Linear | PackedLinear
+    kinds = torch.nn.Linear | PackedLinear | NativeLinearLayer
     return [cast(LinearLayer, m) for m in model.modules() if isinstance(m, kinds)]
 
 
@@ -193,11 +207,16 @@ def unpadded(rows: int) -> int:
 
 def padding_of(model: torch.nn.Module) -> Callable[[int], int]:
     """The rows ``model``'s linear layers compute for a call of n rows, as a function of n:
-    :func:`padded_rows` under oneDNN, :func:`unpadded` under PyTorch's kernel."""
+    :func:`padded_rows` under oneDNN, :func:`unpadded` under the others."""
     return padded_rows if kernel_of(model) == OneDNNLinear.name else unpadded
 
 
 def kernel_of(model: torch.nn.Module) -> str:
-    """``onednn`` when any of the model's linear layers is packed, else ``torch``."""
-    packed = any(isinstance(m, PackedLinear) for m in model.modules())
-    return OneDNNLinear.name if packed else TorchLinear.name
+    """``native`` or ``onednn`` when any of the model's linear layers is that kernel's, else
+    ``torch``."""
+    for module in model.modules():
+        if isinstance(module, NativeLinearLayer):
+            return NativeLinear.name
+        if isinstance(module, PackedLinear):
+            return OneDNNLinear.name
+    return TorchLinear.name

@@ -18,12 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefixkv.cli.setup import CommandError, make_backend
-from prefixkv.engine.batch import native, native_build
+from prefixkv.engine import native_build
+from prefixkv.engine.batch import native
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
 from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.kernels import attention_kernel
 from prefixkv.engine.batch.native import NativeKernel, NativePlan
-from prefixkv.engine.batch.native_build import NativeUnavailable
+from prefixkv.engine.native_build import NativeUnavailable
 
 from .test_attention import DIM, GROUPS, HEADS, KV_HEADS, pool, reference
 from .test_cascade import block_tables, five_questions_on_one_document
@@ -156,7 +157,7 @@ def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 def test_the_library_is_built_once_per_cache_dir_and_reused(tmp_path: Path) -> None:
     build_or_load = native_build.load.__wrapped__  # past the per-process cache
     library = build_or_load(tmp_path)
-    (built,) = (tmp_path / "native").glob("attention-*.so")
+    (built,) = (tmp_path / "native").glob("kernels-*.so")
     assert int(library.prefixkv_lanes()) == 16
     stamp = built.stat().st_mtime_ns
     build_or_load(tmp_path)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from prefixkv.engine.batch.cascade import partition, slots_of
-from prefixkv.engine.batch.native_build import NativeUnavailable, load
+from prefixkv.engine.native_build import NativeUnavailable, load
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan
@@ -47,7 +47,7 @@ class NativeKernel:
     def create(groups: int, dtype: torch.dtype, device: torch.device) -> NativeKernel:
         """Raises NativeUnavailable where the kernel cannot run: not float32 on the CPU,
         more query heads per kv head than its lanes, or no library (see
-        :func:`.native_build.load`)."""
+        :func:`prefixkv.engine.native_build.load`)."""
         if device.type != "cpu" or dtype != torch.float32:
             raise NativeUnavailable(
                 f"the native attention kernel runs float32 on the CPU, not {dtype} on {device}"

@@ -1,6 +1,7 @@
-"""Builds and loads the native attention kernel (``native_attention.c``) on first use.
+"""Builds and loads prefixkv's native kernels on first use: the attention kernel
+(``batch/native_attention.c``) and the linear layers (``native_linear.c``), one library.
 
-The C file is compiled once per machine with the system's C compiler (``$CC``, else ``cc``
+The C files are compiled once per machine with the system's C compiler (``$CC``, else ``cc``
 or ``gcc``) into ``<cache dir>/native/``, under a name hashed from the source, the flags, the
 compiler's version and the CPU (``-march=native`` code must not run on another CPU), so a
 changed source or a moved home directory never loads a stale or foreign library. It takes
@@ -26,7 +27,10 @@ from pathlib import Path
 
 from prefixkv.engine.loader import default_cache_dir
 
-SOURCE = Path(__file__).with_name("native_attention.c")
+SOURCES = (
+    Path(__file__).parent / "batch" / "native_attention.c",
+    Path(__file__).with_name("native_linear.c"),
+)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 """No ``-ffast-math``: linking with it sets flush-to-zero for the whole process, which would
 change PyTorch's own results."""
@@ -34,7 +38,7 @@ OPENMP = ("-fopenmp",)
 
 
 class NativeUnavailable(RuntimeError):
-    """The native attention kernel cannot be built or loaded here; the message says why."""
+    """The native kernels cannot be built or loaded here; the message says why."""
 
 
 def compiler() -> str:
@@ -77,21 +81,23 @@ def _version(cc: str) -> str:
 def library_path(cache_dir: Path, cc: str) -> Path:
     """Where the library built by ``cc`` from today's source lives under ``cache_dir``."""
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS + OPENMP).encode(), _version(cc).encode()):
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    for part in (" ".join(FLAGS + OPENMP).encode(), _version(cc).encode()):
         digest.update(part)
     digest.update(_cpu_identity().encode())
-    return cache_dir / "native" / f"attention-{digest.hexdigest()[:20]}.so"
+    return cache_dir / "native" / f"kernels-{digest.hexdigest()[:20]}.so"
 
 
 def build(target: Path, cc: str) -> None:
-    """Compile SOURCE into ``target`` (with OpenMP if the compiler has it); raises
+    """Compile SOURCES into ``target`` (with OpenMP if the compiler has it); raises
     NativeUnavailable with the compiler's last words when neither build works."""
     target.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for extra in (OPENMP, ()):
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             partial = Path(tmp.name)
-        command = [cc, *FLAGS, *extra, str(SOURCE), "-o", str(partial)]
+        command = [cc, *FLAGS, *extra, *map(str, SOURCES), "-o", str(partial)]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -103,7 +109,8 @@ def build(target: Path, cc: str) -> None:
         partial.unlink(missing_ok=True)
         if run is not None:
             errors.append(run.stderr.strip()[-500:])
-    raise NativeUnavailable(f"building {SOURCE.name} with {cc} failed: {errors[-1]}")
+    names = ", ".join(source.name for source in SOURCES)
+    raise NativeUnavailable(f"building {names} with {cc} failed: {errors[-1]}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -141,4 +148,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         ptr, ptr, i64,  # keys, values, kv head stride
         ptr, i64, i64, ptr, i64, i64,  # new keys and new values, each with head and row strides
         i32, i32, i64, ptr,  # kv heads, dim, tokens, slots
+    ]  # fmt: skip
+    lib.prefixkv_linear_block.argtypes, lib.prefixkv_linear_block.restype = [], i32
+    lib.prefixkv_linear.restype = None
+    lib.prefixkv_linear.argtypes = [
+        ptr, i64, i64, ptr, ptr, i64, ptr, i32,  # x, rows, in, packed, bias, out features, out, threads
     ]  # fmt: skip
