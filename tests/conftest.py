@@ -49,8 +49,9 @@ platform.processor()
 
 
 def _build_native_kernel() -> None:
-    """Compile the native decode kernel (a build step, like installing a package) before the
-    guard is on: later loads in this process reuse it (``native_build.load`` is cached)."""
+    """Compile the native kernels, attention and linear (a build step, like installing a
+    package), before the guard is on: later loads in this process reuse the library
+    (``native_build.load`` is cached)."""
     from prefixkv.engine.native_build import NativeUnavailable, load
 
     with contextlib.suppress(NativeUnavailable):  # tests needing it say why; "auto" falls back

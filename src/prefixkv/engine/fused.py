@@ -20,7 +20,7 @@ runs one forward at a time (the engine's model lock).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -130,3 +130,17 @@ def _joinable(siblings: list[object]) -> bool:
         and s.weight.device == first.weight.device
         for s in linears
     )
+
+
+def swap_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module]) -> int:
+    """Join ``model``'s sibling projections (:func:`join_siblings`), then put ``make(layer)``
+    in the place of every ``nn.Linear`` (joined ones included). Returns how many were
+    replaced. Mutates ``model``; a linear kernel checks every layer before calling it."""
+    join_siblings(model)
+    swapped = 0
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, child_name, make(child))
+                swapped += 1
+    return swapped

@@ -24,7 +24,7 @@ from typing import Protocol, cast
 
 import torch
 
-from prefixkv.engine.fused import join_siblings
+from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_build import NativeUnavailable, load
 from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
 
@@ -134,14 +134,7 @@ class OneDNNLinear:
                     f"build; {name} has {layer.weight.dtype} on {layer.weight.device} "
                     f"(use --linear-kernel torch)"
                 )
-        join_siblings(model)
-        swapped = 0
-        for parent in list(model.modules()):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, child_name, PackedLinear(child))
-                    swapped += 1
-        return swapped
+        return swap_linears(model, PackedLinear)
 
 
 def onednn_runs(weight: torch.Tensor) -> bool:

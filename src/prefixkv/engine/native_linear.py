@@ -19,7 +19,7 @@ import ctypes
 
 import torch
 
-from prefixkv.engine.fused import join_siblings
+from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_build import load
 
 
@@ -82,11 +82,4 @@ class NativeLinear:
                     f"{layer.weight.dtype} on {layer.weight.device} (use --linear-kernel torch)"
                 )
         library = load()
-        join_siblings(model)
-        swapped = 0
-        for parent in list(model.modules()):
-            for child_name, child in list(parent.named_children()):
-                if isinstance(child, torch.nn.Linear):
-                    setattr(parent, child_name, NativeLinearLayer(child, library))
-                    swapped += 1
-        return swapped
+        return swap_linears(model, lambda linear: NativeLinearLayer(linear, library))
