@@ -166,8 +166,10 @@ def linear_kernel(name: str, model: torch.nn.Module) -> LinearKernel:
     try:
         load()
     except NativeUnavailable as exc:
-        log.warning("linear layers: oneDNN or PyTorch (%s)", exc)
-        return OneDNNLinear() if all(onednn_runs(m.weight) for m in layers) else TorchLinear()
+        runs = all(onednn_runs(m.weight) for m in layers)
+        fallback: LinearKernel = OneDNNLinear() if runs else TorchLinear()
+        log.warning("linear layers: %s, not native (%s)", fallback.name, exc)
+        return fallback
     return NativeLinear()
 
 
