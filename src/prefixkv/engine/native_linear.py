@@ -3,7 +3,7 @@
 Why not oneDNN: calling SmolLM2's 30 layers in turn (their 420 MB of weights read from memory,
 as a forward does) took oneDNN 25-28 ms for one row and 33-37 ms for 16 on this project's AMD
 EPYC, its weights streaming at ~15 GB/s of the ~34 GB/s the machine reads. This kernel takes
-16-17 ms and 25-30 ms, and the same time at 512 rows (556 against 564 ms, ~195 GFLOP/s).
+16-17 ms and 21-23 ms, and the same time at 512 rows (556 against 564 ms, ~195 GFLOP/s).
 
 Why it is exact: every output is one multiply-add chain over the input features in order,
 whatever the call's rows, so a token's activations are the same prefilled in a 512-token
