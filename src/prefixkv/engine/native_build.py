@@ -1,5 +1,6 @@
 """Builds and loads prefixkv's native kernels on first use: the attention kernel
-(``batch/native_attention.c``) and the linear layers (``native_linear.c``), one library.
+(``batch/native_attention.c``), the linear layers (``native_linear.c``) and the vector work
+between them (``native_layers.c``), one library.
 
 The C files are compiled once per machine with the system's C compiler (``$CC``, else ``cc``
 or ``gcc``) into ``<cache dir>/native/``, under a name hashed from the source, the flags, the
@@ -30,7 +31,10 @@ from prefixkv.engine.loader import default_cache_dir
 SOURCES = (
     Path(__file__).parent / "batch" / "native_attention.c",
     Path(__file__).with_name("native_linear.c"),
+    Path(__file__).with_name("native_layers.c"),
 )
+HEADERS = (Path(__file__).with_name("native_vector.h"),)
+"""Included by the sources: part of the library's name, like them."""
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 """No ``-ffast-math``: linking with it sets flush-to-zero for the whole process, which would
 change PyTorch's own results."""
@@ -81,7 +85,7 @@ def _version(cc: str) -> str:
 def library_path(cache_dir: Path, cc: str) -> Path:
     """Where the library built by ``cc`` from today's source lives under ``cache_dir``."""
     digest = hashlib.sha256()
-    for source in SOURCES:
+    for source in SOURCES + HEADERS:
         digest.update(source.read_bytes())
     for part in (" ".join(FLAGS + OPENMP).encode(), _version(cc).encode()):
         digest.update(part)
@@ -150,6 +154,13 @@ def _declare(lib: ctypes.CDLL) -> None:
         i32, i32, i64, ptr,  # kv heads, dim, tokens, slots
     ]  # fmt: skip
     lib.prefixkv_linear_block.argtypes, lib.prefixkv_linear_block.restype = [], i32
+    lib.prefixkv_rms_norm.restype = lib.prefixkv_silu_mul.restype = None
+    lib.prefixkv_rms_norm.argtypes = [
+        ptr, i64, i64, i64, ptr, f32, ptr,  # x, rows, dim, x row stride, weight, eps, out
+    ]  # fmt: skip
+    lib.prefixkv_silu_mul.argtypes = [
+        ptr, i64, i64, i64, ptr, i32,  # gate_up, rows, width, row stride, out, threads
+    ]  # fmt: skip
     lib.prefixkv_linear.restype = None
     lib.prefixkv_linear.argtypes = [
         ptr, i64, i64, ptr, ptr, i64, ptr, i32,  # x, rows, in, packed, bias, out features, out, threads

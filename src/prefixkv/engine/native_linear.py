@@ -21,6 +21,7 @@ import torch
 
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_build import load
+from prefixkv.engine.native_layers import swap_llama_layers
 
 
 class NativeLinearLayer(torch.nn.Module):
@@ -68,7 +69,9 @@ def native_runs(weight: torch.Tensor) -> bool:
 
 class NativeLinear:
     """:class:`NativeLinearLayer` for every ``nn.Linear`` of a float32 CPU model, sibling
-    projections of one input first joined into one (:mod:`prefixkv.engine.fused`)."""
+    projections of one input first joined into one (:mod:`prefixkv.engine.fused`); then, in
+    Llama layers, the RMS norms and the MLP's activation in C too
+    (:mod:`prefixkv.engine.native_layers`)."""
 
     name = "native"
 
@@ -82,4 +85,6 @@ class NativeLinear:
                     f"{layer.weight.dtype} on {layer.weight.device} (use --linear-kernel torch)"
                 )
         library = load()
-        return swap_linears(model, lambda linear: NativeLinearLayer(linear, library))
+        swapped = swap_linears(model, lambda linear: NativeLinearLayer(linear, library))
+        swap_llama_layers(model, library)
+        return swapped
