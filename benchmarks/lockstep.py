@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 
-def child(kernel: str, clients: int, per_client: int) -> None:
+def child(kernel: str, clients: int, per_client: int, sentences: int, max_tokens: int) -> None:
     """Serve the parent's commands on stdin: ``seed N`` (a fresh workload), ``step`` (one
     runner step; replies with its seconds, whether it only decoded, and whether all is
     done), ``replies`` (the token ids of every request, in order)."""
@@ -37,7 +37,7 @@ def child(kernel: str, clients: int, per_client: int) -> None:
     from prefixkv.engine.request import Completion, SamplingParams
 
     engine = Engine.from_pretrained("smollm2", cache_bytes=2 << 30, linear_kernel=kernel)
-    params = SamplingParams(max_tokens=32, temperature=0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0)
     runner: Any = None
     work: list[Any] = []
     replies: dict[int, list[int]] = {}
@@ -61,7 +61,7 @@ def child(kernel: str, clients: int, per_client: int) -> None:
     for line in sys.stdin:
         command, _, arg = line.strip().partition(" ")
         if command == "seed":
-            work = document_qa_workload(clients, per_client, seed=int(arg))
+            work = document_qa_workload(clients, per_client, sentences=sentences, seed=int(arg))
             runner, replies = BatchRunner(engine, BatchLimits()), {}
             for index in range(min(clients, len(work))):
                 submit(work, index)
@@ -84,9 +84,9 @@ class Side:
     def __init__(self, name: str, src: str, kernel: str, args: argparse.Namespace) -> None:
         self.name = f"{name} ({src}, {kernel})"
         env = dict(os.environ, PYTHONPATH=src)
-        command = [sys.executable, __file__, "--child", kernel, str(args.clients)]
+        sizes = (args.clients, args.requests_per_client, args.sentences, args.max_tokens)
         self.process = subprocess.Popen(
-            [*command, str(args.requests_per_client)],
+            [sys.executable, __file__, "--child", kernel, *map(str, sizes)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -133,7 +133,7 @@ def replay(sides: list[Side], seed: int) -> None:
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--child"]:
-        child(argv[1], int(argv[2]), int(argv[3]))
+        child(argv[1], *map(int, argv[2:6]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a-src", default="src", help="side a's source tree (src)")
@@ -142,6 +142,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--b-kernel", default="auto", help="side b's --linear-kernel (auto)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--sentences", type=int, default=36, help="per document (36)")
+    parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--seeds", default="0,1,2", help="workloads to replay (0,1,2)")
     args = parser.parse_args(argv)
     srcs = [os.path.abspath(args.a_src), os.path.abspath(args.b_src)]
