@@ -12,7 +12,8 @@ lockstep (``docs/design.md``), 16-sequence decode steps took 4-6 ms less (p50 62
 
 Like the linear kernel, each row is computed on its own in a fixed order, so a token's result
 does not depend on its batch. It is not bit-identical to transformers' own operations (a
-different summation order and exponential, differences of ~1e-7 relative): a model's KV is
+different summation order and exponential: SmolLM2's logits over a 300-token prompt moved by
+at most 1e-4, at magnitudes up to 35, with the same argmax everywhere): a model's KV is
 computed with one or the other throughout, and the model fingerprint tells them apart (the
 native MLP's joined projection is named ``gate_up``).
 """
