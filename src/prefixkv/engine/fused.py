@@ -111,11 +111,22 @@ def join_siblings(model: torch.nn.Module) -> int:
             if not _joinable(siblings):
                 continue
             owner = JoinedProjection(siblings)  # type: ignore[arg-type]
-            setattr(module, f"joined_{names[0]}", owner)
+            setattr(module, _owner_name(names), owner)
             for part, name in enumerate(names):
                 setattr(module, name, ProjectionPart(owner, part))
             count += 1
     return count
+
+
+def joined_projection(module: torch.nn.Module, names: Sequence[str]) -> JoinedProjection | None:
+    """The :class:`JoinedProjection` that :func:`join_siblings` registered on ``module`` for
+    the sibling set ``names`` (one of :data:`SIBLINGS`), or None where it joined none."""
+    owner = getattr(module, _owner_name(names), None)
+    return owner if isinstance(owner, JoinedProjection) else None
+
+
+def _owner_name(names: Sequence[str]) -> str:
+    return f"joined_{names[0]}"
 
 
 def _joinable(siblings: list[object]) -> bool:

@@ -27,9 +27,11 @@ import torch
 from transformers.activations import SiLUActivation
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
-from prefixkv.engine.fused import JoinedProjection
+from prefixkv.engine.fused import SIBLINGS, joined_projection
 
 log = logging.getLogger(__name__)
+
+GATE_UP = SIBLINGS[1]  # ("gate_proj", "up_proj"): the MLP's sibling projections, gate first
 
 
 class NativeRMSNorm(torch.nn.Module):
@@ -113,8 +115,8 @@ def _native_of(module: torch.nn.Module, library: ctypes.CDLL) -> torch.nn.Module
         return NativeRMSNorm(module, library) if cpu_float else None
     if not isinstance(module, LlamaMLP) or not isinstance(module.act_fn, SiLUActivation):
         return None
-    joined = getattr(module, "joined_gate_proj", None)  # [gate | up], as join_siblings names it
-    if not isinstance(joined, JoinedProjection) or len(joined.widths) != 2:
+    joined = joined_projection(module, GATE_UP)  # its output: [gate columns | up columns]
+    if joined is None:
         return None
     gate, up = joined.widths
     return NativeGatedMLP(joined.joined, module.down_proj, gate, library) if gate == up else None
