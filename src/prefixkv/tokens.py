@@ -55,6 +55,7 @@ _ZERO_BYTES = bytes(TOKEN_BYTES * _NUMPY_STRIDED_READ)
 
 _ARRAY = array.array
 _INT_TYPECODES = frozenset("bBhHiIlLqQ")
+_WIDE_TYPECODES = frozenset(code for code in _INT_TYPECODES if array.array(code).itemsize == 8)
 _ARRAY_DTYPES = {typecode: np.dtype(typecode) for typecode in _INT_TYPECODES}  # same C types
 _max, _min = np.maximum.reduce, np.minimum.reduce
 
@@ -115,7 +116,12 @@ class TokenReader:
             self.view = memoryview(tokens)
             self.num_tokens = len(tokens) >> 2
             return
-        source, convert, num = _open(tokens)
+        source: Any
+        convert: _Convert
+        if type(tokens) is _ARRAY and tokens.typecode in _WIDE_TYPECODES:  # SGLang's form
+            source, convert, num = (tokens, _halves(tokens)), _from_wide_array, len(tokens)
+        else:
+            source, convert, num = _open(tokens)
         self._source = source
         self._convert = convert
         self.num_tokens = num
@@ -187,13 +193,18 @@ def _open(tokens: Any) -> tuple[Any, _Convert, int]:
 
 
 def _open_array(arr: array.array[Any]) -> tuple[Any, _Convert, int]:
-    if arr.itemsize == 8 and arr.typecode in _INT_TYPECODES:
+    if arr.typecode in _WIDE_TYPECODES:
         # The array and a view of it as 32-bit halves (made once per reader, not per read).
-        return (arr, memoryview(arr).cast("B").cast("I")), _from_wide_array, len(arr)
+        return (arr, _halves(arr)), _from_wide_array, len(arr)
     convert = _ARRAY_CONVERTERS.get(arr.typecode)
     if convert is None:
         raise TypeError(f"tokens must hold integers, got array typecode {arr.typecode!r}")
     return arr, convert, len(arr)
+
+
+def _halves(arr: array.array[int]) -> memoryview:
+    """An array of 8-byte ints viewed as twice as many 32-bit halves (``_from_wide_array``)."""
+    return memoryview(arr).cast("B").cast("I")
 
 
 def _checked_ndarray(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

@@ -216,3 +216,50 @@ def test_token_bytes_need_no_reading() -> None:
     index = PrefixIndex(4)
     index.insert(TokenBytes(array.array("I", range(8)).tobytes()), ["a", "b"])
     assert index.match(as_token_bytes(range(8))).values == ("a", "b")
+
+
+@pytest.mark.parametrize("make", WIDE_AND_NARROW)
+def test_a_bad_id_in_a_long_insert_changes_nothing_past_the_branch(
+    make: Callable[[list[int]], Any],
+) -> None:
+    # The new blocks branch off inside an indexed node and the bad id lies beyond the branch:
+    # insert must read it before it splits the node or records any use.
+    index = PrefixIndex(4)
+    base = list(range(4000))
+    index.insert(base, list(range(1000)))
+    before = (index.stats(), len(index), index.next_eviction())
+    bad = [*base[:2000], 7, 7, 7, 7, *base[2004:3000], -1, *base[3001:]]
+    with pytest.raises(ValueError, match="element 3000 is -1"):
+        index.insert(make(bad), list(range(1000)))
+    assert (index.stats(), len(index), index.next_eviction()) == before
+    index.check_invariants()
+
+
+def test_an_insert_keeps_its_own_copy_of_a_long_array() -> None:
+    ids = [(i * 7919) % 50_000 for i in range(5000)]
+    source = array.array("q", ids)
+    index = PrefixIndex(16)
+    index.insert(source, list(range(312)))
+    source[100] = 1  # the caller may change and resize its array afterwards
+    source.append(5)
+    assert index.match(ids).num_tokens == 4992
+    assert index.match(source).num_tokens == 96
+    index.check_invariants()
+
+
+@pytest.mark.parametrize("namespace", [None, "new"])
+def test_a_bad_id_deep_in_a_long_array_changes_nothing(namespace: str | None) -> None:
+    # A fresh prompt from a long array('q'), in an indexed namespace or a new one: the bad id
+    # must surface before the namespace's root, or any tick, exists.
+    index = PrefixIndex(4)
+    index.insert(list(range(400)), list(range(100)))
+    before = (index.stats(), len(index), index.next_eviction())
+    ids = [*range(10_000, 13_000), -1, *range(13_001, 14_000)]
+    with pytest.raises(ValueError, match="element 3000 is -1"):
+        index.insert(array.array("q", ids), list(range(100, 1100)), namespace)
+    assert (index.stats(), len(index), index.next_eviction()) == before
+    index.check_invariants()
+    ids[3000] = 5
+    assert index.insert(array.array("q", ids), list(range(100, 1100)), namespace) == []
+    assert index.match(ids, namespace).num_tokens == 4000
+    index.check_invariants()
