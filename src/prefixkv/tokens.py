@@ -118,7 +118,8 @@ class TokenReader:
             return
         source: Any
         convert: _Convert
-        if type(tokens) is _ARRAY and tokens.typecode in _WIDE_TYPECODES:  # SGLang's form
+        if type(tokens) is _ARRAY and tokens.typecode in _WIDE_TYPECODES:
+            # SGLang's form, opened as ``_open_array`` does, two calls sooner (every match).
             source, convert, num = (tokens, _halves(tokens)), _from_wide_array, len(tokens)
         else:
             source, convert, num = _open(tokens)
