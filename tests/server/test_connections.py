@@ -94,14 +94,42 @@ async def _ok(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def _body_length(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Reads the whole body, then answers with its length (nothing if the client left)."""
+    assert scope["type"] == "http"
+    size, more = 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = str(size).encode()
+    headers = [(b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def post_head(length: int) -> bytes:
+    return (
+        b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: " + str(length).encode() + b"\r\n\r\n"
+    )
+
+
 @contextmanager
-def uvicorn_thread(header_timeout: float, keep_alive: float = 5.0) -> Iterator[int]:
+def uvicorn_thread(
+    header_timeout: float,
+    keep_alive: float = 5.0,
+    body_timeout: float = 30.0,
+    app: Callable[..., Any] = _ok,
+) -> Iterator[int]:
     port = free_port()
     config = uvicorn.Config(
-        _ok,
+        app,
         host="127.0.0.1",
         port=port,
-        http=h11_protocol(header_timeout),
+        http=h11_protocol(header_timeout, body_timeout),
         loop=HardenedLoop,
         timeout_keep_alive=keep_alive,
         lifespan="off",
@@ -134,6 +162,49 @@ def test_a_trickled_head_is_bounded_as_a_whole() -> None:
     ):
         sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.1, timeout=5)
         assert sent >= 3 and 0.4 < elapsed < 2.0
+
+
+def test_a_trickled_body_is_bounded_as_a_whole() -> None:
+    with (
+        uvicorn_thread(header_timeout=5, body_timeout=0.5, app=_body_length) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        sock.sendall(post_head(100))
+        sent, elapsed = trickle(sock, b"x" * 100, interval=0.1, timeout=5)
+        assert sent >= 3 and 0.4 < elapsed < 2.0
+
+
+def test_a_body_sent_in_time_is_answered_and_the_connection_kept() -> None:
+    with (
+        uvicorn_thread(header_timeout=5, body_timeout=0.6, app=_body_length) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        sock.sendall(post_head(30))
+        for _ in range(3):  # in pieces, well within the timeout
+            time.sleep(0.1)
+            sock.sendall(b"x" * 10)
+        assert exchange(sock, b"").startswith(b"HTTP/1.1 200")
+        time.sleep(1.0)  # past the body timeout: it was disarmed with the body complete
+        assert exchange(sock, post_head(4) + b"abcd").startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_never_sent_after_an_early_response_closes_the_connection() -> None:
+    # The app answers without reading the body (as a 401 or 413 would); the client then sends
+    # nothing more: the connection is closed once the body is late, not held.
+    with (
+        uvicorn_thread(header_timeout=5, body_timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port)) as sock,
+    ):
+        assert exchange(sock, post_head(10)).startswith(b"HTTP/1.1 200")
+        elapsed = closed_by_server(sock, timeout=5)
+        assert elapsed is not None and elapsed < 2.0
+
+
+def test_timeouts_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="body_timeout must be > 0"):
+        h11_protocol(10, 0)
+    with pytest.raises(ValueError, match="header_timeout must be > 0"):
+        h11_protocol(-1)
 
 
 @pytest.mark.slow  # waits out uvicorn's 5 s keep-alive timeout
@@ -249,23 +320,26 @@ def test_default_connection_limit_leaves_a_tenth_of_the_descriptors(
         assert connections.default_max_connections() == expected
 
 
-def test_header_timeout_option(
+def test_timeout_options(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = cli.build_parser().parse_args(["serve"])
-    assert (args.header_timeout, args.max_connections) == (10.0, None)
+    assert (args.header_timeout, args.body_timeout, args.max_connections) == (10.0, 30.0, None)
     monkeypatch.setenv("PREFIXKV_HEADER_TIMEOUT", "2.5")
+    monkeypatch.setenv("PREFIXKV_BODY_TIMEOUT", "7")
     monkeypatch.setenv("PREFIXKV_MAX_CONNECTIONS", "64")
     args = cli.build_parser().parse_args(["serve"])
-    assert (args.header_timeout, args.max_connections) == (2.5, 64)
-    with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["serve", "--header-timeout", "0"])
-    assert "--header-timeout: invalid value '0'" in capsys.readouterr().err
+    assert (args.header_timeout, args.body_timeout, args.max_connections) == (2.5, 7.0, 64)
+    for flag in ("--header-timeout", "--body-timeout"):
+        with pytest.raises(SystemExit):
+            cli.build_parser().parse_args(["serve", flag, "0"])
+        assert f"{flag}: invalid value '0'" in capsys.readouterr().err
 
 
 # Slow: a real server with 256 file descriptors.
 
 HEADER_TIMEOUT = 2.0
+BODY_TIMEOUT = 2.0
 MAX_CONNECTIONS = 200
 
 
@@ -281,7 +355,7 @@ def guarded_server(
         pytest.skip("the test opens 300 connections; raise `ulimit -n`")
     log = tmp_path_factory.mktemp("logs") / "guarded-server.log"
     args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--header-timeout", str(HEADER_TIMEOUT)]
-    args += ["--max-connections", str(MAX_CONNECTIONS)]
+    args += ["--body-timeout", str(BODY_TIMEOUT), "--max-connections", str(MAX_CONNECTIONS)]
     server = ServerProcess(args, log, preexec_fn=limit_files(256)).wait_ready()
     yield server
     assert server.stop() == 0, server.output()
@@ -325,6 +399,22 @@ def test_slowloris_is_disconnected_by_the_header_timeout(guarded_server: ServerP
     with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
         sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.5, timeout=HEADER_TIMEOUT + 3)
     assert sent >= 3 and HEADER_TIMEOUT - 0.5 < elapsed < HEADER_TIMEOUT + 1.5
+
+
+@pytest.mark.slow
+@pytest.mark.process
+def test_a_trickled_body_is_disconnected_by_the_body_timeout(
+    guarded_server: ServerProcess,
+) -> None:
+    head = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
+        sock.sendall(head)
+        sent, elapsed = trickle(sock, b" " * 1000, interval=0.5, timeout=BODY_TIMEOUT + 3)
+    assert sent >= 3 and BODY_TIMEOUT - 0.5 < elapsed < BODY_TIMEOUT + 1.5
+    assert guarded_server.get("/health").status_code == 200
 
 
 @pytest.mark.slow

@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_option(
         serve,
+        "--body-timeout",
+        "seconds a client has to send a request body once its head arrived",
+        type=positive_float,
+        default="30",
+    )
+    add_option(
+        serve,
         "--grace-seconds",
         "on SIGTERM, how long the running request may go on",
         type=positive_int,
@@ -289,6 +296,7 @@ def _run_server(app: Any, args: argparse.Namespace) -> int:
         log_level=args.log_level,
         grace_seconds=args.grace_seconds,
         header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
         max_connections=args.max_connections,
         on_stop=lambda grace: begin_shutdown(app, grace),
     )

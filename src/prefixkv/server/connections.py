@@ -1,12 +1,14 @@
 """Connection hardening under uvicorn: a bound on reading each request head, a connection
 limit below the open-file limit, and accept errors logged at most once per interval.
 
-uvicorn (0.54) has no header timeout: ``timeout_keep_alive`` is armed only after a response
-and cancelled by any byte, so a connection that never sends anything, or trickles a request
-head, is held forever. :func:`h11_protocol` returns uvicorn's h11 protocol with one timer
-added: a request head must be complete within ``header_timeout`` of the connection opening
-(first request) or of the first byte of a later request on a kept-alive connection; an idle
-kept-alive connection is still closed by ``timeout_keep_alive``.
+uvicorn (0.54) has no header or body timeout: ``timeout_keep_alive`` is armed only after a
+response and cancelled by any byte, so a connection that never sends anything, or trickles a
+request head or body, is held forever. :func:`h11_protocol` returns uvicorn's h11 protocol
+with two timers added: a request head must be complete within ``header_timeout`` of the
+connection opening (first request) or of the first byte of a later request on a kept-alive
+connection, and its body within ``body_timeout`` of the head; an idle kept-alive connection is
+still closed by ``timeout_keep_alive``. A connection that misses either is closed (the app,
+if it is reading the body, sees the client disconnect).
 
 When the process runs out of file descriptors, asyncio logs every failed ``accept()`` with a
 traceback. Before CPython's fix for gh-151615 (June 2026) its accept loop also goes on
@@ -40,10 +42,13 @@ RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EN
 
 class HeaderTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head takes longer than
-    ``header_timeout`` seconds (set on the subclass :func:`h11_protocol` makes)."""
+    ``header_timeout`` seconds, or whose body takes longer than ``body_timeout`` seconds
+    after its head (both set on the subclass :func:`h11_protocol` makes)."""
 
     header_timeout = 10.0
+    body_timeout = 30.0
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -53,8 +58,13 @@ class HeaderTimeoutProtocol(H11Protocol):
         if self._head_timer is None and self.conn.their_state is h11.IDLE:
             self._arm()  # the first byte of a later request on a kept-alive connection
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        state = self.conn.their_state
+        if state is not h11.IDLE:
             self._disarm()  # the head is complete (or the connection failed)
+            if state is h11.SEND_BODY:
+                self._arm_body()
+            else:
+                self._disarm_body()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -66,6 +76,7 @@ class HeaderTimeoutProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_body()
         super().connection_lost(exc)
 
     def _arm(self) -> None:
@@ -77,19 +88,37 @@ class HeaderTimeoutProtocol(H11Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _arm_body(self) -> None:
+        if self._body_timer is None:
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_timed_out)
+
+    def _disarm_body(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def _timed_out(self) -> None:
         self._head_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             log.debug("closing a connection: no complete request head in %g s", self.header_timeout)
             self.transport.close()
 
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            log.debug("closing a connection: request body incomplete after %g s", self.body_timeout)
+            self.transport.close()
 
-def h11_protocol(header_timeout: float) -> type[asyncio.Protocol]:
-    """The protocol class to pass as uvicorn's ``http``, with this header timeout."""
-    if not header_timeout > 0:
-        raise ValueError(f"header_timeout must be > 0, got {header_timeout}")
+
+def h11_protocol(header_timeout: float, body_timeout: float = 30.0) -> type[asyncio.Protocol]:
+    """The protocol class to pass as uvicorn's ``http``, with these timeouts (seconds)."""
+    for name, value in (("header_timeout", header_timeout), ("body_timeout", body_timeout)):
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
     return type(
-        "HeaderTimeoutProtocol", (HeaderTimeoutProtocol,), {"header_timeout": header_timeout}
+        "HeaderTimeoutProtocol",
+        (HeaderTimeoutProtocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout},
     )
 
 

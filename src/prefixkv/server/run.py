@@ -7,9 +7,10 @@ re-raises the signal it caught so that the process dies of it; we install no-op 
 handlers first, so that re-raise lands on them and a graceful stop exits with status 0.
 
 Connections are hardened (see :mod:`prefixkv.server.connections`): a request head must
-arrive within ``header_timeout`` seconds, at most ``max_connections`` are served at once
-(more get uvicorn's 503), and running out of descriptors, like uvicorn's warnings that a
-client can cause once per request, is logged at most once per interval.
+arrive within ``header_timeout`` seconds and its body within ``body_timeout`` after it, at
+most ``max_connections`` are served at once (more get uvicorn's 503), and running out of
+descriptors, like uvicorn's warnings that a client can cause once per request, is logged at
+most once per interval.
 """
 
 from __future__ import annotations
@@ -43,13 +44,15 @@ def serve(
     grace_seconds: int = 10,
     access_log: bool = False,
     header_timeout: float = 10.0,
+    body_timeout: float = 30.0,
     max_connections: int | None = None,
     on_stop: Callable[[float], None] = lambda grace: None,
 ) -> int:
     """Serve until a signal; returns the process exit status (0 after a graceful stop).
 
     ``header_timeout``: seconds a connection has to send a complete request head (from
-    opening it, or from the first byte of a later request); ``max_connections``: more
+    opening it, or from the first byte of a later request); ``body_timeout``: seconds it then
+    has to send the body; ``max_connections``: more
     connections than this get a 503 to their requests (default: a tenth below the open-file
     limit, so that a flood is refused before ``accept()`` runs out of descriptors);
     ``on_stop(grace_seconds)``: run on a thread of its own at the first SIGINT/SIGTERM."""
@@ -57,7 +60,7 @@ def serve(
         app,
         host=host,
         port=port,
-        http=h11_protocol(header_timeout),
+        http=h11_protocol(header_timeout, body_timeout),
         loop=HardenedLoop,  # type: ignore[arg-type]  # uvicorn takes a loop factory
         log_level=log_level,
         access_log=access_log,
