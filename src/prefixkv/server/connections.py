@@ -1,5 +1,5 @@
-"""Connection hardening under uvicorn: a bound on reading each request head, a connection
-limit below the open-file limit, and accept errors logged at most once per interval.
+"""Connection hardening under uvicorn: bounds on reading each request head and body, a
+connection limit below the open-file limit, and accept errors logged at most once per interval.
 
 uvicorn (0.54) has no header or body timeout: ``timeout_keep_alive`` is armed only after a
 response and cancelled by any byte, so a connection that never sends anything, or trickles a
@@ -40,7 +40,7 @@ log = logging.getLogger("prefixkv.server")
 RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
-class HeaderTimeoutProtocol(H11Protocol):
+class RequestTimeoutProtocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request head takes longer than
     ``header_timeout`` seconds, or whose body takes longer than ``body_timeout`` seconds
     after its head (both set on the subclass :func:`h11_protocol` makes)."""
@@ -116,8 +116,8 @@ def h11_protocol(header_timeout: float, body_timeout: float = 30.0) -> type[asyn
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
     return type(
-        "HeaderTimeoutProtocol",
-        (HeaderTimeoutProtocol,),
+        "RequestTimeoutProtocol",
+        (RequestTimeoutProtocol,),
         {"header_timeout": header_timeout, "body_timeout": body_timeout},
     )
 
