@@ -50,11 +50,12 @@ def closed_by_server(sock: socket.socket, timeout: float) -> float | None:
     return time.monotonic() - start
 
 
-def trickle(sock: socket.socket, head: bytes, interval: float, timeout: float) -> tuple[int, float]:
-    """Send ``head`` one byte per ``interval`` until the server closes the connection; the
-    bytes sent and the seconds it took. Fails if the server still listens after ``timeout``."""
+def trickle(sock: socket.socket, data: bytes, interval: float, timeout: float) -> tuple[int, float]:
+    """Send ``data`` (part of a request head or body) one byte per ``interval`` until the server
+    closes the connection; the bytes sent and the seconds it took. Fails if the server still
+    listens after ``timeout``."""
     start = time.monotonic()
-    for sent, byte in enumerate(head):
+    for sent, byte in enumerate(data):
         try:
             sock.sendall(bytes([byte]))
         except (BrokenPipeError, ConnectionResetError):
@@ -62,8 +63,8 @@ def trickle(sock: socket.socket, head: bytes, interval: float, timeout: float) -
         readable, _, _ = select.select([sock], [], [], interval)
         if readable and not sock.recv(65536):
             return sent + 1, time.monotonic() - start
-        assert time.monotonic() - start < timeout, "the server kept a trickled head open"
-    raise AssertionError("the whole head was sent: make it longer")
+        assert time.monotonic() - start < timeout, "the server kept a trickled request open"
+    raise AssertionError("all the data was sent: make it longer")
 
 
 def exchange(sock: socket.socket, request: bytes = REQUEST) -> bytes:

@@ -52,9 +52,9 @@ def serve(
 
     ``header_timeout``: seconds a connection has to send a complete request head (from
     opening it, or from the first byte of a later request); ``body_timeout``: seconds it then
-    has to send the body; ``max_connections``: more
-    connections than this get a 503 to their requests (default: a tenth below the open-file
-    limit, so that a flood is refused before ``accept()`` runs out of descriptors);
+    has to send the body; ``max_connections``: more connections than this get a 503 to their
+    requests (default: a tenth below the open-file limit, so that a flood is refused before
+    ``accept()`` runs out of descriptors);
     ``on_stop(grace_seconds)``: run on a thread of its own at the first SIGINT/SIGTERM."""
     config = uvicorn.Config(
         app,
