@@ -61,6 +61,23 @@ def _build_native_kernel() -> None:
 _build_native_kernel()
 
 
+def _build_font_cache() -> None:
+    """Build matplotlib's font cache now if the chart extra is installed: on a machine where
+    matplotlib has never run, its first import asks ``fc-list`` (a subprocess) for the
+    system's fonts and writes the cache under the user's cache directory. That is a
+    first-run install step of a library, like the kernel build above, not something a chart
+    test does; done here, before the guard is on, it runs once per fresh home directory
+    (``.ci/run`` gives every CI run a fresh one, so this path runs on every run)."""
+    with contextlib.suppress(ImportError):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.font_manager  # noqa: F401  # builds the cache when it is missing
+
+
+_build_font_cache()
+
+
 _tests: list[pytest.Item] = []  # the test being set up, run or torn down
 _fixtures: list[pytest.FixtureDef[Any]] = []  # fixtures being set up, innermost last
 _process_fixtures: dict[pytest.FixtureDef[Any], str] = {}  # fixture -> test it started for
