@@ -156,6 +156,7 @@ def _run_cases(
     from prefixkv.bench import tiers_servers as srv
     from prefixkv.bench import tiers_workset as workset
     from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.tiers.key import TierKey
 
     ctx = restore.Context(
         engine=engine,
@@ -166,6 +167,7 @@ def _run_cases(
         flush_redis=(lambda: None) if redis is None else redis.flush,
         memcpy_bps=restore.measure_memcpy(),
         notes=notes,
+        key=TierKey.generate(),
     )
     print(
         f"# memory copy {ctx.memcpy_bps / 1e9:.1f} GB/s; KV "
