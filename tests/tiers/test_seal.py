@@ -172,7 +172,7 @@ def token_encodings(tokens: list[int]) -> set[bytes]:
         for width in (2, 3, 4):
             if max(block) < 1 << (8 * width):
                 for order in ("little", "big"):
-                    found.add(b"".join(t.to_bytes(width, order) for t in block))  # type: ignore[arg-type]
+                    found.add(b"".join(t.to_bytes(width, order) for t in block))
     return found
 
 
