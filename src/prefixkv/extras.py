@@ -11,7 +11,7 @@ import importlib.util
 
 EXTRAS = {
     "hf": ("transformers", "gguf", "accelerate", "safetensors"),
-    "tiers": ("xxhash", "redis"),
+    "tiers": ("xxhash", "redis", "cryptography"),
     "server": ("fastapi", "uvicorn", "prometheus_client"),
     "bench": ("openai", "httpx", "matplotlib"),
 }

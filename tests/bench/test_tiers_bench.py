@@ -41,6 +41,8 @@ def test_every_case_reaches_the_json_and_the_chart(tiny_dir: Path, tmp_path: Pat
     redis = shutil.which("redis-server") is not None
     paths = [r["path"] for r in report["restore"]]
     assert paths[:3] == ["recompute", "ram", "disk"] and ("redis" in paths) == redis
+    assert "disk-sealed" in paths and ("redis-sealed" in paths) == redis
+    assert [r["seal"] for r in report["seal"]] == ["checksum", "aes-256-gcm"]
     assert all(r["exact"] for r in report["restore"][1:])
     workset = [r["setting"] for r in report["workset"]]
     assert workset == ["ram", "ram+disk", *(["ram+disk+redis"] if redis else [])]
@@ -59,7 +61,8 @@ def test_every_case_reaches_the_json_and_the_chart(tiny_dir: Path, tmp_path: Pat
     else:
         assert report["replicas"] == {"skipped": "no Redis"}
     assert {t["target"].split(" ")[0] for t in report["targets"]} >= {"restore", "RAM", "first"}
-    for start in ("tiers restore", "tiers workset", "tiers compression", "tiers restart"):
+    for start in ("tiers restore", "tiers seal", "tiers workset", "tiers compression",
+                  "tiers restart"):  # fmt: skip
         assert start in done.stdout
     assert "Traceback" not in done.stderr
 

@@ -1,23 +1,69 @@
 """Real servers with tiers answer exactly as one without a cache (one ``--no-prefix-cache``
-server per module gives the expected replies): restarts on a disk tier, damaged records, a
-kill -9 mid-write, a disk that fills, two replicas on one Redis through its outage."""
+server per module gives the expected replies): restarts on a sealed disk tier (the key never
+shown), damaged records, a kill -9 mid-write, a disk that fills, two replicas on one Redis
+(sharing a key) through its outage. In-process: a promotion that hangs delays no other
+request, and its own request is queued only once it is done."""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from prefixkv.cache.paged import PrefixKVCache
 from tests.redis_fixtures import StartRedis
 from tests.tmpfs import tmpfs
 
-from .conftest import TINY_ARGS
+from .conftest import TINY_ARGS, running_app
+from .fake_engine import FakeEngine
 from .harness import ServerProcess, wait_for
 
-pytestmark = pytest.mark.process
+KEY = "5e" * 32
+SEALED = {"PREFIXKV_TIER_KEY": KEY}
+
+
+class HangingPromotion:
+    """A FakeEngine's cache whose first ``promote`` waits for ``release``."""
+
+    def __init__(self, inner: PrefixKVCache) -> None:
+        self.inner = inner
+        self.hanging = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
+        self.calls += 1
+        if self.calls == 1:
+            self.hanging.set()
+            assert self.release.wait(30)
+        return {}
+
+
+def test_a_hanging_promotion_delays_no_other_request() -> None:
+    engine = FakeEngine()
+    cache = HangingPromotion(engine.cache)
+    engine.cache = cache  # type: ignore[assignment]
+    ask = {"model": "fake", "max_tokens": 3}
+    with running_app(engine) as app, ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(app.http.post, "/v1/completions", json={**ask, "prompt": "first"})
+        assert cache.hanging.wait(10)
+        started = time.monotonic()
+        other = app.http.post("/v1/completions", json={**ask, "prompt": "second"})
+        assert other.status_code == 200 and time.monotonic() - started < 5
+        assert engine.runs == 1  # the stuck request is not queued before its promotion ends
+        assert not stuck.done()
+        cache.release.set()
+        assert stuck.result(30).status_code == 200 and engine.runs == 2
+
 
 DOCUMENT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog. " for i in range(6))
 
@@ -34,9 +80,11 @@ def uncached(
     assert server.stop() == 0, server.output()
 
 
-def _server(model: Path, tmp: Path, name: str, *extra: str) -> ServerProcess:
+def _server(
+    model: Path, tmp: Path, name: str, *extra: str, env: dict[str, str] | None = None
+) -> ServerProcess:
     args = ["--model", str(model), *TINY_ARGS, *extra]
-    return ServerProcess(args, tmp / f"{name}.log").wait_ready()
+    return ServerProcess(args, tmp / f"{name}.log", env=env).wait_ready()
 
 
 def _ask(server: ServerProcess, question: str) -> tuple[str, int]:
@@ -50,17 +98,19 @@ def _ask(server: ServerProcess, question: str) -> tuple[str, int]:
     return reply.choices[0].message.content or "", (details.cached_tokens or 0) if details else 0
 
 
+@pytest.mark.process
 def test_a_restarted_server_serves_earlier_prefixes_from_disk(
     tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:
     disk = ["--disk-cache", str(tmp_path / "kv"), "--disk-cache-bytes", "64MiB"]
     expected = [_ask(uncached, q)[0] for q in ("first?", "second?")]
-    first = _server(tiny_model_dir, tmp_path, "first", *disk)
+    first = _server(tiny_model_dir, tmp_path, "first", *disk, env=SEALED)
     try:
         assert _ask(first, "first?")[0] == expected[0]
     finally:
         assert first.stop() == 0, first.output()
-    again = _server(tiny_model_dir, tmp_path, "again", *disk)
+    assert "tier records sealed (AES-256-GCM)" in first.output()
+    again = _server(tiny_model_dir, tmp_path, "again", *disk, env=SEALED)
     try:
         before = again.stats()["tiers"][0]
         assert before["tier"] == "disk" and before["blocks"] > 0
@@ -73,8 +123,10 @@ def test_a_restarted_server_serves_earlier_prefixes_from_disk(
     finally:
         assert again.stop() == 0, again.output()
     assert "Traceback" not in again.output()
+    for server in (first, again):
+        assert KEY not in server.output() and KEY.upper() not in server.output()
     _flip_a_byte_in_every_record(tmp_path / "kv")
-    damaged = _server(tiny_model_dir, tmp_path, "damaged", *disk)
+    damaged = _server(tiny_model_dir, tmp_path, "damaged", *disk, env=SEALED)
     try:
         text, cached = _ask(damaged, "second?")
         assert (text, cached) == (expected[1], 0)
@@ -90,6 +142,7 @@ def _flip_a_byte_in_every_record(directory: Path) -> None:
         path.write_bytes(bytes(data))
 
 
+@pytest.mark.process
 def test_kill_9_while_writing_leaves_nothing_corrupt_served(
     tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:
@@ -109,6 +162,7 @@ def test_kill_9_while_writing_leaves_nothing_corrupt_served(
         assert again.stop() == 0, again.output()
 
 
+@pytest.mark.process
 def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
     tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess, start_redis: StartRedis
 ) -> None:
@@ -116,8 +170,8 @@ def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
     questions = ["one?", "two?", "three?", "four?"]
     expected = [_ask(uncached, q)[0] for q in questions]
     shared = ["--redis-url", redis.url]
-    a = _server(tiny_model_dir, tmp_path, "replica-a", *shared)
-    b = _server(tiny_model_dir, tmp_path, "replica-b", *shared)
+    a = _server(tiny_model_dir, tmp_path, "replica-a", *shared, env=SEALED)
+    b = _server(tiny_model_dir, tmp_path, "replica-b", *shared, env=SEALED)
     try:
         assert _ask(a, questions[0]) == (expected[0], 0)
         assert wait_for(lambda: a.stats()["tiers"][0]["writes"] > 0)
@@ -140,6 +194,7 @@ def test_two_replicas_on_one_redis_share_prefixes_and_survive_its_outage(
             assert "Traceback" not in server.output()
 
 
+@pytest.mark.process
 def test_a_disk_tier_that_fills_costs_hits_never_a_request(
     tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess
 ) -> None:

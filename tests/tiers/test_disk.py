@@ -20,6 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
+from prefixkv.tiers.seal import ChecksumSeal
 from tests.tmpfs import tmpfs
 
 NAMES = [bytes([i]) * 16 for i in range(8)]
@@ -28,7 +29,7 @@ CAPACITY = 700
 
 def record(name: bytes, size: int) -> bytes:
     """A real record of about ``size`` payload bytes under ``name``."""
-    return encode(0, bytes(16), name, bytes(16), bytes(16), name[:1] * size)
+    return encode(ChecksumSeal(), 0, bytes(16), name, bytes(16), bytes(16), name[:1] * size)
 
 
 class DiskModel(RuleBasedStateMachine):
@@ -89,13 +90,13 @@ _WRITER = """
 import sys
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
-from tests.tmpfs import tmpfs
+from prefixkv.tiers.seal import ChecksumSeal
 tier = DiskTier(sys.argv[1], 1 << 30)
 print("ready", flush=True)
 i = 0
 while True:
     name = i.to_bytes(16, "little")
-    tier.put_many([(name, encode(0, bytes(16), name, bytes(16), bytes(16), bytes(4 << 20)))])
+    tier.put_many([(name, encode(ChecksumSeal(), 0, bytes(16), name, bytes(16), bytes(16), bytes(4 << 20)))])
     i += 1
 """
 
@@ -116,7 +117,9 @@ def test_a_writer_killed_mid_write_leaves_only_whole_records(tmp_path: Path) -> 
     assert tier.counters().blocks > 0
     names = list(tier._files)
     for name, data in zip(names, tier.get_many(names), strict=True):
-        assert data == encode(0, bytes(16), name, bytes(16), bytes(16), bytes(4 << 20))
+        assert data == encode(
+            ChecksumSeal(), 0, bytes(16), name, bytes(16), bytes(16), bytes(4 << 20)
+        )
     assert not any((tmp_path / "prefixkv-v1" / "tmp").iterdir())
 
 
@@ -132,26 +135,29 @@ def test_a_full_disk_degrades_the_tier_and_logs_once(
     small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     tier = DiskTier(small_disk, 1 << 30, retry_after=60.0)
-    big = [(n, record(n, 300_000)) for n in NAMES]
-    tier.put_many(big)  # three fit in 1 MiB, the fourth fails, the rest are skipped
-    counters = tier.counters()
-    assert counters.blocks == 3 and counters.errors == 1
-    assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
-    assert tier.get_many(NAMES[:3]) == [data for _, data in big[:3]]
-    tier.check_invariants()
-    assert not any((small_disk / "prefixkv-v1" / "tmp").iterdir())
+    try:
+        big = [(n, record(n, 300_000)) for n in NAMES]
+        tier.put_many(big)  # three fit in 1 MiB, the fourth fails, the rest are skipped
+        counters = tier.counters()
+        assert counters.blocks == 3 and counters.errors == 1
+        assert [r.message for r in caplog.records].count(caplog.records[0].message) == 1
+        assert tier.get_many(NAMES[:3]) == [data for _, data in big[:3]]
+        tier.check_invariants()
+        assert not any((small_disk / "prefixkv-v1" / "tmp").iterdir())
+    finally:
+        tier.close()  # it holds its directory open: the tmpfs is unmounted next
 
 
 _SHARED_WRITER = """
 import sys
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.record import encode
-from tests.tmpfs import tmpfs
+from prefixkv.tiers.seal import ChecksumSeal
 tier = DiskTier(sys.argv[1], int(sys.argv[2]))
 for i in range(200):
     name = (i % 40).to_bytes(16, "little")
     if tier.get_many([name])[0] is None:
-        tier.put_many([(name, encode(0, bytes(16), name, bytes(16), bytes(16), name * 4096))])
+        tier.put_many([(name, encode(ChecksumSeal(), 0, bytes(16), name, bytes(16), bytes(16), name * 4096))])
 """
 
 
@@ -167,5 +173,5 @@ def test_two_processes_on_one_directory_never_corrupt_it(tmp_path: Path) -> None
     names = list(tier._files)
     assert names
     for name, data in zip(names, tier.get_many(names), strict=True):
-        assert data == encode(0, bytes(16), name, bytes(16), bytes(16), name * 4096)
+        assert data == encode(ChecksumSeal(), 0, bytes(16), name, bytes(16), bytes(16), name * 4096)
     tier.check_invariants()

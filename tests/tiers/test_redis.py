@@ -18,8 +18,10 @@ import torch
 from prefixkv.cache.layout import KVLayout
 from prefixkv.tiers import record
 from prefixkv.tiers.codec import RawCodec, block_shape
+from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.naming import BlockNamer, fingerprint_of
 from prefixkv.tiers.redis import RedisTier
+from prefixkv.tiers.seal import AeadSeal
 from tests.redis_fixtures import RedisServer, StartRedis, free_port
 
 LAYOUT = KVLayout(num_layers=30, num_kv_heads=3, head_dim=64)  # SmolLM2-135M, float32
@@ -29,6 +31,8 @@ NAMESPACE = ("tenant-a", "salt-b")
 TIMEOUT = 0.2
 RETRY_AFTER = 0.3
 LOGGER = "prefixkv.tiers.redis"
+KEY = TierKey(bytes(range(32)))
+SEAL = AeadSeal(KEY)
 
 
 class Block(NamedTuple):
@@ -38,11 +42,11 @@ class Block(NamedTuple):
 
 
 def make_blocks(count: int, seed: int = 0) -> list[Block]:
-    """``count`` chained blocks of one random prompt: names by BlockNamer, records encoded by
-    record.encode over RawCodec payloads."""
+    """``count`` chained blocks of one random prompt: names by a keyed BlockNamer, records
+    sealed by record.encode over RawCodec payloads."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, 49152, count * BLOCK_SIZE, dtype=np.uint32).tobytes()
-    namer = BlockNamer(FINGERPRINT, BLOCK_SIZE)
+    namer = BlockNamer(FINGERPRINT, BLOCK_SIZE, KEY)
     names = namer.names(tokens, NAMESPACE, count)
     parents = [namer.root(NAMESPACE), *names[:-1]]
     generator = torch.Generator().manual_seed(seed)
@@ -51,7 +55,7 @@ def make_blocks(count: int, seed: int = 0) -> list[Block]:
         block_tokens = tokens[i * BLOCK_SIZE * 4 : (i + 1) * BLOCK_SIZE * 4]
         kv = torch.randn(block_shape(LAYOUT, BLOCK_SIZE), generator=generator)
         payload = RawCodec().encode(kv)
-        raw = record.encode(RawCodec.id, FINGERPRINT, name, parent, block_tokens, payload)
+        raw = record.encode(SEAL, RawCodec.id, FINGERPRINT, name, parent, block_tokens, payload)
         blocks.append(Block(name, raw, record.Expected(FINGERPRINT, name, parent, block_tokens)))
     return blocks
 
@@ -113,7 +117,7 @@ def test_round_trip_of_real_records(
     assert got == [block.record for block in blocks]
     for raw, block in zip(got, blocks, strict=True):
         assert raw is not None
-        codec, payload = record.verify(raw, block.expected)
+        codec, payload = record.verify(raw, block.expected, SEAL)
         assert codec == RawCodec.id
         kv = RawCodec().decode(payload, LAYOUT, BLOCK_SIZE)
         assert kv.shape == block_shape(LAYOUT, BLOCK_SIZE) and kv.dtype == LAYOUT.dtype

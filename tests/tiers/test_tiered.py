@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,25 @@ import torch
 
 from prefixkv.cache.tenants import Namespace
 from prefixkv.tiers.disk import DiskTier
+from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.tiered import TieredCache
 from tests.tiers.kv import BLOCK, BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, kv_tensor
 
+Tiered = Callable[..., TieredCache]
+KEY = TierKey(bytes(range(32, 64)))
 
-def tiered(directory: Path, ram_blocks: int = 4, disk_blocks: int = 1000) -> TieredCache:
-    disk = DiskTier(directory, disk_blocks * (BLOCK_BYTES + 200))
-    return TieredCache(hot_cache(ram_blocks), [disk], FINGERPRINT)
+
+@pytest.fixture(params=["sealed", "checksum"])
+def tiered(request: pytest.FixtureRequest) -> Tiered:
+    """``tiered(directory, ram_blocks=4, disk_blocks=1000)``: a RAM cache over a private disk
+    tier; every test runs with records sealed by a key and with checksummed records."""
+    key = KEY if request.param == "sealed" else None
+
+    def make(directory: Path, ram_blocks: int = 4, disk_blocks: int = 1000) -> TieredCache:
+        disk = DiskTier(directory, disk_blocks * (BLOCK_BYTES + 200))
+        return TieredCache(hot_cache(ram_blocks), [disk], FINGERPRINT, key=key)
+
+    return make
 
 
 def prompt(seed: int, length: int = 12) -> list[int]:
@@ -43,7 +56,7 @@ def fill(cache: TieredCache, count: int, length: int = 12) -> list[list[int]]:
     return prompts
 
 
-def test_blocks_evicted_from_ram_come_back_from_disk(tmp_path: Path) -> None:
+def test_blocks_evicted_from_ram_come_back_from_disk(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path)
     prompts = fill(cache, 5)  # 15 blocks through a RAM of 4
     assert cache.cached(prompts[0]) == 0
@@ -54,7 +67,7 @@ def test_blocks_evicted_from_ram_come_back_from_disk(tmp_path: Path) -> None:
     assert disk.counters.blocks == 15 and disk.counters.writes == 15
 
 
-def test_a_partial_prefix_continues_from_ram_into_the_tier(tmp_path: Path) -> None:
+def test_a_partial_prefix_continues_from_ram_into_the_tier(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path, ram_blocks=8)
     tokens = prompt(1, 16)
     fill_tokens = tokens[:16]
@@ -68,7 +81,9 @@ def test_a_partial_prefix_continues_from_ram_into_the_tier(tmp_path: Path) -> No
     assert disk.hit_blocks == 4
 
 
-def test_a_restart_on_the_same_directory_serves_earlier_prefixes(tmp_path: Path) -> None:
+def test_a_restart_on_the_same_directory_serves_earlier_prefixes(
+    tmp_path: Path, tiered: Tiered
+) -> None:
     first = tiered(tmp_path)
     prompts = fill(first, 3)
     first.shutdown()
@@ -77,7 +92,7 @@ def test_a_restart_on_the_same_directory_serves_earlier_prefixes(tmp_path: Path)
         assert check_lookup(again, [*tokens, 1]) == 12
 
 
-def test_namespaces_never_share_blocks_below_ram(tmp_path: Path) -> None:
+def test_namespaces_never_share_blocks_below_ram(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path)
     tokens = prompt(3)
     cache.store(tokens, kv_of(tokens), Namespace("alice"))
@@ -88,7 +103,9 @@ def test_namespaces_never_share_blocks_below_ram(tmp_path: Path) -> None:
     assert check_lookup(cache, tokens, Namespace("alice")) == 12
 
 
-def test_a_flipped_byte_is_a_miss_counted_removed_and_never_served(tmp_path: Path) -> None:
+def test_a_flipped_byte_is_a_miss_counted_removed_and_never_served(
+    tmp_path: Path, tiered: Tiered
+) -> None:
     cache = tiered(tmp_path)
     tokens = prompt(4)
     cache.store(tokens, kv_of(tokens))
@@ -104,7 +121,9 @@ def test_a_flipped_byte_is_a_miss_counted_removed_and_never_served(tmp_path: Pat
     assert disk.verification_failures == 1 and not victim.exists()
 
 
-def test_a_record_planted_under_another_prompts_name_is_rejected(tmp_path: Path) -> None:
+def test_a_record_planted_under_another_prompts_name_is_rejected(
+    tmp_path: Path, tiered: Tiered
+) -> None:
     cache = tiered(tmp_path)
     mine, other = prompt(5), prompt(6)
     for tokens in (mine, other):
@@ -120,7 +139,7 @@ def test_a_record_planted_under_another_prompts_name_is_rejected(tmp_path: Path)
     assert cache.tier_stats()[0].verification_failures == 1
 
 
-def test_blocks_of_another_model_are_never_served(tmp_path: Path) -> None:
+def test_blocks_of_another_model_are_never_served(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path)
     prompts = fill(cache, 2)
     cache.shutdown()
@@ -129,7 +148,7 @@ def test_blocks_of_another_model_are_never_served(tmp_path: Path) -> None:
     assert other.tier_stats()[0].counters.reads == 0
 
 
-def test_truncated_files_are_removed_at_start(tmp_path: Path) -> None:
+def test_truncated_files_are_removed_at_start(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path)
     prompts = fill(cache, 1)
     cache.shutdown()
@@ -143,7 +162,7 @@ def test_truncated_files_are_removed_at_start(tmp_path: Path) -> None:
     check_lookup(again, prompts[0])
 
 
-def test_the_disk_tier_stays_under_its_capacity(tmp_path: Path) -> None:
+def test_the_disk_tier_stays_under_its_capacity(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path, disk_blocks=5)
     fill(cache, 6)
     counters = cache.tier_stats()[0].counters
@@ -163,7 +182,7 @@ def test_an_unwritable_directory_degrades_the_tier_not_the_cache(tmp_path: Path)
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_random_operations_serve_only_exact_kv(tmp_path: Path, seed: int) -> None:
+def test_random_operations_serve_only_exact_kv(tmp_path: Path, tiered: Tiered, seed: int) -> None:
     rng = random.Random(seed)
     cache = tiered(tmp_path / str(seed), ram_blocks=6, disk_blocks=20)
     pool = [prompt(seed * 100 + i, rng.choice([4, 8, 13, 20])) for i in range(12)]
@@ -192,7 +211,9 @@ def test_a_block_the_codec_cannot_hold_ends_the_write_there(tmp_path: Path) -> N
     assert disk.counters().blocks == 1 and cache.dropped_writes == 2
 
 
-def test_blocks_committed_one_at_a_time_get_the_names_of_a_whole_store(tmp_path: Path) -> None:
+def test_blocks_committed_one_at_a_time_get_the_names_of_a_whole_store(
+    tmp_path: Path, tiered: Tiered
+) -> None:
     """A running sequence's blocks reach the writer one commit at a time (each job resumes
     the last chain); their names must equal those of one store of the whole prompt."""
     from prefixkv.tokens import TokenBytes, as_token_bytes

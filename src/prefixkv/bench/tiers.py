@@ -155,7 +155,9 @@ def _run_cases(
     from prefixkv.bench import tiers_restore as restore
     from prefixkv.bench import tiers_servers as srv
     from prefixkv.bench import tiers_workset as workset
+    from prefixkv.bench.tiers_seal import seal_costs, seal_line
     from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.tiers.key import TierKey
 
     ctx = restore.Context(
         engine=engine,
@@ -166,6 +168,7 @@ def _run_cases(
         flush_redis=(lambda: None) if redis is None else redis.flush,
         memcpy_bps=restore.measure_memcpy(),
         notes=notes,
+        key=TierKey.generate(),
     )
     print(
         f"# memory copy {ctx.memcpy_bps / 1e9:.1f} GB/s; KV "
@@ -185,6 +188,9 @@ def _run_cases(
             report["restore"] = restore.run_restore(ctx, args.prefix_tokens, args.repeats, bar)
             for row in report["restore"]:
                 bar.write(restore.line(row))
+            report["seal"] = seal_costs(engine.layout, args.block_size, ctx.key)
+            for row in report["seal"]:
+                bar.write(seal_line(row))
         if "workset" in cases or "compression" in cases:
             ws = workset.make_workset(ctx, args.documents, args.questions, args.sentences,
                                       args.seed, args.ram_fraction)  # fmt: skip

@@ -10,8 +10,11 @@ and *redis* empty RAM (``reset()``), then time ``TieredCache.promote`` (read, ve
 decode, put back into RAM) plus the same lookup and copy. *disk* reads files the page cache
 holds (they were just written and read); *disk-cold* first drops each file's pages
 (``posix_fadvise(DONTNEED)`` after a sync), so it reads the device, which in a VM may still
-be the host's cache. Every restore is checked bit for bit against the KV in RAM, and its
-GB/s compared with one large memory copy measured in the same run.
+be the host's cache. *disk-sealed* and *redis-sealed* are *disk* and *redis* with records
+sealed by a tier key (AES-256-GCM, keyed names): what sealing costs a restore; the others
+keep checksummed records (*disk*: a private directory; *redis*: ``insecure``, the bench's
+own server). Every restore is checked bit for bit against the KV in RAM, and its GB/s
+compared with one large memory copy measured in the same run.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.linear import LinearLayer, linear_layers
 from prefixkv.tiers.build import build_tiered
+from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.tiered import TieredCache
 
 TARGETS = {"disk": 10.0, "redis": 5.0}
@@ -49,6 +53,7 @@ class Context:
     flush_redis: Callable[[], None]
     memcpy_bps: float  # bytes copied per second by one large tensor copy
     notes: list[str]
+    key: TierKey  # seals the *-sealed paths (and the bench's Redis settings)
 
     def hot(self, capacity_bytes: int) -> PrefixKVCache:
         return PrefixKVCache(self.engine.layout, self.block_size, capacity_bytes)
@@ -116,6 +121,14 @@ def _copy_out(cache: Any, tokens: list[int], buf: torch.Tensor) -> None:
         if lease.num_tokens != len(tokens):
             raise RuntimeError(f"lookup found {lease.num_tokens} of {len(tokens)} tokens")
         lease.copy_to(buf)
+
+
+def _filled(source: PrefixKVCache, tokens: list[int], cache: TieredCache) -> TieredCache:
+    """``cache`` with the prefix's KV (from ``source``) stored and written to its tiers."""
+    with source.lookup(tokens) as lease:
+        cache.store(tokens, lease.kv)
+    cache.flush()
+    return cache
 
 
 def _from_tier(
@@ -188,14 +201,23 @@ def run_restore(ctx: Context, count: int, repeats: int, bar: Any) -> list[dict[s
         paths.append(_Path("disk-cold", _from_tier(disk, "disk", tokens, buf, disk_dir)))
     else:
         ctx.notes.append("restore disk-cold skipped: no posix_fadvise on this OS")
+    sealed = _filled(
+        disk.hot,
+        tokens,
+        build_tiered(ctx.hot(capacity), ctx.fingerprint, key=ctx.key,
+                     disk_dir=ctx.tmp / "restore-disk-sealed", disk_bytes=1 << 40),
+    )  # fmt: skip
+    caches.append(sealed)
+    paths.append(_Path("disk-sealed", _from_tier(sealed, "disk", tokens, buf, None)))
     if ctx.redis_url is not None:
         ctx.flush_redis()
-        redis = build_tiered(ctx.hot(capacity), ctx.fingerprint, redis_url=ctx.redis_url)
-        with disk.hot.lookup(tokens) as lease:
-            redis.store(tokens, lease.kv)
-        redis.flush()
-        caches.append(redis)
-        paths.append(_Path("redis", _from_tier(redis, "redis", tokens, buf, None)))
+        for name, key in (("redis", None), ("redis-sealed", ctx.key)):
+            redis = build_tiered(
+                ctx.hot(capacity), ctx.fingerprint, redis_url=ctx.redis_url, key=key,
+                insecure=key is None,
+            )  # fmt: skip
+            caches.append(_filled(disk.hot, tokens, redis))
+            paths.append(_Path(name, _from_tier(redis, "redis", tokens, buf, None)))
     exact: dict[str, bool] = {}
     try:
         for _ in range(repeats):
@@ -292,7 +314,11 @@ def line(row: dict[str, Any]) -> str:
     if "target" in row:
         verdict = "met" if row["met"] else "NOT met"
         target = f" (target >= {row['target']:.0f}x: {verdict})"
-    warm = {"disk": "  page cache warm", "disk-cold": "  pages dropped first"}
+    warm = {
+        "disk": "  page cache warm",
+        "disk-sealed": "  page cache warm",
+        "disk-cold": "  pages dropped first",
+    }
     return (
         f"{head}  {row['speedup_vs_recompute']:6.1f}x recompute{target}"
         f"  {row['gb_per_s']:5.2f} GB/s = {row['of_memcpy']:.2f}x memcpy{parts}"

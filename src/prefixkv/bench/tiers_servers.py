@@ -9,8 +9,9 @@ disk), then the cold one's question again, whose reply must be identical. Neithe
 warmed up: both are first requests after a start. The files were just written, so the page
 cache holds them.
 
-(d) *replicas*: two servers, A and B, with ``--redis-url`` on one ``redis-server`` and no
-disk tier, both warmed up. Per round: A answers a question about a fresh document X (and
+(d) *replicas*: two servers, A and B, with ``--redis-url`` on one ``redis-server`` (records
+sealed with one ``--tier-key-file``, as replicas sharing a Redis must) and no disk tier,
+both warmed up. Per round: A answers a question about a fresh document X (and
 writes its blocks to Redis); once Redis holds them, B answers the same prompt (hit from
 Redis) and the same question about another fresh document Y of the same size (cold), in
 alternating order. B's reply on X must be A's.
@@ -37,6 +38,7 @@ from prefixkv.bench import servers, workloads
 from prefixkv.bench.serve_client import WARMUP, Reply, ask
 from prefixkv.bench.stats import percentile
 from prefixkv.bench.tiers_workset import long_document, with_question
+from prefixkv.tiers.key import write_key_file
 
 RESTART_TARGET = 8.0  # warm first request >= 8x faster than a cold start
 
@@ -257,7 +259,10 @@ def run_replicas(
 ) -> dict[str, Any]:
     """Case (d)."""
     redis.flush()
-    flags = [*common, "--redis-url", redis.url]
+    key_file = tmp / "replicas.key"  # Redis is shared: the replicas seal their records
+    key_file.unlink(missing_ok=True)
+    write_key_file(key_file)
+    flags = [*common, "--redis-url", redis.url, "--tier-key-file", str(key_file)]
     a = Replica(args.model, flags, tmp / "replica-a.log")
     b = Replica(args.model, flags, tmp / "replica-b.log")
     rounds: list[dict[str, Any]] = []

@@ -157,6 +157,7 @@ def workset_settings(ctx: Context, ws: Workset, small_disk: float) -> list[Setti
             disk_dir=_fresh(ctx, "workset-disk-small"),
             disk_bytes=small,
             redis_url=url,
+            key=ctx.key,  # Redis is shared: records are sealed, as in a deployment
         )
 
     describe = f"+ disk {small / 1e6:.0f} MB ({small_disk:.2g} of {mb:.0f} MB) + redis"

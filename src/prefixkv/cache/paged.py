@@ -267,6 +267,21 @@ class PrefixKVCache:
         with self._lock:
             return self.tenants.index(tenant_of(namespace)).peek(buf, namespace).num_tokens
 
+    def room_for(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
+        """Blocks a ``restore`` past the cached prefix of ``tokens`` could take now: free
+        ones plus those its tenant may evict, not counting the prefix's own (a restore pins
+        them). A bound for what to read from a lower tier; others may take some meanwhile."""
+        buf = as_token_bytes(tokens)
+        tenant = tenant_of(namespace)
+        with self._lock:
+            index = self.tenants.index(tenant)
+            cached = index.peek(buf, namespace)
+            index.pin(cached)  # the prefix's own blocks: not evictable for its restore
+            try:
+                return self.pool.num_free + self.tenants.evictable_by(tenant)
+            finally:
+                index.unpin(cached)
+
     def available_blocks(self) -> int:
         """Blocks a new sequence could get now: free plus evictable (unpinned) ones."""
         with self._lock:

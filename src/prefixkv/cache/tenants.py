@@ -114,6 +114,14 @@ class Tenants:
             out += index.evict(1)
         return out
 
+    def evictable_by(self, requester: Hashable) -> int:
+        """How many blocks ``evict(count, requester)`` could remove now: unpinned blocks of
+        each tenant, up to what ``requester`` may take of it."""
+        return sum(
+            min(index.evictable_blocks, self._takeable(tenant, index, requester))
+            for tenant, index in self._indexes.items()
+        )
+
     def _takeable(self, tenant: Hashable, index: PrefixIndex, requester: Hashable) -> int:
         """How many of ``tenant``'s blocks ``requester`` may evict now."""
         if self.quota is None or tenant == requester:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -24,7 +25,14 @@ from prefixkv.cli.options import (
     positive_int,
     share_fraction,
 )
-from prefixkv.cli.setup import CommandError, close_tiers, load_engine, make_backend
+from prefixkv.cli.setup import (
+    KEY_VARIABLE,
+    CommandError,
+    close_tiers,
+    load_engine,
+    make_backend,
+    write_tier_key,
+)
 from prefixkv.extras import MissingExtraError, require
 
 BENCHES = {
@@ -65,6 +73,19 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         "KV quantization in the disk and Redis tiers (lossy: int8, int4)",
         type=one_of(["none", "int8", "int4"]),
         default="none",
+    )
+    add_option(
+        p,
+        "--tier-key-file",
+        "file holding the tier key (64 hex digits, mode 0600) that seals disk and Redis "
+        "records (AES-256-GCM) and keys block names; or the key itself in PREFIXKV_TIER_KEY",
+    )
+    add_option(
+        p,
+        "--tier-insecure",
+        "allow a shared tier (Redis, a disk directory others can write) without a key: "
+        "anyone who can write it can serve forged KV and read prompts' token ids",
+        action="flag",
     )
     add_option(p, "--threads", "torch CPU threads (default: torch's choice)", type=positive_int)
     add_option(
@@ -202,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(chat, "--max-tokens", "tokens per reply", type=positive_int, default="256")
     add_option(chat, "--temperature", "sampling temperature (0: greedy)", type=float, default="0")
     chat.set_defaults(run=_chat)
+    key = commands.add_parser("tier-key", help="write a new tier key file (mode 0600)")
+    key.add_argument("file", help="the file to create (never overwritten)")
+    key.set_defaults(run=write_tier_key)
     bench = commands.add_parser("bench", help="benchmarks; `prefixkv bench NAME --help`")
     bench.add_argument("name", choices=sorted(BENCHES), help=_bench_help())
     bench.set_defaults(run=lambda args: run_bench(args.name, []))
@@ -272,7 +296,11 @@ def _serve(args: argparse.Namespace) -> int:
     if args.disk_cache:
         cache += f" + disk {args.disk_cache} ({args.disk_cache_bytes / (1 << 30):.2f} GiB)"
     if args.redis_url:
-        cache += f" + redis {args.redis_url}"
+        from prefixkv.tiers.redis import redacted_url
+
+        cache += f" + redis {redacted_url(args.redis_url)}"
+    if args.disk_cache or args.redis_url:
+        cache += f", {_sealing(args)}"
     print(
         f"prefixkv: serving {engine.name} at http://{args.host}:{args.port}/v1 "
         f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})",
@@ -300,6 +328,15 @@ def _run_server(app: Any, args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         on_stop=lambda grace: begin_shutdown(app, grace),
     )
+
+
+def _sealing(args: argparse.Namespace) -> str:
+    """How tier records are kept, for the banner (never the key)."""
+    if args.tier_key_file or KEY_VARIABLE in os.environ:
+        return "tier records sealed (AES-256-GCM)"
+    if args.tier_insecure:
+        return "tier records NOT sealed (--tier-insecure)"
+    return "tier records unsealed (private directory)"
 
 
 def _batching(args: argparse.Namespace) -> str:

@@ -4,6 +4,7 @@ with disk and Redis tiers below RAM) and the server's backend."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -11,20 +12,27 @@ from prefixkv.extras import require
 
 if TYPE_CHECKING:
     from prefixkv.engine.engine import Engine
+    from prefixkv.tiers.key import TierKey
+
+KEY_VARIABLE = "PREFIXKV_TIER_KEY"
+"""The tier key itself (64 hex digits); there is no option for it: argv is public."""
 
 
 class CommandError(Exception):
     """A problem with the command's inputs: printed without a traceback, exit status 2."""
 
 
-def check_tier_options(args: argparse.Namespace) -> None:
-    """Refuse tier options that cannot work, before the model loads (seconds)."""
+def check_tier_options(args: argparse.Namespace) -> TierKey | None:
+    """Refuse tier options that cannot work, before the model loads (seconds): a bad URL, a
+    bad or unsafe key file, a shared store without a key (unless ``--tier-insecure``).
+    Returns the tier key, if one is given."""
     if args.no_prefix_cache and (args.disk_cache or args.redis_url):
         raise CommandError(
             "--disk-cache and --redis-url need the prefix cache (drop --no-prefix-cache)"
         )
-    if args.disk_cache or args.redis_url:
-        require("tiers", "--disk-cache and --redis-url")
+    if not (args.disk_cache or args.redis_url):
+        return None
+    require("tiers", "--disk-cache and --redis-url")
     if args.redis_url:
         from prefixkv.tiers.redis import check_url
 
@@ -32,6 +40,46 @@ def check_tier_options(args: argparse.Namespace) -> None:
             check_url(args.redis_url)
         except ValueError as exc:
             raise CommandError(f"--redis-url: {exc}") from exc
+    key = tier_key(args)
+    if key is None and not args.tier_insecure:
+        from prefixkv.tiers.build import shared_stores
+        from prefixkv.tiers.policy import refusal
+
+        shared = shared_stores(args.disk_cache, args.redis_url)
+        if shared:
+            raise CommandError(refusal(shared))
+    return key
+
+
+def tier_key(args: argparse.Namespace) -> TierKey | None:
+    """The key of ``--tier-key-file`` or of ``PREFIXKV_TIER_KEY`` (not both), or None.
+    CommandError naming the source and the fix, never the key."""
+    from prefixkv.tiers.key import TierKey, TierKeyError
+
+    text = os.environ.get(KEY_VARIABLE)
+    if text is not None and args.tier_key_file:
+        raise CommandError(f"give the tier key once: {KEY_VARIABLE} or --tier-key-file, not both")
+    try:
+        if args.tier_key_file:
+            return TierKey.from_file(args.tier_key_file)
+        return None if text is None else TierKey.from_text(text, KEY_VARIABLE)
+    except TierKeyError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def write_tier_key(args: argparse.Namespace) -> int:
+    """``prefixkv tier-key FILE``: a fresh key in a new file, mode 0600."""
+    require("tiers", "prefixkv tier-key")
+    from prefixkv.tiers.key import write_key_file
+
+    try:
+        write_key_file(args.file)
+    except FileExistsError:
+        raise CommandError(f"{args.file} exists; a key file is never overwritten") from None
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.file}: {exc.strerror}") from None
+    print(f"wrote a new tier key to {args.file} (mode 0600); use --tier-key-file {args.file}")
+    return 0
 
 
 def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
@@ -41,7 +89,7 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
     from prefixkv.engine.loader import ModelNotFoundError
     from prefixkv.index import policy_by_name
 
-    check_tier_options(args)
+    key = check_tier_options(args)
     try:
         engine = Engine.from_pretrained(
             args.model,
@@ -62,11 +110,11 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
             NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
         )
     elif args.disk_cache or args.redis_url:
-        engine = engine.with_cache(_tiered(args, engine))
+        engine = engine.with_cache(_tiered(args, engine, key))
     return engine
 
 
-def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
+def _tiered(args: argparse.Namespace, engine: Engine, key: TierKey | None) -> Any:
     """The engine's RAM cache with the disk and Redis tiers the options ask for."""
     from prefixkv.cache.paged import PrefixKVCache
     from prefixkv.engine.fingerprint import model_fingerprint
@@ -81,6 +129,8 @@ def _tiered(args: argparse.Namespace, engine: Engine) -> Any:
             disk_bytes=args.disk_cache_bytes,
             redis_url=args.redis_url,
             compression=args.tier_compression,
+            key=key,
+            insecure=args.tier_insecure,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

@@ -4,15 +4,18 @@ Everything that can be wrong with a request is found before it is queued (so err
 proper 4xx responses, not events in a stream that already said 200) and before the cache is
 touched. Tokenizing (and rendering the chat template) can take seconds for a long prompt, so
 it runs on a preparation thread, never on the event loop, and counts against the queue bound
-from the moment the request is admitted. After that, the request's fate is tied to its
-client: if the client disconnects, the job is cancelled, which the worker notices between
-tokens.
+from the moment the request is admitted. Then the prompt's blocks held below RAM (disk,
+Redis) are promoted into RAM on a promotion thread of their own (a slow tier never delays
+another request's tokenizing), before the request is queued. After that, the request's fate
+is tied to its client: if the client disconnects, the job is cancelled, which the worker
+notices between tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +39,10 @@ from prefixkv.server.settings import ServerSettings
 from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+PROMOTE_THREADS = 4
+"""Promotions at once: tier reads wait on I/O (and release the GIL), so a few stuck on a
+slow tier leave threads for the others."""
+log = logging.getLogger("prefixkv.server")
 
 
 @dataclass(frozen=True)
@@ -64,9 +71,13 @@ class Generation:
         self._prepare = ThreadPoolExecutor(
             1, thread_name_prefix="prefixkv-prepare", initializer=helper_thread
         )
+        self._promote = ThreadPoolExecutor(
+            PROMOTE_THREADS, thread_name_prefix="prefixkv-promote", initializer=helper_thread
+        )
 
     def close(self) -> None:
         self._prepare.shutdown(wait=False, cancel_futures=True)
+        self._promote.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, http: HTTPRequest, tenant: str, endpoint: Endpoint) -> Response:
         arrived = time.perf_counter()
@@ -90,21 +101,33 @@ class Generation:
 
     async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         """Tokenize and validate on the preparation thread, then bring the prompt's blocks
-        held below RAM (disk, Redis) into RAM there: the batch runner's ``open`` then finds
-        them in RAM and reads no block from a tier (it still asks each tier once for the
-        block past them, a miss). Raises the engine's InvalidRequestError (a 400)."""
+        held below RAM (disk, Redis) into RAM on a promotion thread, and only then return
+        (for the caller to queue the request): the batch runner's ``open`` then finds them
+        in RAM and reads no block from a tier (it still asks each tier once for the block
+        past them, a miss), instead of reading them itself on the thread that runs every
+        request's model. A promotion is bounded by the cache (its deadline, RAM's room).
+        Raises the engine's InvalidRequestError (a 400)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._prepare, lambda: self._prepared(parsed, namespace))
+        request = await loop.run_in_executor(
+            self._prepare, lambda: self._prepared(parsed, namespace)
+        )
+        await loop.run_in_executor(self._promote, lambda: self._promoted(request))
+        return request
 
     def _prepared(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
-        request = self.engine.request(
+        return self.engine.request(
             parsed.prompt,
             parsed.params,
             namespace=namespace,
             default_max_tokens=self.settings.default_max_tokens,
         )
-        self.engine.cache.promote(request.ids, request.namespace)
-        return request
+
+    def _promoted(self, request: Request) -> None:
+        """Promote the request's blocks; a failure costs the hits, never the request."""
+        try:
+            self.engine.cache.promote(request.ids, request.namespace)
+        except Exception:
+            log.exception("promoting a prompt's blocks from the lower tiers failed")
 
 
 async def _complete(http: HTTPRequest, job: Job) -> Completion:

@@ -4,12 +4,19 @@ Layout: ``DIR/prefixkv-v1/<2 hex>/<32 hex>.kv``, one record per file, named by i
 name. A file is written under a temporary name in ``DIR/prefixkv-v1/tmp`` and renamed into
 place (``os.replace`` is atomic on POSIX), so a reader never sees a half-written record under
 a real name, even after a ``kill -9`` mid-write; leftovers of dead writers are removed at
-start. No fsync: after a power loss a file may be short or zeroed, which the checksum on
+start. No fsync: after a power loss a file may be short or zeroed, which verification on
 every load catches (the record is removed and never served).
 
+Files are private and never followed (:mod:`prefixkv.tiers.files`): directories 0700, files
+0600 whatever the umask; a temporary is created exclusively (``O_EXCL | O_NOFOLLOW``) under
+an unpredictable name; every open, rename and removal goes through directory descriptors
+without following a symlink. ``sharing()`` says whether others can write into the
+directory (then records must be sealed with a key, see :func:`prefixkv.tiers.policy`).
+
 The index (name -> size, least recently used first) lives in RAM and is rebuilt at start from
-the files: each file's header is read and its size checked, and a truncated or misnamed file
-is removed and counted. Startup reads ~100 bytes per file.
+the files: each file's header is read and its size checked, and a truncated, misnamed or
+old-format file (or anything not a regular file) is removed and counted. Startup reads ~100
+bytes per file.
 
 Two processes on one directory never corrupt it: names are content-addressed (a name fixes
 the record's bytes), writes are atomic renames, and a file removed by one process is a miss
@@ -22,19 +29,23 @@ and writes pause for ``retry_after`` seconds; reads go on. Never raises from get
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
+from prefixkv.tiers import files
 from prefixkv.tiers.protocol import NAME_BYTES, TierCounters, hex_name
 from prefixkv.tiers.record import HEADER_BYTES, VerificationError, read_header
 
 log = logging.getLogger("prefixkv.tiers.disk")
 SUFFIX = ".kv"
+DIRECTORY = "prefixkv-v1"
 
 
 class DiskTier:
@@ -48,7 +59,7 @@ class DiskTier:
             raise ValueError(
                 f"disk tier capacity must be a positive integer, got {capacity_bytes!r}"
             )
-        self.root = Path(directory) / "prefixkv-v1"
+        self.root = Path(directory) / DIRECTORY
         self.capacity_bytes = capacity_bytes
         self.retry_after = retry_after
         self._lock = threading.Lock()
@@ -57,45 +68,69 @@ class DiskTier:
         self._reads = self._writes = self._evicted = self._errors = self._corrupt = 0
         self._read_seconds = self._write_seconds = 0.0
         self._paused_until = 0.0
-        self._tmp_seq = 0
+        self._root_fd: int | None = None  # the directory checked at start, held open
+        self._tmp_fd: int | None = None
+        self._shared: str | None = None
         try:
-            (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+            files.make_dirs(self.root / "tmp")
+            self._root_fd = files.open_dir(self.root)
+            self._tmp_fd = files.open_dir("tmp", self._root_fd)
+            self._shared = files.why_shared(self.root, self._root_fd)
             self._load()
         except OSError as exc:
             self._failed("cannot use the disk tier directory", exc)
+
+    def sharing(self) -> str | None:
+        """Why others can write records here (see :mod:`prefixkv.tiers.files`); None when
+        the directory is private to this user, or unusable (then nothing is read)."""
+        return self._shared
 
     # --- start ---------------------------------------------------------------------------
 
     def _load(self) -> None:
         """Index the files already there (oldest first), removing what cannot be a record."""
         self._remove_stale_temporaries()
+        root = self._fd()
         found = []
-        for path in self.root.glob(f"??/*{SUFFIX}"):
-            try:
-                stat = path.stat()
-                name = bytes.fromhex(path.stem)
-                with path.open("rb") as file:
-                    head = read_header(file.read(HEADER_BYTES))
-                if len(name) != NAME_BYTES or head.name != name:
-                    raise VerificationError("name", "file name and record name differ")
-                if head.record_bytes != stat.st_size:
-                    raise VerificationError("truncated", f"{stat.st_size} of {head.record_bytes}")
-            except (ValueError, OSError) as exc:  # VerificationError is a ValueError
-                log.warning("disk tier: removing %s (%s)", path, exc)
-                self._corrupt += 1
-                path.unlink(missing_ok=True)
+        for shard in os.scandir(root):
+            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
                 continue
-            found.append((stat.st_mtime, name, stat.st_size))
+            shard_fd = files.open_dir(shard.name, root)
+            try:
+                for entry in os.scandir(shard_fd):
+                    if entry.name.endswith(SUFFIX):
+                        found += self._indexed(entry.name, shard_fd)
+            finally:
+                os.close(shard_fd)
         for _, name, size in sorted(found):
             self._files[name] = size
             self._bytes += size
         self._evict_over(0)
 
+    def _indexed(self, filename: str, shard_fd: int) -> list[tuple[float, bytes, int]]:
+        """``[(mtime, name, size)]`` of one record file, or [] after removing it if it
+        cannot be a whole record of this format under its own name."""
+        try:
+            name = bytes.fromhex(filename[: -len(SUFFIX)])
+            head = read_header(files.read_regular(filename, shard_fd, HEADER_BYTES))
+            info = os.stat(filename, dir_fd=shard_fd, follow_symlinks=False)
+            if len(name) != NAME_BYTES or head.name != name:
+                raise VerificationError("name", "file name and record name differ")
+            if head.record_bytes != info.st_size:
+                raise VerificationError("truncated", f"{info.st_size} of {head.record_bytes}")
+        except (ValueError, OSError) as exc:  # VerificationError is a ValueError
+            log.warning("disk tier: removing %s (%s)", filename, exc)
+            self._corrupt += 1
+            files.unlink(filename, shard_fd)
+            return []
+        return [(info.st_mtime, name, info.st_size)]
+
     def _remove_stale_temporaries(self) -> None:
-        for path in (self.root / "tmp").iterdir():
-            pid = path.name.split("-", 1)[0]
+        tmp = self._fd(temporary=True)
+        for entry in os.scandir(tmp):
+            pid = entry.name.split("-", 1)[0]
             if not (pid.isdigit() and _alive(int(pid))):
-                path.unlink(missing_ok=True)
+                files.unlink(entry.name, tmp)
 
     # --- Tier ----------------------------------------------------------------------------
 
@@ -112,14 +147,19 @@ class DiskTier:
 
     def _read(self, name: bytes, size: int) -> bytearray | None:
         start = time.perf_counter()
+        shard, filename = self._where(name)
         try:
-            with self._path(name).open("rb") as file:
-                data = bytearray(size)
-                got = file.readinto(data)
-                if file.read(1):
-                    got += 1  # longer than indexed: verification will reject it
+            shard_fd = files.open_dir(shard, self._fd())
+            try:
+                data = files.read_regular(filename, shard_fd, size)
+            finally:
+                os.close(shard_fd)
         except FileNotFoundError:  # removed by another process sharing the directory
             self._forget(name)
+            return None
+        except files.NotARegularFile as exc:  # planted: never followed, never served
+            log.warning("disk tier: removing %s/%s (%s)", shard, filename, exc.strerror)
+            self.discard(name)
             return None
         except OSError as exc:
             self._failed("read failed", exc)
@@ -127,7 +167,7 @@ class DiskTier:
         with self._lock:
             self._reads += 1
             self._read_seconds += time.perf_counter() - start
-        return data if got == size else data[:got]  # writable: decoding needs no copy
+        return data  # writable: decoding needs no copy; a wrong size fails verification
 
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         for name, record in records:
@@ -138,17 +178,21 @@ class DiskTier:
 
     def _write(self, name: bytes, record: bytes) -> None:
         start = time.perf_counter()
-        path = self._path(name)
-        with self._lock:
-            self._tmp_seq += 1
-            tmp = self.root / "tmp" / f"{os.getpid()}-{threading.get_ident()}-{self._tmp_seq}"
+        shard, filename = self._where(name)
+        tmp = f"{os.getpid()}-{secrets.token_hex(12)}"  # the pid: for the start-up cleanup
         try:
-            path.parent.mkdir(exist_ok=True)
-            with tmp.open("wb") as file:
-                file.write(record)
-            os.replace(tmp, path)
+            tmp_fd = self._fd(temporary=True)
+            shard_fd = files.open_or_make_dir(shard, self._fd())
+            try:
+                files.write_new(tmp, tmp_fd, record)
+                try:
+                    os.replace(tmp, filename, src_dir_fd=tmp_fd, dst_dir_fd=shard_fd)
+                except OSError:
+                    files.unlink(tmp, tmp_fd)
+                    raise
+            finally:
+                os.close(shard_fd)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self._failed("write failed", exc)
             with self._lock:
                 self._paused_until = time.monotonic() + self.retry_after
@@ -164,7 +208,7 @@ class DiskTier:
     def discard(self, name: bytes) -> None:
         self._forget(name)
         try:
-            self._path(name).unlink(missing_ok=True)
+            self._remove(name)
         except OSError as exc:
             self._failed("remove failed", exc)
 
@@ -184,7 +228,12 @@ class DiskTier:
             )
 
     def close(self) -> None:
-        """Nothing stays open between calls."""
+        """Close the directory descriptors; later calls answer misses. Idempotent."""
+        with self._lock:
+            fds, self._root_fd, self._tmp_fd = (self._root_fd, self._tmp_fd), None, None
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
 
     def check_invariants(self) -> None:
         """The index matches the files (when no other process shares the directory) and its
@@ -202,9 +251,29 @@ class DiskTier:
 
     # --- internals -----------------------------------------------------------------------
 
-    def _path(self, name: bytes) -> Path:
+    def _fd(self, temporary: bool = False) -> int:
+        """The root (or tmp) directory's descriptor; OSError once closed or never opened."""
+        fd = self._tmp_fd if temporary else self._root_fd
+        if fd is None:
+            raise OSError(errno.EBADF, "the disk tier directory is not open", str(self.root))
+        return fd
+
+    @staticmethod
+    def _where(name: bytes) -> tuple[str, str]:
+        """(shard directory, file name) of a record."""
         text = hex_name(name)
-        return self.root / text[:2] / f"{text}{SUFFIX}"
+        return text[:2], f"{text}{SUFFIX}"
+
+    def _remove(self, name: bytes) -> None:
+        shard, filename = self._where(name)
+        try:
+            shard_fd = files.open_dir(shard, self._fd())
+        except FileNotFoundError:
+            return
+        try:
+            files.unlink(filename, shard_fd)
+        finally:
+            os.close(shard_fd)
 
     def _forget(self, name: bytes) -> None:
         with self._lock:
@@ -219,9 +288,9 @@ class DiskTier:
             self._bytes -= size
             self._evicted += 1
             try:
-                self._path(name).unlink(missing_ok=True)
+                self._remove(name)
             except OSError as exc:
-                log.warning("disk tier: cannot remove %s: %s", self._path(name), exc)
+                log.warning("disk tier: cannot remove %s: %s", hex_name(name), exc)
 
     def _failed(self, what: str, exc: OSError) -> None:
         """Count an I/O failure; log it unless writes are already paused for one."""

@@ -10,6 +10,11 @@ so a name stands for the whole prefix up to and including its block, under one m
 block size and one namespace. xxHash's XXH3 (the ``xxhash`` package) is seeded explicitly and
 is the same on every platform; Python's ``hash()`` is salted per process and is never used.
 
+With a tier key, both hashes are BLAKE2b-128 keyed by a subkey of it (HKDF label
+``NAME_LABEL``) instead: anyone can recompute an unkeyed name for a guessed prompt and look
+for it in a shared store (learning that some tenant sent it), nobody can without the key.
+A new key renames every block: records under an old key are simply never asked for.
+
 The namespace enters only through this hash: nothing readable of a tenant or salt reaches a
 shared store. A namespace is keyed by its ``repr``, which is stable across processes for the
 values prefixkv uses (None, str, int, and :class:`~prefixkv.cache.tenants.Namespace` tuples
@@ -19,14 +24,17 @@ parent's name and the model fingerprint, and all are compared (:mod:`prefixkv.ti
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Hashable
 
 import xxhash
 
+from prefixkv.tiers.key import TierKey
 from prefixkv.tokens import TOKEN_BYTES
 
 SEED = 0x70726566_69786B76  # "prefixkv"; changing it renames every stored block
+NAME_LABEL = b"prefixkv tiers: block names (keyed BLAKE2b-128)"
 
 
 def namespace_key(namespace: Hashable) -> bytes:
@@ -44,21 +52,29 @@ def fingerprint_of(*parts: bytes) -> bytes:
 
 
 class BlockNamer:
-    """Names the blocks of token sequences for one model fingerprint and block size.
-    Stateless after construction; thread-safe."""
+    """Names the blocks of token sequences for one model fingerprint and block size, keyed
+    by ``key`` if given. Stateless after construction; thread-safe."""
 
-    def __init__(self, fingerprint: bytes, block_size: int) -> None:
+    def __init__(self, fingerprint: bytes, block_size: int, key: TierKey | None = None) -> None:
         if len(fingerprint) != 16:
             raise ValueError(f"a model fingerprint has 16 bytes, got {len(fingerprint)}")
         self.fingerprint = fingerprint
         self.block_size = block_size
         self._block_token_bytes = block_size * TOKEN_BYTES
+        # A keyed hasher to copy per name (copying skips the key setup).
+        self._keyed = (
+            None if key is None else hashlib.blake2b(key=key.derive(NAME_LABEL), digest_size=16)
+        )
 
     def root(self, namespace: Hashable) -> bytes:
         """The parent name of block 0 in ``namespace``."""
-        return fingerprint_of(
-            self.fingerprint, struct.pack("<I", self.block_size), namespace_key(namespace)
-        )
+        parts = (self.fingerprint, struct.pack("<I", self.block_size), namespace_key(namespace))
+        if self._keyed is None:
+            return fingerprint_of(*parts)
+        digest = self._keyed.copy()
+        for part in parts:
+            digest.update(struct.pack("<Q", len(part)) + part)
+        return digest.digest()
 
     def names(self, tokens: bytes, namespace: Hashable, num_blocks: int) -> list[bytes]:
         """Names of the first ``num_blocks`` full blocks of ``tokens`` (canonical uint32
@@ -73,7 +89,15 @@ class BlockNamer:
             raise ValueError(f"{stop} blocks need {stop * size} token bytes")
         view = memoryview(tokens)
         out = []
+        keyed = self._keyed
         for i in range(start, stop):
-            parent = xxhash.xxh3_128_digest(parent + view[i * size : (i + 1) * size], seed=SEED)
+            block = view[i * size : (i + 1) * size]
+            if keyed is None:
+                parent = xxhash.xxh3_128_digest(parent + block, seed=SEED)
+            else:
+                digest = keyed.copy()
+                digest.update(parent)
+                digest.update(block)
+                parent = digest.digest()
             out.append(parent)
         return out

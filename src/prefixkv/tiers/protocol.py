@@ -69,6 +69,13 @@ class Tier(Protocol):
 
     def counters(self) -> TierCounters: ...
 
+    def sharing(self) -> str | None:
+        """Why others than this user can write (or read) records in this store, as a
+        sentence for an error message; None when it is private to this user. A shared store
+        needs sealed records (a tier key) unless the user accepts the risk (see
+        :mod:`prefixkv.tiers.policy`)."""
+        ...
+
     def close(self) -> None:
         """Release files and connections. Idempotent."""
         ...

@@ -45,7 +45,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _redacted(url: str) -> str:
+def redacted_url(url: str) -> str:
     """``url`` with its password replaced by ``***`` (for error messages and logs)."""
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
@@ -61,7 +61,7 @@ def check_url(url: str) -> None:
 def _connection_options(url: str) -> dict[str, Any]:
     """Pool options for a URL of form ``_FORM``; ValueError naming it (password hidden) for
     anything else."""
-    shown = _redacted(url)
+    shown = redacted_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError unless a number in 0..65535
@@ -83,6 +83,12 @@ def _connection_options(url: str) -> dict[str, Any]:
         "password": unquote(parts.password) if parts.password else None,
         "connection_class": redis.SSLConnection if parts.scheme == "rediss" else redis.Connection,
     }
+
+
+def redis_sharing(url: str) -> str:
+    """Why a Redis tier is always shared: every client of the server (every replica, and
+    anyone else its ACLs let in) reads and writes the same keys. Hides the password."""
+    return f"the Redis tier {redacted_url(url)} is shared by every client of that server"
 
 
 class RedisTier:
@@ -110,7 +116,7 @@ class RedisTier:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (retry_after >= 0 and math.isfinite(retry_after)):
             raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
-        self.url = _redacted(url)
+        self.url = redacted_url(url)
         self._prefix = key_prefix
         self._retry_after = retry_after
         options.update(socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -248,6 +254,9 @@ class RedisTier:
         with self._lock:
             self._blocks = max(0, self._blocks - 1)
             self._bytes = max(0, self._bytes - result[0])
+
+    def sharing(self) -> str:
+        return redis_sharing(self.url)
 
     def counters(self) -> TierCounters:
         with self._lock:

@@ -2,28 +2,27 @@
 
 Writing is write-through: every block the RAM cache indexes is copied out and queued for
 every lower tier (:class:`~prefixkv.tiers.writer.Writer`, off the request path), so a block
-evicted from RAM is already below it, not lost. Reading: ``lookup`` and ``open`` first find
-how far RAM holds the prompt, then continue in each lower tier in order (disk, then Redis),
-in batches of ``batch_blocks`` names per read (one Redis MGET each), verify every record
-(:func:`~prefixkv.tiers.record.verify`), put the verified blocks back into RAM
-(``PrefixKVCache.restore``), and only then look up RAM as usual. A record that fails
-verification is a miss: counted, logged, removed from its tier, never served. Blocks found
-in a lower tier are also copied to the tiers above it (a Redis hit lands on disk too).
+evicted from RAM is already below it, not lost. Reading: ``lookup`` and ``open`` first bring
+what the lower tiers hold past RAM's cached prefix back into RAM (``promote``, see
+:mod:`prefixkv.tiers.promote`: bounded by the room RAM has and by a deadline, every record
+verified), and only then look up RAM as usual.
 
-Costs added to a lookup: one RAM peek, the names of the blocks past RAM (~0.1 us each), and
-per tier reached one read per ``batch_blocks`` blocks; a prompt wholly in RAM pays only the
-peek. Everything else (running sequences, stats, resets) is the RAM cache's: resets empty
-RAM only; the lower tiers keep their blocks (delete the directory or the Redis keys to
-empty them).
+Records leave the process sealed with the tier key if one is given (AES-256-GCM, keyed
+block names: :mod:`prefixkv.tiers.seal`); without one they carry a checksum only, which is
+allowed for private stores alone unless ``insecure`` (:mod:`prefixkv.tiers.policy`).
+
+Costs added to a lookup: one RAM peek, the names of the blocks past RAM (~0.1 us each,
+~1 us keyed), and per tier reached one read per ``batch_blocks`` blocks; a prompt wholly in
+RAM pays only the peek. Everything else (running sequences, stats, resets) is the RAM
+cache's: resets empty RAM only; the lower tiers keep their blocks (delete the directory or
+the Redis keys to empty them).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
-from functools import partial
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -34,16 +33,20 @@ from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats
 from prefixkv.cache.table import BlockTable
 from prefixkv.tiers.codec import BlockCodec, RawCodec
+from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.naming import BlockNamer, fingerprint_of
+from prefixkv.tiers.policy import check_policy
+from prefixkv.tiers.promote import Promoter
 from prefixkv.tiers.protocol import Tier, TierCounters
-from prefixkv.tiers.record import Expected, VerificationError, verify
+from prefixkv.tiers.seal import seal_for
 from prefixkv.tiers.writer import Writer
-from prefixkv.tokens import TOKEN_BYTES, TokenBytes, as_token_bytes, token_count
+from prefixkv.tokens import TokenBytes, as_token_bytes
 
 log = logging.getLogger("prefixkv.tiers")
 
-Fill = Callable[[torch.Tensor], None]
-"""Writes one verified block into the pool block view it is given."""
+PROMOTE_DEADLINE = 0.5
+"""Seconds a promotion may read tiers before it stops at the next batch boundary: a
+prefix of 63 SmolLM2 blocks restores in ~40-80 ms from a warm disk or Redis on loopback."""
 
 
 class TierStats(NamedTuple):
@@ -57,15 +60,10 @@ class TierStats(NamedTuple):
     promoted_blocks: int
     """Blocks of its put back into RAM."""
     verification_failures: int
-    """Records rejected on load (checksum, tokens, name, model), never served."""
+    """Records rejected on load (seal, checksum, tokens, name, model, format), never served."""
+    deadline_stops: int
+    """Promotions that stopped reading it at the deadline."""
     counters: TierCounters
-
-
-class _Counts:
-    __slots__ = ("hits", "misses", "promoted", "rejected")
-
-    def __init__(self) -> None:
-        self.hits = self.misses = self.promoted = self.rejected = 0
 
 
 class TieredCache:
@@ -77,23 +75,33 @@ class TieredCache:
         tiers: Sequence[Tier],
         model_fingerprint: bytes,
         *,
+        key: TierKey | None = None,
+        insecure: bool = False,
         codec: BlockCodec | None = None,
         batch_blocks: int = 16,
         max_queued_bytes: int = 256 << 20,
+        promote_deadline: float = PROMOTE_DEADLINE,
     ) -> None:
         """``model_fingerprint``: 16 bytes naming the weights, dtype and KV layout (see
         ``prefixkv.engine.fingerprint``). The codec is part of every name, so exact and
-        lossy records never mix."""
+        lossy records never mix. ``key`` seals records and keys block names; without one, a
+        shared tier raises TierPolicyError (a ValueError naming the fix) unless
+        ``insecure``. ``promote_deadline``: seconds a promotion reads tiers (> 0)."""
+        if not promote_deadline > 0:
+            raise ValueError(f"promote_deadline must be > 0 seconds, got {promote_deadline!r}")
+        check_policy(tiers, key, insecure)
         self.hot = hot
         self.tiers = tuple(tiers)
         self.codec = codec or RawCodec()
-        self.codecs = {self.codec.id: self.codec}
-        self.batch_blocks = batch_blocks
+        self.sealed = key is not None
+        seal = seal_for(key)
         fingerprint = fingerprint_of(model_fingerprint, self.codec.name.encode())
-        self.namer = BlockNamer(fingerprint, hot.block_size)
-        self.writer = Writer(self.namer, self.codec, max_queued_bytes)
-        self._counts = {tier.name: _Counts() for tier in self.tiers}
-        self._lock = threading.Lock()
+        self.namer = BlockNamer(fingerprint, hot.block_size, key)
+        self.writer = Writer(self.namer, self.codec, seal, max_queued_bytes)
+        self.promoter = Promoter(
+            hot, self.tiers, self.namer, seal, self.codec, self.writer, batch_blocks,
+            promote_deadline,
+        )  # fmt: skip
         hot.write_through = self
 
     # --- what is the RAM cache's --------------------------------------------------------
@@ -162,103 +170,9 @@ class TieredCache:
 
     def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
         """Put the blocks of ``tokens`` that follow RAM's cached prefix back into RAM from
-        the lower tiers, as far as they hold them; return blocks found by tier name."""
-        buf = as_token_bytes(tokens)
-        size = self.block_size
-        full = token_count(buf) // size
-        pos = first = self.hot.cached(buf, namespace) // size
-        if pos == full or not self.tiers:
-            return {}
-        names = self.namer.names(buf, namespace, full)
-        found: list[Fill] = []
-        by_tier: dict[str, int] = {}
-        for depth, tier in enumerate(self.tiers):
-            start = pos
-            records, pos = self._read_run(tier, buf, namespace, names, pos, full, found)
-            by_tier[tier.name] = pos - start
-            self.writer.put_records(records, self.tiers[:depth])
-            with self._lock:
-                counts = self._counts[tier.name]
-                counts.hits += pos - start
-                counts.misses += pos == start
-            if pos == full:
-                break
-        if found:
-            restored = self.hot.restore(buf, first, found, namespace)
-            self._count_promoted(by_tier, restored)
-        log.debug(
-            "lookup of %d tokens: %d in RAM, %s",
-            token_count(buf),
-            first * size,
-            ", ".join(f"{n * size} from {name}" for name, n in by_tier.items()) or "no tier",
-        )
-        return by_tier
-
-    def _read_run(
-        self,
-        tier: Tier,
-        buf: TokenBytes,
-        namespace: Hashable,
-        names: list[bytes],
-        pos: int,
-        full: int,
-        found: list[Fill],
-    ) -> tuple[list[tuple[bytes, bytes]], int]:
-        """Read ``tier`` from block ``pos`` until a miss; append verified blocks to
-        ``found``; return their records and the new position."""
-        kept: list[tuple[bytes, bytes]] = []
-        while pos < full:
-            batch = names[pos : pos + self.batch_blocks]
-            for raw in tier.get_many(batch):
-                block = (
-                    None if raw is None else self._verified(tier, raw, buf, namespace, names, pos)
-                )
-                if block is None:
-                    return kept, pos
-                found.append(block)
-                kept.append((names[pos], raw))  # type: ignore[arg-type]
-                pos += 1
-        return kept, pos
-
-    def _verified(
-        self,
-        tier: Tier,
-        raw: bytes | bytearray,
-        buf: TokenBytes,
-        namespace: Hashable,
-        names: list[bytes],
-        pos: int,
-    ) -> Fill | None:
-        """What writes the block in ``raw`` into a pool block, if ``raw`` is exactly block
-        ``pos`` of ``buf``; else None (the record is counted, logged and removed from
-        ``tier``)."""
-        step = self.block_size * TOKEN_BYTES
-        parent = names[pos - 1] if pos else self.namer.root(namespace)
-        tokens = buf[pos * step : (pos + 1) * step]
-        try:
-            codec_id, payload = verify(
-                raw, Expected(self.namer.fingerprint, names[pos], parent, tokens)
-            )
-            codec = self.codecs.get(codec_id)
-            if codec is None:
-                raise VerificationError("codec", f"codec {codec_id} is not {self.codec.name}")
-            expected = codec.payload_bytes(self.hot.layout, self.block_size)
-            if len(payload) != expected:
-                raise VerificationError("size", f"payload of {len(payload)} bytes, not {expected}")
-            return partial(codec.decode_into, payload)
-        except (VerificationError, ValueError) as exc:
-            log.warning("%s tier: rejected block %s (%s)", tier.name, names[pos].hex(), exc)
-            with self._lock:
-                self._counts[tier.name].rejected += 1
-            tier.discard(names[pos])
-            return None
-
-    def _count_promoted(self, by_tier: dict[str, int], restored: int) -> None:
-        with self._lock:
-            for name, count in by_tier.items():
-                taken = min(count, restored)
-                self._counts[name].promoted += taken
-                restored -= taken
+        the lower tiers, as far as they hold them, RAM has room and the deadline allows;
+        return blocks found by tier name (see :mod:`prefixkv.tiers.promote`)."""
+        return self.promoter.promote(as_token_bytes(tokens), namespace)
 
     # --- writes: WriteThrough for the RAM cache -----------------------------------------
 
@@ -288,9 +202,10 @@ class TieredCache:
 
     def tier_stats(self) -> list[TierStats]:
         """One record per lower tier, in order."""
-        with self._lock:
+        with self.promoter.lock:
             counts = {
-                name: (c.hits, c.misses, c.promoted, c.rejected) for name, c in self._counts.items()
+                name: (c.hits, c.misses, c.promoted, c.rejected, c.cut)
+                for name, c in self.promoter.counts.items()
             }
         return [TierStats(tier.name, *counts[tier.name], tier.counters()) for tier in self.tiers]
 

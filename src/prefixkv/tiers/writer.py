@@ -1,7 +1,7 @@
 """Writer: copies blocks down to the lower tiers on a background thread.
 
 The request path only copies a block's KV out of the pool (``index_select``, ~50 us for a
-737 KB block) and queues it; naming, encoding, checksumming and the tiers' writes run here.
+737 KB block) and queues it; naming, encoding, sealing and the tiers' writes run here.
 The queue is bounded in bytes: when the tiers cannot keep up, new blocks are dropped (counted
 in ``dropped_blocks``), never the request slowed.
 """
@@ -21,6 +21,7 @@ from prefixkv.tiers.codec import BlockCodec
 from prefixkv.tiers.naming import BlockNamer
 from prefixkv.tiers.protocol import Tier
 from prefixkv.tiers.record import encode
+from prefixkv.tiers.seal import Seal
 
 log = logging.getLogger("prefixkv.tiers")
 
@@ -45,9 +46,12 @@ class _Records(NamedTuple):
 class Writer:
     """One background thread writing queued blocks to tiers, in order. Thread-safe."""
 
-    def __init__(self, namer: BlockNamer, codec: BlockCodec, max_queued_bytes: int) -> None:
+    def __init__(
+        self, namer: BlockNamer, codec: BlockCodec, seal: Seal, max_queued_bytes: int
+    ) -> None:
         self.namer = namer
         self.codec = codec
+        self.seal = seal
         self.max_queued_bytes = max_queued_bytes
         self.dropped_blocks = 0
         self._jobs: deque[_Blocks | _Records] = deque()
@@ -163,8 +167,8 @@ class Writer:
                 with self._cond:
                     self.dropped_blocks += count - i
                 break
-            out.append(
-                (name, encode(self.codec.id, self.namer.fingerprint, name, parent, tokens, payload))
-            )
+            fingerprint = self.namer.fingerprint
+            record = encode(self.seal, self.codec.id, fingerprint, name, parent, tokens, payload)
+            out.append((name, record))
             parent = name
         return out
