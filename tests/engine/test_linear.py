@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from prefixkv.engine import linear
+from prefixkv.engine import linear, native_linear
 from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.kvbridge import layout_of
@@ -31,6 +31,7 @@ from prefixkv.engine.linear import (
 from prefixkv.engine.native_build import NativeUnavailable
 from prefixkv.engine.native_linear import NativeLinear
 
+from . import kernel_matrix
 from .kernel_matrix import ATTENTION_KERNELS, LINEAR_KERNELS, unavailable
 from .tiny import tiny_llama
 
@@ -180,3 +181,28 @@ def test_the_fingerprint_names_the_kernel() -> None:
         assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
         prints.append(model_fingerprint(packed, lay))
     assert len(set(prints)) == 3  # plain, oneDNN and native KV never mix
+
+
+@pytest.mark.parametrize("name", ["auto", "native"])
+@pytest.mark.parametrize("required", [False, True], ids=["skips", "fails-when-required"])
+def test_a_kernel_that_cannot_run_skips_the_matrix_or_fails_it_when_required(
+    monkeypatch: pytest.MonkeyPatch, name: str, required: bool
+) -> None:
+    """Where the native library does not build, ``native`` cannot install and ``auto`` falls
+    back to oneDNN: the matrix's tests on either skip, saying why, or fail under the switch."""
+
+    def no_compiler() -> None:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(linear, "load", no_compiler)
+    monkeypatch.setattr(native_linear, "load", no_compiler)
+    if required:
+        monkeypatch.setenv(kernel_matrix.REQUIRE, "1")
+    else:
+        monkeypatch.delenv(kernel_matrix.REQUIRE, raising=False)
+    # Both caught, so that a skip where a failure is due fails this test instead of skipping it.
+    ended = (pytest.fail.Exception, pytest.skip.Exception)
+    with pytest.raises(ended) as raised:
+        kernel_matrix.kernel_llama(name)
+    assert raised.type is (pytest.fail.Exception if required else pytest.skip.Exception)
+    assert "no C compiler" in str(raised.value) and repr(name) in str(raised.value)
