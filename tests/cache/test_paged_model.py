@@ -13,9 +13,11 @@ from prefixkv import LFUPolicy, LRUPolicy, PrefixKVCache
 from prefixkv.index.reference import ReferenceIndex
 
 from ..kvfixtures import LAYOUT, kv_for
+from .reachable import storage_bytes_held
 
 BLOCK = 2
 CAPACITY_BLOCKS = 7
+BLOCK_BYTES = LAYOUT.block_bytes(BLOCK)
 tokens_st = st.lists(st.integers(0, 2), max_size=16)
 namespaces_st = st.sampled_from([None, "tenant-b"])
 
@@ -117,7 +119,11 @@ class CacheVsReference(RuleBasedStateMachine):
         assert stats.dropped_blocks == self.ref.dropped
         assert stats.inserted_blocks == self.ref.stored
         assert stats.evicted_blocks == self.ref.evicted
-        assert stats.used_bytes <= stats.capacity_bytes
+        assert stats.used_bytes == len(self.ref.ref) * BLOCK_BYTES  # the reference's count
+
+    def teardown(self) -> None:
+        # What the cache really holds: its pool, not a byte more (leases still held or not).
+        assert storage_bytes_held(self.cache) == CAPACITY_BLOCKS * BLOCK_BYTES
 
 
 class LFUCacheVsReference(CacheVsReference):

@@ -1,4 +1,5 @@
-"""Engine on a tiny random Llama: exact reuse at every kind of prefix/suffix split."""
+"""Engine on a tiny random Llama: exact reuse at every kind of prefix/suffix split, on every
+linear kernel the engine can choose (tests/engine/kernel_matrix.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import copy
 import random
 import sys
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 from unittest.mock import Mock
 
@@ -19,22 +21,37 @@ from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
 from prefixkv.engine.workspace import WorkspacePool
 
+from .kernel_matrix import LINEAR_KERNELS, kernel_llama
 from .tiny import tiny_llama, tiny_tokenizer
 
 BLOCK = 4
 
 
-@pytest.fixture(scope="module")
-def parts() -> Iterator[tuple[Any, Any]]:
+@contextmanager
+def one_thread() -> Iterator[None]:
     # One torch thread, as the tiny servers run (--threads 1): on matrices this small a second
     # thread gains nothing (this module: 5.6 s either way on an idle 2-core machine) and costs
     # a lot once other processes compete for the cores (4.7 s on one thread, 32 s on two).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        yield tiny_llama(), tiny_tokenizer()
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def parts() -> Iterator[tuple[Any, Any]]:
+    """The model on PyTorch's own linear layers, for the tests that are not about exactness."""
+    with one_thread():
+        yield tiny_llama(), tiny_tokenizer()
+
+
+@pytest.fixture(scope="module", params=LINEAR_KERNELS)
+def kernel_parts(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
+    """The model on each linear kernel the engine can choose, ``auto`` (the default) first."""
+    with one_thread():
+        yield kernel_llama(request.param), tiny_tokenizer()
 
 
 def engines(parts: tuple[Any, Any], capacity_blocks: int = 512) -> tuple[Engine, Engine]:
@@ -65,9 +82,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_greedy_ids_match_uncached(parts: tuple[Any, Any], case: str) -> None:
+def test_greedy_ids_match_uncached(kernel_parts: tuple[Any, Any], case: str) -> None:
     first, second = CASES[case]
-    cached, plain = engines(parts)
+    cached, plain = engines(kernel_parts)
     warm = cached.generate(first, max_tokens=6)
     assert warm.token_ids == plain.generate(first, max_tokens=6).token_ids
     hit = cached.generate(second, max_tokens=12)
@@ -76,13 +93,13 @@ def test_greedy_ids_match_uncached(parts: tuple[Any, Any], case: str) -> None:
         (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
         min(len(first), len(second)),
     )
-    assert hit.cached_tokens == min(shared // BLOCK * BLOCK, len(second) - 1) or len(second) < BLOCK
+    assert hit.cached_tokens == min(shared // BLOCK * BLOCK, len(second) - 1)
     assert cached.cache.stats().pinned_blocks == 0
     cached.cache.check_invariants()
 
 
-def test_many_random_splits_match_uncached(parts: tuple[Any, Any]) -> None:
-    cached, plain = engines(parts, capacity_blocks=64)  # small: eviction happens too
+def test_many_random_splits_match_uncached(kernel_parts: tuple[Any, Any]) -> None:
+    cached, plain = engines(kernel_parts, capacity_blocks=64)  # small: eviction happens too
     rng = random.Random(11)
     base = ids(12, 120)
     for trial in range(25):
@@ -96,8 +113,8 @@ def test_many_random_splits_match_uncached(parts: tuple[Any, Any]) -> None:
     cached.cache.check_invariants()
 
 
-def test_multi_turn_chat_hits_the_whole_history(parts: tuple[Any, Any]) -> None:
-    cached, plain = engines(parts)
+def test_multi_turn_chat_hits_the_whole_history(kernel_parts: tuple[Any, Any]) -> None:
+    cached, plain = engines(kernel_parts)
     messages: list[dict[str, str]] = [{"role": "system", "content": "You are terse and exact."}]
     history = 0  # tokens of the previous prompt + its reply that reached the model
     for turn in range(5):
@@ -135,11 +152,11 @@ def _reference_logits(
     "case", ["prefix_multiple_of_block", "prefix_shares_part_of_a_block", "fully_cached_prompt"]
 )
 def test_logits_bitwise_vs_same_split_and_close_to_single_pass(
-    parts: tuple[Any, Any], case: str
+    kernel_parts: tuple[Any, Any], case: str
 ) -> None:
-    model, _ = parts
+    model, _ = kernel_parts
     first, second = CASES[case]
-    cached, _ = engines(parts)
+    cached, _ = engines(kernel_parts)
     cached.generate(first, max_tokens=1)  # stores exactly the KV of one pass over `first`
     logits, reuse = cached.next_token_logits(second)
     assert reuse > 0
@@ -151,8 +168,8 @@ def test_logits_bitwise_vs_same_split_and_close_to_single_pass(
     torch.testing.assert_close(logits, single, atol=1e-5, rtol=1e-5)
 
 
-def test_seeded_sampling_is_the_same_with_and_without_cache(parts: tuple[Any, Any]) -> None:
-    cached, plain = engines(parts)
+def test_seeded_sampling_is_the_same_with_and_without_cache(kernel_parts: tuple[Any, Any]) -> None:
+    cached, plain = engines(kernel_parts)
     prompt = SHARED + ids(20, 5)
     cached.generate(prompt, max_tokens=3)
     for seed in (1, 2, 3):

@@ -1,17 +1,20 @@
-"""The oneDNN linear kernel: the same products as nn.Linear up to float rounding, every layer
-swapped, and an engine on it still exact with and without the cache, serial or batched."""
+"""The linear kernels: oneDNN's products equal nn.Linear's up to float rounding, every layer
+is swapped, ``auto`` picks native here and is the default everywhere. That an engine on each
+kernel is exact with and without the cache, serial or batched, is the exactness matrix
+(tests/engine/kernel_matrix.py) of tests/engine/test_engine.py and
+tests/engine/batch/test_runner.py."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
 import pytest
 import torch
 
-from prefixkv.cache import NullCache, PrefixKVCache
-from prefixkv.engine import linear
-from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
+from prefixkv.engine import linear, native_linear
+from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.linear import (
@@ -27,18 +30,22 @@ from prefixkv.engine.linear import (
 )
 from prefixkv.engine.native_build import NativeUnavailable
 from prefixkv.engine.native_linear import NativeLinear
-from prefixkv.engine.request import SamplingParams
 
-from .tiny import tiny_llama, tiny_tokenizer
+from . import kernel_matrix
+from .kernel_matrix import ATTENTION_KERNELS, LINEAR_KERNELS, unavailable
+from .tiny import tiny_llama
 
-pytestmark = pytest.mark.skipif(
-    not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN"
-)
+
+@pytest.fixture
+def onednn() -> None:
+    """Skips (fails under PREFIXKV_REQUIRE_KERNELS=1) where PyTorch has no oneDNN."""
+    if not torch.backends.mkldnn.is_available():
+        unavailable("PyTorch built without oneDNN")
 
 
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("shape", [(1, 48), (7, 48), (2, 5, 48)])
-def test_packed_linear_matches_nn_linear(bias: bool, shape: tuple[int, ...]) -> None:
+def test_packed_linear_matches_nn_linear(onednn: None, bias: bool, shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     plain = torch.nn.Linear(48, 80, bias=bias)
     packed = PackedLinear(plain)
@@ -69,7 +76,7 @@ def test_rows_are_padded_to_few_buckets(rows: int, bucket: int) -> None:
     assert row_bucket(rows) == bucket
 
 
-def test_the_padding_a_model_pays_follows_its_kernel() -> None:
+def test_the_padding_a_model_pays_follows_its_kernel(onednn: None) -> None:
     """What the batch planner fills (:func:`padding_of`): buckets under oneDNN, split into
     MAX_ROWS pieces; nothing under PyTorch's kernel."""
     assert [padded_rows(n) for n in (1, 200, 512, 513, 1100)] == [1, 256, 512, 513, 1152]
@@ -80,7 +87,7 @@ def test_the_padding_a_model_pays_follows_its_kernel() -> None:
 
 
 @pytest.mark.parametrize("rows", [5, 100, 512, 513, 1200])
-def test_padded_and_split_calls_give_each_row_its_product(rows: int) -> None:
+def test_padded_and_split_calls_give_each_row_its_product(onednn: None, rows: int) -> None:
     """Zero rows pad a call to its bucket and calls past MAX_ROWS run in pieces; neither
     shows in the result."""
     torch.manual_seed(1)
@@ -97,6 +104,15 @@ def test_padded_and_split_calls_give_each_row_its_product(rows: int) -> None:
 KERNELS = [OneDNNLinear, NativeLinear]
 
 
+def installed(kernel: type[Any], model: Any) -> int:
+    """``kernel().install(model)``; skips (fails under the switch) where it cannot run."""
+    try:
+        swapped: int = kernel().install(model)
+    except RuntimeError as exc:
+        unavailable(f"{kernel.name} linear layers cannot run here: {exc}")
+    return swapped
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_install_swaps_every_linear_layer_and_keeps_the_logits(kernel: type[Any]) -> None:
     model = tiny_llama()
@@ -106,7 +122,7 @@ def test_install_swaps_every_linear_layer_and_keeps_the_logits(kernel: type[Any]
     with torch.inference_mode():
         want = model(input_ids=ids).logits
     # q/k/v and gate/up of each layer joined (tests/engine/test_fused.py): 3 fewer a layer.
-    assert kernel().install(model) == len(before) - 3 * layers > 0
+    assert installed(kernel, model) == len(before) - 3 * layers > 0
     assert kernel_of(model) == kernel.name
     assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
     assert len(linear_layers(model)) == len(before) - 3 * layers
@@ -138,6 +154,19 @@ def test_auto_picks_native_then_onednn_for_float32_cpu_and_torch_otherwise(
     assert "no C compiler" in caplog.text
 
 
+def test_auto_is_the_default_wherever_an_engine_is_built() -> None:
+    """The matrix's ``auto`` column (tests/engine/kernel_matrix.py, which also checks that it
+    resolves to native here) is what users run: the default of ``Engine.from_pretrained``, of
+    ``BatchRunner`` and of ``prefixkv serve``."""
+    from prefixkv.cli.commands import build_parser
+
+    assert inspect.signature(Engine.from_pretrained).parameters["linear_kernel"].default == "auto"
+    assert inspect.signature(BatchRunner).parameters["attention_kernel"].default == "auto"
+    args = build_parser().parse_args(["serve"])
+    assert (args.linear_kernel, args.attention_kernel) == ("auto", "auto")
+    assert "auto" in LINEAR_KERNELS and "auto" in ATTENTION_KERNELS
+
+
 def test_the_fingerprint_names_the_kernel() -> None:
     pytest.importorskip("xxhash")
     from prefixkv.engine.fingerprint import model_fingerprint
@@ -147,27 +176,33 @@ def test_the_fingerprint_names_the_kernel() -> None:
     prints = [model_fingerprint(plain, lay)]
     for kernel in KERNELS:
         packed, again = tiny_llama(), tiny_llama()
-        kernel().install(packed)
-        kernel().install(again)
+        installed(kernel, packed)
+        installed(kernel, again)
         assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
         prints.append(model_fingerprint(packed, lay))
     assert len(set(prints)) == 3  # plain, oneDNN and native KV never mix
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_an_engine_on_a_packed_kernel_is_exact_cached_uncached_and_batched(
-    kernel: type[Any],
+@pytest.mark.parametrize("name", ["auto", "native"])
+@pytest.mark.parametrize("required", [False, True], ids=["skips", "fails-when-required"])
+def test_a_kernel_that_cannot_run_skips_the_matrix_or_fails_it_when_required(
+    monkeypatch: pytest.MonkeyPatch, name: str, required: bool
 ) -> None:
-    model, tokenizer = tiny_llama(seed=3), tiny_tokenizer()
-    kernel().install(model)
-    lay = layout_of(model.config, torch.float32)
-    cached = Engine(model, tokenizer, PrefixKVCache(lay, 4, lay.block_bytes(4) * 256))
-    uncached = Engine(model, tokenizer, NullCache(lay, 4))
-    document = "The quick brown fox jumps over the lazy dog. " * 3
-    prompts = [document + q for q in ("Who jumps?", "What is lazy?", "Which fox?")]
-    want = [uncached.generate(p, max_tokens=12).token_ids for p in prompts]
-    assert [cached.generate(p, max_tokens=12).token_ids for p in prompts] == want
-    assert [cached.generate(p, max_tokens=12).token_ids for p in prompts] == want  # all cached
-    runner = BatchRunner(cached, BatchLimits(max_running=4, max_batch_tokens=32))
-    params = [cached.request(p, SamplingParams(max_tokens=12)) for p in prompts]
-    assert [c.token_ids for c in runner.run_all(params)] == want
+    """Where the native library does not build, ``native`` cannot install and ``auto`` falls
+    back to oneDNN: the matrix's tests on either skip, saying why, or fail under the switch."""
+
+    def no_compiler() -> None:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(linear, "load", no_compiler)
+    monkeypatch.setattr(native_linear, "load", no_compiler)
+    if required:
+        monkeypatch.setenv(kernel_matrix.REQUIRE, "1")
+    else:
+        monkeypatch.delenv(kernel_matrix.REQUIRE, raising=False)
+    # Both caught, so that a skip where a failure is due fails this test instead of skipping it.
+    ended = (pytest.fail.Exception, pytest.skip.Exception)
+    with pytest.raises(ended) as raised:
+        kernel_matrix.kernel_llama(name)
+    assert raised.type is (pytest.fail.Exception if required else pytest.skip.Exception)
+    assert "no C compiler" in str(raised.value) and repr(name) in str(raised.value)

@@ -17,6 +17,15 @@ pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 CLIENTS, WAVES = 16, 5  # 5 waves of 100 requests
 PER_WAVE = 100
+CACHE_BYTES = 1 << 20
+
+
+def _settled(server: ServerProcess) -> bool:
+    """Nothing running or pinned, and the pool's blocks conserved: each one free or cached."""
+    stats = server.stats()
+    running = server.metrics()["prefixkv_num_requests_running"]
+    conserved = stats["used_blocks"] + stats["free_blocks"] == stats["total_blocks"]
+    return running == 0 and stats["pinned_blocks"] == 0 and conserved
 
 
 def _rss_bytes(pid: int) -> int:
@@ -56,16 +65,19 @@ async def _wave(server: ServerProcess, wave: int) -> None:
 
 
 def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
-    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--cache-bytes", "1MiB"]
+    args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--cache-bytes", str(CACHE_BYTES)]
     server = ServerProcess(args, tmp_path / "log").wait_ready()
     try:
         asyncio.run(_wave(server, 0))  # warm-up: allocator pools, the pool's pages
         baseline = _rss_bytes(server.process.pid)
         for wave in range(1, WAVES):
             asyncio.run(_wave(server, wave))
+            # Once the hung-up streams have stopped too: every block free or cached, none lost.
+            assert wait_for(lambda: _settled(server)), server.stats()
             stats = server.stats()
-            assert stats["used_bytes"] <= stats["capacity_bytes"]
-        assert wait_for(lambda: server.stats()["pinned_blocks"] == 0)
+            assert stats["capacity_bytes"] <= CACHE_BYTES  # the pool: within --cache-bytes
+            block_bytes = stats["capacity_bytes"] // stats["total_blocks"]
+            assert stats["used_bytes"] == stats["used_blocks"] * block_bytes
         growth = _rss_bytes(server.process.pid) - baseline
         # A leak of even one small object per request would show over 400 requests.
         assert growth < 16 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 400 requests"

@@ -22,6 +22,8 @@ from prefixkv.engine.engine import Completion, Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
 
+from ..kernel_matrix import ATTENTION_KERNELS, LINEAR_KERNELS, kernel_llama, kernel_runner
+
 BLOCK = 4
 
 
@@ -114,7 +116,7 @@ PROMPTS = [
     SHARED[:6],
     [9],
 ]
-_serial: dict[tuple[Any, ...], tuple[int, ...]] = {}
+_serial: dict[tuple[Any, ...], tuple[int, ...]] = {}  # keyed by the model too: one per kernel
 
 
 def alone(parts: tuple[Any, Any], prompt: list[int], **sampling: Any) -> Completion:
@@ -122,7 +124,7 @@ def alone(parts: tuple[Any, Any], prompt: list[int], **sampling: Any) -> Complet
 
 
 def alone_ids(parts: tuple[Any, Any], prompt: list[int], max_tokens: int) -> tuple[int, ...]:
-    key = (tuple(prompt), max_tokens)
+    key = (parts[0], tuple(prompt), max_tokens)
     if key not in _serial:
         _serial[key] = alone(parts, prompt, max_tokens=max_tokens).token_ids
     return _serial[key]
@@ -175,21 +177,28 @@ def test_a_cache_without_a_pool_is_refused(parts: tuple[Any, Any]) -> None:
 # --- (b) many requests at once -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("kernel", ["native", "torch"])
+@pytest.mark.parametrize("attention", ATTENTION_KERNELS)
 @pytest.mark.parametrize(
     ("max_batch_tokens", "max_running"), [(1, 8), (2, 3), (3, 1), (5, 8), (8, 2), (64, 8)]
 )
 def test_concurrent_requests_each_match_running_alone(
-    parts: tuple[Any, Any], max_batch_tokens: int, max_running: int, kernel: str
+    kernel_parts: tuple[Any, Any], max_batch_tokens: int, max_running: int, attention: str
 ) -> None:
-    engine = batch_engine(parts)
-    runner = runner_of(engine, kernel, max_batch_tokens=max_batch_tokens, max_running=max_running)
-    sinks = [submit(engine, runner, p, max_tokens=6) for p in PROMPTS]
-    drive(runner)
-    for prompt, sink in zip(PROMPTS, sinks, strict=True):
-        assert sink.completion.token_ids == alone_ids(parts, prompt, 6), prompt
-    assert runner.preemptions == 0
-    assert_clean(engine)
+    """On every pair of linear and attention kernels the engine can choose: each request
+    batched gets the tokens it gets alone on the serial engine over no cache, and so does
+    each again once its prefix is cached."""
+    engine = batch_engine(kernel_parts)
+    limits = BatchLimits(max_running=max_running, max_batch_tokens=max_batch_tokens)
+    runner = kernel_runner(engine, attention, limits)
+    for attempt in ("cold", "cached"):
+        sinks = [submit(engine, runner, p, max_tokens=6) for p in PROMPTS]
+        drive(runner)
+        for prompt, sink in zip(PROMPTS, sinks, strict=True):
+            assert sink.completion.token_ids == alone_ids(kernel_parts, prompt, 6), prompt
+            if attempt == "cached":  # every whole block but the last token's is reused
+                assert sink.completion.cached_tokens == (len(prompt) - 1) // BLOCK * BLOCK
+        assert runner.preemptions == 0
+        assert_clean(engine)
 
 
 def test_requests_arriving_while_others_run_reuse_their_blocks(parts: tuple[Any, Any]) -> None:
@@ -261,6 +270,8 @@ def test_requests_from_many_threads_on_the_running_thread(parts: tuple[Any, Any]
     runner = runner_of(engine, max_batch_tokens=6, max_running=3)
     reports: list[Any] = []
     runner.on_step = reports.append
+    # The serial engine runs on the same model: its answers come first, not beside the runner.
+    expected = [alone_ids(parts, prompt, 6) for prompt in PROMPTS]
     runner.start()
     sinks: dict[int, Sink] = {}
 
@@ -275,7 +286,7 @@ def test_requests_from_many_threads_on_the_running_thread(parts: tuple[Any, Any]
             thread.join()
         for i, sink in sinks.items():
             assert sink.done.wait(30)
-            assert sink.completion.token_ids == alone_ids(parts, PROMPTS[i], 6)
+            assert sink.completion.token_ids == expected[i]
         assert runner.wait_idle(10)
     finally:
         runner.stop()
@@ -532,21 +543,21 @@ BASES = [ids(100 + i, 20) for i in range(3)]
 def test_random_workloads_match_running_alone(parts: tuple[Any, Any], seed: int) -> None:
     """Random pools (some too small), limits, policies, arrivals, sampling and cancellations:
     the cache stays consistent after every step; every request not cancelled gets what it gets
-    alone, and nothing stays pinned."""
+    alone, and nothing stays pinned. The seeds spread over the kernels: each linear kernel
+    twice, each attention kernel with both policies."""
     rng = random.Random(seed)
     blocks = rng.randrange(6, 30)
+    model = kernel_llama(LINEAR_KERNELS[seed % len(LINEAR_KERNELS)])
+    parts = (model, parts[1])
     lay = layout(parts)
     cache: Any
-    if seed % 4 == 3:
+    if seed in (2, 7):  # a NullCache's pool: nothing reused, running sequences' KV only
         cache = NullCache(lay, BLOCK, capacity_bytes=lay.block_bytes(BLOCK) * blocks)
     else:
         cache = PrefixKVCache(lay, BLOCK, lay.block_bytes(BLOCK) * blocks)
     engine = Engine(parts[0], parts[1], cache)
     limits = BatchLimits(rng.randrange(1, 7), rng.randrange(1, 17), LPM if seed % 2 else FCFS)
-    # both decode kernels, each with both policies
-    runner = BatchRunner(
-        engine, limits, attention_kernel=("native", "torch")[(seed // 2 + seed) % 2]
-    )
+    runner = kernel_runner(engine, ATTENTION_KERNELS[seed % len(ATTENTION_KERNELS)], limits)
     arrivals = []
     for i in range(8):
         prompt = rng.choice(BASES)[: rng.randrange(0, 21)] + ids(1000 * seed + i, rng.randrange(6))
