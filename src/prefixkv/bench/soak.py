@@ -58,8 +58,8 @@ def parser() -> argparse.ArgumentParser:
     opt(p, "--minutes", "how long the traffic runs", type=positive_float, default="30")
     opt(p, "--interval", "seconds between samples", type=positive_float, default="30")
     opt(p, "--quiet-every", "seconds between quiet points", type=positive_float, default="300")
-    opt(p, "--clients", "concurrent clients", type=positive_int, default="8")
-    opt(p, "--cache-bytes", "the server's RAM pool", type=parse_bytes, default="128MiB")
+    opt(p, "--clients", "concurrent clients", type=positive_int, default="4")
+    opt(p, "--cache-bytes", "the server's RAM pool", type=parse_bytes, default="96MiB")
     opt(p, "--block-size", "tokens per cache block", type=positive_int, default="16")
     opt(p, "--threads", "torch CPU threads of the server", type=positive_int)
     opt(p, "--documents", "long shared documents", type=positive_int, default="8")
@@ -68,11 +68,11 @@ def parser() -> argparse.ArgumentParser:
         "--sentences",
         "sentences per document (~20 tokens each)",
         type=positive_int,
-        default="36",
+        default="24",
     )
     opt(p, "--questions", "questions per document", type=positive_int, default="4")
     opt(p, "--turns", "turns per chat before it begins anew", type=positive_int, default="6")
-    opt(p, "--max-tokens", "most tokens per reply", type=positive_int, default="24")
+    opt(p, "--max-tokens", "most tokens per reply", type=positive_int, default="16")
     opt(p, "--stream-fraction", "requests that stream", type=fraction(0, 1), default="0.5")
     opt(
         p,

@@ -171,14 +171,13 @@ async def _sample_loop(
     http: httpx.AsyncClient,
     show: Callable[[Sample, Sample | None], None],
 ) -> None:
-    """A sample every interval (a quiet one every ``quiet_every_s``) until the duration."""
-    tick, next_quiet = 0, schedule.quiet_every_s
-    while True:
-        tick += 1
-        due = tick * schedule.interval_s
-        if due > schedule.duration_s:
-            return
+    """A sample at every multiple of the interval (a quiet one every ``quiet_every_s``) until
+    the duration; multiples that passed during a long quiet point are skipped, not caught up."""
+    due, next_quiet = schedule.interval_s, schedule.quiet_every_s
+    while due <= schedule.duration_s:
         await asyncio.sleep(max(0.0, due - clock()))
+        while due <= clock():
+            due += schedule.interval_s
         if clock() >= next_quiet:
             next_quiet += schedule.quiet_every_s
             gate.close()
