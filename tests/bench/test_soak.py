@@ -35,7 +35,7 @@ from prefixkv.bench.soak_verdict import (
 from tests.engine.tiny import tiny_llama, tiny_tokenizer
 
 LIMITS = Limits(warmup_s=60, rss_growth_mib=32, rss_slope_mib_per_hour=32, fd_growth=8,
-                fd_slope_per_hour=32, recovery_s=15)  # fmt: skip
+                fd_slope_per_hour=32, recovery_s=15, stall_s=25)  # fmt: skip
 POOL = {"free_blocks": 10, "used_blocks": 80, "reserved_blocks": 10, "pinned_blocks": 5,
         "total_blocks": 100, "evicted_blocks": 0, "inserted_blocks": 0, "query_tokens": 1,
         "hit_tokens": 0}  # fmt: skip
@@ -171,9 +171,13 @@ def test_the_redis_restart_must_be_seen_and_reconnected() -> None:
 
 
 def test_a_stall_a_dirty_exit_and_an_abort_each_miss_a_target() -> None:
+    stall = "no stall: a request served in every 25 s after the warm-up"
     samples = run()
     samples[12] = dataclasses.replace(samples[12], clients=samples[11].clients)
-    assert not met(samples)["requests served in every interval after the warm-up"]
+    assert met(samples)[stall]  # one interval of 10 s without a reply is no stall
+    for i in (13, 14):
+        samples[i] = dataclasses.replace(samples[i], clients=samples[11].clients)
+    assert not met(samples)[stall]  # three are: 30 s
     assert not met(run(), finish=CLEAN._replace(exit_status=1))["clean exit on SIGTERM"]
     assert not met(run(), finish=CLEAN._replace(log_errors=1))["zero errors"]
     assert not met(run(), finish=CLEAN._replace(aborted="gone"))["the server answered every sample"]

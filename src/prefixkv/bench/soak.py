@@ -116,6 +116,13 @@ def parser() -> argparse.ArgumentParser:
         type=positive_float,
         default="15",
     )
+    opt(
+        p,
+        "--stall",
+        "longest stretch without a reply allowed after warm-up, seconds",
+        type=positive_float,
+        default="120",
+    )
     opt(p, "--seed", "the clients' random choices", type=int, default="0")
     opt(p, "--out", "JSON results file", type=Path, default="results/soak.json")
     opt(p, "--chart", "PNG chart", type=Path, default="results/soak.png")

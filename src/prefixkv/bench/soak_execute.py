@@ -87,6 +87,7 @@ def limits(args: argparse.Namespace) -> Limits:
         fd_growth=args.fd_growth,
         fd_slope_per_hour=args.fd_slope,
         recovery_s=args.recovery,
+        stall_s=args.stall,
     )
 
 

@@ -176,8 +176,6 @@ async def _sample_loop(
     due, next_quiet = schedule.interval_s, schedule.quiet_every_s
     while due <= schedule.duration_s:
         await asyncio.sleep(max(0.0, due - clock()))
-        while due <= clock():
-            due += schedule.interval_s
         if clock() >= next_quiet:
             next_quiet += schedule.quiet_every_s
             gate.close()
@@ -190,3 +188,5 @@ async def _sample_loop(
             got = await sample(LOAD)
         run.samples.append(got)
         show(got, run.samples[-2] if len(run.samples) > 1 else None)
+        while due <= clock():
+            due += schedule.interval_s
