@@ -271,3 +271,24 @@ def test_a_short_soak_survives_a_redis_restart(tiny_dir: Path, tmp_path: Path) -
     assert chart.stat().st_size > 0 and log.stat().st_size > 0
     assert "redis-server stopped" in done.stdout and "verdict: every target met" in done.stdout
     assert math.isfinite(samples[-1]["rss_bytes"]) and "Traceback" not in done.stderr
+
+
+def test_the_report_prints_a_row_per_sample_and_writes_json_and_chart(tmp_path: Path) -> None:
+    from prefixkv.bench import soak_report
+
+    samples = run()
+    targets = verdict(samples, EVENTS, CLEAN, LIMITS)
+    extra = {"clients": {"served_by_kind": {"doc": 300}, "first_errors": []},
+             "log": {"redis_down": 1, "redis_back": 1, "errors": 0, "error_lines": []}}  # fmt: skip
+    report = soak_report.report_dict({"machine": {}}, samples, targets, extra)
+    out, chart = tmp_path / "soak.json", tmp_path / "soak.png"
+    soak_report.write(report, samples, EVENTS, out, chart)
+    written = json.loads(out.read_text())
+    assert written["met"] and len(written["samples"]) == len(samples)
+    assert written["samples"][0]["lost_blocks"] == 0 and chart.stat().st_size > 0
+    rows = [soak_report.line(s, p) for s, p in zip(samples, [None, *samples[:-1]], strict=True)]
+    assert len(soak_report.TABLE_HEADER.split()) == len(rows[0].split()) == 16
+    assert rows[1].split()[5] == "1.00"  # req/s: 10 served in 10 s
+    lines = soak_report.summary_lines(written, samples)
+    assert lines[-1] == "# verdict: every target met"
+    assert sum(line.startswith("target ") for line in lines) == len(targets)

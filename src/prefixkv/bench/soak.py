@@ -47,103 +47,66 @@ def fraction(low: float, high: float) -> Any:
     return parse
 
 
+# (flag, help, type, default) of each option, by what it sets.
+_RUN: list[tuple[str, str, Any, str | None]] = [
+    ("--model", "model spec", str, "smollm2"),
+    ("--minutes", "how long the traffic runs", positive_float, "30"),
+    ("--interval", "seconds between samples", positive_float, "30"),
+    ("--quiet-every", "seconds between quiet points", positive_float, "300"),
+    ("--cache-bytes", "the server's RAM pool", parse_bytes, "96MiB"),
+    ("--block-size", "tokens per cache block", positive_int, "16"),
+    ("--threads", "torch CPU threads of the server (default: torch's choice)", positive_int, None),
+    ("--disk-bytes", "the disk tier's size", parse_bytes, "512MiB"),
+    ("--redis-maxmemory", "the redis-server's maxmemory", str, "256mb"),
+    ("--redis-server", "redis-server binary", str, "redis-server"),
+    ("--redis-stop-at", "when Redis stops, as a fraction of the run", fraction(0.05, 0.9), "0.4"),
+    ("--redis-down", "seconds Redis stays down", positive_float, "20"),
+    ("--out", "JSON results file", Path, "results/soak.json"),
+    ("--chart", "PNG chart", Path, "results/soak.png"),
+    ("--server-log", "where the server's log is kept", Path, "results/soak-server.log"),
+]
+_TRAFFIC: list[tuple[str, str, Any, str | None]] = [
+    ("--clients", "concurrent clients", positive_int, "4"),
+    ("--documents", "long shared documents", positive_int, "8"),
+    ("--sentences", "sentences per document (~20 tokens each)", positive_int, "24"),
+    ("--questions", "questions per document", positive_int, "4"),
+    ("--turns", "turns per chat before it begins anew", positive_int, "6"),
+    ("--max-tokens", "most tokens per reply", positive_int, "16"),
+    ("--stream-fraction", "requests that stream", fraction(0, 1), "0.5"),
+    ("--disconnect-fraction", "streams dropped after their first text", fraction(0, 1), "0.2"),
+    ("--seed", "the clients' random choices", int, "0"),
+]
+_TARGETS: list[tuple[str, str, Any, str | None]] = [
+    ("--warmup", "fraction of the run before flatness is judged", fraction(0, 0.5), "0.25"),
+    ("--rss-growth-mib", "RSS growth allowed in the last half", float, "32"),
+    ("--rss-slope-mib", "RSS slope allowed after warm-up, MiB/hour", float, "32"),
+    ("--fd-growth", "descriptor growth allowed in the last half", float, "8"),
+    ("--fd-slope", "descriptor slope allowed after warm-up, per hour", float, "32"),
+    ("--recovery", "seconds after Redis is back that its tier may count errors", positive_float,
+     "15"),
+    ("--stall", "longest stretch without a reply after warm-up, seconds", positive_float, "120"),
+]  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="prefixkv bench soak",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    opt = add_option
-    opt(p, "--model", "model spec", default="smollm2")
-    opt(p, "--minutes", "how long the traffic runs", type=positive_float, default="30")
-    opt(p, "--interval", "seconds between samples", type=positive_float, default="30")
-    opt(p, "--quiet-every", "seconds between quiet points", type=positive_float, default="300")
-    opt(p, "--clients", "concurrent clients", type=positive_int, default="4")
-    opt(p, "--cache-bytes", "the server's RAM pool", type=parse_bytes, default="96MiB")
-    opt(p, "--block-size", "tokens per cache block", type=positive_int, default="16")
-    opt(p, "--threads", "torch CPU threads of the server", type=positive_int)
-    opt(p, "--documents", "long shared documents", type=positive_int, default="8")
-    opt(
-        p,
-        "--sentences",
-        "sentences per document (~20 tokens each)",
-        type=positive_int,
-        default="24",
-    )
-    opt(p, "--questions", "questions per document", type=positive_int, default="4")
-    opt(p, "--turns", "turns per chat before it begins anew", type=positive_int, default="6")
-    opt(p, "--max-tokens", "most tokens per reply", type=positive_int, default="16")
-    opt(p, "--stream-fraction", "requests that stream", type=fraction(0, 1), default="0.5")
-    opt(
-        p,
-        "--disconnect-fraction",
-        "streams dropped after their first text",
-        type=fraction(0, 1),
-        default="0.2",
-    )
-    opt(p, "--disk-bytes", "the disk tier's size", default="512MiB")
-    opt(p, "--redis-maxmemory", "the redis-server's maxmemory", default="256mb")
-    opt(p, "--redis-server", "redis-server binary", default="redis-server")
-    opt(
-        p,
-        "--redis-stop-at",
-        "when Redis stops, as a fraction of the run",
-        type=fraction(0.05, 0.9),
-        default="0.4",
-    )
-    opt(p, "--redis-down", "seconds Redis stays down", type=positive_float, default="20")
-    opt(
-        p,
-        "--warmup",
-        "fraction of the run before flatness is judged",
-        type=fraction(0, 0.5),
-        default="0.25",
-    )
-    opt(p, "--rss-growth-mib", "RSS growth allowed in the last half", type=float, default="32")
-    opt(p, "--rss-slope-mib", "RSS slope allowed after warm-up, MiB/hour", type=float, default="32")
-    opt(p, "--fd-growth", "descriptor growth allowed in the last half", type=float, default="8")
-    opt(
-        p,
-        "--fd-slope",
-        "descriptor slope allowed after warm-up, per hour",
-        type=float,
-        default="32",
-    )
-    opt(
-        p,
-        "--recovery",
-        "seconds after Redis is back that its tier may still count errors",
-        type=positive_float,
-        default="15",
-    )
-    opt(
-        p,
-        "--stall",
-        "longest stretch without a reply allowed after warm-up, seconds",
-        type=positive_float,
-        default="120",
-    )
-    opt(p, "--seed", "the clients' random choices", type=int, default="0")
-    opt(p, "--out", "JSON results file", type=Path, default="results/soak.json")
-    opt(p, "--chart", "PNG chart", type=Path, default="results/soak.png")
-    opt(
-        p,
-        "--server-log",
-        "where the server's log is kept",
-        type=Path,
-        default="results/soak-server.log",
-    )
+    for flag, text, kind, default in (*_RUN, *_TRAFFIC, *_TARGETS):
+        add_option(p, flag, text, type=kind, default=default)
     return p
 
 
-def tier_flags(disk_dir: Path, disk_bytes: str, redis_url: str) -> list[str]:
+def tier_flags(disk_dir: Path, disk_bytes: int, redis_url: str) -> list[str]:
     """The server's tier flags, all of them here (a tier key, when the server needs one, is
     added in this one place)."""
     return [
         "--disk-cache",
         str(disk_dir),
         "--disk-cache-bytes",
-        disk_bytes,
+        str(disk_bytes),
         "--redis-url",
         redis_url,
     ]

@@ -11,7 +11,7 @@ from typing import Any
 
 from prefixkv.bench import soak_report
 from prefixkv.bench.soak import redis_options, server_flags
-from prefixkv.bench.soak_run import RedisState, Run, Schedule, soak
+from prefixkv.bench.soak_run import RedisState, Run, Schedule, Server, soak
 from prefixkv.bench.soak_sample import LogScan, Sample
 from prefixkv.bench.soak_traffic import Mix
 from prefixkv.bench.soak_verdict import Finish, Limits, RedisEvents, verdict
@@ -54,18 +54,9 @@ def execute(args: argparse.Namespace, binary: str, tmp: Path, mix: Mix) -> Outco
             load = server.wait_ready()
             print(f"# server ready in {load:.1f} s (pid {server.process.pid})", flush=True)
             print(soak_report.TABLE_HEADER, flush=True)
+            target = Server(server.url, server.process.pid, log)
             run = asyncio.run(
-                soak(
-                    server.url,
-                    server.process.pid,
-                    log,
-                    mix,
-                    schedule(args),
-                    state,
-                    args.clients,
-                    args.seed,
-                    show,
-                )
+                soak(target, mix, schedule(args), state, args.clients, args.seed, show)
             )
             events = state.events
             if isinstance(events, RedisEvents) and state.up:

@@ -12,7 +12,7 @@ from prefixkv.bench.soak_sample import FINAL, LOAD, Sample
 from prefixkv.bench.soak_verdict import MIB, RedisEvents, Target
 
 TABLE_HEADER = (
-    "   min kind    RSS MiB  fds sock  req/s  served drops errors  free/used/resv/total  lost "
+    "   min kind    RSS_MiB  fds sock  req/s  served drops errors  free/used/resv/total  lost "
     "pinned  evicted redis r.err d.err"
 )
 
@@ -126,18 +126,7 @@ def chart(samples: Sequence[Sample], redis: RedisEvents | str, path: Path) -> No
     for ax, (values, label, color) in zip(axes, panels, strict=True):
         ax.plot(minutes, values, marker=".", color=color)
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if isinstance(redis, RedisEvents):
-            ax.axvspan(
-                redis.stopped_at / 60,
-                redis.started_at / 60,
-                color="gray",
-                alpha=0.3,
-                label="redis-server down",
-            )
-        for s in samples:
-            if s.kind != LOAD:
-                ax.axvline(s.t / 60, color="gray", ls=":", lw=0.8)
+        _mark(ax, samples, redis)
     axes[3].plot(minutes, [s.lost_blocks for s in samples], color="black", label="lost blocks")
     axes[3].legend(loc="upper left")
     if isinstance(redis, RedisEvents):
@@ -147,3 +136,14 @@ def chart(samples: Sequence[Sample], redis: RedisEvents | str, path: Path) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _mark(ax: Any, samples: Sequence[Sample], redis: RedisEvents | str) -> None:
+    """Grid, the Redis outage shaded, the quiet points dotted."""
+    ax.grid(alpha=0.3)
+    if isinstance(redis, RedisEvents):
+        ax.axvspan(redis.stopped_at / 60, redis.started_at / 60, color="gray", alpha=0.3,
+                   label="redis-server down")  # fmt: skip
+    for s in samples:
+        if s.kind != LOAD:
+            ax.axvline(s.t / 60, color="gray", ls=":", lw=0.8)

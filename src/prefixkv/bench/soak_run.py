@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -108,10 +108,14 @@ async def wait_idle(http: httpx.AsyncClient, sample: Callable[[str], Any], kind:
         await asyncio.sleep(0.2)
 
 
+class Server(NamedTuple):
+    url: str
+    pid: int
+    log: Path  # the file its output goes to
+
+
 async def soak(
-    url: str,
-    pid: int,
-    log: Path,
+    server: Server,
     mix: Mix,
     schedule: Schedule,
     redis: RedisState,
@@ -119,47 +123,52 @@ async def soak(
     seed: int,
     show: Callable[[Sample, Sample | None], None],
 ) -> Run:
-    """Drive the server at ``url`` (process ``pid``, logging to ``log``) for the scheduled
-    time with ``clients`` clients; ``show(sample, previous)`` prints each sample."""
+    """Drive ``server`` for the scheduled time with ``clients`` clients, restarting Redis on
+    the way (``redis`` is updated); ``show(sample, previous)`` prints each sample."""
     loop = asyncio.get_running_loop()
     start = loop.time()
 
     def clock() -> float:
         return loop.time() - start
 
-    run, gate, stop, scan = Run(), Gate(), asyncio.Event(), LogScan(log)
-    async with httpx.AsyncClient(base_url=url, timeout=60.0) as http:
+    run, gate, stop, scan = Run(), Gate(), asyncio.Event(), LogScan(server.log)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as http:
 
         async def sample(kind: str) -> Sample:
-            return await take(http, pid, scan, (clock(), kind, redis.up), run.tally.counts())
+            return await take(http, server.pid, scan, (clock(), kind, redis.up), run.tally.counts())
 
         tasks = [
-            asyncio.create_task(
-                run_client(
-                    url, Client(c, mix, random.Random(seed * 1000 + c)), run.tally, gate, stop
-                )
-            )
+            asyncio.create_task(run_client(server.url, Client(c, mix, random.Random(seed * 1000 + c)),
+                                           run.tally, gate, stop))
             for c in range(clients)
-        ]
+        ]  # fmt: skip
         chaos = asyncio.create_task(restart_redis(redis, http, schedule, clock))
         try:
             await _sample_loop(run, gate, schedule, clock, sample, http, show)
         except (httpx.HTTPError, OSError) as exc:
             run.aborted = f"t={clock():.0f} s: {type(exc).__name__}: {exc}"
-        stop.set()
-        gate.open()
-        chaos.cancel()
-        await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, chaos, return_exceptions=True)
+        await _stop(tasks, chaos, stop, gate)
         if run.aborted is None:
             try:
                 run.samples.append(await wait_idle(http, sample, FINAL))
-                show(run.samples[-1], run.samples[-2])
+                show(run.samples[-1], run.samples[-2] if len(run.samples) > 1 else None)
             except (httpx.HTTPError, OSError) as exc:
                 run.aborted = f"final sample: {type(exc).__name__}: {exc}"
     return run
+
+
+async def _stop(
+    clients: list[asyncio.Task[None]], chaos: asyncio.Task[None], stop: asyncio.Event, gate: Gate
+) -> None:
+    """Let the clients finish their requests (``DRAIN_TIMEOUT`` at most, then cancel them);
+    cancel the Redis restart if it is still pending."""
+    stop.set()
+    gate.open()
+    chaos.cancel()
+    await asyncio.wait(clients, timeout=DRAIN_TIMEOUT)
+    for task in clients:
+        task.cancel()
+    await asyncio.gather(*clients, chaos, return_exceptions=True)
 
 
 async def _sample_loop(
