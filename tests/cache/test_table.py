@@ -250,6 +250,7 @@ class TablesVsModel(RuleBasedStateMachine):
         stats = cache.stats()
         assert stats.pinned_blocks == len(pinned)
         assert stats.free_blocks + stats.used_blocks + len(privates) == stats.total_blocks
+        assert stats.reserved_blocks == len(privates)
         assert cache.available_blocks() == stats.free_blocks + stats.used_blocks - len(pinned)
 
     def teardown(self) -> None:
@@ -258,7 +259,7 @@ class TablesVsModel(RuleBasedStateMachine):
         for lease, _ in self.leases:
             lease.release()
         stats = self.cache.stats()
-        assert stats.pinned_blocks == 0
+        assert stats.pinned_blocks == stats.reserved_blocks == 0
         assert stats.free_blocks + stats.used_blocks == stats.total_blocks
         self.cache.check_invariants()
 

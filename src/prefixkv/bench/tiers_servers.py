@@ -50,17 +50,21 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A private ``redis-server`` on a free loopback port, no persistence."""
+    """A private ``redis-server`` on a loopback port (``port``, else a free one), no
+    persistence; ``options``: more ``redis-server`` arguments (``--maxmemory 64mb``...)."""
 
-    def __init__(self, binary: str, workdir: Path) -> None:
+    def __init__(
+        self, binary: str, workdir: Path, port: int | None = None, options: tuple[str, ...] = ()
+    ) -> None:
         import redis
 
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.url = f"redis://127.0.0.1:{self.port}/0"
         workdir.mkdir(parents=True, exist_ok=True)
         self.log = workdir / "redis.log"
         command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         command += ["--appendonly", "no", "--dir", str(workdir), "--logfile", str(self.log)]
+        command += options
         self.process = subprocess.Popen(
             command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )

@@ -115,6 +115,8 @@ class NullCache:
             free_blocks=0 if self.pool is None else self.pool.num_free,
             total_blocks=0 if self.pool is None else self.pool.num_blocks,
             pinned_blocks=0,
+            # Every block taken from the pool is a running sequence's own: none is indexed.
+            reserved_blocks=0 if self.pool is None else self.pool.num_blocks - self.pool.num_free,
             block_size=self.block_size,
             used_bytes=0,
             capacity_bytes=0 if self.pool is None else self.pool.nbytes,

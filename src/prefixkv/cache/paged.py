@@ -336,8 +336,8 @@ class PrefixKVCache:
             )
 
     def tenant_stats(self, tenant: Hashable) -> CacheStats:
-        """``tenant``'s own counters and blocks (``free_blocks`` and the capacity are the
-        pool's, shared by all tenants)."""
+        """``tenant``'s own counters and blocks (``free_blocks``, ``reserved_blocks`` and the
+        capacity are the pool's, shared by all tenants)."""
         with self._lock:
             index = self.tenants.index(tenant)
             return self._stats(
@@ -352,6 +352,7 @@ class PrefixKVCache:
             free_blocks=self.pool.num_free,
             total_blocks=self.pool.num_blocks,
             pinned_blocks=pinned,
+            reserved_blocks=self._reserved,
             block_size=self.block_size,
             used_bytes=used * self.layout.block_bytes(self.block_size),
             capacity_bytes=self.pool.nbytes,

@@ -36,6 +36,10 @@ class CacheStats(NamedTuple):
     total_blocks: int
     pinned_blocks: int
     """Blocks held by leases (requests running on them): never evicted."""
+    reserved_blocks: int
+    """Blocks taken from the pool but not indexed: running sequences' own blocks and blocks
+    being filled. Conservation: ``free_blocks + used_blocks + reserved_blocks ==
+    total_blocks`` in every snapshot."""
     block_size: int
     used_bytes: int
     capacity_bytes: int

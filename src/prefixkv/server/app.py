@@ -179,7 +179,7 @@ async def cache_stats(request: Request, caller: CallerDep) -> dict[str, Any]:
     return {**own, "hit_rate": stats.hit_rate, "scope": "tenant"}
 
 
-_POOL_WIDE = frozenset({"free_blocks"})
+_POOL_WIDE = frozenset({"free_blocks", "reserved_blocks"})
 
 
 @router.post("/v1/cache/reset")

@@ -93,6 +93,7 @@ _CACHE_HELP = {
     "free_blocks": "Blocks free in the pool",
     "total_blocks": "Blocks in the pool",
     "pinned_blocks": "Blocks held by running requests (never evicted)",
+    "reserved_blocks": "Blocks of running requests not indexed (free + used + reserved = total)",
     "block_size": "Tokens per block",
     "used_bytes": "Bytes of cached KV",
     "capacity_bytes": "Bytes of the pool: the most the cache ever holds",
