@@ -217,9 +217,11 @@ def test_metric_values_sum_5xx_and_failures() -> None:
 
 def test_tier_flags_live_in_one_place() -> None:
     args = soak.parser().parse_args(["--threads", "1"])
-    flags = soak.server_flags(args, Path("/tmp/d"), "redis://127.0.0.1:1/0")
-    tiers = soak.tier_flags(Path("/tmp/d"), args.disk_bytes, "redis://127.0.0.1:1/0")
+    key = Path("/tmp/k")
+    flags = soak.server_flags(args, Path("/tmp/d"), "redis://127.0.0.1:1/0", key)
+    tiers = soak.tier_flags(Path("/tmp/d"), args.disk_bytes, "redis://127.0.0.1:1/0", key)
     assert flags[-len(tiers) :] == tiers and "--redis-url" in tiers and "--disk-cache" in tiers
+    assert tiers[tiers.index("--tier-key-file") + 1] == str(key)  # Redis is shared: sealed
     assert flags[flags.index("--backend") + 1] == "batch"
 
 

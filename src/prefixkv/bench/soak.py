@@ -99,9 +99,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def tier_flags(disk_dir: Path, disk_bytes: int, redis_url: str) -> list[str]:
-    """The server's tier flags, all of them here (a tier key, when the server needs one, is
-    added in this one place)."""
+def tier_flags(disk_dir: Path, disk_bytes: int, redis_url: str, key_file: Path) -> list[str]:
+    """The server's tier flags, all of them here. Redis is shared, so its records are sealed
+    with a tier key (``key_file``, written by the caller), as a production server's must be."""
     return [
         "--disk-cache",
         str(disk_dir),
@@ -109,16 +109,20 @@ def tier_flags(disk_dir: Path, disk_bytes: int, redis_url: str) -> list[str]:
         str(disk_bytes),
         "--redis-url",
         redis_url,
+        "--tier-key-file",
+        str(key_file),
     ]
 
 
-def server_flags(args: argparse.Namespace, disk_dir: Path, redis_url: str) -> list[str]:
+def server_flags(
+    args: argparse.Namespace, disk_dir: Path, redis_url: str, key_file: Path
+) -> list[str]:
     """Every flag of the server under test but its model, host and port."""
     flags = ["--backend", "batch", "--cache-bytes", str(args.cache_bytes)]
     flags += ["--block-size", str(args.block_size), "--log-level", "info"]
     flags += ["--max-tokens-limit", str(args.max_tokens)]
     flags += ["--threads", str(args.threads)] if args.threads else []
-    return flags + tier_flags(disk_dir, args.disk_bytes, redis_url)
+    return flags + tier_flags(disk_dir, args.disk_bytes, redis_url, key_file)
 
 
 def redis_options(args: argparse.Namespace) -> tuple[str, ...]:

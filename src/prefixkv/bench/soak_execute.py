@@ -16,6 +16,7 @@ from prefixkv.bench.soak_sample import LogScan, Sample
 from prefixkv.bench.soak_traffic import Mix
 from prefixkv.bench.soak_verdict import Finish, Limits, RedisEvents, verdict
 from prefixkv.bench.tiers_servers import RedisServer, Replica
+from prefixkv.tiers.key import write_key_file
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,9 @@ def execute(args: argparse.Namespace, binary: str, tmp: Path, mix: Mix) -> Outco
         RedisServer(binary, workdir, options=redis_options(args)),
         lambda port: RedisServer(binary, workdir, port, redis_options(args)),
     )
-    flags = server_flags(args, tmp / "disk", state.server.url)
+    key_file = tmp / "tier.key"
+    write_key_file(key_file)
+    flags = server_flags(args, tmp / "disk", state.server.url, key_file)
     log = tmp / "server.log"
     try:
         server = Replica(args.model, flags, log)
