@@ -30,6 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from prefixkv.redaction import redacted_url
 from prefixkv.tiers.protocol import TierCounters, hex_name
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _redacted(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for error messages and logs)."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
-
-
 _FORM = "redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
 
 
@@ -61,12 +57,16 @@ def check_url(url: str) -> None:
 def _connection_options(url: str) -> dict[str, Any]:
     """Pool options for a URL of form ``_FORM``; ValueError naming it (password hidden) for
     anything else."""
-    shown = _redacted(url)
+    shown = redacted_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError unless a number in 0..65535
-    except ValueError as exc:
-        raise ValueError(f"not a Redis URL: {shown!r} ({exc}; expected {_FORM})") from None
+    except ValueError:
+        # Not the error's text: its text quotes the "port", which is part of the password when one
+        # holds an unescaped '/' (redis://u:pa/ss@h ends the host part at the '/').
+        raise ValueError(
+            f"not a Redis URL: {shown!r} (a bad host or port; expected {_FORM})"
+        ) from None
     if (
         parts.scheme not in ("redis", "rediss")
         or not parts.hostname
@@ -110,7 +110,7 @@ class RedisTier:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if not (retry_after >= 0 and math.isfinite(retry_after)):
             raise ValueError(f"retry_after must be >= 0 seconds, got {retry_after!r}")
-        self.url = _redacted(url)
+        self.url = redacted_url(url)
         self._prefix = key_prefix
         self._retry_after = retry_after
         options.update(socket_timeout=timeout, socket_connect_timeout=timeout)

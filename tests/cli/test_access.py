@@ -1,0 +1,97 @@
+"""``prefixkv serve`` fails closed: off loopback it needs a key or ``--allow-anonymous``,
+decided before the model loads; and the parser never quotes a value given to a mistyped
+option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from prefixkv.cli import commands as cli
+
+MISSING = "no-model-here"
+
+
+def serve(tmp_path: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """``prefixkv serve`` on a model that does not exist: (exit status, stderr). A run that
+    got past the access checks fails at the model, naming it."""
+    status = cli.main(["serve", "--model", str(tmp_path / MISSING), *argv])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.20", "example.org", ""])
+def test_off_loopback_without_a_key_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], host: str
+) -> None:
+    status, err = serve(tmp_path, capsys, "--host", host)
+    assert status == 2 and err.count("\n") == 1
+    assert "--api-key" in err and "--allow-anonymous" in err and "refusing" in err
+    assert MISSING not in err  # refused before trying to load the model
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--host", "0.0.0.0", "--allow-anonymous"], {}),
+        (["--host", "0.0.0.0"], {"PREFIXKV_ALLOW_ANONYMOUS": "yes"}),
+    ],
+)
+def test_allow_anonymous_starts_with_a_warning(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    env: dict[str, str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    status, err = serve(tmp_path, capsys, *argv)
+    assert status == 2 and MISSING in err  # went on to load the model
+    assert "warning: serving on 0.0.0.0 without keys" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--host", "0.0.0.0", "--api-key", "k"],
+        ["--host", "0.0.0.0", "--admin-key", "k"],
+        ["--host", "127.0.0.1"],
+        ["--host", "localhost"],
+        ["--host", "::1"],
+        ["--host", "127.8.9.10"],
+    ],
+)
+def test_a_key_or_loopback_starts_without_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    status, err = serve(tmp_path, capsys, *argv)
+    assert status == 2 and MISSING in err and "warning" not in err
+
+
+def test_allow_anonymous_with_keys_is_a_contradiction(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = serve(tmp_path, capsys, "--api-key", "k", "--allow-anonymous")
+    assert status == 2 and "--allow-anonymous" in err and MISSING not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["serve", "--api-keys", "SECRET"], "--api-keys and 1 value(s)"),
+        (["serve", "--api-keys=SECRET"], "--api-keys and 1 value(s)"),
+        (["serve", "--admin", "SECRET"], "--admin and 1 value(s)"),  # no abbreviations
+        (["serve", "--a=SECRET"], "--a and 1 value(s)"),
+        (["serve", "--api-key", "k", "SECRET"], "1 value(s)"),
+        (["--api-key", "SECRET", "serve"], "--api-key comes before the command"),
+        (["-xSECRET", "serve"], "an option comes before the command"),
+    ],
+)
+def test_mistyped_options_never_echo_their_values(
+    capsys: pytest.CaptureFixture[str], argv: list[str], shown: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and shown in err and "SECRET" not in err
