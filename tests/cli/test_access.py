@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefixkv.cli import commands as cli
+from prefixkv.cli.options import Parser, add_option, positive_int
 
 MISSING = "no-model-here"
 
@@ -91,7 +92,29 @@ def test_allow_anonymous_with_keys_is_a_contradiction(
 def test_mistyped_options_never_echo_their_values(
     capsys: pytest.CaptureFixture[str], argv: list[str], shown: str
 ) -> None:
+    missing = ["--model", "no-model-here"]  # should the parser accept the mistake: a quick exit
     with pytest.raises(SystemExit) as exit_:
-        cli.main(argv)
+        cli.main([*argv, *missing])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and shown in err and "SECRET" not in err
+
+
+@pytest.mark.parametrize("given", ["argv", "env"])
+def test_a_secret_options_bad_value_is_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], given: str
+) -> None:
+    """A typed secret option (as a future one may be): its error names the option or the
+    variable, never the value nor the converter's message (which quotes it)."""
+    monkeypatch.setenv("PREFIXKV_SOME_KEY", "SECRET-from-env")
+    argv = ["--some-key", "SECRET-from-argv"] if given == "argv" else []
+    parser = Parser(prog="p")
+    add_option(parser, "--some-key", "a key", secret=True, type=positive_int)
+    add_option(parser, "--count", "not a secret", type=positive_int)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    err = capsys.readouterr().err
+    assert "SECRET" not in err and "not shown" in err
+    assert ("PREFIXKV_SOME_KEY" in err) == (given == "env") and "--some-key" in err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--some-key", "1", "--count", "many"])
+    assert "'many'" in capsys.readouterr().err  # other options still quote their value

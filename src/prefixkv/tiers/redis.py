@@ -62,8 +62,8 @@ def _connection_options(url: str) -> dict[str, Any]:
         parts = urlsplit(url)
         port = parts.port  # ValueError unless a number in 0..65535
     except ValueError:
-        # Not the error's text: its text quotes the "port", which is part of the password when one
-        # holds an unescaped '/' (redis://u:pa/ss@h ends the host part at the '/').
+        # Its message is not shown: it quotes the "port", which is part of the password when
+        # the password holds an unescaped '/' (redis://u:pa/ss@h ends the host part there).
         raise ValueError(
             f"not a Redis URL: {shown!r} (a bad host or port; expected {_FORM})"
         ) from None
