@@ -10,6 +10,7 @@ import pytest
 
 from prefixkv.cli import commands as cli
 from prefixkv.cli.options import Parser, add_option, positive_int
+from prefixkv.cli.serving import secret_keys, server_settings
 
 MISSING = "no-model-here"
 
@@ -118,3 +119,23 @@ def test_a_secret_options_bad_value_is_not_echoed(
     with pytest.raises(SystemExit):
         parser.parse_args(["--some-key", "1", "--count", "many"])
     assert "'many'" in capsys.readouterr().err  # other options still quote their value
+
+
+@pytest.mark.parametrize(
+    ("argv", "public"),
+    [
+        (["--host", "127.0.0.1"], True),
+        (["--host", "localhost"], True),
+        (["--host", "0.0.0.0", "--allow-anonymous"], False),
+        (["--host", "127.0.0.1", "--api-key", "k"], False),
+        (["--host", "127.0.0.1", "--admin-key", "k"], False),
+    ],
+)
+def test_metrics_are_public_only_on_a_keyless_loopback_server(
+    argv: list[str], public: bool
+) -> None:
+    args = cli.build_parser().parse_args(["serve", *argv])
+    keys = secret_keys(args.api_key, "--api-key")
+    admin = secret_keys([args.admin_key] if args.admin_key else [], "--admin-key")
+    settings = server_settings(args, "m", keys, admin)
+    assert settings.public_metrics is public

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefixkv.cli.options import EnvText
 from prefixkv.cli.setup import CommandError, close_tiers, load_engine, make_backend
+
+if TYPE_CHECKING:
+    from prefixkv.server import ServerSettings
 
 
 def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
@@ -60,15 +63,13 @@ def check_access(host: str, keyed: bool, allow_anonymous: bool) -> None:
 def serve_command(args: argparse.Namespace) -> int:
     """Run the server the options describe; the exit status. CommandError (exit 2) for bad
     keys, a server on the network without one, or options that cannot work."""
-    from prefixkv.server import ServerSettings, create_app
-    from prefixkv.server.hosts import default_allowed_hosts, is_loopback
+    from prefixkv.server import create_app
 
     # Checked before the model loads (seconds): a bad key or a server open to the network
     # without one is a start-up error at once.
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
-    keyed = bool(api_keys or admin)
-    check_access(args.host, keyed, args.allow_anonymous)
+    check_access(args.host, bool(api_keys or admin), args.allow_anonymous)
     from prefixkv.threads import current_threads, helper_thread
 
     # The backend's thread runs the model on every core; this one only loads it (see
@@ -76,8 +77,25 @@ def serve_command(args: argparse.Namespace) -> int:
     threads = args.threads or current_threads()
     helper_thread()
     engine = load_engine(args, args.tenant_share)
-    settings = ServerSettings(
-        model_names=(engine.name, args.model),
+    settings = server_settings(args, engine.name, api_keys, admin)
+    print(banner(args, engine.name), flush=True)
+    app = create_app(engine, settings, make_backend(args, engine, threads))
+    try:
+        return _run_server(app, args)
+    finally:
+        close_tiers(engine)
+
+
+def server_settings(
+    args: argparse.Namespace, model: str, api_keys: tuple[str, ...], admin: tuple[str, ...]
+) -> ServerSettings:
+    """What the HTTP layer enforces, from the options; ``/metrics`` is public only on a
+    server without keys bound to loopback (see :mod:`prefixkv.server.auth`). Pure."""
+    from prefixkv.server import ServerSettings
+    from prefixkv.server.hosts import default_allowed_hosts, is_loopback
+
+    return ServerSettings(
+        model_names=(model, args.model),
         api_keys=api_keys,
         admin_keys=admin,
         allowed_hosts=tuple(args.allowed_host) or default_allowed_hosts(args.host),
@@ -85,14 +103,8 @@ def serve_command(args: argparse.Namespace) -> int:
         default_max_tokens=args.default_max_tokens,
         max_tokens_limit=args.max_tokens_limit,
         max_queue=args.max_queue,
-        public_metrics=not keyed and is_loopback(args.host),
+        public_metrics=not (api_keys or admin) and is_loopback(args.host),
     )
-    print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, make_backend(args, engine, threads))
-    try:
-        return _run_server(app, args)
-    finally:
-        close_tiers(engine)
 
 
 def banner(args: argparse.Namespace, model: str) -> str:
