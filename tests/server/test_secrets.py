@@ -23,6 +23,8 @@ from typing import NamedTuple
 import pytest
 
 from prefixkv.cli import commands as cli
+from prefixkv.cli.serving import banner
+from prefixkv.redaction import redacted_url
 from prefixkv.server import ServerSettings
 
 from .conftest import TINY_ARGS, running_app
@@ -220,3 +222,26 @@ def test_a_401_body_names_no_key() -> None:
         response = app.http.get("/metrics", headers=app.headers(API_KEY))
         assert response.status_code == 403
         assert_no_secret(response.text, "a 403")
+
+
+def test_the_banner_shows_the_redis_url_redacted(secret_env: None) -> None:
+    """In-process (fast): the start-up line of a server with every secret set."""
+    args = cli.build_parser().parse_args(["serve"])
+    line = banner(args, "tiny")
+    assert_no_secret(line, "the banner")
+    assert f"+ redis redis://prefixkv:***@127.0.0.1:{DEAD_PORT}/0" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:pw@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://:pw@h", "redis://:***@h"),
+        ("redis://pw@h", "redis://***@h"),  # a user name alone is often a misplaced password
+        ("rediss://u:p@ss/w:rd@h:1/0", "rediss://u:***@h:1/0"),  # unescaped '@' and '/'
+        ("redis://h:1/0", "redis://h:1/0"),
+        ("not a url", "not a url"),
+    ],
+)
+def test_redacted_url(url: str, shown: str) -> None:
+    assert redacted_url(url) == shown
