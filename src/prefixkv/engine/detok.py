@@ -16,10 +16,11 @@ The text equals ``tokenizer.decode(ids, skip_special_tokens=True)`` whenever dec
 prefix of the ids gives a prefix of the text (byte-level BPE as SmolLM2's, SentencePiece
 with byte fallback), except that a trailing incomplete UTF-8 sequence is held back, and
 dropped if the output ends there. Where it does not (ByteFallback over invalid bytes shows a
-valid byte as U+FFFD once an invalid one follows), text already sent stays as it was. A run of more than ``MAX_RUN`` tokens without a complete
-character (special tokens that decode to nothing, bytes that never form a character) is
-given up on: its tokens are dropped, so that no step ever decodes more than about
-``2 * MAX_RUN`` ids.
+valid byte as U+FFFD once an invalid one follows), text already sent stays as it was.
+
+A run of more than ``MAX_RUN`` tokens without a complete character (special tokens that
+decode to nothing, bytes that never form a character) is given up on: its tokens are
+dropped, so that no step ever decodes more than about ``2 * MAX_RUN`` ids.
 """
 
 from __future__ import annotations
