@@ -13,6 +13,7 @@ import pytest
 
 from prefixkv.cli import commands as cli
 from prefixkv.cli.options import parse_bytes
+from prefixkv.cli.serving import secret_keys
 
 from ..engine.tiny import tiny_llama, tiny_tokenizer
 
@@ -194,7 +195,7 @@ def test_empty_keys_fail_closed_before_the_model_loads(
 
 def test_keys_are_stripped(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["serve", "--api-key", " k1 ", "--api-key", "k2"])
-    assert cli.secret_keys(args.api_key, "--api-key") == ("k1", "k2")
+    assert secret_keys(args.api_key, "--api-key") == ("k1", "k2")
 
 
 @pytest.mark.parametrize(

@@ -103,11 +103,15 @@ def running_app(
     engine: FakeEngine | None = None, *, raise_server_exceptions: bool = True, **settings: Any
 ) -> Iterator[App]:
     """An app over ``engine`` (a new FakeEngine by default) with ``ServerSettings(**settings)``
-    (model name "fake"), its lifespan (worker thread) running for the block. Server errors
-    are raised in the test unless ``raise_server_exceptions`` is False (to see the 500)."""
+    (model name "fake"; ``public_metrics`` unless keys are given, as on loopback), its
+    lifespan (worker thread) running for the block. Server errors are raised in the test
+    unless ``raise_server_exceptions`` is False (to see the 500)."""
     engine = engine or FakeEngine()
     keys = settings.get("api_keys", ())
-    config = ServerSettings(model_names=("fake",), **{"allowed_hosts": ("testserver",), **settings})
+    # As `prefixkv serve` on loopback: /metrics is open on a server without keys.
+    keyless = not (keys or settings.get("admin_keys"))
+    defaults = {"allowed_hosts": ("testserver",), "public_metrics": keyless}
+    config = ServerSettings(model_names=("fake",), **{**defaults, **settings})
     app = create_app(engine, config)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as http:
         yield App(engine, http, keys[0] if keys else "")

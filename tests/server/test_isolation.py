@@ -221,3 +221,44 @@ def test_the_host_header_must_name_the_server(host: str, allowed: bool) -> None:
         else:
             assert response.status_code == 400
             assert response.json()["error"]["code"] == "invalid_host"
+
+
+@pytest.mark.parametrize("header", [None, "Bearer anything", f"Bearer {ADMIN}"])
+def test_the_anonymous_caller_is_never_the_admin(header: str | None) -> None:
+    """Without keys every caller is the anonymous tenant: its own stats, its own reset, no
+    global reset; whatever key it sends (OpenAI clients always send one) changes nothing."""
+    headers = {} if header is None else {"Authorization": header}
+    with running_app(public_metrics=False) as app:
+        cached_tokens(app.openai(), "mine")
+        own = app.http.get("/v1/cache/stats", headers=headers).json()
+        assert own["scope"] == "tenant" and own["used_blocks"] > 0
+        assert "free_blocks" not in own and "tiers" not in own
+        for path, kwargs in (
+            ("/v1/cache/reset", {"json": {"scope": "all"}}),
+            ("/metrics", {}),
+        ):
+            call = app.http.post if path.endswith("reset") else app.http.get
+            refused = call(path, headers=headers, **kwargs)
+            assert refused.status_code == 403, path
+            error = refused.json()["error"]
+            assert error["code"] == "admin_key_required" and "--admin-key" in error["message"]
+            assert error["type"] == "invalid_request_error"
+        assert cached_tokens(app.openai(), "mine") > 0  # the refused reset evicted nothing
+        reset = app.http.post("/v1/cache/reset", json={}, headers=headers)
+        assert reset.json() == {"evicted_blocks": own["used_blocks"], "scope": "tenant"}
+
+
+def test_public_metrics_open_metrics_only() -> None:
+    """A keyless server on loopback (``public_metrics``) serves /metrics to anyone; the
+    whole-cache stats and the global reset stay closed."""
+    with running_app(public_metrics=True) as app:
+        assert app.http.get("/metrics").status_code == 200
+        assert app.http.get("/v1/cache/stats").json()["scope"] == "tenant"
+        refused = app.http.post("/v1/cache/reset", json={"scope": "all"})
+        assert refused.status_code == 403
+
+
+@pytest.mark.parametrize("keys", [{"api_keys": KEYS}, {"admin_keys": (ADMIN,)}])
+def test_public_metrics_need_a_keyless_server(keys: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="public_metrics"):
+        ServerSettings(model_names=("m",), public_metrics=True, **keys)

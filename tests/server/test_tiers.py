@@ -80,11 +80,15 @@ def uncached(
     assert server.stop() == 0, server.output()
 
 
+ADMIN = "admin-key-of-the-tier-tests"
+
+
 def _server(
     model: Path, tmp: Path, name: str, *extra: str, env: dict[str, str] | None = None
 ) -> ServerProcess:
-    args = ["--model", str(model), *TINY_ARGS, *extra]
-    return ServerProcess(args, tmp / f"{name}.log", env=env).wait_ready()
+    """A server whose every request is the admin's: the tier figures are whole-cache views."""
+    args = ["--model", str(model), *TINY_ARGS, "--admin-key", ADMIN, *extra]
+    return ServerProcess(args, tmp / f"{name}.log", env=env, api_key=ADMIN).wait_ready()
 
 
 def _ask(server: ServerProcess, question: str) -> tuple[str, int]:

@@ -104,8 +104,16 @@ def redis_binary(given: str) -> str | None:
     return shutil.which(given)
 
 
+ADMIN_KEY = "prefixkv-bench-admin"
+"""The one key of every replica (on loopback, for this bench only): requests are the admin's
+tenant, which is part of a cache namespace, so replicas and restarts share records only if
+they share the key."""
+
+
 class Replica:
-    """``python -m prefixkv.cli serve`` on a free loopback port, logging to a file."""
+    """``python -m prefixkv.cli serve`` on a free loopback port, logging to a file. It has the
+    admin key ``ADMIN_KEY`` (in its environment), which every request of the bench sends: the
+    tier figures of ``/v1/cache/stats`` are a whole-cache view."""
 
     def __init__(self, model: str, flags: list[str], log: Path) -> None:
         self.model = model
@@ -114,10 +122,9 @@ class Replica:
         command = [sys.executable, "-m", "prefixkv.cli", "serve", "--host", "127.0.0.1"]
         command += ["--port", self.url.rsplit(":", 1)[1], "--model", model]
         command += ["--log-level", "warning", *flags]
+        env = {**servers.server_env("prefixkv"), "PREFIXKV_ADMIN_KEY": ADMIN_KEY}
         with log.open("wb") as out:
-            self.process = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=servers.server_env("prefixkv")
-            )
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.started = time.monotonic()
 
     def wait_ready(self, timeout: float = 600.0) -> float:
@@ -140,14 +147,18 @@ class Replica:
 
         async def one() -> Reply:
             async with openai.AsyncOpenAI(
-                base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=600.0
+                base_url=self.url + "/v1", api_key=ADMIN_KEY, max_retries=0, timeout=600.0
             ) as api:
                 return await ask(api, self.model, request, max_tokens)
 
         return asyncio.run(one())
 
     def tiers(self) -> list[dict[str, Any]]:
-        response = httpx.get(self.url + "/v1/cache/stats", timeout=30.0)
+        response = httpx.get(
+            self.url + "/v1/cache/stats",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            timeout=30.0,
+        )
         response.raise_for_status()
         tiers: list[dict[str, Any]] = response.json()["tiers"]
         return tiers

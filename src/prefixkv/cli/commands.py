@@ -10,13 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from prefixkv.cli.options import (
-    EnvText,
+    Parser,
     ReplaceThenAppend,
     add_option,
     one_of,
@@ -25,14 +23,8 @@ from prefixkv.cli.options import (
     positive_int,
     share_fraction,
 )
-from prefixkv.cli.setup import (
-    KEY_VARIABLE,
-    CommandError,
-    close_tiers,
-    load_engine,
-    make_backend,
-    write_tier_key,
-)
+from prefixkv.cli.serving import serve_command
+from prefixkv.cli.setup import CommandError, close_tiers, load_engine, write_tier_key
 from prefixkv.extras import MissingExtraError, require
 
 BENCHES = {
@@ -43,7 +35,6 @@ BENCHES = {
     "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
-    "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
@@ -53,7 +44,6 @@ _BENCH_EXTRAS = {
     "decode": ("hf", "bench"),
     "compression": ("hf", "tiers"),
     "tiers": ("server", "bench"),
-    "soak": ("server", "bench"),
 }
 
 
@@ -67,7 +57,10 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     add_option(p, "--disk-cache-bytes", "disk tier size", type=parse_bytes, default="16GiB")
     add_option(
-        p, "--redis-url", "Redis tier below RAM and disk, shared by replicas: redis://HOST:PORT/DB"
+        p,
+        "--redis-url",
+        "Redis tier below RAM and disk, shared by replicas: redis://HOST:PORT/DB",
+        secret=True,  # it may hold a password
     )
     add_option(
         p,
@@ -146,9 +139,7 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prefixkv", description="Exact prefix KV-cache reuse for LLM inference."
-    )
+    parser = Parser(prog="prefixkv", description="Exact prefix KV-cache reuse for LLM inference.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="OpenAI-compatible server with a prefix cache")
     _engine_options(serve)
@@ -181,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--admin-key",
         "bearer key for whole-cache views, /metrics and a global reset",
         secret=True,
+    )
+    add_option(
+        serve,
+        "--allow-anonymous",
+        "serve without any key on an address other than loopback (refused otherwise); "
+        "callers are then one anonymous tenant, never the admin",
+        action="flag",
     )
     add_option(serve, "--max-tokens-limit", "largest max_tokens", type=positive_int, default="2048")
     add_option(
@@ -218,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     _batch_options(serve)
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
-    serve.set_defaults(run=_serve)
+    serve.set_defaults(run=serve_command)
     chat = commands.add_parser("chat", help="interactive terminal chat showing cache hits")
     _engine_options(chat)
     add_option(chat, "--system", "system prompt")
@@ -254,100 +252,6 @@ def run_bench(name: str, argv: list[str]) -> int:
         print(f"prefixkv bench {name}: {module_name} is not installed", file=sys.stderr)
         return 2
     return int(module.main(argv))
-
-
-def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
-    """Keys with surrounding blanks stripped; CommandError naming the flag (or variable) for
-    an empty or blank one: an unset secret must never start a server without auth."""
-    keys = []
-    for value in values:
-        if not value.strip():
-            source = f"{value.env}" if isinstance(value, EnvText) else flag
-            raise CommandError(f"{source} holds an empty key; give a key or leave it unset")
-        keys.append(value.strip())
-    return tuple(keys)
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from prefixkv.server import ServerSettings, create_app
-    from prefixkv.server.hosts import default_allowed_hosts, is_loopback
-
-    # Checked before the model loads (seconds): a bad key is a start-up error at once.
-    api_keys = secret_keys(args.api_key, "--api-key")
-    admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
-    from prefixkv.threads import current_threads, helper_thread
-
-    # The backend's thread runs the model on every core; this one only loads it (see
-    # prefixkv.threads: a second multi-threaded team would slow every step).
-    threads = args.threads or current_threads()
-    helper_thread()
-    engine = load_engine(args, args.tenant_share)
-    settings = ServerSettings(
-        model_names=(engine.name, args.model),
-        api_keys=api_keys,
-        admin_keys=admin,
-        allowed_hosts=tuple(args.allowed_host) or default_allowed_hosts(args.host),
-        max_body_bytes=args.max_body_bytes,
-        default_max_tokens=args.default_max_tokens,
-        max_tokens_limit=args.max_tokens_limit,
-        max_queue=args.max_queue,
-    )
-    if not is_loopback(args.host) and not settings.keyed:
-        print(f"warning: serving on {args.host} without --api-key", file=sys.stderr)
-    cache = "off" if args.no_prefix_cache else f"{args.cache_bytes / (1 << 30):.2f} GiB"
-    if args.disk_cache:
-        cache += f" + disk {args.disk_cache} ({args.disk_cache_bytes / (1 << 30):.2f} GiB)"
-    if args.redis_url:
-        from prefixkv.tiers.redis import redacted_url
-
-        cache += f" + redis {redacted_url(args.redis_url)}"
-    if args.disk_cache or args.redis_url:
-        cache += f", {_sealing(args)}"
-    print(
-        f"prefixkv: serving {engine.name} at http://{args.host}:{args.port}/v1 "
-        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})",
-        flush=True,
-    )
-    app = create_app(engine, settings, make_backend(args, engine, threads))
-    try:
-        return _run_server(app, args)
-    finally:
-        close_tiers(engine)
-
-
-def _run_server(app: Any, args: argparse.Namespace) -> int:
-    from prefixkv.server import serve
-    from prefixkv.server.app import begin_shutdown
-
-    return serve(
-        app,
-        args.host,
-        args.port,
-        log_level=args.log_level,
-        grace_seconds=args.grace_seconds,
-        header_timeout=args.header_timeout,
-        body_timeout=args.body_timeout,
-        max_connections=args.max_connections,
-        on_stop=lambda grace: begin_shutdown(app, grace),
-    )
-
-
-def _sealing(args: argparse.Namespace) -> str:
-    """How tier records are kept, for the banner (never the key)."""
-    if args.tier_key_file or KEY_VARIABLE in os.environ:
-        return "tier records sealed (AES-256-GCM)"
-    if args.tier_insecure:
-        return "tier records NOT sealed (--tier-insecure)"
-    return "tier records unsealed (private directory)"
-
-
-def _batching(args: argparse.Namespace) -> str:
-    if args.backend == "serial":
-        return "one request at a time"
-    return (
-        f"batching up to {args.max_running} requests, {args.max_batch_tokens} tokens per step, "
-        f"{args.schedule_policy}"
-    )
 
 
 def _chat(args: argparse.Namespace) -> int:

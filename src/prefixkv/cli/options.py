@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sys
 from typing import Any
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -51,19 +52,64 @@ def share_fraction(text: str) -> float:
     return value
 
 
+_HELP = ("-h", "--help")
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser that never echoes what may be a secret given to a mistyped option.
+
+    Abbreviations are off: ``--api-keys SECRET`` or ``--a=SECRET`` would otherwise reach an
+    error message that quotes them (and a prefix that matches today, ``--admin``, may stop
+    matching once a longer option is added). Unrecognized arguments are reported by their
+    option names only; the values among them are counted, not shown. An option before the
+    command (``prefixkv --api-key SECRET serve``) is refused before argparse would take its
+    value for the command and quote it as an invalid choice. Subparsers are made of this
+    class too (argparse gives them the parent's class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        args = list(sys.argv[1:] if args is None else args)
+        first = args[0] if args else ""
+        if self._subparsers is not None and first.startswith("-") and first not in _HELP:
+            name = first.partition("=")[0] if first.startswith("--") else "an option"
+            self.error(f"{name} comes before the command; options go after it")
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            # Only "--name" is shown: a value may start with one dash, never with two.
+            options = [a for a in extra if a.startswith("--")]
+            hidden = len(extra) - len(options) + sum("=" in a for a in options)
+            shown = [a.partition("=")[0] for a in options]
+            if hidden:
+                shown.append(
+                    f"{'and ' if shown else ''}{hidden} value(s) (not shown: may be secret)"
+                )
+            self.error(f"unrecognized arguments: {' '.join(shown)}")
+        return parsed
+
+
 class EnvText(str):
     """A default taken from an environment variable; remembers which, for error messages."""
 
     env = ""
 
 
-def _checked(convert: Any) -> Any:
-    """``convert`` for argparse, naming the environment variable when its value is bad."""
+def _checked(convert: Any, secret: bool) -> Any:
+    """``convert`` for argparse, naming the environment variable when its value is bad. The
+    value of a ``secret`` option is never shown, nor the converter's message (which may
+    quote it): only which option or variable holds it."""
 
     def parse(text: str) -> Any:
         try:
             return convert(text)
         except (ValueError, argparse.ArgumentTypeError) as exc:
+            if secret:
+                where = f"in {text.env} " if isinstance(text, EnvText) else ""
+                raise argparse.ArgumentTypeError(
+                    f"invalid value {where}(not shown: it is a secret)"
+                ) from None
             where = f"{text.env}={text!r}" if isinstance(text, EnvText) else repr(text)
             raise argparse.ArgumentTypeError(f"invalid value {where}: {exc}") from exc
 
@@ -111,7 +157,8 @@ def add_option(
     """Add ``flag``, its default overridden by ``PREFIXKV_<FLAG>`` when that is set. The
     variable is parsed (by ``type``) only if this command runs, so a bad one in the
     environment cannot break another command. ``action="flag"`` is a boolean switch whose
-    variable reads 1/true/yes/on or 0/false/no/off; ``secret`` keeps the value out of --help.
+    variable reads 1/true/yes/on or 0/false/no/off; ``secret`` keeps the value out of --help
+    and out of the error for a bad value.
     Benchmarks use this too, so every ``prefixkv`` option follows the same rule."""
     env = "PREFIXKV_" + flag.lstrip("-").upper().replace("-", "_")
     value = os.environ.get(env)
@@ -126,7 +173,7 @@ def add_option(
         kwargs["default"] = EnvText(value)
         kwargs["default"].env = env
     if "type" in kwargs:
-        kwargs["type"] = _checked(kwargs["type"])
+        kwargs["type"] = _checked(kwargs["type"], secret)
     hidden = secret or kwargs.get("action") is _Flag or kwargs.get("default") is None
     shown = "" if hidden else " (%(default)s)"
     parser.add_argument(flag, help=f"{help}{shown} [env {env}]", **kwargs)

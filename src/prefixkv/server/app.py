@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``, ``GET /metrics``
-and ``GET /health`` (the only one open without an API key). The interactive docs are off:
+and ``GET /health`` (the only one open without an API key; ``/metrics`` too on a keyless
+server bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
 they would be unauthenticated endpoints.
 
 The routes are module-level and find their server through ``request.app.state``, so several
@@ -199,6 +200,9 @@ async def cache_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-async def prometheus(request: Request, caller: CallerDep) -> Response:
-    require_admin(caller, "/metrics (whole-cache and all-tenant figures)")
-    return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE)
+async def prometheus(request: Request) -> Response:
+    """Admin only, unless the settings make it public (a keyless server on loopback)."""
+    state = _state(request)
+    if not state.settings.public_metrics:
+        require_admin(state.auth(request), "/metrics (whole-cache and all-tenant figures)")
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)

@@ -1,10 +1,20 @@
 """Bearer-token authentication: who is calling (a tenant), and whether they are the admin.
 
 A tenant is a short digest of the API key used, so the key itself never becomes part of a
-cache namespace, a log line or a metric label. Without configured keys every request
-belongs to the one anonymous tenant ``""`` and may do everything (the server binds to
-loopback by default). With keys, every route but ``/health`` needs one; an admin key
-(``--admin-key``) is needed for whole-cache views, ``/metrics`` and a global reset.
+cache namespace, a log line or a metric label. With keys, every route but ``/health`` needs
+one. Without configured keys every request belongs to the one anonymous tenant ``""``; the
+anonymous caller is never the admin, whatever it sends.
+
+The admin key (``--admin-key``) is needed for the whole-cache view (``/v1/cache/stats`` of
+every tenant, with the pool's free blocks and the tiers; others see their own namespaces) and
+a global reset. ``/metrics`` (whole-cache and all-tenant figures too) needs it as well, with
+one exception: a server without any key bound to loopback serves it to anyone
+(``ServerSettings.public_metrics``). There every caller is a local process that may already
+use the whole server, and Prometheus scrapers are usually set up without credentials.
+Anywhere else the figures (queue depth, hit rates, other tenants' traffic) are for the
+operator only; a scraper sends the admin key (Prometheus: ``authorization:
+{credentials_file: ...}`` in its scrape config). A server bound elsewhere without keys
+(``--allow-anonymous``) has no admin, so nobody reads its ``/metrics``.
 """
 
 from __future__ import annotations
@@ -35,7 +45,9 @@ class Caller:
 
 
 class Authenticator:
-    """A FastAPI dependency: returns the Caller or raises a 401 APIError."""
+    """A FastAPI dependency: returns the Caller or raises a 401 APIError. Without keys,
+    every request is the anonymous caller (tenant ``""``, not the admin), whatever
+    ``Authorization`` header it sends: OpenAI clients always send one."""
 
     def __init__(self, api_keys: tuple[str, ...], admin_keys: tuple[str, ...] = ()) -> None:
         self._keys = tuple((key.encode(), Caller(tenant_of(key), False)) for key in api_keys) + (
@@ -44,7 +56,7 @@ class Authenticator:
 
     def __call__(self, request: Request) -> Caller:
         if not self._keys:
-            return Caller(ANONYMOUS, admin=True)
+            return Caller(ANONYMOUS, admin=False)
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise APIError(

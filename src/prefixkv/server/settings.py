@@ -15,7 +15,10 @@ class ServerSettings:
 
     ``model_names``: the ids a request's ``model`` may name; the first is the one listed by
     ``/v1/models`` and echoed in responses. ``api_keys``: one tenant each; ``admin_keys``:
-    callers who may act on the whole cache. No keys at all means no authentication.
+    callers who may act on the whole cache. No keys at all means no authentication: every
+    caller is the anonymous tenant, never the admin. ``public_metrics``: ``/metrics`` answers
+    callers without the admin key; only for a server without keys (``prefixkv serve`` sets it
+    when bound to loopback; see :mod:`prefixkv.server.auth`).
     """
 
     model_names: tuple[str, ...]
@@ -28,6 +31,7 @@ class ServerSettings:
     max_tokens_limit: int = 2048
     max_queue: int = 1024
     max_cache_salt_chars: int = 256
+    public_metrics: bool = False
 
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):
@@ -37,6 +41,10 @@ class ServerSettings:
                 raise ValueError("a key must not be empty or start or end with blanks")
         if set(self.api_keys) & set(self.admin_keys):
             raise ValueError("a key cannot be both an API key and the admin key")
+        if self.public_metrics and self.keyed:
+            raise ValueError(
+                "public_metrics is for a server without keys: with keys, /metrics needs the admin key"
+            )
         for name in ("max_body_bytes", "default_max_tokens", "max_tokens_limit", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

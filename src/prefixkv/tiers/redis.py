@@ -30,6 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from prefixkv.redaction import redacted_url
 from prefixkv.tiers.protocol import TierCounters, hex_name
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,6 @@ a read-only replica) comes from a server that is up and fast; it is only counted
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def redacted_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for error messages and logs)."""
-    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 _FORM = "redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]"
@@ -65,8 +61,12 @@ def _connection_options(url: str) -> dict[str, Any]:
     try:
         parts = urlsplit(url)
         port = parts.port  # ValueError unless a number in 0..65535
-    except ValueError as exc:
-        raise ValueError(f"not a Redis URL: {shown!r} ({exc}; expected {_FORM})") from None
+    except ValueError:
+        # Its message is not shown: it quotes the "port", which is part of the password when
+        # the password holds an unescaped '/' (redis://u:pa/ss@h ends the host part there).
+        raise ValueError(
+            f"not a Redis URL: {shown!r} (a bad host or port; expected {_FORM})"
+        ) from None
     if (
         parts.scheme not in ("redis", "rediss")
         or not parts.hostname
