@@ -72,7 +72,7 @@ def _build_font_cache() -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.font_manager  # noqa: F401  # builds the cache when it is missing
+        import matplotlib.font_manager  # builds the cache when it is missing
 
 
 _build_font_cache()
