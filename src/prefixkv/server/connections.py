@@ -16,16 +16,21 @@ calling ``accept()`` after the first EMFILE, up to ``backlog`` (2048) times per 
 scheduling one more retry: measured on 3.11, 220,000 failures in 10 s, 40% of a core, and
 as many tracebacks when the stale retries run after shutdown. :class:`HardenedLoop` stops
 each round at the first such error, and :class:`ResourceErrorLimiter` logs one line per
-interval with a count instead of a traceback per failure.
+interval with a count instead of a traceback per failure. It overrides two private methods of
+asyncio; :func:`loop_factory` checks their shape at run time and falls back to asyncio's own
+loop on a Python where they changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import inspect
 import logging
+import platform
 import socket
 import time
+from asyncio import selector_events
 from collections.abc import Callable
 from typing import Any
 
@@ -255,3 +260,38 @@ class HardenedLoop(asyncio.SelectorEventLoop):
     def _start_serving(self, protocol_factory: Any, sock: Any, *args: Any, **kw: Any) -> None:
         if sock.fileno() != -1:  # else a retry scheduled before the server closed its socket
             super()._start_serving(protocol_factory, sock, *args, **kw)  # type: ignore[misc]
+
+
+def loop_factory(
+    base: type = selector_events.BaseSelectorEventLoop,
+) -> type[asyncio.AbstractEventLoop]:
+    """The event loop class to pass as uvicorn's ``loop``: :class:`HardenedLoop` where
+    ``base`` (asyncio's selector loop) has the private methods it overrides in the shape it
+    assumes (:func:`accept_loop_known`); elsewhere asyncio's own selector loop, after a warning
+    that failed ``accept()`` calls are then neither cut short nor counted."""
+    if accept_loop_known(base):
+        return HardenedLoop
+    log.warning(
+        "asyncio's private accept loop differs from the one prefixkv hardens (Python %s): "
+        "serving on asyncio's own loop, without the accept-error limits",
+        platform.python_version(),
+    )
+    return asyncio.SelectorEventLoop
+
+
+def accept_loop_known(base: type) -> bool:
+    """Whether ``base`` has ``_accept_connection`` and ``_start_serving`` taking
+    ``(self, protocol_factory, sock, ...)``: the private interface :class:`HardenedLoop`
+    overrides, unchanged in CPython 3.10 through 3.13 (read in their sources; tested on
+    3.11). What they do with ``sock`` is checked by the tests, not here."""
+    for name in ("_accept_connection", "_start_serving"):
+        method = getattr(base, name, None)
+        if not callable(method):
+            return False
+        try:
+            parameters = list(inspect.signature(method).parameters)
+        except (TypeError, ValueError):  # no signature to read
+            return False
+        if parameters[:3] != ["self", "protocol_factory", "sock"]:
+            return False
+    return True

@@ -26,10 +26,10 @@ from fastapi import FastAPI
 
 from prefixkv.server.connections import (
     UVICORN_PER_REQUEST,
-    HardenedLoop,
     RepeatFilter,
     default_max_connections,
     h11_protocol,
+    loop_factory,
 )
 
 log = logging.getLogger("prefixkv.server")
@@ -61,7 +61,7 @@ def serve(
         host=host,
         port=port,
         http=h11_protocol(header_timeout, body_timeout),
-        loop=HardenedLoop,  # type: ignore[arg-type]  # uvicorn takes a loop factory
+        loop=loop_factory(),  # type: ignore[arg-type]  # uvicorn takes a loop factory
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=grace_seconds,
