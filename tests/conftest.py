@@ -50,9 +50,10 @@ platform.processor()
 
 def _build_native_kernel() -> None:
     """Compile the native kernels, attention and linear (a build step, like installing a
-    package), before the guard is on: later loads in this process reuse the library
-    (``native_build.load`` is cached)."""
-    from prefixkv.engine.native_build import NativeUnavailable, load
+    package), before the guard is on: later loads in this process reuse the library, and
+    :func:`prefixkv.kernels.build.identity` the compiler's answers (both are cached)."""
+    from prefixkv.kernels.build import NativeUnavailable
+    from prefixkv.kernels.ops import load
 
     with contextlib.suppress(NativeUnavailable):  # tests needing it say why; "auto" falls back
         load()
@@ -72,7 +73,7 @@ def _build_font_cache() -> None:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.font_manager  # noqa: F401  # builds the cache when it is missing
+        import matplotlib.font_manager  # builds the cache when it is missing
 
 
 _build_font_cache()

@@ -25,9 +25,9 @@ from prefixkv.engine.linear import (
     padding_of,
     row_bucket,
 )
-from prefixkv.engine.native_build import NativeUnavailable
 from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.request import SamplingParams
+from prefixkv.kernels.build import NativeUnavailable
 
 from .tiny import tiny_llama, tiny_tokenizer
 

@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefixkv.engine.native_build import load
 from prefixkv.engine.native_linear import NativeLinearLayer
+from tests.kernels.loaded import loaded
 
 
 @settings(max_examples=60, deadline=None)
@@ -31,7 +31,7 @@ def test_rows_equal_nn_linear_and_come_out_the_same_in_any_call(
         plain.weight.copy_(torch.randn(out_features, in_features, generator=gen))
         if bias:
             plain.bias.copy_(torch.randn(out_features, generator=gen))
-    layer = NativeLinearLayer(plain, load())
+    layer = NativeLinearLayer(plain, loaded())
     x = torch.randn(max(counts) + 3, in_features, generator=gen)
     with torch.inference_mode():
         alone = torch.cat([layer(x[i : i + 1]) for i in range(len(x))])
@@ -42,7 +42,7 @@ def test_rows_equal_nn_linear_and_come_out_the_same_in_any_call(
 
 def test_leading_dimensions_and_strided_inputs() -> None:
     plain = torch.nn.Linear(24, 70)
-    layer = NativeLinearLayer(plain, load())
+    layer = NativeLinearLayer(plain, loaded())
     x = torch.randn(2, 5, 48)[..., ::2]  # [2, 5, 24], not contiguous
     with torch.inference_mode():
         got = layer(x)
