@@ -112,3 +112,47 @@ def test_an_mlp_whose_projections_are_not_joined_keeps_its_own() -> None:
     model = tiny_llama(seed=5)
     swap_llama_layers(model, loaded())
     assert not any(isinstance(m, NativeGatedMLP) for m in model.modules())
+
+
+BAD_INPUTS = [
+    pytest.param(torch.float64, "cpu", id="float64"),
+    pytest.param(torch.bfloat16, "cpu", id="bfloat16"),
+    pytest.param(torch.float16, "cpu", id="float16"),
+    pytest.param(torch.float32, "meta", id="meta"),
+]
+
+
+@pytest.mark.parametrize(("dtype", "device"), BAD_INPUTS)
+def test_norm_and_mlp_refuse_another_dtype_or_device(dtype: torch.dtype, device: str) -> None:
+    x = torch.randn(3, 24, dtype=dtype, device=device)
+    named = f"not {dtype} on {device}.*--linear-kernel torch"
+    with pytest.raises(TypeError, match=f"^NativeRMSNorm: .*{named}"):
+        NativeRMSNorm(LlamaRMSNorm(24), loaded())(x)
+    mlp = NativeGatedMLP(torch.nn.Identity(), torch.nn.Identity(), 12, loaded())
+    with pytest.raises(TypeError, match=f"^NativeGatedMLP: .*{named}"):
+        mlp(x)
+
+
+def test_norm_and_mlp_refuse_another_last_dimension() -> None:
+    with pytest.raises(ValueError, match=r"^x: shape \(3, 23\) does not end in weight's 24"):
+        NativeRMSNorm(LlamaRMSNorm(24), loaded())(torch.randn(3, 23))
+    mlp = NativeGatedMLP(torch.nn.Identity(), torch.nn.Identity(), 12, loaded())
+    with pytest.raises(ValueError, match=r"^gate_up: shape \(3, 23\) does not end in 2 \* width"):
+        mlp(torch.randn(3, 23))
+
+
+def test_a_norm_of_another_dtype_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"^NativeRMSNorm: .*not torch\.bfloat16"):
+        NativeRMSNorm(LlamaRMSNorm(8).bfloat16(), loaded())
+
+
+def test_a_native_model_under_autocast_says_so() -> None:
+    """Under torch.autocast the attention between the native layers computes in bfloat16: the
+    first native layer to get it refuses, naming autocast, instead of writing 4-byte floats
+    into a 2-byte buffer."""
+    model = tiny_llama(seed=6)
+    NativeLinear().install(model)
+    ids = torch.randint(0, model.config.vocab_size, (1, 12))
+    refused = pytest.raises(TypeError, match=r"torch\.autocast to torch\.bfloat16 is on")
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16), refused:
+        model(ids)

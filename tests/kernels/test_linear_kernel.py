@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -48,3 +49,55 @@ def test_leading_dimensions_and_strided_inputs() -> None:
         got = layer(x)
         assert got.shape == (2, 5, 70)
         torch.testing.assert_close(got, plain(x), rtol=1e-5, atol=1e-5)
+
+
+def layer() -> tuple[torch.nn.Linear, NativeLinearLayer]:
+    plain = torch.nn.Linear(24, 70)
+    return plain, NativeLinearLayer(plain, loaded())
+
+
+@pytest.mark.parametrize(
+    ("x", "named"),
+    [
+        (torch.randn(3, 24, dtype=torch.float64), "torch.float64 on cpu"),
+        (torch.randn(3, 24, dtype=torch.bfloat16), "torch.bfloat16 on cpu"),
+        (torch.randn(3, 24, dtype=torch.float16), "torch.float16 on cpu"),
+        (torch.randn(3, 24, device="meta"), "torch.float32 on meta"),
+    ],
+    ids=["float64", "bfloat16", "float16", "meta"],
+)
+def test_another_dtype_or_device_is_refused_with_the_way_out(x: torch.Tensor, named: str) -> None:
+    """Refused, not converted: a result in another dtype or from another kernel would be
+    stored under a model fingerprint that names this kernel."""
+    with pytest.raises(
+        TypeError, match=f"^NativeLinearLayer: .*not {named}.*--linear-kernel torch"
+    ):
+        layer()[1](x)
+
+
+def test_another_last_dimension_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"input of shape \(4, 6\), the layer takes 24 features"):
+        layer()[1](torch.randn(4, 6))  # as many numbers as one row of 24: not reshaped
+
+
+def test_under_autocast_float32_runs_and_a_lower_dtype_names_autocast() -> None:
+    plain, native = layer()
+    x = torch.randn(5, 24)
+    with torch.inference_mode():
+        want = native(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(native(x), want)  # not an autocast op: float32 stays float32
+            with pytest.raises(TypeError, match=r"autocast to torch\.bfloat16 is on"):
+                native(plain(x))  # nn.Linear under autocast gives bfloat16
+
+
+def test_a_layer_moved_to_another_dtype_is_refused_by_the_door() -> None:
+    _, native = layer()
+    native.to(torch.float64)
+    with pytest.raises(TypeError, match=r"^packed: .*not torch\.float64"):
+        native(torch.randn(2, 24))
+
+
+def test_a_weight_of_another_dtype_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"^NativeLinearLayer: .*not torch\.bfloat16"):
+        NativeLinearLayer(torch.nn.Linear(4, 4).bfloat16(), loaded())

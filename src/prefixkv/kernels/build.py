@@ -170,7 +170,7 @@ def load(cache_dir: Path | None = None) -> ctypes.CDLL:
     from there (logged as one warning). Raises NativeUnavailable when it cannot be built or
     loaded. Declares nothing: :mod:`prefixkv.kernels.ops` does."""
     plan = recipe()
-    _check_sanitizer_runtime(plan)
+    check_sanitizer_runtime(plan, os.environ.get("LD_PRELOAD", ""))
     home = (default_cache_dir() if cache_dir is None else cache_dir) / "native"
     path = home / plan.library_name()
     try:
@@ -205,10 +205,11 @@ def _load_private(plan: Recipe) -> ctypes.CDLL:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _check_sanitizer_runtime(plan: Recipe) -> None:
-    """A sanitized library aborts the process when AddressSanitizer's runtime was not loaded
-    first: NativeUnavailable instead, saying how."""
-    if SANITIZE[0] in plan.flags and "libasan" not in os.environ.get("LD_PRELOAD", ""):
+def check_sanitizer_runtime(plan: Recipe, preload: str) -> None:
+    """NativeUnavailable, saying how to run it, when ``plan`` builds with the sanitizers and
+    ``preload`` (``$LD_PRELOAD``) does not load AddressSanitizer's runtime: the library
+    would abort the process as it loads."""
+    if SANITIZE[0] in plan.flags and "libasan" not in preload:
         raise NativeUnavailable(
             f"{SANITIZE_VARIABLE}=1 builds kernels that need the sanitizer runtimes loaded "
             'first: LD_PRELOAD="$(cc -print-file-name=libasan.so) $(cc '

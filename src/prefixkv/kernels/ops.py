@@ -82,6 +82,8 @@ class Kernels:
         if x.dim() == 0 or x.shape[-1] != dim or dim == 0:
             raise ValueError(f"x: shape {tuple(x.shape)} does not end in weight's {dim} (> 0)")
         _contiguous("x", x)
+        if not isinstance(eps, float | int):
+            raise TypeError(f"eps: a number expected, not {type(eps).__name__}")
         out = torch.empty_like(x)
         self._lib.prefixkv_rms_norm(
             x.data_ptr(), x.numel() // dim, dim, dim, weight.data_ptr(), float(eps), out.data_ptr()
@@ -170,6 +172,8 @@ class Kernels:
                 f"the items reach query row {items.query_rows - 1} and pool slot "
                 f"{items.pool_slots - 1}; query has {rows} rows, the pool {pool} slots"
             )
+        if not isinstance(scale, float | int):
+            raise TypeError(f"scale: a number expected, not {type(scale).__name__}")
         if items.count * kv_heads > INT32_MAX:
             raise ValueError(f"{items.count} items x {kv_heads} kv heads: too many jobs")
         args = abi.AttendArgs(
@@ -234,7 +238,7 @@ def _pool(keys: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int]:
     _float32("values", values, 3)
     kv_heads, slots, dim = keys.shape
     strides = keys.stride()
-    if strides[1] != dim or strides[2] != 1 or values.shape != keys.shape:
+    if strides[1] != dim or strides[2] != 1:
         raise ValueError(f"keys: shape {tuple(keys.shape)}, strides {strides}: rows of {dim} "
                          f"floats, slot after slot, expected")  # fmt: skip
     if values.shape != keys.shape or values.stride() != strides:
