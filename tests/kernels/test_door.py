@@ -177,7 +177,7 @@ SHAPE_BREAKS: list[tuple[str, str, Callable[[Call], None], type[Exception], str]
     ("store", "values strides", _apply("values", lambda t: t.transpose(0, 1).contiguous().transpose(0, 1)), ValueError, "^values: "),
     ("store", "new kv heads", _apply("new_keys", lambda t: t[:1]), ValueError, "^new_keys: "),
     ("store", "new dim strided", _apply("new_keys", strided), ValueError, "^new_keys: "),
-    ("store", "new tokens", _apply("new_values", lambda t: t[:, :3]), ValueError, "^new_values: 3 tokens"),
+    ("store", "new tokens", _apply("new_values", lambda t: t[:, :3]), ValueError, "^new_values: shape \\(2, 3, 8\\), .* for 4 tokens"),
     ("store", "no kv heads", _set(keys=torch.zeros(0, POOL, DIM), values=torch.zeros(0, POOL, DIM)), ValueError, "^keys: 0 kv heads"),
     ("attend", "row past the query", _set(items=items([0, 4], [1])), ValueError, "query row 4 .* 4 rows"),
     ("attend", "slot past the pool", _set(items=items([0], [1, 32])), ValueError, "pool slot 32;.* the pool 32 slots"),

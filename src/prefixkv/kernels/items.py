@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 
 INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
 
 Indices = npt.ArrayLike
 
@@ -79,8 +78,8 @@ class AttendItems:
             raise ValueError(f"{self.count} items of up to {self.max_tokens} tokens: too many")
         _within("sees", self.sees, 0, np.repeat(tokens, members))  # a prefix of its item
         _within("owner", self.owner, -1, np.repeat(members, tokens) - 1)  # -1 or a member
-        _within("rows", self.rows, 0, INT64_MAX)
-        _within("slot", self.slot, 0, INT64_MAX)
+        _nonnegative("rows", self.rows)
+        _nonnegative("slot", self.slot)
         self.query_rows = int(self.rows.max()) + 1 if len(self.rows) else 0
         self.pool_slots = int(self.slot.max()) + 1 if len(self.slot) else 0
         for array in self._arrays():
@@ -98,6 +97,8 @@ def _copy(name: str, values: Indices, dtype: type[np.integer]) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name}: a 1-D array expected, got shape {array.shape}")
+    if array.dtype == dtype:  # the usual case: nothing to convert, so nothing to compare
+        return np.array(array, order="C", copy=True)
     if array.size and not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"{name}: integers expected, got {array.dtype}")
     copied = np.array(array, dtype=dtype, order="C", copy=True)
@@ -125,3 +126,10 @@ def _within(name: str, values: np.ndarray, lower: int, upper: np.ndarray | int) 
         at = int(np.argmax(bad))
         most = int(upper[at]) if isinstance(upper, np.ndarray) else upper
         raise ValueError(f"{name}[{at}] = {int(values[at])} is outside {lower}..{most}")
+
+
+def _nonnegative(name: str, values: np.ndarray) -> None:
+    """ValueError naming the first negative entry of ``values``."""
+    if len(values) and values.min() < 0:
+        at = int(np.argmax(values < 0))
+        raise ValueError(f"{name}[{at}] = {int(values[at])} is negative")

@@ -49,20 +49,17 @@ class Kernels:
         """``x @ W.T + bias`` as a new ``[rows, out_features]`` tensor. ``x``: ``[rows, in]``
         contiguous; ``packed``: W as ``[ceil(out_features / linear_block), in,
         linear_block]`` column blocks, contiguous; ``bias``: ``[out_features]`` or None."""
-        _float32("x", x, 2)
-        _float32("packed", packed, 3)
+        _dense("x", x, 2)
+        _dense("packed", packed, 3)
         rows, k = x.shape
         blocks, block = -(-out_features // self.linear_block), self.linear_block
-        if packed.shape != (blocks, k, block) or out_features < 1:
+        if out_features < 1 or packed.shape != (blocks, k, block):
             raise ValueError(
                 f"packed: shape {tuple(packed.shape)} does not hold {out_features} output "
                 f"columns of x's {k} features (expected {(blocks, k, block)})"
             )
-        _contiguous("x", x)
-        _contiguous("packed", packed)
         if bias is not None:
-            _float32("bias", bias, 1)
-            _contiguous("bias", bias)
+            _dense("bias", bias, 1)
             if bias.shape[0] != out_features:
                 raise ValueError(f"bias: {bias.shape[0]} values for {out_features} columns")
         out = x.new_empty(rows, out_features)
@@ -75,13 +72,11 @@ class Kernels:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """``weight * x / sqrt(mean(x^2) + eps)`` over the last dimension, as a new tensor of
         ``x``'s shape. ``x``: ``[..., dim]`` contiguous; ``weight``: ``[dim]``."""
-        _float32("weight", weight, 1)
-        _contiguous("weight", weight)
+        _dense("weight", weight, 1)
         dim = weight.shape[0]
-        _float32("x", x, None)
+        _dense("x", x, None)
         if x.dim() == 0 or x.shape[-1] != dim or dim == 0:
             raise ValueError(f"x: shape {tuple(x.shape)} does not end in weight's {dim} (> 0)")
-        _contiguous("x", x)
         if not isinstance(eps, float | int):
             raise TypeError(f"eps: a number expected, not {type(eps).__name__}")
         out = torch.empty_like(x)
@@ -93,12 +88,11 @@ class Kernels:
     def silu_mul(self, gate_up: torch.Tensor, width: int) -> torch.Tensor:
         """``silu(gate) * up`` as a new ``[..., width]`` tensor, where ``gate_up`` is
         ``[..., 2 * width]`` contiguous, gate columns first."""
-        _float32("gate_up", gate_up, None)
+        _dense("gate_up", gate_up, None)
         if width < 1 or gate_up.dim() == 0 or gate_up.shape[-1] != 2 * width:
             raise ValueError(
                 f"gate_up: shape {tuple(gate_up.shape)} does not end in 2 * width = {2 * width}"
             )
-        _contiguous("gate_up", gate_up)
         out = gate_up.new_empty((*gate_up.shape[:-1], width))
         self._lib.prefixkv_silu_mul(
             gate_up.data_ptr(), gate_up.numel() // (2 * width), width, 2 * width, out.data_ptr(),
@@ -113,19 +107,20 @@ class Kernels:
         contiguous, equal strides) at ``slots`` (``[T]`` int64, each in the pool). Mutates
         ``keys`` and ``values`` only; ValueError (nothing written) for a slot outside."""
         kv_heads, pool, dim = _pool(keys, values)
-        for name, new in (("new_keys", new_keys), ("new_values", new_values)):
-            _float32(name, new, 3)
-            if new.shape[0] != kv_heads or new.shape[2] != dim or new.stride(2) != 1:
-                raise ValueError(
-                    f"{name}: shape {tuple(new.shape)}, strides {new.stride()} for a pool of "
-                    f"{kv_heads} kv heads of dim {dim} (unit stride in dim)"
-                )
+        _float32("new_keys", new_keys, 3)
+        _float32("new_values", new_values, 3)
         tokens = new_keys.shape[1]
-        if new_values.shape[1] != tokens:
-            raise ValueError(f"new_values: {new_values.shape[1]} tokens, new_keys {tokens}")
-        if not isinstance(slots, torch.Tensor) or slots.dtype is not _I64 or not slots.is_cpu:
-            _refuse("slots", slots, "an int64 CPU tensor")
-        if slots.layout is not _STRIDED:
+        for name, new in (("new_keys", new_keys), ("new_values", new_values)):
+            if new.shape != (kv_heads, tokens, dim) or new.stride(2) != 1:
+                raise ValueError(
+                    f"{name}: shape {tuple(new.shape)}, strides {new.stride()} for {tokens} "
+                    f"tokens of {kv_heads} kv heads of dim {dim} (unit stride in dim)"
+                )
+        try:
+            plain = slots.dtype is _I64 and slots.is_cpu and slots.layout is _STRIDED
+        except AttributeError:  # not a tensor
+            plain = False
+        if not plain:
             _refuse("slots", slots, "an int64 CPU tensor")
         if slots.shape != (tokens,) or not slots.is_contiguous():
             raise ValueError(f"slots: a contiguous [{tokens}] tensor expected, got {slots.shape}")
@@ -163,8 +158,8 @@ class Kernels:
                 f"query: {heads} heads over {kv_heads} kv heads for items of up to "
                 f"{items.max_members} members ({self.lanes} lanes)"
             )
-        _float32("out", out, 3)
-        if out.shape != (rows, heads, dim) or not out.is_contiguous():
+        _dense("out", out, 3)
+        if out.shape != (rows, heads, dim):
             raise ValueError(f"out: a contiguous {(rows, heads, dim)} tensor expected, "
                              f"got {tuple(out.shape)}, strides {out.stride()}")  # fmt: skip
         if rows < items.query_rows or pool < items.pool_slots:
@@ -212,22 +207,52 @@ _STATUS = {
 }
 
 
+# The checks below are one boolean expression on the way through (each attribute read costs
+# 50-150 ns and each call ~100 ns, at up to ~250 door calls a decode step); only a refusal
+# works out what to say.
+
+
 def _float32(name: str, tensor: torch.Tensor, ndim: int | None) -> None:
-    """TypeError unless ``tensor`` is a dense float32 CPU tensor; ValueError unless it has
-    ``ndim`` dimensions (any number for None)."""
+    """TypeError unless ``tensor`` is a dense (strided) float32 CPU tensor; ValueError unless
+    it has ``ndim`` dimensions (any number for None)."""
     try:
-        plain = tensor.dtype is _F32 and tensor.is_cpu and tensor.layout is _STRIDED
+        fine = (
+            tensor.dtype is _F32
+            and tensor.is_cpu
+            and tensor.layout is _STRIDED
+            and (ndim is None or tensor.dim() == ndim)
+        )
     except AttributeError:  # not a tensor
-        plain = False
-    if not plain:
+        fine = False
+    if not fine:
+        _refuse_float32(name, tensor, ndim)
+
+
+def _dense(name: str, tensor: torch.Tensor, ndim: int | None) -> None:
+    """:func:`_float32`, and ValueError unless ``tensor`` is contiguous."""
+    try:
+        fine = (
+            tensor.dtype is _F32
+            and tensor.is_cpu
+            and tensor.layout is _STRIDED
+            and (ndim is None or tensor.dim() == ndim)
+            and tensor.is_contiguous()
+        )
+    except AttributeError:  # not a tensor
+        fine = False
+    if not fine:
+        _refuse_float32(name, tensor, ndim)
+        raise ValueError(f"{name}: a contiguous tensor expected, got strides {tensor.stride()}")
+
+
+def _refuse_float32(name: str, tensor: torch.Tensor, ndim: int | None) -> None:
+    """Raises what :func:`_float32` refuses ``tensor`` for; returns if it would not."""
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype is not _F32 or not tensor.is_cpu:
+        _refuse(name, tensor, "a float32 CPU tensor")
+    if tensor.layout is not _STRIDED:
         _refuse(name, tensor, "a float32 CPU tensor")
     if ndim is not None and tensor.dim() != ndim:
         raise ValueError(f"{name}: {ndim} dimensions expected, got shape {tuple(tensor.shape)}")
-
-
-def _contiguous(name: str, tensor: torch.Tensor) -> None:
-    if not tensor.is_contiguous():
-        raise ValueError(f"{name}: a contiguous tensor expected, got strides {tensor.stride()}")
 
 
 def _pool(keys: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int]:
