@@ -4,8 +4,10 @@ on real files), the private rebuild when they fail, and the build cache."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -230,3 +232,17 @@ def test_an_unwritable_cache_dir_is_named(tmp_path: Path) -> None:
     blocked.write_text("not a directory")
     with pytest.raises(NativeUnavailable, match="cannot build into"):
         build.load.__wrapped__(blocked)
+
+
+def test_the_package_carries_every_kernel_source() -> None:
+    """Every file of csrc is compiled or included (so part of the identity) and matched by
+    pyproject's package-data, so a wheel or sdist can build the library."""
+    csrc = {path.name for path in build.SOURCE_DIR.iterdir()}
+    assert csrc == {path.name for path in build.SOURCES + build.HEADERS}
+    pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
+    data = pyproject.split("[tool.setuptools.package-data]")[1]
+    found = re.search(r"^prefixkv = \[(.*?)\]", data, re.MULTILINE)
+    assert found is not None
+    patterns = [p.strip().strip('"') for p in found[1].split(",")]
+    for name in csrc:
+        assert any(fnmatch.fnmatch(f"kernels/csrc/{name}", p) for p in patterns), name
