@@ -130,7 +130,7 @@ def test_an_untrusted_cache_is_replaced_by_a_private_build(
         library = load(tmp_path)
     assert int(library.prefixkv_lanes()) == 16
     (warning,) = caplog.messages
-    assert "is writable by group or others (mode 0775)); built a private copy" in warning
+    assert "is writable by group or others (mode 0775)); built a private copy (" in warning
     assert "\n" not in warning
     assert cached.read_bytes() == before and list((tmp_path / "native").iterdir()) == [cached]
 

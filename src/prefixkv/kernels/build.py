@@ -187,7 +187,12 @@ def load(cache_dir: Path | None = None) -> ctypes.CDLL:
             problems = (str(exc),)
         except OSError as exc:
             raise NativeUnavailable(f"cannot load {path} ({exc})") from exc
-    log.warning("native kernels: not loading %s (%s); built a private copy", path, problems[0])
+    log.warning(
+        "native kernels: not loading %s (%s); built a private copy (make the cache directory "
+        "yours and not writable by others, or set PREFIXKV_CACHE_DIR)",
+        path,
+        "; ".join(problems),
+    )
     return _load_private(plan)
 
 
