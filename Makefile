@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test lint check-core check-bounds check-bounds-lowest check-bounds-highest \
-	bench-index bench-ttft bench-serve
+.PHONY: serve test test-kernels-asan lint check-core check-bounds check-bounds-lowest \
+	check-bounds-highest bench-index bench-ttft bench-serve
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,15 @@ serve: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The native kernels' fast tests against a library built with AddressSanitizer and
+# UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1: another name in the cache), their
+# runtimes preloaded (ASan's must come first), leaks not reported (CPython and torch keep
+# memory by design); then the canary that shows a bad call is caught.
+test-kernels-asan: $(STAMP)
+	PREFIXKV_KERNEL_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 \
+	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow or sanitizer" tests/kernels
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -50,9 +50,10 @@ platform.processor()
 
 def _build_native_kernel() -> None:
     """Compile the native kernels, attention and linear (a build step, like installing a
-    package), before the guard is on: later loads in this process reuse the library
-    (``native_build.load`` is cached)."""
-    from prefixkv.engine.native_build import NativeUnavailable, load
+    package), before the guard is on: later loads in this process reuse the library, and
+    :func:`prefixkv.kernels.build.identity` the compiler's answers (both are cached)."""
+    from prefixkv.kernels.build import NativeUnavailable
+    from prefixkv.kernels.ops import load
 
     with contextlib.suppress(NativeUnavailable):  # tests needing it say why; "auto" falls back
         load()

@@ -20,7 +20,7 @@ from prefixkv.engine import linear
 from prefixkv.engine.batch import kernels
 from prefixkv.engine.batch.records import BatchLimits
 from prefixkv.engine.batch.runner import BatchRunner
-from prefixkv.engine.native_build import NativeUnavailable
+from prefixkv.kernels.build import NativeUnavailable
 
 from .tiny import tiny_llama
 

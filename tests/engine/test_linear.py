@@ -28,8 +28,8 @@ from prefixkv.engine.linear import (
     padding_of,
     row_bucket,
 )
-from prefixkv.engine.native_build import NativeUnavailable
 from prefixkv.engine.native_linear import NativeLinear
+from prefixkv.kernels.build import NativeUnavailable
 
 from . import kernel_matrix
 from .kernel_matrix import ATTENTION_KERNELS, LINEAR_KERNELS, unavailable

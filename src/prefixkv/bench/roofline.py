@@ -93,8 +93,9 @@ def measure_gemm(m: int = 512, k: int = 576, n: int = 1536, repeats: int = 30) -
     import torch
 
     from prefixkv.engine.linear import PackedLinear, onednn_runs
-    from prefixkv.engine.native_build import NativeUnavailable, load
     from prefixkv.engine.native_linear import NativeLinearLayer
+    from prefixkv.kernels.build import NativeUnavailable
+    from prefixkv.kernels.ops import load
 
     a, b = torch.randn(m, k), torch.randn(k, n)
     seconds = _best_seconds(lambda: torch.mm(a, b), repeats)

@@ -143,7 +143,7 @@ def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
     from prefixkv.engine.kvbridge import UnsupportedModelError
-    from prefixkv.engine.native_build import NativeUnavailable
+    from prefixkv.kernels.build import NativeUnavailable
     from prefixkv.server.backends import BatchBackend, SerialBackend
 
     if args.backend == "serial":

@@ -25,8 +25,9 @@ from typing import Protocol, cast
 import torch
 
 from prefixkv.engine.fused import swap_linears
-from prefixkv.engine.native_build import NativeUnavailable, load
 from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
+from prefixkv.kernels.build import NativeUnavailable
+from prefixkv.kernels.ops import load
 
 log = logging.getLogger("prefixkv.engine")
 

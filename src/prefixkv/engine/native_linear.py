@@ -1,4 +1,5 @@
-"""The ``native`` linear kernel: prefixkv's own GEMM (``native_linear.c``) on weights packed once.
+"""The ``native`` linear kernel: prefixkv's own GEMM (``prefixkv/kernels/csrc/linear.c``) on
+weights packed once.
 
 Why not oneDNN: calling SmolLM2's 30 layers in turn (their 420 MB of weights read from memory,
 as a forward does) took oneDNN 25-28 ms for one row and 33-37 ms for 16 on this project's AMD
@@ -11,30 +12,35 @@ chunk, decoded alone, or batched with 15 others: cached and uncached prompts, th
 engine and the batch runner all agree bit for bit (oneDNN's one-row calls of 1536-wide
 inputs rounded differently from its larger ones). No row padding is needed (oneDNN keeps
 state per row count; this kernel keeps none).
+
+Inputs other than float32 on the CPU are refused with the way out
+(:func:`prefixkv.engine.native_layers.refuse_input`), never converted.
 """
 
 from __future__ import annotations
 
-import ctypes
-
 import torch
 
 from prefixkv.engine.fused import swap_linears
-from prefixkv.engine.native_build import load
-from prefixkv.engine.native_layers import swap_llama_layers
+from prefixkv.engine.native_layers import refuse_input, swap_llama_layers
+from prefixkv.kernels.ops import Kernels, load
+
+_F32 = torch.float32
 
 
 class NativeLinearLayer(torch.nn.Module):
-    """``y = x W^T + b`` through ``prefixkv_linear``. ``packed``: the weight as
+    """``y = x W^T + b`` through the native ``linear``. ``packed``: the weight as
     ``[ceil(out / block), in_features, block]`` column blocks (zero past ``out_features``);
-    the plain weight is not kept."""
+    the plain weight is not kept. TypeError for a weight that is not float32 on the CPU."""
 
     packed: torch.Tensor
 
-    def __init__(self, linear: torch.nn.Linear, library: ctypes.CDLL) -> None:
+    def __init__(self, linear: torch.nn.Linear, kernels: Kernels) -> None:
         super().__init__()
+        if not native_runs(linear.weight):
+            refuse_input(type(self).__name__, linear.weight)
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        block = int(library.prefixkv_linear_block())
+        block = kernels.linear_block
         blocks = -(-self.out_features // block)
         weight = linear.weight.detach()  # [out, in]
         padded = weight.new_zeros(blocks * block, self.in_features)
@@ -42,20 +48,22 @@ class NativeLinearLayer(torch.nn.Module):
         # [blocks, in, block]: block j holds output columns [j * block, (j + 1) * block)
         self.register_buffer("packed", padded.view(blocks, block, -1).transpose(1, 2).contiguous())
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach())
-        self._library = library
+        self._kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[..., in_features]`` float32 -> ``[..., out_features]``."""
+        """``x``: ``[..., in_features]`` float32 CPU, any strides -> ``[..., out_features]``.
+        TypeError for another dtype or device, ValueError for another last dimension."""
+        if x.dtype is not _F32 or not x.is_cpu:
+            refuse_input(type(self).__name__, x)
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__}: input of shape {tuple(x.shape)}, the layer takes "
+                f"{self.in_features} features"
+            )
         rows = x.reshape(-1, self.in_features)
         if not rows.is_contiguous():
             rows = rows.contiguous()
-        out = rows.new_empty(rows.shape[0], self.out_features)
-        bias = self.bias
-        self._library.prefixkv_linear(
-            rows.data_ptr(), rows.shape[0], self.in_features, self.packed.data_ptr(),
-            None if bias is None else bias.data_ptr(), self.out_features, out.data_ptr(),
-            torch.get_num_threads(),
-        )  # fmt: skip
+        out = self._kernels.linear(rows, self.packed, self.bias, self.out_features)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -84,7 +92,7 @@ class NativeLinear:
                     f"native linear layers need float32 CPU weights; {name} has "
                     f"{layer.weight.dtype} on {layer.weight.device} (use --linear-kernel torch)"
                 )
-        library = load()
-        swapped = swap_linears(model, lambda linear: NativeLinearLayer(linear, library))
-        swap_llama_layers(model, library)
+        kernels = load()
+        swapped = swap_linears(model, lambda linear: NativeLinearLayer(linear, kernels))
+        swap_llama_layers(model, kernels)
         return swapped

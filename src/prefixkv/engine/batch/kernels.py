@@ -7,11 +7,11 @@ Two kernels, one contract:
   (:func:`.attention.attend`). The reference, and the kernel for any device and dtype.
 - ``native`` (:mod:`.native`): one C call per layer for the whole step, decoding sequences
   and prefill chunks alike, float32 on the CPU; built on first use with the system's C
-  compiler (:mod:`prefixkv.engine.native_build`).
+  compiler (:mod:`prefixkv.kernels.build`).
 
 ``auto`` takes ``native`` where it runs and ``torch`` otherwise. Both equal plain causal
 attention over each sequence's context up to float rounding
-(tests/engine/batch/test_native.py).
+(tests/kernels/test_attention.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.native import NativeKernel
-from prefixkv.engine.native_build import NativeUnavailable
+from prefixkv.kernels.build import NativeUnavailable
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan

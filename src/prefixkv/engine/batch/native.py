@@ -3,9 +3,11 @@
 The PyTorch kernel (:mod:`.cascade`) spent most of a 16-sequence decode step's attention in
 per-op overhead (~11 small ops per group and layer, ~35 ms a step on SmolLM2 here, of which
 the matmuls were ~10 ms), and SDPA ran prefill chunks at ~90 GFLOP/s over a full mask.
-``native_attention.c`` does the arithmetic in one call: the step is planned once into work
-items (below), and each layer hands the items, the query and the pool layer to the library,
-which runs them on PyTorch's threads.
+``prefixkv/kernels/csrc/attention.c`` does the arithmetic in one call: the step is planned
+once into work items (below), and each layer hands the items, the query and the pool layer
+to the library, which runs them on PyTorch's threads. Calls go through the checked door
+(:class:`prefixkv.kernels.ops.Kernels`); the items' index arrays are checked once per step
+(:class:`prefixkv.kernels.items.AttendItems`).
 
 An item holds up to ``lanes // groups`` query tokens (16 float32 lanes: five SmolLM2 tokens
 of three query heads per kv head) and the context slots they read, each token seeing a
@@ -20,7 +22,6 @@ prefix of them (``sees``):
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,7 +30,9 @@ import numpy as np
 import torch
 
 from prefixkv.engine.batch.cascade import partition, slots_of
-from prefixkv.engine.native_build import NativeUnavailable, load
+from prefixkv.kernels.build import NativeUnavailable
+from prefixkv.kernels.items import AttendItems
+from prefixkv.kernels.ops import Kernels, load
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
 class NativeKernel:
     """The ``native`` attention kernel (see :mod:`.kernels`)."""
 
-    library: ctypes.CDLL
+    kernels: Kernels
     per_item: int  # query tokens per work item: the library's lanes // query heads per kv head
     name = "native"
 
@@ -47,18 +50,18 @@ class NativeKernel:
     def create(groups: int, dtype: torch.dtype, device: torch.device) -> NativeKernel:
         """Raises NativeUnavailable where the kernel cannot run: not float32 on the CPU,
         more query heads per kv head than its lanes, or no library (see
-        :func:`prefixkv.engine.native_build.load`)."""
+        :func:`prefixkv.kernels.build.load`)."""
         if device.type != "cpu" or dtype != torch.float32:
             raise NativeUnavailable(
                 f"the native attention kernel runs float32 on the CPU, not {dtype} on {device}"
             )
-        library = load()
-        lanes = int(library.prefixkv_lanes())
+        kernels = load()
+        lanes = kernels.lanes
         if groups > lanes:
             raise NativeUnavailable(
                 f"the native kernel holds {lanes} query heads per kv head, the model has {groups}"
             )
-        return NativeKernel(library, lanes // groups)
+        return NativeKernel(kernels, lanes // groups)
 
     def plan(
         self, spans: Seq[SeqSpan], device: torch.device
@@ -70,7 +73,7 @@ class NativeKernel:
         for span in spans:
             if span.count > 1:
                 items.add_prefill(span)
-        return items.plan(self.library), ()
+        return items.plan(self.kernels), ()
 
 
 class _Items:
@@ -117,32 +120,27 @@ class _Items:
             self.sees += range(before + first + 1, tokens + 1)
             self._close(tokens)
 
-    def plan(self, library: ctypes.CDLL) -> NativePlan:
-        starts = np.asarray(self.token_start, dtype=np.int64)
+    def plan(self, kernels: Kernels) -> NativePlan:
+        """The items as checked arrays (ValueError should they not describe valid items)."""
         return NativePlan(
-            library,
-            np.asarray(self.member_start, dtype=np.int64),
-            np.asarray(self.rows, dtype=np.int64),
-            np.asarray(self.sees, dtype=np.int64),
-            starts,
-            np.concatenate(self.slots) if self.slots else np.zeros(0, dtype=np.int64),
-            np.concatenate(self.owners) if self.owners else np.zeros(0, dtype=np.int32),
-            int(np.diff(starts).max()) if len(starts) > 1 else 0,
+            kernels,
+            AttendItems(
+                self.member_start,
+                self.rows,
+                self.sees,
+                self.token_start,
+                np.concatenate(self.slots) if self.slots else np.zeros(0, dtype=np.int64),
+                np.concatenate(self.owners) if self.owners else np.zeros(0, dtype=np.int32),
+            ),
         )
 
 
 @dataclass(frozen=True)
 class NativePlan:
-    """One step's work items (a AttentionPlan), as the arrays the library reads."""
+    """One step's work items (an AttentionPlan): the checked arrays the library reads."""
 
-    library: ctypes.CDLL
-    member_start: np.ndarray  # [items + 1] int64: item i's members are rows[member_start[i]:...]
-    rows: np.ndarray  # [members] int64: each member's query row in the step
-    sees: np.ndarray  # [members] int64: how many of its item's tokens (from the first) it sees
-    token_start: np.ndarray  # [items + 1] int64: item i's tokens are slot[token_start[i]:...]
-    slot: np.ndarray  # [tokens] int64: pool slot of each token
-    owner: np.ndarray  # [tokens] int32: -1 (every member of the item sees it) or a member index
-    max_tokens: int
+    kernels: Kernels
+    items: AttendItems
 
     def store(
         self,
@@ -153,17 +151,7 @@ class NativePlan:
         slots: torch.Tensor,
     ) -> None:
         # one C call instead of two index_copy_ (~25 us each for a 16-token decode step)
-        kv_heads, tokens, dim = new_keys.shape
-        assert keys.stride()[1:] == (dim, 1) and values.stride() == keys.stride()
-        assert new_keys.stride(2) == new_values.stride(2) == 1 and slots.is_contiguous()
-        assert keys.dtype == new_keys.dtype == new_values.dtype == torch.float32
-        assert slots.dtype == torch.int64 and slots.shape == (tokens,)
-        self.library.prefixkv_store(
-            keys.data_ptr(), values.data_ptr(), keys.stride(0),
-            new_keys.data_ptr(), new_keys.stride(0), new_keys.stride(1),
-            new_values.data_ptr(), new_values.stride(0), new_values.stride(1),
-            kv_heads, dim, tokens, slots.data_ptr(),
-        )  # fmt: skip
+        self.kernels.store(keys, values, new_keys, new_values, slots)
 
     def attend(
         self,
@@ -173,23 +161,6 @@ class NativePlan:
         out: torch.Tensor,
         scale: float,
     ) -> None:
-        items = len(self.member_start) - 1
-        if items == 0:
-            return
         if query.stride(-1) != 1:
             query = query.contiguous()
-        heads, _, dim = query.shape
-        kv_heads = keys.shape[0]
-        # the library reads [kv_heads, slots, dim] with unit strides below the kv head
-        assert keys.stride()[1:] == (dim, 1) and values.stride() == keys.stride()
-        assert out.is_contiguous() and out.dtype == query.dtype == keys.dtype == torch.float32
-        status = self.library.prefixkv_attend(
-            query.data_ptr(), query.stride(0), query.stride(1),
-            keys.data_ptr(), values.data_ptr(), keys.stride(0),
-            out.data_ptr(), heads, kv_heads, dim, scale,
-            items, self.member_start.ctypes.data, self.rows.ctypes.data, self.sees.ctypes.data,
-            self.token_start.ctypes.data, self.slot.ctypes.data, self.owner.ctypes.data,
-            self.max_tokens, torch.get_num_threads(),
-        )  # fmt: skip
-        if status != 0:
-            raise MemoryError("the native attention kernel could not allocate its scratch memory")
+        self.kernels.attend(self.items, query, keys, values, out, scale)

@@ -1,8 +1,8 @@
-/* Vector helpers shared by prefixkv's native kernels (batch/native_attention.c,
- * native_layers.c): 16 float lanes, one AVX-512 register where the CPU has it (GCC's vector
- * extension splits it into narrower registers elsewhere). */
-#ifndef PREFIXKV_NATIVE_VECTOR_H
-#define PREFIXKV_NATIVE_VECTOR_H
+/* Vector helpers shared by prefixkv's native kernels (attention.c, layers.c): 16 float
+ * lanes, one AVX-512 register where the CPU has it (GCC's vector extension splits it into
+ * narrower registers elsewhere). */
+#ifndef PREFIXKV_VECTOR_H
+#define PREFIXKV_VECTOR_H
 
 #include <stdint.h>
 

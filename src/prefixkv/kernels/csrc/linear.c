@@ -1,4 +1,5 @@
-/* A linear layer, y = x W^T + b, for prefixkv's ``native`` linear kernel (engine/linear.py).
+/* A linear layer, y = x W^T + b, for prefixkv's ``native`` linear kernel
+ * (prefixkv/engine/native_linear.py).
  *
  * The weight is packed once into column blocks: block j holds output columns
  * [64 j, 64 j + 64) as [in_features][64], zero past out_features. A call runs the blocks in

@@ -1,19 +1,19 @@
 /* The vector work between a Llama layer's linear layers, for prefixkv's ``native`` kernel
- * (engine/native_layers.py): the RMS norm and the gated MLP's SiLU(gate) * up.
+ * (prefixkv/engine/native_layers.py): the RMS norm and the gated MLP's SiLU(gate) * up.
  *
  * PyTorch runs the norm as six operations and the activation as two, each writing a new
  * tensor and paying its dispatch; here one pass reads each input once (measures in
- * native_layers.py).
+ * prefixkv/engine/native_layers.py).
  *
  * Each row is computed on its own in a fixed order (a norm's sum of squares in 16 lanes,
  * then the lanes in order), so a row's result does not depend on the call's other rows: the
- * property the batch runner's exactness rests on (see native_linear.c).
+ * property the batch runner's exactness rests on (see linear.c).
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#include "native_vector.h"
+#include "vector.h"
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }

@@ -18,7 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../native_vector.h"
+#include "abi.h"
+#include "vector.h"
 
 /* Rows are prefetched this many tokens ahead: a pool block of one kv head is 4 KB, so a
  * sequence's rows lie on scattered pages that the hardware prefetchers do not follow. */
@@ -125,13 +126,21 @@ static void attend_item(const float *q, int64_t q_head, int64_t q_row, const flo
 
 int prefixkv_lanes(void) { return LANES; }
 
+int prefixkv_abi_version(void) { return PREFIXKV_ABI_VERSION; }
+int prefixkv_attend_args_size(void) { return (int)sizeof(struct prefixkv_attend_args); }
+
 /* Writes a step's new keys and values into their pool slots: token t of kv head g goes to
  * slot slots[t], at [g * kv_stride + slots[t] * dim] of keys and values. The sources are
- * read at [g * head + t * row] (new_keys and new_values have their own strides). */
-void prefixkv_store(float *keys, float *values, int64_t kv_stride, const float *new_keys,
-                    int64_t key_head, int64_t key_row, const float *new_values,
-                    int64_t value_head, int64_t value_row, int kv_heads, int dim,
-                    int64_t tokens, const int64_t *slots) {
+ * read at [g * head + t * row] (new_keys and new_values have their own strides). Every slot
+ * is checked against pool_slots first (a step's slots come with each call, unlike a plan's
+ * indices, and the check costs nothing next to the copies): returns PREFIXKV_OK, or
+ * PREFIXKV_BAD_SLOT with nothing written. */
+int prefixkv_store(float *keys, float *values, int64_t kv_stride, int64_t pool_slots,
+                   const float *new_keys, int64_t key_head, int64_t key_row,
+                   const float *new_values, int64_t value_head, int64_t value_row, int kv_heads,
+                   int dim, int64_t tokens, const int64_t *slots) {
+    for (int64_t t = 0; t < tokens; t++)
+        if (slots[t] < 0 || slots[t] >= pool_slots) return PREFIXKV_BAD_SLOT;
     size_t bytes = (size_t)dim * sizeof(float);
     for (int g = 0; g < kv_heads; g++)
         for (int64_t t = 0; t < tokens; t++) {
@@ -139,25 +148,26 @@ void prefixkv_store(float *keys, float *values, int64_t kv_stride, const float *
             memcpy(keys + at, new_keys + g * key_head + t * key_row, bytes);
             memcpy(values + at, new_values + g * value_head + t * value_row, bytes);
         }
+    return PREFIXKV_OK;
 }
 
-/* q: query head h, step row r, element d at q[h * q_head + r * q_row + d].
- * keys, values: kv head g, slot s, element d at [g * kv_stride + s * dim + d].
- * out: [step rows, heads, dim], contiguous; only the items' member rows are written.
+/* One step's attention, as struct prefixkv_attend_args describes it (abi.h).
  * Item i: members rows[member_start[i] .. member_start[i + 1]) (sees[] alongside), tokens
- * slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; max_tokens: the most
- * tokens of any item. Requires members * (heads / kv_heads) <= LANES.
- * Returns 0, or -1 when scratch memory could not be allocated (out is then incomplete). */
-int prefixkv_attend(const float *q, int64_t q_head, int64_t q_row, const float *keys,
-                    const float *values, int64_t kv_stride, float *out, int heads, int kv_heads,
-                    int dim, float scale, int items, const int64_t *member_start,
-                    const int64_t *rows, const int64_t *sees, const int64_t *token_start,
-                    const int64_t *slot,
-                    const int32_t *owner, int64_t max_tokens, int threads) {
-    int groups = heads / kv_heads, jobs = items * kv_heads, failed = 0;
-    #pragma omp parallel num_threads(threads)
+ * slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; only the items' member
+ * rows of out are written. Requires members * (heads / kv_heads) <= LANES in every item and
+ * every index within its tensor: the door (prefixkv/kernels/ops.py) checks them.
+ * Returns PREFIXKV_OK; PREFIXKV_BAD_SIZE or PREFIXKV_BAD_VERSION (nothing read past the
+ * first two fields) for a block this library does not know; PREFIXKV_NO_MEMORY when scratch
+ * memory could not be allocated (out is then incomplete). */
+int prefixkv_attend(const struct prefixkv_attend_args *a) {
+    if (a->size != sizeof(*a)) return PREFIXKV_BAD_SIZE;
+    if (a->version != PREFIXKV_ABI_VERSION) return PREFIXKV_BAD_VERSION;
+    int items = a->items, kv_heads = a->kv_heads, dim = a->dim;
+    int groups = a->heads / kv_heads, jobs = items * kv_heads, failed = 0;
+    #pragma omp parallel num_threads(a->threads)
     {
-        vf *scores = aligned_alloc(64, sizeof(vf) * (size_t)(max_tokens > 0 ? max_tokens : 1));
+        size_t most = (size_t)(a->max_tokens > 0 ? a->max_tokens : 1);
+        vf *scores = aligned_alloc(64, sizeof(vf) * most);
         vf *qt = aligned_alloc(64, sizeof(vf) * (size_t)dim);
         vf *ot = aligned_alloc(64, sizeof(vf) * (size_t)dim);
         int ready = scores && qt && ot;
@@ -170,15 +180,15 @@ int prefixkv_attend(const float *q, int64_t q_head, int64_t q_row, const float *
                 failed = 1;
                 continue;
             }
-            attend_item(q, q_head, q_row, keys + g * kv_stride, values + g * kv_stride, out,
-                        heads, g, groups, dim, scale, (int)(member_start[i + 1] - member_start[i]),
-                        rows + member_start[i], sees + member_start[i],
-                        token_start[i + 1] - token_start[i],
-                        slot + token_start[i], owner + token_start[i], scores, qt, ot);
+            const int64_t m0 = a->member_start[i], t0 = a->token_start[i];
+            attend_item(a->query, a->q_head, a->q_row, a->keys + g * a->kv_stride,
+                        a->values + g * a->kv_stride, a->out, a->heads, g, groups, dim, a->scale,
+                        (int)(a->member_start[i + 1] - m0), a->rows + m0, a->sees + m0,
+                        a->token_start[i + 1] - t0, a->slot + t0, a->owner + t0, scores, qt, ot);
         }
         free(scores);
         free(qt);
         free(ot);
     }
-    return failed ? -1 : 0;
+    return failed ? PREFIXKV_NO_MEMORY : PREFIXKV_OK;
 }

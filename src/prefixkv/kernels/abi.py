@@ -1,0 +1,89 @@
+"""The Python mirror of ``csrc/abi.h``: the attention call's argument block as a
+``ctypes.Structure``, the status codes, and every exported function's C signature.
+
+Only :mod:`prefixkv.kernels.ops` uses it. With ``argtypes`` declared, ctypes refuses a call
+with too few arguments or one it cannot convert; the attention call takes one pointer to
+:class:`AttendArgs`, whose ``size`` and ``version`` the library checks before reading more.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+ABI_VERSION = 1  # PREFIXKV_ABI_VERSION
+OK, NO_MEMORY, BAD_SIZE, BAD_VERSION, BAD_SLOT = 0, -1, -2, -3, -4
+
+_i32, _i64, _u32, _f32, _ptr = (
+    ctypes.c_int32,
+    ctypes.c_int64,
+    ctypes.c_uint32,
+    ctypes.c_float,
+    ctypes.c_void_p,
+)
+
+
+class AttendArgs(ctypes.Structure):
+    """``struct prefixkv_attend_args``, field for field (see ``csrc/abi.h``)."""
+
+    _fields_ = [
+        ("size", _u32),
+        ("version", _u32),
+        ("query", _ptr),
+        ("q_head", _i64),
+        ("q_row", _i64),
+        ("keys", _ptr),
+        ("values", _ptr),
+        ("kv_stride", _i64),
+        ("out", _ptr),
+        ("member_start", _ptr),
+        ("rows", _ptr),
+        ("sees", _ptr),
+        ("token_start", _ptr),
+        ("slot", _ptr),
+        ("owner", _ptr),
+        ("max_tokens", _i64),
+        ("heads", _i32),
+        ("kv_heads", _i32),
+        ("dim", _i32),
+        ("items", _i32),
+        ("threads", _i32),
+        ("scale", _f32),
+    ]
+
+
+ATTEND_ARGS_SIZE = ctypes.sizeof(AttendArgs)
+
+_SIGNATURES: dict[str, tuple[list[type], type | None]] = {
+    "prefixkv_abi_version": ([], _i32),
+    "prefixkv_attend_args_size": ([], _i32),
+    "prefixkv_lanes": ([], _i32),
+    "prefixkv_linear_block": ([], _i32),
+    "prefixkv_attend": ([ctypes.POINTER(AttendArgs)], _i32),
+    # keys, values, kv stride, pool slots; new keys, head and row strides; new values, the
+    # same; kv heads, dim, tokens, slots
+    "prefixkv_store": (
+        [_ptr, _ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _i64, _i64, _i32, _i32, _i64, _ptr],
+        _i32,
+    ),
+    # x, rows, dim, x row stride, weight, eps, out
+    "prefixkv_rms_norm": ([_ptr, _i64, _i64, _i64, _ptr, _f32, _ptr], None),
+    # gate_up, rows, width, row stride, out, threads
+    "prefixkv_silu_mul": ([_ptr, _i64, _i64, _i64, _ptr, _i32], None),
+    # x, rows, in features, packed, bias, out features, out, threads
+    "prefixkv_linear": ([_ptr, _i64, _i64, _ptr, _ptr, _i64, _ptr, _i32], None),
+}
+
+
+def declare(library: ctypes.CDLL) -> None:
+    """Set every exported function's ``argtypes`` and ``restype`` on ``library``, then check
+    that it was built against this ABI: RuntimeError naming the difference otherwise.
+    Mutates ``library``'s function objects only."""
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        function = getattr(library, name)
+        function.argtypes, function.restype = argtypes, restype
+    version, size = library.prefixkv_abi_version(), library.prefixkv_attend_args_size()
+    if (version, size) != (ABI_VERSION, ATTEND_ARGS_SIZE):
+        raise RuntimeError(
+            f"the native library speaks ABI {version} with a {size}-byte attention block; "
+            f"this prefixkv speaks ABI {ABI_VERSION} with {ATTEND_ARGS_SIZE} bytes"
+        )

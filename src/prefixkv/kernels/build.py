@@ -1,0 +1,222 @@
+"""Builds and loads prefixkv's native kernels on first use: attention (``csrc/attention.c``),
+the linear layers (``csrc/linear.c``) and the vector work between them (``csrc/layers.c``),
+one library. Only :mod:`prefixkv.kernels.ops` calls into it.
+
+The sources are compiled once per machine with the system's C compiler (``$CC``, else ``cc``
+or ``gcc``) into ``<cache dir>/native/``, under a name hashed from :func:`identity`: the
+sources, the flags, the compiler's version and what ``-march=native`` means on this CPU as
+the compiler resolves it (``-march=native`` code must not run on another CPU, where it could
+die of an illegal instruction), so a changed source or a moved home directory never loads a
+stale or foreign library. It takes a few seconds. The library is written to a temporary file
+and renamed into place, so processes building at once each get a whole library; it is
+loaded only if no one else could have written it (:mod:`prefixkv.kernels.trust`), else built
+again in a private directory.
+
+``PREFIXKV_KERNEL_SANITIZE=1`` builds with AddressSanitizer and UndefinedBehaviorSanitizer
+(another library name); the process must have their runtimes preloaded (``make
+test-kernels-asan``).
+
+OpenMP: the library links ``libgomp.so.1``, the runtime PyTorch's Linux wheels load under
+that name, so its parallel loop shares PyTorch's thread pool instead of starting a second one.
+A compiler without OpenMP gets a single-threaded build.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefixkv.engine.loader import default_cache_dir
+from prefixkv.kernels.target import target_features
+from prefixkv.kernels.trust import UntrustedLibrary, folder_problems, open_library
+
+log = logging.getLogger("prefixkv.kernels")
+
+SOURCE_DIR = Path(__file__).with_name("csrc")
+SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c"))
+HEADERS = tuple(SOURCE_DIR / name for name in ("abi.h", "vector.h"))
+"""Included by the sources: part of the library's identity, like them."""
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+"""No ``-ffast-math``: linking with it sets flush-to-zero for the whole process, which would
+change PyTorch's own results."""
+OPENMP = ("-fopenmp",)
+SANITIZE_VARIABLE = "PREFIXKV_KERNEL_SANITIZE"
+SANITIZE = (
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+)
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernels cannot be built or loaded here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the library is built here: the compiler, its flags, and what it targets."""
+
+    compiler: str  # the compiler's path
+    version: str  # its ``--version`` output
+    flags: tuple[str, ...]  # OPENMP is added when the compiler has it
+    target: str  # what -march=native resolves to, and the CPU's own feature flags
+
+    def identity(self) -> str:
+        """One line naming everything the library's machine code depends on: the sources'
+        digest, the flags, the compiler's version and digests of its full version text and
+        of the resolved target."""
+        sources = hashlib.sha256()
+        for source in SOURCES + HEADERS:
+            sources.update(source.name.encode() + b"\0" + source.read_bytes())
+        first_line = self.version.strip().splitlines()[0] if self.version.strip() else "?"
+        target = hashlib.sha256(f"{self.version}\0{self.target}".encode()).hexdigest()
+        return (
+            f"sources={sources.hexdigest()[:16]} flags={' '.join(self.flags + OPENMP)} "
+            f"cc={first_line} target={target[:16]}"
+        )
+
+    def library_name(self) -> str:
+        return f"kernels-{hashlib.sha256(self.identity().encode()).hexdigest()[:20]}.so"
+
+
+def compiler() -> str:
+    """The C compiler to use; NativeUnavailable when there is none."""
+    named = os.environ.get("CC")
+    if named:
+        found = shutil.which(named)
+        if not found:
+            raise NativeUnavailable(f"CC={named!r} is not a command")
+        return found
+    found = shutil.which("cc") or shutil.which("gcc")
+    if not found:
+        raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
+    return found
+
+
+def flags() -> tuple[str, ...]:
+    """FLAGS, and SANITIZE when ``PREFIXKV_KERNEL_SANITIZE=1``; ValueError for another value
+    than 0, 1 or unset."""
+    asked = os.environ.get(SANITIZE_VARIABLE, "0")
+    if asked not in ("0", "1"):
+        raise ValueError(f"{SANITIZE_VARIABLE} must be 0 or 1, not {asked!r}")
+    return FLAGS + SANITIZE if asked == "1" else FLAGS
+
+
+def recipe() -> Recipe:
+    """This process's recipe (from ``$CC`` and ``$PREFIXKV_KERNEL_SANITIZE``); asks the
+    compiler once per process. Raises NativeUnavailable without a working compiler."""
+    return _recipe(compiler(), flags())
+
+
+@functools.lru_cache(maxsize=8)
+def _recipe(cc: str, chosen: tuple[str, ...]) -> Recipe:
+    try:
+        run = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise NativeUnavailable(f"C compiler {cc!r} does not run ({exc})") from exc
+    try:
+        target = target_features(cc, run.stdout)
+    except RuntimeError as exc:
+        raise NativeUnavailable(str(exc)) from exc
+    return Recipe(cc, run.stdout, chosen, target)
+
+
+def identity() -> str:
+    """What the native library loaded by this process is: :meth:`Recipe.identity` (sources,
+    flags, compiler, resolved CPU target). For a model fingerprint: the kernels' rounding
+    may differ wherever it differs. Raises NativeUnavailable without a working compiler."""
+    return recipe().identity()
+
+
+def build(target: Path, plan: Recipe) -> None:
+    """Compile SOURCES into ``target`` (with OpenMP if the compiler has it), mode 0755;
+    raises NativeUnavailable with the compiler's last words when neither build works,
+    OSError when ``target``'s directory cannot be written."""
+    errors = []
+    for extra in (OPENMP, ()):
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
+            partial = Path(tmp.name)
+        command = [plan.compiler, *plan.flags, *extra, *map(str, SOURCES), "-o", str(partial)]
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            run = None
+            errors.append(str(exc))
+        if run is not None and run.returncode == 0:
+            os.chmod(partial, 0o755)  # the linker's mode follows the umask (0775 under 002)
+            os.replace(partial, target)
+            return
+        partial.unlink(missing_ok=True)
+        if run is not None:
+            errors.append(run.stderr.strip()[-500:])
+    names = ", ".join(source.name for source in SOURCES)
+    raise NativeUnavailable(f"building {names} with {plan.compiler} failed: {errors[-1]}")
+
+
+@functools.lru_cache(maxsize=4)
+def load(cache_dir: Path | None = None) -> ctypes.CDLL:
+    """The native library, built first if needed (once per process and cache directory),
+    from ``<cache_dir>/native/`` (default :func:`prefixkv.engine.loader.default_cache_dir`)
+    where :mod:`.trust` finds nothing wrong, else built in a private directory and loaded
+    from there (logged as one warning). Raises NativeUnavailable when it cannot be built or
+    loaded. Declares nothing: :mod:`prefixkv.kernels.ops` does."""
+    plan = recipe()
+    check_sanitizer_runtime(plan, os.environ.get("LD_PRELOAD", ""))
+    home = (default_cache_dir() if cache_dir is None else cache_dir) / "native"
+    path = home / plan.library_name()
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        problems = folder_problems(home)
+        if not problems and not os.path.lexists(path):
+            build(path, plan)
+    except OSError as exc:  # an unwritable cache directory, a full disk
+        raise NativeUnavailable(f"cannot build into {home} ({exc})") from exc
+    if not problems:
+        try:
+            return open_library(path)
+        except UntrustedLibrary as exc:
+            problems = (str(exc),)
+        except OSError as exc:
+            raise NativeUnavailable(f"cannot load {path} ({exc})") from exc
+    log.warning(
+        "native kernels: not loading %s (%s); built a private copy (make the cache directory "
+        "yours and not writable by others, or set PREFIXKV_CACHE_DIR)",
+        path,
+        "; ".join(problems),
+    )
+    return _load_private(plan)
+
+
+def _load_private(plan: Recipe) -> ctypes.CDLL:
+    """The library built afresh in a new directory only this user can enter (mode 0700),
+    removed once loaded (the loaded library stays mapped)."""
+    private = Path(tempfile.mkdtemp(prefix="prefixkv-kernels-"))
+    try:
+        path = private / plan.library_name()
+        build(path, plan)
+        return open_library(path)
+    except (OSError, UntrustedLibrary) as exc:
+        raise NativeUnavailable(f"cannot build a private copy in {private} ({exc})") from exc
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def check_sanitizer_runtime(plan: Recipe, preload: str) -> None:
+    """NativeUnavailable, saying how to run it, when ``plan`` builds with the sanitizers and
+    ``preload`` (``$LD_PRELOAD``) does not load AddressSanitizer's runtime: the library
+    would abort the process as it loads."""
+    if SANITIZE[0] in plan.flags and "libasan" not in preload:
+        raise NativeUnavailable(
+            f"{SANITIZE_VARIABLE}=1 builds kernels that need the sanitizer runtimes loaded "
+            'first: LD_PRELOAD="$(cc -print-file-name=libasan.so) $(cc '
+            '-print-file-name=libubsan.so)" (see make test-kernels-asan)'
+        )

@@ -1,0 +1,47 @@
+/* The calling convention between prefixkv's native kernels and their one Python door
+ * (prefixkv/kernels/ops.py, which mirrors this file in prefixkv/kernels/abi.py).
+ *
+ * The door checks every tensor's dtype, device, strides, shapes and index bounds before a
+ * call; the C side trusts those checks, except for what is cheap to check here and cannot be
+ * checked once per plan: the argument block's size and version, and the slots a store
+ * writes. A caller out of step with this file gets an error code, never a misread block. */
+#ifndef PREFIXKV_ABI_H
+#define PREFIXKV_ABI_H
+
+#include <stdint.h>
+
+/* Raised whenever struct prefixkv_attend_args or a function's parameters change. */
+#define PREFIXKV_ABI_VERSION 1
+
+/* Status codes returned by prefixkv_attend and prefixkv_store. */
+#define PREFIXKV_OK 0
+#define PREFIXKV_NO_MEMORY (-1)   /* scratch memory could not be allocated; out incomplete */
+#define PREFIXKV_BAD_SIZE (-2)    /* the argument block's size is not this library's */
+#define PREFIXKV_BAD_VERSION (-3) /* the argument block's version is not this library's */
+#define PREFIXKV_BAD_SLOT (-4)    /* a slot outside [0, pool_slots); nothing was written */
+
+/* One attention call (see attention.c). Fields in order of decreasing alignment needs within
+ * each group, so that C and ctypes lay it out alike without padding surprises. */
+struct prefixkv_attend_args {
+    uint32_t size;    /* sizeof(struct prefixkv_attend_args) as the caller built it */
+    uint32_t version; /* PREFIXKV_ABI_VERSION as the caller knows it */
+    const float *query;  /* query head h, step row r, element d at h * q_head + r * q_row + d */
+    int64_t q_head, q_row;
+    const float *keys, *values; /* kv head g, slot s, element d at g * kv_stride + s * dim + d */
+    int64_t kv_stride;
+    float *out; /* [step rows, heads, dim], contiguous */
+    const int64_t *member_start; /* [items + 1] */
+    const int64_t *rows;         /* [members]: each member's query row */
+    const int64_t *sees;         /* [members]: tokens of its item it sees, from the first */
+    const int64_t *token_start;  /* [items + 1] */
+    const int64_t *slot;         /* [tokens]: pool slot of each token */
+    const int32_t *owner;        /* [tokens]: -1 (every member) or a member index */
+    int64_t max_tokens;          /* the most tokens of any item */
+    int32_t heads, kv_heads, dim, items, threads;
+    float scale;
+};
+
+int prefixkv_abi_version(void);
+int prefixkv_attend_args_size(void);
+
+#endif
