@@ -168,18 +168,20 @@ def test_auto_is_the_default_wherever_an_engine_is_built() -> None:
 
 
 def test_the_fingerprint_names_the_kernel() -> None:
+    """Through the weights alone (the rest of the arithmetic held the same)."""
     pytest.importorskip("xxhash")
-    from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.engine.fingerprint import Arithmetic, model_fingerprint
 
+    same = Arithmetic("batch:torch", "none", "this platform", 1)
     plain = tiny_llama()
     lay = layout_of(plain.config, torch.float32)
-    prints = [model_fingerprint(plain, lay)]
+    prints = [model_fingerprint(plain, lay, same)]
     for kernel in KERNELS:
         packed, again = tiny_llama(), tiny_llama()
         installed(kernel, packed)
         installed(kernel, again)
-        assert model_fingerprint(packed, lay) == model_fingerprint(again, lay)
-        prints.append(model_fingerprint(packed, lay))
+        assert model_fingerprint(packed, lay, same) == model_fingerprint(again, lay, same)
+        prints.append(model_fingerprint(packed, lay, same))
     assert len(set(prints)) == 3  # plain, oneDNN and native KV never mix
 
 

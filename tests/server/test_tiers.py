@@ -213,3 +213,40 @@ def test_a_disk_tier_that_fills_costs_hits_never_a_request(
         finally:
             assert full.stop() == 0, full.output()
         assert full.output().count("disk tier") <= 2  # logged once (per pause), not per block
+
+
+@pytest.mark.process
+def test_servers_whose_arithmetic_differs_never_hit_each_others_records(
+    tiny_model_dir: Path, tmp_path: Path, uncached: ServerProcess, start_redis: StartRedis
+) -> None:
+    """Replicas on one Redis (one key) share prefixes only when their KV has the same bits:
+    another attention kernel or the serial engine may round differently, so each misses what
+    the others wrote (no hit, and no failed verification: the names differ), while a
+    replica with the same settings hits."""
+    redis = start_redis()
+    shared = ["--redis-url", redis.url]
+    questions = ["one?", "two?", "three?", "four?"]
+    expected = [_ask(uncached, q)[0] for q in questions]
+    writer = _server(tiny_model_dir, tmp_path, "writer", *shared, env=SEALED)
+    try:
+        assert _ask(writer, questions[0]) == (expected[0], 0)
+        assert wait_for(lambda: writer.stats()["tiers"][0]["writes"] > 0)
+        time.sleep(0.5)  # the writer finishes the last blocks of the prompt
+    finally:
+        assert writer.stop() == 0, writer.output()
+    others = [("--attention-kernel", "torch"), ("--backend", "serial")]
+    for i, setting in enumerate(others, start=1):
+        other = _server(tiny_model_dir, tmp_path, f"other{i}", *shared, *setting, env=SEALED)
+        try:
+            assert _ask(other, questions[i]) == (expected[i], 0), setting
+            (tier,) = other.stats()["tiers"]
+            assert tier["hit_blocks"] == 0 and tier["verification_failures"] == 0, setting
+        finally:
+            assert other.stop() == 0, other.output()
+    same = _server(tiny_model_dir, tmp_path, "same", *shared, env=SEALED)
+    try:
+        text, cached = _ask(same, questions[3])
+        assert text == expected[3] and cached >= len(DOCUMENT) // 2
+        assert same.stats()["tiers"][0]["hit_blocks"] > 0
+    finally:
+        assert same.stop() == 0, same.output()

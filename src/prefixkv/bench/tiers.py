@@ -149,6 +149,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def _run_cases(
     args: argparse.Namespace, tmp: Path, engine: Any, redis: Any, notes: list[str]
 ) -> dict[str, Any]:
+    import torch
     from tqdm import tqdm
 
     from prefixkv.bench import tiers_report
@@ -156,12 +157,14 @@ def _run_cases(
     from prefixkv.bench import tiers_servers as srv
     from prefixkv.bench import tiers_workset as workset
     from prefixkv.bench.tiers_seal import seal_costs, seal_line
-    from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.engine.fingerprint import arithmetic, model_fingerprint, serial_attention
     from prefixkv.tiers.key import TierKey
 
+    # the restore cases run the serial engine on this thread
+    computed = arithmetic(engine.model, serial_attention(engine.model), torch.get_num_threads())
     ctx = restore.Context(
         engine=engine,
-        fingerprint=model_fingerprint(engine.model, engine.layout),
+        fingerprint=model_fingerprint(engine.model, engine.layout, computed),
         block_size=args.block_size,
         tmp=tmp,
         redis_url=None if redis is None else redis.url,

@@ -256,12 +256,11 @@ def run_bench(name: str, argv: list[str]) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from prefixkv.cli.chat import chat_loop
+    from prefixkv.threads import compute_on, current_threads
 
     if args.threads:
-        from prefixkv.threads import compute_on
-
         compute_on(args.threads)  # the chat runs the model on this thread
-    engine = load_engine(args)
+    engine, _ = load_engine(args, current_threads())
     try:
         return chat_loop(
             engine, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature

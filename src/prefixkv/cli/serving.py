@@ -77,10 +77,10 @@ def serve_command(args: argparse.Namespace) -> int:
     # prefixkv.threads: a second multi-threaded team would slow every step).
     threads = args.threads or current_threads()
     helper_thread()
-    engine = load_engine(args, args.tenant_share)
+    engine, choice = load_engine(args, threads, args.tenant_share)
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, make_backend(args, engine, threads))
+    app = create_app(engine, settings, make_backend(args, engine, threads, choice))
     try:
         return _run_server(app, args)
     finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from prefixkv.extras import require
 
@@ -82,8 +82,51 @@ def write_tier_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> Engine:
-    """The Engine the options describe; ``--no-prefix-cache`` puts it over a NullCache."""
+class BackendChoice(NamedTuple):
+    """What will compute the KV, decided once from the options and the model: the tier
+    records' fingerprint names it, and :func:`make_backend` builds it."""
+
+    backend: str
+    """``batch`` or ``serial``."""
+    attention: str
+    """The fingerprint's attention (:attr:`prefixkv.engine.fingerprint.Arithmetic.attention`):
+    ``batch:native``, ``batch:torch`` or ``serial:<the model's own>``."""
+
+
+def choose_backend(args: argparse.Namespace, engine: Engine) -> BackendChoice:
+    """The batch runner with the attention kernel ``--attention-kernel`` resolves to, or the
+    serial engine (asked for, or the fallback, with a warning, for a model the batch runner
+    cannot run). Raises CommandError for ``--attention-kernel native`` where it cannot run."""
+    from prefixkv.engine.batch import attention, kernels
+    from prefixkv.engine.fingerprint import serial_attention
+    from prefixkv.engine.kvbridge import UnsupportedModelError
+    from prefixkv.kernels.build import NativeUnavailable
+
+    if getattr(args, "backend", "serial") == "serial":  # prefixkv chat has no --backend
+        return BackendChoice("serial", serial_attention(engine.model))
+    try:
+        with engine.model_lock:  # the probe switches the model's attention for a moment
+            attention.check_supported(engine.model)
+    except UnsupportedModelError as exc:
+        print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
+        return BackendChoice("serial", serial_attention(engine.model))
+    layout = engine.layout
+    heads = int(engine.model.config.num_attention_heads)
+    try:
+        kernel = kernels.attention_kernel(
+            args.attention_kernel, heads, layout.num_kv_heads, layout.dtype, engine.device
+        )
+    except NativeUnavailable as exc:  # --attention-kernel native where it cannot run
+        raise CommandError(f"--attention-kernel native: {exc}") from exc
+    return BackendChoice("batch", f"batch:{kernel.name}")
+
+
+def load_engine(
+    args: argparse.Namespace, threads: int, tenant_share: float | None = None
+) -> tuple[Engine, BackendChoice]:
+    """The Engine the options describe (``--no-prefix-cache`` puts it over a NullCache;
+    ``--disk-cache``/``--redis-url`` add tiers under its RAM cache) and what will compute
+    its KV with ``threads`` PyTorch threads (named in the tier records' fingerprint)."""
     from prefixkv.cache.null import NullCache
     from prefixkv.engine.engine import Engine
     from prefixkv.engine.loader import ModelNotFoundError
@@ -103,28 +146,37 @@ def load_engine(args: argparse.Namespace, tenant_share: float | None = None) -> 
     # run this model's weights.
     except (ModelNotFoundError, ValueError, RuntimeError) as exc:
         raise CommandError(str(exc)) from exc
+    choice = choose_backend(args, engine)
     if args.no_prefix_cache:
         # A pool of the same size still holds running requests' KV when batching.
-        capacity = args.cache_bytes if getattr(args, "backend", "serial") == "batch" else 0
+        capacity = args.cache_bytes if choice.backend == "batch" else 0
         engine = engine.with_cache(
             NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
         )
     elif args.disk_cache or args.redis_url:
-        engine = engine.with_cache(_tiered(args, engine, key))
-    return engine
+        engine = engine.with_cache(_tiered(args, engine, key, choice, threads))
+    return engine, choice
 
 
-def _tiered(args: argparse.Namespace, engine: Engine, key: TierKey | None) -> Any:
-    """The engine's RAM cache with the disk and Redis tiers the options ask for."""
+def _tiered(
+    args: argparse.Namespace,
+    engine: Engine,
+    key: TierKey | None,
+    choice: BackendChoice,
+    threads: int,
+) -> Any:
+    """The engine's RAM cache with the disk and Redis tiers the options ask for, its records
+    named by the weights and by how ``choice`` computes the KV on ``threads`` threads."""
     from prefixkv.cache.paged import PrefixKVCache
-    from prefixkv.engine.fingerprint import model_fingerprint
+    from prefixkv.engine.fingerprint import arithmetic, model_fingerprint
     from prefixkv.tiers.build import build_tiered
 
     assert isinstance(engine.cache, PrefixKVCache)
+    computed = arithmetic(engine.model, choice.attention, threads)
     try:
         return build_tiered(
             engine.cache,
-            model_fingerprint(engine.model, engine.layout),
+            model_fingerprint(engine.model, engine.layout, computed),
             disk_dir=args.disk_cache,
             disk_bytes=args.disk_cache_bytes,
             redis_url=args.redis_url,
@@ -136,27 +188,20 @@ def _tiered(args: argparse.Namespace, engine: Engine, key: TierKey | None) -> An
         raise CommandError(str(exc)) from exc
 
 
-def make_backend(args: argparse.Namespace, engine: Engine, threads: int) -> Any:
-    """The server backend the options ask for: the batch runner, or the serial worker (also
-    the fallback, with a warning, for a model the batch runner cannot run); its thread runs
-    the model's ops on ``threads`` cores."""
+def make_backend(
+    args: argparse.Namespace, engine: Engine, threads: int, choice: BackendChoice
+) -> Any:
+    """The server backend ``choice`` names (see :func:`choose_backend`); its thread runs the
+    model's ops on ``threads`` cores."""
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
-    from prefixkv.engine.kvbridge import UnsupportedModelError
-    from prefixkv.kernels.build import NativeUnavailable
     from prefixkv.server.backends import BatchBackend, SerialBackend
 
-    if args.backend == "serial":
+    if choice.backend == "serial":
         return SerialBackend(engine, threads)
     limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
-    try:
-        runner = BatchRunner(engine, limits, attention_kernel=args.attention_kernel)
-    except UnsupportedModelError as exc:
-        print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
-        return SerialBackend(engine, threads)
-    except NativeUnavailable as exc:  # --attention-kernel native where it cannot run
-        raise CommandError(f"--attention-kernel native: {exc}") from exc
-    return BatchBackend(runner, threads)
+    kernel = choice.attention.removeprefix("batch:")  # resolved: auto chose it already
+    return BatchBackend(BatchRunner(engine, limits, attention_kernel=kernel), threads)
 
 
 def close_tiers(engine: Engine) -> None:

@@ -1,16 +1,31 @@
 """The model fingerprint that names KV blocks stored below RAM (see :mod:`prefixkv.tiers`).
 
-KV blocks written by one model must never be served to another, nor to the same weights in
-another dtype or KV layout. The fingerprint hashes every tensor of the model's state dict
-(name, dtype, shape and bytes, in name order) and the KV layout: two processes loading the
-same weights the same way agree on it, on any machine; any change of a weight does not. A
-weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its plain values under a
-name marking the kernel, and one packed for the native kernel is hashed as its column blocks
-(a buffer named ``packed``): the kernels round differently, so their KV never mixes.
+KV blocks written by one process must never be served to another whose arithmetic could
+give other bits: another model, the same weights in another dtype or KV layout, or the same
+weights computed another way. The fingerprint hashes
+
+- every tensor of the model's state dict (name, dtype, shape and bytes, in name order) and
+  the KV layout. A weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its
+  plain values under a name marking the kernel, one packed for the native kernel as its
+  column blocks (a buffer named ``packed``), so the linear kernel is named by the weights;
+- the :class:`Arithmetic`: which attention computes the KV (the batch runner's kernel, or
+  the model's own attention under the serial backend), the native kernel library's identity
+  (sources, flags, compiler, the CPU target it was built for) where a native kernel runs,
+  PyTorch's version and build (MKL, oneDNN, the CPU capability it dispatches to) and the
+  machine's CPU, and the thread count where PyTorch's own kernels compute (their reductions
+  may split by thread; the native kernels' sums do not depend on it).
+
+Two processes that load the same weights the same way with the same settings on the same
+kind of machine agree on it; anything that may change a rounding does not. That is cautious:
+replicas on different CPUs never share KV, even where their bits would happen to agree.
 Costs one pass over the weights (~0.1 s for SmolLM2's 540 MB in fp32 here).
 """
 
 from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,12 +33,66 @@ from prefixkv.cache.layout import KVLayout
 from prefixkv.extras import require
 
 
-def model_fingerprint(model: torch.nn.Module, layout: KVLayout) -> bytes:
-    """16 bytes naming ``model``'s weights and ``layout``. Needs the ``[tiers]`` extra."""
+@dataclass(frozen=True)
+class Arithmetic:
+    """What, besides the weights and the KV layout, decides the bits of the KV a model
+    computes. Every field is text or a number that two processes compare as is."""
+
+    attention: str
+    """``batch:<kernel>`` (the batch runner's attention kernel, ``native`` or ``torch``) or
+    ``serial:<implementation>`` (the model's own attention, e.g. ``sdpa``)."""
+    kernels: str
+    """:func:`prefixkv.kernels.build.identity` where a native kernel computes, else
+    ``none``."""
+    platform: str
+    """PyTorch's version and build configuration, and the machine's CPU model and flags."""
+    threads: int
+    """Threads PyTorch's own kernels use; 0 where only native kernels compute the linear
+    layers and attention (each of their outputs is one fixed-order sum)."""
+
+    def encode(self) -> bytes:
+        return repr(
+            ("arithmetic-v1", self.attention, self.kernels, self.platform, self.threads)
+        ).encode()
+
+
+def serial_attention(model: torch.nn.Module) -> str:
+    """The :attr:`Arithmetic.attention` of ``model`` run by the serial engine: the model's own
+    attention implementation (transformers' setting, e.g. ``sdpa``)."""
+    config: Any = model.config
+    return f"serial:{config._attn_implementation}"
+
+
+def arithmetic(model: torch.nn.Module, attention: str, threads: int) -> Arithmetic:
+    """The Arithmetic of ``model`` (its linear kernel already installed) attended by
+    ``attention`` (see :attr:`Arithmetic.attention`) with ``threads`` PyTorch threads.
+    Raises ValueError for an ``attention`` of another form."""
+    from prefixkv.engine.native_linear import NativeLinearLayer
+    from prefixkv.kernels.target import cpu_flags
+
+    runner, _, kernel = attention.partition(":")
+    if runner not in ("batch", "serial") or not kernel:
+        raise ValueError(f"attention must be 'batch:KERNEL' or 'serial:IMPL', got {attention!r}")
+    native_linear = any(isinstance(m, NativeLinearLayer) for m in model.modules())
+    native_attention = attention == "batch:native"
+    kernels = "none"
+    if native_linear or native_attention:
+        from prefixkv.kernels.build import identity
+
+        kernels = identity()
+    build = hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16]
+    platform = f"torch {torch.__version__} build {build}\n{cpu_flags()}"
+    only_native = native_linear and native_attention
+    return Arithmetic(attention, kernels, platform, 0 if only_native else threads)
+
+
+def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithmetic) -> bytes:
+    """16 bytes naming ``model``'s weights, ``layout`` and how the KV is ``computed``. Needs
+    the ``[tiers]`` extra."""
     require("tiers", "a model fingerprint")
     from prefixkv.tiers.naming import fingerprint_of
 
-    parts = [repr(layout).encode()]
+    parts = [repr(layout).encode(), computed.encode()]
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_mkldnn:
             name, tensor = f"{name}@onednn", tensor.to_dense()

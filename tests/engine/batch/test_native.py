@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from prefixkv.cli.setup import CommandError, make_backend
+from prefixkv.cli.setup import CommandError, choose_backend, make_backend
 from prefixkv.engine.batch import native
 from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.kernels import attention_kernel
@@ -73,7 +73,10 @@ def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
     options["schedule_policy"] = "fcfs"
     engine = batch_engine(parts)
     for name, kind in (("auto", NativeKernel), ("torch", CascadeKernel)):
-        backend = make_backend(argparse.Namespace(**options, attention_kernel=name), engine, 1)
+        args = argparse.Namespace(**options, attention_kernel=name)
+        choice = choose_backend(args, engine)
+        assert choice.attention == f"batch:{kind.name}"  # the fingerprint names what runs
+        backend = make_backend(args, engine, 1, choice)
         assert isinstance(backend.runner.attention_kernel, kind)
 
     def missing(cache_dir: Path | None = None) -> Any:
@@ -81,4 +84,4 @@ def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
 
     monkeypatch.setattr(native, "load", missing)
     with pytest.raises(CommandError, match="--attention-kernel native: no C compiler"):
-        make_backend(argparse.Namespace(**options, attention_kernel="native"), engine, 1)
+        choose_backend(argparse.Namespace(**options, attention_kernel="native"), engine)
