@@ -214,3 +214,23 @@ def test_bad_tier_options_fail_before_the_model_loads(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "no-model-here" not in err
     assert "secret" not in err
+
+
+def test_every_benchmark_module_is_a_command() -> None:
+    """A module of prefixkv.bench with a ``main(argv)`` is reachable as ``prefixkv bench
+    NAME`` (a merge once dropped one from the table)."""
+    import ast
+    from pathlib import Path
+
+    import prefixkv.bench
+
+    folder = Path(prefixkv.bench.__file__).parent
+    with_main = {
+        f"prefixkv.bench.{path.stem}"
+        for path in folder.glob("*.py")
+        if any(
+            isinstance(node, ast.FunctionDef) and node.name == "main"
+            for node in ast.parse(path.read_text()).body
+        )
+    }
+    assert with_main and with_main == {module for module, _ in cli.BENCHES.values()}

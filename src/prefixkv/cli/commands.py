@@ -35,6 +35,7 @@ BENCHES = {
     "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
+    "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
@@ -44,6 +45,7 @@ _BENCH_EXTRAS = {
     "decode": ("hf", "bench"),
     "compression": ("hf", "tiers"),
     "tiers": ("server", "bench"),
+    "soak": ("server", "bench"),
 }
 
 
