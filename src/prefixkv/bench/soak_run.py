@@ -24,7 +24,7 @@ import httpx
 from prefixkv.bench.soak_sample import FINAL, LOAD, QUIET, LogScan, Sample, take
 from prefixkv.bench.soak_traffic import Client, Gate, Mix, Tally, run_client
 from prefixkv.bench.soak_verdict import RedisEvents
-from prefixkv.bench.tiers_servers import RedisServer
+from prefixkv.bench.tiers_servers import ADMIN_HEADERS, RedisServer
 
 IDLE_TIMEOUT = 120.0  # seconds a quiet point waits for the server to go idle
 DRAIN_TIMEOUT = 900.0  # seconds it waits for the requests in flight
@@ -132,7 +132,8 @@ async def soak(
         return loop.time() - start
 
     run, gate, stop, scan = Run(), Gate(), asyncio.Event(), LogScan(server.log)
-    async with httpx.AsyncClient(base_url=server.url, timeout=60.0) as http:
+    # the server is a Replica: every request is its admin's (whole-cache stats, /metrics)
+    async with httpx.AsyncClient(base_url=server.url, timeout=60.0, headers=ADMIN_HEADERS) as http:
 
         async def sample(kind: str) -> Sample:
             return await take(http, server.pid, scan, (clock(), kind, redis.up), run.tally.counts())

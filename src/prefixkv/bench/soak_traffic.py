@@ -28,6 +28,7 @@ import httpx
 
 from prefixkv.bench import workloads
 from prefixkv.bench.soak_sample import ClientCounts
+from prefixkv.bench.tiers_servers import ADMIN_HEADERS
 
 KINDS = ("doc", "chat", "unique")
 _KEPT_ERRORS = 20
@@ -205,7 +206,7 @@ async def run_client(
 ) -> None:
     """Requests one after another until ``stop`` is set, each admitted by ``gate``."""
     timeout = httpx.Timeout(600.0, connect=30.0)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, headers=ADMIN_HEADERS) as http:
         while not stop.is_set():
             await gate.enter()
             try:

@@ -108,6 +108,7 @@ ADMIN_KEY = "prefixkv-bench-admin"
 """The one key of every replica (on loopback, for this bench only): requests are the admin's
 tenant, which is part of a cache namespace, so replicas and restarts share records only if
 they share the key."""
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 class Replica:
@@ -156,7 +157,7 @@ class Replica:
     def tiers(self) -> list[dict[str, Any]]:
         response = httpx.get(
             self.url + "/v1/cache/stats",
-            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+            headers=ADMIN_HEADERS,
             timeout=30.0,
         )
         response.raise_for_status()
