@@ -182,3 +182,14 @@ def test_metrics_parse_and_move(app: App) -> None:
         assert after[moved] > before.get(moved, 0), moved
     assert 0 < after["prefixkv_cache_hit_rate"] <= 1
     assert after["prefixkv_num_requests_waiting"] == 0
+
+
+def test_every_tier_figure_is_exported() -> None:
+    """Each field of a tier's stats (the facade's and the tier's own) has its Prometheus
+    series: a field added to one but not the other would be missing from /metrics."""
+    from prefixkv.server.metrics import _TIER_HELP
+    from prefixkv.tiers.protocol import TierCounters
+    from prefixkv.tiers.tiered import TierStats
+
+    fields = set(TierStats._fields) - {"tier", "counters"} | set(TierCounters._fields)
+    assert set(_TIER_HELP) == fields
