@@ -7,7 +7,6 @@ import copy
 import random
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import Any
 from unittest.mock import Mock
 
@@ -21,37 +20,7 @@ from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
 from prefixkv.engine.workspace import WorkspacePool
 
-from .kernel_matrix import LINEAR_KERNELS, kernel_llama
-from .tiny import tiny_llama, tiny_tokenizer
-
 BLOCK = 4
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    # One torch thread, as the tiny servers run (--threads 1): on matrices this small a second
-    # thread gains nothing (this module: 5.6 s either way on an idle 2-core machine) and costs
-    # a lot once other processes compete for the cores (4.7 s on one thread, 32 s on two).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def parts() -> Iterator[tuple[Any, Any]]:
-    """The model on PyTorch's own linear layers, for the tests that are not about exactness."""
-    with one_thread():
-        yield tiny_llama(), tiny_tokenizer()
-
-
-@pytest.fixture(scope="module", params=LINEAR_KERNELS)
-def kernel_parts(request: pytest.FixtureRequest) -> Iterator[tuple[Any, Any]]:
-    """The model on each linear kernel the engine can choose, ``auto`` (the default) first."""
-    with one_thread():
-        yield kernel_llama(request.param), tiny_tokenizer()
 
 
 def engines(parts: tuple[Any, Any], capacity_blocks: int = 512) -> tuple[Engine, Engine]:

@@ -7,6 +7,7 @@ import torch
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.paged import PrefixKVCache
+from prefixkv.tiers.tiered import TieredCache
 
 LAYOUT = KVLayout(num_layers=2, num_kv_heads=2, head_dim=4)
 BLOCK = 4
@@ -33,3 +34,14 @@ def kv_tensor(tokens: list[int]) -> torch.Tensor:
 
 def hot_cache(blocks: int) -> PrefixKVCache:
     return PrefixKVCache(LAYOUT, BLOCK, blocks * BLOCK_BYTES)
+
+
+def served(cache: TieredCache, tokens: list[int]) -> int:
+    """Tokens a lookup of ``tokens`` serves, each checked to be exactly the prompt's KV."""
+    with cache.lookup(tokens) as lease:
+        if lease.num_tokens:
+            want = kv_tensor(tokens)
+            for layer, (keys, values) in enumerate(lease.kv):
+                assert keys.equal(want[layer, 0, :, : lease.num_tokens])
+                assert values.equal(want[layer, 1, :, : lease.num_tokens])
+        return lease.num_tokens

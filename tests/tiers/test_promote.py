@@ -12,7 +12,7 @@ from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.protocol import Tier, TierCounters
 from prefixkv.tiers.tiered import TieredCache
-from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, kv_tensor
+from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, served
 
 KEY = TierKey(bytes(range(64, 96)))
 LONG = [7 + 3 * i for i in range(64 * BLOCK)]  # 64 blocks
@@ -61,18 +61,6 @@ def disk_of_64(tmp_path: Path) -> Path:
 def reader(directory: Path, ram_blocks: int, **options: float) -> tuple[TieredCache, Counting]:
     tier = Counting(DiskTier(directory, 1 << 24))
     return TieredCache(hot_cache(ram_blocks), [tier], FINGERPRINT, key=KEY, **options), tier
-
-
-def served(cache: TieredCache, tokens: list[int]) -> int:
-    """Tokens a lookup serves, checked to be exactly the prompt's KV."""
-    with cache.lookup(tokens) as lease:
-        if lease.num_tokens:
-            got = lease.kv
-            want = kv_tensor(tokens)
-            for layer, (keys, values) in enumerate(got):
-                assert keys.equal(want[layer, 0, :, : lease.num_tokens])
-                assert values.equal(want[layer, 1, :, : lease.num_tokens])
-        return lease.num_tokens
 
 
 def test_a_4_block_pool_reads_at_most_4_of_64_blocks(disk_of_64: Path) -> None:

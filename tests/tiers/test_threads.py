@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.tiered import TieredCache
-from tests.tiers.kv import BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, kv_tensor
+from tests.tiers.kv import BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, served
 
 
 def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) -> None:
@@ -17,7 +17,7 @@ def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) ->
         [random.Random(i).randrange(1000) for _ in range(4 * (1 + i % 5))] for i in range(24)
     ]
     errors: list[BaseException] = []
-    served = [0]
+    total = [0]
 
     def work(seed: int) -> None:
         rng = random.Random(seed)
@@ -27,14 +27,7 @@ def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) ->
                 if rng.random() < 0.4:
                     cache.store(tokens, kv_of(tokens))
                     continue
-                with cache.lookup(tokens) as lease:
-                    if lease.num_tokens:
-                        got = lease.kv
-                        want = kv_tensor(tokens)
-                        for layer, (keys, values) in enumerate(got):
-                            assert keys.equal(want[layer, 0, :, : lease.num_tokens])
-                            assert values.equal(want[layer, 1, :, : lease.num_tokens])
-                        served[0] += lease.num_tokens
+                total[0] += served(cache, tokens)
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 
@@ -50,5 +43,5 @@ def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) ->
     disk_tier = cache.tiers[0]
     assert isinstance(disk_tier, DiskTier)
     disk_tier.check_invariants()
-    assert served[0] > 0 and disk.hit_blocks > 0 and disk.verification_failures == 0
+    assert total[0] > 0 and disk.hit_blocks > 0 and disk.verification_failures == 0
     assert cache.stats().pinned_blocks == 0
