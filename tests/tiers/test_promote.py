@@ -5,9 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.protocol import Tier, TierCounters
@@ -70,6 +72,28 @@ def test_a_4_block_pool_reads_at_most_4_of_64_blocks(disk_of_64: Path) -> None:
     assert served(cache, LONG) == 4 * BLOCK
     (disk,) = cache.tier_stats()
     assert disk.hit_blocks == disk.promoted_blocks == 4 and disk.verification_failures == 0
+
+
+def test_a_promotion_holds_one_batch_at_a_time(
+    disk_of_64: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch's blocks go into RAM before the next batch is read: a 64-block prompt is
+    restored in four calls of 16, so a promotion never holds more than 16 records and
+    payloads (a whole document's at once grew the server's heap in the soak bench)."""
+    batches: list[tuple[int, int]] = []
+    restore = PrefixKVCache.restore
+
+    def spied(self: PrefixKVCache, tokens: Any, first: int, fills: Any, ns: Any = None) -> int:
+        batches.append((first, len(fills)))
+        return restore(self, tokens, first, fills, ns)
+
+    monkeypatch.setattr(PrefixKVCache, "restore", spied)
+    cache, _ = reader(disk_of_64, ram_blocks=64)
+    assert cache.promote(LONG) == {"disk": 64}
+    assert batches == [(0, 16), (16, 16), (32, 16), (48, 16)]
+    assert served(cache, LONG) == 64 * BLOCK
+    (disk,) = cache.tier_stats()
+    assert disk.hit_blocks == disk.promoted_blocks == 64
 
 
 def test_the_room_excludes_the_prompts_own_and_pinned_blocks(disk_of_64: Path) -> None:

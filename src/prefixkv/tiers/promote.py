@@ -2,10 +2,14 @@
 
 From the end of RAM's cached prefix, each tier in order (disk, then Redis) is read in
 batches of ``batch_blocks`` names (one Redis MGET each) until its first miss; every record
-is verified (:func:`~prefixkv.tiers.record.verify`) and the verified blocks are put back
-into RAM (``PrefixKVCache.restore``). A record that fails verification is a miss: counted,
-logged, removed from its tier, never served. Blocks found in a lower tier are also queued
-for the tiers above it (a Redis hit lands on disk too).
+is verified (:func:`~prefixkv.tiers.record.verify`) and each batch's verified blocks are put
+back into RAM (``PrefixKVCache.restore``) before the next batch is read, so a promotion holds
+at most one batch of records and decoded payloads at a time (16 x 2 x 737 KB for SmolLM2,
+sealed), whatever the prompt's length: holding a whole document's (~45 MB for 1,000 tokens)
+until the end grew the server's heap in steps of that size in `prefixkv bench soak`. A
+record that fails verification is a miss: counted, logged, removed from its tier, never
+served. Blocks found in a lower tier are also queued for the tiers above it (a Redis hit
+lands on disk too).
 
 Two bounds keep a promotion from costing more than it can bring:
 
@@ -52,12 +56,17 @@ class Counts:
 
 
 class _Run:
-    """One promotion's reading state: the prompt, its names, where reading is."""
+    """One promotion's reading state: the prompt, its names, where reading is, and how far
+    RAM holds it (``cached``: blocks; every verified block is restored or reading stops)."""
 
-    def __init__(self, buf: TokenBytes, namespace: Hashable, names: list[bytes], deadline: float):
+    def __init__(
+        self, buf: TokenBytes, namespace: Hashable, names: list[bytes], deadline: float, first: int
+    ):
         self.buf, self.namespace, self.names, self.deadline = buf, namespace, names, deadline
-        self.found: list[Fill] = []
+        self.cached = first
         self.cut = False
+        self.full = False
+        """RAM kept fewer blocks than a batch offered (room taken by another request)."""
 
 
 class Promoter:
@@ -91,23 +100,22 @@ class Promoter:
         limit = min(token_count(buf) // size, first + self.hot.room_for(buf, namespace))
         if limit <= first or not self.tiers:
             return {}
-        run = _Run(buf, namespace, self.namer.names(buf, namespace, limit), started + self.deadline)
+        names = self.namer.names(buf, namespace, limit)
+        run = _Run(buf, namespace, names, started + self.deadline, first)
         pos = first
         by_tier: dict[str, int] = {}
         for depth, tier in enumerate(self.tiers):
             start = pos
-            records, pos = self._read_run(tier, run, pos)
+            pos = self._read_run(tier, self.tiers[:depth], run, pos)
             by_tier[tier.name] = pos - start
-            self.writer.put_records(records, self.tiers[:depth])
             with self.lock:
                 counts = self.counts[tier.name]
                 counts.hits += pos - start
                 counts.misses += pos == start and not run.cut
                 counts.cut += run.cut
-            if pos == limit or run.cut:
+            if pos == limit or run.cut or run.full:
                 break
-        if run.found:
-            self._count_promoted(by_tier, self.hot.restore(buf, first, run.found, namespace))
+        self._count_promoted(by_tier, run.cached - first)
         log.debug(
             "lookup of %d tokens: %d in RAM, room for %d more, %s%s",
             token_count(buf),
@@ -118,22 +126,37 @@ class Promoter:
         )
         return by_tier
 
-    def _read_run(self, tier: Tier, run: _Run, pos: int) -> tuple[list[tuple[bytes, bytes]], int]:
-        """Read ``tier`` from block ``pos`` until a miss, the room's end or the deadline;
-        append verified blocks to ``run.found``; return their records and the new position."""
-        kept: list[tuple[bytes, bytes]] = []
+    def _read_run(self, tier: Tier, above: Sequence[Tier], run: _Run, pos: int) -> int:
+        """Read ``tier`` from block ``pos`` until a miss, the room's end, the deadline or a
+        full RAM, a batch at a time: restore each batch's verified blocks and queue their
+        records for the tiers ``above`` it; return the new position."""
         while pos < len(run.names):
             if time.monotonic() >= run.deadline:
                 run.cut = True
-                return kept, pos
+                return pos
+            found: list[Fill] = []
+            kept: list[tuple[bytes, bytes]] = []
             for raw in tier.get_many(run.names[pos : pos + self.batch_blocks]):
-                block = None if raw is None else self._verified(tier, raw, run, pos)
+                block = None if raw is None else self._verified(tier, raw, run, pos + len(found))
                 if block is None:
-                    return kept, pos
-                run.found.append(block)
-                kept.append((run.names[pos], raw))  # type: ignore[arg-type]
-                pos += 1
-        return kept, pos
+                    break
+                found.append(block)
+                kept.append((run.names[pos + len(found) - 1], raw))  # type: ignore[arg-type]
+            self.writer.put_records(kept, above)
+            pos += self._restore(run, found)
+            if len(found) < self.batch_blocks or run.full:
+                return pos  # a miss (or the room's end) in this batch, or RAM full
+        return pos
+
+    def _restore(self, run: _Run, found: list[Fill]) -> int:
+        """Put ``found`` (the blocks after RAM's ``run.cached``) into RAM; how many it kept
+        (all of them, or fewer and ``run.full``)."""
+        if not found:
+            return 0
+        kept = self.hot.restore(run.buf, run.cached, found, run.namespace)
+        run.cached += kept
+        run.full = kept < len(found)
+        return kept
 
     def _verified(self, tier: Tier, raw: bytes | bytearray, run: _Run, pos: int) -> Fill | None:
         """What writes the block in ``raw`` into a pool block, if ``raw`` is exactly block
@@ -161,6 +184,7 @@ class Promoter:
             return None
 
     def _count_promoted(self, by_tier: dict[str, int], restored: int) -> None:
+        """Attribute ``restored`` blocks to the tiers in order (each supplied a run)."""
         with self.lock:
             for name, count in by_tier.items():
                 taken = min(count, restored)
