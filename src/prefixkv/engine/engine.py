@@ -30,6 +30,7 @@ from prefixkv.engine.loader import load_model
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.workspace import Workspace, WorkspacePool
+from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
@@ -94,6 +95,9 @@ class Engine:
         kernel = choose_kernel(linear_kernel, loaded.model)
         swapped = kernel.install(loaded.model)
         log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
+        # Loading, then packing the weights for a kernel, leaves the plain copies freed on
+        # the C heap (320 MB for SmolLM2): give them back (see prefixkv.heap).
+        release_free_heap()
         layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
         cache = PrefixKVCache(
             layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share
