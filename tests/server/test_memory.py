@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.process, pytest.mark.slow]
 CLIENTS, WAVES = 16, 5  # 5 waves of 100 requests
 PER_WAVE = 100
 CACHE_BYTES = 1 << 20
+ADMIN = "admin-key-of-the-memory-test"  # the pool-wide figures are the admin's view
 
 
 def _settled(server: ServerProcess) -> bool:
@@ -60,13 +61,16 @@ async def _wave(server: ServerProcess, wave: int) -> None:
             reply = await http.post("/v1/chat/completions", json=body)
             assert reply.status_code == 200, reply.text
 
-    async with httpx.AsyncClient(base_url=server.url, timeout=120.0) as http:
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=server.headers(), timeout=120.0
+    ) as http:
         await asyncio.gather(*(client(http) for _ in range(CLIENTS)))
 
 
 def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) -> None:
     args = ["--model", str(tiny_model_dir), *TINY_ARGS, "--cache-bytes", str(CACHE_BYTES)]
-    server = ServerProcess(args, tmp_path / "log").wait_ready()
+    args += ["--admin-key", ADMIN]
+    server = ServerProcess(args, tmp_path / "log", api_key=ADMIN).wait_ready()
     try:
         asyncio.run(_wave(server, 0))  # warm-up: allocator pools, the pool's pages
         baseline = _rss_bytes(server.process.pid)
