@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prefixkv.engine.fused import JoinedProjection, ProjectionPart, join_siblings
+from prefixkv.models.family import LLAMA_SIBLINGS
 from prefixkv.engine.linear import OneDNNLinear, PackedLinear
 
 from .tiny import tiny_llama
@@ -89,7 +90,7 @@ def test_only_matching_siblings_are_joined() -> None:
     model.mlp = torch.nn.Module()
     model.mlp.gate_proj = torch.nn.Linear(12, 6, bias=False)
     model.mlp.up_proj = torch.nn.Linear(12, 6, bias=True)  # a bias the gate lacks: left alone
-    assert join_siblings(model) == 1
+    assert join_siblings(model, LLAMA_SIBLINGS) == 1
     assert isinstance(model.attn.q_proj, ProjectionPart)
     assert type(model.mlp.gate_proj) is torch.nn.Linear
     names = {name for name, _ in model.named_parameters()}

@@ -13,9 +13,10 @@ from prefixkv.engine.fused import join_siblings
 from prefixkv.engine.native_layers import (
     NativeGatedMLP,
     NativeRMSNorm,
-    swap_llama_layers,
+    swap_native_layers,
 )
 from prefixkv.engine.native_linear import NativeLinear
+from prefixkv.models import family_of
 from tests.engine.tiny import tiny_llama
 from tests.kernels.loaded import loaded
 
@@ -102,15 +103,16 @@ def test_an_mlp_with_another_activation_keeps_its_own(act: str) -> None:
     model = tiny_llama(seed=4)
     for layer in model.model.layers:
         layer.mlp.act_fn = {"gelu": torch.nn.GELU(), "relu": torch.nn.ReLU()}[act]
-    join_siblings(model)
-    swapped = swap_llama_layers(model, loaded())
-    assert swapped == 2 * model.config.num_hidden_layers + 1  # the norms only
+    family = family_of(model)
+    join_siblings(model, family.siblings)
+    swapped = swap_native_layers(model, family, loaded())
+    assert (swapped.norms, swapped.mlps) == (2 * model.config.num_hidden_layers + 1, 0)
     assert sum(isinstance(m, LlamaMLP) for m in model.modules()) == model.config.num_hidden_layers
 
 
 def test_an_mlp_whose_projections_are_not_joined_keeps_its_own() -> None:
     model = tiny_llama(seed=5)
-    swap_llama_layers(model, loaded())
+    swap_native_layers(model, family_of(model), loaded())
     assert not any(isinstance(m, NativeGatedMLP) for m in model.modules())
 
 

@@ -1,7 +1,7 @@
 """Sibling projections of one input run as one GEMM: q/k/v of an attention block, gate/up of
 a gated MLP.
 
-transformers' Llama-family modules call ``q_proj``, ``k_proj`` and ``v_proj`` one after
+transformers' Llama-style modules call ``q_proj``, ``k_proj`` and ``v_proj`` one after
 another on the same hidden states (``gate_proj`` and ``up_proj`` likewise). Each call pays
 its own dispatch and kernel start (every weight is read once either way); one call over the
 three weights stacked pays it once: a SmolLM2 decode step took 0.96x the time at one
@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-"""Attribute names of projections that read one input, as transformers' Llama-family
-attention and MLP modules name them."""
+Siblings = Sequence[Sequence[str]]
+"""Sets of attribute names of projections that read one input, in output order: a model
+family's :attr:`prefixkv.models.Family.siblings`."""
 
 
 class JoinedProjection(torch.nn.Module):
@@ -99,18 +99,19 @@ class ProjectionPart(torch.nn.Module):
         return f"part {self.part} of the joined projection, out_features={self.out_features}"
 
 
-def join_siblings(model: torch.nn.Module) -> int:
-    """Replace every set of :data:`SIBLINGS` in ``model`` (all plain ``nn.Linear`` over one
+def join_siblings(model: torch.nn.Module, siblings: Siblings) -> int:
+    """Replace every set of ``siblings`` (attribute names, e.g. its family's
+    :attr:`~prefixkv.models.Family.siblings`) in ``model`` (all plain ``nn.Linear`` over one
     input size, with or without bias alike) by a :class:`JoinedProjection`, registered next to
     them as ``joined_<first name>``, and its parts. Returns how many sets were joined; leaves
     any other set as it is. Mutates ``model``."""
     count = 0
     for module in list(model.modules()):
-        for names in SIBLINGS:
-            siblings = [getattr(module, name, None) for name in names]
-            if not _joinable(siblings):
+        for names in siblings:
+            layers = [getattr(module, name, None) for name in names]
+            if not _joinable(layers):
                 continue
-            owner = JoinedProjection(siblings)  # type: ignore[arg-type]
+            owner = JoinedProjection(layers)  # type: ignore[arg-type]
             setattr(module, _owner_name(names), owner)
             for part, name in enumerate(names):
                 setattr(module, name, ProjectionPart(owner, part))
@@ -120,7 +121,7 @@ def join_siblings(model: torch.nn.Module) -> int:
 
 def joined_projection(module: torch.nn.Module, names: Sequence[str]) -> JoinedProjection | None:
     """The :class:`JoinedProjection` that :func:`join_siblings` registered on ``module`` for
-    the sibling set ``names`` (one of :data:`SIBLINGS`), or None where it joined none."""
+    the sibling set ``names``, or None where it joined none."""
     owner = getattr(module, _owner_name(names), None)
     return owner if isinstance(owner, JoinedProjection) else None
 
@@ -143,11 +144,14 @@ def _joinable(siblings: list[object]) -> bool:
     )
 
 
-def swap_linears(model: torch.nn.Module, make: Callable[[torch.nn.Linear], torch.nn.Module]) -> int:
-    """Join ``model``'s sibling projections (:func:`join_siblings`), then put ``make(layer)``
-    in the place of every ``nn.Linear`` (joined ones included). Returns how many were
-    replaced. Mutates ``model``; a linear kernel checks every layer before calling it."""
-    join_siblings(model)
+def swap_linears(
+    model: torch.nn.Module, siblings: Siblings, make: Callable[[torch.nn.Linear], torch.nn.Module]
+) -> int:
+    """Join ``model``'s sibling projections (:func:`join_siblings` of ``siblings``), then put
+    ``make(layer)`` in the place of every ``nn.Linear`` (joined ones included). Returns how
+    many were replaced. Mutates ``model``; a linear kernel checks every layer before calling
+    it."""
+    join_siblings(model, siblings)
     swapped = 0
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):

@@ -9,19 +9,15 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from prefixkv.cache.layout import KVLayout
+from prefixkv.models import UnsupportedModelError, family_of
 
-
-class UnsupportedModelError(TypeError):
-    """The model's KV cache is not plain full attention, so prefixes cannot be reused as is."""
+__all__ = ["UnsupportedModelError", "layout_of", "new_cache"]
 
 
 def layout_of(config: Any, dtype: torch.dtype) -> KVLayout:
-    """The KV layout of a decoder-only transformers model config (Llama-style attention)."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = text.num_attention_heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    return KVLayout(text.num_hidden_layers, kv_heads, head_dim, dtype)
+    """The KV layout of a decoder-only transformers model config, as its family reads it
+    (:func:`prefixkv.models.family_of`). Raises UnsupportedModelError for a refused family."""
+    return family_of(config).layout(config, dtype)
 
 
 def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:

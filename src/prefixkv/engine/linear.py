@@ -28,6 +28,7 @@ from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
 from prefixkv.kernels.build import NativeUnavailable
 from prefixkv.kernels.ops import load
+from prefixkv.models import family_of
 
 log = logging.getLogger("prefixkv.engine")
 
@@ -135,7 +136,7 @@ class OneDNNLinear:
                     f"build; {name} has {layer.weight.dtype} on {layer.weight.device} "
                     f"(use --linear-kernel torch)"
                 )
-        return swap_linears(model, PackedLinear)
+        return swap_linears(model, family_of(model).siblings, PackedLinear)
 
 
 def onednn_runs(weight: torch.Tensor) -> bool:

@@ -1,8 +1,10 @@
-"""The native kernel's vector work in Llama layers (``prefixkv/kernels/csrc/layers.c``): the
+"""The native kernel's vector work in Llama-style layers (``prefixkv/kernels/csrc/layers.c``): the
 RMS norms, and the MLP's ``SiLU(gate) * up`` on the joined gate/up projection.
 
 Installed with the native linear kernel (:class:`prefixkv.engine.native_linear.NativeLinear`),
-after its linear layers. transformers computes a Llama RMS norm in six tensor operations and
+after its linear layers, on the modules the model's family names
+(:attr:`prefixkv.models.Family.norms` and :attr:`~prefixkv.models.Family.mlps`): those whose
+math is exactly Llama's. transformers computes a Llama RMS norm in six tensor operations and
 the MLP's activation in two, each writing a new tensor and paying its dispatch. One C pass
 each, SmolLM2's shapes: a norm of 16 rows 8.6 against 32.5 us, of 512 rows 59 against
 143 us; SiLU * up of 512 rows 231 against 359 us (16 rows: 26 us either way). Replayed in
@@ -25,19 +27,20 @@ that names this one.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import NoReturn
 
 import torch
 from transformers.activations import SiLUActivation
-from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
-from prefixkv.engine.fused import SIBLINGS, joined_projection
+from prefixkv.engine.fused import joined_projection
 from prefixkv.kernels.ops import Kernels
+from prefixkv.models import Family, GatedMLP
 
 log = logging.getLogger(__name__)
 
-GATE_UP = SIBLINGS[1]  # ("gate_proj", "up_proj"): the MLP's sibling projections, gate first
 _F32 = torch.float32
+_SILU = (SiLUActivation, torch.nn.SiLU)  # transformers' "silu" and "swish": x * sigmoid(x)
 
 
 def refuse_input(module: str, x: torch.Tensor) -> NoReturn:
@@ -58,15 +61,18 @@ def refuse_input(module: str, x: torch.Tensor) -> NoReturn:
 
 class NativeRMSNorm(torch.nn.Module):
     """A Llama RMS norm, ``weight * x / sqrt(mean(x^2) + eps)`` over the last dimension,
-    through the native ``rms_norm``. float32 CPU only (the native kernel's dtype): TypeError
-    for another norm at construction, for another input at call time."""
+    through the native ``rms_norm``; ``norm`` is a module of that math with ``weight`` and
+    ``variance_epsilon`` (a family's :attr:`~prefixkv.models.Family.norms`). float32 CPU only
+    (the native kernel's dtype): TypeError for another norm at construction, for another
+    input at call time."""
 
-    def __init__(self, norm: LlamaRMSNorm, kernels: Kernels) -> None:
+    def __init__(self, norm: torch.nn.Module, kernels: Kernels) -> None:
         super().__init__()
-        if norm.weight.dtype is not _F32 or not norm.weight.is_cpu:
-            refuse_input(type(self).__name__, norm.weight)
-        self.weight = norm.weight  # [hidden]
-        self.eps = float(norm.variance_epsilon)
+        weight = _weight(norm)
+        if weight.dtype is not _F32 or not weight.is_cpu:
+            refuse_input(type(self).__name__, weight)
+        self.weight = weight  # [hidden]
+        self.eps = float(getattr(norm, "variance_epsilon"))  # noqa: B009 (typed by nn.Module)
         self._kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,33 +115,85 @@ class NativeGatedMLP(torch.nn.Module):
         return down
 
 
-def swap_llama_layers(model: torch.nn.Module, kernels: Kernels) -> int:
-    """Put :class:`NativeRMSNorm` in the place of every float32 ``LlamaRMSNorm`` of ``model``,
-    and :class:`NativeGatedMLP` in that of every ``LlamaMLP`` with a SiLU activation whose
-    gate and up projections were joined (:func:`prefixkv.engine.fused.join_siblings`).
-    Returns how many modules were replaced; leaves any other module as it is (other model
-    families keep their own). Mutates ``model``."""
-    swapped = 0
+@dataclass(frozen=True)
+class NativeSwaps:
+    """How many modules :func:`swap_native_layers` replaced, by kind."""
+
+    norms: int
+    mlps: int
+
+    @property
+    def total(self) -> int:
+        return self.norms + self.mlps
+
+
+def swap_native_layers(model: torch.nn.Module, family: Family, kernels: Kernels) -> NativeSwaps:
+    """Put :class:`NativeRMSNorm` in the place of every float32 CPU module of ``model`` whose
+    class is one of ``family.norms``, and :class:`NativeGatedMLP` in that of every MLP of
+    ``family.mlps`` whose activation is SiLU and whose gate/up product is one projection
+    (joined by :func:`prefixkv.engine.fused.join_siblings`, or by the checkpoint) of equal
+    halves. Returns the counts by kind (logged in one line, saying so where there are none);
+    leaves any other module as it is. Mutates ``model``."""
+    norms = mlps = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
-            replacement = _native_of(child, kernels)
+            if isinstance(child, family.norms) and _native_dtype(_weight(child)):
+                setattr(parent, name, NativeRMSNorm(child, kernels))
+                norms += 1
+                continue
+            replacement = _native_mlp(child, family.mlps, kernels)
             if replacement is not None:
                 setattr(parent, name, replacement)
-                swapped += 1
-    log.info("native norms and MLP activations: %d modules swapped", swapped)
-    return swapped
+                mlps += 1
+    swaps = NativeSwaps(norms, mlps)
+    if swaps.total:
+        log.info("native layers (%s): %d norms, %d MLPs swapped", family.name, norms, mlps)
+    else:
+        log.info("native layers (%s): none swapped; %s", family.name, family.keeps)
+    return swaps
 
 
-def _native_of(module: torch.nn.Module, kernels: Kernels) -> torch.nn.Module | None:
-    """The native replacement of ``module``, or None where it has none."""
-    if isinstance(module, LlamaRMSNorm):
-        weight = module.weight
-        cpu_float = weight.dtype == torch.float32 and weight.device.type == "cpu"
-        return NativeRMSNorm(module, kernels) if cpu_float else None
-    if not isinstance(module, LlamaMLP) or not isinstance(module.act_fn, SiLUActivation):
-        return None
-    joined = joined_projection(module, GATE_UP)  # its output: [gate columns | up columns]
+def _weight(norm: torch.nn.Module) -> torch.Tensor:
+    """``norm.weight``; TypeError where it is not a tensor."""
+    weight = norm.weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(norm).__name__}.weight is not a tensor")
+    return weight
+
+
+def _native_dtype(weight: torch.Tensor) -> bool:
+    return weight.dtype == torch.float32 and weight.device.type == "cpu"
+
+
+def _native_mlp(
+    module: torch.nn.Module, mlps: tuple[GatedMLP, ...], kernels: Kernels
+) -> NativeGatedMLP | None:
+    """The native replacement of ``module`` when it is one of ``mlps``'s classes with a SiLU
+    activation and an equal-halved gate/up projection, else None."""
+    for mlp in mlps:
+        if not isinstance(module, mlp.classes):
+            continue
+        if not isinstance(getattr(module, mlp.activation, None), _SILU):
+            return None
+        found = _gate_up(module, mlp.gate_up)
+        if found is None:
+            return None
+        projection, width = found
+        return NativeGatedMLP(projection, getattr(module, mlp.down), width, kernels)
+    return None
+
+
+def _gate_up(module: torch.nn.Module, names: tuple[str, ...]) -> tuple[torch.nn.Module, int] | None:
+    """``module``'s projection whose output is ``[gate | up]``, and the width of each half;
+    None where there is none or the halves differ."""
+    if len(names) == 1:  # joined in the checkpoint
+        projection = getattr(module, names[0], None)
+        out = getattr(projection, "out_features", None)
+        if projection is None or not isinstance(out, int) or out % 2:
+            return None
+        return projection, out // 2
+    joined = joined_projection(module, names)
     if joined is None:
         return None
     gate, up = joined.widths
-    return NativeGatedMLP(joined.joined, module.down_proj, gate, kernels) if gate == up else None
+    return (joined.joined, gate) if gate == up else None

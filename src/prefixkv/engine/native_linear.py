@@ -22,8 +22,9 @@ from __future__ import annotations
 import torch
 
 from prefixkv.engine.fused import swap_linears
-from prefixkv.engine.native_layers import refuse_input, swap_llama_layers
+from prefixkv.engine.native_layers import refuse_input, swap_native_layers
 from prefixkv.kernels.ops import Kernels, load
+from prefixkv.models import family_of
 
 _F32 = torch.float32
 
@@ -77,9 +78,9 @@ def native_runs(weight: torch.Tensor) -> bool:
 
 class NativeLinear:
     """:class:`NativeLinearLayer` for every ``nn.Linear`` of a float32 CPU model, sibling
-    projections of one input first joined into one (:mod:`prefixkv.engine.fused`); then, in
-    Llama layers, the RMS norms and the MLP's activation in C too
-    (:mod:`prefixkv.engine.native_layers`)."""
+    projections of one input first joined into one (:mod:`prefixkv.engine.fused`); then,
+    where the model's family computes them as the native kernels do, the RMS norms and the
+    gated MLP's activation in C too (:mod:`prefixkv.engine.native_layers`)."""
 
     name = "native"
 
@@ -92,7 +93,10 @@ class NativeLinear:
                     f"native linear layers need float32 CPU weights; {name} has "
                     f"{layer.weight.dtype} on {layer.weight.device} (use --linear-kernel torch)"
                 )
+        family = family_of(model)
         kernels = load()
-        swapped = swap_linears(model, lambda linear: NativeLinearLayer(linear, kernels))
-        swap_llama_layers(model, kernels)
+        swapped = swap_linears(
+            model, family.siblings, lambda linear: NativeLinearLayer(linear, kernels)
+        )
+        swap_native_layers(model, family, kernels)
         return swapped

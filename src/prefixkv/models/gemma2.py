@@ -1,0 +1,14 @@
+"""Gemma 2: every other layer attends through a sliding window, which prefixkv does not
+serve yet (its KV cache is not plain full attention). Were it served, its norms would still
+keep transformers' modules: Gemma2RMSNorm scales by ``1 + weight`` and computes in float32,
+and the MLP's activation is GELU-tanh, not SiLU."""
+
+from __future__ import annotations
+
+from prefixkv.models.family import Refused
+
+FAMILY = Refused(
+    name="gemma2",
+    model_types=("gemma2",),
+    reason="sliding-window layers: not yet served",
+)
