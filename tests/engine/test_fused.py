@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from prefixkv.engine.fused import JoinedProjection, ProjectionPart, join_siblings
-from prefixkv.models.family import LLAMA_SIBLINGS
 from prefixkv.engine.linear import OneDNNLinear, PackedLinear
+from prefixkv.models.family import LLAMA_SIBLINGS
 
 from .tiny import tiny_llama
 
