@@ -14,7 +14,7 @@ VOCAB = len(SPECIALS) + len(CHARS)
 BOS, EOS, PAD = SPECIALS.index("<s>"), SPECIALS.index("<|im_end|>"), SPECIALS.index("</s>")
 LAYERS = 2
 _IDS = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}
-_LLAMA_LIKE = {
+LLAMA_LIKE = {
     "vocab_size": VOCAB,
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -35,11 +35,11 @@ def _config(family: str) -> Any:
             vocab_size=VOCAB, n_embd=64, n_layer=LAYERS, n_head=4, n_positions=512, **_IDS
         )
     made: dict[str, Any] = {
-        "llama": lambda: tf.LlamaConfig(**_LLAMA_LIKE),
-        "qwen2": lambda: tf.Qwen2Config(**_LLAMA_LIKE),
-        "qwen3": lambda: tf.Qwen3Config(**_LLAMA_LIKE, head_dim=16),
-        "mistral": lambda: tf.MistralConfig(**_LLAMA_LIKE, sliding_window=None),
-        "phi3": lambda: tf.Phi3Config(**_LLAMA_LIKE),
+        "llama": lambda: tf.LlamaConfig(**LLAMA_LIKE),
+        "qwen2": lambda: tf.Qwen2Config(**LLAMA_LIKE),
+        "qwen3": lambda: tf.Qwen3Config(**LLAMA_LIKE, head_dim=16),
+        "mistral": lambda: tf.MistralConfig(**LLAMA_LIKE, sliding_window=None),
+        "phi3": lambda: tf.Phi3Config(**LLAMA_LIKE),
     }
     return made[family]()
 
