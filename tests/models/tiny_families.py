@@ -13,6 +13,10 @@ from tests.engine.tiny import CHARS, SPECIALS
 VOCAB = len(SPECIALS) + len(CHARS)
 BOS, EOS, PAD = SPECIALS.index("<s>"), SPECIALS.index("<|im_end|>"), SPECIALS.index("</s>")
 LAYERS = 2
+INIT = 0.2
+"""Weights drawn with this deviation (transformers' default is 0.02): at 0.02 a tiny model's
+MLPs and attention barely move its residual stream, so its greedy tokens would hide a wrong
+claim (an MLP's halves swapped gave the same tokens); at 0.2 every layer counts."""
 _IDS = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}
 LLAMA_LIKE = {
     "vocab_size": VOCAB,
@@ -22,6 +26,7 @@ LLAMA_LIKE = {
     "num_attention_heads": 4,
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
+    "initializer_range": INIT,
     **_IDS,
 }
 
@@ -32,7 +37,13 @@ def _config(family: str) -> Any:
 
     if family == "gpt2":
         return tf.GPT2Config(
-            vocab_size=VOCAB, n_embd=64, n_layer=LAYERS, n_head=4, n_positions=512, **_IDS
+            vocab_size=VOCAB,
+            n_embd=64,
+            n_layer=LAYERS,
+            n_head=4,
+            n_positions=512,
+            initializer_range=INIT,
+            **_IDS,
         )
     made: dict[str, Any] = {
         "llama": lambda: tf.LlamaConfig(**LLAMA_LIKE),

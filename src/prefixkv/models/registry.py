@@ -7,6 +7,9 @@ import functools
 import importlib
 import logging
 import pkgutil
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -33,11 +36,11 @@ projections joined (exact in any call order), nothing else replaced."""
 
 
 @functools.cache
-def families() -> dict[str, Family | Refused]:
-    """Every family module's ``FAMILY`` by each of its model types (built once; the dict is
-    shared, do not mutate it). Raises ValueError when two modules claim one model type."""
+def families() -> Mapping[str, Family | Refused]:
+    """Every family module's ``FAMILY`` by each of its model types (imported and built once,
+    read-only). Raises ValueError when two modules claim one model type."""
     found: dict[str, Family | Refused] = {}
-    for info in pkgutil.iter_modules(_package_path()):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name in _NOT_FAMILIES or info.name.startswith("_"):
             continue
         module = importlib.import_module(f"prefixkv.models.{info.name}")
@@ -46,13 +49,7 @@ def families() -> dict[str, Family | Refused]:
             if model_type in found:
                 raise ValueError(f"model_type {model_type!r} claimed by two families")
             found[model_type] = family
-    return found
-
-
-def _package_path() -> list[str]:
-    import prefixkv.models as package
-
-    return list(package.__path__)
+    return MappingProxyType(found)
 
 
 def family_of(model_or_config: torch.nn.Module | Any) -> Family:
