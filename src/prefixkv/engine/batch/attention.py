@@ -27,6 +27,7 @@ from transformers.cache_utils import Cache
 from prefixkv.engine.batch.cascade import CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
+from prefixkv.models import family_of
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.kernels import AttentionPlan
@@ -230,8 +231,11 @@ def active(model: Any) -> Iterator[None]:
 def check_supported(model: Any) -> None:
     """Raise UnsupportedModelError unless paged attention reproduces the model's own logits
     on a 3-token probe, with every layer's attention going through it (the model calls
-    ``AttentionInterface`` and ``Cache.update`` like Llama does)."""
+    ``AttentionInterface`` and ``Cache.update`` like Llama does). The error names the
+    model's family and the attention it declares (:attr:`prefixkv.models.Family.attention`)."""
     config = model.config
+    family = family_of(model)
+    name = f"{type(model).__name__} ({family.name} family: {family.attention})"
     layers = int(config.num_hidden_layers)
     lay = layout_of_config(config, next(model.parameters()).dtype)
     device = next(model.parameters()).device
@@ -255,11 +259,11 @@ def check_supported(model: Any) -> None:
                 ).logits
     except Exception as exc:
         raise UnsupportedModelError(
-            f"{type(model).__name__} does not run with prefixkv's paged attention ({exc})"
+            f"{name} does not run with prefixkv's paged attention ({exc})"
         ) from exc
     if calls.count != layers or not torch.allclose(got, expected, rtol=1e-3, atol=1e-3):
         raise UnsupportedModelError(
-            f"{type(model).__name__} does not run with prefixkv's paged attention: "
+            f"{name} does not run with prefixkv's paged attention: "
             f"{calls.count} of {layers} layers called it, max logit difference "
             f"{(got - expected).abs().max().item():.3g}"
         )
