@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -103,3 +104,14 @@ def test_a_model_without_a_family_is_served_generic_with_no_native_swaps(
         hit = cached.generate([*prompt, 6], max_tokens=6)
         assert hit.cached_tokens > 0
         assert hit.token_ids == uncached.generate([*prompt, 6], max_tokens=6).token_ids
+
+
+def test_a_refused_family_is_refused_by_the_loader_from_its_config(tmp_path: Path) -> None:
+    from transformers import Gemma2Config
+
+    from prefixkv.engine.loader import load_model
+    from prefixkv.models import UnsupportedModelError
+
+    Gemma2Config(vocab_size=100, hidden_size=64, num_hidden_layers=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match=r"gemma2.*sliding-window"):
+        load_model(str(tmp_path))  # no tokenizer, no weights: refused before reading them

@@ -187,8 +187,13 @@ def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenize
 def _load_folder(
     folder: Path, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Raises UnsupportedModelError (:func:`prefixkv.models.family_of`) for a refused family
+    from its config alone, before reading the tokenizer or any weight."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from prefixkv.models import family_of
+
+    family_of(AutoConfig.from_pretrained(folder, local_files_only=True))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
