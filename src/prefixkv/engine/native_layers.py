@@ -36,6 +36,7 @@ from transformers.activations import SiLUActivation
 from prefixkv.engine.fused import joined_projection
 from prefixkv.kernels.ops import Kernels
 from prefixkv.models import Family, GatedMLP
+from prefixkv.models.family import text_config
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,23 @@ def swap_native_layers(model: torch.nn.Module, family: Family, kernels: Kernels)
                 setattr(parent, name, replacement)
                 mlps += 1
     swaps = NativeSwaps(norms, mlps)
-    if swaps.total:
-        log.info("native layers (%s): %d norms, %d MLPs swapped", family.name, norms, mlps)
-    else:
-        log.info("native layers (%s): none swapped; %s", family.name, family.keeps)
+    _log_swaps(model, family, swaps)
     return swaps
+
+
+def _log_swaps(model: torch.nn.Module, family: Family, swaps: NativeSwaps) -> None:
+    """One line: the counts by kind, with why the MLPs keep transformers' own where the
+    family has gated MLPs but none was swapped, or what the family keeps where none was."""
+    if not swaps.total:
+        log.info("native layers (%s): none swapped; %s", family.name, family.keeps)
+        return
+    why = ""
+    if family.mlps and not swaps.mlps:
+        act = getattr(text_config(model.config), "hidden_act", "unknown")
+        why = f" (hidden_act {act!r}: the native MLP is SiLU-gated only)"
+    log.info(
+        "native layers (%s): %d norms, %d MLPs swapped%s", family.name, swaps.norms, swaps.mlps, why
+    )
 
 
 def _weight(norm: torch.nn.Module) -> torch.Tensor:
