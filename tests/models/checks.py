@@ -10,15 +10,15 @@
   classes is left, and the logits stay transformers' up to rounding (a claim whose math
   does not match, e.g. a wrong ``[gate | up]`` order, moves them far more).
 
-A family's test module sets :func:`case` (a fixture returning its :class:`Case`) and imports
-the tests below, so that each family's file holds its own claims and nothing else.
+A family's test module defines the ``case`` fixture (its :class:`Case`: its tiny config and
+the swaps it claims) and imports the tests below: adding a family adds one test module.
 """
 
 from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +49,17 @@ flip; where transformers' and the engine's tokens part at a wider gap, the test 
 
 @dataclass(frozen=True)
 class Case:
-    """A family under test and what its native swaps must count on its tiny model."""
+    """A family under test: the config of its tiny model, and what the native kernel's swaps
+    must count on it."""
 
     family: str
+    config: Callable[[], Any]
+    """transformers' own config of the family's tiny model (a new one each call)."""
     norms: int
     mlps: int
+
+    def model(self, seed: int = 0) -> Any:
+        return tiny_model(self.config(), seed)
 
 
 def _ids(seed: int, n: int) -> list[int]:
@@ -74,7 +80,7 @@ def kernel(request: pytest.FixtureRequest) -> str:
 def models(case: Case, kernel: str) -> Iterator[tuple[Any, Any]]:
     """The family's tiny model as transformers built it, and a copy on ``kernel``."""
     with one_thread():
-        plain = tiny_model(case.family)
+        plain = case.model()
         model = copy.deepcopy(plain)
         try:
             linear.linear_kernel(kernel, model).install(model)
@@ -93,7 +99,7 @@ def engines(model: Any, blocks: int = 256) -> tuple[Engine, Engine]:
 
 
 def test_the_registry_finds_the_family(case: Case) -> None:
-    assert family_of(tiny_model(case.family)).name == case.family
+    assert family_of(case.model()).name == case.family
 
 
 def test_greedy_tokens_match_cached_and_uncached(models: tuple[Any, Any]) -> None:
@@ -141,7 +147,7 @@ def test_greedy_tokens_are_transformers_own(models: tuple[Any, Any]) -> None:
 
 def test_the_native_kernel_swaps_what_the_family_claims(case: Case) -> None:
     with one_thread():
-        model = tiny_model(case.family, seed=3)
+        model = case.model(seed=3)
         ids = torch.randint(0, model.config.vocab_size, (2, 40))
         with torch.inference_mode():
             before = model(ids).logits

@@ -3,6 +3,8 @@ LayerNorm and the GELU MLP keep transformers' modules: no native swap."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .checks import (  # noqa: F401 (the shared tests, collected here for this family)
@@ -15,8 +17,23 @@ from .checks import (  # noqa: F401 (the shared tests, collected here for this f
     test_the_native_kernel_swaps_what_the_family_claims,
     test_the_registry_finds_the_family,
 )
+from .tiny_families import IDS, INIT, LAYERS, VOCAB
+
+
+def _config() -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=64,
+        n_layer=LAYERS,
+        n_head=4,
+        n_positions=512,
+        initializer_range=INIT,
+        **IDS,
+    )
 
 
 @pytest.fixture
 def case() -> Case:
-    return Case("gpt2", norms=0, mlps=0)
+    return Case("gpt2", _config, norms=0, mlps=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from .checks import (  # noqa: F401 (the shared tests, collected here for this family)
@@ -14,10 +16,17 @@ from .checks import (  # noqa: F401 (the shared tests, collected here for this f
     test_the_native_kernel_swaps_what_the_family_claims,
     test_the_registry_finds_the_family,
 )
-from .tiny_families import LAYERS
+from .tiny_families import LAYERS, LLAMA_LIKE
+
+
+def _config() -> Any:
+    from transformers import Qwen3Config
+
+    return Qwen3Config(**LLAMA_LIKE, head_dim=16)
 
 
 @pytest.fixture
 def case() -> Case:
-    # Native norms: two per layer, q_norm and k_norm per layer, and the final norm; a native gated MLP per layer.
-    return Case("qwen3", norms=4 * LAYERS + 1, mlps=LAYERS)
+    # Native norms: two per layer, q_norm and k_norm per layer, and the final norm; a native
+    # gated MLP per layer.
+    return Case("qwen3", _config, norms=4 * LAYERS + 1, mlps=LAYERS)

@@ -1,6 +1,7 @@
-"""Tiny randomly initialised models of each family prefixkv serves, built from transformers'
-own config classes over :func:`tests.engine.tiny.tiny_tokenizer`'s vocabulary: width 64,
-2 layers, 4 query heads (2 KV heads where the family groups them), context 512."""
+"""What the families' tiny models share: :func:`tests.engine.tiny.tiny_tokenizer`'s
+vocabulary and special ids, and Llama-style sizes (width 64, 2 layers, 4 query and 2 KV
+heads, context 512) for a family's own config class; each family's test module builds its
+config (its ``case`` fixture)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ INIT = 0.2
 """Weights drawn with this deviation (transformers' default is 0.02): at 0.02 a tiny model's
 MLPs and attention barely move its residual stream, so its greedy tokens would hide a wrong
 claim (an MLP's halves swapped gave the same tokens); at 0.2 every layer counts."""
-_IDS = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}
+IDS = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}
+"""The tokenizer's special ids."""
 LLAMA_LIKE = {
     "vocab_size": VOCAB,
     "hidden_size": 64,
@@ -27,39 +29,17 @@ LLAMA_LIKE = {
     "num_key_value_heads": 2,
     "max_position_embeddings": 512,
     "initializer_range": INIT,
-    **_IDS,
+    **IDS,
 }
+"""A Llama-style config's sizes and ids, for any family's config class that takes them."""
 
 
-def _config(family: str) -> Any:
-    """transformers' own config of a tiny ``family`` model."""
-    import transformers as tf
-
-    if family == "gpt2":
-        return tf.GPT2Config(
-            vocab_size=VOCAB,
-            n_embd=64,
-            n_layer=LAYERS,
-            n_head=4,
-            n_positions=512,
-            initializer_range=INIT,
-            **_IDS,
-        )
-    made: dict[str, Any] = {
-        "llama": lambda: tf.LlamaConfig(**LLAMA_LIKE),
-        "qwen2": lambda: tf.Qwen2Config(**LLAMA_LIKE),
-        "qwen3": lambda: tf.Qwen3Config(**LLAMA_LIKE, head_dim=16),
-        "mistral": lambda: tf.MistralConfig(**LLAMA_LIKE, sliding_window=None),
-        "phi3": lambda: tf.Phi3Config(**LLAMA_LIKE),
-    }
-    return made[family]()
-
-
-def tiny_model(family: str, seed: int = 0) -> Any:
-    """A tiny ``family`` causal LM in eval mode, weights drawn with ``seed``."""
+def tiny_model(config: Any, seed: int = 0) -> Any:
+    """A causal LM of transformers' own class for ``config``, in eval mode, weights drawn with
+    ``seed``; generation pads with the tokenizer's pad id."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(_config(family)).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     model.generation_config.pad_token_id = PAD
     return model
