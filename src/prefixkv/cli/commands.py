@@ -89,7 +89,8 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
         p,
         "--linear-kernel",
         "what runs the linear layers: native (prefixkv's own GEMM, built with the C "
-        "compiler; float32 CPU; Llama norms and MLP activation in C too), onednn (weights "
+        "compiler; float32 CPU; RMS norms and gated-SiLU MLPs of Llama-style families in C "
+        "too), onednn (weights "
         "packed once; float32 CPU), torch (PyTorch's own), auto (native where it builds, "
         "else onednn where it runs)",
         type=one_of(["auto", "native", "onednn", "torch"]),

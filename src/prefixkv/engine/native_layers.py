@@ -1,5 +1,5 @@
-"""The native kernel's vector work in Llama-style layers (``prefixkv/kernels/csrc/layers.c``): the
-RMS norms, and the MLP's ``SiLU(gate) * up`` on the joined gate/up projection.
+"""The native kernel's vector work in Llama-style layers (``prefixkv/kernels/csrc/layers.c``):
+the RMS norms, and the MLP's ``SiLU(gate) * up`` on the joined gate/up projection.
 
 Installed with the native linear kernel (:class:`prefixkv.engine.native_linear.NativeLinear`),
 after its linear layers, on the modules the model's family names
