@@ -48,7 +48,8 @@ class Arithmetic:
     """PyTorch's version and build configuration, and the machine's CPU model and flags."""
     threads: int
     """Threads PyTorch's own kernels use; 0 where only native kernels compute the linear
-    layers and attention (each of their outputs is one fixed-order sum)."""
+    layers and attention (each of their outputs is one fixed-order sum): not where a
+    projection is left to PyTorch (a plain ``nn.Linear``, GPT-2's ``Conv1D``)."""
 
     def encode(self) -> bytes:
         return repr(
@@ -67,6 +68,8 @@ def arithmetic(model: torch.nn.Module, attention: str, threads: int) -> Arithmet
     """The Arithmetic of ``model`` (its linear kernel already installed) attended by
     ``attention`` (see :attr:`Arithmetic.attention`) with ``threads`` PyTorch threads.
     Raises ValueError for an ``attention`` of another form."""
+    from transformers.pytorch_utils import Conv1D
+
     from prefixkv.engine.native_linear import NativeLinearLayer
     from prefixkv.kernels.target import cpu_flags
 
@@ -82,7 +85,9 @@ def arithmetic(model: torch.nn.Module, attention: str, threads: int) -> Arithmet
         kernels = identity()
     build = hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16]
     platform = f"torch {torch.__version__} build {build}\n{cpu_flags()}"
-    only_native = native_linear and native_attention
+    # A projection the linear kernels do not replace (GPT-2's Conv1D) runs on PyTorch's own.
+    torch_projections = any(isinstance(m, (torch.nn.Linear, Conv1D)) for m in model.modules())
+    only_native = native_linear and native_attention and not torch_projections
     return Arithmetic(attention, kernels, platform, 0 if only_native else threads)
 
 
