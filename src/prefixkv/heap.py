@@ -4,12 +4,11 @@ glibc's allocator keeps what a process frees in its arenas for reuse, and return
 system only what lies at the top of a heap. A server that loads a model and packs its
 weights, then runs for hours on several threads, holds freed memory it may never reuse:
 
-- right after ``Engine.from_pretrained("smollm2")`` (the weights loaded, then packed for the
-  native kernel, the plain copies freed), ``malloc_trim`` gave back 320 MB of a 1,735 MB
-  RSS, in 21 ms; later calls took 0.06-0.14 ms;
-- under `prefixkv bench soak` the server's RSS rose in steps of 24-45 MiB at random minutes
-  (an arena of another thread reaching a new high-water mark with a promotion's record
-  buffers), flat in between: not a leak, but not what a user should see either.
+- right after ``Engine.from_pretrained`` (the weights loaded, then packed for the native
+  kernel, the plain copies freed), a large share of RSS is free but held;
+- under ``prefixkv bench soak`` the server's RSS rose in steps at random minutes (an arena
+  of another thread reaching a new high-water mark with a promotion's record buffers), flat
+  in between: not a leak, but not what a user should see either.
 
 :func:`release_free_heap` asks glibc to return every free page (``malloc_trim(0)``, which
 since glibc 2.8 also releases free pages inside the heaps, not only at their tops); the

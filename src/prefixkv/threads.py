@@ -5,9 +5,8 @@ work gets its own team of worker threads. Between parallel regions the workers s
 few milliseconds before sleeping, which is what makes a model's thousands of small ops per
 step cheap, but libgomp cuts that spin to ~100 iterations once the process holds more OpenMP
 threads than CPUs. A server whose main thread loaded the model with two threads and whose
-runner thread computes with two more holds three on two CPUs: a 16-sequence SmolLM2 forward
-took 57 ms on the runner thread against 48 ms with the main thread kept to one (2-core AMD
-EPYC). So the thread that runs the model calls :func:`compute_on`, and every other thread
+runner thread computes with two more holds three on two CPUs, and every step pays futex
+wake-ups (measured in ``docs/decisions.md``, "One OpenMP team"). So the thread that runs the model calls :func:`compute_on`, and every other thread
 that may touch torch (the main thread before it loads the model, the tier writer, the
 request preparation thread) calls :func:`helper_thread` first.
 

@@ -36,6 +36,7 @@ BENCHES = {
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
     "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
+    "results-page": ("prefixkv.bench.results_page", "write docs/results.md from results/*.json"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {

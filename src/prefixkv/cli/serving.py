@@ -14,7 +14,7 @@ from prefixkv.heap import HeapTrimmer
 
 HEAP_TRIM_SECONDS = 30.0
 """How often a server gives freed heap memory back (:mod:`prefixkv.heap`): without it, RSS
-rose in steps of tens of MiB under `prefixkv bench soak`; each call costs ~0.1 ms, and the
+rose in steps under `prefixkv bench soak`; a call is cheap next to the interval, and the
 pages it frees that are needed again are faulted back in once per interval."""
 
 if TYPE_CHECKING:

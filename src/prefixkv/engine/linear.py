@@ -2,11 +2,10 @@
 or prefixkv's own (:mod:`prefixkv.engine.native_linear`, the default where it builds).
 
 On CPU, ``F.linear`` hands every call to MKL with the weights in their plain layout. A decode
-step multiplies a few rows by every weight of the model, and there MKL ran SmolLM2's linear
-layers at 84 ms for 16 rows against a 16-19 ms weight-read floor on this project's AMD EPYC
-(``prefixkv bench decode`` prints the line). oneDNN with each weight reordered once into its
-blocked layout (the path PyTorch's own compiler takes when it freezes a CPU model) ran them in
-35 ms for 16 rows, 25 ms for one row and 1.3x faster for 512-row prefill chunks.
+step multiplies a few rows by every weight of the model, and there MKL runs far above the
+weight-read floor. oneDNN with each weight reordered once into its blocked layout (the path
+PyTorch's own compiler takes when it freezes a CPU model) runs them faster at every row count
+(measured in ``docs/decisions.md``, "Linear layers"; ``prefixkv bench decode`` prints the line).
 
 Its results differ from MKL's at float rounding (about 1e-6 relative). The engine runs one
 kernel for every path (cached or not, serial or batched), so outputs stay identical with and

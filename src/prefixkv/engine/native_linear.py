@@ -1,10 +1,9 @@
 """The ``native`` linear kernel: prefixkv's own GEMM (``prefixkv/kernels/csrc/linear.c``) on
 weights packed once.
 
-Why not oneDNN: calling SmolLM2's 30 layers in turn (their 420 MB of weights read from memory,
-as a forward does) took oneDNN 25-28 ms for one row and 33-37 ms for 16 on this project's AMD
-EPYC, its weights streaming at ~15 GB/s of the ~34 GB/s the machine reads. This kernel takes
-16-17 ms and 21-23 ms, and the same time at 512 rows (556 against 564 ms, ~195 GFLOP/s).
+Why not oneDNN: on few rows oneDNN streams the weights well below the machine's memory
+bandwidth; this kernel streams them faster and matches it at 512 rows (measured in
+``docs/decisions.md``, "Linear layers").
 
 Why it is exact: every output is one multiply-add chain over the input features in order,
 whatever the call's rows, so a token's activations are the same prefilled in a 512-token

@@ -11,8 +11,8 @@ Records leave the process sealed with the tier key if one is given (AES-256-GCM,
 block names: :mod:`prefixkv.tiers.seal`); without one they carry a checksum only, which is
 allowed for private stores alone unless ``insecure`` (:mod:`prefixkv.tiers.policy`).
 
-Costs added to a lookup: one RAM peek, the names of the blocks past RAM (~0.1 us each,
-~1 us keyed), and per tier reached one read per ``batch_blocks`` blocks; a prompt wholly in
+Costs added to a lookup: one RAM peek, the names of the blocks past RAM (one hash each),
+and per tier reached one read per ``batch_blocks`` blocks; a prompt wholly in
 RAM pays only the peek. Everything else (running sequences, stats, resets) is the RAM
 cache's: resets empty RAM only; the lower tiers keep their blocks (delete the directory or
 the Redis keys to empty them).
@@ -45,8 +45,9 @@ from prefixkv.tokens import TokenBytes, as_token_bytes
 log = logging.getLogger("prefixkv.tiers")
 
 PROMOTE_DEADLINE = 0.5
-"""Seconds a promotion may read tiers before it stops at the next batch boundary: a
-prefix of 63 SmolLM2 blocks restores in ~40-80 ms from a warm disk or Redis on loopback."""
+"""Seconds a promotion may read tiers before it stops at the next batch boundary: well
+above what a 1,000-token prefix takes from a warm disk or Redis on loopback (``prefixkv
+bench tiers``; ``docs/results.md``, "tiers")."""
 
 
 class TierStats(NamedTuple):

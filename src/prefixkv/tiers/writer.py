@@ -1,7 +1,7 @@
 """Writer: copies blocks down to the lower tiers on a background thread.
 
-The request path only copies a block's KV out of the pool (``index_select``, ~50 us for a
-737 KB block) and queues it; naming, encoding, sealing and the tiers' writes run here.
+The request path only copies a block's KV out of the pool (one ``index_select``) and
+queues it; naming, encoding, sealing and the tiers' writes run here.
 The queue is bounded in bytes: when the tiers cannot keep up, new blocks are dropped (counted
 in ``dropped_blocks``), never the request slowed.
 """

@@ -1,8 +1,8 @@
 """The ``native`` attention kernel: a whole step, decoding and prefill, in one C call per layer.
 
-The PyTorch kernel (:mod:`.cascade`) spent most of a 16-sequence decode step's attention in
-per-op overhead (~11 small ops per group and layer, ~35 ms a step on SmolLM2 here, of which
-the matmuls were ~10 ms), and SDPA ran prefill chunks at ~90 GFLOP/s over a full mask.
+The PyTorch kernel (:mod:`.cascade`) spends most of a decode step's attention in per-op
+overhead (~11 small ops per group and layer), and SDPA runs prefill chunks under a full mask
+(measured in ``docs/decisions.md``, "Native attention").
 ``prefixkv/kernels/csrc/attention.c`` does the arithmetic in one call: the step is planned
 once into work items (below), and each layer hands the items, the query and the pool layer
 to the library, which runs them on PyTorch's threads. Calls go through the checked door
