@@ -98,7 +98,7 @@ class Engine:
         log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
         # The weights left unpacked would keep the whole checkpoint file mapped and resident
         # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
-        # (see prefixkv.heap). Together: RSS 1,735 -> 1,095 MB for SmolLM2.
+        # (see prefixkv.heap). benchmarks/load_memory.py measures both.
         copy_mapped_weights(loaded.model)
         release_free_heap()
         layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
