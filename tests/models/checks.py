@@ -11,7 +11,8 @@
   does not match, e.g. a wrong ``[gate | up]`` order, moves them far more).
 
 A family's test module defines the ``case`` fixture (its :class:`Case`: its tiny config and
-the swaps it claims) and imports the tests below: adding a family adds one test module.
+the swaps it claims) and takes the tests below with ``from .checks import *`` (``__all__``:
+the fixtures and tests): adding a family adds one test module.
 """
 
 from __future__ import annotations
@@ -39,6 +40,16 @@ from tests.engine.kernel_matrix import unavailable
 from tests.engine.tiny import tiny_tokenizer
 
 from .tiny_families import tiny_model
+
+__all__ = [
+    "kernel",
+    "models",
+    "test_batched_requests_match_each_alone",
+    "test_greedy_tokens_are_transformers_own",
+    "test_greedy_tokens_match_cached_and_uncached",
+    "test_the_native_kernel_swaps_what_the_family_claims",
+    "test_the_registry_finds_the_family",
+]
 
 BLOCK = 4
 KERNELS = ("torch", "native")
@@ -145,17 +156,23 @@ def test_greedy_tokens_are_transformers_own(models: tuple[Any, Any]) -> None:
             assert gap < TIE, f"tokens part at {parted} with a top-2 gap of {gap:.3g}"
 
 
-def test_the_native_kernel_swaps_what_the_family_claims(case: Case) -> None:
+def logits_around_native_install(model: Any, shape: tuple[int, int]) -> tuple[Any, Any]:
+    """``model``'s logits for random ids of ``shape``, before and after the native linear
+    kernel is installed in it (skipped where it cannot run); mutates ``model``."""
     with one_thread():
-        model = case.model(seed=3)
-        ids = torch.randint(0, model.config.vocab_size, (2, 40))
+        ids = torch.randint(0, model.config.vocab_size, shape)
         with torch.inference_mode():
             before = model(ids).logits
             try:
                 linear.linear_kernel("native", model).install(model)
             except RuntimeError as exc:
                 unavailable(f"linear kernel 'native' cannot run here: {exc}")
-            after = model(ids).logits
+            return before, model(ids).logits
+
+
+def test_the_native_kernel_swaps_what_the_family_claims(case: Case) -> None:
+    model = case.model(seed=3)
+    before, after = logits_around_native_install(model, (2, 40))
     kinds = [type(m) for m in model.modules()]
     assert (kinds.count(NativeRMSNorm), kinds.count(NativeGatedMLP)) == (case.norms, case.mlps)
     family = family_of(model)
