@@ -39,9 +39,17 @@ class SlowView:
         self.inner = inner
         self.calls: list[int] = []
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+    def decode(
+        self,
+        ids: list[int],
+        skip_special_tokens: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+    ) -> str:
         self.calls.append(len(ids))
-        return str(self.inner.decode(ids, skip_special_tokens=skip_special_tokens))
+        if isinstance(self.inner, Tokenizer):  # the library's own: it never cleans up
+            return str(self.inner.decode(ids, skip_special_tokens=skip_special_tokens))
+        cleanup = {"clean_up_tokenization_spaces": clean_up_tokenization_spaces}
+        return str(self.inner.decode(ids, skip_special_tokens=skip_special_tokens, **cleanup))
 
 
 DECODERS: dict[str, Callable[[Any], Any]] = {"fast": lambda t: t, "window": SlowView}
@@ -84,14 +92,19 @@ def test_the_right_decoder_is_chosen(name: str, decoder: str) -> None:
     assert isinstance(chosen, FastDecoder if decoder == "fast" else WindowDecoder)
 
 
-def test_a_tokenizer_that_cleans_up_spaces_gets_the_window_decoder() -> None:
-    """DecodeStream does not clean up spaces as ``decode`` then does."""
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_spaces_are_never_cleaned_up(decoder: str) -> None:
+    """A tokenizer set to clean up spaces (``"a ,"`` -> ``"a,"``) streams them as they are,
+    whichever decoder: a cleanup could remove a space already sent. Every character comes
+    out, the last one included (a cleanup that shortened the text hid it before)."""
     tokenizer = byte_level()
     tokenizer.clean_up_tokenization_spaces = True
     try:
-        assert isinstance(incremental_decoder(tokenizer), WindowDecoder)
-        ids = tokenizer.encode("Hello , world . Yes !", add_special_tokens=False)
-        assert stream(tokenizer, ids)[0] == tokenizer.decode(ids, skip_special_tokens=True)
+        text = "Hello , world . Yes !"
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        # transformers 5.0 cleans this text up in decode ("Hello, world. Yes!"); later ones
+        # may ignore the setting for a tokenizers backend. Streamed, it is never cleaned up.
+        assert stream(DECODERS[decoder](tokenizer), ids)[0] == text
     finally:
         tokenizer.clean_up_tokenization_spaces = False
 

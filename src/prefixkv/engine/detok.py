@@ -9,10 +9,15 @@ a full decoding):
 - a fast tokenizer (one with a ``tokenizers.Tokenizer`` backend) goes through that library's
   incremental decoder, ``DecodeStream`` (:class:`FastDecoder`);
 - any other tokenizer through the same scheme in Python over its ``decode``
-  (:class:`WindowDecoder`), as does a fast one that cleans up spaces over the whole text
-  (``clean_up_tokenization_spaces``, which ``DecodeStream`` does not do).
+  (:class:`WindowDecoder`).
 
-The text equals ``tokenizer.decode(ids, skip_special_tokens=True)`` whenever decoding a
+Spaces are never cleaned up (``clean_up_tokenization_spaces``, which turns ``"a ,"`` into
+``"a,"``): a cleanup can remove a space already sent, once the next token arrives, and text
+sent cannot be taken back (``DecodeStream`` does not clean up either). Generated text is
+therefore ``tokenizer.decode(ids, skip_special_tokens=True,
+clean_up_tokenization_spaces=False)``, streamed or not.
+
+The text equals that decoding whenever decoding a
 prefix of the ids gives a prefix of the text (byte-level BPE as SmolLM2's, SentencePiece
 with byte fallback), except that a trailing incomplete UTF-8 sequence is held back, and
 dropped if the output ends there. Where it does not (ByteFallback over invalid bytes shows a
@@ -104,14 +109,17 @@ class WindowDecoder:
 
 def incremental_decoder(tokenizer: Any) -> IncrementalDecoder:
     """The decoder for ``tokenizer`` (a transformers tokenizer, or a ``tokenizers.Tokenizer``):
-    :class:`FastDecoder` where it decodes as the tokenizer does, else :class:`WindowDecoder`
-    over ``tokenizer.decode(ids, skip_special_tokens=True)``."""
+    :class:`FastDecoder` where it has a fast backend, else :class:`WindowDecoder` over
+    ``tokenizer.decode`` (special tokens skipped, spaces not cleaned up)."""
     backend = tokenizer if isinstance(tokenizer, Tokenizer) else None
     backend = backend or getattr(tokenizer, "backend_tokenizer", None)
-    cleans_up = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
-    if isinstance(backend, Tokenizer) and not cleans_up:
+    if isinstance(backend, Tokenizer):
         return FastDecoder(backend)
-    return WindowDecoder(lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True)))
+    return WindowDecoder(
+        lambda ids: str(
+            tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        )
+    )
 
 
 class TextStream:
