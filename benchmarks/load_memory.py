@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import platform
 
+from prefixkv.bench.soak_sample import resident_bytes
 from prefixkv.engine.linear import linear_kernel
 from prefixkv.engine.loader import load_model
 from prefixkv.engine.mapped import copy_mapped_weights
@@ -25,9 +27,7 @@ from prefixkv.heap import release_free_heap
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return kib / 1000
+    return resident_bytes(os.getpid()) / 1e6
 
 
 def mapped_mb(path_part: str) -> float:

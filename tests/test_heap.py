@@ -4,23 +4,21 @@ asks every interval."""
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import threading
 import time
 
 import pytest
 
+from prefixkv.bench.soak_sample import resident_bytes
 from prefixkv.heap import HeapTrimmer, _malloc_trim, release_free_heap
 
 GLIBC = platform.libc_ver()[0] == "glibc"
 
 
 def rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return resident_bytes(os.getpid()) / 2**20
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")

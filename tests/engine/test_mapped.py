@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from prefixkv import Engine
 from prefixkv.engine.mapped import copy_mapped_weights
 
-from .tiny import tiny_tokenizer
+from .tiny import tiny_llama, tiny_tokenizer
 
 
 def _mapped_files() -> set[str]:
@@ -25,20 +25,10 @@ def _mapped_files() -> set[str]:
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama and its tokenizer, saved as a model folder (safetensors)."""
     folder = tmp_path_factory.mktemp("mapped")
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    tiny_llama().save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
     return folder
 
 

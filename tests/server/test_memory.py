@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from prefixkv.bench.soak_sample import resident_bytes
+
 from .conftest import TINY_ARGS
 from .harness import ServerProcess, wait_for
 
@@ -27,12 +29,6 @@ def _settled(server: ServerProcess) -> bool:
     running = server.metrics()["prefixkv_num_requests_running"]
     conserved = stats["used_blocks"] + stats["free_blocks"] == stats["total_blocks"]
     return running == 0 and stats["pinned_blocks"] == 0 and conserved
-
-
-def _rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return kib * 1024
 
 
 async def _wave(server: ServerProcess, wave: int) -> None:
@@ -73,7 +69,7 @@ def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) 
     server = ServerProcess(args, tmp_path / "log", api_key=ADMIN).wait_ready()
     try:
         asyncio.run(_wave(server, 0))  # warm-up: allocator pools, the pool's pages
-        baseline = _rss_bytes(server.process.pid)
+        baseline = resident_bytes(server.process.pid)
         for wave in range(1, WAVES):
             asyncio.run(_wave(server, wave))
             # Once the hung-up streams have stopped too: every block free or cached, none lost.
@@ -82,7 +78,7 @@ def test_memory_is_flat_over_500_requests(tiny_model_dir: Path, tmp_path: Path) 
             assert stats["capacity_bytes"] <= CACHE_BYTES  # the pool: within --cache-bytes
             block_bytes = stats["capacity_bytes"] // stats["total_blocks"]
             assert stats["used_bytes"] == stats["used_blocks"] * block_bytes
-        growth = _rss_bytes(server.process.pid) - baseline
+        growth = resident_bytes(server.process.pid) - baseline
         # A leak of even one small object per request would show over 400 requests.
         assert growth < 16 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 400 requests"
         metrics = server.metrics()

@@ -81,13 +81,19 @@ _POOL = (
 )
 
 
-def process_usage(pid: int) -> tuple[int, int, int]:
-    """(resident bytes, open descriptors, of which sockets) of process ``pid``; OSError when
-    it is gone."""
+def resident_bytes(pid: int) -> int:
+    """Process ``pid``'s resident memory (``VmRSS``), in bytes; OSError when it is gone."""
     status = Path(f"/proc/{pid}/status").read_text()
     found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
     if found is None:
         raise OSError(f"no VmRSS in /proc/{pid}/status (the process is exiting)")
+    return int(found.group(1)) * 1024
+
+
+def process_usage(pid: int) -> tuple[int, int, int]:
+    """(resident bytes, open descriptors, of which sockets) of process ``pid``; OSError when
+    it is gone."""
+    resident = resident_bytes(pid)
     fd_dir = Path(f"/proc/{pid}/fd")
     targets = []
     for entry in os.listdir(fd_dir):
@@ -95,7 +101,7 @@ def process_usage(pid: int) -> tuple[int, int, int]:
             targets.append(os.readlink(fd_dir / entry))
         except OSError:  # closed between the listing and the read
             continue
-    return int(found.group(1)) * 1024, len(targets), sum(t.startswith("socket:") for t in targets)
+    return resident, len(targets), sum(t.startswith("socket:") for t in targets)
 
 
 def metric_values(text: str) -> dict[str, float]:
