@@ -56,8 +56,9 @@ class Counts:
 
 
 class _Run:
-    """One promotion's reading state: the prompt, its names, where reading is, and how far
-    RAM holds it (``cached``: blocks; every verified block is restored or reading stops)."""
+    """One promotion's reading state: the prompt, its names, and how far RAM holds it
+    (``cached``, in blocks: where reading goes on, since every verified block is restored or
+    reading stops)."""
 
     def __init__(
         self, buf: TokenBytes, namespace: Hashable, names: list[bytes], deadline: float, first: int
@@ -102,18 +103,17 @@ class Promoter:
             return {}
         names = self.namer.names(buf, namespace, limit)
         run = _Run(buf, namespace, names, started + self.deadline, first)
-        pos = first
         by_tier: dict[str, int] = {}
         for depth, tier in enumerate(self.tiers):
-            start = pos
-            pos = self._read_run(tier, self.tiers[:depth], run, pos)
-            by_tier[tier.name] = pos - start
+            start = run.cached
+            self._read_run(tier, self.tiers[:depth], run)
+            found = by_tier[tier.name] = run.cached - start
             with self.lock:
                 counts = self.counts[tier.name]
-                counts.hits += pos - start
-                counts.misses += pos == start and not run.cut
+                counts.hits += found
+                counts.misses += found == 0 and not run.cut
                 counts.cut += run.cut
-            if pos == limit or run.cut or run.full:
+            if run.cached == limit or run.cut or run.full:
                 break
         self._count_promoted(by_tier, run.cached - first)
         log.debug(
@@ -126,37 +126,36 @@ class Promoter:
         )
         return by_tier
 
-    def _read_run(self, tier: Tier, above: Sequence[Tier], run: _Run, pos: int) -> int:
-        """Read ``tier`` from block ``pos`` until a miss, the room's end, the deadline or a
-        full RAM, a batch at a time: restore each batch's verified blocks and queue their
-        records for the tiers ``above`` it; return the new position."""
-        while pos < len(run.names):
+    def _read_run(self, tier: Tier, above: Sequence[Tier], run: _Run) -> None:
+        """Read ``tier`` from block ``run.cached`` until a miss, the room's end, the deadline
+        or a full RAM, a batch at a time: restore each batch's verified blocks (advancing
+        ``run.cached``) and queue their records for the tiers ``above`` it."""
+        while run.cached < len(run.names):
             if time.monotonic() >= run.deadline:
                 run.cut = True
-                return pos
+                return
+            pos = run.cached
             found: list[Fill] = []
             kept: list[tuple[bytes, bytes]] = []
             for raw in tier.get_many(run.names[pos : pos + self.batch_blocks]):
                 block = None if raw is None else self._verified(tier, raw, run, pos + len(found))
                 if block is None:
                     break
+                kept.append((run.names[pos + len(found)], raw))  # type: ignore[arg-type]
                 found.append(block)
-                kept.append((run.names[pos + len(found) - 1], raw))  # type: ignore[arg-type]
             self.writer.put_records(kept, above)
-            pos += self._restore(run, found)
+            self._restore(run, found)
             if len(found) < self.batch_blocks or run.full:
-                return pos  # a miss (or the room's end) in this batch, or RAM full
-        return pos
+                return  # a miss (or the room's end) in this batch, or RAM full
 
-    def _restore(self, run: _Run, found: list[Fill]) -> int:
-        """Put ``found`` (the blocks after RAM's ``run.cached``) into RAM; how many it kept
-        (all of them, or fewer and ``run.full``)."""
+    def _restore(self, run: _Run, found: list[Fill]) -> None:
+        """Put ``found`` (the blocks after RAM's ``run.cached``) into RAM, advancing
+        ``run.cached`` by what it kept (all of them, or fewer and ``run.full``)."""
         if not found:
-            return 0
+            return
         kept = self.hot.restore(run.buf, run.cached, found, run.namespace)
         run.cached += kept
         run.full = kept < len(found)
-        return kept
 
     def _verified(self, tier: Tier, raw: bytes | bytearray, run: _Run, pos: int) -> Fill | None:
         """What writes the block in ``raw`` into a pool block, if ``raw`` is exactly block
