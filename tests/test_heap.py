@@ -25,22 +25,24 @@ def rss_mib() -> float:
 def test_freed_heap_pages_go_back_when_asked() -> None:
     """What a worker thread frees stays resident in its arena (only a heap's top is given
     back by free()) until trimmed: 64 MiB of 96 KiB chunks (under glibc's 128 KiB mmap
-    threshold, so from the heap), each followed by a small one still alive."""
+    threshold, so from the heap), each between two that stay alive. (Small chunks kept alive
+    between them were not enough: an arena reused from an earlier thread serves them from
+    its free lists, the big chunks lie side by side, and free() gives them back at once.)"""
     libc = ctypes.CDLL(None)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     chunk, count = 96 << 10, 683
-    small: list[int] = []
+    alive: list[int] = []
     freed: list[float] = []
 
     def worker() -> None:
-        big = []
-        for _ in range(count):
+        blocks = []
+        for _ in range(2 * count + 1):
             block = libc.malloc(chunk)
             ctypes.memset(block, 1, chunk)  # resident
-            big.append(block)
-            small.append(libc.malloc(64))
-        for block in big:
+            blocks.append(block)
+        alive.extend(blocks[::2])
+        for block in blocks[1::2]:  # count chunks, each between two alive
             libc.free(block)
         freed.append(rss_mib())
 
@@ -49,7 +51,7 @@ def test_freed_heap_pages_go_back_when_asked() -> None:
     thread.join()
     assert release_free_heap()
     after = rss_mib()
-    for block in small:
+    for block in alive:
         libc.free(block)
     assert freed[0] - after > 48, (freed, after)
 
