@@ -8,8 +8,8 @@ logits.
 
 The logits are compared because tokens alone would miss a lost block 32K back: such a
 block moves this model's logits far beyond rounding (checked first) but rarely flips a
-token. (Zeroing the first block of every prefix reused from the cache failed the logits
-check and passed every token check.)
+token: zeroing the first block of every prefix reused from the cache left the batched and
+the preempted requests' tokens as they were, and moved their logits by 3e-4.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ SHARED = 32 * 1024 - 64
 """The tokens (2,044 whole blocks) the sharing prompt has in common with the first."""
 CONTEXT = 32 * 1024 + NEW
 ATOL = 1e-5
-"""Rounding: the kernels sum in other orders (up to 1.2e-6 apart on the logits here)."""
+"""Rounding: the kernels sum in other orders (up to 1.1e-6 apart on the logits here)."""
 
 
 def _ids(seed: int, n: int) -> list[int]:
@@ -167,6 +167,8 @@ def test_tokens_32k_back_weigh_on_the_answer(
 def test_transformers_own_generate_gives_the_engines_tokens_and_logits(
     models: tuple[Any, Any], alone: dict[str, Alone]
 ) -> None:
+    """transformers' greedy tokens and logits at each step are the serial engine's (on the
+    native linear kernel) and the batch runner's on the same PyTorch linear layers."""
     ids = torch.tensor([FIRST])
     with torch.inference_mode():
         out = models[0].generate(
@@ -178,9 +180,17 @@ def test_transformers_own_generate_gives_the_engines_tokens_and_logits(
             output_logits=True,
         )
     first = alone["first"]
-    assert out.sequences[0, PROMPT:].tolist() == list(first.completion.token_ids)
+    tokens = out.sequences[0, PROMPT:].tolist()
+    assert tokens == list(first.completion.token_ids)
     logits = torch.cat(out.logits).float()
     torch.testing.assert_close(logits, first.logits, rtol=0, atol=ATOL)
+    # The batch runner on PyTorch's own linear layers too.
+    engine = _batch(models[0], _blocks(PROMPT + NEW))
+    runner = kernel_runner(engine, "native", BatchLimits())
+    with recorded(models[0]) as rows:
+        got = runner.run_all([_request(engine, "first")])[0]
+    assert list(got.token_ids) == tokens
+    torch.testing.assert_close(torch.cat(rows), logits, rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("attention", ["native", "torch"])
