@@ -106,6 +106,7 @@ def models() -> Iterator[tuple[Any, Any]]:
 
 @pytest.fixture(scope="module")
 def alone(models: tuple[Any, Any]) -> dict[str, Alone]:
+    """Each prompt served alone on the serial engine over no cache, on the native kernel."""
     serial = _serial(models[1])
     served = {}
     for name, prompt in PROMPTS.items():
@@ -130,9 +131,10 @@ def _request(engine: Engine, name: str) -> Any:
 
 
 def assert_logits_match(rows: list[torch.Tensor], served: list[Alone]) -> None:
-    """``rows`` (the runner's sampled logits, requests interleaved) are the logits of the
-    ``served`` requests alone up to rounding: each row lies within ATOL of one step of one,
-    and each step of each has exactly one row (steps of different requests lie far apart)."""
+    """``rows`` (recorded while the ``served`` requests ran again, interleaved in any order)
+    are their logits alone up to rounding: each row lies within ATOL of one step of one, and
+    each step of each has exactly one row (any two steps lie about 1e-3 apart or more here,
+    100 ATOL)."""
     want = torch.cat([s.logits for s in served])  # [steps, vocab]
     distance = (torch.cat(rows)[:, None, :] - want[None, :, :]).abs().amax(dim=-1)
     nearest = distance.min(dim=1)
