@@ -39,11 +39,16 @@ def unavailable(message: str) -> NoReturn:
 
 
 def kernel_llama(name: str, seed: int = 0) -> Any:
-    """``tiny_llama(seed)`` with its linear layers on the kernel called ``name`` (one of
-    :data:`LINEAR_KERNELS`), chosen and installed as ``Engine.from_pretrained`` does. Skips
-    (fails under the switch) where that kernel cannot run, or where ``auto`` resolves to
-    another kernel than :data:`AUTO_RESOLVES_TO`."""
-    model = tiny_llama(seed)
+    """``tiny_llama(seed)`` with its linear layers on the kernel called ``name`` (see
+    :func:`on_linear_kernel`)."""
+    return on_linear_kernel(tiny_llama(seed), name)
+
+
+def on_linear_kernel(model: Any, name: str) -> Any:
+    """``model`` with its linear layers on the kernel called ``name`` (one of
+    :data:`LINEAR_KERNELS`), chosen and installed as ``Engine.from_pretrained`` does; mutates
+    and returns ``model``. Skips (fails under the switch) where that kernel cannot run, or
+    where ``auto`` resolves to another kernel than :data:`AUTO_RESOLVES_TO`."""
     try:
         linear.linear_kernel(name, model).install(model)
     except RuntimeError as exc:  # the kernels' contract for "cannot run these weights here"

