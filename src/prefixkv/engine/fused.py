@@ -4,11 +4,10 @@ a gated MLP.
 transformers' Llama-style modules call ``q_proj``, ``k_proj`` and ``v_proj`` one after
 another on the same hidden states (``gate_proj`` and ``up_proj`` likewise). Each call pays
 its own dispatch and kernel start (every weight is read once either way); one call over the
-three weights stacked pays it once: a SmolLM2 decode step took 0.96x the time at one
-sequence and 0.99x at 16 (``docs/design.md``). :func:`join_siblings` stacks them into one linear layer owned by a
-:class:`JoinedProjection` and puts a :class:`ProjectionPart` in each sibling's place. On
-oneDNN with packed weights every output column of the joined product is bit-identical to the
-sibling's own (the same dot product over the same input, whatever the number of columns:
+three weights stacked pays it once (measured in ``docs/decisions.md``, "Linear layers").
+:func:`join_siblings` stacks them into one linear layer owned by a :class:`JoinedProjection`
+and puts a :class:`ProjectionPart` in each sibling's place. On oneDNN with packed weights
+every output column of the joined product is bit-identical to the sibling's own (the same dot product over the same input, whatever the number of columns:
 ``tests/engine/test_fused.py`` checks the logits of whole models), so only the cost changes.
 
 The parts' contract: the first part called with an input computes the joined product and
