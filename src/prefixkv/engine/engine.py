@@ -59,7 +59,7 @@ class Engine:
         self.cache = cache
         self.name = name
         config = model.config
-        new_cache(config)  # fail fast on models whose KV is not plain full attention
+        new_cache(config)  # fail fast on layer kinds prefixkv does not serve
         self.context_length = int(getattr(config, "max_position_embeddings", 2048))
         self.vocab_size = int(config.vocab_size)
         self.device = next(model.parameters()).device

@@ -187,13 +187,17 @@ def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenize
 def _load_folder(
     folder: Path, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Raises UnsupportedModelError (:func:`prefixkv.models.family_of`) for a refused family
+    """Raises UnsupportedModelError for a refused family (:func:`prefixkv.models.family_of`)
+    or a layer kind prefixkv does not serve (:func:`prefixkv.engine.kvbridge.check_served`)
     from its config alone, before reading the tokenizer or any weight."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from prefixkv.engine.kvbridge import check_served
     from prefixkv.models import family_of
 
-    family_of(AutoConfig.from_pretrained(folder, local_files_only=True))
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    family_of(config)
+    check_served(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:

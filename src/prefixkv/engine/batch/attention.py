@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
+from prefixkv.engine.batch.band import Band, attend_band
 from prefixkv.engine.batch.cascade import CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from prefixkv.engine.batch.kernels import AttentionPlan
 
 NAME = "prefixkv_paged"
+PASSIVE = frozenset({"position_ids", "cache_position", "output_attentions", "use_cache"})
+"""Keywords transformers' attention modules pass that do not change the attention's math
+(the positions are already in the rotated queries and keys, and in the step's spans)."""
 JOIN_BELOW = 512
 """Decoding over several runs joins them first (one copy, then one attention call) up to
 this many context tokens, and reads them in place beyond: below it, the per-call overhead
@@ -83,6 +87,9 @@ class StepLayout:
     attention: AttentionPlan = field(default_factory=CascadePlan)
     """The sequences the attention kernel attends (see :mod:`.kernels`); ``spans`` holds the
     ones it leaves."""
+    planned: tuple[SeqSpan, ...] = ()
+    """The sequences ``attention`` attends; with ``spans``, every sequence of the step (a
+    layer the kernels do not cover attends them all itself, :mod:`.band`)."""
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
 
@@ -131,18 +138,37 @@ def paged_attention(
     *,
     scaling: float | None = None,
     step: StepLayout | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``query``: ``[1, heads, T, dim]``; ``key``/``value``: a pool layer from PagedKV.
-    Returns ``[1, T, heads, dim]`` like transformers' own attention functions."""
+    Returns ``[1, T, heads, dim]`` like transformers' own attention functions. A layer with
+    a ``sliding_window`` or a ``softcap`` is attended by :func:`.band.attend_band` (the
+    kernels compute plain causal attention). Raises ValueError for a dropout or a keyword
+    that would change the math and is not implemented here (:data:`PASSIVE`)."""
     if step is None:
         raise RuntimeError(
             f"the {NAME!r} attention runs only inside prefixkv's batch runner (no step given)"
         )
+    unknown = sorted(set(kwargs) - PASSIVE)
+    if dropout or unknown:
+        raise ValueError(
+            f"the {NAME!r} attention implements no dropout ({dropout}) and none of {unknown}"
+        )
     heads, dim = query.shape[1], query.shape[3]
     groups = heads // key.shape[0]
+    scale = dim**-0.5 if scaling is None else scaling
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
-    step.attention.attend(query[0], key, value, out, dim**-0.5 if scaling is None else scaling)
+    if sliding_window is not None or softcap is not None:
+        band = Band(sliding_window, softcap)
+        for span in (*step.planned, *step.spans):
+            q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
+            attended = attend_band(q, key, value, span, groups, scale, band)
+            out[span.start : span.start + span.count] = attended.transpose(0, 1)
+        return out[None], None
+    step.attention.attend(query[0], key, value, out, scale)
     for span in step.spans:
         q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
         mask = step.masks.of(span, groups, query) if span.count > 1 else None
