@@ -19,8 +19,8 @@ them: the query/key/value projections, and the MLP's gate and up projections."""
 
 
 class UnsupportedModelError(TypeError):
-    """The model's KV cache is not plain full attention, or its family is refused, so its
-    prefixes cannot be reused as they are."""
+    """The model has a layer kind prefixkv does not serve (only full and sliding-window
+    attention), or its family is refused, so its prefixes cannot be reused as they are."""
 
 
 def text_config(config: Any) -> Any:
