@@ -138,3 +138,27 @@ def test_paged_attention_refuses_what_it_does_not_implement(
             step=step,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def test_a_step_builds_each_band_mask_once_for_all_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    keys, values = pool(9)
+    spans = (SeqSpan(0, 3, 17, ((36, 4), (44, 13))), SeqSpan(3, 3, 17, ((0, 17),)))
+    step = StepLayout(torch.arange(6), spans)
+    built: list[Band] = []
+    original = Band.mask
+
+    def counted(self: Band, span: SeqSpan, groups: int, like: torch.Tensor) -> torch.Tensor:
+        built.append(self)
+        return original(self, span, groups, like)
+
+    monkeypatch.setattr(Band, "mask", counted)
+    query = torch.randn(1, HEADS, 6, DIM, generator=torch.Generator().manual_seed(10))
+    for window in (4, 4, 6, 4):  # layers: two bands
+        out, _ = paged_attention(
+            torch.nn.Module(), query, keys, values, None, step=step, sliding_window=window
+        )
+        for span in spans:
+            q = query[0, :, span.start : span.start + span.count]
+            want = reference(q, keys, values, span, DIM**-0.5, Band(window, None))
+            torch.testing.assert_close(out[0, span.start : span.start + 3], want.transpose(0, 1))
+    assert built == [Band(4, None), Band(6, None)]

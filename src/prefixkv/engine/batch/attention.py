@@ -65,6 +65,8 @@ class CausalMasks:
 
     def __init__(self) -> None:
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}  # (count, context, groups)
+        # (count, context, groups, band): the band masks of windowed or capped layers
+        self._bands: dict[tuple[int, int, int, Band], torch.Tensor] = {}
 
     def of(self, span: SeqSpan, groups: int, like: torch.Tensor) -> torch.Tensor:
         """``span``'s additive causal mask (see :func:`causal_mask`) in ``like``'s dtype and
@@ -73,6 +75,14 @@ class CausalMasks:
         mask = self._masks.get(key)
         if mask is None:
             mask = self._masks[key] = causal_mask(span.count, span.context, groups, like)
+        return mask
+
+    def band(self, span: SeqSpan, groups: int, band: Band, like: torch.Tensor) -> torch.Tensor:
+        """``span``'s band mask (:meth:`.band.Band.mask`), built once per shape and band."""
+        key = (span.count, span.context, groups, band)
+        mask = self._bands.get(key)
+        if mask is None:
+            mask = self._bands[key] = band.mask(span, groups, like)
         return mask
 
 
@@ -165,7 +175,8 @@ def paged_attention(
         band = Band(sliding_window, softcap)
         for span in (*step.planned, *step.spans):
             q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
-            attended = attend_band(q, key, value, span, groups, scale, band)
+            mask = step.masks.band(span, groups, band, query) if span.count > 1 else None
+            attended = attend_band(q, key, value, span, groups, scale, band, mask)
             out[span.start : span.start + span.count] = attended.transpose(0, 1)
         return out[None], None
     step.attention.attend(query[0], key, value, out, scale)

@@ -43,6 +43,20 @@ class Band:
             return 0
         return max(0, span.context - span.count - self.window + 1)
 
+    def mask(self, span: SeqSpan, groups: int, like: torch.Tensor) -> torch.Tensor:
+        """``span``'s :func:`band_mask` over the keys from :meth:`first_seen` on."""
+        reach = span.context if self.window is None else self.window
+        return band_mask(span.count, self.first_seen(span), span.context, reach, groups, like)
+
+
+def _joined(pool: torch.Tensor, runs: tuple[tuple[int, int], ...]) -> torch.Tensor:
+    """``[1, kv_heads, L, dim]``: the runs of a pool layer ``[kv_heads, slots, dim]`` in
+    token order, a view for one run, a copy for several."""
+    if len(runs) == 1:
+        first, count = runs[0]
+        return pool[None, :, first : first + count]
+    return torch.cat([pool[:, a : a + c] for a, c in runs], dim=1)[None]
+
 
 def skip_runs(runs: tuple[tuple[int, int], ...], skip: int) -> tuple[tuple[int, int], ...]:
     """``runs`` (``(first_slot, num_slots)`` ranges in token order) without their first
@@ -80,20 +94,18 @@ def attend_band(
     groups: int,
     scale: float,
     band: Band,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One sequence: ``q`` ``[heads, n, dim]`` over the part of its runs of ``keys``/
     ``values`` (``[kv_heads, slots, dim]``) that ``band`` lets its queries see; returns
-    ``[heads, n, dim]``. Copies that part of the context when it spans several runs."""
+    ``[heads, n, dim]``. ``mask``: the span's :meth:`Band.mask` when the caller holds it
+    (built here otherwise). Copies that part of the context when it spans several runs."""
     kv_heads, n, dim = keys.shape[0], q.shape[1], q.shape[2]
-    first = band.first_seen(span)
-    runs = skip_runs(span.runs, first)
+    runs = skip_runs(span.runs, band.first_seen(span))
     packed = q.reshape(kv_heads, groups * n, dim)[None]  # [1, kv_heads, groups * n, dim]
-    k = torch.cat([keys[:, a : a + c] for a, c in runs], dim=1)[None]  # [1, kv_heads, L, dim]
-    v = torch.cat([values[:, a : a + c] for a, c in runs], dim=1)[None]
-    mask = None
-    if n > 1:  # a decoding token sees every key from first on
-        reach = span.context if band.window is None else band.window
-        mask = band_mask(n, first, span.context, reach, groups, q)
+    k, v = _joined(keys, runs), _joined(values, runs)  # [1, kv_heads, L, dim]
+    if mask is None and n > 1:  # a decoding token sees every key from first_seen on
+        mask = band.mask(span, groups, q)
     if band.softcap is None:
         result = F.scaled_dot_product_attention(packed, k, v, attn_mask=mask, scale=scale)
     else:
