@@ -10,7 +10,7 @@ import pytest
 
 from .checks import *  # noqa: F403 (the shared tests, collected for this family)
 from .checks import Case
-from .tiny_families import LLAMA_LIKE, WINDOW
+from .tiny_families import LLAMA_LIKE, UNTIED, WINDOW
 
 
 def _config() -> Any:
@@ -18,6 +18,7 @@ def _config() -> Any:
 
     return Gemma3TextConfig(
         **LLAMA_LIKE,
+        **UNTIED,
         head_dim=16,
         sliding_window=WINDOW,
         layer_types=["sliding_attention", "full_attention"],

@@ -23,7 +23,7 @@ from tests.engine.conftest import one_thread
 from tests.engine.kernel_matrix import unavailable
 from tests.engine.tiny import tiny_tokenizer
 
-from .tiny_families import LLAMA_LIKE, WINDOW, tiny_model
+from .tiny_families import LLAMA_LIKE, UNTIED, WINDOW, tiny_model
 
 BLOCK = 4
 PROMPT = [(7 * i + 3) % 70 + 5 for i in range(5 * WINDOW)]
@@ -54,14 +54,16 @@ def _phi3() -> Any:
 def _gemma2() -> Any:
     from transformers import Gemma2Config
 
-    return Gemma2Config(**LLAMA_LIKE, head_dim=16, sliding_window=WINDOW)
+    return Gemma2Config(**LLAMA_LIKE, **UNTIED, head_dim=16, sliding_window=WINDOW)
 
 
 def _gemma3() -> Any:
     from transformers import Gemma3TextConfig
 
     layers = ["sliding_attention", "full_attention"]
-    return Gemma3TextConfig(**LLAMA_LIKE, head_dim=16, sliding_window=WINDOW, layer_types=layers)
+    return Gemma3TextConfig(
+        **LLAMA_LIKE, **UNTIED, head_dim=16, sliding_window=WINDOW, layer_types=layers
+    )
 
 
 CONFIGS: dict[str, Callable[[], Any]] = {

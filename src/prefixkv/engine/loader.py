@@ -317,6 +317,8 @@ def load_model(
     """
     import torch
 
+    from prefixkv.models.family import text_config as text_of
+
     start = time.perf_counter()
     source = resolve_model(spec)
     torch_device = torch.device(device)
@@ -343,7 +345,7 @@ def load_model(
         tokenizer=tokenizer,
         name=name,
         source=source,
-        context_length=int(model.config.max_position_embeddings),
+        context_length=int(text_of(model.config).max_position_embeddings),
         load_seconds=time.perf_counter() - start,
         weights_dir=weights_dir,
     )

@@ -29,6 +29,7 @@ from prefixkv.engine.batch.cascade import CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 from prefixkv.models import family_of
+from prefixkv.models.family import text_config
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.kernels import AttentionPlan
@@ -271,9 +272,10 @@ def check_supported(model: Any) -> None:
     ``AttentionInterface`` and ``Cache.update`` like Llama does). The error names the
     model's family and the attention it declares (:attr:`prefixkv.models.Family.attention`)."""
     config = model.config
+    text = text_config(config)  # a multimodal model's text decoder
     family = family_of(model)
     name = f"{type(model).__name__} ({family.name} family: {family.attention})"
-    layers = int(config.num_hidden_layers)
+    layers = int(text.num_hidden_layers)
     lay = layout_of_config(config, next(model.parameters()).dtype)
     device = next(model.parameters()).device
     # [layers, 2, kv_heads, 1 block, 4 tokens, head_dim]
@@ -281,7 +283,7 @@ def check_supported(model: Any) -> None:
         layers, 2, lay.num_kv_heads, 1, 4, lay.head_dim, dtype=lay.dtype, device=device
     )
     step = StepLayout(torch.arange(3, device=device), (SeqSpan(0, 3, 3, ((0, 3),)),))
-    ids = torch.tensor([[1, 2, 3]], device=device) % int(config.vocab_size)
+    ids = torch.tensor([[1, 2, 3]], device=device) % int(text.vocab_size)
     calls = _CallCount()
     try:
         with torch.inference_mode():
