@@ -162,3 +162,30 @@ def test_a_step_builds_each_band_mask_once_for_all_layers(monkeypatch: pytest.Mo
             want = reference(q, keys, values, span, DIM**-0.5, Band(window, None))
             torch.testing.assert_close(out[0, span.start : span.start + 3], want.transpose(0, 1))
     assert built == [Band(4, None), Band(6, None)]
+
+
+def test_a_window_no_shorter_than_every_context_leaves_the_kernel_its_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys, values = pool(11)
+    spans = (SeqSpan(0, 1, 9, ((12, 9),)), SeqSpan(1, 3, 7, ((40, 7),)))
+    step = StepLayout(torch.arange(4), spans)
+    assert step.longest == 9
+    query = torch.randn(1, HEADS, 4, DIM, generator=torch.Generator().manual_seed(12))
+    plain, _ = paged_attention(torch.nn.Module(), query, keys, values, None, step=step)
+    banded: list[Band] = []
+    original = attend_band
+
+    def counted(*args: object) -> torch.Tensor:
+        banded.append(args[6])  # type: ignore[arg-type]
+        return original(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("prefixkv.engine.batch.attention.attend_band", counted)
+    wide, _ = paged_attention(
+        torch.nn.Module(), query, keys, values, None, step=step, sliding_window=9
+    )
+    assert not banded and torch.equal(wide, plain)
+    narrow, _ = paged_attention(
+        torch.nn.Module(), query, keys, values, None, step=step, sliding_window=8
+    )
+    assert banded == [Band(8, None)] * 2 and not torch.equal(narrow, plain)

@@ -15,6 +15,7 @@ consecutive block ids is one contiguous token range: a zero-copy view.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -104,6 +105,11 @@ class StepLayout:
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
 
+    @functools.cached_property
+    def longest(self) -> int:
+        """The longest context of the step's sequences (0 for none)."""
+        return max((span.context for span in (*self.planned, *self.spans)), default=0)
+
 
 class PagedKV(Cache):
     """A transformers Cache whose ``update`` writes a step's new keys/values into their pool
@@ -156,8 +162,9 @@ def paged_attention(
 ) -> tuple[torch.Tensor, None]:
     """``query``: ``[1, heads, T, dim]``; ``key``/``value``: a pool layer from PagedKV.
     Returns ``[1, T, heads, dim]`` like transformers' own attention functions. A layer with
-    a ``sliding_window`` or a ``softcap`` is attended by :func:`.band.attend_band` (the
-    kernels compute plain causal attention). Raises ValueError for a dropout or a keyword
+    a ``softcap``, or a ``sliding_window`` shorter than some context of the step, is attended
+    by :func:`.band.attend_band` (the kernels compute plain causal attention, which is all a
+    window no shorter than every context leaves). Raises ValueError for a dropout or a keyword
     that would change the math and is not implemented here (:data:`PASSIVE`)."""
     if step is None:
         raise RuntimeError(
@@ -172,7 +179,7 @@ def paged_attention(
     groups = heads // key.shape[0]
     scale = dim**-0.5 if scaling is None else scaling
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
-    if sliding_window is not None or softcap is not None:
+    if softcap is not None or (sliding_window is not None and sliding_window < step.longest):
         band = Band(sliding_window, softcap)
         for span in (*step.planned, *step.spans):
             q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
