@@ -177,7 +177,8 @@ def test_the_native_kernel_swaps_what_the_family_claims(case: Case) -> None:
     kinds = [type(m) for m in model.modules()]
     assert (kinds.count(NativeRMSNorm), kinds.count(NativeGatedMLP)) == (case.norms, case.mlps)
     family = family_of(model)
-    claimed = family.norms + tuple(c for mlp in family.mlps for c in mlp.classes)
+    claimed = family.norms + family.offset_norms
+    claimed += tuple(c for mlp in family.mlps for c in mlp.classes)
     assert not any(k in claimed for k in kinds)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     assert torch.equal(after.argmax(-1), before.argmax(-1))

@@ -10,7 +10,7 @@ import pytest
 
 from .checks import *  # noqa: F403 (the shared tests, collected for this family)
 from .checks import Case
-from .tiny_families import LLAMA_LIKE, UNTIED, WINDOW
+from .tiny_families import LAYERS, LLAMA_LIKE, UNTIED, WINDOW
 
 
 def _config() -> Any:
@@ -27,5 +27,6 @@ def _config() -> Any:
 
 @pytest.fixture
 def case() -> Case:
-    # Norms and MLPs keep transformers' modules (1 + weight norms, GELU-tanh MLPs).
-    return Case("gemma3", _config, norms=0, mlps=0)
+    # Native norms (weight 1 + weight): four per layer, q_norm and k_norm per layer, and the
+    # final norm; the GELU-tanh MLPs keep transformers' modules.
+    return Case("gemma3", _config, norms=6 * LAYERS + 1, mlps=0)

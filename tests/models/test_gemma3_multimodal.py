@@ -11,7 +11,7 @@ import pytest
 
 from .checks import *  # noqa: F403 (the shared tests, collected for this family)
 from .checks import Case
-from .tiny_families import INIT, LLAMA_LIKE, UNTIED, WINDOW
+from .tiny_families import INIT, LAYERS, LLAMA_LIKE, UNTIED, WINDOW
 
 
 def _config() -> Any:
@@ -42,5 +42,6 @@ def _config() -> Any:
 
 @pytest.fixture
 def case() -> Case:
-    # Norms and MLPs keep transformers' modules (1 + weight norms, GELU-tanh MLPs).
-    return Case("gemma3", _config, norms=0, mlps=0)
+    # Native norms (weight 1 + weight): the text decoder's six per layer and final one, and
+    # the image projector's; the GELU-tanh MLPs keep transformers' modules.
+    return Case("gemma3", _config, norms=6 * LAYERS + 2, mlps=0)

@@ -82,6 +82,10 @@ class Family:
     swapped)."""
     layout: Callable[[Any, torch.dtype], KVLayout] = standard_layout
     """Its KV layout for a config and a dtype."""
+    offset_norms: tuple[type[torch.nn.Module], ...] = ()
+    """Norm classes computing Gemma's RMS norm, ``(1 + weight) * x / sqrt(mean(x^2) +
+    eps)`` in float32, exactly: the native RMS norm replaces them, its weight ``1 +
+    weight``."""
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,14 @@ logits (``attn_logit_softcapping``, ``softcap * tanh(scores / softcap)``) and sc
 by ``query_pre_attn_scalar ** -0.5``. Every layer keeps all its KV
 (:mod:`prefixkv.engine.kvbridge`); under the batch runner every layer is attended by
 :mod:`prefixkv.engine.batch.band` (the kernels cap no logits). Sibling projections are
-Llama's names, joined. Norms and MLPs keep transformers' modules: Gemma2RMSNorm scales by
-``1 + weight`` in float32, and the MLP's activation is GELU-tanh, not SiLU."""
+Llama's names, joined. Gemma2RMSNorm scales by ``1 + weight`` in float32: the native RMS
+norm replaces it with that weight (:attr:`~prefixkv.models.Family.offset_norms`, four a
+layer and the final one). The MLP keeps transformers' module: its activation is GELU-tanh,
+not SiLU."""
 
 from __future__ import annotations
+
+from transformers.models.gemma2.modeling_gemma2 import Gemma2RMSNorm
 
 from prefixkv.models.family import LLAMA_SIBLINGS, Family
 
@@ -19,6 +23,6 @@ FAMILY = Family(
     siblings=LLAMA_SIBLINGS,
     norms=(),
     mlps=(),
-    keeps="norms (1 + weight, float32) and GELU-tanh MLPs keep transformers' modules (not "
-    "the native RMS norm's or gated-SiLU MLP's math)",
+    keeps="GELU-tanh MLPs keep transformers' modules (not the native gated-SiLU MLP's math)",
+    offset_norms=(Gemma2RMSNorm,),
 )
