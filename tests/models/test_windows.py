@@ -7,6 +7,7 @@ window of :data:`~tests.models.tiny_families.WINDOW` tokens; the prompt is five 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -136,3 +137,25 @@ def test_serial_logits_on_a_cached_prefix_longer_than_the_window(model: Any) -> 
             want = model(torch.tensor([PROMPT])).logits[0, -1]
     assert hit.cached_tokens >= 3 * WINDOW
     torch.testing.assert_close(hit.logits, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_sliding_model_loads_from_its_folder_and_serves(tmp_path: Path) -> None:
+    from prefixkv import NullCache
+    from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
+    from prefixkv.engine.request import SamplingParams
+    from tests.engine.batch.test_runner import Sink, drive
+
+    with one_thread():
+        tiny_model(_gemma2(), seed=5).save_pretrained(tmp_path)
+        tiny_tokenizer().save_pretrained(tmp_path)
+        engine = Engine.from_pretrained(str(tmp_path), block_size=BLOCK, cache_bytes=1 << 22)
+        plain = engine.with_cache(NullCache(engine.layout, BLOCK))
+        engine.generate(PROMPT[: 3 * WINDOW], max_tokens=2)
+        hit = engine.generate(PROMPT, max_tokens=6)
+        assert hit.cached_tokens >= 2 * WINDOW
+        assert hit.token_ids == plain.generate(PROMPT, max_tokens=6).token_ids
+        runner = BatchRunner(engine, BatchLimits(max_running=2, max_batch_tokens=12))
+        sink = Sink()
+        runner.submit(engine.request(PROMPT, SamplingParams(max_tokens=6)), sink)
+        drive(runner)
+        assert sink.completion.token_ids == hit.token_ids
