@@ -3,9 +3,12 @@ layer, B sequences of one context each (their own blocks, nothing shared), Gemma
 attention geometry (8 query heads, 4 KV heads, head_dim 256), float32, through
 paged attention as the batch runner calls it:
 
-- ``native`` / ``torch``: plain causal attention through the attention kernel's plan;
-- ``band, capped``: every key, logits capped (a Gemma 2 full layer: :mod:`prefixkv.engine.batch.band`);
-- ``band, window W``: a sliding layer reading its last W tokens.
+- ``plain``: causal attention through the kernel's plan;
+- ``capped``: every key, logits capped (a Gemma 2 full layer);
+- ``window W``: a sliding layer reading its last W tokens,
+
+on the ``native`` kernel (the library caps and windows) and the ``torch`` one (capped and
+windowed layers on :mod:`prefixkv.engine.batch.band`).
 
     PYTHONPATH=src python benchmarks/band_cost.py
 """
@@ -45,25 +48,19 @@ def step_costs(batch: int, context: int, window: int) -> dict[str, float]:
     for name in ("native", "torch"):
         kernel = attention_kernel(name, HEADS, KV_HEADS, torch.float32, torch.device("cpu"))
         plan, others = kernel.plan(spans, torch.device("cpu"))
-        step = StepLayout(
-            torch.arange(batch), others, plan, tuple(s for s in spans if s not in others)
-        )
-        costs[name] = _median_ms(
-            lambda step=step: paged_attention(
-                torch.nn.Module(), query, keys, values, None, step=step
-            )
-        )
-        bands = {
-            "band, capped": {"softcap": 50.0},
-            f"band, window {window}": {"sliding_window": window},
+        planned = tuple(s for s in spans if s not in others)
+        step = StepLayout(torch.arange(batch), others, plan, planned, kernel=kernel)
+        ways = {
+            "plain": {},
+            "capped": {"softcap": 50.0},
+            f"window {window}": {"sliding_window": window},
         }
-        if name == "native":
-            for label, kwargs in bands.items():
-                costs[label] = _median_ms(
-                    lambda step=step, kwargs=kwargs: paged_attention(
-                        torch.nn.Module(), query, keys, values, None, step=step, **kwargs
-                    )
+        for label, kwargs in ways.items():
+            costs[f"{name} {label}"] = _median_ms(
+                lambda step=step, kwargs=kwargs: paged_attention(
+                    torch.nn.Module(), query, keys, values, None, step=step, **kwargs
                 )
+            )
     return costs
 
 

@@ -97,7 +97,7 @@ def paged_logits(model: Any, kernel: kernels.AttentionKernel) -> torch.Tensor:
         slots = torch.tensor([table[p // BLOCK] * BLOCK + p % BLOCK for p in positions.tolist()])
         span = SeqSpan(0, size, done + size, runs_of(table, done + size, BLOCK))
         plan, others = kernel.plan([span], torch.device("cpu"))
-        step = StepLayout(slots, others, plan, () if others else (span,))
+        step = StepLayout(slots, others, plan, () if others else (span,), kernel=kernel)
         with torch.inference_mode(), attention.active(model):
             out = model(
                 input_ids=torch.tensor([PROMPT[done : done + size]]),

@@ -12,6 +12,9 @@ from hypothesis import strategies as st
 from prefixkv.engine.batch.attention import SeqSpan, StepLayout, paged_attention
 from prefixkv.engine.batch.band import Band, attend_band, skip_runs
 from prefixkv.engine.batch.cascade import CascadeKernel
+from prefixkv.engine.batch.kernels import AttentionKernel, attention_kernel
+from prefixkv.kernels.build import NativeUnavailable
+from tests.engine.kernel_matrix import unavailable
 
 KV_HEADS, GROUPS, DIM, SLOTS = 2, 3, 8, 64
 HEADS = KV_HEADS * GROUPS
@@ -189,3 +192,41 @@ def test_a_window_no_shorter_than_every_context_leaves_the_kernel_its_plan(
         torch.nn.Module(), query, keys, values, None, step=step, sliding_window=8
     )
     assert banded == [Band(8, None)] * 2 and not torch.equal(narrow, plain)
+
+
+def _native() -> AttentionKernel:
+    try:
+        return attention_kernel("native", HEADS, KV_HEADS, torch.float32, torch.device("cpu"))
+    except NativeUnavailable as exc:
+        unavailable(f"attention kernel 'native' cannot run here: {exc}")
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(spans(), min_size=1, max_size=3),
+    window=st.one_of(st.none(), st.integers(1, 12)),
+    softcap=st.one_of(st.none(), st.sampled_from([0.5, 5.0])),
+    seed=st.integers(0, 2**16),
+)
+def test_the_native_kernel_windows_and_caps_as_the_band_does(
+    steps: list[SeqSpan], window: int | None, softcap: float | None, seed: int
+) -> None:
+    keys, values = pool(seed)
+    start, placed = 0, []
+    for span in steps:  # one packed step: each span's queries after the previous ones
+        placed.append(SeqSpan(start, span.count, span.context, span.runs))
+        start += span.count
+    kernel = _native()
+    plan, others = kernel.plan(placed, torch.device("cpu"))
+    step = StepLayout(torch.arange(start), others, plan, tuple(placed), kernel=kernel)
+    query = torch.randn(1, HEADS, start, DIM, generator=torch.Generator().manual_seed(seed + 2))
+    out, _ = paged_attention(
+        torch.nn.Module(), query, keys, values, None, scaling=0.4, step=step,
+        sliding_window=window, softcap=softcap,
+    )  # fmt: skip
+    band = Band(window, softcap)
+    for span in placed:
+        q = query[0, :, span.start : span.start + span.count]
+        want = reference(q, keys, values, span, 0.4, band).transpose(0, 1)
+        got = out[0, span.start : span.start + span.count]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-5)

@@ -26,14 +26,14 @@ from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
 from prefixkv.engine.batch.band import Band, attend_band
-from prefixkv.engine.batch.cascade import CascadePlan
+from prefixkv.engine.batch.cascade import CascadeKernel, CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 from prefixkv.models import family_of
 from prefixkv.models.family import text_config
 
 if TYPE_CHECKING:
-    from prefixkv.engine.batch.kernels import AttentionPlan
+    from prefixkv.engine.batch.kernels import AttentionKernel, AttentionPlan
 
 NAME = "prefixkv_paged"
 PASSIVE = frozenset({"position_ids", "cache_position", "output_attentions", "use_cache"})
@@ -88,6 +88,23 @@ class CausalMasks:
         return mask
 
 
+class BandPlans:
+    """One step's plans for layers with a window or a cap (:mod:`.band`), each made at the
+    first layer that needs it (by the step's kernel) and reused by the others."""
+
+    def __init__(self) -> None:
+        self._plans: dict[Band, tuple[AttentionPlan, tuple[SeqSpan, ...]]] = {}
+
+    def of(self, step: StepLayout, band: Band) -> tuple[AttentionPlan, tuple[SeqSpan, ...]]:
+        """``step.kernel``'s plan for ``band`` over every sequence of the step, and the
+        sequences it leaves to :func:`.band.attend_band`."""
+        found = self._plans.get(band)
+        if found is None:
+            every = (*step.planned, *step.spans)
+            found = self._plans[band] = step.kernel.plan_band(every, band, step.slots.device)
+        return found
+
+
 @dataclass(frozen=True)
 class StepLayout:
     """Where one step's tokens go and whom they attend to."""
@@ -104,6 +121,10 @@ class StepLayout:
     layer the kernels do not cover attends them all itself, :mod:`.band`)."""
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
+    kernel: AttentionKernel = field(default_factory=CascadeKernel, compare=False, repr=False)
+    """The kernel that planned ``attention``; it plans the band layers' too (``bands``)."""
+    bands: BandPlans = field(default_factory=BandPlans, compare=False, repr=False)
+    """The step's plans for layers with a window or a cap, shared by its layers."""
 
     @functools.cached_property
     def longest(self) -> int:
@@ -181,7 +202,9 @@ def paged_attention(
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
     if softcap is not None or (sliding_window is not None and sliding_window < step.longest):
         band = Band(sliding_window, softcap)
-        for span in (*step.planned, *step.spans):
+        plan, left = step.bands.of(step, band)
+        plan.attend(query[0], key, value, out, scale)
+        for span in left:
             q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
             mask = step.masks.band(span, groups, band, query) if span.count > 1 else None
             attended = attend_band(q, key, value, span, groups, scale, band, mask)

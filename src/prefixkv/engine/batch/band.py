@@ -1,9 +1,11 @@
 """Attention of a layer the kernels do not cover: a sliding window, or capped logits.
 
-The attention kernels (:mod:`.kernels`) compute plain causal attention. A layer whose
-attention module asks more, a sliding window (Mistral, Qwen2, Phi-3, Gemma 2 and 3's local
-layers) or a logit cap (Gemma 2's ``attn_logit_softcapping``, every layer), is attended here,
-sequence by sequence, with PyTorch ops, and the step's kernel plan only stores its KV.
+A layer whose attention module asks more than plain causal attention, a sliding window
+(Mistral, Qwen2, Phi-3, Gemma 2 and 3's local layers) or a logit cap (Gemma 2's
+``attn_logit_softcapping``, every layer), is attended through the kernel's band plan
+(:meth:`.kernels.AttentionKernel.plan_band`; the native kernel's windows and caps in C), and
+what that plan leaves (every sequence, under the torch kernel) is attended here, sequence by
+sequence, with PyTorch ops.
 
 Windows follow transformers' masks (``masking_utils.sliding_window_overlay``): the query at
 absolute position ``p`` sees the keys at positions ``p - window < k <= p``, so ``window``

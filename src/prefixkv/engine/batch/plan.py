@@ -116,7 +116,8 @@ def layout_of(
     flat = torch.from_numpy(np.concatenate(slots)).to(device)
     plan, others = kernel.plan(spans, device)
     left = {id(span) for span in others}
-    return StepLayout(flat, others, plan, tuple(s for s in spans if id(s) not in left))
+    planned = tuple(s for s in spans if id(s) not in left)
+    return StepLayout(flat, others, plan, planned, kernel=kernel)
 
 
 def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
