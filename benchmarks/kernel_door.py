@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import ctypes
+import math
 import timeit
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +62,7 @@ def calls(k: Kernels, lib: Any) -> dict[str, tuple[Callable[[], object], Callabl
             abi.ATTEND_ARGS_SIZE, abi.ABI_VERSION, query.data_ptr(), query.stride(0),
             query.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(0),
             attended.data_ptr(), *items.pointers, items.max_tokens, HEADS, KV_HEADS, DIM,
-            items.count, threads, 0.125,
+            items.count, threads, 0.125, math.inf,
         )  # fmt: skip
         return lib.prefixkv_attend(ctypes.byref(args))
 
@@ -96,7 +97,10 @@ def calls(k: Kernels, lib: Any) -> dict[str, tuple[Callable[[], object], Callabl
         "rms_norm": (lambda: k.rms_norm(x, norm_w, 1e-5), raw_rms_norm),
         "silu_mul": (lambda: k.silu_mul(joined, INTERMEDIATE), raw_silu_mul),
         "store": (lambda: k.store(keys, values, new_k, new_v, slots), raw_store),
-        "attend": (lambda: k.attend(items, query, keys, values, attended, 0.125), raw_attend),
+        "attend": (
+            lambda: k.attend(items, query, keys, values, attended, 0.125, math.inf),
+            raw_attend,
+        ),
     }
 
 

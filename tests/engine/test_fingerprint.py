@@ -69,3 +69,20 @@ def test_the_arithmetic_of_a_model_names_what_computes_it() -> None:
 def test_an_attention_of_another_form_is_refused(attention: str) -> None:
     with pytest.raises(ValueError, match="attention must be"):
         arithmetic(tiny_llama(), attention, 1)
+
+
+def test_a_window_or_a_logit_cap_changes_the_fingerprint() -> None:
+    from transformers import MistralConfig
+
+    from tests.models.tiny_families import LLAMA_LIKE, tiny_model
+
+    models = [tiny_model(MistralConfig(**LLAMA_LIKE, sliding_window=w)) for w in (None, 8, 16)]
+    for model in models[1:]:
+        model.load_state_dict(models[0].state_dict())  # the same weights
+    layout = layout_of(models[0].config, torch.float32)
+    prints = {model_fingerprint(model, layout, BASE) for model in models}
+    assert len(prints) == 3
+    capped = tiny_model(MistralConfig(**LLAMA_LIKE, sliding_window=None))
+    capped.load_state_dict(models[0].state_dict())
+    capped.config.attn_logit_softcapping = 50.0
+    assert model_fingerprint(capped, layout, BASE) not in prints

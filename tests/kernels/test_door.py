@@ -7,6 +7,7 @@ Each case starts from a valid call (which must succeed) and breaks one thing."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -58,8 +59,8 @@ def store_call() -> Call:
 
 def items(rows: list[int], slots: list[int]) -> AttendItems:
     """One item: members ``rows``, each seeing every token ``slots``."""
-    return AttendItems([0, len(rows)], rows, [len(slots)] * len(rows), [0, len(slots)],
-                       slots, [-1] * len(slots))  # fmt: skip
+    return AttendItems([0, len(rows)], rows, [len(slots)] * len(rows), [0] * len(rows),
+                       [0, len(slots)], slots, [-1] * len(slots))  # fmt: skip
 
 
 def attend_call() -> Call:
@@ -70,6 +71,7 @@ def attend_call() -> Call:
         "values": torch.randn(KV_HEADS, POOL, DIM),
         "out": torch.zeros(ROWS, KV_HEADS * GROUPS, DIM),
         "scale": DIM**-0.5,
+        "softcap": math.inf,
     }
 
 
@@ -189,7 +191,9 @@ SHAPE_BREAKS: list[tuple[str, str, Callable[[Call], None], type[Exception], str]
     ("attend", "out strided", _apply("out", strided), ValueError, "^out: "),
     ("attend", "keys rows strided", _apply("keys", strided), ValueError, "^keys: "),
     ("attend", "values shape", _apply("values", lambda t: t[:, :16].contiguous()), ValueError, "^values: "),
-    ("attend", "scale", _set(scale=None), TypeError, "^scale: a number expected, not NoneType"),
+    ("attend", "scale", _set(scale=None), TypeError, "^scale, softcap: numbers expected, not None"),
+    ("attend", "softcap", _set(softcap=None), TypeError, "^scale, softcap: numbers expected"),
+    ("attend", "softcap zero", _set(softcap=0.0), ValueError, "^softcap: a positive number"),
     ("rms_norm", "eps", _set(eps="1e-5"), TypeError, "^eps: a number expected, not str"),
 ]  # fmt: skip
 
@@ -213,7 +217,7 @@ def test_a_wrong_shape_stride_or_bound_is_refused_by_name(
 
 def test_an_empty_plan_attends_nothing() -> None:
     args = attend_call()
-    args["items"] = AttendItems([0], [], [], [0], [], [])
+    args["items"] = AttendItems([0], [], [], [], [0], [], [])
     args["query"] = torch.zeros(0)  # not even looked at: nothing to attend
     call(loaded(), "attend", args)
     assert not args["out"].any()
@@ -249,7 +253,7 @@ def test_items_arrays_are_read_only_copies() -> None:
     slots = np.array([5, 0, 31, 9])
     checked = items([0, 2, 3], slots.tolist())
     source = np.array([5, 0, 31, 9], dtype=np.int64)
-    again = AttendItems([0, 1], [0], [4], [0, 4], source, [-1] * 4)
+    again = AttendItems([0, 1], [0], [4], [0], [0, 4], source, [-1] * 4)
     source[0] = 10**9  # the caller's array changes after the check: the items do not
     assert again.slot.tolist() == [5, 0, 31, 9] and again.pool_slots == 32
     for array in (checked.slot, checked.rows, checked.owner, checked.member_start):

@@ -17,14 +17,16 @@ Arrays = dict[str, list[int]]
 
 @st.composite
 def valid_items(draw: st.DrawFn) -> Arrays:
-    """1-6 items of 0-5 members and 0-20 tokens; sees within the item, owners -1 or a
-    member of theirs."""
-    arrays: Arrays = {name: [] for name in ("rows", "sees", "slot", "owner")}
+    """1-6 items of 0-5 members and 0-20 tokens; sees within the item, first within sees,
+    owners -1 or a member of theirs."""
+    arrays: Arrays = {name: [] for name in ("rows", "sees", "first", "slot", "owner")}
     arrays["member_start"], arrays["token_start"] = [0], [0]
     for _ in range(draw(st.integers(1, 6))):
         members, tokens = draw(st.integers(0, 5)), draw(st.integers(0, 20))
         arrays["rows"] += draw(st.lists(st.integers(0, 50), min_size=members, max_size=members))
-        arrays["sees"] += draw(st.lists(st.integers(0, tokens), min_size=members, max_size=members))
+        sees = draw(st.lists(st.integers(0, tokens), min_size=members, max_size=members))
+        arrays["sees"] += sees
+        arrays["first"] += [draw(st.integers(0, seen)) for seen in sees]
         arrays["slot"] += draw(st.lists(st.integers(0, 500), min_size=tokens, max_size=tokens))
         owners = st.integers(-1, members - 1)
         arrays["owner"] += draw(st.lists(owners, min_size=tokens, max_size=tokens))
@@ -61,7 +63,9 @@ def _break(arrays: Arrays, data: st.DataObject) -> str:
     choices += [("rows", i, -1) for i in range(len(arrays["rows"]))]
     choices += [("slot", i, -3) for i in range(len(arrays["slot"]))]
     choices += [("sees", i, int(tokens[i]) + 1) for i in range(len(arrays["sees"]))]
-    choices += [("sees", i, -1) for i in range(len(arrays["sees"]))]
+    choices += [("sees", i, -1) for i in range(len(arrays["sees"])) if arrays["first"][i] == 0]
+    choices += [("first", i, arrays["sees"][i] + 1) for i in range(len(arrays["first"]))]
+    choices += [("first", i, -1) for i in range(len(arrays["first"]))]
     choices += [("owner", i, int(members[i])) for i in range(len(arrays["owner"]))]
     choices += [("owner", i, -2) for i in range(len(arrays["owner"]))]
     name, at, value = data.draw(st.sampled_from(choices))
@@ -80,8 +84,9 @@ def test_one_broken_entry_is_refused_naming_its_array(arrays: Arrays, data: Any)
 @pytest.mark.parametrize(
     ("changes", "pattern"),
     [
-        ({"owner": [-1]}, "^sees has 1 entries for 1 rows, owner 1 for 2 slots"),
-        ({"sees": [2, 2]}, "^sees has 2 entries for 1 rows"),
+        ({"owner": [-1]}, "^sees has 1 entries and first 1 for 1 rows, owner 1 for 2 slots"),
+        ({"sees": [2, 2]}, "^sees has 2 entries and first 1 for 1 rows"),
+        ({"first": [0, 0]}, "^sees has 1 entries and first 2 for 1 rows"),
         ({"token_start": [0, 1, 2]}, "^member_start has 1 items and token_start 2"),
         ({"token_start": [0, 3]}, r"^token_start must run from 0 to len\(slot\) = 2"),
         ({"rows": [[0]]}, r"^rows: a 1-D array expected, got shape \(1, 1\)"),
@@ -91,8 +96,8 @@ def test_one_broken_entry_is_refused_naming_its_array(arrays: Arrays, data: Any)
     ],
 )
 def test_arrays_that_do_not_fit_together_are_refused(changes: dict[str, Any], pattern: str) -> None:
-    arrays: Arrays = {"member_start": [0, 1], "rows": [0], "sees": [2], "token_start": [0, 2],
-                      "slot": [4, 5], "owner": [-1, -1]}  # fmt: skip
+    arrays: Arrays = {"member_start": [0, 1], "rows": [0], "sees": [2], "first": [0],
+                      "token_start": [0, 2], "slot": [4, 5], "owner": [-1, -1]}  # fmt: skip
     build(arrays)
     with pytest.raises(ValueError, match=pattern):
         build({**arrays, **changes})
@@ -100,4 +105,4 @@ def test_arrays_that_do_not_fit_together_are_refused(changes: dict[str, Any], pa
 
 def test_decreasing_starts_are_named() -> None:
     with pytest.raises(ValueError, match=r"^member_start decreases at item 1"):
-        AttendItems([0, 2, 1, 3], [0, 1, 2], [0, 0, 0], [0, 0, 0, 0], [], [])
+        AttendItems([0, 2, 1, 3], [0, 1, 2], [0, 0, 0], [0, 0, 0], [0, 0, 0, 0], [], [])

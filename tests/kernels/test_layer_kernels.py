@@ -39,7 +39,7 @@ def test_rms_norm_matches_llama_and_each_row_alone(
     norm = LlamaRMSNorm(dim, eps=1e-5)
     with torch.no_grad():
         norm.weight.copy_(torch.randn(dim, generator=gen))
-    native = NativeRMSNorm(norm, loaded())
+    native = NativeRMSNorm.llama(norm, loaded())
     x = _rows(gen, rows + 2, dim, scale)
     with torch.inference_mode():
         got = native(x[1 : rows + 1])
@@ -71,7 +71,7 @@ def test_silu_mul_matches_torch_and_each_row_alone(
 
 def test_strided_and_leading_dimensions() -> None:
     norm = LlamaRMSNorm(24)
-    native = NativeRMSNorm(norm, loaded())
+    native = NativeRMSNorm.llama(norm, loaded())
     x = torch.randn(2, 5, 48)[..., ::2]  # [2, 5, 24], not contiguous
     with torch.inference_mode():
         torch.testing.assert_close(native(x), norm(x), rtol=1e-5, atol=1e-6)
@@ -129,7 +129,7 @@ def test_norm_and_mlp_refuse_another_dtype_or_device(dtype: torch.dtype, device:
     x = torch.randn(3, 24, dtype=dtype, device=device)
     named = f"not {dtype} on {device}.*--linear-kernel torch"
     with pytest.raises(TypeError, match=f"^NativeRMSNorm: .*{named}"):
-        NativeRMSNorm(LlamaRMSNorm(24), loaded())(x)
+        NativeRMSNorm.llama(LlamaRMSNorm(24), loaded())(x)
     mlp = NativeGatedMLP(torch.nn.Identity(), torch.nn.Identity(), 12, loaded())
     with pytest.raises(TypeError, match=f"^NativeGatedMLP: .*{named}"):
         mlp(x)
@@ -137,7 +137,7 @@ def test_norm_and_mlp_refuse_another_dtype_or_device(dtype: torch.dtype, device:
 
 def test_norm_and_mlp_refuse_another_last_dimension() -> None:
     with pytest.raises(ValueError, match=r"^x: shape \(3, 23\) does not end in weight's 24"):
-        NativeRMSNorm(LlamaRMSNorm(24), loaded())(torch.randn(3, 23))
+        NativeRMSNorm.llama(LlamaRMSNorm(24), loaded())(torch.randn(3, 23))
     mlp = NativeGatedMLP(torch.nn.Identity(), torch.nn.Identity(), 12, loaded())
     with pytest.raises(ValueError, match=r"^gate_up: shape \(3, 23\) does not end in 2 \* width"):
         mlp(torch.randn(3, 23))
@@ -145,7 +145,7 @@ def test_norm_and_mlp_refuse_another_last_dimension() -> None:
 
 def test_a_norm_of_another_dtype_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match=r"^NativeRMSNorm: .*not torch\.bfloat16"):
-        NativeRMSNorm(LlamaRMSNorm(8).bfloat16(), loaded())
+        NativeRMSNorm.llama(LlamaRMSNorm(8).bfloat16(), loaded())
 
 
 def test_a_native_model_under_autocast_says_so() -> None:

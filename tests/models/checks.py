@@ -34,6 +34,7 @@ from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.native_layers import NativeGatedMLP, NativeRMSNorm
 from prefixkv.engine.request import SamplingParams
 from prefixkv.models import family_of
+from prefixkv.models.family import text_config
 from tests.engine.batch.test_runner import Sink, drive
 from tests.engine.conftest import one_thread
 from tests.engine.kernel_matrix import unavailable
@@ -160,7 +161,7 @@ def logits_around_native_install(model: Any, shape: tuple[int, int]) -> tuple[An
     """``model``'s logits for random ids of ``shape``, before and after the native linear
     kernel is installed in it (skipped where it cannot run); mutates ``model``."""
     with one_thread():
-        ids = torch.randint(0, model.config.vocab_size, shape)
+        ids = torch.randint(0, text_config(model.config).vocab_size, shape)
         with torch.inference_mode():
             before = model(ids).logits
             try:
@@ -176,7 +177,8 @@ def test_the_native_kernel_swaps_what_the_family_claims(case: Case) -> None:
     kinds = [type(m) for m in model.modules()]
     assert (kinds.count(NativeRMSNorm), kinds.count(NativeGatedMLP)) == (case.norms, case.mlps)
     family = family_of(model)
-    claimed = family.norms + tuple(c for mlp in family.mlps for c in mlp.classes)
+    claimed = family.norms + family.offset_norms
+    claimed += tuple(c for mlp in family.mlps for c in mlp.classes)
     assert not any(k in claimed for k in kinds)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     assert torch.equal(after.argmax(-1), before.argmax(-1))

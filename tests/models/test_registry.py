@@ -22,13 +22,13 @@ from tests.engine.kernel_matrix import unavailable
 from .checks import engines
 from .tiny_families import LLAMA_LIKE
 
-SERVED = {"llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2"}
+SERVED = {"llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2", "gemma2", "gemma3"}
 
 
 def test_every_family_module_is_registered_by_its_model_types() -> None:
     known = families()
     assert {f.name for f in known.values() if isinstance(f, Family)} == SERVED
-    assert {f.name for f in known.values() if isinstance(f, Refused)} == {"gemma2", "gemma3"}
+    assert not [f.name for f in known.values() if isinstance(f, Refused)]
     for model_type, family in known.items():
         assert model_type in family.model_types
 
@@ -39,34 +39,71 @@ def test_a_config_is_looked_up_as_its_model_is() -> None:
     assert family_of(SimpleNamespace(config=config)).name == "qwen3"
 
 
-@pytest.mark.parametrize("model_type", ["gemma2", "gemma3", "gemma3_text"])
-def test_gemma_is_refused_naming_the_sliding_window(model_type: str) -> None:
+def test_a_refused_family_is_refused_naming_why(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefixkv.engine.kvbridge import UnsupportedModelError, layout_of
 
-    config = SimpleNamespace(model_type=model_type)
-    with pytest.raises(UnsupportedModelError, match=f"'{model_type}'.*sliding-window"):
+    refused = Refused("nofam", ("nofam",), "a reason")
+    monkeypatch.setattr("prefixkv.models.registry.families", lambda: {"nofam": refused})
+    config = SimpleNamespace(model_type="nofam")
+    with pytest.raises(UnsupportedModelError, match=r"'nofam' .*: a reason"):
         family_of(config)
-    with pytest.raises(UnsupportedModelError, match="not yet served"):
+    with pytest.raises(UnsupportedModelError, match="a reason"):
         layout_of(config, torch.float32)
 
 
-def test_a_real_gemma2_config_is_refused() -> None:
-    from transformers import Gemma2Config
+def _qwen3_next() -> object:
+    from transformers import Qwen3NextConfig
 
-    from prefixkv.models import UnsupportedModelError
-
-    with pytest.raises(UnsupportedModelError, match="gemma2"):
-        family_of(Gemma2Config(vocab_size=100, hidden_size=64, num_hidden_layers=2))
+    return Qwen3NextConfig(**LLAMA_LIKE)
 
 
-def test_a_mistral_with_a_sliding_window_is_refused_by_the_engine() -> None:
-    from transformers import MistralConfig, MistralForCausalLM
+def _llama4() -> object:
+    from transformers import Llama4TextConfig
 
-    from prefixkv.engine.kvbridge import UnsupportedModelError
+    return Llama4TextConfig(**{**LLAMA_LIKE, "num_hidden_layers": 4})
 
-    model = MistralForCausalLM(MistralConfig(**LLAMA_LIKE, sliding_window=64)).eval()
-    with pytest.raises(UnsupportedModelError, match="sliding window"):
-        engines(model)
+
+def _t5() -> object:
+    from transformers import T5Config
+
+    return T5Config(vocab_size=100, d_model=64, num_layers=2)
+
+
+def _mamba() -> object:
+    from transformers import MambaConfig
+
+    return MambaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2)
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        (_qwen3_next, "linear_attention layers"),
+        (_llama4, "chunked_attention layers"),
+        (_mamba, "linear_attention layers"),
+        (_t5, "'t5' is encoder-decoder"),
+    ],
+    ids=["linear", "chunked", "recurrent", "encoder-decoder"],
+)
+def test_a_layer_kind_not_served_is_refused_naming_it(config: object, named: str) -> None:
+    from prefixkv.engine.kvbridge import UnsupportedModelError, new_cache
+
+    with pytest.raises(UnsupportedModelError, match=named):
+        new_cache(config())  # type: ignore[operator]
+
+
+def test_sliding_and_full_layers_get_full_caches() -> None:
+    from transformers import Gemma2Config, MistralConfig
+    from transformers.cache_utils import DynamicLayer
+
+    from prefixkv.engine.kvbridge import layer_kinds, new_cache
+
+    gemma = Gemma2Config(**LLAMA_LIKE, head_dim=16, sliding_window=8)
+    assert layer_kinds(gemma) == ("sliding_attention", "full_attention")
+    mistral = MistralConfig(**LLAMA_LIKE, sliding_window=8)
+    assert layer_kinds(mistral) == ("sliding_attention", "sliding_attention")
+    for config in (gemma, mistral):
+        assert [type(layer) for layer in new_cache(config).layers] == [DynamicLayer] * 2
 
 
 def test_an_unknown_model_type_is_generic_logged_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -106,12 +143,12 @@ def test_a_model_without_a_family_is_served_generic_with_no_native_swaps(
         assert hit.token_ids == uncached.generate([*prompt, 6], max_tokens=6).token_ids
 
 
-def test_a_refused_family_is_refused_by_the_loader_from_its_config(tmp_path: Path) -> None:
-    from transformers import Gemma2Config
-
+def test_a_layer_kind_not_served_is_refused_by_the_loader_from_its_config(
+    tmp_path: Path,
+) -> None:
     from prefixkv.engine.loader import load_model
     from prefixkv.models import UnsupportedModelError
 
-    Gemma2Config(vocab_size=100, hidden_size=64, num_hidden_layers=2).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match=r"gemma2.*sliding-window"):
+    _llama4().save_pretrained(tmp_path)  # type: ignore[attr-defined]
+    with pytest.raises(UnsupportedModelError, match=r"llama4_text.*chunked_attention"):
         load_model(str(tmp_path))  # no tokenizer, no weights: refused before reading them

@@ -32,6 +32,15 @@ LLAMA_LIKE = {
     **IDS,
 }
 """A Llama-style config's sizes and ids, for any family's config class that takes them."""
+UNTIED = {"tie_word_embeddings": False}
+"""For Gemma's tiny models: Gemma scales its embeddings by ``sqrt(hidden_size)``, so with
+tied embeddings a tiny model's residual stream is its input token's embedding and it repeats
+that token whatever the layers do (which would hide a wrong attention from greedy tokens)."""
+WINDOW = 8
+"""The sliding window of the tiny sliding-window models: the shared prompts
+(:data:`tests.models.checks.PROMPTS`, up to 31 tokens, 22 of them shared, prefilled in
+chunks of up to 12 by the batch test) and their 8 decoded tokens run well past it, so a
+cached prefix is longer than the window and decoding reads only its tail."""
 
 
 def tiny_model(config: Any, seed: int = 0) -> Any:

@@ -111,7 +111,9 @@ def choose_backend(args: argparse.Namespace, engine: Engine) -> BackendChoice:
         print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
         return BackendChoice("serial", serial_attention(engine.model))
     layout = engine.layout
-    heads = int(engine.model.config.num_attention_heads)
+    from prefixkv.models.family import text_config
+
+    heads = int(text_config(engine.model.config).num_attention_heads)
     try:
         kernel = kernels.attention_kernel(
             args.attention_kernel, heads, layout.num_kv_heads, layout.dtype, engine.device

@@ -33,6 +33,7 @@ from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
+from prefixkv.models.family import text_config
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
@@ -59,9 +60,10 @@ class Engine:
         self.cache = cache
         self.name = name
         config = model.config
-        new_cache(config)  # fail fast on models whose KV is not plain full attention
-        self.context_length = int(getattr(config, "max_position_embeddings", 2048))
-        self.vocab_size = int(config.vocab_size)
+        new_cache(config)  # fail fast on layer kinds prefixkv does not serve
+        text = text_config(config)  # a multimodal model's text decoder
+        self.context_length = int(getattr(text, "max_position_embeddings", 2048))
+        self.vocab_size = int(text.vocab_size)
         self.device = next(model.parameters()).device
         self.model_lock = threading.Lock()
         self._workspaces = WorkspacePool(

@@ -4,8 +4,10 @@ KV blocks written by one process must never be served to another whose arithmeti
 give other bits: another model, the same weights in another dtype or KV layout, or the same
 weights computed another way. The fingerprint hashes
 
-- every tensor of the model's state dict (name, dtype, shape and bytes, in name order) and
-  the KV layout. A weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its
+- every tensor of the model's state dict (name, dtype, shape and bytes, in name order), the
+  KV layout, and, for a model whose attention is more than plain causal attention on every
+  layer, what more (:func:`attention_reach`: each layer's kind, the window, the logit cap;
+  the same weights with another window compute other KV). A weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its
   plain values under a name marking the kernel, one packed for the native kernel as its
   column blocks (a buffer named ``packed``), so the linear kernel is named by the weights;
 - the :class:`Arithmetic`: which attention computes the KV (the batch runner's kernel, or
@@ -18,7 +20,8 @@ weights computed another way. The fingerprint hashes
 Two processes that load the same weights the same way with the same settings on the same
 kind of machine agree on it; anything that may change a rounding does not. That is cautious:
 replicas on different CPUs never share KV, even where their bits would happen to agree.
-Costs one pass over the weights (~0.1 s for SmolLM2's 540 MB in fp32 here).
+Costs one pass over the weights (~0.1 s for SmolLM2's 540 MB in fp32 here). The rest of
+the config (rotary base, norm epsilon) is not hashed: a checkpoint's weights come with it.
 """
 
 from __future__ import annotations
@@ -91,13 +94,30 @@ def arithmetic(model: torch.nn.Module, attention: str, threads: int) -> Arithmet
     return Arithmetic(attention, kernels, platform, 0 if only_native else threads)
 
 
+def attention_reach(config: Any) -> tuple[bytes, ...]:
+    """What the layers' attention does beyond plain causal attention, as fingerprint parts:
+    none for a model whose every layer is full attention without a logit cap (their
+    fingerprints are as before windows were served), else one naming each layer's kind, the
+    window and the cap."""
+    from prefixkv.engine.kvbridge import layer_kinds
+
+    text = config.get_text_config(decoder=True)
+    kinds = layer_kinds(config)
+    softcap = getattr(text, "attn_logit_softcapping", None)
+    if set(kinds) == {"full_attention"} and softcap is None:
+        return ()
+    window = getattr(text, "sliding_window", None)
+    return (repr(("attention-v1", kinds, window, softcap)).encode(),)
+
+
 def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithmetic) -> bytes:
-    """16 bytes naming ``model``'s weights, ``layout`` and how the KV is ``computed``. Needs
-    the ``[tiers]`` extra."""
+    """16 bytes naming ``model``'s weights, ``layout``, its :func:`attention_reach` and how
+    the KV is ``computed``. Needs the ``[tiers]`` extra."""
     require("tiers", "a model fingerprint")
     from prefixkv.tiers.naming import fingerprint_of
 
-    parts = [repr(layout).encode(), computed.encode()]
+    config: Any = model.config
+    parts = [repr(layout).encode(), computed.encode(), *attention_reach(config)]
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_mkldnn:
             name, tensor = f"{name}@onednn", tensor.to_dense()

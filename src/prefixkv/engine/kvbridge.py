@@ -1,4 +1,16 @@
-"""Between prefixkv's per-layer KV tensors and a transformers ``DynamicCache``."""
+"""Between prefixkv's per-layer KV tensors and a transformers ``DynamicCache``, and which
+layer kinds prefixkv serves.
+
+prefixkv serves a decoder whose every layer is full attention or sliding-window attention.
+Every layer keeps the KV of every token (docs/decisions.md, "Sliding-window layers keep
+every block"), so a cached prefix holds all the KV any layer needs; a sliding layer applies
+its window when it attends: transformers' sliding mask over absolute positions under the
+serial engine (its caches here are full ``DynamicLayer``s, never the
+``DynamicSlidingWindowLayer`` that drops old tokens), the paged attention's band under the
+batch runner. Any other kind (linear attention, recurrent or convolution states, chunked
+attention, layers reading another layer's KV) and encoder-decoder models are refused,
+naming the kind.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +18,22 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, get_layer_types_and_kwargs
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.models import UnsupportedModelError, family_of
 
-__all__ = ["UnsupportedModelError", "layout_of", "new_cache"]
+__all__ = [
+    "SERVED_KINDS",
+    "UnsupportedModelError",
+    "check_served",
+    "layer_kinds",
+    "layout_of",
+    "new_cache",
+]
+
+SERVED_KINDS = ("full_attention", "sliding_attention")
+"""The layer kinds (``config.layer_types`` values) prefixkv serves."""
 
 
 def layout_of(config: Any, dtype: torch.dtype) -> KVLayout:
@@ -20,20 +42,40 @@ def layout_of(config: Any, dtype: torch.dtype) -> KVLayout:
     return family_of(config).layout(config, dtype)
 
 
-def _full_attention_layers(cache: DynamicCache) -> list[DynamicLayer]:
-    layers = list(cache.layers)
-    for layer in layers:
-        if type(layer) is not DynamicLayer:
-            raise UnsupportedModelError(
-                f"prefixkv reuses full-attention KV only; this model's cache has a "
-                f"{type(layer).__name__} layer (sliding window or linear attention)"
-            )
-    return layers  # type: ignore[return-value]
+def layer_kinds(config: Any) -> tuple[str, ...]:
+    """Each decoder layer's kind as transformers' caches read it: ``config.layer_types``
+    where the config has them, else ``sliding_attention`` where a layer's config sets
+    ``sliding_window``, ``chunked_attention`` where it sets ``attention_chunk_size``,
+    ``full_attention`` otherwise (``dummy`` for a layer reading another layer's KV)."""
+    kinds, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
+    return tuple(kinds)
+
+
+def check_served(config: Any) -> tuple[str, ...]:
+    """The layer kinds of ``config`` (:func:`layer_kinds`). Raises UnsupportedModelError,
+    naming the kind, for an encoder-decoder model or a layer kind outside
+    :data:`SERVED_KINDS`."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"prefixkv serves decoder-only models; {config.model_type!r} is encoder-decoder"
+        )
+    kinds = layer_kinds(config)
+    refused = sorted({kind for kind in kinds if kind not in SERVED_KINDS})
+    if refused:
+        where = [i for i, kind in enumerate(kinds) if kind not in SERVED_KINDS]
+        raise UnsupportedModelError(
+            f"prefixkv serves full and sliding-window attention layers only; "
+            f"{config.model_type!r} has {', '.join(refused)} layers ({len(where)} of "
+            f"{len(kinds)}, from layer {where[0]})"
+        )
+    return kinds
 
 
 def new_cache(config: Any) -> DynamicCache:
-    """An empty DynamicCache for ``config``; raises UnsupportedModelError for models whose
-    layers are not all full attention."""
-    cache = DynamicCache(config=config)
-    _full_attention_layers(cache)
+    """An empty DynamicCache for ``config``, a full ``DynamicLayer`` per layer (sliding
+    layers too: the mask applies their window). Raises UnsupportedModelError as
+    :func:`check_served` does."""
+    kinds = check_served(config)
+    cache = DynamicCache()
+    cache.layers = [DynamicLayer() for _ in kinds]  # type: ignore[no-untyped-call]
     return cache

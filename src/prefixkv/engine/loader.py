@@ -187,13 +187,17 @@ def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenize
 def _load_folder(
     folder: Path, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Raises UnsupportedModelError (:func:`prefixkv.models.family_of`) for a refused family
+    """Raises UnsupportedModelError for a refused family (:func:`prefixkv.models.family_of`)
+    or a layer kind prefixkv does not serve (:func:`prefixkv.engine.kvbridge.check_served`)
     from its config alone, before reading the tokenizer or any weight."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from prefixkv.engine.kvbridge import check_served
     from prefixkv.models import family_of
 
-    family_of(AutoConfig.from_pretrained(folder, local_files_only=True))
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    family_of(config)
+    check_served(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -313,6 +317,8 @@ def load_model(
     """
     import torch
 
+    from prefixkv.models.family import text_config as text_of
+
     start = time.perf_counter()
     source = resolve_model(spec)
     torch_device = torch.device(device)
@@ -339,7 +345,7 @@ def load_model(
         tokenizer=tokenizer,
         name=name,
         source=source,
-        context_length=int(model.config.max_position_embeddings),
+        context_length=int(text_of(model.config).max_position_embeddings),
         load_seconds=time.perf_counter() - start,
         weights_dir=weights_dir,
     )

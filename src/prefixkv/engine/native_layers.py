@@ -4,7 +4,8 @@ the RMS norms, and the MLP's ``SiLU(gate) * up`` on the joined gate/up projectio
 Installed with the native linear kernel (:class:`prefixkv.engine.native_linear.NativeLinear`),
 after its linear layers, on the modules the model's family names
 (:attr:`prefixkv.models.Family.norms` and :attr:`~prefixkv.models.Family.mlps`): those whose
-math is exactly Llama's. transformers computes a Llama RMS norm in six tensor operations and
+math is exactly Llama's; and Gemma's norms, which are Llama's with the weight ``1 + weight``
+(:attr:`~prefixkv.models.Family.offset_norms`). transformers computes a Llama RMS norm in six tensor operations and
 the MLP's activation in two, each writing a new tensor and paying its dispatch. One C pass
 each, SmolLM2's shapes: a norm of 16 rows 8.6 against 32.5 us, of 512 rows 59 against
 143 us; SiLU * up of 512 rows 231 against 359 us (16 rows: 26 us either way). Replayed in
@@ -61,20 +62,38 @@ def refuse_input(module: str, x: torch.Tensor) -> NoReturn:
 
 
 class NativeRMSNorm(torch.nn.Module):
-    """A Llama RMS norm, ``weight * x / sqrt(mean(x^2) + eps)`` over the last dimension,
-    through the native ``rms_norm``; ``norm`` is a module of that math with ``weight`` and
-    ``variance_epsilon`` (a family's :attr:`~prefixkv.models.Family.norms`). float32 CPU only
-    (the native kernel's dtype): TypeError for another norm at construction, for another
-    input at call time."""
+    """An RMS norm, ``weight * x / sqrt(mean(x^2) + eps)`` over the last dimension, through
+    the native ``rms_norm``; built from a Llama norm (:meth:`llama`) or a Gemma one
+    (:meth:`gemma`). float32 CPU only (the native kernel's dtype): TypeError for another
+    weight at construction, for another input at call time."""
 
-    def __init__(self, norm: torch.nn.Module, kernels: Kernels) -> None:
+    def __init__(self, weight: torch.nn.Parameter, eps: float, kernels: Kernels) -> None:
         super().__init__()
-        weight = _weight(norm)
         if weight.dtype is not _F32 or not weight.is_cpu:
             refuse_input(type(self).__name__, weight)
-        self.weight = weight  # [hidden]
-        self.eps = float(getattr(norm, "variance_epsilon"))  # noqa: B009 (typed by nn.Module)
+        self.weight = weight  # [hidden], registered: the model fingerprint hashes it
+        self.eps = eps
         self._kernels = kernels
+
+    @classmethod
+    def llama(cls, norm: torch.nn.Module, kernels: Kernels) -> NativeRMSNorm:
+        """In the place of ``norm``, a module of Llama's math with ``weight`` and
+        ``variance_epsilon`` (a family's :attr:`~prefixkv.models.Family.norms`): its own
+        weight."""
+        eps = float(getattr(norm, "variance_epsilon"))  # noqa: B009 (typed by nn.Module)
+        return cls(_parameter(_weight(norm)), eps, kernels)
+
+    @classmethod
+    def gemma(cls, norm: torch.nn.Module, kernels: Kernels) -> NativeRMSNorm:
+        """In the place of ``norm``, a module of Gemma's math, ``(1 + weight) * x /
+        sqrt(mean(x^2) + eps)`` in float32, with ``weight`` and ``eps`` (a family's
+        :attr:`~prefixkv.models.Family.offset_norms`): the weight ``1 + weight``, as
+        Gemma computes it on each call (a new parameter, the same float32 sum)."""
+        weight = _weight(norm)
+        if weight.dtype is not _F32 or not weight.is_cpu:
+            refuse_input(cls.__name__, weight)
+        eps = float(getattr(norm, "eps"))  # noqa: B009 (typed by nn.Module)
+        return cls(_parameter(1.0 + weight.detach()), eps, kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., hidden]`` float32 CPU, any strides -> a new tensor of its shape.
@@ -130,7 +149,7 @@ class NativeSwaps:
 
 def swap_native_layers(model: torch.nn.Module, family: Family, kernels: Kernels) -> NativeSwaps:
     """Put :class:`NativeRMSNorm` in the place of every float32 CPU module of ``model`` whose
-    class is one of ``family.norms``, and :class:`NativeGatedMLP` in that of every MLP of
+    class is one of ``family.norms`` or ``family.offset_norms``, and :class:`NativeGatedMLP` in that of every MLP of
     ``family.mlps`` whose activation is SiLU and whose gate/up product is one projection
     (joined by :func:`prefixkv.engine.fused.join_siblings`, or by the checkpoint) of equal
     halves. Returns the counts by kind (logged in one line, saying so where there are none);
@@ -139,7 +158,11 @@ def swap_native_layers(model: torch.nn.Module, family: Family, kernels: Kernels)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, family.norms) and _native_dtype(_weight(child)):
-                setattr(parent, name, NativeRMSNorm(child, kernels))
+                setattr(parent, name, NativeRMSNorm.llama(child, kernels))
+                norms += 1
+                continue
+            if isinstance(child, family.offset_norms) and _native_dtype(_weight(child)):
+                setattr(parent, name, NativeRMSNorm.gemma(child, kernels))
                 norms += 1
                 continue
             replacement = _native_mlp(child, family.mlps, kernels)
@@ -172,6 +195,13 @@ def _weight(norm: torch.nn.Module) -> torch.Tensor:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{type(norm).__name__}.weight is not a tensor")
     return weight
+
+
+def _parameter(weight: torch.Tensor) -> torch.nn.Parameter:
+    """``weight`` as a parameter (itself where it is one)."""
+    if isinstance(weight, torch.nn.Parameter):
+        return weight
+    return torch.nn.Parameter(weight, requires_grad=False)
 
 
 def _native_dtype(weight: torch.Tensor) -> bool:

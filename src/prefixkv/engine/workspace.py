@@ -81,8 +81,10 @@ class Workspace:
 
     def as_cache(self, config: Any, length: int) -> DynamicCache:
         """A DynamicCache whose layers read and append to this buffer, holding ``length``
-        tokens already (the caller wrote them into ``data``)."""
-        cache = DynamicCache(config=config)
+        tokens already (the caller wrote them into ``data``). Every layer is a full one,
+        sliding layers too: transformers' sliding mask, over absolute positions, applies
+        their window (:mod:`prefixkv.engine.kvbridge`)."""
+        cache = DynamicCache()
         cache.layers = [
             WorkspaceLayer(self.data[i, 0][None], self.data[i, 1][None], length)
             for i in range(self.data.shape[0])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 1  # PREFIXKV_ABI_VERSION
+ABI_VERSION = 2  # PREFIXKV_ABI_VERSION
 OK, NO_MEMORY, BAD_SIZE, BAD_VERSION, BAD_SLOT = 0, -1, -2, -3, -4
 
 _i32, _i64, _u32, _f32, _ptr = (
@@ -38,6 +38,7 @@ class AttendArgs(ctypes.Structure):
         ("member_start", _ptr),
         ("rows", _ptr),
         ("sees", _ptr),
+        ("first", _ptr),
         ("token_start", _ptr),
         ("slot", _ptr),
         ("owner", _ptr),
@@ -48,6 +49,7 @@ class AttendArgs(ctypes.Structure):
         ("items", _i32),
         ("threads", _i32),
         ("scale", _f32),
+        ("softcap", _f32),
     ]
 
 

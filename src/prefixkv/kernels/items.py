@@ -1,7 +1,8 @@
 """A step's attention work items as the native library reads them, checked once.
 
 :class:`AttendItems` is built once per step (not per layer) and checks every index array
-then: starts that partition their arrays, owners and ``sees`` within their items, and the
+then: starts that partition their arrays, owners, ``sees`` and ``first`` within their
+items, and the
 query rows and pool slots the indices reach. Its arrays are private copies made read-only
 after the check, so they cannot change afterwards; a call then only compares the tensors'
 shapes with :attr:`AttendItems.query_rows` and :attr:`AttendItems.pool_slots`
@@ -22,16 +23,18 @@ Indices = npt.ArrayLike
 
 class AttendItems:
     """Work items (see ``csrc/attention.c``): item ``i`` has members (query tokens)
-    ``rows[member_start[i]:member_start[i + 1]]`` with ``sees`` alongside, and tokens
+    ``rows[member_start[i]:member_start[i + 1]]`` with ``sees`` and ``first`` alongside
+    (a member sees its item's tokens ``first..sees - 1``), and tokens
     ``slot[token_start[i]:token_start[i + 1]]`` with ``owner`` alongside.
 
-    Attributes (all read-only): the six arrays (``owner`` int32, the rest int64);
+    Attributes (all read-only): the seven arrays (``owner`` int32, the rest int64);
     ``count`` items; ``max_members`` and ``max_tokens``, the most of any item;
     ``query_rows`` (largest row + 1) and ``pool_slots`` (largest slot + 1), the least a
     call's query and pool must hold (0 when there are none)."""
 
     __slots__ = (
         "count",
+        "first",
         "max_members",
         "max_tokens",
         "member_start",
@@ -50,6 +53,7 @@ class AttendItems:
         member_start: Indices,
         rows: Indices,
         sees: Indices,
+        first: Indices,
         token_start: Indices,
         slot: Indices,
         owner: Indices,
@@ -59,6 +63,7 @@ class AttendItems:
         self.member_start = _copy("member_start", member_start, np.int64)
         self.rows = _copy("rows", rows, np.int64)
         self.sees = _copy("sees", sees, np.int64)
+        self.first = _copy("first", first, np.int64)
         self.token_start = _copy("token_start", token_start, np.int64)
         self.slot = _copy("slot", slot, np.int64)
         self.owner = _copy("owner", owner, np.int32)
@@ -69,14 +74,17 @@ class AttendItems:
         self.count = len(members)
         self.max_members = int(members.max()) if self.count else 0
         self.max_tokens = int(tokens.max()) if self.count else 0
-        if len(self.sees) != len(self.rows) or len(self.owner) != len(self.slot):
+        if len({len(self.sees), len(self.first), len(self.rows)}) > 1 or len(self.owner) != len(
+            self.slot
+        ):
             raise ValueError(
-                f"sees has {len(self.sees)} entries for {len(self.rows)} rows, owner "
-                f"{len(self.owner)} for {len(self.slot)} slots"
+                f"sees has {len(self.sees)} entries and first {len(self.first)} for "
+                f"{len(self.rows)} rows, owner {len(self.owner)} for {len(self.slot)} slots"
             )
         if self.max_tokens > INT32_MAX or self.count > INT32_MAX:
             raise ValueError(f"{self.count} items of up to {self.max_tokens} tokens: too many")
         _within("sees", self.sees, 0, np.repeat(tokens, members))  # a prefix of its item
+        _within("first", self.first, 0, self.sees)  # a suffix of that prefix
         _within("owner", self.owner, -1, np.repeat(members, tokens) - 1)  # -1 or a member
         _nonnegative("rows", self.rows)
         _nonnegative("slot", self.slot)
@@ -88,7 +96,15 @@ class AttendItems:
 
     def _arrays(self) -> Sequence[np.ndarray]:
         """In the order of the library's argument block (``csrc/abi.h``)."""
-        return (self.member_start, self.rows, self.sees, self.token_start, self.slot, self.owner)
+        return (
+            self.member_start,
+            self.rows,
+            self.sees,
+            self.first,
+            self.token_start,
+            self.slot,
+            self.owner,
+        )
 
 
 def _copy(name: str, values: Indices, dtype: type[np.integer]) -> np.ndarray:

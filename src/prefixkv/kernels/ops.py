@@ -135,12 +135,15 @@ class Kernels:
         _check_status(status)
 
     def attend(self, items: AttendItems, query: torch.Tensor, keys: torch.Tensor,
-               values: torch.Tensor, out: torch.Tensor, scale: float) -> None:  # fmt: skip
+               values: torch.Tensor, out: torch.Tensor, scale: float,
+               softcap: float) -> None:  # fmt: skip
         """Attention of ``items``' members (see ``csrc/attention.c``): ``query`` ``[heads,
         T, dim]`` (unit stride in dim) over the pool layer ``keys``/``values`` (as in
         :meth:`store`), written into the members' rows of ``out`` (``[T, heads, dim]``,
-        contiguous), which is all it mutates. MemoryError when the library's scratch memory
-        cannot be allocated."""
+        contiguous), which is all it mutates. ``softcap``: scaled scores ``s`` become
+        ``softcap * tanh(s / softcap)``; ``math.inf`` leaves them (the limit). ValueError
+        for a cap that is not positive, MemoryError when the library's scratch memory cannot
+        be allocated."""
         if items.count == 0:
             return
         kv_heads, pool, dim = _pool(keys, values)
@@ -167,15 +170,17 @@ class Kernels:
                 f"the items reach query row {items.query_rows - 1} and pool slot "
                 f"{items.pool_slots - 1}; query has {rows} rows, the pool {pool} slots"
             )
-        if not isinstance(scale, float | int):
-            raise TypeError(f"scale: a number expected, not {type(scale).__name__}")
+        if not isinstance(scale, float | int) or not isinstance(softcap, float | int):
+            raise TypeError(f"scale, softcap: numbers expected, not {scale!r}, {softcap!r}")
+        if not softcap > 0:
+            raise ValueError(f"softcap: a positive number (or inf) expected, got {softcap}")
         if items.count * kv_heads > INT32_MAX:
             raise ValueError(f"{items.count} items x {kv_heads} kv heads: too many jobs")
         args = abi.AttendArgs(
             abi.ATTEND_ARGS_SIZE, abi.ABI_VERSION, query.data_ptr(), query.stride(0),
             query.stride(1), keys.data_ptr(), values.data_ptr(), keys.stride(0),
             out.data_ptr(), *items.pointers, items.max_tokens, heads, kv_heads, dim,
-            items.count, torch.get_num_threads(), float(scale),
+            items.count, torch.get_num_threads(), float(scale), float(softcap),
         )  # fmt: skip
         _check_status(self._lib.prefixkv_attend(ctypes.byref(args)))
 

@@ -11,8 +11,8 @@ family is one module here plus its tests under ``tests/models/``; nothing else c
 A ``model_type`` without a module here is served as :data:`~prefixkv.models.registry.GENERIC`
 (as transformers runs any model it implements): sibling projections named as Llama's are
 still joined (exact whatever the call order), no norm or MLP is replaced, and one log line
-says so. Its KV is still refused unless every layer is full attention
-(:func:`prefixkv.engine.kvbridge.new_cache`), and the batch runner still probes its
+says so. It is still refused unless every layer is full or sliding-window attention
+(:func:`prefixkv.engine.kvbridge.check_served`), and the batch runner still probes its
 attention (:func:`prefixkv.engine.batch.attention.check_supported`).
 """
 

@@ -19,8 +19,8 @@ them: the query/key/value projections, and the MLP's gate and up projections."""
 
 
 class UnsupportedModelError(TypeError):
-    """The model's KV cache is not plain full attention, or its family is refused, so its
-    prefixes cannot be reused as they are."""
+    """The model has a layer kind prefixkv does not serve (only full and sliding-window
+    attention), or its family is refused, so its prefixes cannot be reused as they are."""
 
 
 def text_config(config: Any) -> Any:
@@ -82,6 +82,10 @@ class Family:
     swapped)."""
     layout: Callable[[Any, torch.dtype], KVLayout] = standard_layout
     """Its KV layout for a config and a dtype."""
+    offset_norms: tuple[type[torch.nn.Module], ...] = ()
+    """Norm classes computing Gemma's RMS norm, ``(1 + weight) * x / sqrt(mean(x^2) +
+    eps)`` in float32, exactly: the native RMS norm replaces them, its weight ``1 +
+    weight``."""
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 by rows) and ``gate_up_proj``, so there are no siblings to join. Phi3MLP splits
 ``gate_up_proj``'s output with ``chunk(2)`` into ``gate, up`` (gate columns first) and
 computes ``up * act(gate)``: the native gated MLP's ``[gate | up]`` layout and math.
-Phi3RMSNorm is Llama's RMS norm line for line. A ``sliding_window`` config is refused by
-the engine (not yet served)."""
+Phi3RMSNorm is Llama's RMS norm line for line. A ``sliding_window`` config (Phi-3 mini's
+2047) makes every layer a sliding-window layer, served (:mod:`prefixkv.engine.batch.band`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from prefixkv.models.family import Family, GatedMLP
 FAMILY = Family(
     name="phi3",
     model_types=("phi3",),
-    attention="full causal attention where sliding_window is null (a window: not yet "
-    "served), rotary positions (partial where partial_rotary_factor < 1), joined qkv_proj",
+    attention="full causal attention, or a sliding window on every layer where "
+    "sliding_window is set, rotary positions (partial where partial_rotary_factor < 1), joined qkv_proj",
     siblings=(),
     norms=(Phi3RMSNorm,),
     mlps=(GatedMLP((Phi3MLP,), gate_up=("gate_up_proj",), activation="activation_fn"),),

@@ -1,6 +1,7 @@
 """Qwen2 (Qwen2, Qwen2.5): Llama's layers with biased q/k/v projections. Qwen2RMSNorm is
 Llama's RMS norm line for line and Qwen2MLP Llama's gated MLP, so both go native. A config
-with ``use_sliding_window`` gives sliding layers, which the engine refuses (not yet served)."""
+with ``use_sliding_window`` makes the layers from ``max_window_layers`` on sliding-window
+layers (``layer_types``), served (:mod:`prefixkv.engine.batch.band`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from prefixkv.models.family import LLAMA_SIBLINGS, Family, GatedMLP
 FAMILY = Family(
     name="qwen2",
     model_types=("qwen2",),
-    attention="full causal attention (sliding-window layers: not yet served), rotary "
+    attention="full causal attention (sliding-window layers where layer_types says), rotary "
     "positions, grouped KV heads, biased q/k/v",
     siblings=LLAMA_SIBLINGS,
     norms=(Qwen2RMSNorm,),

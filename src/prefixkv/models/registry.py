@@ -23,8 +23,8 @@ _NOT_FAMILIES = frozenset({"family", "registry"})
 GENERIC = Family(
     name="generic",
     model_types=(),
-    attention="whatever transformers implements (the engine refuses caches that are not "
-    "full attention; the batch runner probes the attention)",
+    attention="whatever transformers implements (the engine refuses layers that are not "
+    "full or sliding-window attention; the batch runner probes the attention)",
     siblings=LLAMA_SIBLINGS,
     norms=(),
     mlps=(),

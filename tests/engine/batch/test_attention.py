@@ -196,9 +196,7 @@ def test_check_supported_rejects_a_layer_that_bypasses_the_attention_interface(
         check_supported(llama)
 
 
-def test_check_supported_rejects_a_model_whose_logits_differ() -> None:
-    # Sliding-window attention (here a window of one token): the paged path attends to the
-    # whole context, so the probe's logits differ and the model is refused.
+def _mistral(window: int) -> Any:
     from transformers import MistralConfig, MistralForCausalLM
 
     config = MistralConfig(
@@ -208,14 +206,27 @@ def test_check_supported_rejects_a_model_whose_logits_differ() -> None:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        sliding_window=1,  # each token sees only itself
+        sliding_window=window,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
-    model: Any = MistralForCausalLM(config)
-    model.eval()
+    return MistralForCausalLM(config).eval()
+
+
+def test_check_supported_accepts_a_window_shorter_than_the_probe() -> None:
+    check_supported(_mistral(1))  # each token sees only itself: the band applies it
+
+
+def test_check_supported_rejects_a_model_whose_logits_differ() -> None:
+    # Bidirectional attention (EmbeddingGemma's kind of config): the paged path is causal, so
+    # the probe's logits differ and the model is refused.
+    from transformers import Gemma3TextConfig
+
+    from tests.models.tiny_families import LLAMA_LIKE, tiny_model
+
+    config = Gemma3TextConfig(**LLAMA_LIKE, head_dim=16, use_bidirectional_attention=True)
     with pytest.raises(UnsupportedModelError, match="max logit difference"):
-        check_supported(model)
+        check_supported(tiny_model(config))
 
 
 def test_check_supported_rejects_a_model_that_fails_on_the_probe(

@@ -15,6 +15,7 @@ consecutive block ids is one contiguous token range: a zero-copy view.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -24,15 +25,20 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
 
-from prefixkv.engine.batch.cascade import CascadePlan
+from prefixkv.engine.batch.band import Band, attend_band
+from prefixkv.engine.batch.cascade import CascadeKernel, CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
 from prefixkv.models import family_of
+from prefixkv.models.family import text_config
 
 if TYPE_CHECKING:
-    from prefixkv.engine.batch.kernels import AttentionPlan
+    from prefixkv.engine.batch.kernels import AttentionKernel, AttentionPlan
 
 NAME = "prefixkv_paged"
+PASSIVE = frozenset({"position_ids", "cache_position", "output_attentions", "use_cache"})
+"""Keywords transformers' attention modules pass that do not change the attention's math
+(the positions are already in the rotated queries and keys, and in the step's spans)."""
 JOIN_BELOW = 512
 """Decoding over several runs joins them first (one copy, then one attention call) up to
 this many context tokens, and reads them in place beyond: below it, the per-call overhead
@@ -61,6 +67,8 @@ class CausalMasks:
 
     def __init__(self) -> None:
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}  # (count, context, groups)
+        # (count, context, groups, band): the band masks of windowed or capped layers
+        self._bands: dict[tuple[int, int, int, Band], torch.Tensor] = {}
 
     def of(self, span: SeqSpan, groups: int, like: torch.Tensor) -> torch.Tensor:
         """``span``'s additive causal mask (see :func:`causal_mask`) in ``like``'s dtype and
@@ -70,6 +78,31 @@ class CausalMasks:
         if mask is None:
             mask = self._masks[key] = causal_mask(span.count, span.context, groups, like)
         return mask
+
+    def band(self, span: SeqSpan, groups: int, band: Band, like: torch.Tensor) -> torch.Tensor:
+        """``span``'s band mask (:meth:`.band.Band.mask`), built once per shape and band."""
+        key = (span.count, span.context, groups, band)
+        mask = self._bands.get(key)
+        if mask is None:
+            mask = self._bands[key] = band.mask(span, groups, like)
+        return mask
+
+
+class BandPlans:
+    """One step's plans for layers with a window or a cap (:mod:`.band`), each made at the
+    first layer that needs it (by the step's kernel) and reused by the others."""
+
+    def __init__(self) -> None:
+        self._plans: dict[Band, tuple[AttentionPlan, tuple[SeqSpan, ...]]] = {}
+
+    def of(self, step: StepLayout, band: Band) -> tuple[AttentionPlan, tuple[SeqSpan, ...]]:
+        """``step.kernel``'s plan for ``band`` over every sequence of the step, and the
+        sequences it leaves to :func:`.band.attend_band`."""
+        found = self._plans.get(band)
+        if found is None:
+            every = (*step.planned, *step.spans)
+            found = self._plans[band] = step.kernel.plan_band(every, band, step.slots.device)
+        return found
 
 
 @dataclass(frozen=True)
@@ -83,8 +116,20 @@ class StepLayout:
     attention: AttentionPlan = field(default_factory=CascadePlan)
     """The sequences the attention kernel attends (see :mod:`.kernels`); ``spans`` holds the
     ones it leaves."""
+    planned: tuple[SeqSpan, ...] = ()
+    """The sequences ``attention`` attends; with ``spans``, every sequence of the step (a
+    layer the kernels do not cover attends them all itself, :mod:`.band`)."""
     masks: CausalMasks = field(default_factory=CausalMasks, compare=False, repr=False)
     """The step's prefill masks, shared by its layers."""
+    kernel: AttentionKernel = field(default_factory=CascadeKernel, compare=False, repr=False)
+    """The kernel that planned ``attention``; it plans the band layers' too (``bands``)."""
+    bands: BandPlans = field(default_factory=BandPlans, compare=False, repr=False)
+    """The step's plans for layers with a window or a cap, shared by its layers."""
+
+    @functools.cached_property
+    def longest(self) -> int:
+        """The longest context of the step's sequences (0 for none)."""
+        return max((span.context for span in (*self.planned, *self.spans)), default=0)
 
 
 class PagedKV(Cache):
@@ -131,18 +176,41 @@ def paged_attention(
     *,
     scaling: float | None = None,
     step: StepLayout | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    dropout: float = 0.0,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """``query``: ``[1, heads, T, dim]``; ``key``/``value``: a pool layer from PagedKV.
-    Returns ``[1, T, heads, dim]`` like transformers' own attention functions."""
+    Returns ``[1, T, heads, dim]`` like transformers' own attention functions. A layer with
+    a ``softcap``, or a ``sliding_window`` shorter than some context of the step, is attended
+    by :func:`.band.attend_band` (the kernels compute plain causal attention, which is all a
+    window no shorter than every context leaves). Raises ValueError for a dropout or a keyword
+    that would change the math and is not implemented here (:data:`PASSIVE`)."""
     if step is None:
         raise RuntimeError(
             f"the {NAME!r} attention runs only inside prefixkv's batch runner (no step given)"
         )
+    unknown = sorted(set(kwargs) - PASSIVE)
+    if dropout or unknown:
+        raise ValueError(
+            f"the {NAME!r} attention implements no dropout ({dropout}) and none of {unknown}"
+        )
     heads, dim = query.shape[1], query.shape[3]
     groups = heads // key.shape[0]
+    scale = dim**-0.5 if scaling is None else scaling
     out = query.new_empty(query.shape[2], heads, dim)  # [T, heads, dim]
-    step.attention.attend(query[0], key, value, out, dim**-0.5 if scaling is None else scaling)
+    if softcap is not None or (sliding_window is not None and sliding_window < step.longest):
+        band = Band(sliding_window, softcap)
+        plan, left = step.bands.of(step, band)
+        plan.attend(query[0], key, value, out, scale)
+        for span in left:
+            q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
+            mask = step.masks.band(span, groups, band, query) if span.count > 1 else None
+            attended = attend_band(q, key, value, span, groups, scale, band, mask)
+            out[span.start : span.start + span.count] = attended.transpose(0, 1)
+        return out[None], None
+    step.attention.attend(query[0], key, value, out, scale)
     for span in step.spans:
         q = query[0, :, span.start : span.start + span.count]  # [heads, n, dim]
         mask = step.masks.of(span, groups, query) if span.count > 1 else None
@@ -234,9 +302,10 @@ def check_supported(model: Any) -> None:
     ``AttentionInterface`` and ``Cache.update`` like Llama does). The error names the
     model's family and the attention it declares (:attr:`prefixkv.models.Family.attention`)."""
     config = model.config
+    text = text_config(config)  # a multimodal model's text decoder
     family = family_of(model)
     name = f"{type(model).__name__} ({family.name} family: {family.attention})"
-    layers = int(config.num_hidden_layers)
+    layers = int(text.num_hidden_layers)
     lay = layout_of_config(config, next(model.parameters()).dtype)
     device = next(model.parameters()).device
     # [layers, 2, kv_heads, 1 block, 4 tokens, head_dim]
@@ -244,7 +313,7 @@ def check_supported(model: Any) -> None:
         layers, 2, lay.num_kv_heads, 1, 4, lay.head_dim, dtype=lay.dtype, device=device
     )
     step = StepLayout(torch.arange(3, device=device), (SeqSpan(0, 3, 3, ((0, 3),)),))
-    ids = torch.tensor([[1, 2, 3]], device=device) % int(config.vocab_size)
+    ids = torch.tensor([[1, 2, 3]], device=device) % int(text.vocab_size)
     calls = _CallCount()
     try:
         with torch.inference_mode():

@@ -31,6 +31,7 @@ import torch
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan
+    from prefixkv.engine.batch.band import Band
 
 REST_MAX = 128
 """Most context tokens past the shared run that a grouped sequence may have: the rest is
@@ -88,6 +89,12 @@ class CascadeKernel:
     ) -> tuple[CascadePlan, tuple[SeqSpan, ...]]:
         shared, others = group_spans(spans, device)
         return CascadePlan(shared), others
+
+    def plan_band(
+        self, spans: Seq[SeqSpan], band: Band, device: torch.device
+    ) -> tuple[CascadePlan, tuple[SeqSpan, ...]]:
+        """Nothing: every span is left to :func:`.band.attend_band`."""
+        return CascadePlan(), tuple(spans)
 
 
 @dataclass(frozen=True)

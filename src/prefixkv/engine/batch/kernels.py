@@ -11,7 +11,9 @@ Two kernels, one contract:
 
 ``auto`` takes ``native`` where it runs and ``torch`` otherwise. Both equal plain causal
 attention over each sequence's context up to float rounding
-(tests/kernels/test_attention.py).
+(tests/kernels/test_attention.py). A layer with a sliding window or capped logits has a plan
+of its own (``plan_band``): the native kernel windows and caps in C, the torch kernel leaves
+every sequence to :func:`.band.attend_band` (tests/engine/batch/test_band.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from prefixkv.kernels.build import NativeUnavailable
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan
+    from prefixkv.engine.batch.band import Band
 
 log = logging.getLogger("prefixkv.engine")
 
@@ -72,6 +75,13 @@ class AttentionKernel(Protocol):
     ) -> tuple[AttentionPlan, tuple[SeqSpan, ...]]:
         """The plan for the spans this kernel attends, and the spans it leaves to be
         attended one by one (:func:`.attention.attend`). Pure."""
+        ...
+
+    def plan_band(
+        self, spans: Seq[SeqSpan], band: Band, device: torch.device
+    ) -> tuple[AttentionPlan, tuple[SeqSpan, ...]]:
+        """The plan for a layer with ``band``'s window and cap (:mod:`.band`), and the spans
+        it leaves to :func:`.band.attend_band`. Pure."""
         ...
 
 

@@ -18,10 +18,16 @@ prefix of them (``sees``):
   sequence sharing nothing is an item of one;
 - a prefill chunk: consecutive queries, over the context up to the last of them; each sees
   the tokens up to its own position (causal, no mask tensor).
+
+A layer with a sliding window or capped logits (:mod:`.band`) has a plan of its own
+(:meth:`NativeKernel.plan_band`): every sequence alone, its items' tokens starting where
+the window of their first query starts, each query seeing from its own window's start
+(``first``), the cap applied by the library.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +42,7 @@ from prefixkv.kernels.ops import Kernels, load
 
 if TYPE_CHECKING:
     from prefixkv.engine.batch.attention import SeqSpan
+    from prefixkv.engine.batch.band import Band
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,17 @@ class NativeKernel:
         for span in spans:
             if span.count > 1:
                 items.add_prefill(span)
-        return items.plan(self.kernels), ()
+        return items.plan(self.kernels, math.inf), ()
+
+    def plan_band(
+        self, spans: Seq[SeqSpan], band: Band, device: torch.device
+    ) -> tuple[NativePlan, tuple[SeqSpan, ...]]:
+        """The plan of a layer with ``band``'s window and cap, for every span (none left).
+        Pure."""
+        items = _Items(self.per_item)
+        for span in spans:
+            items.add_window(span, band.window)
+        return items.plan(self.kernels, math.inf if band.softcap is None else band.softcap), ()
 
 
 class _Items:
@@ -83,6 +100,7 @@ class _Items:
         self.per_item = per_item
         self.rows: list[int] = []
         self.sees: list[int] = []
+        self.first: list[int] = []
         self.slots: list[np.ndarray] = []
         self.owners: list[np.ndarray] = []
         self.member_start, self.token_start = [0], [0]
@@ -104,6 +122,7 @@ class _Items:
             self.owners += [np.full(len(o), i, dtype=np.int32) for i, o in enumerate(own)]
             self.rows += [m.start for m in chunk]
             self.sees += [tokens] * len(chunk)
+            self.first += [0] * len(chunk)
             self._close(tokens)
 
     def add_prefill(self, span: SeqSpan) -> None:
@@ -118,20 +137,42 @@ class _Items:
             self.owners.append(np.full(tokens, -1, dtype=np.int32))
             self.rows += range(span.start + first, span.start + first + size)
             self.sees += range(before + first + 1, tokens + 1)
+            self.first += [0] * size
             self._close(tokens)
 
-    def plan(self, kernels: Kernels) -> NativePlan:
-        """The items as checked arrays (ValueError should they not describe valid items)."""
+    def add_window(self, span: SeqSpan, window: int | None) -> None:
+        """One sequence's queries under a sliding ``window`` (None: none), in items of
+        consecutive queries: an item's tokens run from its first query's window start to its
+        last query; query position ``p`` sees from ``p - window + 1`` to ``p``."""
+        context = slots_of(span.runs)
+        before = span.context - span.count
+        for offset in range(0, span.count, self.per_item):
+            size = min(self.per_item, span.count - offset)
+            positions = range(before + offset, before + offset + size)
+            starts = [0 if window is None else max(0, p - window + 1) for p in positions]
+            low = starts[0]
+            self.slots.append(context[low : positions[-1] + 1])
+            self.owners.append(np.full(positions[-1] + 1 - low, -1, dtype=np.int32))
+            self.rows += range(span.start + offset, span.start + offset + size)
+            self.sees += [p + 1 - low for p in positions]
+            self.first += [s - low for s in starts]
+            self._close(positions[-1] + 1 - low)
+
+    def plan(self, kernels: Kernels, softcap: float) -> NativePlan:
+        """The items as checked arrays (ValueError should they not describe valid items),
+        their scores capped at ``softcap`` (``math.inf``: not capped)."""
         return NativePlan(
             kernels,
             AttendItems(
                 self.member_start,
                 self.rows,
                 self.sees,
+                self.first,
                 self.token_start,
                 np.concatenate(self.slots) if self.slots else np.zeros(0, dtype=np.int64),
                 np.concatenate(self.owners) if self.owners else np.zeros(0, dtype=np.int32),
             ),
+            softcap,
         )
 
 
@@ -141,6 +182,8 @@ class NativePlan:
 
     kernels: Kernels
     items: AttendItems
+    softcap: float
+    """Scaled scores ``s`` become ``softcap * tanh(s / softcap)``; ``math.inf``: left."""
 
     def store(
         self,
@@ -163,4 +206,4 @@ class NativePlan:
     ) -> None:
         if query.stride(-1) != 1:
             query = query.contiguous()
-        self.kernels.attend(self.items, query, keys, values, out, scale)
+        self.kernels.attend(self.items, query, keys, values, out, scale, self.softcap)

@@ -114,8 +114,10 @@ def layout_of(
         spans.append(SeqSpan(start, count, context, runs_of(seq.table.blocks, context, block_size)))
         start += count
     flat = torch.from_numpy(np.concatenate(slots)).to(device)
-    planned, others = kernel.plan(spans, device)
-    return StepLayout(flat, others, planned)
+    plan, others = kernel.plan(spans, device)
+    left = {id(span) for span in others}
+    planned = tuple(s for s in spans if id(s) not in left)
+    return StepLayout(flat, others, plan, planned, kernel=kernel)
 
 
 def input_of(feeds: Seq[Feed], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,7 @@ from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepRepor
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.linear import padding_of
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
+from prefixkv.models.family import text_config
 from prefixkv.threads import compute_on, current_threads
 from prefixkv.tokens import token_count
 
@@ -65,7 +66,7 @@ class BatchRunner:
         layout = engine.layout
         self.attention_kernel = kernels.attention_kernel(
             attention_kernel,
-            int(engine.model.config.num_attention_heads),
+            int(text_config(engine.model.config).num_attention_heads),
             layout.num_kv_heads,
             layout.dtype,
             engine.device,

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Raised whenever struct prefixkv_attend_args or a function's parameters change. */
-#define PREFIXKV_ABI_VERSION 1
+#define PREFIXKV_ABI_VERSION 2
 
 /* Status codes returned by prefixkv_attend and prefixkv_store. */
 #define PREFIXKV_OK 0
@@ -32,13 +32,15 @@ struct prefixkv_attend_args {
     float *out; /* [step rows, heads, dim], contiguous */
     const int64_t *member_start; /* [items + 1] */
     const int64_t *rows;         /* [members]: each member's query row */
-    const int64_t *sees;         /* [members]: tokens of its item it sees, from the first */
+    const int64_t *sees;         /* [members]: it sees its item's tokens before this one */
+    const int64_t *first;        /* [members]: and from this one on (a window; 0: all) */
     const int64_t *token_start;  /* [items + 1] */
     const int64_t *slot;         /* [tokens]: pool slot of each token */
     const int32_t *owner;        /* [tokens]: -1 (every member) or a member index */
     int64_t max_tokens;          /* the most tokens of any item */
     int32_t heads, kv_heads, dim, items, threads;
     float scale;
+    float softcap; /* scaled scores s become softcap * tanh(s / softcap); +inf: left as s */
 };
 
 int prefixkv_abi_version(void);

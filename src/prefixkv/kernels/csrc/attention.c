@@ -3,9 +3,11 @@
  *
  * Work item i holds up to LANES query rows: the query heads of one kv head for each of its
  * members (query tokens). Its tokens are the context slots its members read; member m sees
- * the first sees[m] of them, except tokens flagged as another member's own (owner[t] = that
- * member's index; -1: every member's). Decoding sequences sharing a prefix read it once per
- * item; a prefill chunk's consecutive queries see the context up to their own positions.
+ * tokens first[m] .. sees[m] - 1 of them, except tokens flagged as another member's own
+ * (owner[t] = that member's index; -1: every member's). Decoding sequences sharing a prefix
+ * read it once per item; a prefill chunk's consecutive queries see the context up to their
+ * own positions (from the start, or from the start of their sliding window). Scaled scores
+ * may be capped first: softcap * tanh(s / softcap) (Gemma 2), unless softcap is +inf.
  *
  * Scores and values are computed with the query rows as vector lanes, so a key or value row
  * is loaded once per item whatever the number of members, and no horizontal sums are needed:
@@ -73,19 +75,21 @@ static void values_of(const vf *weights, const float *values, const int64_t *slo
 }
 
 /* Turns scores into unnormalised weights in place; returns each lane's sum of weights.
- * Lane l (member l / groups) sees token t when t < sees[member] and the token is shared
- * (owner -1) or its own; unused lanes see nothing. */
-static vf softmax_weights(vf *scores, const int32_t *owner, const int64_t *sees, int members,
-                          int64_t n, int groups) {
+ * Lane l (member l / groups) sees token t when first[member] <= t < sees[member] and the
+ * token is shared (owner -1) or its own; unused lanes see nothing. */
+static vf softmax_weights(vf *scores, const int32_t *owner, const int64_t *sees,
+                          const int64_t *first, int members, int64_t n, int groups) {
     const vf hidden = splat(-__builtin_inff());
-    vi lane, limit;
+    vi lane, limit, lower;
     for (int l = 0; l < LANES; l++) {
         lane[l] = l;
         limit[l] = l / groups < members ? (int32_t)sees[l / groups] : 0;
+        lower[l] = l / groups < members ? (int32_t)first[l / groups] : 0;
     }
     vf top = hidden;
     for (int64_t t = 0; t < n; t++) {
-        vi seen = (vi){} + (int32_t)t < limit;
+        vi at = (vi){} + (int32_t)t;
+        vi seen = (at < limit) & (at >= lower);
         if (owner[t] >= 0) seen &= (lane >= owner[t] * groups) & (lane < (owner[t] + 1) * groups);
         scores[t] = select_lanes(seen, scores[t], hidden);
         top = lane_max(top, scores[t]);
@@ -102,9 +106,9 @@ static vf softmax_weights(vf *scores, const int32_t *owner, const int64_t *sees,
 
 static void attend_item(const float *q, int64_t q_head, int64_t q_row, const float *keys,
                         const float *values, float *out, int heads, int kv_head, int groups,
-                        int dim, float scale, int members, const int64_t *rows,
-                        const int64_t *sees, int64_t n, const int64_t *slot,
-                        const int32_t *owner, vf *scores, vf *qt, vf *ot) {
+                        int dim, float scale, float softcap, int members, const int64_t *rows,
+                        const int64_t *sees, const int64_t *first, int64_t n,
+                        const int64_t *slot, const int32_t *owner, vf *scores, vf *qt, vf *ot) {
     /* qt[d][member * groups + j] = scale * query head (kv_head * groups + j) of that member */
     for (int d = 0; d < dim; d++) qt[d] = (vf){};
     for (int m = 0; m < members; m++)
@@ -113,7 +117,9 @@ static void attend_item(const float *q, int64_t q_head, int64_t q_row, const flo
             for (int d = 0; d < dim; d++) qt[d][m * groups + j] = src[d] * scale;
         }
     scores_of(qt, keys, slot, n, dim, scores);
-    vf sum = softmax_weights(scores, owner, sees, members, n, groups);
+    if (!__builtin_isinf(softcap))
+        for (int64_t t = 0; t < n; t++) scores[t] = softcap * tanh_lanes(scores[t] / softcap);
+    vf sum = softmax_weights(scores, owner, sees, first, members, n, groups);
     values_of(scores, values, slot, n, dim, ot);
     for (int m = 0; m < members; m++)
         for (int j = 0; j < groups; j++) {
@@ -152,9 +158,9 @@ int prefixkv_store(float *keys, float *values, int64_t kv_stride, int64_t pool_s
 }
 
 /* One step's attention, as struct prefixkv_attend_args describes it (abi.h).
- * Item i: members rows[member_start[i] .. member_start[i + 1]) (sees[] alongside), tokens
- * slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; only the items' member
- * rows of out are written. Requires members * (heads / kv_heads) <= LANES in every item and
+ * Item i: members rows[member_start[i] .. member_start[i + 1]) (sees[] and first[]
+ * alongside), tokens slot[token_start[i] .. token_start[i + 1]) with owner[] alongside; only
+ * the items' member rows of out are written. Requires members * (heads / kv_heads) <= LANES in every item and
  * every index within its tensor: the door (prefixkv/kernels/ops.py) checks them.
  * Returns PREFIXKV_OK; PREFIXKV_BAD_SIZE or PREFIXKV_BAD_VERSION (nothing read past the
  * first two fields) for a block this library does not know; PREFIXKV_NO_MEMORY when scratch
@@ -183,8 +189,9 @@ int prefixkv_attend(const struct prefixkv_attend_args *a) {
             const int64_t m0 = a->member_start[i], t0 = a->token_start[i];
             attend_item(a->query, a->q_head, a->q_row, a->keys + g * a->kv_stride,
                         a->values + g * a->kv_stride, a->out, a->heads, g, groups, dim, a->scale,
-                        (int)(a->member_start[i + 1] - m0), a->rows + m0, a->sees + m0,
-                        a->token_start[i + 1] - t0, a->slot + t0, a->owner + t0, scores, qt, ot);
+                        a->softcap, (int)(a->member_start[i + 1] - m0), a->rows + m0,
+                        a->sees + m0, a->first + m0, a->token_start[i + 1] - t0, a->slot + t0,
+                        a->owner + t0, scores, qt, ot);
         }
         free(scores);
         free(qt);

@@ -33,4 +33,14 @@ static inline vf exp_nonpositive(vf x) {
     return p * (vf)bits;
 }
 
+/* tanh lane-wise, as sign(x) (1 - e^-2|x|) / (1 + e^-2|x|): within a few 1e-7 absolutely
+ * (the subtraction loses relative precision near 0, never absolute). */
+static inline vf tanh_lanes(vf x) {
+    vi negative = x < splat(0.0f);
+    vf a = select_lanes(negative, -x, x);
+    vf e = exp_nonpositive(-2.0f * a);
+    vf t = (1.0f - e) / (1.0f + e);
+    return select_lanes(negative, -t, t);
+}
+
 #endif
