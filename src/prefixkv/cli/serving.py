@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from prefixkv.cli.options import EnvText
-from prefixkv.cli.setup import KEY_VARIABLE, CommandError, close_tiers, load_engine, make_backend
+from prefixkv.cli.setup import KEY_VARIABLE, CommandError, close_tiers, load_engine, make_runner
 from prefixkv.heap import HeapTrimmer
 
 HEAP_TRIM_SECONDS = 30.0
@@ -86,7 +86,7 @@ def serve_command(args: argparse.Namespace) -> int:
     engine, choice = load_engine(args, threads, args.tenant_share)
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, make_backend(args, engine, threads, choice))
+    app = create_app(engine, settings, make_runner(args, engine, choice), threads)
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)

@@ -1,5 +1,5 @@
 """Building what the options describe: the engine over its cache (RAM only, no cache, or
-with disk and Redis tiers below RAM) and the server's backend."""
+with disk and Redis tiers below RAM) and what runs its requests."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from prefixkv.extras import require
 
 if TYPE_CHECKING:
     from prefixkv.engine.engine import Engine
+    from prefixkv.engine.role import Runner
     from prefixkv.tiers.key import TierKey
 
 KEY_VARIABLE = "PREFIXKV_TIER_KEY"
@@ -84,7 +85,7 @@ def write_tier_key(args: argparse.Namespace) -> int:
 
 class BackendChoice(NamedTuple):
     """What will compute the KV, decided once from the options and the model: the tier
-    records' fingerprint names it, and :func:`make_backend` builds it."""
+    records' fingerprint names it, and :func:`make_runner` builds it."""
 
     backend: str
     """``batch`` or ``serial``."""
@@ -188,20 +189,17 @@ def _tiered(
         raise CommandError(str(exc)) from exc
 
 
-def make_backend(
-    args: argparse.Namespace, engine: Engine, threads: int, choice: BackendChoice
-) -> Any:
-    """The server backend ``choice`` names (see :func:`choose_backend`); its thread runs the
-    model's ops on ``threads`` cores."""
+def make_runner(args: argparse.Namespace, engine: Engine, choice: BackendChoice) -> Runner:
+    """The runner ``choice`` names (see :func:`choose_backend`): the engine's serial runner,
+    or a batch runner with the options' limits."""
     from prefixkv.engine.batch.policy import POLICIES
     from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
-    from prefixkv.server.backends import BatchBackend, SerialBackend
 
     if choice.backend == "serial":
-        return SerialBackend(engine, threads)
+        return engine.serial
     limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
     kernel = choice.attention.removeprefix("batch:")  # resolved: auto chose it already
-    return BatchBackend(BatchRunner(engine, limits, attention_kernel=kernel), threads)
+    return BatchRunner(engine, limits, attention_kernel=kernel)
 
 
 def close_tiers(engine: Engine) -> None:

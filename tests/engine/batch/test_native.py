@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from prefixkv.cli.setup import CommandError, choose_backend, make_backend
+from prefixkv.cli.setup import CommandError, choose_backend, make_runner
 from prefixkv.engine.batch import native
 from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.kernels import attention_kernel
 from prefixkv.engine.batch.native import NativeKernel, NativePlan
+from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.kernels.build import NativeUnavailable
 
 from .test_attention import HEADS, KV_HEADS
@@ -76,8 +77,8 @@ def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
         args = argparse.Namespace(**options, attention_kernel=name)
         choice = choose_backend(args, engine)
         assert choice.attention == f"batch:{kind.name}"  # the fingerprint names what runs
-        backend = make_backend(args, engine, 1, choice)
-        assert isinstance(backend.runner.attention_kernel, kind)
+        runner = make_runner(args, engine, choice)
+        assert isinstance(runner, BatchRunner) and isinstance(runner.attention_kernel, kind)
 
     def missing(cache_dir: Path | None = None) -> Any:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")

@@ -1,0 +1,225 @@
+"""SerialRunner: one request at a time, each in a contiguous KV buffer (the fallback for
+models the batch runner cannot run, and the executable reference it is compared with).
+
+Per request: look up the longest cached prefix, copy it into a workspace (see
+:mod:`prefixkv.engine.workspace`), prefill only the rest (at least the last prompt token,
+whose logits start decoding), decode in place, cache the full blocks of prompt + generated
+tokens, and release what was pinned whatever happens.
+
+Every request goes through :meth:`SerialRunner.submit` (a thread of the runner's own, in
+arrival order, as the server uses it) or :meth:`SerialRunner.steps` (on the caller's thread,
+as ``Engine.generate``/``stream`` do); either way its results go to a Sink.
+
+Thread-safety: ``submit``, ``drain``, ``cancel_running``, ``stop`` and the counters may be
+called from any thread; ``steps`` too (model calls are serialized by ``model_lock``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator, Hashable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from prefixkv.cache.lease import Lease
+from prefixkv.engine.batch.records import StepReport
+from prefixkv.engine.decoding import Decoding
+from prefixkv.engine.request import Request
+from prefixkv.engine.role import RequestCancelled, Sink
+from prefixkv.engine.workspace import Workspace, WorkspacePool
+from prefixkv.threads import compute_on, current_threads
+from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
+
+if TYPE_CHECKING:
+    from prefixkv.engine.engine import Engine
+
+
+__all__ = ["SerialRunner", "model_ids"]
+
+
+class SerialRunner:
+    """Serves Requests one at a time on an engine's model and cache. ``on_step`` is told
+    of every forward pass (one sequence; on the thread that ran it)."""
+
+    def __init__(
+        self, engine: Engine, on_step: Callable[[StepReport], None] = lambda report: None
+    ) -> None:
+        self.engine, self.on_step = engine, on_step
+        self.workspaces = WorkspacePool(engine.layout, engine.device)
+        self._queue: queue.Queue[tuple[Request, Sink] | None] = queue.Queue()
+        self._current: Sink | None = None
+        self._lock = threading.Lock()
+        self._accepting = True
+        self._thread: threading.Thread | None = None
+
+    # --- any thread ---------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def num_running(self) -> int:
+        return int(self._current is not None)
+
+    def submit(self, request: Request, sink: Sink) -> None:
+        """Queue ``request``; results go to ``sink``. RequestCancelled when the runner
+        stopped accepting."""
+        with self._lock:
+            if not self._accepting:
+                raise RequestCancelled("the server is shutting down")
+            self._queue.put((request, sink))
+
+    def start(self, threads: int | None = None) -> None:
+        """Serve the queue on a thread of the runner's own; ``threads``: the cores its torch
+        ops use (default: the calling thread's; see :mod:`prefixkv.threads`)."""
+        if threads is None:
+            threads = current_threads()
+        # daemon: a generation stuck in the model must not keep a stopping process alive.
+        self._thread = threading.Thread(
+            target=self._loop, args=(threads,), name="prefixkv-worker", daemon=True
+        )
+        self._thread.start()
+
+    def drain(self) -> None:
+        """Stop accepting; every waiting request is finished as skipped at once."""
+        with self._lock:
+            self._accepting = False
+            drained = []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    drained.append(item[1])
+        for sink in drained:
+            sink.finish("skipped", RequestCancelled("the server is shutting down"))
+
+    def cancel_running(self) -> None:
+        """The running request stops before its next token (its sink reports stopped)."""
+        self._stopping = True
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._current is not None or self._queue.qsize():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        thread, self._thread = self._thread, None
+        self.drain()
+        self.cancel_running()
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    # --- the runner's thread --------------------------------------------------------------
+
+    _stopping = False
+
+    def _loop(self, threads: int) -> None:
+        compute_on(threads)
+        while (item := self._queue.get()) is not None:
+            request, sink = item
+            self._current = sink
+            try:
+                self.serve(request, sink)
+            finally:
+                self._current = None
+
+    def serve(self, request: Request, sink: Sink) -> None:
+        """Run ``request`` to its end on this thread, checking ``sink.cancelled`` before
+        each token; always ends with ``sink.finish``. Never raises: a failed request's error
+        goes to its sink, whose owner reports it (the server logs it, throttled)."""
+        if sink.cancelled:
+            sink.finish("skipped", RequestCancelled("the request was cancelled while queued"))
+            return
+        steps = self.steps(request, sink, time.perf_counter())
+        try:
+            for _ in steps:
+                if sink.cancelled or self._stopping:
+                    sink.finish("stopped", RequestCancelled("the request was cancelled"))
+                    return
+            sink.finish("completed")
+        except Exception as exc:
+            sink.finish("failed", exc)
+        finally:
+            steps.close()  # a request stopped early releases its cached blocks here
+
+    # --- one request ----------------------------------------------------------------------
+
+    def steps(self, request: Request, sink: Sink, start: float) -> Generator[None, None, None]:
+        """Generate for ``request``: text deltas, then the Completion (times from ``start``,
+        a perf_counter), go to ``sink.deliver``; yields before each further token, so its
+        driver may stop between tokens by closing it (which releases the cached blocks).
+        Raises what the model raises (nothing is cached then); never calls ``sink.finish``."""
+        engine = self.engine
+        prompt = model_ids(request.ids)
+        count = len(prompt)
+        workspace = self.workspaces.acquire(count + request.max_tokens)
+        lease: Lease | None = None
+        try:
+            lease = engine.cache.lookup(request.ids, request.namespace)
+            kv, reuse = self.restore(lease, workspace, count)
+            logits = self._forward(prompt[reuse:], reuse, kv)
+            decoding = Decoding(request, engine.tokenizer, engine.eos_ids)
+            while True:
+                delta = decoding.accept(logits)
+                if delta:
+                    sink.deliver(delta)
+                if decoding.done:
+                    break
+                yield
+                position = count + len(decoding.generated) - 1
+                logits = self._forward(prompt.new_tensor(decoding.generated[-1:]), position, kv)
+            # The KV covers every token fed to the model: the prompt and all generated tokens
+            # but the last one.
+            fed = TokenBytes(request.ids + as_token_bytes(decoding.generated[:-1]))
+            engine.cache.store(fed, workspace.kv(token_count(fed)), request.namespace)
+            sink.deliver(decoding.completion(count, reuse, start))
+        finally:
+            if lease is not None:
+                lease.release()
+            self.workspaces.release(workspace)
+
+    def restore(
+        self, lease: Lease, workspace: Workspace, prompt_len: int
+    ) -> tuple[DynamicCache, int]:
+        """Copy the leased prefix into ``workspace``; return the model cache over it and how
+        many prompt tokens it holds (never all: the last one is recomputed for its logits)."""
+        lease.copy_to(workspace.data)
+        reuse = min(lease.num_tokens, prompt_len - 1)
+        return workspace.as_cache(self.engine.model.config, reuse), reuse
+
+    def next_token_logits(self, ids: TokenBytes, namespace: Hashable) -> tuple[torch.Tensor, int]:
+        """``[vocab]`` logits for the token after ``ids`` and the prompt tokens reused from
+        the cache. Stores nothing."""
+        prompt = model_ids(ids)
+        workspace = self.workspaces.acquire(len(prompt))
+        try:
+            with self.engine.cache.lookup(ids, namespace) as lease:
+                kv, reuse = self.restore(lease, workspace, len(prompt))
+            return self.engine.forward(prompt[reuse:], reuse, kv), reuse
+        finally:
+            self.workspaces.release(workspace)
+
+    def _forward(self, ids: torch.Tensor, position: int, kv: DynamicCache) -> torch.Tensor:
+        """``Engine.forward``, reported to ``on_step``."""
+        begun = time.perf_counter()
+        logits = self.engine.forward(ids, position, kv)
+        waiting = self.num_waiting
+        self.on_step(StepReport(1, len(ids), 1, time.perf_counter() - begun, 1, waiting, 0))
+        return logits
+
+
+def model_ids(ids: TokenBytes) -> torch.Tensor:
+    """The model's input form of canonical ids: ``[n]`` int64 (a copy, in C)."""
+    return torch.from_numpy(np.frombuffer(ids, dtype=np.uint32).astype(np.int64))
