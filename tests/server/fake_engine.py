@@ -118,7 +118,8 @@ class FakeEngine:
 
 
 class FakeRunner(SerialRunner):
-    """The serial runner (queue, thread, cancellation) with the fake engine's generation."""
+    """The serial runner (queue, thread, cancellation) with the fake engine's generation,
+    over the same BlockStore calls."""
 
     def __init__(self, engine: FakeEngine) -> None:
         super().__init__(cast(Any, engine))
@@ -131,8 +132,9 @@ class FakeRunner(SerialRunner):
         engine.gate.wait(60)
         count = token_count(request.ids)
         seed = int(np.frombuffer(request.ids, dtype=np.uint32).sum())
-        with engine.cache.lookup(request.ids, request.namespace) as lease:
-            reuse = min(lease.num_tokens, count - 1)
+        table = engine.cache.open(request.ids, request.namespace)
+        try:
+            reuse = min(table.cached_tokens, count - 1)
             text = "".join(chr(ord("a") + (seed + i) % 26) for i in range(request.max_tokens))
             cuts = [text.find(s) for s in request.params.stop if s in text]
             finish = "stop" if cuts else "length"
@@ -141,8 +143,11 @@ class FakeRunner(SerialRunner):
                 time.sleep(engine.delay)
                 sink.deliver(char)
                 yield
-            kv = [(torch.zeros(1, count, 2), torch.zeros(1, count, 2))]
-            engine.cache.store(request.ids, kv, request.namespace)
+            # The prompt's full blocks, as the serial runner caches them (their KV unwritten).
+            engine.cache.reserve(table, count)
+            engine.cache.commit(table, request.ids)
+        finally:
+            engine.cache.close(table)
         elapsed = time.perf_counter() - start
         sink.deliver(
             Completion(text, tuple(range(len(text))), count, reuse, finish, elapsed, elapsed)

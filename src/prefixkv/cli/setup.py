@@ -203,7 +203,5 @@ def make_runner(args: argparse.Namespace, engine: Engine, choice: BackendChoice)
 
 
 def close_tiers(engine: Engine) -> None:
-    """Let a TieredCache write what it has queued, then close its tiers."""
-    shutdown = getattr(engine.cache, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
+    """Let the cache write what it has queued for lower tiers, then close them."""
+    engine.cache.shutdown()

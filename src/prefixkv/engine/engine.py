@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
-from prefixkv.cache.protocol import PrefixCache
+from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.linear import linear_kernel as choose_kernel
@@ -49,7 +49,7 @@ class Engine:
     so concurrent requests interleave token by token."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, cache: PrefixCache, *, name: str = "model"
+        self, model: Any, tokenizer: Any, cache: BlockStore, *, name: str = "model"
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -108,7 +108,7 @@ class Engine:
     def layout(self) -> KVLayout:
         return layout_of(self.model.config, next(self.model.parameters()).dtype)
 
-    def with_cache(self, cache: PrefixCache) -> Engine:
+    def with_cache(self, cache: BlockStore) -> Engine:
         """The same model and tokenizer over another cache (e.g. a NullCache baseline)."""
         return Engine(self.model, self.tokenizer, cache, name=self.name)
 

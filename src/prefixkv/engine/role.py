@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from prefixkv.cache.protocol import PrefixCache
+from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 
@@ -34,7 +34,7 @@ class EngineRole(Protocol):
         ...
 
     @property
-    def cache(self) -> PrefixCache: ...
+    def cache(self) -> BlockStore: ...
 
     def request(
         self,

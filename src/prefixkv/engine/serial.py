@@ -1,10 +1,12 @@
 """SerialRunner: one request at a time, each in a contiguous KV buffer (the fallback for
 models the batch runner cannot run, and the executable reference it is compared with).
 
-Per request: look up the longest cached prefix, copy it into a workspace (see
+Per request, over the cache's BlockStore protocol as the batch runner is: ``open`` a table
+over the longest cached prefix, copy its blocks into a workspace (see
 :mod:`prefixkv.engine.workspace`), prefill only the rest (at least the last prompt token,
-whose logits start decoding), decode in place, cache the full blocks of prompt + generated
-tokens, and release what was pinned whatever happens.
+whose logits start decoding), decode in place; then ``reserve`` private blocks for the full
+blocks of prompt + generated tokens, copy them there once, ``commit``; and ``close`` the
+table whatever happens. The KV is copied twice per request (in, out), never per token.
 
 Every request goes through :meth:`SerialRunner.submit` (a thread of the runner's own, in
 arrival order, as the server uses it) or :meth:`SerialRunner.steps` (on the caller's thread,
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from prefixkv.cache.lease import Lease
+from prefixkv.cache.table import BlockTable
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.decoding import Decoding
 from prefixkv.engine.request import Request
@@ -161,14 +163,14 @@ class SerialRunner:
         a perf_counter), go to ``sink.deliver``; yields before each further token, so its
         driver may stop between tokens by closing it (which releases the cached blocks).
         Raises what the model raises (nothing is cached then); never calls ``sink.finish``."""
-        engine = self.engine
+        engine, store = self.engine, self.engine.cache
         prompt = model_ids(request.ids)
         count = len(prompt)
         workspace = self.workspaces.acquire(count + request.max_tokens)
-        lease: Lease | None = None
+        table = None
         try:
-            lease = engine.cache.lookup(request.ids, request.namespace)
-            kv, reuse = self.restore(lease, workspace, count)
+            table = store.open(request.ids, request.namespace)
+            kv, reuse = self.restore(table, workspace, count)
             logits = self._forward(prompt[reuse:], reuse, kv)
             decoding = Decoding(request, engine.tokenizer, engine.eos_ids)
             while True:
@@ -182,31 +184,55 @@ class SerialRunner:
                 logits = self._forward(prompt.new_tensor(decoding.generated[-1:]), position, kv)
             # The KV covers every token fed to the model: the prompt and all generated tokens
             # but the last one.
-            fed = TokenBytes(request.ids + as_token_bytes(decoding.generated[:-1]))
-            engine.cache.store(fed, workspace.kv(token_count(fed)), request.namespace)
+            self._keep(
+                table, TokenBytes(request.ids + as_token_bytes(decoding.generated[:-1])), workspace
+            )
             sink.deliver(decoding.completion(count, reuse, start))
         finally:
-            if lease is not None:
-                lease.release()
+            if table is not None:
+                store.close(table)
             self.workspaces.release(workspace)
 
     def restore(
-        self, lease: Lease, workspace: Workspace, prompt_len: int
+        self, table: BlockTable, workspace: Workspace, prompt_len: int
     ) -> tuple[DynamicCache, int]:
-        """Copy the leased prefix into ``workspace``; return the model cache over it and how
-        many prompt tokens it holds (never all: the last one is recomputed for its logits)."""
-        lease.copy_to(workspace.data)
-        reuse = min(lease.num_tokens, prompt_len - 1)
+        """Copy the table's cached prefix into ``workspace``; return the model cache over it
+        and how many prompt tokens it holds (never all: the last one is recomputed for its
+        logits)."""
+        if table.indexed:
+            pool = self.engine.cache.pool
+            assert pool is not None  # a table with blocks has a pool
+            pool.gather_into(table.blocks[: table.indexed], workspace.data)
+        reuse = min(table.cached_tokens, prompt_len - 1)
         return workspace.as_cache(self.engine.model.config, reuse), reuse
+
+    def _keep(self, table: BlockTable, fed: TokenBytes, workspace: Workspace) -> None:
+        """Cache the full blocks of ``fed`` (whose KV ``workspace`` holds) past the table's
+        indexed prefix: as many as the store gives room for, copied into the table's private
+        blocks, then committed."""
+        store = self.engine.cache
+        size = store.block_size
+        first = table.indexed
+        held = store.reserve(table, token_count(fed) // size * size)
+        if held <= first:
+            return  # nothing new, or no room (a NullCache keeps nothing)
+        pool = store.pool
+        assert pool is not None  # blocks were given
+        pool.write(table.blocks[first:held], workspace.kv(held * size), first * size)
+        store.commit(table, fed)
 
     def next_token_logits(self, ids: TokenBytes, namespace: Hashable) -> tuple[torch.Tensor, int]:
         """``[vocab]`` logits for the token after ``ids`` and the prompt tokens reused from
         the cache. Stores nothing."""
+        store = self.engine.cache
         prompt = model_ids(ids)
         workspace = self.workspaces.acquire(len(prompt))
         try:
-            with self.engine.cache.lookup(ids, namespace) as lease:
-                kv, reuse = self.restore(lease, workspace, len(prompt))
+            table = store.open(ids, namespace)
+            try:
+                kv, reuse = self.restore(table, workspace, len(prompt))
+            finally:
+                store.close(table)
             return self.engine.forward(prompt[reuse:], reuse, kv), reuse
         finally:
             self.workspaces.release(workspace)

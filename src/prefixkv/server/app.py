@@ -56,10 +56,7 @@ class ServerState:
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         metrics = ServerMetrics(
-            engine.cache.stats,
-            lambda: scheduler.pending,
-            lambda: scheduler.backend.running,
-            engine.cache,
+            engine.cache, lambda: scheduler.pending, lambda: scheduler.backend.running
         )
         scheduler.on_finish = metrics.observe_job
         runner.on_step = metrics.observe_step
