@@ -102,7 +102,10 @@ class BlockStore(Protocol):
     :mod:`prefixkv.cache.table`) from ``open`` to ``close``. Implemented by PrefixKVCache
     (RAM), TieredCache (RAM with disk and Redis below) and NullCache (caches nothing)."""
 
-    block_size: int
+    @property
+    def block_size(self) -> int:
+        """Tokens per block (the composition root's ``KVGeometry`` decides it)."""
+        ...
 
     @property
     def pool(self) -> BlockPool | None:

@@ -18,18 +18,14 @@ import torch
 from transformers import DynamicCache
 
 from prefixkv.cache.layout import KVLayout
-from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
+from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
-from prefixkv.engine.linear import linear_kernel as choose_kernel
-from prefixkv.engine.loader import load_model
-from prefixkv.engine.mapped import copy_mapped_weights
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.serial import SerialRunner
 from prefixkv.engine.sinks import Collect
-from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
@@ -86,23 +82,24 @@ class Engine:
         linear_kernel: str = "auto",
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
-        PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there); use
-        :meth:`with_cache` for another cache. ``linear_kernel`` picks what runs the linear
-        layers (see :mod:`prefixkv.engine.linear`; ValueError for an unknown name)."""
-        loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-        kernel = choose_kernel(linear_kernel, loaded.model)
-        swapped = kernel.install(loaded.model)
-        log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
-        # The weights left unpacked would keep the whole checkpoint file mapped and resident
-        # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
-        # (see prefixkv.heap). benchmarks/load_memory.py measures both.
-        copy_mapped_weights(loaded.model)
-        release_free_heap()
-        layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
-        cache = PrefixKVCache(
-            layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share
+        PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there), built by
+        :func:`prefixkv.engine.build.build` (which builds any other cache). ``linear_kernel``
+        picks what runs the linear layers (see :mod:`prefixkv.engine.linear`; ValueError for
+        an unknown name)."""
+        from prefixkv.engine.build import EngineSettings, build
+
+        settings = EngineSettings(
+            model=model,
+            device=device,
+            dtype=dtype,
+            model_cache_dir=cache_dir,
+            linear_kernel=linear_kernel,
+            cache_bytes=cache_bytes,
+            block_size=block_size,
+            eviction_policy=policy,
+            tenant_share=tenant_share,
         )
-        return cls(loaded.model, loaded.tokenizer, cache, name=loaded.name)
+        return build(settings).engine
 
     @property
     def layout(self) -> KVLayout:
