@@ -57,6 +57,7 @@ class SerialRunner:
         self._current: Sink | None = None
         self._lock = threading.Lock()
         self._accepting = True
+        self._stopping = False  # cancel_running: the running request and any later one stop
         self._thread: threading.Thread | None = None
 
     # --- any thread ---------------------------------------------------------------------
@@ -79,9 +80,13 @@ class SerialRunner:
 
     def start(self, threads: int | None = None) -> None:
         """Serve the queue on a thread of the runner's own; ``threads``: the cores its torch
-        ops use (default: the calling thread's; see :mod:`prefixkv.threads`)."""
+        ops use (default: the calling thread's; see :mod:`prefixkv.threads`). A runner
+        stopped before accepts requests again (the engine's serial runner may serve one
+        app after another)."""
         if threads is None:
             threads = current_threads()
+        with self._lock:
+            self._accepting, self._stopping = True, False
         # daemon: a generation stuck in the model must not keep a stopping process alive.
         self._thread = threading.Thread(
             target=self._loop, args=(threads,), name="prefixkv-worker", daemon=True
@@ -98,6 +103,7 @@ class SerialRunner:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                self._queue.task_done()
                 if item is not None:
                     drained.append(item[1])
         for sink in drained:
@@ -108,8 +114,9 @@ class SerialRunner:
         self._stopping = True
 
     def wait_idle(self, timeout: float) -> bool:
+        """True once every submitted request finished; False after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
-        while self._current is not None or self._queue.qsize():
+        while self._queue.unfinished_tasks:  # queued, or taken and not finished
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
@@ -125,17 +132,18 @@ class SerialRunner:
 
     # --- the runner's thread --------------------------------------------------------------
 
-    _stopping = False
-
     def _loop(self, threads: int) -> None:
         compute_on(threads)
-        while (item := self._queue.get()) is not None:
-            request, sink = item
-            self._current = sink
+        while True:
+            item = self._queue.get()
             try:
-                self.serve(request, sink)
+                if item is None:  # stop()
+                    return
+                self._current = item[1]
+                self.serve(*item)
             finally:
                 self._current = None
+                self._queue.task_done()  # wait_idle counts what is not done yet
 
     def serve(self, request: Request, sink: Sink) -> None:
         """Run ``request`` to its end on this thread, checking ``sink.cancelled`` before
