@@ -23,12 +23,13 @@ from prefixkv.index import (
 )
 
 if TYPE_CHECKING:
-    from prefixkv.cache import CacheStats, KVLayout, Lease, NullCache, PrefixCache, PrefixKVCache
+    from prefixkv.cache import BlockStore, CacheStats, KVLayout, Lease, NullCache, PrefixKVCache
     from prefixkv.engine.engine import Engine
     from prefixkv.engine.request import Completion
 
 __all__ = [
     "BlockAccess",
+    "BlockStore",
     "CacheStats",
     "Completion",
     "Engine",
@@ -40,7 +41,6 @@ __all__ = [
     "Lease",
     "Match",
     "NullCache",
-    "PrefixCache",
     "PrefixIndex",
     "PrefixKVCache",
     "StaleMatchError",
@@ -49,11 +49,11 @@ __version__ = "0.1.0"
 
 # Names that load a heavier layer, and the module each lives in.
 _LAZY = {
+    "BlockStore": "prefixkv.cache",
     "CacheStats": "prefixkv.cache",
     "KVLayout": "prefixkv.cache",
     "Lease": "prefixkv.cache",
     "NullCache": "prefixkv.cache",
-    "PrefixCache": "prefixkv.cache",
     "PrefixKVCache": "prefixkv.cache",
     "Completion": "prefixkv.engine.request",
     "Engine": "prefixkv.engine.engine",

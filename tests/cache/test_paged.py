@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from prefixkv import KVLayout, NullCache, PrefixKVCache
+from prefixkv.tokens import as_token_bytes
 
 from ..kvfixtures import LAYOUT, kv_for
 
@@ -137,13 +138,14 @@ def test_capacity_must_hold_a_block() -> None:
 def test_null_cache_misses_and_validates_like_the_real_one() -> None:
     cache = NullCache(LAYOUT, 4)
     tokens = list(range(8))
-    assert cache.store(tokens, kv_for(tokens)) == 0
-    with cache.lookup(tokens) as lease:
-        assert lease.num_tokens == 0
-        assert lease.kv[0][0].shape == (LAYOUT.num_kv_heads, 0, LAYOUT.head_dim)
-    with pytest.raises(ValueError, match="layers"):
-        cache.store(tokens, kv_for(tokens)[:1])
-    with pytest.raises(ValueError, match="token"):
-        cache.lookup([-1])
+    table = cache.open(tokens)
+    assert (table.cached_tokens, table.blocks) == (0, [])
+    assert cache.reserve(table, len(tokens)) == 0  # a cache that keeps nothing takes nothing
+    assert cache.commit(table, as_token_bytes(tokens)) == 0
+    cache.close(table)
+    for store in (cache, make_cache()):
+        with pytest.raises(ValueError, match="token"):
+            store.open([-1])
+    assert cache.tier_stats() == [] and cache.flush() and cache.promote(tokens) == {}
     stats = cache.stats()
     assert (stats.queries, stats.misses, stats.hit_tokens) == (1, 1, 0)

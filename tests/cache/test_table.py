@@ -413,3 +413,23 @@ def test_grow_evicts_another_tenants_blocks_whatever_its_share() -> None:
     assert cache.cached([1, 2, 3, 4], owner) == 0
     cache.close(table)
     cache.check_invariants()
+
+
+def test_reserve_takes_room_as_a_store_does_within_the_tenants_share() -> None:
+    """What the serial runner caches at a request's end: the leading blocks that fit without
+    evicting another tenant's protected ones, the rest dropped; then committed like a store."""
+    size = 2
+    cache = PrefixKVCache(LAYOUT, size, LAYOUT.block_bytes(size) * 4, tenant_share=0.5)
+    owner = Namespace("b")
+    cache.store([1, 2, 3, 4], kv_for([1, 2, 3, 4]), owner)  # 2 blocks: b's share, protected
+    tokens = [5, 6, 7, 8, 9, 10]
+    table = cache.open(tokens, "a")
+    assert cache.reserve(table, 6) == 2  # 2 free blocks; b's stay, 1 block dropped
+    assert cache.reserve(table, 4) == 2  # already holds room for 4 tokens: takes nothing
+    for pos in range(4):
+        write(cache.pool.data, table.blocks[pos // size], pos % size, tokens, pos)
+    assert cache.commit(table, TokenBytes(as_token_bytes(tokens))) == 2
+    cache.close(table)
+    assert cache.cached([1, 2, 3, 4], owner) == 4 and cache.cached(tokens, "a") == 4
+    assert cache.stats().dropped_blocks == 1
+    cache.check_invariants()

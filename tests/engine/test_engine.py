@@ -18,6 +18,7 @@ from prefixkv import KVLayout, NullCache, PrefixKVCache, tokens
 from prefixkv.engine.engine import Completion, Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.request import InvalidRequestError, SamplingParams
+from prefixkv.engine.sinks import Collect
 from prefixkv.engine.workspace import WorkspacePool
 
 BLOCK = 4
@@ -304,3 +305,22 @@ def test_idle_workspaces_stay_within_their_byte_budget() -> None:
         pool.release(workspace)
     assert pool.idle_bytes <= 1 << 20 and len(pool._idle) == 2
     assert pool.acquire(300) in small  # warm buffers are reused
+
+
+def test_the_serial_runner_serves_its_queue_and_again_after_a_stop(parts: tuple[Any, Any]) -> None:
+    """submit(request, sink) on the runner's thread gives what generate gives; a stopped
+    runner (an app's lifespan ended) serves the next app's requests."""
+    cached, plain = engines(parts)
+    want = plain.generate(SHARED, max_tokens=5).token_ids
+    runner = cached.serial
+    for _ in range(2):
+        runner.start(1)
+        sinks = [Collect() for _ in range(3)]
+        for sink in sinks:
+            runner.submit(cached.request(SHARED, SamplingParams(max_tokens=5)), sink)
+        assert runner.wait_idle(60)
+        assert [s.outcome for s in sinks] == ["completed"] * 3
+        assert all(s.result().token_ids == want for s in sinks)
+        runner.stop()
+    assert cached.cache.stats().pinned_blocks == 0
+    assert cached.cache.stats().hit_tokens > 0

@@ -112,7 +112,7 @@ def running_app(
     keyless = not (keys or settings.get("admin_keys"))
     defaults = {"allowed_hosts": ("testserver",), "public_metrics": keyless}
     config = ServerSettings(model_names=("fake",), **{**defaults, **settings})
-    app = create_app(engine, config)
+    app = create_app(engine, config, engine.runner)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as http:
         yield App(engine, http, keys[0] if keys else "")
     engine.gate.set()

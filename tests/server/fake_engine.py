@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -17,6 +17,8 @@ from prefixkv.cache import KVLayout, PrefixKVCache
 from prefixkv.engine.intake import Intake
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.role import Sink
+from prefixkv.engine.serial import SerialRunner
 from prefixkv.tokens import token_count
 
 SPECIALS = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
@@ -80,6 +82,8 @@ class FakeEngine:
 
     name = "fake"
     context_length = CONTEXT
+    layout = LAYOUT
+    device = torch.device("cpu")
 
     def __init__(
         self, capacity_blocks: int = 256, delay: float = 0.0, tenant_share: float | None = None
@@ -107,23 +111,44 @@ class FakeEngine:
             prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
         )
 
-    def run(self, request: Request) -> Generator[str | Completion, None, None]:
-        start = time.perf_counter()
-        self.runs += 1
-        self.entered.set()
-        self.gate.wait(60)
+    @property
+    def runner(self) -> FakeRunner:
+        """A serial runner over this engine (what the server tests serve with)."""
+        return FakeRunner(self)
+
+
+class FakeRunner(SerialRunner):
+    """The serial runner (queue, thread, cancellation) with the fake engine's generation,
+    over the same BlockStore calls."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        super().__init__(cast(Any, engine))
+        self.fake = engine
+
+    def steps(self, request: Request, sink: Sink, start: float) -> Generator[None, None, None]:
+        engine = self.fake
+        engine.runs += 1
+        engine.entered.set()
+        engine.gate.wait(60)
         count = token_count(request.ids)
         seed = int(np.frombuffer(request.ids, dtype=np.uint32).sum())
-        with self.cache.lookup(request.ids, request.namespace) as lease:
-            reuse = min(lease.num_tokens, count - 1)
+        table = engine.cache.open(request.ids, request.namespace)
+        try:
+            reuse = min(table.cached_tokens, count - 1)
             text = "".join(chr(ord("a") + (seed + i) % 26) for i in range(request.max_tokens))
             cuts = [text.find(s) for s in request.params.stop if s in text]
             finish = "stop" if cuts else "length"
             text = text[: min(cuts)] if cuts else text
             for char in text:
-                time.sleep(self.delay)
-                yield char
-            kv = [(torch.zeros(1, count, 2), torch.zeros(1, count, 2))]
-            self.cache.store(request.ids, kv, request.namespace)
+                time.sleep(engine.delay)
+                sink.deliver(char)
+                yield
+            # The prompt's full blocks, as the serial runner caches them (their KV unwritten).
+            engine.cache.reserve(table, count)
+            engine.cache.commit(table, request.ids)
+        finally:
+            engine.cache.close(table)
         elapsed = time.perf_counter() - start
-        yield Completion(text, tuple(range(len(text))), count, reuse, finish, elapsed, elapsed)
+        sink.deliver(
+            Completion(text, tuple(range(len(text))), count, reuse, finish, elapsed, elapsed)
+        )

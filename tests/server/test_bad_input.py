@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .conftest import App, running_app
-from .fake_engine import CONTEXT, FakeEngine
+from .fake_engine import CONTEXT, FakeEngine, FakeRunner
 
 CHAT, TEXT = "/v1/chat/completions", "/v1/completions"
 USER = [{"role": "user", "content": "hello"}]
@@ -269,14 +269,16 @@ def test_bad_requests_log_one_line_not_a_flood(
     assert all(r.exc_info is None for r in lines)
 
 
-def test_a_failing_generation_logs_its_traceback_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_generation_logs_its_traceback_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     engine = FakeEngine()
 
-    def broken(request: Any) -> Any:
+    def broken(*args: Any) -> Any:
         raise RuntimeError("the model exploded")
-        yield  # a generator, as run() is
+        yield  # a generator, as steps() is
 
-    engine.run = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(FakeRunner, "steps", broken)
     with (
         running_app(engine, raise_server_exceptions=False) as app,
         caplog.at_level(logging.ERROR, logger="prefixkv.server"),

@@ -187,9 +187,9 @@ def test_metrics_parse_and_move(app: App) -> None:
 def test_every_tier_figure_is_exported() -> None:
     """Each field of a tier's stats (the facade's and the tier's own) has its Prometheus
     series: a field added to one but not the other would be missing from /metrics."""
+    from prefixkv.cache.protocol import TierStats
     from prefixkv.server.metrics import _TIER_HELP
     from prefixkv.tiers.protocol import TierCounters
-    from prefixkv.tiers.tiered import TierStats
 
     fields = set(TierStats._fields) - {"tier", "counters"} | set(TierCounters._fields)
     assert set(_TIER_HELP) == fields

@@ -30,7 +30,6 @@ from prefixkv.engine.engine import Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.linear import linear_kernel
 from prefixkv.server import ServerSettings, create_app
-from prefixkv.server.backends import BatchBackend
 
 from ..engine.tiny import smollm2_tokenizer, tiny_llama_for
 from .conftest import running_app
@@ -245,7 +244,7 @@ def real_app() -> Iterator[tuple[Engine, TestClient, str]]:
         default_max_tokens=8,
         max_queue=64,
     )
-    with TestClient(create_app(engine, settings_, BatchBackend(runner, threads=1))) as http:
+    with TestClient(create_app(engine, settings_, runner, threads=1)) as http:
         yield engine, http, probe
 
 

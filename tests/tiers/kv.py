@@ -3,6 +3,9 @@ checked against what the prompt's own KV must be."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from prefixkv.cache.layout import KVLayout
@@ -28,7 +31,7 @@ def kv_of(tokens: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def kv_tensor(tokens: list[int]) -> torch.Tensor:
-    """``kv_of`` as ``[layers, 2, heads, tokens, dim]`` (what a Lease's ``copy_to`` fills)."""
+    """``kv_of`` as ``[layers, 2, heads, tokens, dim]`` (the layout of a table's blocks)."""
     return torch.stack([torch.stack(pair) for pair in kv_of(tokens)])
 
 
@@ -36,12 +39,22 @@ def hot_cache(blocks: int) -> PrefixKVCache:
     return PrefixKVCache(LAYOUT, BLOCK, blocks * BLOCK_BYTES)
 
 
+@contextmanager
+def opened(
+    cache: TieredCache, tokens: list[int], namespace: object = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Open ``tokens`` as a runner does (promoting from the tiers first), pinned for the
+    block: the tokens cached and a copy of their KV ``[layers, 2, heads, tokens, dim]``."""
+    table = cache.open(tokens, namespace)
+    try:
+        data = cache.pool.read_blocks(table.blocks[: table.indexed])
+        yield table.cached_tokens, data.flatten(3, 4)  # [layers, 2, heads, blocks * size, dim]
+    finally:
+        cache.close(table)
+
+
 def served(cache: TieredCache, tokens: list[int]) -> int:
-    """Tokens a lookup of ``tokens`` serves, each checked to be exactly the prompt's KV."""
-    with cache.lookup(tokens) as lease:
-        if lease.num_tokens:
-            want = kv_tensor(tokens)
-            for layer, (keys, values) in enumerate(lease.kv):
-                assert keys.equal(want[layer, 0, :, : lease.num_tokens])
-                assert values.equal(want[layer, 1, :, : lease.num_tokens])
-        return lease.num_tokens
+    """Tokens an ``open`` of ``tokens`` serves, each checked to be exactly the prompt's KV."""
+    with opened(cache, tokens) as (count, got):
+        assert got.equal(kv_tensor(tokens)[:, :, :, :count])
+        return count

@@ -122,7 +122,7 @@ def test_a_sticky_world_writable_parent_is_private(tmp_path: Path) -> None:
 def test_directories_0700_files_0600_whatever_the_umask(tmp_path: Path, no_umask: None) -> None:
     cache = TieredCache(hot_cache(4), [DiskTier(tmp_path / "a" / "b", 1 << 20)], FINGERPRINT)
     tokens = list(range(100, 112))
-    cache.store(tokens, kv_of(tokens))
+    cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     assert modes(tmp_path / "a") == {("dir", 0o700), ("file", 0o600)}
     cache.shutdown()

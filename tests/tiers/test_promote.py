@@ -14,7 +14,7 @@ from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.protocol import Tier, TierCounters
 from prefixkv.tiers.tiered import TieredCache
-from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, served
+from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, opened, served
 
 KEY = TierKey(bytes(range(64, 96)))
 LONG = [7 + 3 * i for i in range(64 * BLOCK)]  # 64 blocks
@@ -54,7 +54,7 @@ class Counting:
 def disk_of_64(tmp_path: Path) -> Path:
     """A disk tier holding the 64 blocks of LONG (sealed)."""
     writer = TieredCache(hot_cache(64), [DiskTier(tmp_path, 1 << 24)], FINGERPRINT, key=KEY)
-    writer.store(LONG, kv_of(LONG))
+    writer.hot.store(LONG, kv_of(LONG))
     assert writer.flush(10)
     writer.shutdown()
     return tmp_path
@@ -100,9 +100,9 @@ def test_the_room_excludes_the_prompts_own_and_pinned_blocks(disk_of_64: Path) -
     cache, tier = reader(disk_of_64, ram_blocks=8)
     cache.promote(LONG[: 2 * BLOCK])  # the prompt's first 2 blocks are in RAM
     other = [9_000 + i for i in range(3 * BLOCK)]
-    cache.store(other, kv_of(other))
-    with cache.lookup(other) as lease:  # 3 blocks pinned by a reader
-        assert lease.num_tokens == 3 * BLOCK
+    cache.hot.store(other, kv_of(other))
+    with opened(cache, other) as (count, _):  # 3 blocks pinned by a reader
+        assert count == 3 * BLOCK
         tier.asked = 0
         assert cache.promote(LONG) == {"disk": 3}  # 8 - 2 own - 3 pinned
         assert tier.asked <= 3
@@ -114,8 +114,8 @@ def test_the_room_excludes_the_prompts_own_and_pinned_blocks(disk_of_64: Path) -
 def test_a_full_pool_of_pinned_blocks_reads_nothing(disk_of_64: Path) -> None:
     cache, tier = reader(disk_of_64, ram_blocks=2)
     other = [9_000 + i for i in range(2 * BLOCK)]
-    cache.store(other, kv_of(other))
-    with cache.lookup(other):
+    cache.hot.store(other, kv_of(other))
+    with opened(cache, other):
         assert cache.promote(LONG) == {}
     assert tier.asked == 0
 

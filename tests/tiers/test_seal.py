@@ -24,7 +24,7 @@ from prefixkv.tiers.seal import ChecksumSeal
 from prefixkv.tiers.tiered import TieredCache
 from prefixkv.tokens import as_token_bytes
 from tests.redis_fixtures import RedisServer
-from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, kv_tensor
+from tests.tiers.kv import BLOCK, FINGERPRINT, hot_cache, kv_of, kv_tensor, opened
 
 KEY = TierKey(bytes(range(100, 132)))
 PROMPT = [40_000 + 97 * i for i in range(32)]  # 8 blocks, ids < 2**16: every width applies
@@ -41,18 +41,15 @@ def filled(directory: Path, key: TierKey | None, *prompts: list[int]) -> None:
     """A process that stores ``prompts`` and ends (its records stay on disk)."""
     cache = cache_on(directory, key)
     for tokens in prompts:
-        cache.store(tokens, kv_of(tokens))
+        cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     cache.shutdown()
 
 
 def lookup(cache: TieredCache, tokens: list[int]) -> tuple[int, bool]:
     """(tokens served, whether the served KV is exactly the prompt's)."""
-    with cache.lookup(tokens) as lease:
-        served = lease.num_tokens
-        got = torch.stack([torch.stack(pair) for pair in lease.kv]) if served else None
-    exact = got is None or torch.equal(got, kv_tensor(tokens)[:, :, :, :served])
-    return served, exact
+    with opened(cache, tokens) as (served, got):
+        return served, torch.equal(got, kv_tensor(tokens)[:, :, :, :served])
 
 
 def block_files(cache: TieredCache, directory: Path, tokens: list[int]) -> list[Path]:
@@ -113,7 +110,7 @@ def test_forged_records_are_counted_failures_never_served(tmp_path: Path, forger
     # place of the refused record), and the next lookup serves the true blocks up to the
     # next forged one: never a forged one, and each forgery counted once.
     for blocks in range(1, 9):
-        reader.store(PROMPT, kv_of(PROMPT))
+        reader.hot.store(PROMPT, kv_of(PROMPT))
         assert reader.flush(10)
         reader.reset()
         assert lookup(reader, PROMPT) == (blocks * BLOCK, True)
@@ -198,7 +195,7 @@ def test_redis_holds_no_token_id_under_a_key(redis_server: RedisServer) -> None:
 
     cache = TieredCache(hot_cache(16), [RedisTier(redis_server.url)], FINGERPRINT, key=KEY)
     for tokens in (PROMPT, OTHER):
-        cache.store(tokens, kv_of(tokens))
+        cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     with redis_server.client() as client:
         keys = client.keys("*")

@@ -25,7 +25,7 @@ def test_eight_threads_store_and_look_up_through_ram_and_disk(tmp_path: Path) ->
             for _ in range(150):
                 tokens = rng.choice(prompts)
                 if rng.random() < 0.4:
-                    cache.store(tokens, kv_of(tokens))
+                    cache.hot.store(tokens, kv_of(tokens))
                     continue
                 total[0] += served(cache, tokens)
         except BaseException as exc:  # reported by the main thread

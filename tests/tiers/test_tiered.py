@@ -13,7 +13,7 @@ from prefixkv.cache.tenants import Namespace
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.tiered import TieredCache
-from tests.tiers.kv import BLOCK, BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, kv_tensor
+from tests.tiers.kv import BLOCK, BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of, kv_tensor, opened
 
 Tiered = Callable[..., TieredCache]
 KEY = TierKey(bytes(range(32, 64)))
@@ -39,11 +39,8 @@ def prompt(seed: int, length: int = 12) -> list[int]:
 
 def check_lookup(cache: TieredCache, tokens: list[int], namespace: object = None) -> int:
     """Look ``tokens`` up; assert the served KV is exactly theirs; return tokens served."""
-    with cache.lookup(tokens, namespace) as lease:
-        if lease.num_tokens:
-            got = torch.stack([torch.stack(pair) for pair in lease.kv])
-            assert torch.equal(got, kv_tensor(tokens)[:, :, :, : lease.num_tokens])
-        served = lease.num_tokens
+    with opened(cache, tokens, namespace) as (served, got):
+        assert torch.equal(got, kv_tensor(tokens)[:, :, :, :served])
     cache.check_invariants()
     return served
 
@@ -51,7 +48,7 @@ def check_lookup(cache: TieredCache, tokens: list[int], namespace: object = None
 def fill(cache: TieredCache, count: int, length: int = 12) -> list[list[int]]:
     prompts = [prompt(i, length) for i in range(count)]
     for tokens in prompts:
-        cache.store(tokens, kv_of(tokens))
+        cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     return prompts
 
@@ -71,10 +68,10 @@ def test_a_partial_prefix_continues_from_ram_into_the_tier(tmp_path: Path, tiere
     cache = tiered(tmp_path, ram_blocks=8)
     tokens = prompt(1, 16)
     fill_tokens = tokens[:16]
-    cache.store(fill_tokens, kv_of(fill_tokens))
+    cache.hot.store(fill_tokens, kv_of(fill_tokens))
     assert cache.flush(10)
     cache.reset()
-    cache.lookup(tokens[:8]).release()  # RAM gets the first 2 blocks back from disk
+    cache.close(cache.open(tokens[:8]))  # RAM gets the first 2 blocks back from disk
     assert cache.cached(tokens) == 8
     assert check_lookup(cache, [*tokens, 7, 7]) == 16
     (disk,) = cache.tier_stats()
@@ -95,7 +92,7 @@ def test_a_restart_on_the_same_directory_serves_earlier_prefixes(
 def test_namespaces_never_share_blocks_below_ram(tmp_path: Path, tiered: Tiered) -> None:
     cache = tiered(tmp_path)
     tokens = prompt(3)
-    cache.store(tokens, kv_of(tokens), Namespace("alice"))
+    cache.hot.store(tokens, kv_of(tokens), Namespace("alice"))
     assert cache.flush(10)
     cache.reset()
     assert check_lookup(cache, tokens, Namespace("bob")) == 0
@@ -108,7 +105,7 @@ def test_a_flipped_byte_is_a_miss_counted_removed_and_never_served(
 ) -> None:
     cache = tiered(tmp_path)
     tokens = prompt(4)
-    cache.store(tokens, kv_of(tokens))
+    cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     cache.reset()
     names = cache.namer.names(bytes(torch.tensor(tokens, dtype=torch.int32).numpy()), None, 3)
@@ -127,7 +124,7 @@ def test_a_record_planted_under_another_prompts_name_is_rejected(
     cache = tiered(tmp_path)
     mine, other = prompt(5), prompt(6)
     for tokens in (mine, other):
-        cache.store(tokens, kv_of(tokens))
+        cache.hot.store(tokens, kv_of(tokens))
     assert cache.flush(10)
     cache.reset()
     as_bytes = lambda t: bytes(torch.tensor(t, dtype=torch.int32).numpy())  # noqa: E731
@@ -190,7 +187,7 @@ def test_random_operations_serve_only_exact_kv(tmp_path: Path, tiered: Tiered, s
         tokens = rng.choice(pool)
         tokens = [*tokens, rng.randrange(9)] if rng.random() < 0.3 else tokens
         if rng.random() < 0.5:
-            cache.store(tokens, kv_of(tokens))
+            cache.hot.store(tokens, kv_of(tokens))
         else:
             check_lookup(cache, tokens)
         if rng.random() < 0.1:
@@ -206,7 +203,7 @@ def test_a_block_the_codec_cannot_hold_ends_the_write_there(tmp_path: Path) -> N
     tokens = prompt(9)
     kv = kv_of(tokens)
     kv[0][0][0, BLOCK + 1, 0] = float("inf")  # in block 1: int8 cannot hold it
-    assert cache.store(tokens, kv) == 3
+    assert cache.hot.store(tokens, kv) == 3
     assert cache.flush(10)
     assert disk.counters().blocks == 1 and cache.dropped_writes == 2
 
@@ -232,7 +229,7 @@ def test_blocks_committed_one_at_a_time_get_the_names_of_a_whole_store(
     cache.close(table)
     assert cache.flush(10)
     other = tiered(tmp_path / "b", ram_blocks=16)
-    other.store(tokens, kv_of(tokens))
+    other.hot.store(tokens, kv_of(tokens))
     assert other.flush(10)
     names = lambda root: sorted(p.name for p in root.rglob("*.kv"))  # noqa: E731
     assert names(tmp_path / "a") == names(tmp_path / "b") and len(names(tmp_path / "a")) == 6

@@ -128,14 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import torch
 
-    from prefixkv.cache.null import NullCache
-    from prefixkv.engine.engine import Engine
+    from prefixkv.engine.build import EngineSettings, build
 
     if args.threads:
         torch.set_num_threads(args.threads)
     print(describe(machine_info()), flush=True)
-    loaded = Engine.from_pretrained(args.model, cache_bytes=1 << 24, block_size=args.block_size)
-    engine = loaded.with_cache(NullCache(loaded.layout, args.block_size))
+    settings = EngineSettings(model=args.model, cache="none", block_size=args.block_size)
+    engine = build(settings).engine
     engine.generate("Hello", max_tokens=2)  # first calls pay one-off costs
     notes: list[str] = []
     redis = _start_redis(args, tmp, notes)

@@ -117,16 +117,20 @@ class _Path:
 
 
 def _copy_out(cache: Any, tokens: list[int], buf: torch.Tensor) -> None:
-    with cache.lookup(tokens) as lease:
-        if lease.num_tokens != len(tokens):
-            raise RuntimeError(f"lookup found {lease.num_tokens} of {len(tokens)} tokens")
-        lease.copy_to(buf)
+    """Open ``tokens`` (promoting from the tiers first) and copy their blocks into ``buf``."""
+    table = cache.open(tokens)
+    try:
+        if table.cached_tokens != len(tokens):
+            raise RuntimeError(f"open found {table.cached_tokens} of {len(tokens)} tokens")
+        cache.pool.gather_into(table.blocks, buf)
+    finally:
+        cache.close(table)
 
 
 def _filled(source: PrefixKVCache, tokens: list[int], cache: TieredCache) -> TieredCache:
     """``cache`` with the prefix's KV (from ``source``) stored and written to its tiers."""
     with source.lookup(tokens) as lease:
-        cache.store(tokens, lease.kv)
+        cache.hot.store(tokens, lease.kv)  # into RAM, and written through to the tiers
     cache.flush()
     return cache
 

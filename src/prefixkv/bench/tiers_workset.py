@@ -213,27 +213,24 @@ def run_settings(
             for k in range(len(settings)):
                 j = (i + k) % len(settings)
                 got[j].append(engines[j].generate(messages, max_tokens=max_tokens))
-                if isinstance(caches[j], TieredCache):
-                    caches[j].flush()
+                caches[j].flush()
                 bar.update(1)
         return [_row(s, c, done, ws) for s, c, done in zip(settings, caches, got, strict=True)]
     finally:
         for cache in caches:
-            if isinstance(cache, TieredCache):
-                cache.shutdown()
+            cache.shutdown()
 
 
 def _row(setting: Setting, cache: Any, done: list[Any], ws: Workset) -> dict[str, Any]:
     stats = cache.stats()
     tiers: list[dict[str, Any]] = []
-    if isinstance(cache, TieredCache):
-        for t in cache.tier_stats():
-            tiers.append(
-                {
-                    **{k: v for k, v in t._asdict().items() if k != "counters"},
-                    **t.counters._asdict(),
-                }
-            )
+    for t in cache.tier_stats():
+        tiers.append(
+            {
+                **{k: v for k, v in t._asdict().items() if k != "counters"},
+                **t.counters._asdict(),
+            }
+        )
     ttfts = [c.ttft for c in done]
     return {
         "case": setting.case,

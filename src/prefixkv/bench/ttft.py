@@ -66,9 +66,12 @@ def _floor(engine: Any, pool: Any, messages: list[dict[str, str]], reuse: int) -
     model_ids = torch.tensor(tokens_from_bytes(ids))
     workspace = pool.acquire(len(model_ids))
     try:
-        with engine.cache.lookup(ids) as lease:
-            assert lease.num_tokens >= reuse
-            lease.copy_to(workspace.data)
+        table = engine.cache.open(ids)
+        try:
+            assert table.cached_tokens >= reuse
+            engine.cache.pool.gather_into(table.blocks[: table.indexed], workspace.data)
+        finally:
+            engine.cache.close(table)
         kv = workspace.as_cache(engine.model.config, reuse)
         start = time.perf_counter()
         int(engine.forward(model_ids[reuse:], reuse, kv).argmax())

@@ -9,15 +9,15 @@ from typing import Any
 import torch
 
 from prefixkv.cache.layout import KVLayout
-from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.protocol import CacheStats, TierStats
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 
 class NullCache:
-    """Implements PrefixCache: every lookup misses, every store keeps nothing.
+    """Implements BlockStore and caches nothing (a null object): every ``open`` misses,
+    ``reserve`` takes no block, ``commit`` indexes none.
 
     It still validates its input exactly like PrefixKVCache, so a caller cannot tell the two
     apart by their errors, only by their hits.
@@ -31,7 +31,7 @@ class NullCache:
         capacity_bytes: int = 0,
     ) -> None:
         """``capacity_bytes``: a pool for running sequences' KV (a batching engine writes it
-        there; nothing is ever indexed). 0: no pool, for the serial engine."""
+        there; nothing is ever indexed). 0: no pool, for the serial runner."""
         self.layout = layout
         self.block_size = block_size
         self.device = torch.device(device)
@@ -40,22 +40,14 @@ class NullCache:
         self._queries = self._tokens = 0
         self._counting = threading.Lock()
 
-    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
+    # --- running sequences: private blocks only, nothing indexed -------------------------
+
+    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """An empty table; counts and validates ``tokens`` like a lookup that misses."""
         count = token_count(as_token_bytes(tokens))
         with self._counting:
             self._queries += 1
             self._tokens += count
-        return Lease(0, namespace, self.layout, self.device, _no_read, _nothing)
-
-    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
-        count = token_count(as_token_bytes(tokens))
-        self.layout.check_kv(kv, count, self.device)
-        return 0
-
-    # --- running sequences: private blocks only, nothing indexed -------------------------
-
-    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
-        self.lookup(tokens, namespace)  # counts and validates like a lookup that misses
         return BlockTable(namespace, [], 0, 0, None)
 
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
@@ -69,6 +61,10 @@ class NullCache:
         table.blocks += blocks
         table.private.update(blocks)
         return True
+
+    def reserve(self, table: BlockTable, num_tokens: int) -> int:
+        """Nothing is cached: takes no block."""
+        return len(table.blocks)
 
     def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
         return 0
@@ -95,6 +91,15 @@ class NullCache:
     def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
         """Nothing is held below RAM here: does nothing."""
         return {}
+
+    def tier_stats(self) -> list[TierStats]:
+        return []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        return None
 
     def tenant_stats(self, tenant: Hashable) -> CacheStats:
         """The counts of every tenant: a cache that keeps nothing tells nobody anything."""
@@ -124,11 +129,3 @@ class NullCache:
 
     def check_invariants(self) -> None:
         return None
-
-
-def _nothing() -> None:
-    return None
-
-
-def _no_read(out: torch.Tensor) -> None:
-    raise AssertionError("a NullCache lease has no tokens to read")

@@ -23,7 +23,7 @@ import torch
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats, NoWriteThrough, WriteThrough
+from prefixkv.cache.protocol import CacheStats, NoWriteThrough, TierStats, WriteThrough
 from prefixkv.cache.table import BlockTable
 from prefixkv.cache.tenants import Tenants, tenant_of
 from prefixkv.index.policy import EvictionPolicy
@@ -35,7 +35,11 @@ DEFAULT_CAPACITY_BYTES = 1 << 30
 
 
 class PrefixKVCache:
-    """Exact prefix KV cache for one model layout. Thread-safe; implements PrefixCache."""
+    """Exact prefix KV cache for one model layout. Thread-safe; implements BlockStore.
+
+    ``lookup`` and ``store`` copy KV out of and into the cache in one call each, outside the
+    BlockStore protocol: what the property tests compare with the reference model, and
+    benchmarks use to fill a cache; engines and servers go through tables (``open`` ...)."""
 
     def __init__(
         self,
@@ -75,7 +79,7 @@ class PrefixKVCache:
         with self._lock:
             return self.tenants.index(None)
 
-    # --- the two operations --------------------------------------------------------------
+    # --- whole-prefix copies (tests and benchmarks; see the class docstring) --------------
 
     def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
         """Pin the longest cached prefix of ``tokens`` and return a Lease to read it.
@@ -252,6 +256,19 @@ class PrefixKVCache:
             self.write_through.write(table.namespace, prefix, first, table.blocks[first:full])
         return len(adopted)
 
+    def reserve(self, table: BlockTable, num_tokens: int) -> int:
+        """Give ``table`` private blocks to cache up to ``num_tokens`` tokens, taken as
+        ``store`` takes them: evicting only what the table's tenant may evict, as many leading
+        blocks as that allows (the rest counted as dropped). The table's indexed blocks are
+        pinned, so making room never evicts them. Returns the blocks the table holds now."""
+        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        if need > 0:
+            with self._lock:
+                blocks = self._reserve(need, tenant_of(table.namespace))
+            table.blocks += blocks
+            table.private.update(blocks)
+        return len(table.blocks)
+
     def close(self, table: BlockTable) -> None:
         """Unpin the table's indexed blocks and free its private ones. Idempotent."""
         with self._lock:
@@ -308,6 +325,17 @@ class PrefixKVCache:
     def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
         """Nothing is held below RAM here: does nothing."""
         return {}
+
+    def tier_stats(self) -> list[TierStats]:
+        """No tier below RAM here: none."""
+        return []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Nothing below RAM to write or close."""
+        return None
 
     # --- maintenance ---------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
-"""What a model engine needs from a prefix cache: the PrefixCache protocol and its records."""
+"""What the engine, server and CLI need from a prefix cache: the BlockStore protocol and its
+records."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes
+
+if TYPE_CHECKING:
+    from prefixkv.tiers.protocol import TierCounters
 
 
 class CacheStats(NamedTuple):
@@ -18,24 +21,25 @@ class CacheStats(NamedTuple):
     returns these fields and ``/metrics`` exports them as ``prefixkv_cache_<field>``."""
 
     queries: int
-    """Calls to ``lookup``."""
+    """Lookups (``open``, or ``lookup`` on a PrefixKVCache)."""
     query_tokens: int
-    """Tokens passed to ``lookup``."""
+    """Tokens looked up."""
     hit_tokens: int
     """Tokens found cached (whole blocks)."""
     full_hits: int
     partial_hits: int
     misses: int
     inserted_blocks: int
-    """Blocks copied into the cache by ``store``."""
+    """Blocks indexed (by ``commit``, or ``store`` on a PrefixKVCache)."""
     evicted_blocks: int
     dropped_blocks: int
-    """Blocks ``store`` could not keep because every other block was pinned."""
+    """Blocks ``reserve`` (or ``store``) could not keep because every other block was pinned
+    or protected."""
     used_blocks: int
     free_blocks: int
     total_blocks: int
     pinned_blocks: int
-    """Blocks held by leases (requests running on them): never evicted."""
+    """Blocks pinned by open tables (requests running on them): never evicted."""
     reserved_blocks: int
     """Blocks taken from the pool but not indexed: running sequences' own blocks and blocks
     being filled. Conservation: ``free_blocks + used_blocks + reserved_blocks ==
@@ -74,25 +78,79 @@ class NoWriteThrough:
         return None
 
 
-class PrefixCache(Protocol):
-    """The cache interface the engine and server use; PrefixKVCache and NullCache implement it."""
+class TierStats(NamedTuple):
+    """One tier below RAM: what lookups found in it, then its own counters (see
+    :mod:`prefixkv.tiers`)."""
 
-    block_size: int
+    tier: str
+    hit_blocks: int
+    """Verified blocks it supplied to lookups."""
+    missed_lookups: int
+    """Lookups that asked it and got no block."""
+    promoted_blocks: int
+    """Blocks of its put back into RAM."""
+    verification_failures: int
+    """Records rejected on load (seal, checksum, tokens, name, model, format), never served."""
+    deadline_stops: int
+    """Promotions that stopped reading it at the deadline."""
+    counters: TierCounters
 
-    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
-        """Pin and return the longest cached prefix of ``tokens``. Raises on malformed tokens."""
+
+class BlockStore(Protocol):
+    """The one cache interface: the engine's runners, the server and the CLI use only this.
+    KV lives in pool blocks; a request's blocks are named by a :class:`BlockTable` (see
+    :mod:`prefixkv.cache.table`) from ``open`` to ``close``. Implemented by PrefixKVCache
+    (RAM), TieredCache (RAM with disk and Redis below) and NullCache (caches nothing)."""
+
+    @property
+    def block_size(self) -> int:
+        """Tokens per block (the composition root's ``KVGeometry`` decides it)."""
         ...
 
-    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
-        """Cache the full blocks of ``tokens`` not cached yet; return how many were stored.
-        Never raises for lack of space; raises on malformed input and then changes nothing."""
+    @property
+    def pool(self) -> BlockPool | None:
+        """The tensors KV is read from and written to: ``data`` is ``[layers, 2, kv_heads,
+        blocks, block_size, head_dim]`` (None: no pool, so no running sequences)."""
+        ...
+
+    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """A table over the longest cached prefix of ``tokens`` (pinned until ``close``).
+        Counts one lookup. Raises TypeError/ValueError on malformed tokens."""
+        ...
+
+    def grow(self, table: BlockTable, num_tokens: int) -> bool:
+        """Room for ``num_tokens`` tokens in all, for a running sequence's KV (evicting any
+        tenant's unpinned blocks), or False and nothing allocated."""
+        ...
+
+    def reserve(self, table: BlockTable, num_tokens: int) -> int:
+        """Room to cache up to ``num_tokens`` tokens, taken as a store takes it: evicting
+        only what the table's tenant may evict (see :mod:`prefixkv.cache.tenants`), as many
+        leading blocks as that allows, the rest counted as dropped. Returns the blocks the
+        table holds now (a cache that keeps nothing takes none)."""
+        ...
+
+    def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
+        """Index the table's full blocks of ``tokens`` not indexed yet; return how many."""
+        ...
+
+    def close(self, table: BlockTable) -> None:
+        """Unpin and free what the table holds. Idempotent."""
+        ...
+
+    def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
+        """Tokens of ``tokens`` cached now; records and pins nothing."""
+        ...
+
+    def available_blocks(self) -> int:
+        """Free plus evictable blocks: what a new sequence could get now."""
         ...
 
     def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
         """Bring the blocks of ``tokens`` held below RAM (disk, Redis) back into RAM ahead of
-        ``lookup``/``open`` (a prefetch, e.g. while the request waits in a queue); return
-        blocks found by tier name. A cache with nothing below RAM does nothing and returns
-        ``{}``. Pins nothing: what it brings may be evicted again before the lookup."""
+        ``open`` (a prefetch, e.g. while the request waits in a queue); return blocks found
+        by tier name. A cache with nothing below RAM does nothing and returns ``{}``. Pins
+        nothing: what it brings may be evicted again before the ``open``."""
         ...
 
     def reset(self) -> int:
@@ -112,43 +170,20 @@ class PrefixCache(Protocol):
         """``tenant``'s counters and blocks; capacity and free blocks are the pool's."""
         ...
 
+    def tier_stats(self) -> list[TierStats]:
+        """One record per tier below RAM, in order (none for a RAM-only cache)."""
+        ...
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every block queued for lower tiers is written; False on timeout (True
+        at once for a RAM-only cache)."""
+        ...
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Write what is queued for lower tiers (up to ``timeout`` seconds) and close them;
+        nothing to do for a RAM-only cache."""
+        ...
+
     def check_invariants(self) -> None:
         """Raise AssertionError naming the first broken invariant."""
-        ...
-
-
-class BlockStore(PrefixCache, Protocol):
-    """A prefix cache whose pool also holds running sequences' KV (what a batching engine
-    needs). PrefixKVCache shares matched blocks and indexes new ones as they fill;
-    NullCache (with a capacity) gives private blocks only. See :mod:`prefixkv.cache.table`."""
-
-    @property
-    def pool(self) -> BlockPool | None:
-        """The tensors KV is read from and written to: ``data`` is ``[layers, 2, kv_heads,
-        blocks, block_size, head_dim]`` (None: no pool, so no running sequences)."""
-        ...
-
-    def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
-        """A table over the longest cached prefix of ``tokens`` (pinned until ``close``).
-        Counts one lookup. Raises TypeError/ValueError on malformed tokens."""
-        ...
-
-    def grow(self, table: BlockTable, num_tokens: int) -> bool:
-        """Room for ``num_tokens`` tokens in all, or False and nothing allocated."""
-        ...
-
-    def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
-        """Index the table's full blocks of ``tokens`` not indexed yet; return how many."""
-        ...
-
-    def close(self, table: BlockTable) -> None:
-        """Unpin and free what the table holds. Idempotent."""
-        ...
-
-    def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
-        """Tokens of ``tokens`` cached now; records and pins nothing."""
-        ...
-
-    def available_blocks(self) -> int:
-        """Free plus evictable blocks: what a new sequence could get now."""
         ...

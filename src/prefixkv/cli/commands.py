@@ -264,7 +264,7 @@ def _chat(args: argparse.Namespace) -> int:
 
     if args.threads:
         compute_on(args.threads)  # the chat runs the model on this thread
-    engine, _ = load_engine(args, current_threads())
+    engine = load_engine(args, current_threads()).engine
     try:
         return chat_loop(
             engine, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature

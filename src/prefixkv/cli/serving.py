@@ -9,7 +9,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from prefixkv.cli.options import EnvText
-from prefixkv.cli.setup import KEY_VARIABLE, CommandError, close_tiers, load_engine, make_backend
+from prefixkv.cli.setup import KEY_VARIABLE, CommandError, close_tiers, load_engine
 from prefixkv.heap import HeapTrimmer
 
 HEAP_TRIM_SECONDS = 30.0
@@ -83,10 +83,11 @@ def serve_command(args: argparse.Namespace) -> int:
     # prefixkv.threads: a second multi-threaded team would slow every step).
     threads = args.threads or current_threads()
     helper_thread()
-    engine, choice = load_engine(args, threads, args.tenant_share)
+    built = load_engine(args, threads, args.tenant_share)
+    engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, make_backend(args, engine, threads, choice))
+    app = create_app(engine, settings, built.runner, threads)
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)

@@ -1,16 +1,19 @@
-"""Building what the options describe: the engine over its cache (RAM only, no cache, or
-with disk and Redis tiers below RAM) and the server's backend."""
+"""From the options to the composition root (:mod:`prefixkv.engine.build`): the checks made
+before the model loads (tier keys, stores), the settings record, and errors as CommandError."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import sys
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prefixkv.extras import require
 
 if TYPE_CHECKING:
+    from prefixkv.engine.batch.records import BatchLimits
+    from prefixkv.engine.build import Built, EngineSettings
     from prefixkv.engine.engine import Engine
     from prefixkv.tiers.key import TierKey
 
@@ -82,103 +85,20 @@ def write_tier_key(args: argparse.Namespace) -> int:
     return 0
 
 
-class BackendChoice(NamedTuple):
-    """What will compute the KV, decided once from the options and the model: the tier
-    records' fingerprint names it, and :func:`make_backend` builds it."""
-
-    backend: str
-    """``batch`` or ``serial``."""
-    attention: str
-    """The fingerprint's attention (:attr:`prefixkv.engine.fingerprint.Arithmetic.attention`):
-    ``batch:native``, ``batch:torch`` or ``serial:<the model's own>``."""
-
-
-def choose_backend(args: argparse.Namespace, engine: Engine) -> BackendChoice:
-    """The batch runner with the attention kernel ``--attention-kernel`` resolves to, or the
-    serial engine (asked for, or the fallback, with a warning, for a model the batch runner
-    cannot run). Raises CommandError for ``--attention-kernel native`` where it cannot run."""
-    from prefixkv.engine.batch import attention, kernels
-    from prefixkv.engine.fingerprint import serial_attention
-    from prefixkv.engine.kvbridge import UnsupportedModelError
-    from prefixkv.kernels.build import NativeUnavailable
-
-    if getattr(args, "backend", "serial") == "serial":  # prefixkv chat has no --backend
-        return BackendChoice("serial", serial_attention(engine.model))
-    try:
-        with engine.model_lock:  # the probe switches the model's attention for a moment
-            attention.check_supported(engine.model)
-    except UnsupportedModelError as exc:
-        print(f"warning: {exc}; serving one request at a time", file=sys.stderr)
-        return BackendChoice("serial", serial_attention(engine.model))
-    layout = engine.layout
-    from prefixkv.models.family import text_config
-
-    heads = int(text_config(engine.model.config).num_attention_heads)
-    try:
-        kernel = kernels.attention_kernel(
-            args.attention_kernel, heads, layout.num_kv_heads, layout.dtype, engine.device
-        )
-    except NativeUnavailable as exc:  # --attention-kernel native where it cannot run
-        raise CommandError(f"--attention-kernel native: {exc}") from exc
-    return BackendChoice("batch", f"batch:{kernel.name}")
-
-
-def load_engine(
-    args: argparse.Namespace, threads: int, tenant_share: float | None = None
-) -> tuple[Engine, BackendChoice]:
-    """The Engine the options describe (``--no-prefix-cache`` puts it over a NullCache;
-    ``--disk-cache``/``--redis-url`` add tiers under its RAM cache) and what will compute
-    its KV with ``threads`` PyTorch threads (named in the tier records' fingerprint)."""
-    from prefixkv.cache.null import NullCache
-    from prefixkv.engine.engine import Engine
-    from prefixkv.engine.loader import ModelNotFoundError
+def engine_settings(
+    args: argparse.Namespace, threads: int, key: TierKey | None, tenant_share: float | None
+) -> EngineSettings:
+    """The composition root's record of what the options describe (``prefixkv chat`` has no
+    batching options: it runs serially). ``threads``: the cores the runner computes on;
+    ``key``: the tier key (see :func:`check_tier_options`). ValueError for an unknown
+    eviction policy."""
+    from prefixkv.engine.batch.records import BatchLimits
+    from prefixkv.engine.build import EngineSettings, TierSettings
     from prefixkv.index import policy_by_name
 
-    key = check_tier_options(args)
-    try:
-        engine = Engine.from_pretrained(
-            args.model,
-            cache_bytes=args.cache_bytes,
-            block_size=args.block_size,
-            policy=policy_by_name(args.eviction_policy),
-            tenant_share=tenant_share,
-            linear_kernel=args.linear_kernel,
-        )
-    # ValueError: a cache too small for a block; RuntimeError: a linear kernel that cannot
-    # run this model's weights.
-    except (ModelNotFoundError, ValueError, RuntimeError) as exc:
-        raise CommandError(str(exc)) from exc
-    choice = choose_backend(args, engine)
-    if args.no_prefix_cache:
-        # A pool of the same size still holds running requests' KV when batching.
-        capacity = args.cache_bytes if choice.backend == "batch" else 0
-        engine = engine.with_cache(
-            NullCache(engine.layout, args.block_size, capacity_bytes=capacity)
-        )
-    elif args.disk_cache or args.redis_url:
-        engine = engine.with_cache(_tiered(args, engine, key, choice, threads))
-    return engine, choice
-
-
-def _tiered(
-    args: argparse.Namespace,
-    engine: Engine,
-    key: TierKey | None,
-    choice: BackendChoice,
-    threads: int,
-) -> Any:
-    """The engine's RAM cache with the disk and Redis tiers the options ask for, its records
-    named by the weights and by how ``choice`` computes the KV on ``threads`` threads."""
-    from prefixkv.cache.paged import PrefixKVCache
-    from prefixkv.engine.fingerprint import arithmetic, model_fingerprint
-    from prefixkv.tiers.build import build_tiered
-
-    assert isinstance(engine.cache, PrefixKVCache)
-    computed = arithmetic(engine.model, choice.attention, threads)
-    try:
-        return build_tiered(
-            engine.cache,
-            model_fingerprint(engine.model, engine.layout, computed),
+    tiers = None
+    if args.disk_cache or args.redis_url:
+        tiers = TierSettings(
             disk_dir=args.disk_cache,
             disk_bytes=args.disk_cache_bytes,
             redis_url=args.redis_url,
@@ -186,28 +106,57 @@ def _tiered(
             key=key,
             insecure=args.tier_insecure,
         )
-    except ValueError as exc:
+    batching = getattr(args, "backend", "serial") == "batch"
+    return EngineSettings(
+        model=args.model,
+        linear_kernel=args.linear_kernel,
+        cache="none" if args.no_prefix_cache else "ram",
+        cache_bytes=args.cache_bytes,
+        block_size=args.block_size,
+        eviction_policy=policy_by_name(args.eviction_policy),
+        tenant_share=tenant_share,
+        tiers=tiers,
+        backend="batch" if batching else "serial",
+        attention_kernel=args.attention_kernel if batching else "auto",
+        limits=_limits(args) if batching else BatchLimits(),
+        threads=threads,
+    )
+
+
+def _limits(args: argparse.Namespace) -> BatchLimits:
+    """The batch runner's limits and admission policy from ``prefixkv serve``'s options."""
+    from prefixkv.engine.batch.policy import POLICIES
+    from prefixkv.engine.batch.records import BatchLimits
+
+    return BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
+
+
+def load_engine(args: argparse.Namespace, threads: int, tenant_share: float | None = None) -> Built:
+    """The engine and runner the options describe, built once (see
+    :mod:`prefixkv.engine.build`); the runner computes on ``threads`` cores (named in the
+    tier records' fingerprint). CommandError for options that cannot work."""
+    from prefixkv.engine.build import build
+
+    key = check_tier_options(args)
+    with command_errors():
+        return build(engine_settings(args, threads, key, tenant_share))
+
+
+@contextlib.contextmanager
+def command_errors() -> Iterator[None]:
+    """Turn what building an engine raises for bad inputs into CommandError: a missing
+    model, a cache too small for a block, a kernel that cannot run, a bad tier option."""
+    from prefixkv.engine.loader import ModelNotFoundError
+    from prefixkv.kernels.build import NativeUnavailable
+
+    try:
+        yield
+    except NativeUnavailable as exc:  # --attention-kernel native where it cannot run
+        raise CommandError(f"--attention-kernel native: {exc}") from exc
+    except (ModelNotFoundError, ValueError, RuntimeError) as exc:
         raise CommandError(str(exc)) from exc
 
 
-def make_backend(
-    args: argparse.Namespace, engine: Engine, threads: int, choice: BackendChoice
-) -> Any:
-    """The server backend ``choice`` names (see :func:`choose_backend`); its thread runs the
-    model's ops on ``threads`` cores."""
-    from prefixkv.engine.batch.policy import POLICIES
-    from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
-    from prefixkv.server.backends import BatchBackend, SerialBackend
-
-    if choice.backend == "serial":
-        return SerialBackend(engine, threads)
-    limits = BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
-    kernel = choice.attention.removeprefix("batch:")  # resolved: auto chose it already
-    return BatchBackend(BatchRunner(engine, limits, attention_kernel=kernel), threads)
-
-
 def close_tiers(engine: Engine) -> None:
-    """Let a TieredCache write what it has queued, then close its tiers."""
-    shutdown = getattr(engine.cache, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
+    """Let the cache write what it has queued for lower tiers, then close them."""
+    engine.cache.shutdown()

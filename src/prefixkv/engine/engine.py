@@ -1,8 +1,8 @@
-"""Engine: generation with a Hugging Face causal LM through a prefix KV cache.
+"""Engine: a Hugging Face causal LM, its tokenizer and a prefix KV cache.
 
-Per request: look up the longest cached prefix, rebuild the model's KV cache from it, prefill
-only the rest (at least the last prompt token, whose logits start decoding), decode, store
-the full blocks of prompt + generated tokens, and release the lease whatever happens.
+It validates requests once (:class:`~prefixkv.engine.intake.Intake`) and owns the one place
+the serial path runs the model (:meth:`Engine.forward`); ``generate`` and ``stream`` run a
+request on its :class:`~prefixkv.engine.serial.SerialRunner` over a sink.
 """
 
 from __future__ import annotations
@@ -14,27 +14,20 @@ from collections.abc import Generator, Hashable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from transformers import DynamicCache
 
 from prefixkv.cache.layout import KVLayout
-from prefixkv.cache.lease import Lease
-from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
-from prefixkv.cache.protocol import PrefixCache
-from prefixkv.engine.decoding import Decoding
+from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES
+from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
-from prefixkv.engine.linear import linear_kernel as choose_kernel
-from prefixkv.engine.loader import load_model
-from prefixkv.engine.mapped import copy_mapped_weights
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
-from prefixkv.engine.workspace import Workspace, WorkspacePool
-from prefixkv.heap import release_free_heap
+from prefixkv.engine.serial import SerialRunner
+from prefixkv.engine.sinks import Collect
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
-from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
 
@@ -53,7 +46,7 @@ class Engine:
     so concurrent requests interleave token by token."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, cache: PrefixCache, *, name: str = "model"
+        self, model: Any, tokenizer: Any, cache: BlockStore, *, name: str = "model"
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -66,15 +59,15 @@ class Engine:
         self.vocab_size = int(text.vocab_size)
         self.device = next(model.parameters()).device
         self.model_lock = threading.Lock()
-        self._workspaces = WorkspacePool(
-            layout_of(config, next(model.parameters()).dtype), self.device
-        )
         eos = model.generation_config.eos_token_id if model.generation_config else None
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if getattr(tokenizer, "eos_token_id", None) is not None:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
         self.intake = Intake(tokenizer, self.vocab_size, self.context_length)
+        self.serial = SerialRunner(self)
+        """The serial path: what ``generate``/``stream`` run on, and a server's runner for
+        models the batch runner cannot run."""
 
     @classmethod
     def from_pretrained(
@@ -91,29 +84,30 @@ class Engine:
         linear_kernel: str = "auto",
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
-        PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there); use
-        :meth:`with_cache` for another cache. ``linear_kernel`` picks what runs the linear
-        layers (see :mod:`prefixkv.engine.linear`; ValueError for an unknown name)."""
-        loaded = load_model(model, device=device, dtype=dtype, cache_dir=cache_dir)
-        kernel = choose_kernel(linear_kernel, loaded.model)
-        swapped = kernel.install(loaded.model)
-        log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
-        # The weights left unpacked would keep the whole checkpoint file mapped and resident
-        # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
-        # (see prefixkv.heap). benchmarks/load_memory.py measures both.
-        copy_mapped_weights(loaded.model)
-        release_free_heap()
-        layout = layout_of(loaded.model.config, next(loaded.model.parameters()).dtype)
-        cache = PrefixKVCache(
-            layout, block_size, cache_bytes, device, policy=policy, tenant_share=tenant_share
+        PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there), built by
+        :func:`prefixkv.engine.build.build` (which builds any other cache). ``linear_kernel``
+        picks what runs the linear layers (see :mod:`prefixkv.engine.linear`; ValueError for
+        an unknown name)."""
+        from prefixkv.engine.build import EngineSettings, build
+
+        settings = EngineSettings(
+            model=model,
+            device=device,
+            dtype=dtype,
+            model_cache_dir=cache_dir,
+            linear_kernel=linear_kernel,
+            cache_bytes=cache_bytes,
+            block_size=block_size,
+            eviction_policy=policy,
+            tenant_share=tenant_share,
         )
-        return cls(loaded.model, loaded.tokenizer, cache, name=loaded.name)
+        return build(settings).engine
 
     @property
     def layout(self) -> KVLayout:
         return layout_of(self.model.config, next(self.model.parameters()).dtype)
 
-    def with_cache(self, cache: PrefixCache) -> Engine:
+    def with_cache(self, cache: BlockStore) -> Engine:
         """The same model and tokenizer over another cache (e.g. a NullCache baseline)."""
         return Engine(self.model, self.tokenizer, cache, name=self.name)
 
@@ -140,10 +134,12 @@ class Engine:
         """Run one request to completion. ``sampling``: max_tokens, temperature, top_p, seed,
         stop (see SamplingParams.create). Raises InvalidRequestError before any work on bad
         input, leaving the cache untouched."""
-        for item in self.stream(prompt, namespace=namespace, **sampling):
-            if isinstance(item, Completion):
-                return item
-        raise AssertionError("stream ended without a Completion")  # pragma: no cover
+        start = time.perf_counter()
+        request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
+        sink = Collect()
+        for _ in self.serial.steps(request, sink, start):
+            pass
+        return sink.result()
 
     def stream(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
@@ -152,49 +148,23 @@ class Engine:
         Closing it early (``close()``) stops generation and releases the cached blocks."""
         start = time.perf_counter()
         request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
-        return self._run(request, start)
+        return self._stream(request, start)
 
     def run(self, request: Request) -> Generator[str | Completion, None, None]:
         """Generate for a request from :meth:`request`: text deltas, then the Completion
         (times from this call). Closing the generator early releases the cached blocks."""
-        return self._run(request, time.perf_counter())
+        return self._stream(request, time.perf_counter())
 
-    def _run(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
-        prompt = _model_ids(request.ids)
-        count = len(prompt)
-        workspace = self._workspaces.acquire(count + request.max_tokens)
-        lease: Lease | None = None
+    def _stream(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
+        """The serial runner's steps over a Collect sink, read between tokens."""
+        sink = Collect()
+        steps = self.serial.steps(request, sink, start)
         try:
-            lease = self.cache.lookup(request.ids, request.namespace)
-            kv, reuse = self._restore(lease, workspace, count)
-            logits = self.forward(prompt[reuse:], reuse, kv)
-            decoding = Decoding(request, self.tokenizer, self.eos_ids)
-            while True:
-                delta = decoding.accept(logits)
-                if delta:
-                    yield delta
-                if decoding.done:
-                    break
-                position = count + len(decoding.generated) - 1
-                logits = self.forward(prompt.new_tensor(decoding.generated[-1:]), position, kv)
-            # The KV covers every token fed to the model: the prompt and all generated tokens
-            # but the last one.
-            fed = TokenBytes(request.ids + as_token_bytes(decoding.generated[:-1]))
-            self.cache.store(fed, workspace.kv(token_count(fed)), request.namespace)
-            yield decoding.completion(count, reuse, start)
+            for _ in steps:
+                yield from sink.take()
+            yield from sink.take()
         finally:
-            if lease is not None:
-                lease.release()
-            self._workspaces.release(workspace)
-
-    def _restore(
-        self, lease: Lease, workspace: Workspace, prompt_len: int
-    ) -> tuple[DynamicCache, int]:
-        """Copy the leased prefix into ``workspace``; return the model cache over it and how
-        many prompt tokens it holds (never all: the last one is recomputed for its logits)."""
-        lease.copy_to(workspace.data)
-        reuse = min(lease.num_tokens, prompt_len - 1)
-        return workspace.as_cache(self.model.config, reuse), reuse
+            steps.close()
 
     def forward(self, ids: torch.Tensor, position: int, kv: DynamicCache) -> torch.Tensor:
         """Feed ``ids`` (``[n]`` int64) at positions ``position...`` on top of ``kv`` (a cache
@@ -217,16 +187,5 @@ class Engine:
         """Logits for the token after ``prompt``, prefilling only what the cache lacks.
         Stores nothing; for scoring and for checking exactness against a recomputation."""
         ids = prompt_ids(prompt, self.tokenizer, self.vocab_size)
-        model_ids = _model_ids(ids)
-        workspace = self._workspaces.acquire(len(model_ids))
-        try:
-            with self.cache.lookup(ids, namespace) as lease:
-                kv, reuse = self._restore(lease, workspace, len(model_ids))
-            return NextTokenLogits(self.forward(model_ids[reuse:], reuse, kv), reuse)
-        finally:
-            self._workspaces.release(workspace)
-
-
-def _model_ids(ids: TokenBytes) -> torch.Tensor:
-    """The model's input form of canonical ids: ``[n]`` int64 (a copy, in C)."""
-    return torch.from_numpy(np.frombuffer(ids, dtype=np.uint32).astype(np.int64))
+        logits, reuse = self.serial.next_token_logits(ids, namespace)
+        return NextTokenLogits(logits, reuse)

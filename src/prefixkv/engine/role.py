@@ -1,18 +1,23 @@
-"""EngineRole: what a server needs from an engine, and nothing more.
+"""EngineRole and Runner: what a server needs from an engine and from what runs its
+requests, and nothing more; Sink: where a request's results go.
 
-The server depends on this protocol, not on :class:`~prefixkv.engine.engine.Engine`, so it
-can be tested in-process over a small fake, and a batching engine can take the same place.
-Importing this module loads no model library.
+The server depends on these protocols, not on :class:`~prefixkv.engine.engine.Engine` or a
+runner class, so it can be tested in-process over small fakes. Every request runs through a
+runner's ``submit(request, sink)``: the serial one (:mod:`prefixkv.engine.serial`) or the
+batch one (:mod:`prefixkv.engine.batch.runner`). Importing this module loads no model library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Hashable
-from typing import Literal, Protocol
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from prefixkv.cache.protocol import PrefixCache
+from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
+
+if TYPE_CHECKING:
+    from prefixkv.engine.batch.records import StepReport
 
 
 class EngineRole(Protocol):
@@ -29,7 +34,7 @@ class EngineRole(Protocol):
         ...
 
     @property
-    def cache(self) -> PrefixCache: ...
+    def cache(self) -> BlockStore: ...
 
     def request(
         self,
@@ -41,11 +46,6 @@ class EngineRole(Protocol):
     ) -> Request:
         """Tokenize and validate once. Raises InvalidRequestError (naming the field) before
         touching the cache. May take long (tokenizing): callers keep it off event loops."""
-        ...
-
-    def run(self, request: Request) -> Generator[str | Completion, None, None]:
-        """Text deltas, then the Completion. Closing the generator early stops the
-        generation and releases everything it pinned. Runs the model: call it on a worker."""
         ...
 
 
@@ -73,4 +73,46 @@ class Sink(Protocol):
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
         """The end, whatever it was; ``error`` is passed on to the consumer when given."""
+        ...
+
+
+class Runner(Protocol):
+    """Runs submitted requests on a thread of its own (``start``), reporting to their sinks:
+    :class:`~prefixkv.engine.serial.SerialRunner` and
+    :class:`~prefixkv.engine.batch.runner.BatchRunner`."""
+
+    on_step: Callable[[StepReport], None]
+    """Told of every forward pass, on the runner's thread."""
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests submitted and not running yet."""
+        ...
+
+    @property
+    def num_running(self) -> int: ...
+
+    def submit(self, request: Request, sink: Sink) -> None:
+        """Queue ``request``; results go to ``sink``. Raises RequestCancelled once the runner
+        stopped accepting, InvalidRequestError for a request it could never hold."""
+        ...
+
+    def start(self, threads: int | None = None) -> None:
+        """Start the thread; ``threads``: the cores its torch ops use."""
+        ...
+
+    def drain(self) -> None:
+        """Stop accepting; every waiting request is finished as skipped at once."""
+        ...
+
+    def cancel_running(self) -> None:
+        """Running requests stop before their next token."""
+        ...
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing waits or runs; False after ``timeout`` seconds."""
+        ...
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Drain, cancel what runs, and join the thread (up to ``timeout`` seconds)."""
         ...

@@ -22,15 +22,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
-from prefixkv.engine.role import EngineRole
+from prefixkv.engine.role import EngineRole, Runner
 from prefixkv.server.auth import Authenticator, Caller, require_admin
-from prefixkv.server.backends import BatchBackend, SerialBackend
+from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
 from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
-from prefixkv.server.scheduler import Backend, Scheduler
+from prefixkv.server.scheduler import Scheduler
 from prefixkv.server.settings import ServerSettings
 
 log = logging.getLogger("prefixkv.server")
@@ -52,18 +52,14 @@ class ServerState:
 
     @classmethod
     def build(
-        cls, engine: EngineRole, settings: ServerSettings, backend: Backend | None = None
+        cls, engine: EngineRole, settings: ServerSettings, runner: Runner, threads: int | None
     ) -> ServerState:
-        scheduler = Scheduler(backend or SerialBackend(engine), settings.max_queue)
+        scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         metrics = ServerMetrics(
-            engine.cache.stats,
-            lambda: scheduler.pending,
-            lambda: scheduler.backend.running,
-            engine.cache,
+            engine.cache, lambda: scheduler.pending, lambda: scheduler.backend.running
         )
         scheduler.on_finish = metrics.observe_job
-        if isinstance(backend, BatchBackend):
-            backend.runner.on_step = metrics.observe_step
+        runner.on_step = metrics.observe_step
         generation = Generation(engine, scheduler, settings)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
         return cls(engine, settings, scheduler, metrics, generation, auth)
@@ -79,12 +75,13 @@ class ServerState:
 
 
 def create_app(
-    engine: EngineRole, settings: ServerSettings, backend: Backend | None = None
+    engine: EngineRole, settings: ServerSettings, runner: Runner, threads: int | None = None
 ) -> FastAPI:
-    """An OpenAI-compatible app serving ``engine`` through ``backend`` (default: one request
-    at a time, :class:`SerialBackend`). The backend's threads start and stop with the app's
-    lifespan (uvicorn runs it; so does ``TestClient`` used as a context manager)."""
-    state = ServerState.build(engine, settings, backend)
+    """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch),
+    whose thread runs torch ops on ``threads`` cores (default: the starting thread's). The
+    runner's thread starts and stops with the app's lifespan (uvicorn runs it; so does
+    ``TestClient`` used as a context manager)."""
+    state = ServerState.build(engine, settings, runner, threads)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )

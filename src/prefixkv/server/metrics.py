@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.protocol import BlockStore, CacheStats
 from prefixkv.server.scheduler import Job
 
 if TYPE_CHECKING:
@@ -120,12 +120,8 @@ _TIER_HELP = {
 }
 
 
-def tier_records(cache: object) -> list[dict[str, object]]:
-    """One flat record per lower tier of ``cache`` (none unless it is a TieredCache)."""
-    from prefixkv.tiers.tiered import TieredCache
-
-    if not isinstance(cache, TieredCache):
-        return []
+def tier_records(cache: BlockStore) -> list[dict[str, object]]:
+    """One flat record per lower tier of ``cache`` (none for a RAM-only cache)."""
     return [
         {**{k: v for k, v in t._asdict().items() if k != "counters"}, **t.counters._asdict()}
         for t in cache.tier_stats()
@@ -135,7 +131,7 @@ def tier_records(cache: object) -> list[dict[str, object]]:
 class TierCollector(Collector):
     """Exports each lower tier's stats at each scrape as ``prefixkv_tier_<field>{tier=...}``."""
 
-    def __init__(self, cache: object) -> None:
+    def __init__(self, cache: BlockStore) -> None:
         self._cache = cache
 
     def collect(self) -> Iterator[Metric]:
@@ -154,10 +150,9 @@ class ServerMetrics:
 
     def __init__(
         self,
-        stats: Callable[[], CacheStats],
+        cache: BlockStore,
         queue_depth: Callable[[], int],
         running: Callable[[], int] = lambda: 0,
-        cache: object = None,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -225,7 +220,7 @@ class ServerMetrics:
             "Running requests preempted for lack of KV blocks (they resume later)",
             registry=r,
         )
-        r.register(CacheCollector(stats))
+        r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
 
     def observe_step(self, report: StepReport) -> None:

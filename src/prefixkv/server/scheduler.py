@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,6 +25,9 @@ from typing import Protocol
 
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import Outcome, RequestCancelled
+from prefixkv.server.throttle import report_failure
+
+log = logging.getLogger("prefixkv.server")
 
 DEFAULT_MAX_BACKLOG = 4096
 """Undelivered items (text deltas) a job may hold before its reader counts as gone."""
@@ -103,6 +107,8 @@ class Job:
             self.cancel()
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
+        if outcome == "failed" and error is not None:
+            report_failure(log, "generation failed", error)
         self.outcome = outcome
         self.finished = time.perf_counter()
         if error is not None:

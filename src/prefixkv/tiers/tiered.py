@@ -2,16 +2,16 @@
 
 Writing is write-through: every block the RAM cache indexes is copied out and queued for
 every lower tier (:class:`~prefixkv.tiers.writer.Writer`, off the request path), so a block
-evicted from RAM is already below it, not lost. Reading: ``lookup`` and ``open`` first bring
-what the lower tiers hold past RAM's cached prefix back into RAM (``promote``, see
+evicted from RAM is already below it, not lost. Reading: ``open`` first brings what the
+lower tiers hold past RAM's cached prefix back into RAM (``promote``, see
 :mod:`prefixkv.tiers.promote`: bounded by the room RAM has and by a deadline, every record
-verified), and only then look up RAM as usual.
+verified), and only then opens RAM's table as usual.
 
 Records leave the process sealed with the tier key if one is given (AES-256-GCM, keyed
 block names: :mod:`prefixkv.tiers.seal`); without one they carry a checksum only, which is
 allowed for private stores alone unless ``insecure`` (:mod:`prefixkv.tiers.policy`).
 
-Costs added to a lookup: one RAM peek, the names of the blocks past RAM (one hash each),
+Costs added to an ``open``: one RAM peek, the names of the blocks past RAM (one hash each),
 and per tier reached one read per ``batch_blocks`` blocks; a prompt wholly in
 RAM pays only the peek. Everything else (running sequences, stats, resets) is the RAM
 cache's: resets empty RAM only; the lower tiers keep their blocks (delete the directory or
@@ -23,21 +23,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
-from prefixkv.cache.lease import Lease
 from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats
+from prefixkv.cache.protocol import CacheStats, TierStats
 from prefixkv.cache.table import BlockTable
 from prefixkv.tiers.codec import BlockCodec, RawCodec
 from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.naming import BlockNamer, fingerprint_of
 from prefixkv.tiers.policy import check_policy
 from prefixkv.tiers.promote import Promoter
-from prefixkv.tiers.protocol import Tier, TierCounters
+from prefixkv.tiers.protocol import Tier
 from prefixkv.tiers.seal import seal_for
 from prefixkv.tiers.writer import Writer
 from prefixkv.tokens import TokenBytes, as_token_bytes
@@ -48,23 +47,6 @@ PROMOTE_DEADLINE = 0.5
 """Seconds a promotion may read tiers before it stops at the next batch boundary: well
 above what a 1,000-token prefix takes from a warm disk or Redis on loopback (``prefixkv
 bench tiers``; ``docs/results.md``, "tiers")."""
-
-
-class TierStats(NamedTuple):
-    """One lower tier: what lookups found in it, then its own counters."""
-
-    tier: str
-    hit_blocks: int
-    """Verified blocks it supplied to lookups."""
-    missed_lookups: int
-    """Lookups that asked it and got no block."""
-    promoted_blocks: int
-    """Blocks of its put back into RAM."""
-    verification_failures: int
-    """Records rejected on load (seal, checksum, tokens, name, model, format), never served."""
-    deadline_stops: int
-    """Promotions that stopped reading it at the deadline."""
-    counters: TierCounters
 
 
 class TieredCache:
@@ -123,11 +105,11 @@ class TieredCache:
     def pool(self) -> BlockPool:
         return self.hot.pool
 
-    def store(self, tokens: Sequence[int] | Any, kv: Any, namespace: Hashable = None) -> int:
-        return self.hot.store(tokens, kv, namespace)
-
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
         return self.hot.grow(table, num_tokens)
+
+    def reserve(self, table: BlockTable, num_tokens: int) -> int:
+        return self.hot.reserve(table, num_tokens)
 
     def commit(self, table: BlockTable, tokens: TokenBytes) -> int:
         return self.hot.commit(table, tokens)
@@ -136,7 +118,7 @@ class TieredCache:
         self.hot.close(table)
 
     def cached(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> int:
-        """Tokens cached in RAM now (lower tiers are read only by lookup and open)."""
+        """Tokens cached in RAM now (lower tiers are read only by ``open`` and ``promote``)."""
         return self.hot.cached(tokens, namespace)
 
     def available_blocks(self) -> int:
@@ -158,11 +140,6 @@ class TieredCache:
         self.hot.check_invariants()
 
     # --- reads: RAM first, then each tier -----------------------------------------------
-
-    def lookup(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Lease:
-        buf = as_token_bytes(tokens)
-        self.promote(buf, namespace)
-        return self.hot.lookup(buf, namespace)
 
     def open(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
         buf = as_token_bytes(tokens)

@@ -4,7 +4,6 @@ own tests (equal to attention, the door's checks, the build) are in tests/kernel
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,18 @@ from typing import Any
 import pytest
 import torch
 
-from prefixkv.cli.setup import CommandError, choose_backend, make_backend
+from prefixkv.cli.setup import CommandError, command_errors
 from prefixkv.engine.batch import native
 from prefixkv.engine.batch.cascade import CascadeKernel
 from prefixkv.engine.batch.kernels import attention_kernel
 from prefixkv.engine.batch.native import NativeKernel, NativePlan
+from prefixkv.engine.batch.records import BatchLimits
+from prefixkv.engine.batch.runner import BatchRunner
+from prefixkv.engine.build import EngineSettings, assemble
 from prefixkv.kernels.build import NativeUnavailable
 
 from .test_attention import HEADS, KV_HEADS
 from .test_cascade import five_questions_on_one_document
-from .test_runner import batch_engine
 
 CPU = torch.device("cpu")
 
@@ -69,19 +70,25 @@ def test_requests_on_one_document_decode_in_one_call_per_layer_and_match_alone(
 def test_serve_options_pick_the_kernel_and_name_one_that_cannot_run(
     parts: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    options = {"backend": "batch", "max_running": 4, "max_batch_tokens": 8}
-    options["schedule_policy"] = "fcfs"
-    engine = batch_engine(parts)
+    model, tokenizer = parts
+    limits = BatchLimits(max_running=4, max_batch_tokens=8)
     for name, kind in (("auto", NativeKernel), ("torch", CascadeKernel)):
-        args = argparse.Namespace(**options, attention_kernel=name)
-        choice = choose_backend(args, engine)
-        assert choice.attention == f"batch:{kind.name}"  # the fingerprint names what runs
-        backend = make_backend(args, engine, 1, choice)
-        assert isinstance(backend.runner.attention_kernel, kind)
+        settings = EngineSettings(
+            cache_bytes=1 << 20, block_size=4, backend="batch", attention_kernel=name, limits=limits
+        )
+        built = assemble(settings, model, tokenizer, "tiny")
+        assert built.attention == f"batch:{kind.name}"  # the fingerprint names what runs
+        assert isinstance(built.runner, BatchRunner)
+        assert isinstance(built.runner.attention_kernel, kind)
+        assert built.runner.limits == limits and built.geometry.block_size == 4
 
     def missing(cache_dir: Path | None = None) -> Any:
         raise NativeUnavailable("no C compiler found (install gcc, or set CC)")
 
     monkeypatch.setattr(native, "load", missing)
-    with pytest.raises(CommandError, match="--attention-kernel native: no C compiler"):
-        choose_backend(argparse.Namespace(**options, attention_kernel="native"), engine)
+    native_settings = EngineSettings(block_size=4, backend="batch", attention_kernel="native")
+    with (
+        pytest.raises(CommandError, match="--attention-kernel native: no C compiler"),
+        command_errors(),
+    ):
+        assemble(native_settings, model, tokenizer, "tiny")

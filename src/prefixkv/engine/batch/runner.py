@@ -31,6 +31,7 @@ from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepRepor
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.linear import padding_of
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
+from prefixkv.engine.sinks import Collect
 from prefixkv.models.family import text_config
 from prefixkv.threads import compute_on, current_threads
 from prefixkv.tokens import token_count
@@ -116,7 +117,7 @@ class BatchRunner:
         if any failed. Each keeps its own sampling parameters."""
         if self._thread is not None:
             raise RuntimeError("run_all drives the runner itself: do not start() it too")
-        sinks = [_Collect() for _ in requests]
+        sinks = [Collect() for _ in requests]
         for request, sink in zip(requests, sinks, strict=True):
             self.submit(request, sink)
         while self._running or self._waiting:
@@ -357,25 +358,3 @@ class BatchRunner:
         if seq in self._running:
             self._running.remove(seq)
         seq.sink.finish(outcome, error)
-
-
-class _Collect:
-    """A Sink that keeps the Completion (or the error) of one request."""
-
-    cancelled = False
-
-    def __init__(self) -> None:
-        self.completion: Completion | None = None
-        self.error: BaseException | None = None
-
-    def deliver(self, item: str | Completion) -> None:
-        if isinstance(item, Completion):
-            self.completion = item
-
-    def finish(self, outcome: str, error: BaseException | None = None) -> None:
-        self.error = error
-
-    def result(self) -> Completion:
-        if self.completion is None:
-            raise self.error or RuntimeError("the request ended without a completion")
-        return self.completion
