@@ -5,13 +5,10 @@ Installed with the native linear kernel (:class:`prefixkv.engine.native_linear.N
 after its linear layers, on the modules the model's family names
 (:attr:`prefixkv.models.Family.norms` and :attr:`~prefixkv.models.Family.mlps`): those whose
 math is exactly Llama's; and Gemma's norms, which are Llama's with the weight ``1 + weight``
-(:attr:`~prefixkv.models.Family.offset_norms`). transformers computes a Llama RMS norm in six tensor operations and
-the MLP's activation in two, each writing a new tensor and paying its dispatch. One C pass
-each, SmolLM2's shapes: a norm of 16 rows 8.6 against 32.5 us, of 512 rows 59 against
-143 us; SiLU * up of 512 rows 231 against 359 us (16 rows: 26 us either way). Replayed in
-lockstep (``docs/design.md``), 16-sequence decode steps took 4-6 ms less (p50 62-79 against
-67-86 ms) and the 16-client ``bench serve`` workload 4.6-5.1% less time; the 1-client one
-7-9% less.
+(:attr:`~prefixkv.models.Family.offset_norms`). transformers computes a Llama RMS norm in
+six tensor operations and the MLP's activation in two, each writing a new tensor and paying
+its dispatch; here each is one C pass over the rows (the measurements: ``docs/decisions.md``,
+"Linear layers").
 
 Like the linear kernel, each row is computed on its own in a fixed order, so a token's result
 does not depend on its batch. It is not bit-identical to transformers' own operations (a

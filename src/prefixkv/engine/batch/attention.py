@@ -62,8 +62,8 @@ class SeqSpan:
 
 class CausalMasks:
     """One step's prefill masks, each built at the first layer that needs it and reused by
-    the others: SDPA turns a bool mask into an additive one on every call, which cost a
-    512-token chunk ~1.4 ms a layer (~40 ms a step) on SmolLM2 here."""
+    the others: SDPA turns a bool mask into an additive one on every call (what that cost:
+    ``docs/decisions.md``)."""
 
     def __init__(self) -> None:
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}  # (count, context, groups)
