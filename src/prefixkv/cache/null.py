@@ -10,12 +10,12 @@ import torch
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats, TierStats
+from prefixkv.cache.protocol import CacheStats, RamOnly
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 
-class NullCache:
+class NullCache(RamOnly):
     """Implements BlockStore and caches nothing (a null object): every ``open`` misses,
     ``reserve`` takes no block, ``commit`` indexes none.
 
@@ -87,19 +87,6 @@ class NullCache:
 
     def reset_tenant(self, tenant: Hashable) -> int:
         return 0
-
-    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
-        """Nothing is held below RAM here: does nothing."""
-        return {}
-
-    def tier_stats(self) -> list[TierStats]:
-        return []
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        return None
 
     def tenant_stats(self, tenant: Hashable) -> CacheStats:
         """The counts of every tenant: a cache that keeps nothing tells nobody anything."""

@@ -23,7 +23,7 @@ import torch
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
-from prefixkv.cache.protocol import CacheStats, NoWriteThrough, TierStats, WriteThrough
+from prefixkv.cache.protocol import CacheStats, NoWriteThrough, RamOnly, WriteThrough
 from prefixkv.cache.table import BlockTable
 from prefixkv.cache.tenants import Tenants, tenant_of
 from prefixkv.index.policy import EvictionPolicy
@@ -34,7 +34,7 @@ from prefixkv.tokens import TOKEN_BYTES, TokenBytes, as_token_bytes, token_count
 DEFAULT_CAPACITY_BYTES = 1 << 30
 
 
-class PrefixKVCache:
+class PrefixKVCache(RamOnly):
     """Exact prefix KV cache for one model layout. Thread-safe; implements BlockStore.
 
     ``lookup`` and ``store`` copy KV out of and into the cache in one call each, outside the
@@ -321,21 +321,6 @@ class PrefixKVCache:
     def _unpin(self, index: PrefixIndex, match: Match) -> None:
         with self._lock:
             index.unpin(match)
-
-    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
-        """Nothing is held below RAM here: does nothing."""
-        return {}
-
-    def tier_stats(self) -> list[TierStats]:
-        """No tier below RAM here: none."""
-        return []
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def shutdown(self, timeout: float = 30.0) -> None:
-        """Nothing below RAM to write or close."""
-        return None
 
     # --- maintenance ---------------------------------------------------------------------
 

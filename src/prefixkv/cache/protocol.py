@@ -96,6 +96,27 @@ class TierStats(NamedTuple):
     counters: TierCounters
 
 
+class RamOnly:
+    """The tier side of :class:`BlockStore` for a cache with nothing below RAM (the RAM cache
+    on its own, the null cache): no promotion, no tier stats, nothing to flush or close."""
+
+    def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
+        """Nothing is held below RAM here: does nothing; returns no counts."""
+        return {}
+
+    def tier_stats(self) -> list[TierStats]:
+        """No tier below RAM here: none."""
+        return []
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Nothing is queued below RAM: True at once."""
+        return True
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Nothing below RAM to write or close."""
+        return None
+
+
 class BlockStore(Protocol):
     """The one cache interface: the engine's runners, the server and the CLI use only this.
     KV lives in pool blocks; a request's blocks are named by a :class:`BlockTable` (see
