@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, get_layer_types_and_kwargs
+from transformers.cache_utils import DynamicLayer
 
 from prefixkv.cache.layout import KVLayout
 from prefixkv.models import UnsupportedModelError, family_of
@@ -46,9 +46,29 @@ def layer_kinds(config: Any) -> tuple[str, ...]:
     """Each decoder layer's kind as transformers' caches read it: ``config.layer_types``
     where the config has them, else ``sliding_attention`` where a layer's config sets
     ``sliding_window``, ``chunked_attention`` where it sets ``attention_chunk_size``,
-    ``full_attention`` otherwise (``dummy`` for a layer reading another layer's KV)."""
-    kinds, _ = get_layer_types_and_kwargs(config.get_text_config(decoder=True))
-    return tuple(kinds)
+    ``full_attention`` otherwise; ``dummy`` for a layer keeping no KV of its own (reading
+    another layer's, or without attention). Read here rather than through transformers'
+    ``get_layer_types_and_kwargs``, which only 5.2x has (the floor is 5.6)."""
+    text = config.get_text_config(decoder=True)
+    layers = int(text.num_hidden_layers)
+    kinds = list(getattr(text, "layer_types", None) or [])
+    if not kinds:
+        # a heterogeneous config (transformers 5.2x) describes each layer; else one for all
+        per_layer = getattr(text, "per_layer_config", None) or [text] * layers
+        kinds = [_kind_of(layer) for layer in per_layer]
+    modes = getattr(text, "kv_sharing_modes", None) or ["own"] * len(kinds)
+    kinds = ["dummy" if mode == "reuse" else kind for kind, mode in zip(kinds, modes, strict=True)]
+    shared = int(getattr(text, "num_kv_shared_layers", 0) or 0)  # the last ones reuse KV
+    kinds = kinds[: len(kinds) - shared] + ["dummy"] * shared
+    return tuple("dummy" if kind in ("moe", "mlp") else kind for kind in kinds)
+
+
+def _kind_of(layer_config: Any) -> str:
+    if getattr(layer_config, "sliding_window", None) is not None:
+        return "sliding_attention"
+    if getattr(layer_config, "attention_chunk_size", None) is not None:
+        return "chunked_attention"
+    return "full_attention"
 
 
 def check_served(config: Any) -> tuple[str, ...]:
