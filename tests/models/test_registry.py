@@ -80,7 +80,8 @@ def _mamba() -> object:
     [
         (_qwen3_next, "linear_attention layers"),
         (_llama4, "chunked_attention layers"),
-        (_mamba, "linear_attention layers"),
+        # transformers 5.6 names Mamba's layers "mamba", 5.23 "linear_attention"
+        (_mamba, "(mamba|linear_attention) layers"),
         (_t5, "'t5' is encoder-decoder"),
     ],
     ids=["linear", "chunked", "recurrent", "encoder-decoder"],

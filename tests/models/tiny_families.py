@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from prefixkv.models import family_of
 from tests.engine.tiny import CHARS, SPECIALS
 
 VOCAB = len(SPECIALS) + len(CHARS)
@@ -49,6 +50,10 @@ def tiny_model(config: Any, seed: int = 0) -> Any:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    family = family_of(config)
+    chosen = (
+        {"attn_implementation": family.attn_implementation} if family.attn_implementation else {}
+    )
+    model = AutoModelForCausalLM.from_config(config, **chosen).eval()
     model.generation_config.pad_token_id = PAD
     return model

@@ -196,13 +196,18 @@ def _load_folder(
     from prefixkv.models import family_of
 
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    family_of(config)
+    family = family_of(config)
     check_served(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"no usable tokenizer in {folder}: {exc}") from exc
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    chosen = (
+        {"attn_implementation": family.attn_implementation} if family.attn_implementation else {}
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=dtype, local_files_only=True, **chosen
+    )
     return model, tokenizer
 
 

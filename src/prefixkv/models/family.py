@@ -82,6 +82,10 @@ class Family:
     swapped)."""
     layout: Callable[[Any, torch.dtype], KVLayout] = standard_layout
     """Its KV layout for a config and a dtype."""
+    attn_implementation: str | None = None
+    """The attention transformers must run for this family's own math where its default
+    may drop a term (``eager`` for Gemma 2: transformers 5.6's default SDPA ignores the logit
+    cap, 5.23 defaults to eager); None: transformers' default. The loader asks for it."""
     offset_norms: tuple[type[torch.nn.Module], ...] = ()
     """Norm classes computing Gemma's RMS norm, ``(1 + weight) * x / sqrt(mean(x^2) +
     eps)`` in float32, exactly: the native RMS norm replaces them, its weight ``1 +

@@ -25,4 +25,5 @@ FAMILY = Family(
     mlps=(),
     keeps="GELU-tanh MLPs keep transformers' modules (not the native gated-SiLU MLP's math)",
     offset_norms=(Gemma2RMSNorm,),
+    attn_implementation="eager",
 )
