@@ -50,10 +50,6 @@ def tiny_model(config: Any, seed: int = 0) -> Any:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    family = family_of(config)
-    chosen = (
-        {"attn_implementation": family.attn_implementation} if family.attn_implementation else {}
-    )
-    model = AutoModelForCausalLM.from_config(config, **chosen).eval()
+    model = AutoModelForCausalLM.from_config(config, **family_of(config).model_kwargs()).eval()
     model.generation_config.pad_token_id = PAD
     return model

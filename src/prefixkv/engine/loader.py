@@ -202,11 +202,8 @@ def _load_folder(
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"no usable tokenizer in {folder}: {exc}") from exc
-    chosen = (
-        {"attn_implementation": family.attn_implementation} if family.attn_implementation else {}
-    )
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, local_files_only=True, **chosen
+        folder, dtype=dtype, local_files_only=True, **family.model_kwargs()
     )
     return model, tokenizer
 

@@ -86,6 +86,14 @@ class Family:
     """The attention transformers must run for this family's own math where its default
     may drop a term (``eager`` for Gemma 2: transformers 5.6's default SDPA ignores the logit
     cap, 5.23 defaults to eager); None: transformers' default. The loader asks for it."""
+
+    def model_kwargs(self) -> dict[str, str]:
+        """The keyword arguments a transformers model of this family is built with
+        (``from_pretrained``/``from_config``): its :attr:`attn_implementation`, if any."""
+        if self.attn_implementation is None:
+            return {}
+        return {"attn_implementation": self.attn_implementation}
+
     offset_norms: tuple[type[torch.nn.Module], ...] = ()
     """Norm classes computing Gemma's RMS norm, ``(1 + weight) * x / sqrt(mean(x^2) +
     eps)`` in float32, exactly: the native RMS norm replaces them, its weight ``1 +
