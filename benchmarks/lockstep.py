@@ -10,7 +10,13 @@ kernels of one tree. Clients follow ``bench serve``'s closed loop: each asks its
 question when its last one finishes. Per seed it prints each side's summed step time,
 its decode-only steps' p50 and how many replies the two sides agree on.
 
+``--runner serial`` replays the serial runner instead: one whole request (``Engine.generate``,
+greedy) of one side, then the same request of the other, in the order the clients' closed
+loop first sends them (every client's first question, then every second one).
+Per seed it prints each side's summed request time, TTFT p50 and decode ms per token p50.
+
     python benchmarks/lockstep.py --a-src /tmp/old/src --b-src src --clients 16
+    python benchmarks/lockstep.py --a-src /tmp/old/src --b-src src --runner serial
 """
 
 from __future__ import annotations
@@ -78,6 +84,68 @@ def child(kernel: str, clients: int, per_client: int, sentences: int, max_tokens
         print(json.dumps(answer), file=answers, flush=True)
 
 
+def serial_child(kernel: str, clients: int, per_client: int, sentences: int, tokens: int) -> None:
+    """As :func:`child`, for the serial runner: ``step`` runs the next request whole and
+    replies with its seconds, TTFT, decode seconds per token and whether all is done."""
+    answers, sys.stdout = sys.stdout, sys.stderr
+    from prefixkv.bench.workloads import document_qa_workload
+    from prefixkv.engine.engine import Engine
+
+    engine = Engine.from_pretrained("smollm2", cache_bytes=2 << 30, linear_kernel=kernel)
+    work: list[Any] = []
+    replies: list[list[int]] = []
+    for line in sys.stdin:
+        command, _, arg = line.strip().partition(" ")
+        if command == "seed":
+            work = document_qa_workload(clients, per_client, sentences=sentences, seed=int(arg))
+            replies = []
+            answer: object = "ready"
+        elif command == "step":
+            start = time.perf_counter()
+            done = engine.generate(work[len(replies)].chat(), max_tokens=tokens, temperature=0)
+            seconds = time.perf_counter() - start
+            replies.append(list(done.token_ids))
+            per_token = (done.total_time - done.ttft) / max(1, len(done.token_ids) - 1)
+            answer = {
+                "seconds": seconds,
+                "ttft": done.ttft,
+                "per_token": per_token,
+                "done": len(replies) == len(work),
+            }
+        else:
+            answer = replies
+        print(json.dumps(answer), file=answers, flush=True)
+
+
+def serial_replay(sides: list[Side], seed: int) -> None:
+    """One seed's requests on both sides, a request of each in turn; prints one line."""
+    steps: dict[Side, list[dict[str, Any]]] = {side: [] for side in sides}
+    for side in sides:
+        side.ask(f"seed {seed}")
+    finished = False
+    while not finished:
+        for side in sides:
+            step = side.ask("step")
+            steps[side].append(step)
+            finished = step["done"]
+    a, b = (side.ask("replies") for side in sides)
+    same = sum(x == y for x, y in zip(a, b, strict=True))
+
+    def figures(side: Side) -> str:
+        got = steps[side]
+        ttft = statistics.median(s["ttft"] for s in got) * 1e3
+        per_token = statistics.median(s["per_token"] for s in got) * 1e3
+        total = sum(s["seconds"] for s in got)
+        return f"{side.name.split()[0]} {total:.2f} s (TTFT p50 {ttft:.1f} ms, {per_token:.1f} ms/token)"
+
+    total = [sum(s["seconds"] for s in steps[side]) for side in sides]
+    print(
+        f"seed {seed}: " + "  ".join(map(figures, sides)) + f"  b/a {total[1] / total[0] - 1:+.1%}"
+        f"  same replies {same}/{len(a)}",
+        flush=True,
+    )
+
+
 class Side:
     """A child process on one source tree and kernel."""
 
@@ -86,7 +154,7 @@ class Side:
         env = dict(os.environ, PYTHONPATH=src)
         sizes = (args.clients, args.requests_per_client, args.sentences, args.max_tokens)
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--child", kernel, *map(str, sizes)],
+            [sys.executable, __file__, f"--{args.runner}-child", kernel, *map(str, sizes)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -132,14 +200,18 @@ def replay(sides: list[Side], seed: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--child"]:
+    if argv[:1] == ["--batch-child"]:
         child(argv[1], *map(int, argv[2:6]))
+        return 0
+    if argv[:1] == ["--serial-child"]:
+        serial_child(argv[1], *map(int, argv[2:6]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--a-src", default="src", help="side a's source tree (src)")
     parser.add_argument("--b-src", default="src", help="side b's source tree (src)")
     parser.add_argument("--a-kernel", default="auto", help="side a's --linear-kernel (auto)")
     parser.add_argument("--b-kernel", default="auto", help="side b's --linear-kernel (auto)")
+    parser.add_argument("--runner", choices=("batch", "serial"), default="batch")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--sentences", type=int, default=36, help="per document (36)")
@@ -151,12 +223,16 @@ def main(argv: list[str]) -> int:
         Side("a", srcs[0], args.a_kernel, args),
         Side("b", srcs[1], args.b_kernel, args),
     ]
-    print(f"# a: {sides[0].name}\n# b: {sides[1].name}\n# clients {args.clients}", flush=True)
+    print(
+        f"# a: {sides[0].name}\n# b: {sides[1].name}\n# {args.runner} runner, clients {args.clients}",
+        flush=True,
+    )
+    run = replay if args.runner == "batch" else serial_replay
     try:
-        print("# warm-up (first steps, kernels built):")
-        replay(sides, 1000)
+        print("# warm-up (first steps, kernels built):", flush=True)
+        run(sides, 1000)
         for seed in args.seeds.split(","):
-            replay(sides, int(seed))
+            run(sides, int(seed))
     finally:
         for side in sides:
             side.process.kill()

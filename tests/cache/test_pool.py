@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from prefixkv import KVLayout
+from prefixkv.cache.layout import KVGeometry
 from prefixkv.cache.pool import BlockPool
 
 from ..kvfixtures import LAYOUT, kv_for
@@ -16,7 +17,7 @@ BLOCK = 4
 
 
 def make_pool(num_blocks: int = 8, layout: KVLayout = LAYOUT) -> BlockPool:
-    return BlockPool(layout, BLOCK, num_blocks, torch.device("cpu"))
+    return BlockPool(KVGeometry(layout, BLOCK), num_blocks, torch.device("cpu"))
 
 
 def stacked(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prefixkv.server import ServerSettings, create_app
+from prefixkv.server.steps import StepMetrics
 
 from ..engine.tiny import tiny_llama, tiny_tokenizer
 from .fake_engine import FakeEngine
@@ -112,7 +113,8 @@ def running_app(
     keyless = not (keys or settings.get("admin_keys"))
     defaults = {"allowed_hosts": ("testserver",), "public_metrics": keyless}
     config = ServerSettings(model_names=("fake",), **{**defaults, **settings})
-    app = create_app(engine, config, engine.runner)
+    steps = StepMetrics()
+    app = create_app(engine, config, engine.runner(steps.observe), steps)
     with TestClient(app, raise_server_exceptions=raise_server_exceptions) as http:
         yield App(engine, http, keys[0] if keys else "")
     engine.gate.set()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Hashable, Mapping, Sequence
+from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from prefixkv.cache import KVLayout, PrefixKVCache
+from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import Intake
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
@@ -111,18 +112,18 @@ class FakeEngine:
             prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
         )
 
-    @property
-    def runner(self) -> FakeRunner:
-        """A serial runner over this engine (what the server tests serve with)."""
-        return FakeRunner(self)
+    def runner(self, on_step: Callable[[StepReport], None]) -> FakeRunner:
+        """A serial runner over this engine (what the server tests serve with), reporting
+        its steps to ``on_step``."""
+        return FakeRunner(self, on_step)
 
 
 class FakeRunner(SerialRunner):
     """The serial runner (queue, thread, cancellation) with the fake engine's generation,
     over the same BlockStore calls."""
 
-    def __init__(self, engine: FakeEngine) -> None:
-        super().__init__(cast(Any, engine))
+    def __init__(self, engine: FakeEngine, on_step: Callable[[StepReport], None]) -> None:
+        super().__init__(cast(Any, engine), on_step)
         self.fake = engine
 
     def steps(self, request: Request, sink: Sink, start: float) -> Generator[None, None, None]:

@@ -30,6 +30,7 @@ from prefixkv.engine.engine import Engine
 from prefixkv.engine.kvbridge import layout_of
 from prefixkv.engine.linear import linear_kernel
 from prefixkv.server import ServerSettings, create_app
+from prefixkv.server.steps import StepMetrics
 
 from ..engine.tiny import smollm2_tokenizer, tiny_llama_for
 from .conftest import running_app
@@ -236,7 +237,8 @@ def real_app() -> Iterator[tuple[Engine, TestClient, str]]:
     pool = PrefixKVCache(layout, 4, layout.block_bytes(4) * REAL_POOL_BLOCKS)
     engine = Engine(model, tokenizer, pool, name=REAL_MODEL)
     probe = engine.with_cache(NullCache(layout, 4)).generate(PROBE, max_tokens=8).text
-    runner = BatchRunner(engine, BatchLimits(max_running=8, max_batch_tokens=64))
+    steps = StepMetrics()
+    runner = BatchRunner(engine, BatchLimits(max_running=8, max_batch_tokens=64), steps.observe)
     settings_ = ServerSettings(
         model_names=(REAL_MODEL,),
         allowed_hosts=("testserver",),
@@ -244,7 +246,7 @@ def real_app() -> Iterator[tuple[Engine, TestClient, str]]:
         default_max_tokens=8,
         max_queue=64,
     )
-    with TestClient(create_app(engine, settings_, runner, threads=1)) as http:
+    with TestClient(create_app(engine, settings_, runner, steps, threads=1)) as http:
         yield engine, http, probe
 
 

@@ -1,4 +1,5 @@
-"""KVLayout: the shape of one model's attention keys/values, and checks against it."""
+"""KVLayout: the shape of one model's attention keys/values, and checks against it;
+KVGeometry: a layout and the block size it is cached in."""
 
 from __future__ import annotations
 
@@ -78,3 +79,27 @@ class KVLayout:
                 checked.append(tensor)
             out.append((checked[0], checked[1]))
         return out
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """The shape of the KV and the unit it is cached in: the one record of the block size.
+    The composition root (:mod:`prefixkv.engine.build`) decides it; the pool, the caches and
+    the runners read it from here."""
+
+    layout: KVLayout
+    block_size: int
+
+    def __post_init__(self) -> None:
+        size = self.block_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {size!r}")
+
+    @property
+    def block_bytes(self) -> int:
+        """Keys and values of one block across all layers."""
+        return self.layout.block_bytes(self.block_size)
+
+    def blocks_for(self, num_tokens: int) -> int:
+        """Blocks that hold ``num_tokens`` tokens (the last one possibly partial)."""
+        return -(-num_tokens // self.block_size)

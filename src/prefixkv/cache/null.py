@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.layout import KVGeometry, KVLayout
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, RamOnly
 from prefixkv.cache.table import BlockTable
@@ -32,13 +32,20 @@ class NullCache(RamOnly):
     ) -> None:
         """``capacity_bytes``: a pool for running sequences' KV (a batching engine writes it
         there; nothing is ever indexed). 0: no pool, for the serial runner."""
-        self.layout = layout
-        self.block_size = block_size
+        self.geometry = KVGeometry(layout, block_size)
         self.device = torch.device(device)
-        blocks = capacity_bytes // layout.block_bytes(block_size)
-        self.pool = BlockPool(layout, block_size, blocks, self.device) if blocks else None
+        blocks = capacity_bytes // self.geometry.block_bytes
+        self.pool = BlockPool(self.geometry, blocks, self.device) if blocks else None
         self._queries = self._tokens = 0
         self._counting = threading.Lock()
+
+    @property
+    def layout(self) -> KVLayout:
+        return self.geometry.layout
+
+    @property
+    def block_size(self) -> int:
+        return self.geometry.block_size
 
     # --- running sequences: private blocks only, nothing indexed -------------------------
 
@@ -51,7 +58,7 @@ class NullCache(RamOnly):
         return BlockTable(namespace, [], 0, 0, None)
 
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
-        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        need = self.geometry.blocks_for(num_tokens) - len(table.blocks)
         if need <= 0:
             return True
         with self._counting:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.layout import KVGeometry, KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, NoWriteThrough, RamOnly, WriteThrough
@@ -57,21 +57,28 @@ class PrefixKVCache(RamOnly):
         ``store`` or ``commit`` caches; blocks put back by ``restore`` are not repeated."""
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
-        self.layout = layout
-        self.block_size = block_size
+        self.geometry = KVGeometry(layout, block_size)
         self.device = torch.device(device)
-        block_bytes = layout.block_bytes(block_size)
+        block_bytes = self.geometry.block_bytes
         if not isinstance(capacity_bytes, int) or capacity_bytes < block_bytes:
             raise ValueError(
                 f"capacity_bytes={capacity_bytes!r} holds no block: one block of {block_size} "
                 f"tokens takes {block_bytes} bytes for this layout"
             )
-        self.pool = BlockPool(layout, block_size, capacity_bytes // block_bytes, self.device)
+        self.pool = BlockPool(self.geometry, capacity_bytes // block_bytes, self.device)
         self.tenants = Tenants(block_size, policy, self.pool.num_blocks, tenant_share)
         self._lock = threading.Lock()
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
         self.write_through: WriteThrough = NoWriteThrough()
+
+    @property
+    def layout(self) -> KVLayout:
+        return self.geometry.layout
+
+    @property
+    def block_size(self) -> int:
+        return self.geometry.block_size
 
     @property
     def index(self) -> PrefixIndex:
@@ -216,7 +223,7 @@ class PrefixKVCache(RamOnly):
         blocks if needed (any tenant's: shares bound what stores may evict, not the KV of
         running sequences). All or nothing: False (and nothing allocated or evicted) when the
         pool cannot supply every block, for the caller to preempt a sequence and retry."""
-        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        need = self.geometry.blocks_for(num_tokens) - len(table.blocks)
         if need <= 0:
             return True
         with self._lock:
@@ -261,7 +268,7 @@ class PrefixKVCache(RamOnly):
         ``store`` takes them: evicting only what the table's tenant may evict, as many leading
         blocks as that allows (the rest counted as dropped). The table's indexed blocks are
         pinned, so making room never evicts them. Returns the blocks the table holds now."""
-        need = -(-num_tokens // self.block_size) - len(table.blocks)
+        need = self.geometry.blocks_for(num_tokens) - len(table.blocks)
         if need > 0:
             with self._lock:
                 blocks = self._reserve(need, tenant_of(table.namespace))
@@ -367,7 +374,7 @@ class PrefixKVCache(RamOnly):
             pinned_blocks=pinned,
             reserved_blocks=self._reserved,
             block_size=self.block_size,
-            used_bytes=used * self.layout.block_bytes(self.block_size),
+            used_bytes=used * self.geometry.block_bytes,
             capacity_bytes=self.pool.nbytes,
         )
 

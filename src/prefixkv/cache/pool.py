@@ -14,19 +14,18 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.layout import KVGeometry, KVLayout
 
 
 class BlockPool:
-    """``num_blocks`` blocks of ``block_size`` tokens, allocated once, never resized."""
+    """``num_blocks`` blocks of ``geometry.block_size`` tokens, allocated once, never
+    resized."""
 
-    def __init__(
-        self, layout: KVLayout, block_size: int, num_blocks: int, device: torch.device
-    ) -> None:
+    def __init__(self, geometry: KVGeometry, num_blocks: int, device: torch.device) -> None:
         if num_blocks < 1:
             raise ValueError("a BlockPool needs at least one block")
-        self.layout = layout
-        self.block_size = block_size
+        self.geometry = geometry
+        layout, block_size = geometry.layout, geometry.block_size
         self.num_blocks = num_blocks
         self.device = device
         # torch.empty: pages of a large CPU allocation are committed only when first written.
@@ -38,6 +37,14 @@ class BlockPool:
         # LIFO: recently freed (already touched) pages are reused first.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._is_free = bytearray(b"\x01") * num_blocks
+
+    @property
+    def layout(self) -> KVLayout:
+        return self.geometry.layout
+
+    @property
+    def block_size(self) -> int:
+        return self.geometry.block_size
 
     @property
     def num_free(self) -> int:

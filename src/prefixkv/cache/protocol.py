@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from prefixkv.cache.layout import KVGeometry
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes
@@ -124,8 +125,13 @@ class BlockStore(Protocol):
     (RAM), TieredCache (RAM with disk and Redis below) and NullCache (caches nothing)."""
 
     @property
+    def geometry(self) -> KVGeometry:
+        """The KV's layout and block size (the composition root decides them)."""
+        ...
+
+    @property
     def block_size(self) -> int:
-        """Tokens per block (the composition root's ``KVGeometry`` decides it)."""
+        """``geometry.block_size``: tokens per block."""
         ...
 
     @property

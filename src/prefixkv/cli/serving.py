@@ -71,6 +71,7 @@ def serve_command(args: argparse.Namespace) -> int:
     """Run the server the options describe; the exit status. CommandError (exit 2) for bad
     keys, a server on the network without one, or options that cannot work."""
     from prefixkv.server import create_app
+    from prefixkv.server.steps import StepMetrics
 
     # Checked before the model loads (seconds): a bad key or a server open to the network
     # without one is a start-up error at once.
@@ -83,11 +84,12 @@ def serve_command(args: argparse.Namespace) -> int:
     # prefixkv.threads: a second multi-threaded team would slow every step).
     threads = args.threads or current_threads()
     helper_thread()
-    built = load_engine(args, threads, args.tenant_share)
+    steps = StepMetrics()
+    built = load_engine(args, threads, args.tenant_share, steps.observe)
     engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, built.runner, threads)
+    app = create_app(engine, settings, built.runner, steps, threads)
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)

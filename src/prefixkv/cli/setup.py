@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prefixkv.extras import require
 
 if TYPE_CHECKING:
-    from prefixkv.engine.batch.records import BatchLimits
+    from prefixkv.engine.batch.records import BatchLimits, StepReport
     from prefixkv.engine.build import Built, EngineSettings
     from prefixkv.engine.engine import Engine
     from prefixkv.tiers.key import TierKey
@@ -131,15 +131,21 @@ def _limits(args: argparse.Namespace) -> BatchLimits:
     return BatchLimits(args.max_running, args.max_batch_tokens, POLICIES[args.schedule_policy])
 
 
-def load_engine(args: argparse.Namespace, threads: int, tenant_share: float | None = None) -> Built:
+def load_engine(
+    args: argparse.Namespace,
+    threads: int,
+    tenant_share: float | None = None,
+    on_step: Callable[[StepReport], None] = lambda report: None,
+) -> Built:
     """The engine and runner the options describe, built once (see
     :mod:`prefixkv.engine.build`); the runner computes on ``threads`` cores (named in the
-    tier records' fingerprint). CommandError for options that cannot work."""
+    tier records' fingerprint) and reports each step to ``on_step``. CommandError for
+    options that cannot work."""
     from prefixkv.engine.build import build
 
     key = check_tier_options(args)
     with command_errors():
-        return build(engine_settings(args, threads, key, tenant_share))
+        return build(engine_settings(args, threads, key, tenant_share), on_step)
 
 
 @contextlib.contextmanager

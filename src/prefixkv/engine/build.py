@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from prefixkv.cache.layout import KVLayout
+from prefixkv.cache.layout import KVGeometry, KVLayout
 from prefixkv.cache.null import NullCache
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import BlockStore
@@ -84,19 +84,6 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
-class KVGeometry:
-    """The shape of the KV and the unit it is cached in: the one place the block size is
-    decided (caches, pools, tables, tier names and runners read it from the cache)."""
-
-    layout: KVLayout
-    block_size: int
-
-    @property
-    def block_bytes(self) -> int:
-        return self.layout.block_bytes(self.block_size)
-
-
-@dataclass(frozen=True)
 class Built:
     """What :func:`build` made. ``attention``: how the KV is computed, as the tier records'
     fingerprint names it (``batch:<kernel>`` or ``serial:<the model's own>``)."""
@@ -132,10 +119,10 @@ def assemble(
     attention = choose_attention(settings, model, geometry.layout)
     threads = settings.threads or current_threads()
     cache = make_cache(settings, geometry, model, attention, threads)
-    engine = Engine(model, tokenizer, cache, name=name)
     if attention.startswith("serial:"):
-        engine.serial.on_step = on_step
+        engine = Engine(model, tokenizer, cache, name=name, on_step=on_step)
         return Built(engine, engine.serial, geometry, attention)
+    engine = Engine(model, tokenizer, cache, name=name)
     from prefixkv.engine.batch.runner import BatchRunner
 
     kernel = attention.removeprefix("batch:")  # resolved already: no second probe of "auto"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Generator, Hashable
+from collections.abc import Callable, Generator, Hashable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from prefixkv.cache.layout import KVLayout
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES
 from prefixkv.cache.protocol import BlockStore
+from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.prompts import Prompt, prompt_ids
@@ -46,8 +47,15 @@ class Engine:
     so concurrent requests interleave token by token."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, cache: BlockStore, *, name: str = "model"
+        self,
+        model: Any,
+        tokenizer: Any,
+        cache: BlockStore,
+        *,
+        name: str = "model",
+        on_step: Callable[[StepReport], None] = lambda report: None,
     ) -> None:
+        """``on_step``: told of every forward pass of the serial runner (``serial``)."""
         self.model = model
         self.tokenizer = tokenizer
         self.cache = cache
@@ -65,7 +73,7 @@ class Engine:
             eos_ids.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos_ids)
         self.intake = Intake(tokenizer, self.vocab_size, self.context_length)
-        self.serial = SerialRunner(self)
+        self.serial = SerialRunner(self, on_step)
         """The serial path: what ``generate``/``stream`` run on, and a server's runner for
         models the batch runner cannot run."""
 

@@ -209,13 +209,21 @@ def _load_folder(
 
 
 def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """As :func:`_load_folder`: the family and layer kinds are checked from the file's
+    metadata before any weight is read, and the family's model arguments (its attention
+    implementation) are honoured."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, local_files_only=True
-    )
+    from prefixkv.engine.kvbridge import check_served
+    from prefixkv.models import family_of
+
+    where = {"gguf_file": gguf.name, "local_files_only": True}
+    config = AutoConfig.from_pretrained(gguf.parent, **where)
+    family = family_of(config)
+    check_served(config)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **where)
     model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=dtype, local_files_only=True
+        gguf.parent, dtype=dtype, **where, **family.model_kwargs()
     )
     _fix_generation_config(model, tokenizer)
     return model, tokenizer

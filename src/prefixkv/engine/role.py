@@ -9,15 +9,13 @@ batch one (:mod:`prefixkv.engine.batch.runner`). Importing this module loads no 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
-
-if TYPE_CHECKING:
-    from prefixkv.engine.batch.records import StepReport
 
 
 class EngineRole(Protocol):
@@ -81,9 +79,6 @@ class Runner(Protocol):
     :class:`~prefixkv.engine.serial.SerialRunner` and
     :class:`~prefixkv.engine.batch.runner.BatchRunner`."""
 
-    on_step: Callable[[StepReport], None]
-    """Told of every forward pass, on the runner's thread."""
-
     @property
     def num_waiting(self) -> int:
         """Requests submitted and not running yet."""
@@ -116,3 +111,14 @@ class Runner(Protocol):
     def stop(self, timeout: float = 10.0) -> None:
         """Drain, cancel what runs, and join the thread (up to ``timeout`` seconds)."""
         ...
+
+
+def wait_until(done: Callable[[], bool], timeout: float, poll: float = 0.05) -> bool:
+    """True once ``done()`` is; False after ``timeout`` seconds (a runner's ``wait_idle``:
+    ``done`` reads state another thread changes, so it is polled, every ``poll`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+    return True

@@ -32,7 +32,7 @@ from prefixkv.cache.table import BlockTable
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.decoding import Decoding
 from prefixkv.engine.request import Request
-from prefixkv.engine.role import RequestCancelled, Sink
+from prefixkv.engine.role import RequestCancelled, Sink, wait_until
 from prefixkv.engine.workspace import Workspace, WorkspacePool
 from prefixkv.threads import compute_on, current_threads
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
@@ -115,12 +115,8 @@ class SerialRunner:
 
     def wait_idle(self, timeout: float) -> bool:
         """True once every submitted request finished; False after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:  # queued, or taken and not finished
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        # unfinished_tasks: queued, or taken and not finished
+        return wait_until(lambda: not self._queue.unfinished_tasks, timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         thread, self._thread = self._thread, None

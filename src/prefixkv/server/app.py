@@ -32,6 +32,7 @@ from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
 from prefixkv.server.scheduler import Scheduler
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.steps import StepMetrics
 
 log = logging.getLogger("prefixkv.server")
 
@@ -52,14 +53,18 @@ class ServerState:
 
     @classmethod
     def build(
-        cls, engine: EngineRole, settings: ServerSettings, runner: Runner, threads: int | None
+        cls,
+        engine: EngineRole,
+        settings: ServerSettings,
+        runner: Runner,
+        steps: StepMetrics,
+        threads: int | None,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         metrics = ServerMetrics(
-            engine.cache, lambda: scheduler.pending, lambda: scheduler.backend.running
+            engine.cache, steps, lambda: scheduler.pending, lambda: scheduler.backend.running
         )
         scheduler.on_finish = metrics.observe_job
-        runner.on_step = metrics.observe_step
         generation = Generation(engine, scheduler, settings)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
         return cls(engine, settings, scheduler, metrics, generation, auth)
@@ -75,13 +80,18 @@ class ServerState:
 
 
 def create_app(
-    engine: EngineRole, settings: ServerSettings, runner: Runner, threads: int | None = None
+    engine: EngineRole,
+    settings: ServerSettings,
+    runner: Runner,
+    steps: StepMetrics,
+    threads: int | None = None,
 ) -> FastAPI:
-    """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch),
+    """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch,
+    built with ``steps.observe`` as its step callback: ``/metrics`` exports ``steps``),
     whose thread runs torch ops on ``threads`` cores (default: the starting thread's). The
     runner's thread starts and stops with the app's lifespan (uvicorn runs it; so does
     ``TestClient`` used as a context manager)."""
-    state = ServerState.build(engine, settings, runner, threads)
+    state = ServerState.build(engine, settings, runner, steps, threads)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )

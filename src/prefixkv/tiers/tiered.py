@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from prefixkv.cache.layout import KVGeometry
 from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, TierStats
@@ -92,6 +93,10 @@ class TieredCache:
     @property
     def block_size(self) -> int:
         return self.hot.block_size
+
+    @property
+    def geometry(self) -> KVGeometry:
+        return self.hot.geometry
 
     @property
     def layout(self) -> Any:

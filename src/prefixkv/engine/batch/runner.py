@@ -31,6 +31,7 @@ from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepRepor
 from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
 from prefixkv.engine.linear import padding_of
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
+from prefixkv.engine.role import wait_until
 from prefixkv.engine.sinks import Collect
 from prefixkv.models.family import text_config
 from prefixkv.threads import compute_on, current_threads
@@ -62,7 +63,6 @@ class BatchRunner:
         with engine.model_lock:  # the probe switches the model's attention for a moment
             attention.check_supported(engine.model)
         self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
-        self.block_size: int = store.block_size
         self._padded = padding_of(engine.model)  # rows the linear layers compute per step
         layout = engine.layout
         self.attention_kernel = kernels.attention_kernel(
@@ -94,7 +94,7 @@ class BatchRunner:
     def submit(self, request: Request, sink: Sink) -> None:
         """Queue ``request``; results go to ``sink``. Raises InvalidRequestError when the
         pool could never hold it, RequestCancelled when the runner stopped accepting."""
-        need = -(-(token_count(request.ids) + request.max_tokens) // self.block_size)
+        need = self.store.geometry.blocks_for(token_count(request.ids) + request.max_tokens)
         pool = self.store.pool
         assert pool is not None
         if need > pool.num_blocks:
@@ -151,12 +151,8 @@ class BatchRunner:
             self._cond.notify()
 
     def wait_idle(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while self._running or self._waiting:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        """True once nothing waits or runs; False after ``timeout`` seconds."""
+        return wait_until(lambda: not (self._running or self._waiting), timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         thread, self._thread = self._thread, None
@@ -181,6 +177,10 @@ class BatchRunner:
                 log.exception("batch step failed")
                 for seq in list(self._running):
                     self._end(seq, "failed", exc)
+
+    @property
+    def block_size(self) -> int:
+        return self.store.block_size
 
     def step(self) -> StepReport | None:
         """One step: drop cancelled sequences, admit, feed, sample. None when idle."""
