@@ -19,7 +19,7 @@ runs one forward at a time (the engine's model lock).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -32,13 +32,16 @@ class JoinedProjection(torch.nn.Module):
     """The siblings' weights stacked by rows in ``joined`` (an ``nn.Linear`` until a kernel
     swaps it), and the column range each sibling owns in its output."""
 
+    joined: torch.nn.Module
+    """``[..., in_features] -> [..., sum(widths)]``: an ``nn.Linear`` until a kernel swaps it."""
+
     def __init__(self, siblings: Sequence[torch.nn.Linear]) -> None:
         super().__init__()
         first = siblings[0]
         biased = first.bias is not None
         self.in_features = first.in_features
         self.widths = tuple(s.out_features for s in siblings)
-        self.joined = torch.nn.Linear(
+        joined = torch.nn.Linear(
             first.in_features,
             sum(self.widths),
             bias=biased,
@@ -46,9 +49,10 @@ class JoinedProjection(torch.nn.Module):
             dtype=first.weight.dtype,
         )
         with torch.no_grad():
-            self.joined.weight.copy_(torch.cat([s.weight for s in siblings]))
+            joined.weight.copy_(torch.cat([s.weight for s in siblings]))
             if biased:
-                self.joined.bias.copy_(torch.cat([s.bias for s in siblings]))
+                joined.bias.copy_(torch.cat([s.bias for s in siblings]))
+        self.joined = joined
         self.starts = tuple(sum(self.widths[:i]) for i in range(len(self.widths)))
         self._kept = _Kept()  # a plain object: nn.Module's __setattr__ costs ~6 us a call
 
@@ -104,18 +108,26 @@ def join_siblings(model: torch.nn.Module, siblings: Siblings) -> int:
     input size, with or without bias alike) by a :class:`JoinedProjection`, registered next to
     them as ``joined_<first name>``, and its parts. Returns how many sets were joined; leaves
     any other set as it is. Mutates ``model``."""
-    count = 0
+    return len(list(_joined_sets(model, siblings)))
+
+
+def _joined_sets(
+    model: torch.nn.Module, siblings: Siblings
+) -> Iterator[tuple[JoinedProjection, list[torch.nn.Linear]]]:
+    """Join each set of ``siblings`` in ``model`` as it is reached, yielding its owner and the
+    layers it replaced (the caller drops them before the next set: one set's weights are
+    held twice at a time, never the model's)."""
     for module in list(model.modules()):
         for names in siblings:
             layers = [getattr(module, name, None) for name in names]
             if not _joinable(layers):
                 continue
-            owner = JoinedProjection(layers)  # type: ignore[arg-type]
+            linears: list[torch.nn.Linear] = layers  # type: ignore[assignment]
+            owner = JoinedProjection(linears)
             setattr(module, _owner_name(names), owner)
             for part, name in enumerate(names):
                 setattr(module, name, ProjectionPart(owner, part))
-            count += 1
-    return count
+            yield owner, linears
 
 
 def joined_projection(module: torch.nn.Module, names: Sequence[str]) -> JoinedProjection | None:
@@ -143,18 +155,26 @@ def _joinable(siblings: list[object]) -> bool:
     )
 
 
-def swap_linears(
-    model: torch.nn.Module, siblings: Siblings, make: Callable[[torch.nn.Linear], torch.nn.Module]
-) -> int:
-    """Join ``model``'s sibling projections (:func:`join_siblings` of ``siblings``), then put
-    ``make(layer)`` in the place of every ``nn.Linear`` (joined ones included). Returns how
-    many were replaced. Mutates ``model``; a linear kernel checks every layer before calling
-    it."""
-    join_siblings(model, siblings)
+MakeLayer = Callable[[torch.nn.Linear, Sequence[torch.nn.Linear]], torch.nn.Module]
+"""``make(layer, sources)``: the module that replaces ``layer``; ``sources`` are the layers
+whose weight rows ``layer``'s weight holds, in order (a joined layer's siblings, else
+``(layer,)``), so that a kernel can find each one's weights as the checkpoint stored them."""
+
+
+def swap_linears(model: torch.nn.Module, siblings: Siblings, make: MakeLayer) -> int:
+    """Join ``model``'s sibling projections (as :func:`join_siblings` does), then put
+    ``make(layer, sources)`` in the place of every ``nn.Linear`` (joined ones included).
+    Returns how many were replaced. Mutates ``model``; a linear kernel checks every layer
+    before calling it."""
     swapped = 0
+    for owner, linears in _joined_sets(model, siblings):
+        joined = owner.joined
+        assert isinstance(joined, torch.nn.Linear)  # just made
+        owner.joined = make(joined, linears)
+        swapped += 1
     for parent in list(model.modules()):
         for child_name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
-                setattr(parent, child_name, make(child))
+                setattr(parent, child_name, make(child, (child,)))
                 swapped += 1
     return swapped

@@ -135,7 +135,9 @@ class OneDNNLinear:
                     f"build; {name} has {layer.weight.dtype} on {layer.weight.device} "
                     f"(use --linear-kernel torch)"
                 )
-        return swap_linears(model, family_of(model).siblings, PackedLinear)
+        return swap_linears(
+            model, family_of(model).siblings, lambda layer, sources: PackedLinear(layer)
+        )
 
 
 def onednn_runs(weight: torch.Tensor) -> bool:

@@ -95,7 +95,7 @@ class NativeLinear:
         family = family_of(model)
         kernels = load()
         swapped = swap_linears(
-            model, family.siblings, lambda linear: NativeLinearLayer(linear, kernels)
+            model, family.siblings, lambda linear, sources: NativeLinearLayer(linear, kernels)
         )
         swap_native_layers(model, family, kernels)
         return swapped

@@ -30,6 +30,7 @@ from collections.abc import Hashable
 
 import xxhash
 
+from prefixkv.cache.tenants import Namespace
 from prefixkv.tiers.key import TierKey
 from prefixkv.tokens import TOKEN_BYTES
 
@@ -38,8 +39,36 @@ NAME_LABEL = b"prefixkv tiers: block names (keyed BLAKE2b-128)"
 
 
 def namespace_key(namespace: Hashable) -> bytes:
-    """The bytes a namespace contributes to names: empty for None, else its ``repr``."""
-    return b"" if namespace is None else repr(namespace).encode()
+    """The bytes a namespace contributes to names: empty for None, else a tagged,
+    length-prefixed encoding of its values, so that no class name or ``repr`` is part of a
+    stored name (renaming a class must not orphan records). A
+    :class:`~prefixkv.cache.tenants.Namespace` is its tenant and salt; str, bytes, int and
+    None values and tuples of them are encoded as themselves. TypeError naming the type for
+    any other value (a tier could not name its blocks stably)."""
+    return b"" if namespace is None else _encoded(namespace)
+
+
+def _encoded(value: object) -> bytes:
+    if isinstance(value, Namespace):
+        return b"N" + _parts((value.tenant, value.salt))
+    if value is None:
+        return b"n"
+    if isinstance(value, str):
+        return b"s" + value.encode("utf-8", "surrogatepass")
+    if isinstance(value, bytes):
+        return b"b" + value
+    if isinstance(value, int):  # bool included: True and 1 name alike, as they hash alike
+        return b"i" + str(int(value)).encode()
+    if isinstance(value, tuple):
+        return b"t" + _parts(value)
+    raise TypeError(
+        f"a namespace kept in a tier is made of str, bytes, int, None, tuples and Namespace; "
+        f"got {type(value).__name__}"
+    )
+
+
+def _parts(values: tuple[object, ...]) -> bytes:
+    return b"".join(struct.pack("<Q", len(e)) + e for e in map(_encoded, values))
 
 
 def fingerprint_of(*parts: bytes) -> bytes:
