@@ -211,16 +211,13 @@ def _raw_weight(linear: torch.nn.Linear, found: _Located) -> RawWeight | LeftOut
     return RawWeight(format=fmt, rows=rows, in_features=in_features)
 
 
-def _candidates(model: PreTrainedModel, name: str, linear: torch.nn.Linear) -> list[str]:
-    """Parameter names under which ``linear.weight`` is stored: its own, then any it is tied
-    to (e.g. ``model.embed_tokens.weight`` for a tied ``lm_head``)."""
-    own = f"{name}.weight"
-    tied = [
-        n
-        for n, p in model.named_parameters(remove_duplicate=False)
-        if p is linear.weight and n != own
-    ]
-    return [own, *tied]
+def _names_by_parameter(model: PreTrainedModel) -> dict[int, list[str]]:
+    """id of each parameter -> every name it is reachable under (a tied ``lm_head.weight`` is
+    also ``model.embed_tokens.weight``), in ``named_parameters`` order."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    return names
 
 
 def scan_raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> RawWeightScan:
@@ -232,12 +229,14 @@ def scan_raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> RawWeight
     from gguf import GGUFReader
 
     located = _locate(model, GGUFReader(str(gguf_path)))
+    names_of = _names_by_parameter(model)
     weights: dict[str, RawWeight] = {}
     left_out: dict[str, LeftOut] = {}
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        names = _candidates(model, name, module)
+        own = f"{name}.weight"  # first, then the names of the weights it is tied to
+        names = sorted(names_of.get(id(module.weight), [own]), key=lambda n: n != own)
         hit = next((located[n] for n in names if n in located), None)
         outcome = (
             LeftOut("not_found", f"no 2-D file tensor maps to {' or '.join(names)}")
