@@ -19,6 +19,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
+from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
 from prefixkv.engine import gguf_blocks
 from prefixkv.engine.gguf_blocks import RawWeight, raw_weights, scan_raw_weights
@@ -160,8 +161,6 @@ def test_linear_without_a_file_tensor_is_not_found(tmp_path: Path) -> None:
 def test_processing_beyond_a_row_reordering_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from transformers import modeling_gguf_pytorch_utils as gguf_utils
-
     class ScalesValues(gguf_utils.LlamaTensorProcessor):  # type: ignore[misc]
         def process(self, weights: Any, name: str, **kwargs: Any) -> Any:
             result = super().process(weights, name, **kwargs)
@@ -186,6 +185,30 @@ def test_weights_rounded_by_a_narrower_dtype_are_mismatches(tmp_path: Path) -> N
     assert {o.reason for o in scan.left_out.values()} == {"mismatch"}
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_names_agree_with_transformers_own_weights_map(arch: str, tmp_path: Path) -> None:
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
+
+    lm = _tiny(tmp_path, arch, arch=arch, matrix_type="Q8_0", untied=True)
+    processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=lm.model.config.to_dict())
+    theirs = get_gguf_hf_weights_map(lm.model, processor)
+    ours = gguf_blocks._key_map(lm.model, arch, processor)
+    assert len(ours) >= 1 + LAYERS * (len(PROJ) + 2) + 2  # matrices, norms, embedding, head
+    assert ours == theirs
+
+
+def test_a_file_that_is_not_gguf_raises(tmp_path: Path) -> None:
+    lm = _tiny(tmp_path, "llama", matrix_type="Q8_0")
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(ValueError, match="GGUF magic"):
+        scan_raw_weights(lm.model, bogus)
+
+
 @pytest.mark.smollm2
 def test_smollm2_every_linear_found_and_verified() -> None:
     lm = load_model("smollm2")
@@ -200,3 +223,7 @@ def test_smollm2_every_linear_found_and_verified() -> None:
     assert down.rows.shape == (576, 1536 // 32 * 20) and down.in_features == 1536
     q = scan.weights["model.layers.0.self_attn.q_proj"].rows
     assert not np.array_equal(q, _file_rows(lm.source, "blk.0.attn_q.weight"))  # rotary order
+    # the one name table gives what transformers' own map (a table per submodule) gives
+    processor = gguf_utils.LlamaTensorProcessor(config=lm.model.config.to_dict())
+    theirs = gguf_utils.get_gguf_hf_weights_map(lm.model, processor)
+    assert gguf_blocks._key_map(lm.model, "llama", processor) == theirs

@@ -10,9 +10,11 @@ Usage::
 
 Contract of :func:`scan_raw_weights` (and :func:`raw_weights`, which also logs):
 
-- reads the file's tensor table through ``gguf.GGUFReader`` (memory-mapped) and transformers'
-  own GGUF name map and tensor processor for the file's architecture; it never de-quantizes a
-  whole file, only each kept layer's rows, once, to verify them;
+- reads the file through ``gguf.GGUFReader`` (memory-mapped), names its tensors with gguf's
+  name table for the file's architecture (the table transformers' GGUF loader maps with; tied
+  weights, such as SmolLM2's lm_head, resolve to the tensor they share) and orders their rows
+  with transformers' own tensor processor for that architecture; it never de-quantizes a whole
+  file, only each kept layer's rows, once, to verify them;
 - returns a :class:`RawWeight` only for a layer whose rows, de-quantized by the reference
   ``gguf.quants.dequantize``, equal the module's current weight bit for bit (compared as int32
   bit patterns, after an exact upcast of the weight to float32). Any other layer is left out
@@ -51,8 +53,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+Format = Literal["q8_0", "q4_0", "q4_1", "bf16", "f16", "f32"]
+Reason = Literal["format", "not_found", "not_row_permutation", "mismatch"]
+
 # GGML type name (gguf.GGMLQuantizationType member) -> the format name a RawWeight carries
-KEPT_FORMATS: Mapping[str, str] = {
+KEPT_FORMATS: Mapping[str, Format] = {
     "Q8_0": "q8_0",
     "Q4_0": "q4_0",
     "Q4_1": "q4_1",
@@ -62,14 +67,12 @@ KEPT_FORMATS: Mapping[str, str] = {
 }
 _VERIFY_ELEMENTS = 1 << 20  # rows are de-quantized in chunks of about this many weights
 
-Reason = Literal["format", "not_found", "not_row_permutation", "mismatch"]
-
 
 @dataclass(frozen=True)
 class RawWeight:
     """One linear layer's weight exactly as the GGUF file stores it, in HF row order."""
 
-    format: str  # a KEPT_FORMATS value: "q8_0" | "q4_0" | "q4_1" | "bf16" | "f16" | "f32"
+    format: Format  # the GGML type of the file's tensor
     rows: np.ndarray  # uint8 [out_features, row_bytes]: row i holds HF weight row i's blocks
     in_features: int
 
@@ -118,11 +121,11 @@ def _key_map(model: PreTrainedModel, arch: str, processor: object) -> dict[str, 
     Empty if gguf does not know ``arch``: every layer is then left out as not found."""
     from gguf import MODEL_ARCH_NAMES, get_tensor_name_map
 
+    from prefixkv.models.family import text_config
+
     arch_id = next((k for k, v in MODEL_ARCH_NAMES.items() if v == arch), None)
     if arch_id is None:
         return {}
-    from prefixkv.models.family import text_config
-
     names = get_tensor_name_map(arch_id, int(text_config(model.config).num_hidden_layers))
     key_map: dict[str, str] = {}
     for hf_name, _ in model.named_parameters(remove_duplicate=False):
