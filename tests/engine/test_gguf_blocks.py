@@ -19,6 +19,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
 from prefixkv.engine import gguf_blocks
@@ -207,6 +209,18 @@ def test_a_file_that_is_not_gguf_raises(tmp_path: Path) -> None:
     bogus.write_bytes(b"PK\x03\x04" + bytes(64))
     with pytest.raises(ValueError, match="GGUF magic"):
         scan_raw_weights(lm.model, bogus)
+
+
+@given(st.permutations(list(range(40))), st.integers(0, 39), st.sampled_from([-1.0, 0.5, 40.0]))
+def test_row_order_accepts_permutations_only(order: list[int], at: int, bad: float) -> None:
+    probe = np.array(order, dtype=np.float64).reshape(-1, 1)
+    found = gguf_blocks._row_order(probe, len(order))
+    assert found is not None and found.tolist() == order
+    broken = probe.copy()
+    broken[at, 0] = bad  # out of range, fractional, or a repeated row
+    assert gguf_blocks._row_order(broken, len(order)) is None
+    assert gguf_blocks._row_order(probe.T, len(order)) is None  # not a column
+    assert gguf_blocks._row_order(probe[:-1], len(order)) is None
 
 
 @pytest.mark.smollm2
