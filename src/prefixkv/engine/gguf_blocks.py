@@ -10,11 +10,13 @@ Usage::
 
 Contract of :func:`scan_raw_weights` (and :func:`raw_weights`, which also logs):
 
-- reads the file through ``gguf.GGUFReader`` (memory-mapped), names its tensors with gguf's
-  name table for the file's architecture (the table transformers' GGUF loader maps with; tied
-  weights, such as SmolLM2's lm_head, resolve to the tensor they share) and orders their rows
-  with transformers' own tensor processor for that architecture; it never de-quantizes a whole
-  file, only each kept layer's rows, once, to verify them;
+- reads the file's tensor table with :func:`prefixkv.engine.gguf_table.read_table`
+  (memory-mapped; the same table as ``gguf.GGUFReader``'s, without parsing the tokenizer),
+  names its tensors with gguf's name table for the file's architecture (the table
+  transformers' GGUF loader maps with; a tied weight, such as SmolLM2's lm_head, resolves to
+  the tensor it shares) and orders their rows with transformers' own tensor processor for
+  that architecture; it never de-quantizes a whole file, only each kept layer's rows, once,
+  to verify them;
 - returns a :class:`RawWeight` only for a layer whose rows, de-quantized by the reference
   ``gguf.quants.dequantize``, equal the module's current weight bit for bit (compared as int32
   bit patterns, after an exact upcast of the weight to float32). Any other layer is left out
@@ -24,7 +26,8 @@ Contract of :func:`scan_raw_weights` (and :func:`raw_weights`, which also logs):
   loaded in a dtype that rounds the file's values);
 - ``rows`` may be read-only views of the memory-mapped file (unpermuted tensors) and then keep
   the file open; permuted tensors (Llama's q/k, reordered for rotary) are copies;
-- raises ``OSError`` if the file cannot be read and ``ValueError`` if it is not a GGUF.
+- raises ``OSError`` if the file cannot be read and ``ValueError`` if it is not a GGUF
+  :func:`~prefixkv.engine.gguf_table.read_table` reads.
 """
 
 from __future__ import annotations
@@ -37,9 +40,11 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from prefixkv.engine.gguf_table import TensorEntry, TensorTable, read_table
+
 if TYPE_CHECKING:
     import torch
-    from gguf import GGMLQuantizationType, GGUFReader, ReaderTensor
+    from gguf import GGMLQuantizationType
     from transformers import PreTrainedModel
 
 __all__ = [
@@ -98,7 +103,7 @@ class _Located:
     """A 2-D file tensor, and the file row that lands in each HF row after transformers'
     processing (``order[i]``: the file row of HF row i)."""
 
-    tensor: ReaderTensor
+    tensor: TensorEntry
     order: np.ndarray | None  # int64 [rows]; None if processing does not only reorder rows
 
 
@@ -136,27 +141,23 @@ def _key_map(model: PreTrainedModel, arch: str, processor: object) -> dict[str, 
     return key_map
 
 
-def _locate(model: PreTrainedModel, reader: GGUFReader) -> dict[str, _Located]:
+def _locate(model: PreTrainedModel, table: TensorTable) -> dict[str, _Located]:
     """HF parameter name -> the 2-D file tensor transformers loads into it.
 
     Runs transformers' tensor processor for the file's architecture on a column of row
     indices per tensor, so that whatever it does to the real weight's rows (Llama's rotary
     reordering of q/k) it does to the indices, and maps the name it returns."""
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        read_field,
-    )
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
-    arch = str(read_field(reader, "general.architecture")[0])  # type: ignore[no-untyped-call]
+    arch = table.architecture
     processor_class = TENSOR_PROCESSORS.get(arch, TensorProcessor)
     processor = processor_class(config=model.config.to_dict())  # type: ignore[no-untyped-call]
     key_map = _key_map(model, arch, processor)
     located: dict[str, _Located] = {}
-    for tensor in reader.tensors:
-        if len(tensor.shape) != 2:
+    for tensor in table.tensors:
+        if len(tensor.dims) != 2:
             continue
-        n_rows = int(tensor.shape[1])  # GGML dims are (in_features, out_features)
+        n_rows = tensor.dims[1]  # GGML dims are (in_features, out_features)
         probe = np.arange(n_rows, dtype=np.float64).reshape(n_rows, 1)  # exact below 2**53
         result = processor.process(  # type: ignore[no-untyped-call]
             weights=probe,
@@ -169,10 +170,9 @@ def _locate(model: PreTrainedModel, reader: GGUFReader) -> dict[str, _Located]:
     return located
 
 
-def _file_rows(tensor: ReaderTensor) -> np.ndarray:
+def _file_rows(tensor: TensorEntry) -> np.ndarray:
     """uint8 [out_features, row_bytes] view of the tensor's bytes, in file row order."""
-    data = np.asarray(tensor.data)  # drops the memmap subclass, keeps the mapping
-    return data.view(np.uint8).reshape(int(tensor.shape[1]), -1)
+    return tensor.data.reshape(tensor.dims[1], -1)
 
 
 def _bits_equal(rows: np.ndarray, qtype: GGMLQuantizationType, weight: torch.Tensor) -> bool:
@@ -196,20 +196,23 @@ def _bits_equal(rows: np.ndarray, qtype: GGMLQuantizationType, weight: torch.Ten
 
 def _raw_weight(linear: torch.nn.Linear, found: _Located) -> RawWeight | LeftOut:
     """The verified RawWeight for ``linear`` from its located file tensor, or why not."""
+    from gguf import GGMLQuantizationType
+
     tensor = found.tensor
-    what = f"{tensor.name} ({tensor.tensor_type.name}, dims {tensor.shape.tolist()})"
-    fmt = KEPT_FORMATS.get(tensor.tensor_type.name)
+    qtype = GGMLQuantizationType(tensor.ggml_type)
+    what = f"{tensor.name} ({qtype.name}, dims {list(tensor.dims)})"
+    fmt = KEPT_FORMATS.get(qtype.name)
     if fmt is None:
         return LeftOut("format", f"{what}: GGML type not kept")
     if found.order is None:
         return LeftOut("not_row_permutation", f"{what}: transformers does more than reorder rows")
-    in_features, out_features = (int(d) for d in tensor.shape)
+    in_features, out_features = tensor.dims
     if (out_features, in_features) != tuple(linear.weight.shape):
         return LeftOut("mismatch", f"{what}: weight shape {tuple(linear.weight.shape)}")
     rows = _file_rows(tensor)
     if not np.array_equal(found.order, np.arange(out_features)):
         rows = rows[found.order]  # fancy indexing: a contiguous copy in HF row order
-    if not _bits_equal(rows, tensor.tensor_type, linear.weight):
+    if not _bits_equal(rows, qtype, linear.weight):
         return LeftOut("mismatch", f"{what}: de-quantized rows differ from the loaded weight")
     return RawWeight(format=fmt, rows=rows, in_features=in_features)
 
@@ -229,9 +232,8 @@ def scan_raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> RawWeight
     Returns the scan (mutates nothing). Raises OSError / ValueError for an unreadable file.
     """
     import torch
-    from gguf import GGUFReader
 
-    located = _locate(model, GGUFReader(str(gguf_path)))
+    located = _locate(model, read_table(gguf_path))
     names_of = _names_by_parameter(model)
     weights: dict[str, RawWeight] = {}
     left_out: dict[str, LeftOut] = {}
