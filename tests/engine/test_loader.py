@@ -7,7 +7,6 @@ Fast tests use a tiny random Llama saved as a folder and a tiny Q8_0 GGUF writte
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import subprocess
@@ -21,7 +20,6 @@ from typing import Any, cast
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-import numpy as np
 import pytest
 import torch
 
@@ -37,96 +35,16 @@ from prefixkv.engine.loader import (
     resolve_model,
 )
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from .tiny_gguf import TEMPLATE, tiny_bpe_tokenizer, write_tiny_gguf
+
 MESSAGES = [{"role": "user", "content": "hello world"}]
 PROMPTS = ["Hello, world", "The capital of France is", "def fib(n):\n    return"]
-
-
-def _tiny_tokenizer() -> Any:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = ["hello world", "the quick brown fox jumps over the lazy dog", "user assistant"]
-    tok.train_from_iterator(corpus * 5, trainer)
-    return tok
-
-
-def _write_tiny_gguf(path: Path) -> None:
-    """A 2-layer Llama with Q8_0 matrices and a byte-level BPE tokenizer, like SmolLM2's."""
-    from gguf import GGMLQuantizationType, GGUFWriter
-    from gguf.quants import quantize
-
-    model = json.loads(_tiny_tokenizer().to_str())["model"]
-    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    vocab, hidden, layers, heads, kv_heads, inter = len(tokens), 64, 2, 4, 2, 128
-    w = GGUFWriter(str(path), "llama")
-    w.add_name("tiny")
-    w.add_block_count(layers)
-    w.add_context_length(256)
-    w.add_embedding_length(hidden)
-    w.add_feed_forward_length(inter)
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv_heads)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_vocab_size(vocab)
-    w.add_rope_dimension_count(hidden // heads)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in SPECIALS else 1 for t in tokens])
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_chat_template(TEMPLATE)
-    rng = np.random.default_rng(0)
-
-    def add(name: str, shape: tuple[int, ...]) -> None:
-        a = (rng.standard_normal(shape) * 0.05).astype(np.float32)
-        if len(shape) == 1:
-            w.add_tensor(name, a)
-        else:
-            q8 = GGMLQuantizationType.Q8_0
-            w.add_tensor(name, quantize(a, q8), raw_dtype=q8)
-
-    kv_dim = kv_heads * hidden // heads
-    add("token_embd.weight", (vocab, hidden))
-    add("output_norm.weight", (hidden,))
-    for i in range(layers):
-        for part, shape in [
-            ("attn_norm", (hidden,)),
-            ("ffn_norm", (hidden,)),
-            ("attn_q", (hidden, hidden)),
-            ("attn_k", (kv_dim, hidden)),
-            ("attn_v", (kv_dim, hidden)),
-            ("attn_output", (hidden, hidden)),
-            ("ffn_gate", (inter, hidden)),
-            ("ffn_up", (inter, hidden)),
-            ("ffn_down", (hidden, inter)),
-        ]:
-            add(f"blk.{i}.{part}.weight", shape)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
 
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    _write_tiny_gguf(path)
+    write_tiny_gguf(path)
     return path
 
 
@@ -136,7 +54,7 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
-        tokenizer_object=_tiny_tokenizer(),
+        tokenizer_object=tiny_bpe_tokenizer(),
         bos_token="<|im_start|>",
         eos_token="<|im_end|>",
         chat_template=TEMPLATE,
