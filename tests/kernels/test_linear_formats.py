@@ -110,10 +110,11 @@ def test_kernel_on_a_format_is_the_f32_kernel_on_its_dequantized_weight(
     dense = unpack(packed)
     reference = pack_f32(dense)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(max(counts) + 2, in_features, generator=gen)
+    x = torch.randn(max(counts) + 20, in_features, generator=gen)  # past 18 rows: staged
     b = torch.randn(out, generator=gen) if bias else None
     alone = torch.cat([kernels.linear(x[i : i + 1], packed, b) for i in range(len(x))])
     assert torch.equal(alone, kernels.linear(x, reference, b))
+    assert torch.equal(alone, kernels.linear(x, packed, b))
     for start, count in enumerate(counts):
         rows = x[start : start + count]
         assert torch.equal(kernels.linear(rows, packed, b), alone[start : start + count])

@@ -36,6 +36,7 @@
 #define BLOCK (WIDTH * VECTORS)   /* output columns per block */
 #define ROWS 6                    /* input rows per tile: 24 vector sums in registers */
 #define FEW_ROWS 48               /* up to this many rows a call runs k chunk by chunk */
+#define STAGE_ROWS 18             /* past this many rows a block dequantizes into a buffer */
 #define CHUNK 64                  /* k steps per chunk: a multiple of GROUP */
 #define GROUP 32                  /* k steps per quantized group */
 #define LINE 64                   /* bytes per cache line */
@@ -58,6 +59,44 @@ enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4 };
 #define STEP_Q4_0 ((BLOCK * 4 + GROUP * BLOCK / 2) / GROUP)
 #define STEP_Q4_1 ((BLOCK * 8 + GROUP * BLOCK / 2) / GROUP)
 
+/* 16 narrow values widened to floats. GCC 12 turns a widening __builtin_convertvector into
+ * scalar code (each byte moved alone: 2-3x slower than the f32 kernel), so with AVX-512 the
+ * widening instructions are named; elsewhere the generic form stands. */
+#ifdef __AVX512F__
+#include <immintrin.h>
+static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+}
+static inline __attribute__((always_inline)) vf from_u8(__m128i bytes) {
+    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
+}
+static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
+    return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+/* bytes: 16 bytes of 4-bit pairs; low: their low nibbles as floats, high: their high ones */
+static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
+    *low = from_u8(_mm_and_si128(bytes, mask));
+    *high = from_u8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
+}
+#else
+static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
+    return __builtin_convertvector(*(const vi8 *)p, vf);
+}
+static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
+    vu bits = __builtin_convertvector(*(const vh *)p, vu) << 16;
+    vf out;
+    memcpy(&out, &bits, sizeof(out));
+    return out;
+}
+static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
+    vu8 bytes = *(const vu8 *)p;
+    *low = __builtin_convertvector(bytes & 15, vf);
+    *high = __builtin_convertvector(bytes >> 4, vf);
+}
+#endif
+
 /* The 64 weights of step k of block w, by format. */
 static inline __attribute__((always_inline)) void load_f32(const uint8_t *w, int64_t k,
                                                            vf out[VECTORS]) {
@@ -67,11 +106,8 @@ static inline __attribute__((always_inline)) void load_f32(const uint8_t *w, int
 
 static inline __attribute__((always_inline)) void load_bf16(const uint8_t *w, int64_t k,
                                                             vf out[VECTORS]) {
-    const vh *wk = (const vh *)(w + k * STEP_BF16);
-    for (int j = 0; j < VECTORS; j++) {
-        vu bits = __builtin_convertvector(wk[j], vu) << 16;
-        memcpy(&out[j], &bits, sizeof(bits));
-    }
+    const uint8_t *wk = w + k * STEP_BF16;
+    for (int j = 0; j < VECTORS; j++) out[j] = from_bf16(wk + j * WIDTH * 2);
 }
 
 /* A quantized step: the group's header (d, then m) and step k's 64 (8-bit) or 32 (4-bit)
@@ -82,19 +118,14 @@ static inline __attribute__((always_inline)) void load_q8_0(const uint8_t *w, in
                                                             vf out[VECTORS]) {
     const uint8_t *group = GROUP_OF(w, k, STEP_Q8_0);
     const vf *d = (const vf *)group;
-    const vi8 *q = (const vi8 *)(group + BLOCK * 4 + (k % GROUP) * BLOCK);
-    for (int j = 0; j < VECTORS; j++) out[j] = d[j] * __builtin_convertvector(q[j], vf);
+    const uint8_t *q = group + BLOCK * 4 + (k % GROUP) * BLOCK;
+    for (int j = 0; j < VECTORS; j++) out[j] = d[j] * from_i8(q + j * WIDTH);
 }
 
-/* The 64 4-bit values of a step, as floats in column order. */
+/* The 64 4-bit values of a step, as floats in column order: byte c holds columns c, c + 32. */
 static inline __attribute__((always_inline)) void nibbles(const uint8_t *bytes,
                                                           vf out[VECTORS]) {
-    const vu8 *q = (const vu8 *)bytes;
-    for (int j = 0; j < 2; j++) {
-        vu8 both = q[j];
-        out[j] = __builtin_convertvector(both & 15, vf);          /* columns 16 j .. */
-        out[j + 2] = __builtin_convertvector(both >> 4, vf);      /* columns 32 + 16 j .. */
-    }
+    for (int j = 0; j < 2; j++) from_u4(bytes + j * WIDTH, &out[j], &out[j + 2]);
 }
 
 static inline __attribute__((always_inline)) void load_q4_0(const uint8_t *w, int64_t k,
@@ -137,9 +168,18 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
     for (int r = 0; r < (R); r++)                                             \
         for (int j = 0; j < VECTORS; j++) sums[r][j] = sum[r][j];
 
-#define DEFINE_PASS(NAME, LOAD, STEP)                                                      \
-    static void NAME(const uint8_t *w, const float *x, int64_t k_dim, int64_t k0,         \
-                     int64_t k1, int rows, vf sums[][VECTORS]) {                          \
+/* A chunk's weights, k in [k0, k1), dequantized into buf[k - k0] (prefetching as PASS). */
+#define DEQUANT(LOAD, STEP)                                                   \
+    for (int64_t k = k0; k < k1; k++) {                                       \
+        const uint8_t *ahead = w + k * (STEP) + CHUNK * (STEP);               \
+        for (int line = 0; line < ((STEP) + LINE - 1) / LINE; line++)         \
+            __builtin_prefetch(ahead + line * LINE, 0, 2);                    \
+        LOAD(w, k, buf[k - k0]);                                              \
+    }
+
+#define DEFINE_FORMAT(NAME, LOAD, STEP)                                                    \
+    static void pass_##NAME(const uint8_t *w, const float *x, int64_t k_dim, int64_t k0,  \
+                            int64_t k1, int rows, vf sums[][VECTORS]) {                   \
         switch (rows) { /* a constant row count per case: the sums stay in registers */  \
         case 6: { PASS(6, LOAD, STEP) } break;                                            \
         case 5: { PASS(5, LOAD, STEP) } break;                                            \
@@ -148,30 +188,54 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
         case 2: { PASS(2, LOAD, STEP) } break;                                            \
         default: { PASS(1, LOAD, STEP) } break;                                           \
         }                                                                                 \
+    }                                                                                     \
+    static void dequant_##NAME(const uint8_t *w, int64_t k0, int64_t k1,                  \
+                               vf buf[][VECTORS]) {                                       \
+        DEQUANT(LOAD, STEP)                                                               \
     }
 
-DEFINE_PASS(pass_f32, load_f32, STEP_F32)
-DEFINE_PASS(pass_bf16, load_bf16, STEP_BF16)
-DEFINE_PASS(pass_q8_0, load_q8_0, STEP_Q8_0)
-DEFINE_PASS(pass_q4_0, load_q4_0, STEP_Q4_0)
-DEFINE_PASS(pass_q4_1, load_q4_1, STEP_Q4_1)
-#undef DEFINE_PASS
+DEFINE_FORMAT(f32, load_f32, STEP_F32)
+DEFINE_FORMAT(bf16, load_bf16, STEP_BF16)
+DEFINE_FORMAT(q8_0, load_q8_0, STEP_Q8_0)
+DEFINE_FORMAT(q4_0, load_q4_0, STEP_Q4_0)
+DEFINE_FORMAT(q4_1, load_q4_1, STEP_Q4_1)
+#undef DEFINE_FORMAT
+#undef DEQUANT
 #undef PASS
 
-typedef void (*pass_fn)(const uint8_t *, const float *, int64_t, int64_t, int64_t, int,
-                        vf[][VECTORS]);
+struct format_ops {
+    void (*pass)(const uint8_t *, const float *, int64_t, int64_t, int64_t, int, vf[][VECTORS]);
+    void (*dequant)(const uint8_t *, int64_t, int64_t, vf[][VECTORS]);
+};
+static const struct format_ops FORMATS[] = {
+    {pass_f32, dequant_f32},   {pass_bf16, dequant_bf16}, {pass_q8_0, dequant_q8_0},
+    {pass_q4_0, dequant_q4_0}, {pass_q4_1, dequant_q4_1},
+};
 
-/* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim). */
-static void block(pass_fn pass, const uint8_t *w, const float *x, int64_t r0, int64_t r1,
+/* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim).
+ * Past STAGE_ROWS rows (four tiles), a format other than f32 dequantizes each chunk once
+ * into a 16 KB buffer that every tile then reads as f32: at 512 rows, dequantizing in each
+ * tile's registers cost up to a quarter more time than f32, staged about a tenth; at 16
+ * rows neither was clearly ahead (within 5%, one thread). Fewer rows dequantize in
+ * registers. The weights, and so every sum, are the same either way. */
+static void block(int format, const uint8_t *w, const float *x, int64_t r0, int64_t r1,
                   int64_t k_dim, int64_t chunk, const float *bias, int columns, float *out,
                   int64_t n_dim) {
     vf sum[FEW_ROWS > ROWS ? FEW_ROWS : ROWS][VECTORS]; /* [r1 - r0][VECTORS] used */
+    vf buf[CHUNK][VECTORS];                             /* [k1 - k0][VECTORS] when staged */
+    int staged = format != F32 && r1 - r0 > STAGE_ROWS;
     memset(sum, 0, (size_t)(r1 - r0) * sizeof(sum[0]));
     for (int64_t k0 = 0; k0 < k_dim; k0 += chunk) {
         int64_t k1 = k0 + chunk < k_dim ? k0 + chunk : k_dim;
+        if (staged)
+            FORMATS[format].dequant(w, k0, k1, buf);
         for (int64_t r = r0; r < r1; r += ROWS) {
             int rows = r1 - r < ROWS ? (int)(r1 - r) : ROWS;
-            pass(w, x + r * k_dim, k_dim, k0, k1, rows, sum + (r - r0));
+            if (staged)
+                pass_f32((const uint8_t *)buf, x + r * k_dim + k0, k_dim, 0, k1 - k0, rows,
+                         sum + (r - r0));
+            else
+                FORMATS[format].pass(w, x + r * k_dim, k_dim, k0, k1, rows, sum + (r - r0));
         }
     }
     for (int64_t r = r0; r < r1; r++) {
@@ -200,19 +264,19 @@ int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
 void prefixkv_linear(const float *x, int64_t rows, int64_t k_dim, int format,
                      const void *packed, const float *bias, int64_t n_dim, float *out,
                      int threads) {
-    static const pass_fn passes[] = {pass_f32, pass_bf16, pass_q8_0, pass_q4_0, pass_q4_1};
-    pass_fn pass = passes[format];
     int64_t blocks = (n_dim + BLOCK - 1) / BLOCK, bytes = prefixkv_linear_block_bytes(format, k_dim);
-    /* Many rows: the arithmetic limits a call, and a tile at a time over the whole of k
-     * (the block's weights in the core's cache for the next tile) is faster. */
-    int64_t chunk = rows <= FEW_ROWS ? CHUNK : k_dim, group = rows <= FEW_ROWS ? FEW_ROWS : ROWS;
+    /* Many rows of f32: the arithmetic limits a call, and a tile at a time over the whole of
+     * k (the block's weights in the core's cache for the next tile) is faster. Other formats
+     * stay in chunks, each dequantized once for up to FEW_ROWS rows (see block). */
+    int whole = format == F32 && rows > FEW_ROWS;
+    int64_t chunk = whole ? k_dim : CHUNK, group = whole ? ROWS : FEW_ROWS;
     #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *w = (const uint8_t *)packed + b * bytes;
         int columns = n_dim - b * BLOCK < BLOCK ? (int)(n_dim - b * BLOCK) : BLOCK;
         for (int64_t r0 = 0; r0 < rows; r0 += group) {
             int64_t r1 = r0 + group < rows ? r0 + group : rows;
-            block(pass, w, x, r0, r1, k_dim, chunk, bias ? bias + b * BLOCK : NULL, columns,
+            block(format, w, x, r0, r1, k_dim, chunk, bias ? bias + b * BLOCK : NULL, columns,
                   out + b * BLOCK, n_dim);
         }
     }
