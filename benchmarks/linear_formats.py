@@ -6,7 +6,9 @@ from memory, not the caches (each timed round calls the layer on ``copies`` dist
 of its packed weight, together at least ``--cold-mib`` MiB, well past the 32 MiB L3 here;
 best of ``--repeat`` rounds, the formats taking turns), the bytes one call streams, and the weight-stream floor: those
 bytes over the memory read bandwidth measured in this process
-(:func:`prefixkv.bench.roofline.measure_bandwidth`). Shapes are the layers as the engine
+(:func:`prefixkv.bench.roofline.measure_bandwidth`, ``tensor.sum()``), and the rate the kernel
+streamed them at the first row count (GB/s; past the "floor" where the kernel reads faster
+than ``sum`` does). Shapes are the layers as the engine
 joins them: q, k and v (576 -> 960), o (576 -> 576), gate and up (576 -> 3072), down
 (1536 -> 576), and the tied LM head (576 -> 49152). Quantized weights are random GGUF blocks
 (:func:`prefixkv.kernels.formats.pack_gguf`); values do not change the kernel's time.
@@ -88,7 +90,7 @@ def main() -> None:
     bandwidth = measure_bandwidth()
     print(f"threads {torch.get_num_threads()}, read bandwidth {bandwidth / 1e9:.1f} GB/s; "
           f"per row count: ms per call, f32's ms / this format's")  # fmt: skip
-    print(f"{'layer':8} {'format':6} {'MB':>7} {'floor ms':>9} "
+    print(f"{'layer':8} {'format':6} {'MB':>7} {'floor ms':>9} {'GB/s':>7} "
           + " ".join(f"{f'{r} row ms':>10} {'x f32':>6}" for r in args.rows))  # fmt: skip
     for name, (in_features, out) in SHAPES.items():
         copies = {}
@@ -104,9 +106,9 @@ def main() -> None:
             cells = " ".join(
                 f"{t[format]:10.3f} {t['f32'] / t[format]:6.2f}" for t in times.values()
             )
-            print(
-                f"{name:8} {format:6} {nbytes / 1e6:7.2f} {nbytes / bandwidth * 1e3:9.3f} {cells}"
-            )
+            stream = nbytes / times[args.rows[0]][format] / 1e6  # GB/s at the first row count
+            floor = nbytes / bandwidth * 1e3
+            print(f"{name:8} {format:6} {nbytes / 1e6:7.2f} {floor:9.3f} {stream:7.1f} {cells}")
         del copies
 
 
