@@ -74,7 +74,7 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     # format code, in features -> bytes of one column block (-1: no such format or size)
     "prefixkv_linear_block_bytes": ([_i32, _i64], _i64),
     # x, rows, in features, format code, packed, bias, out features, out, threads
-    "prefixkv_linear": ([_ptr, _i64, _i64, _i32, _ptr, _ptr, _i64, _ptr, _i32], None),
+    "prefixkv_linear": ([_ptr, _i64, _i64, _i32, _ptr, _ptr, _i64, _ptr, _i32], _i32),
 }
 
 

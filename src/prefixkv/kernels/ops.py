@@ -64,11 +64,12 @@ class Kernels:
             if bias.shape[0] != weight.out_features:
                 raise ValueError(f"bias: {bias.shape[0]} values for {weight.out_features} columns")
         out = x.new_empty(rows, weight.out_features)
-        self._lib.prefixkv_linear(
+        status = self._lib.prefixkv_linear(
             x.data_ptr(), rows, k, code, weight.data.data_ptr(),
             None if bias is None else bias.data_ptr(), weight.out_features, out.data_ptr(),
             torch.get_num_threads(),
         )  # fmt: skip
+        _check_status(status)
         return out
 
     def linear_block_bytes(self, format: str, in_features: int) -> int:
@@ -208,7 +209,7 @@ def _check_status(status: int) -> None:
     if status == abi.OK:
         return
     if status == abi.NO_MEMORY:
-        raise MemoryError("the native attention kernel could not allocate its scratch memory")
+        raise MemoryError("the native kernel could not allocate its scratch memory")
     raise RuntimeError(f"the native library refused the call (status {status}: "
                        f"{_STATUS.get(status, 'unknown')})")  # fmt: skip
 

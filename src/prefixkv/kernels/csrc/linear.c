@@ -29,7 +29,10 @@
  * batched with others (the property prefix caching's exactness rests on).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "abi.h"
 
 #define WIDTH 16                  /* floats per vector */
 #define VECTORS 4                 /* vectors per column block */
@@ -214,9 +217,9 @@ static const struct format_ops FORMATS[] = {
 
 /* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim).
  * Past STAGE_ROWS rows (four tiles), a format other than f32 dequantizes each chunk once
- * into a 16 KB buffer that every tile then reads as f32: at 512 rows, dequantizing in each
- * tile's registers cost up to a quarter more time than f32, staged about a tenth; at 16
- * rows neither was clearly ahead (within 5%, one thread). Fewer rows dequantize in
+ * into a 16 KB buffer that every tile then reads as f32 (at 512 rows, dequantizing in each
+ * tile's registers cost up to a quarter more time than f32, staged chunks about a tenth; at
+ * 16 rows neither was clearly ahead, within 5% on one thread). Fewer rows dequantize in
  * registers. The weights, and so every sum, are the same either way. */
 static void block(int format, const uint8_t *w, const float *x, int64_t r0, int64_t r1,
                   int64_t k_dim, int64_t chunk, const float *bias, int columns, float *out,
@@ -258,26 +261,53 @@ int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
     return k_dim * step[format];
 }
 
+/* Rows [0, rows) against block b, whose weights are w in format (see block). */
+static void rows_of_block(int format, const uint8_t *w, const float *x, int64_t rows,
+                          int64_t k_dim, int64_t chunk, int64_t group, const float *bias,
+                          int64_t b, float *out, int64_t n_dim) {
+    int columns = n_dim - b * BLOCK < BLOCK ? (int)(n_dim - b * BLOCK) : BLOCK;
+    for (int64_t r0 = 0; r0 < rows; r0 += group) {
+        int64_t r1 = r0 + group < rows ? r0 + group : rows;
+        block(format, w, x, r0, r1, k_dim, chunk, bias ? bias + b * BLOCK : NULL, columns,
+              out + b * BLOCK, n_dim);
+    }
+}
+
 /* x: [rows, k_dim] contiguous; packed: ceil(n_dim / BLOCK) blocks of
  * prefixkv_linear_block_bytes(format, k_dim) bytes (layouts above); bias: [n_dim] or NULL;
- * out: [rows, n_dim] contiguous. The door has checked the format and the sizes. */
-void prefixkv_linear(const float *x, int64_t rows, int64_t k_dim, int format,
-                     const void *packed, const float *bias, int64_t n_dim, float *out,
-                     int threads) {
+ * out: [rows, n_dim] contiguous. The door has checked the format and the sizes.
+ * Returns PREFIXKV_OK, or PREFIXKV_NO_MEMORY (out incomplete) when a thread's staging buffer
+ * could not be allocated. */
+int prefixkv_linear(const float *x, int64_t rows, int64_t k_dim, int format,
+                    const void *packed, const float *bias, int64_t n_dim, float *out,
+                    int threads) {
     int64_t blocks = (n_dim + BLOCK - 1) / BLOCK, bytes = prefixkv_linear_block_bytes(format, k_dim);
-    /* Many rows of f32: the arithmetic limits a call, and a tile at a time over the whole of
-     * k (the block's weights in the core's cache for the next tile) is faster. Other formats
-     * stay in chunks, each dequantized once for up to FEW_ROWS rows (see block). */
-    int whole = format == F32 && rows > FEW_ROWS;
+    /* Many rows: the arithmetic limits a call, and a tile at a time over the whole of k (the
+     * block's weights in the core's cache for the next tile) is faster. Another format than
+     * f32 first dequantizes the whole block into a thread's buffer (k_dim x 256 bytes) and
+     * runs the f32 pass on it: chunk by chunk, staged, it ran 0.85-0.92x f32 at 64-512 rows.
+     * Few rows: chunks of k (see block). */
+    int whole = rows > FEW_ROWS, staged = whole && format != F32, failed = 0;
     int64_t chunk = whole ? k_dim : CHUNK, group = whole ? ROWS : FEW_ROWS;
-    #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t b = 0; b < blocks; b++) {
-        const uint8_t *w = (const uint8_t *)packed + b * bytes;
-        int columns = n_dim - b * BLOCK < BLOCK ? (int)(n_dim - b * BLOCK) : BLOCK;
-        for (int64_t r0 = 0; r0 < rows; r0 += group) {
-            int64_t r1 = r0 + group < rows ? r0 + group : rows;
-            block(format, w, x, r0, r1, k_dim, chunk, bias ? bias + b * BLOCK : NULL, columns,
-                  out + b * BLOCK, n_dim);
+    #pragma omp parallel num_threads(threads)
+    {
+        vf(*stage)[VECTORS] = staged ? malloc((size_t)k_dim * sizeof(*stage)) : NULL;
+        if (staged && !stage) {
+            #pragma omp atomic write
+            failed = 1;
         }
+        #pragma omp for schedule(static)
+        for (int64_t b = 0; b < blocks; b++) {
+            const uint8_t *w = (const uint8_t *)packed + b * bytes;
+            if (!staged)
+                rows_of_block(format, w, x, rows, k_dim, chunk, group, bias, b, out, n_dim);
+            else if (stage) {
+                FORMATS[format].dequant(w, 0, k_dim, stage);
+                rows_of_block(F32, (const uint8_t *)stage, x, rows, k_dim, chunk, group, bias,
+                              b, out, n_dim);
+            }
+        }
+        free(stage);
     }
+    return failed ? PREFIXKV_NO_MEMORY : PREFIXKV_OK;
 }
