@@ -25,6 +25,7 @@ import torch
 from prefixkv.engine.batch.attention import SeqSpan
 from prefixkv.engine.batch.native import NativeKernel, NativePlan
 from prefixkv.kernels import abi
+from prefixkv.kernels.formats import CODES, pack_f32
 from prefixkv.kernels.ops import Kernels, load
 
 HIDDEN, INTERMEDIATE, HEADS, KV_HEADS, DIM, SEQS, CONTEXT = 576, 1536, 9, 3, 64, 16, 760
@@ -42,8 +43,7 @@ def calls(k: Kernels, lib: Any) -> dict[str, tuple[Callable[[], object], Callabl
     """Per function: (through the door ``k``, ``lib`` directly), same arguments."""
     threads = torch.get_num_threads()
     x, norm_w = torch.randn(SEQS, HIDDEN), torch.randn(HIDDEN)
-    blocks = -(-INTERMEDIATE * 2 // k.linear_block)
-    packed = torch.randn(blocks, HIDDEN, k.linear_block)
+    weight = pack_f32(torch.randn(INTERMEDIATE * 2, HIDDEN))
     joined = torch.randn(SEQS, 2 * INTERMEDIATE)
     keys, values = torch.randn(KV_HEADS, 4096, DIM), torch.randn(KV_HEADS, 4096, DIM)
     new_k = torch.randn(KV_HEADS, SEQS, DIM)
@@ -69,8 +69,8 @@ def calls(k: Kernels, lib: Any) -> dict[str, tuple[Callable[[], object], Callabl
     # The direct calls allocate their outputs as the door (and the layers before it) does.
     def raw_linear() -> object:
         y = x.new_empty(SEQS, 2 * INTERMEDIATE)
-        lib.prefixkv_linear(x.data_ptr(), SEQS, HIDDEN, packed.data_ptr(), None,
-                            2 * INTERMEDIATE, y.data_ptr(), threads)  # fmt: skip
+        lib.prefixkv_linear(x.data_ptr(), SEQS, HIDDEN, CODES["f32"], weight.data.data_ptr(),
+                            None, 2 * INTERMEDIATE, y.data_ptr(), threads)  # fmt: skip
         return y
 
     def raw_rms_norm() -> object:
@@ -93,7 +93,7 @@ def calls(k: Kernels, lib: Any) -> dict[str, tuple[Callable[[], object], Callabl
         )  # fmt: skip
 
     return {
-        "linear": (lambda: k.linear(x, packed, None, 2 * INTERMEDIATE), raw_linear),
+        "linear": (lambda: k.linear(x, weight, None), raw_linear),
         "rms_norm": (lambda: k.rms_norm(x, norm_w, 1e-5), raw_rms_norm),
         "silu_mul": (lambda: k.silu_mul(joined, INTERMEDIATE), raw_silu_mul),
         "store": (lambda: k.store(keys, values, new_k, new_v, slots), raw_store),

@@ -7,6 +7,7 @@ Each case starts from a valid call (which must succeed) and breaks one thing."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from prefixkv.kernels import abi
+from prefixkv.kernels.formats import pack_f32
 from prefixkv.kernels.items import AttendItems
 from prefixkv.kernels.ops import Kernels
 from tests.kernels.loaded import loaded
@@ -28,15 +30,9 @@ Call = dict[str, Any]
 KV_HEADS, GROUPS, DIM, POOL, ROWS = 2, 3, 8, 32, 4
 
 
-def packed_weight(out_features: int, in_features: int) -> torch.Tensor:
-    block = loaded().linear_block
-    blocks = -(-out_features // block)
-    return torch.randn(blocks, in_features, block)
-
-
 def linear_call() -> Call:
-    return {"x": torch.randn(3, 20), "packed": packed_weight(70, 20),
-            "bias": torch.randn(70), "out_features": 70}  # fmt: skip
+    return {"x": torch.randn(3, 20), "weight": pack_f32(torch.randn(70, 20)),
+            "bias": torch.randn(70)}  # fmt: skip
 
 
 def rms_norm_call() -> Call:
@@ -141,7 +137,9 @@ def test_a_wrong_tensor_is_refused_by_name(
 
 def test_every_door_and_break_is_covered() -> None:
     assert {door for door, _ in TENSOR_ARGS} == set(CALLS)
-    assert len(TENSOR_ARGS) == 3 + 2 + 1 + 4 + 4  # linear, rms_norm, silu_mul, store, attend
+    assert (
+        len(TENSOR_ARGS) == 2 + 2 + 1 + 4 + 4
+    )  # linear (its weight: SHAPE_BREAKS), rms_norm, silu_mul, store, attend
 
 
 # Shape, stride and bound breaks, one door each: (door, change, error, message pattern).
@@ -149,17 +147,34 @@ def _set(**changes: Any) -> Callable[[Call], None]:
     return lambda args: args.update(changes)
 
 
+def _weight(**changes: Any) -> Callable[[Call], None]:
+    return lambda args: args.update(weight=dataclasses.replace(args["weight"], **changes))
+
+
+def _weight_data(change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Call], None]:
+    return lambda args: args.update(
+        weight=dataclasses.replace(args["weight"], data=change(args["weight"].data))
+    )
+
+
 def _apply(arg: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[Call], None]:
     return lambda args: args.update({arg: change(args[arg])})
 
 
 SHAPE_BREAKS: list[tuple[str, str, Callable[[Call], None], type[Exception], str]] = [
-    ("linear", "x features", _apply("x", lambda t: t[:, :19].contiguous()), ValueError, "^packed: "),
-    ("linear", "out features", _set(out_features=200), ValueError, "^packed: .*200 output"),
-    ("linear", "no out features", _set(out_features=0), ValueError, "^packed: "),
+    ("linear", "x features", _apply("x", lambda t: t[:, :19].contiguous()), ValueError, "^x: 19 features, the weight takes 20"),
+    ("linear", "out features", _weight(out_features=200), ValueError, "^weight.data: shape \\(2, 5120\\) does not hold 200 x 20"),
+    ("linear", "no out features", _weight(out_features=0), ValueError, "^weight: 0 x 20"),
     ("linear", "bias length", _apply("bias", lambda t: t[:69]), ValueError, "^bias: 69 values"),
     ("linear", "x strided", _apply("x", strided), ValueError, "^x: a contiguous"),
-    ("linear", "packed strided", _apply("packed", strided), ValueError, "^packed: a contiguous"),
+    ("linear", "data strided", _weight_data(strided), ValueError, "^weight.data: a contiguous"),
+    ("linear", "data float32", _weight_data(lambda t: t.float()), TypeError, "^weight.data: .*uint8 CPU tensor, not torch.float32"),
+    ("linear", "data meta", _weight_data(lambda t: t.to("meta")), TypeError, "^weight.data: .*meta"),
+    ("linear", "data rank", _weight_data(lambda t: t[None]), ValueError, "^weight.data: shape \\(1, 2, 5120\\)"),
+    ("linear", "format", _weight(format="q5_0"), ValueError, "^weight: format one of .*'q5_0'"),
+    ("linear", "format of other bytes", _weight(format="bf16"), ValueError, "^weight.data: shape \\(2, 5120\\) .* \\(expected \\(2, 2560\\)\\)"),
+    ("linear", "quantized k", _weight(format="q8_0"), ValueError, "^weight: q8_0: in_features 20 is not a multiple of 32"),
+    ("linear", "not packed", _apply("weight", lambda w: w.data), TypeError, "^weight: a PackedWeight expected, not Tensor"),
     ("rms_norm", "x last dim", _apply("x", lambda t: t[..., :23].contiguous()), ValueError, "^x: .*weight's 24"),
     ("rms_norm", "x scalar", _set(x=torch.tensor(1.0)), ValueError, "^x: shape \\(\\)"),
     ("rms_norm", "weight empty", _set(weight=torch.zeros(0), x=torch.zeros(2, 0)), ValueError, "^x: "),

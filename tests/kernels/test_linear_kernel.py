@@ -92,9 +92,10 @@ def test_under_autocast_float32_runs_and_a_lower_dtype_names_autocast() -> None:
 
 
 def test_a_layer_moved_to_another_dtype_is_refused_by_the_door() -> None:
+    """The packed weight is bytes (uint8): ``.to(float64)`` leaves it and moves the bias."""
     _, native = layer()
     native.to(torch.float64)
-    with pytest.raises(TypeError, match=r"^packed: .*not torch\.float64"):
+    with pytest.raises(TypeError, match=r"^bias: .*not torch\.float64"):
         native(torch.randn(2, 24))
 
 

@@ -22,6 +22,7 @@ import torch
 
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_layers import refuse_input, swap_native_layers
+from prefixkv.kernels.formats import PackedWeight, pack_f32
 from prefixkv.kernels.ops import Kernels, load
 from prefixkv.models import family_of
 
@@ -29,26 +30,47 @@ _F32 = torch.float32
 
 
 class NativeLinearLayer(torch.nn.Module):
-    """``y = x W^T + b`` through the native ``linear``. ``packed``: the weight as
-    ``[ceil(out / block), in_features, block]`` column blocks (zero past ``out_features``);
-    the plain weight is not kept. TypeError for a weight that is not float32 on the CPU."""
+    """``y = x W^T + b`` through the native ``linear`` on ``weight``, a
+    :class:`~prefixkv.kernels.formats.PackedWeight` (the plain weight is not kept). Built
+    from an ``nn.Linear`` (float32 CPU: TypeError otherwise), its weight packed as ``f32``;
+    or :meth:`from_packed`, from a weight packed in any format."""
 
-    packed: torch.Tensor
+    packed: torch.Tensor  # weight.data, a buffer: what the model fingerprint hashes
 
     def __init__(self, linear: torch.nn.Linear, kernels: Kernels) -> None:
-        super().__init__()
         if not native_runs(linear.weight):
             refuse_input(type(self).__name__, linear.weight)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        block = kernels.linear_block
-        blocks = -(-self.out_features // block)
-        weight = linear.weight.detach()  # [out, in]
-        padded = weight.new_zeros(blocks * block, self.in_features)
-        padded[: self.out_features] = weight
-        # [blocks, in, block]: block j holds output columns [j * block, (j + 1) * block)
-        self.register_buffer("packed", padded.view(blocks, block, -1).transpose(1, 2).contiguous())
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach())
+        bias = None if linear.bias is None else linear.bias.detach()
+        self._setup(pack_f32(linear.weight.detach()), bias, kernels)
+
+    @classmethod
+    def from_packed(cls, weight: PackedWeight, bias: torch.Tensor | None,
+                    kernels: Kernels) -> NativeLinearLayer:  # fmt: skip
+        """A layer on ``weight`` as packed (not copied); ``bias``: ``[out_features]`` float32
+        or None. The door checks both on each call."""
+        layer = cls.__new__(cls)
+        layer._setup(weight, bias, kernels)
+        return layer
+
+    def _setup(self, weight: PackedWeight, bias: torch.Tensor | None, kernels: Kernels) -> None:
+        """Module state: mutates self only."""
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.format = weight.format
+        self.register_buffer("packed", weight.data)
+        self._weight = weight
+        self.bias = None if bias is None else torch.nn.Parameter(bias)
         self._kernels = kernels
+
+    @property
+    def weight(self) -> PackedWeight:
+        """The packed weight, over the ``packed`` buffer as it stands (``.to()`` or
+        ``mapped`` may replace it). Mutates the cached record only when the buffer changed
+        (a record costs ~0.5 us to build, at 121 calls a decode step)."""
+        if self._weight.data is not self.packed:
+            self._weight = PackedWeight(self.format, self.in_features, self.out_features,
+                                        self.packed)  # fmt: skip
+        return self._weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[..., in_features]`` float32 CPU, any strides -> ``[..., out_features]``.
@@ -63,11 +85,14 @@ class NativeLinearLayer(torch.nn.Module):
         rows = x.reshape(-1, self.in_features)
         if not rows.is_contiguous():
             rows = rows.contiguous()
-        out = self._kernels.linear(rows, self.packed, self.bias, self.out_features)
+        out = self._kernels.linear(rows, self.weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, native"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, native "
+            f"{self.format}"
+        )
 
 
 def native_runs(weight: torch.Tensor) -> bool:

@@ -24,10 +24,11 @@ from typing import NoReturn
 
 import torch
 
-from prefixkv.kernels import abi, build
+from prefixkv.kernels import abi, build, formats
+from prefixkv.kernels.formats import PackedWeight
 from prefixkv.kernels.items import INT32_MAX, AttendItems
 
-_F32, _I64, _STRIDED = torch.float32, torch.int64, torch.strided
+_F32, _I64, _U8, _STRIDED = torch.float32, torch.int64, torch.uint8, torch.strided
 
 
 class Kernels:
@@ -43,31 +44,38 @@ class Kernels:
         self._lib = library
         self.lanes = int(library.prefixkv_lanes())
         self.linear_block = int(library.prefixkv_linear_block())
+        if self.linear_block != formats.BLOCK:
+            raise RuntimeError(f"the native library packs {self.linear_block} columns a block; "
+                               f"prefixkv packs {formats.BLOCK}")  # fmt: skip
 
-    def linear(self, x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None,
-               out_features: int) -> torch.Tensor:  # fmt: skip
-        """``x @ W.T + bias`` as a new ``[rows, out_features]`` tensor. ``x``: ``[rows, in]``
-        contiguous; ``packed``: W as ``[ceil(out_features / linear_block), in,
-        linear_block]`` column blocks, contiguous; ``bias``: ``[out_features]`` or None."""
+    def linear(self, x: torch.Tensor, weight: PackedWeight,
+               bias: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+        """``x @ W.T + bias`` as a new ``[rows, weight.out_features]`` tensor. ``x``: ``[rows,
+        weight.in_features]`` contiguous; ``weight``: W packed in column blocks of
+        ``linear_block`` (:mod:`prefixkv.kernels.formats`: format, uint8 ``data`` of
+        ``[blocks, block_bytes]``, contiguous); ``bias``: ``[out_features]`` or None."""
         _dense("x", x, 2)
-        _dense("packed", packed, 3)
         rows, k = x.shape
-        blocks, block = -(-out_features // self.linear_block), self.linear_block
-        if out_features < 1 or packed.shape != (blocks, k, block):
-            raise ValueError(
-                f"packed: shape {tuple(packed.shape)} does not hold {out_features} output "
-                f"columns of x's {k} features (expected {(blocks, k, block)})"
-            )
+        code = _weight(weight)
+        if k != weight.in_features:
+            raise ValueError(f"x: {k} features, the weight takes {weight.in_features}")
         if bias is not None:
             _dense("bias", bias, 1)
-            if bias.shape[0] != out_features:
-                raise ValueError(f"bias: {bias.shape[0]} values for {out_features} columns")
-        out = x.new_empty(rows, out_features)
-        self._lib.prefixkv_linear(
-            x.data_ptr(), rows, k, packed.data_ptr(), None if bias is None else bias.data_ptr(),
-            out_features, out.data_ptr(), torch.get_num_threads(),
+            if bias.shape[0] != weight.out_features:
+                raise ValueError(f"bias: {bias.shape[0]} values for {weight.out_features} columns")
+        out = x.new_empty(rows, weight.out_features)
+        status = self._lib.prefixkv_linear(
+            x.data_ptr(), rows, k, code, weight.data.data_ptr(),
+            None if bias is None else bias.data_ptr(), weight.out_features, out.data_ptr(),
+            torch.get_num_threads(),
         )  # fmt: skip
+        _check_status(status)
         return out
+
+    def linear_block_bytes(self, format: str, in_features: int) -> int:
+        """The library's bytes per column block of ``format`` (-1 where it has none): what
+        :func:`prefixkv.kernels.formats.block_bytes` must agree with."""
+        return int(self._lib.prefixkv_linear_block_bytes(formats.CODES[format], in_features))
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """``weight * x / sqrt(mean(x^2) + eps)`` over the last dimension, as a new tensor of
@@ -201,7 +209,7 @@ def _check_status(status: int) -> None:
     if status == abi.OK:
         return
     if status == abi.NO_MEMORY:
-        raise MemoryError("the native attention kernel could not allocate its scratch memory")
+        raise MemoryError("the native kernel could not allocate its scratch memory")
     raise RuntimeError(f"the native library refused the call (status {status}: "
                        f"{_STATUS.get(status, 'unknown')})")  # fmt: skip
 
@@ -258,6 +266,35 @@ def _refuse_float32(name: str, tensor: torch.Tensor, ndim: int | None) -> None:
         _refuse(name, tensor, "a float32 CPU tensor")
     if ndim is not None and tensor.dim() != ndim:
         raise ValueError(f"{name}: {ndim} dimensions expected, got shape {tuple(tensor.shape)}")
+
+
+def _weight(weight: PackedWeight) -> int:
+    """The kernel's code for ``weight``'s format, once its ``data`` is checked: TypeError
+    for another kind of object or data that is not a uint8 CPU tensor, ValueError for an
+    unknown format, sizes the data does not hold, or strided data."""
+    if not isinstance(weight, PackedWeight):
+        raise TypeError(f"weight: a PackedWeight expected, not {type(weight).__name__}")
+    code = formats.CODES.get(weight.format)
+    if code is None:
+        raise ValueError(f"weight: format one of {sorted(formats.CODES)}, not {weight.format!r}")
+    data = weight.data
+    if not isinstance(data, torch.Tensor) or data.dtype is not _U8 or not data.is_cpu:
+        _refuse("weight.data", data, "a uint8 CPU tensor")
+    if data.layout is not _STRIDED or not data.is_contiguous():
+        raise ValueError(f"weight.data: a contiguous tensor expected, got {data.layout}, "
+                         f"strides {data.stride()}")  # fmt: skip
+    out, k = weight.out_features, weight.in_features
+    if out < 1 or k < 1:
+        raise ValueError(f"weight: {out} x {k} features: both must be positive")
+    try:
+        bytes_ = formats.block_bytes(weight.format, k)
+    except ValueError as exc:  # a quantized format's k % 32
+        raise ValueError(f"weight: {exc}") from None
+    shape = (-(-out // formats.BLOCK), bytes_)
+    if data.shape != shape:
+        raise ValueError(f"weight.data: shape {tuple(data.shape)} does not hold {out} x {k} "
+                         f"{weight.format} (expected {shape})")  # fmt: skip
+    return code
 
 
 def _pool(keys: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int]:

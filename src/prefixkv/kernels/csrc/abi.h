@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 /* Raised whenever struct prefixkv_attend_args or a function's parameters change. */
-#define PREFIXKV_ABI_VERSION 2
+#define PREFIXKV_ABI_VERSION 3
 
-/* Status codes returned by prefixkv_attend and prefixkv_store. */
+/* Status codes returned by prefixkv_attend, prefixkv_store and prefixkv_linear. */
 #define PREFIXKV_OK 0
 #define PREFIXKV_NO_MEMORY (-1)   /* scratch memory could not be allocated; out incomplete */
 #define PREFIXKV_BAD_SIZE (-2)    /* the argument block's size is not this library's */

@@ -1,0 +1,202 @@
+"""Weights for the native linear kernel, packed at the precision they ship in.
+
+A :class:`PackedWeight` holds a ``[out, in]`` weight as column blocks of ``BLOCK`` output
+columns, each ``block_bytes(format, in)`` bytes (layouts in ``csrc/linear.c``): ``f32``,
+``bf16``, and GGUF's ``q8_0``, ``q4_0``, ``q4_1`` with their fp16 scales (and mins) widened
+to fp32, which is exact. Columns past ``out_features`` are zero weights (zero scale, zero
+min, zero q). Every format's dequantized value is exact in fp32 and equals what gguf-py's
+``dequantize`` gives, so the kernel on a packed weight computes bit for bit what it computes
+on ``pack_f32(unpack(weight))``.
+
+Packing goes through *planes*: per format, tensors with one leading row per output column
+(``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features). Columns are
+independent in every layout, so sibling projections are joined by concatenating planes
+(:func:`concat`), whatever their sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+BLOCK = 64  # output columns per block: prefixkv_linear_block()
+GROUP = 32  # input features per quantized group (GGUF's block size)
+CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}  # the kernel's format codes
+QUANTIZED = ("q8_0", "q4_0", "q4_1")
+# GGUF bytes per group of 32: fp16 d (and m for q4_1), then the quants
+GGUF_GROUP_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
+# Our bytes per group of one column block: fp32 header(s), then q
+_HEADER = {"q8_0": 1, "q4_0": 1, "q4_1": 2}  # fp32 vectors of BLOCK: d, then m
+_Q_BYTES = {"q8_0": GROUP * BLOCK, "q4_0": GROUP * BLOCK // 2, "q4_1": GROUP * BLOCK // 2}
+
+Planes = dict[str, torch.Tensor]  # name -> [out, ...]
+_F32 = torch.float32
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A ``[out_features, in_features]`` weight in ``format`` as ``data``: uint8, CPU,
+    contiguous, ``[ceil(out_features / BLOCK), block_bytes(format, in_features)]``."""
+
+    format: str
+    in_features: int
+    out_features: int
+    data: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernel streams for one pass over the weight."""
+        return self.data.numel()
+
+
+def block_bytes(format: str, in_features: int) -> int:
+    """Bytes of one column block. ValueError for an unknown format, or a quantized one whose
+    ``in_features`` is not a multiple of GROUP."""
+    if format == "f32":
+        return in_features * BLOCK * 4
+    if format == "bf16":
+        return in_features * BLOCK * 2
+    if format not in QUANTIZED:
+        raise ValueError(f"format: one of {sorted(CODES)} expected, got {format!r}")
+    if in_features % GROUP:
+        raise ValueError(f"{format}: in_features {in_features} is not a multiple of {GROUP}")
+    return in_features // GROUP * (_HEADER[format] * BLOCK * 4 + _Q_BYTES[format])
+
+
+def pack_f32(weight: torch.Tensor) -> PackedWeight:
+    """``weight``: ``[out, in]`` float32 (any strides; copied). TypeError for another dtype."""
+    _expect(weight, torch.float32)
+    return _pack("f32", weight.shape[1], {"w": weight.detach().cpu()})
+
+
+def pack_bf16(weight: torch.Tensor) -> PackedWeight:
+    """``weight``: ``[out, in]`` bfloat16 (any strides; copied). TypeError for another dtype."""
+    _expect(weight, torch.bfloat16)
+    return _pack("bf16", weight.shape[1], {"w": weight.detach().cpu()})
+
+
+def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
+    """A GGUF tensor's rows as the file stores them: ``rows`` uint8 ``[out, in_features / 32
+    * GGUF_GROUP_BYTES[format]]`` (q8_0: fp16 d, int8 q[32]; q4_0: fp16 d, qs[16]; q4_1: fp16
+    d, fp16 m, qs[16]; element j is qs[j] & 15, element j + 16 is qs[j] >> 4). Copies;
+    ValueError for another format or shape, TypeError for another dtype."""
+    if format not in QUANTIZED:
+        raise ValueError(f"format: one of {QUANTIZED} expected, got {format!r}")
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8:
+        raise TypeError(f"rows: a uint8 numpy array expected, not {getattr(rows, 'dtype', rows)}")
+    block_bytes(format, in_features)  # the multiple of GROUP
+    groups, size = in_features // GROUP, GGUF_GROUP_BYTES[format]
+    if rows.ndim != 2 or rows.shape[1] != groups * size or rows.shape[0] < 1:
+        raise ValueError(f"rows: [out, {groups * size}] expected for {in_features} features "
+                         f"of {format}, got {rows.shape}")  # fmt: skip
+    raw = torch.from_numpy(np.ascontiguousarray(rows)).view(rows.shape[0], groups, size)
+    scales = 2 if format == "q4_1" else 1
+    planes = {
+        name: raw[..., 2 * i : 2 * i + 2].contiguous().view(torch.float16).float()[..., 0]
+        for i, name in enumerate(("d", "m")[:scales])
+    }  # [out, groups]
+    quants = raw[..., 2 * scales :]  # [out, groups, 32 or 16]
+    if format == "q8_0":
+        planes["q"] = quants.view(torch.int8).clone()
+    else:
+        planes["q"] = torch.cat((quants & 15, quants >> 4), dim=-1)  # [out, groups, 32]
+    return _pack(format, in_features, planes)
+
+
+def unpack(packed: PackedWeight) -> torch.Tensor:
+    """The reference dequantizer: ``packed``'s weight as a new float32 ``[out, in]``."""
+    planes = _planes(packed)
+    out = packed.out_features
+    if packed.format in ("f32", "bf16"):
+        return planes["w"].float()
+    d = planes["d"][..., None]  # [out, groups, 1]
+    q = planes["q"].float()  # [out, groups, 32]
+    if packed.format == "q8_0":
+        w = d * q
+    elif packed.format == "q4_0":
+        w = d * (q - 8)
+    else:
+        w = d * q + planes["m"][..., None]
+    return w.reshape(out, packed.in_features)
+
+
+def concat(parts: Sequence[PackedWeight]) -> PackedWeight:
+    """The weights ``parts`` joined along output columns (sibling projections of one input,
+    joined as :mod:`prefixkv.engine.fused` joins them), in one format. ValueError for none,
+    or parts of different formats or input features."""
+    if not parts:
+        raise ValueError("concat: no weights to join")
+    first = parts[0]
+    for part in parts:
+        if (part.format, part.in_features) != (first.format, first.in_features):
+            raise ValueError(f"concat: {part.format} x {part.in_features} features beside "
+                             f"{first.format} x {first.in_features}")  # fmt: skip
+    split = [_planes(part) for part in parts]
+    planes = {name: torch.cat([p[name] for p in split]) for name in split[0]}
+    return _pack(first.format, first.in_features, planes)
+
+
+def _expect(weight: torch.Tensor, dtype: torch.dtype) -> None:
+    """TypeError unless ``weight`` is a 2-dimensional ``dtype`` tensor."""
+    if not isinstance(weight, torch.Tensor) or weight.dtype != dtype or weight.dim() != 2:
+        what = f"{weight.dtype} {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else ""
+        raise TypeError(f"weight: a 2-dimensional {dtype} tensor expected, not {what or weight}")
+
+
+def _pack(format: str, in_features: int, planes: Planes) -> PackedWeight:
+    """Lays ``planes`` (each ``[out, ...]``) out as ``format``'s column blocks."""
+    out = next(iter(planes.values())).shape[0]
+    blocks = -(-out // BLOCK)
+
+    def columns_last(plane: torch.Tensor) -> torch.Tensor:
+        """``[out, *rest]`` -> ``[blocks, *rest, BLOCK]``, zero past ``out``."""
+        padded = plane.new_zeros(blocks * BLOCK, *plane.shape[1:])
+        padded[:out] = plane
+        grouped = padded.view(blocks, BLOCK, *plane.shape[1:])
+        return grouped.movedim(1, -1).contiguous()
+
+    if format in ("f32", "bf16"):
+        data = _bytes(columns_last(planes["w"]), blocks)  # [blocks, in, BLOCK]
+        return PackedWeight(format, in_features, out, data)
+    groups = in_features // GROUP
+    parts = [_bytes(columns_last(planes[name]), blocks * groups) for name in ("d", "m")
+             if name in planes]  # fmt: skip
+    q = columns_last(planes["q"])  # [blocks, groups, 32, BLOCK]
+    if format != "q8_0":  # byte c: column c low, column c + 32 high
+        q = q[..., : BLOCK // 2] | (q[..., BLOCK // 2 :] << 4)
+    parts.append(_bytes(q, blocks * groups))
+    data = torch.cat(parts, dim=1).view(blocks, -1)
+    return PackedWeight(format, in_features, out, data)
+
+
+def _planes(packed: PackedWeight) -> Planes:
+    """The inverse of :func:`_pack`: ``packed``'s planes, each ``[out, ...]``, new tensors."""
+    blocks, out, k = packed.data.shape[0], packed.out_features, packed.in_features
+
+    def columns_first(plane: torch.Tensor) -> torch.Tensor:
+        """``[blocks, *rest, BLOCK]`` -> ``[out, *rest]``."""
+        return plane.movedim(-1, 1).reshape(blocks * BLOCK, *plane.shape[1:-1])[:out].clone()
+
+    if packed.format in ("f32", "bf16"):
+        dtype = torch.float32 if packed.format == "f32" else torch.bfloat16
+        return {"w": columns_first(packed.data.view(dtype).view(blocks, k, BLOCK))}
+    groups = k // GROUP
+    rows = packed.data.view(blocks, groups, -1)
+    names = ("d", "m")[: _HEADER[packed.format]]
+    header = BLOCK * 4  # bytes of one fp32 vector of BLOCK
+    planes = {
+        name: columns_first(rows[..., i * header : (i + 1) * header].contiguous().view(_F32))
+        for i, name in enumerate(names)
+    }
+    q = rows[..., len(names) * header :].reshape(blocks, groups, GROUP, -1)
+    q = q.view(torch.int8) if packed.format == "q8_0" else torch.cat((q & 15, q >> 4), dim=-1)
+    planes["q"] = columns_first(q)  # [out, groups, 32]
+    return planes
+
+
+def _bytes(tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """``tensor``'s bytes (contiguous) as uint8 ``[rows, -1]``."""
+    return tensor.contiguous().view(torch.uint8).view(rows, -1)
