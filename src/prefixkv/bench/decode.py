@@ -1,11 +1,15 @@
 """``prefixkv bench decode``: decode tokens/s of the batch runner with 1, 4, 16 sequences
-running, against the serial engine, on the same model in one process.
+running, against the serial engine, on the same model in one process, for each
+``--weights`` setting (fp32 and auto by default: what streaming the file's own quantized
+blocks buys), their greedy replies compared.
 
 Every sequence asks its own question about one ~700-token document (cached once, so the
 prefills are short); after every sequence has produced its first token, rounds of ``--steps``
 batch steps alternate with one request decoded alone by the serial engine (its ms/token from
-the second token on), so machine drift hits both alike. A decode step reads all weights once whatever the batch, so the floor
-per step is weight bytes / memory bandwidth; the line prints achieved / floor.
+the second token on), each setting in turn within a round, so machine drift hits all
+alike. A decode step reads all weights once whatever the batch, so the floor per step is
+the bytes the linear layers stream (in their packed format) / memory bandwidth; the line
+prints achieved / floor.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from prefixkv.bench.roofline import measure_bandwidth
 from prefixkv.bench.stats import percentile
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
-from prefixkv.engine.linear import kernel_of, linear_layers
+from prefixkv.engine.linear import formats_of, linear_layers, streamed_bytes
 from prefixkv.engine.request import Completion, SamplingParams
 
 
@@ -50,30 +55,36 @@ def _messages(i: int) -> list[dict[str, str]]:
 
 
 def interleaved(
-    engine: Engine, running: int, steps: int, rounds: int
-) -> tuple[list[float], list[float]]:
-    """Seconds per decode step with ``running`` sequences in the batch runner, and seconds
-    per token of one request on the serial engine, measured in alternating rounds (so drift
-    in the machine's speed hits both alike)."""
+    engines: Sequence[Engine], running: int, steps: int, rounds: int
+) -> list[tuple[list[float], list[float]]]:
+    """Per engine: seconds per decode step with ``running`` sequences in its batch runner, and
+    seconds per token of one request on its serial runner, measured in alternating rounds
+    (a round of each engine in turn, so drift in the machine's speed hits all alike)."""
+    runners = [_started(engine, running, steps * rounds + 2) for engine in engines]
+    times: list[tuple[list[float], list[float]]] = [([], []) for _ in engines]
+    for _ in range(rounds):
+        for engine, runner, (batch, serial) in zip(engines, runners, times, strict=True):
+            done = engine.generate(_messages(0), max_tokens=steps + 1)
+            serial.append((done.total_time - done.ttft) / (len(done.token_ids) - 1))
+            for _ in range(steps):
+                report = runner.step()
+                assert report is not None and report.sampled == running, "a sequence ended early"
+                batch.append(report.seconds)
+    for runner in runners:
+        runner.stop()
+    return times
+
+
+def _started(engine: Engine, running: int, tokens: int) -> BatchRunner:
+    """A batch runner whose ``running`` sequences have all reached decoding."""
     runner = BatchRunner(engine, BatchLimits(max_running=running, max_batch_tokens=4096))
-    params = SamplingParams(max_tokens=steps * rounds + 2)
+    params = SamplingParams(max_tokens=tokens)
     for i in range(running):
         runner.submit(engine.request(_messages(i), params), _Quiet())
     while True:  # until every sequence decodes in the same step
         report = runner.step()
         if report is not None and report.sampled == running == report.sequences:
-            break
-    batch: list[float] = []
-    serial: list[float] = []
-    for _ in range(rounds):
-        done = engine.generate(_messages(0), max_tokens=steps + 1)
-        serial.append((done.total_time - done.ttft) / (len(done.token_ids) - 1))
-        for _ in range(steps):
-            report = runner.step()
-            assert report is not None and report.sampled == running, "a sequence ended early"
-            batch.append(report.seconds)
-    runner.stop()
-    return batch, serial
+            return runner
 
 
 def linear_seconds(model: torch.nn.Module, rows: int, repeat: int = 5) -> float:
@@ -95,6 +106,7 @@ def linear_seconds(model: torch.nn.Module, rows: int, repeat: int = 5) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prefixkv bench decode", description=__doc__)
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--weights", default="fp32,auto", help="--weights settings to compare")
     p.add_argument("--running", default="1,4,16", help="sequences per step, comma-separated")
     p.add_argument("--steps", type=int, default=8, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
@@ -102,40 +114,64 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     info = machine_info()
     print(describe(info), flush=True)
-    engine = Engine.from_pretrained(args.model, cache_bytes=1 << 30)
-    # Bytes a decode step reads: every linear layer's weight (the output head included),
-    # packed or not; the embedding is only gathered row by row.
-    itemsize = next(engine.model.parameters()).element_size()
-    weights = sum(m.in_features * m.out_features for m in linear_layers(engine.model)) * itemsize
-    floor = weights / measure_bandwidth()
-    print(f"# floor per step: {weights / 1e6:.0f} MB of weights at the measured bandwidth = "
-          f"{floor * 1e3:.1f} ms")  # fmt: skip
-    engine.generate(_messages(0), max_tokens=1)  # the document is now cached
+    names = args.weights.split(",")
+    engines = [Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=w) for w in names]
+    bandwidth = measure_bandwidth()
+    floors = [streamed_bytes(engine.model) / bandwidth for engine in engines]
+    for name, engine, floor in zip(names, engines, floors, strict=True):
+        print(f"# --weights {name}: {formats_of(engine.model)}; {floor * bandwidth / 1e6:.0f} MB "
+              f"a step at {bandwidth / 1e9:.1f} GB/s = {floor * 1e3:.1f} ms")  # fmt: skip
+    same = _same_replies(engines)
+    print(f"# greedy replies identical to --weights {names[0]}'s: {same}")
     rows: list[dict[str, Any]] = []
     for running in (int(r) for r in args.running.split(",")):
-        batch, serial = interleaved(engine, running, args.steps, args.rounds)
-        rows.append(_line("batch runner", running, batch, floor))
-        rows.append(_line("serial engine", 1, serial, floor))
-        rows[-2]["vs_serial"] = rows[-2]["p50_ms"] / rows[-1]["p50_ms"]
-    gemm = {n: linear_seconds(engine.model, n) for n in (1, 16)}
-    print(f"# linear layers alone ({kernel_of(engine.model)} kernel): {gemm[1] * 1e3:.1f} ms for 1 row, "
-          f"{gemm[16] * 1e3:.1f} ms for 16 (the weight-read floor: {floor * 1e3:.1f} ms)")  # fmt: skip
-    one = rows[0]["tokens_per_s"]
+        measured = interleaved(engines, running, args.steps, args.rounds)
+        for name, floor, (batch, serial) in zip(names, floors, measured, strict=True):
+            rows.append(_line(name, "batch runner", running, batch, floor))
+            rows.append(_line(name, "serial engine", 1, serial, floor))
+            rows[-2]["vs_serial"] = rows[-2]["p50_ms"] / rows[-1]["p50_ms"]
+    for name, engine, floor in zip(names, engines, floors, strict=True):
+        gemm = {n: linear_seconds(engine.model, n) for n in (1, 16)}
+        print(f"# linear layers alone (--weights {name}): {gemm[1] * 1e3:.1f} ms for 1 row, "
+              f"{gemm[16] * 1e3:.1f} ms for 16 (the weight-read floor: {floor * 1e3:.1f} ms)")  # fmt: skip
+    base = {
+        r["running"]: r for r in rows if r["weights"] == names[0] and r["engine"] == "batch runner"
+    }
     for row in rows[::2]:
-        print(f"decode batch runner running={row['running']:>3}: "
-              f"{row['tokens_per_s'] / one:.2f}x the tokens/s of one running; step "
-              f"{row['vs_serial']:.3f}x the serial engine's ms/token in the same rounds")  # fmt: skip
+        print(f"decode --weights {row['weights']} running={row['running']:>3}: "
+              f"{row['tokens_per_s'] / base[row['running']]['tokens_per_s']:.2f}x the tokens/s of "
+              f"--weights {names[0]}; step {row['vs_serial']:.3f}x its serial engine's ms/token")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": info, "floor_s": floor, "rows": rows}, indent=2))
+    record = {"machine": info, "weights": names, "floor_s": floors, "same_replies": same,
+              "rows": rows}  # fmt: skip
+    args.out.write_text(json.dumps(record, indent=2))
     print(f"results: {args.out}")
     return 0
 
 
-def _line(name: str, running: int, times: list[float], floor: float) -> dict[str, Any]:
+def _same_replies(engines: Sequence[Engine], prompts: int = 4, tokens: int = 24) -> str:
+    """How many of ``prompts`` greedy replies each engine gives exactly as the first does."""
+    replies = [
+        [engine.generate(_messages(i), max_tokens=tokens).token_ids for i in range(prompts)]
+        for engine in engines
+    ]
+    return (
+        ", ".join(
+            f"{sum(a == b for a, b in zip(replies[0], other, strict=True))}/{prompts}"
+            for other in replies[1:]
+        )
+        or "(one setting)"
+    )
+
+
+def _line(
+    weights: str, name: str, running: int, times: list[float], floor: float
+) -> dict[str, Any]:
     p50, p99 = percentile(times, 50), percentile(times, 99)
     rate = running / p50
-    print(f"decode {name:<13} running={running:>3}: step p50 {p50 * 1e3:7.1f} ms p99 "
+    print(f"decode {weights:<5} {name:<13} running={running:>3}: step p50 {p50 * 1e3:7.1f} ms p99 "
           f"{p99 * 1e3:7.1f} ms  {rate:6.1f} tokens/s  step/floor {p50 / floor:.2f}x",
           flush=True)  # fmt: skip
-    return {"engine": name, "running": running, "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3,
+    return {"weights": weights, "engine": name, "running": running, "p50_ms": p50 * 1e3,
+            "p99_ms": p99 * 1e3,
             "tokens_per_s": rate}  # fmt: skip

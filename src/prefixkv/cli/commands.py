@@ -99,6 +99,16 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     add_option(
         p,
+        "--weights",
+        "what the native linear kernel streams each weight as: auto (the narrowest format that "
+        "holds the loaded weights exactly: a GGUF's own Q8_0/Q4_0/Q4_1 blocks, bf16 for a bf16 "
+        "checkpoint, else fp32; outputs identical to fp32), fp32, bf16 (every layer rounded: "
+        "half fp32's bytes, not exact against it)",
+        type=one_of(["auto", "fp32", "bf16"]),
+        default="auto",
+    )
+    add_option(
+        p,
         "--eviction-policy",
         "which cached blocks go first when the cache is full",
         type=one_of(["lru", "lfu"]),

@@ -110,6 +110,7 @@ def engine_settings(
     return EngineSettings(
         model=args.model,
         linear_kernel=args.linear_kernel,
+        weights=args.weights,
         cache="none" if args.no_prefix_cache else "ram",
         cache_bytes=args.cache_bytes,
         block_size=args.block_size,

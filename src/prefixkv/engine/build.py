@@ -26,11 +26,14 @@ from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.engine import Engine
+from prefixkv.engine.gguf_blocks import RawWeight, raw_weights
 from prefixkv.engine.kvbridge import UnsupportedModelError, layout_of
+from prefixkv.engine.linear import formats_of
 from prefixkv.engine.linear import linear_kernel as choose_linear
 from prefixkv.engine.loader import LoadedModel, load_model
 from prefixkv.engine.mapped import copy_mapped_weights
 from prefixkv.engine.role import Runner
+from prefixkv.engine.weights import weight_format
 from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
@@ -70,6 +73,9 @@ class EngineSettings:
     dtype: torch.dtype | None = None
     model_cache_dir: Path | None = None
     linear_kernel: str = "auto"
+    weights: str = "auto"
+    """What the native linear kernel streams: ``auto``, ``fp32`` or ``bf16`` (see
+    :mod:`prefixkv.engine.weights`)."""
     cache: Literal["ram", "none"] = "ram"
     cache_bytes: int = DEFAULT_CAPACITY_BYTES
     block_size: int = 16
@@ -138,15 +144,28 @@ def load_kernels(settings: EngineSettings) -> LoadedModel:
         dtype=settings.dtype,
         cache_dir=settings.model_cache_dir,
     )
-    kernel = choose_linear(settings.linear_kernel, loaded.model)
+    weights = weight_format(settings.weights, file_blocks(settings, loaded), loaded.model)
+    kernel = choose_linear(settings.linear_kernel, loaded.model, weights)
     swapped = kernel.install(loaded.model)
-    log.info("linear layers: %s (%d swapped)", kernel.name, swapped)
+    log.info("linear layers: %s (%d swapped; weights %s)", kernel.name, swapped,
+             formats_of(loaded.model))  # fmt: skip
     # The weights left unpacked would keep the whole checkpoint file mapped and resident
     # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
     # (see prefixkv.heap). benchmarks/load_memory.py measures both.
     copy_mapped_weights(loaded.model)
     release_free_heap()
     return loaded
+
+
+def file_blocks(settings: EngineSettings, loaded: LoadedModel) -> dict[str, RawWeight]:
+    """The GGUF file's quantized blocks by linear layer (verified), where ``--weights auto``
+    may keep them: a model loaded from a GGUF in float32. Empty otherwise."""
+    source = loaded.source
+    if settings.weights != "auto" or not (source.is_file() and source.suffix == ".gguf"):
+        return {}
+    if _dtype(loaded.model) != torch.float32:
+        return {}
+    return raw_weights(loaded.model, source)
 
 
 def choose_attention(settings: EngineSettings, model: Any, layout: KVLayout) -> str:

@@ -90,12 +90,14 @@ class Engine:
         policy: EvictionPolicy | None = None,
         tenant_share: float | None = None,
         linear_kernel: str = "auto",
+        weights: str = "auto",
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
         PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there), built by
         :func:`prefixkv.engine.build.build` (which builds any other cache). ``linear_kernel``
         picks what runs the linear layers (see :mod:`prefixkv.engine.linear`; ValueError for
-        an unknown name)."""
+        an unknown name), ``weights`` what the native one streams (see
+        :mod:`prefixkv.engine.weights`)."""
         from prefixkv.engine.build import EngineSettings, build
 
         settings = EngineSettings(
@@ -104,6 +106,7 @@ class Engine:
             dtype=dtype,
             model_cache_dir=cache_dir,
             linear_kernel=linear_kernel,
+            weights=weights,
             cache_bytes=cache_bytes,
             block_size=block_size,
             eviction_policy=policy,

@@ -114,10 +114,17 @@ def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithm
     """16 bytes naming ``model``'s weights, ``layout``, its :func:`attention_reach` and how
     the KV is ``computed``. Needs the ``[tiers]`` extra."""
     require("tiers", "a model fingerprint")
+    from prefixkv.engine.native_linear import NativeLinearLayer
     from prefixkv.tiers.naming import fingerprint_of
 
     config: Any = model.config
     parts = [repr(layout).encode(), computed.encode(), *attention_reach(config)]
+    # A packed weight's bytes are read per its format (two formats' bytes could coincide).
+    parts += [
+        f"{name}:{module.format}".encode()
+        for name, module in model.named_modules()
+        if isinstance(module, NativeLinearLayer)
+    ]
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_mkldnn:
             name, tensor = f"{name}@onednn", tensor.to_dense()

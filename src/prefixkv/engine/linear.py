@@ -25,6 +25,7 @@ import torch
 
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
+from prefixkv.engine.weights import AS_LOADED, WeightFormat
 from prefixkv.kernels.build import NativeUnavailable
 from prefixkv.kernels.ops import load
 from prefixkv.models import family_of
@@ -150,19 +151,25 @@ def onednn_runs(weight: torch.Tensor) -> bool:
     )
 
 
-def linear_kernel(name: str, model: torch.nn.Module) -> LinearKernel:
+def linear_kernel(
+    name: str, model: torch.nn.Module, weights: WeightFormat = AS_LOADED
+) -> LinearKernel:
     """The kernel called ``name`` (one of :data:`KERNELS`) for ``model``: ``auto`` is native
     where every linear weight is float32 on the CPU and the library builds, else oneDNN where
-    it runs, else PyTorch's (logged). Raises ValueError for another name."""
+    it runs, else PyTorch's (logged). ``weights``: how the native kernel packs each weight
+    (default: as loaded, fp32); the others run the loaded weights, so ``bf16`` is refused
+    for them. Raises ValueError for another name or that refusal."""
     if name not in KERNELS:
         raise ValueError(f"unknown linear kernel {name!r}; choose one of {', '.join(KERNELS)}")
-    chosen: dict[str, type[LinearKernel]] = {
-        "native": NativeLinear,
+    chosen: dict[str, Callable[[], LinearKernel]] = {
+        "native": lambda: NativeLinear(weights),
         "onednn": OneDNNLinear,
         "torch": TorchLinear,
     }
     if name != "auto":
-        return chosen[name]()
+        kernel = chosen[name]()
+        _check_weights(kernel, weights)
+        return kernel
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not layers or not all(native_runs(m.weight) for m in layers):
         return TorchLinear()
@@ -172,8 +179,19 @@ def linear_kernel(name: str, model: torch.nn.Module) -> LinearKernel:
         runs = all(onednn_runs(m.weight) for m in layers)
         fallback: LinearKernel = OneDNNLinear() if runs else TorchLinear()
         log.warning("linear layers: %s, not native (%s)", fallback.name, exc)
+        _check_weights(fallback, weights)
         return fallback
-    return NativeLinear()
+    return NativeLinear(weights)
+
+
+def _check_weights(kernel: LinearKernel, weights: WeightFormat) -> None:
+    """ValueError for weights only the native kernel packs (``bf16``); ``auto`` keeps the
+    loaded weights under any other kernel (logged)."""
+    if kernel.name == NativeLinear.name or weights.name == "fp32":
+        return
+    if weights.name == "bf16":
+        raise ValueError(f"--weights bf16 needs the native linear kernel, not {kernel.name}")
+    log.info("weights: as loaded (float32) under the %s linear kernel", kernel.name)
 
 
 class LinearLayer(Protocol):
@@ -189,6 +207,31 @@ def linear_layers(model: torch.nn.Module) -> list[LinearLayer]:
     """The model's linear layers, plain or packed, in module order."""
     kinds = torch.nn.Linear | PackedLinear | NativeLinearLayer
     return [cast(LinearLayer, m) for m in model.modules() if isinstance(m, kinds)]
+
+
+def streamed_bytes(model: torch.nn.Module) -> int:
+    """Bytes the model's linear layers read per forward pass: each weight as its kernel holds
+    it (a native layer's packed format, else its elements at their size)."""
+    total = 0
+    for module in model.modules():
+        if isinstance(module, NativeLinearLayer):
+            total += module.weight.nbytes
+        elif isinstance(module, torch.nn.Linear | PackedLinear):
+            size = module.weight.element_size() if isinstance(module, torch.nn.Linear) else 4
+            total += module.in_features * module.out_features * size
+    return total
+
+
+def formats_of(model: torch.nn.Module) -> str:
+    """The linear layers per weight format, e.g. ``"q4_1 90, q8_0 1"``."""
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, NativeLinearLayer):
+            counts[module.format] = counts.get(module.format, 0) + 1
+        elif isinstance(module, torch.nn.Linear | PackedLinear):
+            name = f"{kernel_of(model)} float32"
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
 
 
 def padded_rows(rows: int) -> int:

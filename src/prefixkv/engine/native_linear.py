@@ -18,10 +18,13 @@ Inputs other than float32 on the CPU are refused with the way out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_layers import refuse_input, swap_native_layers
+from prefixkv.engine.weights import AS_LOADED, WeightFormat
 from prefixkv.kernels.formats import PackedWeight, pack_f32
 from prefixkv.kernels.ops import Kernels, load
 from prefixkv.models import family_of
@@ -108,6 +111,11 @@ class NativeLinear:
 
     name = "native"
 
+    def __init__(self, weights: WeightFormat = AS_LOADED) -> None:
+        """``weights``: how each layer's weight is packed (``--weights``; default as
+        loaded)."""
+        self.weights = weights
+
     def install(self, model: torch.nn.Module) -> int:
         """Raises RuntimeError (NativeUnavailable where the library does not build) before
         changing anything when a layer is not float32 on the CPU."""
@@ -119,8 +127,11 @@ class NativeLinear:
                 )
         family = family_of(model)
         kernels = load()
-        swapped = swap_linears(
-            model, family.siblings, lambda linear, sources: NativeLinearLayer(linear, kernels)
-        )
+
+        def make(linear: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> NativeLinearLayer:
+            bias = None if linear.bias is None else linear.bias.detach()
+            return NativeLinearLayer.from_packed(self.weights.pack(linear, sources), bias, kernels)
+
+        swapped = swap_linears(model, family.siblings, make)
         swap_native_layers(model, family, kernels)
         return swapped

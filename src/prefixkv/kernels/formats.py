@@ -92,7 +92,9 @@ def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
     if rows.ndim != 2 or rows.shape[1] != groups * size or rows.shape[0] < 1:
         raise ValueError(f"rows: [out, {groups * size}] expected for {in_features} features "
                          f"of {format}, got {rows.shape}")  # fmt: skip
-    raw = torch.from_numpy(np.ascontiguousarray(rows)).view(rows.shape[0], groups, size)
+    # A read-only array (a view of a mapped file) is copied: torch shares only writable ones.
+    readable = np.ascontiguousarray(rows) if rows.flags.writeable else rows.copy()
+    raw = torch.from_numpy(readable).view(rows.shape[0], groups, size)
     scales = 2 if format == "q4_1" else 1
     planes = {
         name: raw[..., 2 * i : 2 * i + 2].contiguous().view(torch.float16).float()[..., 0]
