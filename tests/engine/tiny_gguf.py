@@ -40,7 +40,7 @@ def tiny_bpe_tokenizer() -> Any:
 def _add_metadata(w: Any, tokens: list[str], merges: list[str], dims: Mapping[str, int]) -> None:
     w.add_name("tiny")
     w.add_block_count(LAYERS)
-    w.add_context_length(256)
+    w.add_context_length(dims["context"])
     w.add_embedding_length(dims["hidden"])
     w.add_feed_forward_length(dims["inter"])
     w.add_head_count(dims["heads"])
@@ -65,19 +65,21 @@ def write_tiny_gguf(
     matrix_type: str = "Q8_0",
     types: Mapping[str, str] | None = None,
     untied: bool = False,
+    context: int = 256,
 ) -> None:
     """Writes a 2-layer ``arch`` ("llama" or "qwen2", which adds q/k/v biases) model to ``path``.
 
     Every matrix is stored as GGML type ``matrix_type`` unless ``types`` names another for
     its tensor name (e.g. ``{"blk.0.ffn_up.weight": "Q5_0"}``); 1-D tensors are F32. With
-    ``untied`` the file has its own ``output.weight`` (else lm_head is the token embedding)."""
+    ``untied`` the file has its own ``output.weight`` (else lm_head is the token embedding);
+    ``context``: its context length."""
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
 
     model = json.loads(tiny_bpe_tokenizer().to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    dims = {"hidden": 64, "heads": 4, "kv_heads": 2, "inter": 128}
+    dims = {"hidden": 64, "heads": 4, "kv_heads": 2, "inter": 128, "context": context}
     hidden, inter, kv_dim = dims["hidden"], dims["inter"], 32  # kv_heads * head_dim
     w = GGUFWriter(str(path), arch)
     _add_metadata(w, tokens, merges, dims)

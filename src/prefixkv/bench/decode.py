@@ -142,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{row['tokens_per_s'] / base[row['running']]['tokens_per_s']:.2f}x the tokens/s of "
               f"--weights {names[0]}; step {row['vs_serial']:.3f}x its serial engine's ms/token")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": info, "weights": names, "floor_s": floors, "same_replies": same,
-              "rows": rows}  # fmt: skip
+    record = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
+              "weights": names, "floor_s": floors, "same_replies": same, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(record, indent=2))
     print(f"results: {args.out}")
     return 0

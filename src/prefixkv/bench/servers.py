@@ -25,7 +25,14 @@ import httpx
 
 PREFIXKV = "prefixkv"
 TRANSFORMERS = "transformers"
-NAMES = ("prefixkv-serial", "prefixkv", "prefixkv-nocache", "tf-cb", "tf-cb-matched")
+NAMES = (
+    "prefixkv-serial",
+    "prefixkv",
+    "prefixkv-fp32",
+    "prefixkv-nocache",
+    "tf-cb",
+    "tf-cb-matched",
+)
 # transformers serve refuses to start without these (its is_serve_available()).
 _TRANSFORMERS_SERVE_NEEDS = ("fastapi", "uvicorn", "pydantic", "openai")
 
@@ -81,6 +88,7 @@ def settings_table(plan: Plan) -> dict[str, Setting]:
         Setting(
             "prefixkv", PREFIXKV, (*(("--max-batch-tokens", *batch) if batch else ()),), "defaults"
         ),
+        Setting("prefixkv-fp32", PREFIXKV, ("--weights", "fp32"), "weights streamed as fp32"),
         Setting("prefixkv-nocache", PREFIXKV, ("--no-prefix-cache",), "prefix cache off"),
         Setting("tf-cb", TRANSFORMERS, ("--continuous-batching",), "transformers defaults"),
         Setting(
