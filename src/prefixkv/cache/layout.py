@@ -103,3 +103,18 @@ class KVGeometry:
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks that hold ``num_tokens`` tokens (the last one possibly partial)."""
         return -(-num_tokens // self.block_size)
+
+
+class GeometryOwner:
+    """A mixin for what holds KV of one geometry (the pool, the caches): ``layout`` and
+    ``block_size`` are read from ``geometry``, never kept beside it."""
+
+    geometry: KVGeometry
+
+    @property
+    def layout(self) -> KVLayout:
+        return self.geometry.layout
+
+    @property
+    def block_size(self) -> int:
+        return self.geometry.block_size

@@ -8,14 +8,14 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache.layout import KVGeometry, KVLayout
+from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, RamOnly
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 
-class NullCache(RamOnly):
+class NullCache(RamOnly, GeometryOwner):
     """Implements BlockStore and caches nothing (a null object): every ``open`` misses,
     ``reserve`` takes no block, ``commit`` indexes none.
 
@@ -38,14 +38,6 @@ class NullCache(RamOnly):
         self.pool = BlockPool(self.geometry, blocks, self.device) if blocks else None
         self._queries = self._tokens = 0
         self._counting = threading.Lock()
-
-    @property
-    def layout(self) -> KVLayout:
-        return self.geometry.layout
-
-    @property
-    def block_size(self) -> int:
-        return self.geometry.block_size
 
     # --- running sequences: private blocks only, nothing indexed -------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from prefixkv.cache.layout import KVGeometry, KVLayout
+from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, NoWriteThrough, RamOnly, WriteThrough
@@ -34,7 +34,7 @@ from prefixkv.tokens import TOKEN_BYTES, TokenBytes, as_token_bytes, token_count
 DEFAULT_CAPACITY_BYTES = 1 << 30
 
 
-class PrefixKVCache(RamOnly):
+class PrefixKVCache(RamOnly, GeometryOwner):
     """Exact prefix KV cache for one model layout. Thread-safe; implements BlockStore.
 
     ``lookup`` and ``store`` copy KV out of and into the cache in one call each, outside the
@@ -71,14 +71,6 @@ class PrefixKVCache(RamOnly):
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
         self.write_through: WriteThrough = NoWriteThrough()
-
-    @property
-    def layout(self) -> KVLayout:
-        return self.geometry.layout
-
-    @property
-    def block_size(self) -> int:
-        return self.geometry.block_size
 
     @property
     def index(self) -> PrefixIndex:

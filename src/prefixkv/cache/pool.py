@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from prefixkv.cache.layout import KVGeometry, KVLayout
+from prefixkv.cache.layout import GeometryOwner, KVGeometry
 
 
-class BlockPool:
+class BlockPool(GeometryOwner):
     """``num_blocks`` blocks of ``geometry.block_size`` tokens, allocated once, never
     resized."""
 
@@ -37,14 +37,6 @@ class BlockPool:
         # LIFO: recently freed (already touched) pages are reused first.
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))
         self._is_free = bytearray(b"\x01") * num_blocks
-
-    @property
-    def layout(self) -> KVLayout:
-        return self.geometry.layout
-
-    @property
-    def block_size(self) -> int:
-        return self.geometry.block_size
 
     @property
     def num_free(self) -> int:
