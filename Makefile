@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-kernels-asan lint check-core check-bounds check-bounds-lowest \
+.PHONY: serve test test-kernels-asan test-kernels-avx2 lint check-core check-bounds check-bounds-lowest \
 	check-bounds-highest bench-index bench-ttft bench-serve
 
 $(STAMP): pyproject.toml constraints.txt
@@ -25,6 +25,12 @@ test: lint
 # UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1: another name in the cache), their
 # runtimes preloaded (ASan's must come first), leaks not reported (CPython and torch keep
 # memory by design); then the canary that shows a bad call is caught.
+# The linear kernel's AVX2 path (a CPU without AVX-512), built and tested on this one.
+test-kernels-avx2: $(STAMP)
+	PREFIXKV_KERNEL_MARCH=x86-64-v3 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/kernels/test_linear_formats.py tests/kernels/test_linear_kernel.py \
+		tests/engine/test_weights.py
+
 test-kernels-asan: $(STAMP)
 	PREFIXKV_KERNEL_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 \
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \

@@ -156,11 +156,21 @@ def test_this_machines_target_is_what_the_compiler_resolves() -> None:
 
 def test_sanitize_is_asked_for_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(build.SANITIZE_VARIABLE, raising=False)
+    monkeypatch.delenv(build.MARCH_VARIABLE, raising=False)
     assert build.flags() == build.FLAGS
     monkeypatch.setenv(build.SANITIZE_VARIABLE, "1")
     assert build.flags() == build.FLAGS + build.SANITIZE
     monkeypatch.setenv(build.SANITIZE_VARIABLE, "yes")
     with pytest.raises(ValueError, match="PREFIXKV_KERNEL_SANITIZE must be 0 or 1, not 'yes'"):
+        build.flags()
+
+
+def test_another_march_is_asked_for_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(build.SANITIZE_VARIABLE, raising=False)
+    monkeypatch.setenv(build.MARCH_VARIABLE, "x86-64-v3")
+    assert "-march=x86-64-v3" in build.flags() and "-march=native" not in build.flags()
+    monkeypatch.setenv(build.MARCH_VARIABLE, "native -O0")
+    with pytest.raises(ValueError, match="PREFIXKV_KERNEL_MARCH must name one -march target"):
         build.flags()
 
 

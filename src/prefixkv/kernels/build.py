@@ -28,6 +28,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -49,6 +50,9 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shar
 change PyTorch's own results."""
 OPENMP = ("-fopenmp",)
 SANITIZE_VARIABLE = "PREFIXKV_KERNEL_SANITIZE"
+MARCH_VARIABLE = "PREFIXKV_KERNEL_MARCH"
+"""Another ``-march`` than native (e.g. ``x86-64-v3``: AVX2 and FMA without AVX-512), so that
+the paths a CPU without this one's features takes are tested here too."""
 SANITIZE = (
     "-fsanitize=address,undefined",
     "-fno-sanitize-recover=all",
@@ -103,12 +107,17 @@ def compiler() -> str:
 
 
 def flags() -> tuple[str, ...]:
-    """FLAGS, and SANITIZE when ``PREFIXKV_KERNEL_SANITIZE=1``; ValueError for another value
-    than 0, 1 or unset."""
+    """FLAGS (``-march`` from ``PREFIXKV_KERNEL_MARCH`` when set), and SANITIZE when
+    ``PREFIXKV_KERNEL_SANITIZE=1``; ValueError for another value than 0, 1 or unset, or a
+    march name that is not one word of letters, digits, ``-``, ``_`` and ``.``."""
     asked = os.environ.get(SANITIZE_VARIABLE, "0")
     if asked not in ("0", "1"):
         raise ValueError(f"{SANITIZE_VARIABLE} must be 0 or 1, not {asked!r}")
-    return FLAGS + SANITIZE if asked == "1" else FLAGS
+    march = os.environ.get(MARCH_VARIABLE, "native")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", march):
+        raise ValueError(f"{MARCH_VARIABLE} must name one -march target, not {march!r}")
+    chosen = tuple(f"-march={march}" if f == "-march=native" else f for f in FLAGS)
+    return chosen + SANITIZE if asked == "1" else chosen
 
 
 def recipe() -> Recipe:

@@ -63,8 +63,9 @@ enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4 };
 #define STEP_Q4_1 ((BLOCK * 8 + GROUP * BLOCK / 2) / GROUP)
 
 /* 16 narrow values widened to floats. GCC 12 turns a widening __builtin_convertvector into
- * scalar code (each byte moved alone: 2-3x slower than the f32 kernel), so with AVX-512 the
- * widening instructions are named; elsewhere the generic form stands. */
+ * scalar code (each byte moved alone: 2-3x slower than the f32 kernel), so with AVX-512 and
+ * with AVX2 the widening instructions are named; elsewhere the generic form stands. Every
+ * path gives the same exact values (a widening is exact). */
 #ifdef __AVX512F__
 #include <immintrin.h>
 static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
@@ -78,6 +79,39 @@ static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
     return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 /* bytes: 16 bytes of 4-bit pairs; low: their low nibbles as floats, high: their high ones */
+static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
+    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
+    *low = from_u8(_mm_and_si128(bytes, mask));
+    *high = from_u8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
+}
+#elif defined(__AVX2__)
+#include <immintrin.h>
+/* Two 8-lane halves make one 16-lane vector (GCC lowers vf to two ymm registers here). */
+typedef union {
+    vf whole;
+    __m256 half[2];
+} halves;
+static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
+    halves out;
+    for (int h = 0; h < 2; h++)
+        out.half[h] = _mm256_cvtepi32_ps(
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * h))));
+    return out.whole;
+}
+static inline __attribute__((always_inline)) vf from_u8(__m128i bytes) {
+    halves out;
+    out.half[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
+    out.half[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
+    return out.whole;
+}
+static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
+    halves out;
+    for (int h = 0; h < 2; h++) {
+        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * h)));
+        out.half[h] = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
+    return out.whole;
+}
 static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
     __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
     *low = from_u8(_mm_and_si128(bytes, mask));
