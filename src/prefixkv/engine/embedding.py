@@ -86,7 +86,9 @@ class RowEmbedding(torch.nn.Module):
         self.register_buffer("rows", rows)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        picked = self.rows[ids.reshape(-1)]  # [n, row_bytes]: only the rows asked for
+        # [n, row_bytes]: only the rows asked for. index_select, not rows[ids]: advanced
+        # indexing went parallel from 8 ids and waited ~4 ms for a busy core (measured).
+        picked = torch.index_select(self.rows, 0, ids.reshape(-1))
         values = dequantize_rows(self.format, picked, self.embedding_dim)
         return values.view(*ids.shape, self.embedding_dim)
 
