@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from prefixkv import Engine
 from prefixkv.engine import embedding as embedding_module
-from prefixkv.engine.embedding import RowEmbedding, dequantize_rows
+from prefixkv.engine.embedding import RowEmbedding, dequantize_rows, install_embedding
 
 from .test_weights import PROMPTS, _bits, _replies
 from .tiny_gguf import write_tiny_gguf
@@ -151,3 +151,40 @@ def test_unknown_formats_are_refused() -> None:
         RowEmbedding("q5_0", torch.zeros(2, 22, dtype=torch.uint8), 32)
     with pytest.raises(ValueError, match="one of"):
         dequantize_rows("f16", torch.zeros(2, 64, dtype=torch.uint8), 32)
+
+
+class _Model(torch.nn.Module):
+    """The two calls install_embedding makes on a transformers model, around ``table``."""
+
+    def __init__(self, table: torch.nn.Module | None) -> None:
+        super().__init__()
+        self.table = table
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        if self.table is None:
+            raise NotImplementedError  # as transformers for a model without one
+        return self.table
+
+    def set_input_embeddings(self, table: torch.nn.Module) -> None:
+        self.table = table
+
+
+class _Scaled(torch.nn.Embedding):
+    """Like Gemma's: more than a lookup."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * 8.0
+
+
+def test_only_a_plain_float32_lookup_is_replaced() -> None:
+    exact = torch.randn(10, 32).to(torch.bfloat16).to(torch.float32)  # bf16-exact values
+    plain = _Model(torch.nn.Embedding.from_pretrained(exact))
+    assert install_embedding(plain, "auto", {}) == "bf16"
+    assert isinstance(plain.table, RowEmbedding)
+    scaled = _Model(_Scaled.from_pretrained(exact))
+    assert install_embedding(scaled, "auto", {}) == "f32" and type(scaled.table) is _Scaled
+    assert install_embedding(_Model(None), "auto", {}) == "f32"
+    rounding = _Model(torch.nn.Embedding.from_pretrained(exact + 1e-3))  # not bf16-exact
+    assert install_embedding(rounding, "auto", {}) == "f32"
+    assert install_embedding(rounding, "fp32", {}) == "f32"
+    assert install_embedding(rounding, "bf16", {}) == "bf16"

@@ -143,7 +143,11 @@ def install_embedding(model: torch.nn.Module, weights: str, raw: Mapping[str, Ra
     Returns the format the table is held in (``f32`` where it stays as loaded). Mutates
     ``model`` (its input embedding). A narrow table whose values differ from the loaded
     weight's bits (under ``auto``) is never used: logged, kept float32."""
-    embedding = model.get_input_embeddings()  # type: ignore[operator]
+    try:
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
+    except NotImplementedError:  # transformers' answer for a model it cannot find it in
+        log.info("input embedding kept as loaded: the model does not name one")
+        return "f32"
     why = _replaceable(model, embedding)
     if why is not None:
         if weights != "fp32":

@@ -239,7 +239,10 @@ def _scanned_weights(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
     plain ``nn.Embedding`` (a subclass may compute more than a lookup: Gemma scales it)."""
     import torch
 
-    embedding = model.get_input_embeddings()
+    try:
+        embedding: torch.nn.Module | None = model.get_input_embeddings()
+    except NotImplementedError:  # transformers' answer for a model it cannot find it in
+        embedding = None
     scanned: list[tuple[str, torch.Tensor]] = []
     for name, module in model.named_modules():
         plain_embedding = module is embedding and type(module) is torch.nn.Embedding
