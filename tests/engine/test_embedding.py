@@ -188,3 +188,14 @@ def test_only_a_plain_float32_lookup_is_replaced() -> None:
     assert install_embedding(rounding, "auto", {}) == "f32"
     assert install_embedding(rounding, "fp32", {}) == "f32"
     assert install_embedding(rounding, "bf16", {}) == "bf16"
+
+
+@pytest.mark.smollm2
+def test_smollm2_holds_its_q8_0_table_and_logits_equal_fp32() -> None:
+    kept = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="auto")
+    table = _table(kept)
+    assert isinstance(table, RowEmbedding) and table.format == "q8_0"
+    assert tuple(table.rows.shape) == (49152, 576 // 32 * 34)
+    plain = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="fp32")
+    for prompt in PROMPTS[:2]:
+        assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt
