@@ -38,6 +38,8 @@ PROJ = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "s
 PROJ |= {"attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj"}
 PROJ |= {"ffn_down": "mlp.down_proj"}
 LINEARS = {f"model.layers.{i}.{p}" for i in range(LAYERS) for p in PROJ.values()} | {"lm_head"}
+EMBEDDING = "model.embed_tokens"  # a plain nn.Embedding: scanned with the linear layers
+SCANNED = LINEARS | {EMBEDDING}
 
 
 def _tiny(tmp: Path, name: str, dtype: torch.dtype | None = None, **kw: Any) -> LoadedModel:
@@ -69,7 +71,7 @@ def test_every_linear_found_in_its_format_and_exact(
 ) -> None:
     lm = _tiny(tmp_path, f"{arch}-{ggml_type}", arch=arch, matrix_type=ggml_type)
     scan = scan_raw_weights(lm.model, lm.source)
-    assert dict(scan.left_out) == {} and set(scan.weights) == LINEARS
+    assert dict(scan.left_out) == {} and set(scan.weights) == SCANNED
     for name, raw in scan.weights.items():
         out_features, in_features = lm.model.get_submodule(name).weight.shape
         assert raw.format == ggml_type.lower() and raw.in_features == in_features
@@ -78,6 +80,7 @@ def test_every_linear_found_in_its_format_and_exact(
         _assert_exact(lm.model, name, raw)
     # tied: lm_head's rows are token_embd's, byte for byte and in the file's order
     assert np.array_equal(scan.weights["lm_head"].rows, _file_rows(lm.source, "token_embd.weight"))
+    assert scan.weights[EMBEDDING] is scan.weights["lm_head"]  # one weight: verified once
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -111,7 +114,7 @@ def test_wrong_row_order_is_caught_as_a_mismatch(
     qk = {f"model.layers.{i}.self_attn.{p}_proj" for i in range(LAYERS) for p in "qk"}
     assert set(scan.left_out) == qk
     assert {o.reason for o in scan.left_out.values()} == {"mismatch"}
-    assert set(scan.weights) == LINEARS - qk
+    assert set(scan.weights) == SCANNED - qk
 
 
 def test_weight_changed_after_loading_is_left_out_and_named(
@@ -125,10 +128,10 @@ def test_weight_changed_after_loading_is_left_out_and_named(
         head[7, 0] = -head[7, 0]
     with caplog.at_level(logging.WARNING, logger="prefixkv.engine.gguf_blocks"):
         found = raw_weights(lm.model, lm.source)
-    tampered = {"model.layers.1.mlp.up_proj", "lm_head"}
-    assert set(found) == LINEARS - tampered
+    tampered = {"model.layers.1.mlp.up_proj", "lm_head", EMBEDDING}  # the head is tied
+    assert set(found) == SCANNED - tampered
     (record,) = caplog.records
-    assert "2 of 15" in record.getMessage()
+    assert "3 of 16" in record.getMessage()
     assert all(f"{n} (mismatch" in record.getMessage() for n in tampered)
 
 
@@ -136,7 +139,7 @@ def test_format_not_kept_is_reported_not_returned(tmp_path: Path) -> None:
     types = {"blk.1.ffn_up.weight": "Q5_0", "token_embd.weight": "Q5_1"}
     lm = _tiny(tmp_path, "mixed", matrix_type="Q8_0", types=types)
     scan = scan_raw_weights(lm.model, lm.source)
-    assert set(scan.left_out) == {"model.layers.1.mlp.up_proj", "lm_head"}
+    assert set(scan.left_out) == {"model.layers.1.mlp.up_proj", "lm_head", EMBEDDING}
     up, head = scan.left_out["model.layers.1.mlp.up_proj"], scan.left_out["lm_head"]
     assert up.reason == head.reason == "format"
     assert "blk.1.ffn_up.weight (Q5_0" in up.detail and "token_embd.weight (Q5_1" in head.detail
@@ -146,10 +149,12 @@ def test_format_not_kept_is_reported_not_returned(tmp_path: Path) -> None:
 def test_untied_lm_head_reads_output_weight(tmp_path: Path) -> None:
     lm = _tiny(tmp_path, "untied", matrix_type="Q4_1", untied=True)
     scan = scan_raw_weights(lm.model, lm.source)
-    assert dict(scan.left_out) == {} and set(scan.weights) == LINEARS
+    assert dict(scan.left_out) == {} and set(scan.weights) == SCANNED
     head = scan.weights["lm_head"].rows
     assert np.array_equal(head, _file_rows(lm.source, "output.weight"))
     assert not np.array_equal(head, _file_rows(lm.source, "token_embd.weight"))
+    embedding = scan.weights[EMBEDDING].rows
+    assert np.array_equal(embedding, _file_rows(lm.source, "token_embd.weight"))
 
 
 def test_linear_without_a_file_tensor_is_not_found(tmp_path: Path) -> None:
@@ -157,7 +162,7 @@ def test_linear_without_a_file_tensor_is_not_found(tmp_path: Path) -> None:
     lm.model.add_module("extra", torch.nn.Linear(64, 8))
     scan = scan_raw_weights(lm.model, lm.source)
     assert set(scan.left_out) == {"extra"} and scan.left_out["extra"].reason == "not_found"
-    assert set(scan.weights) == LINEARS
+    assert set(scan.weights) == SCANNED
 
 
 def test_processing_beyond_a_row_reordering_is_left_out(
@@ -180,10 +185,10 @@ def test_processing_beyond_a_row_reordering_is_left_out(
 def test_weights_rounded_by_a_narrower_dtype_are_mismatches(tmp_path: Path) -> None:
     # a bf16 file loaded in bf16 is exact; Q8_0's d*q products do not fit bf16's 8 bits
     exact = _tiny(tmp_path, "bf16", torch.bfloat16, matrix_type="BF16")
-    assert set(scan_raw_weights(exact.model, exact.source).weights) == LINEARS
+    assert set(scan_raw_weights(exact.model, exact.source).weights) == SCANNED
     rounded = _tiny(tmp_path, "q8", torch.bfloat16, matrix_type="Q8_0")
     scan = scan_raw_weights(rounded.model, rounded.source)
-    assert dict(scan.weights) == {} and set(scan.left_out) == LINEARS
+    assert dict(scan.weights) == {} and set(scan.left_out) == SCANNED
     assert {o.reason for o in scan.left_out.values()} == {"mismatch"}
 
 
@@ -228,11 +233,15 @@ def test_smollm2_every_linear_found_and_verified() -> None:
     lm = load_model("smollm2")
     scan = scan_raw_weights(lm.model, lm.source)
     linears = {n for n, m in lm.model.named_modules() if isinstance(m, torch.nn.Linear)}
-    assert len(linears) == 211 and dict(scan.left_out) == {} and set(scan.weights) == linears
+    assert len(linears) == 211 and dict(scan.left_out) == {}
+    assert set(scan.weights) == linears | {EMBEDDING}
     head = scan.weights["lm_head"]  # tied to the Q8_0 token embedding
     assert head.format == "q8_0" and head.rows.shape == (49152, 576 // 32 * 34)
     assert np.array_equal(head.rows, _file_rows(lm.source, "token_embd.weight"))
-    assert {r.format for n, r in scan.weights.items() if n != "lm_head"} == {"q4_1"}
+    assert scan.weights[EMBEDDING] is head
+    assert {r.format for n, r in scan.weights.items() if n not in ("lm_head", EMBEDDING)} == {
+        "q4_1"
+    }
     down = scan.weights["model.layers.29.mlp.down_proj"]
     assert down.rows.shape == (576, 1536 // 32 * 20) and down.in_features == 1536
     q = scan.weights["model.layers.0.self_attn.q_proj"].rows

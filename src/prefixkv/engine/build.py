@@ -25,6 +25,7 @@ from prefixkv.cache.null import NullCache
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
+from prefixkv.engine.embedding import install_embedding
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.gguf_blocks import RawWeight, raw_weights
 from prefixkv.engine.kvbridge import UnsupportedModelError, layout_of
@@ -137,18 +138,22 @@ def assemble(
 
 
 def load_kernels(settings: EngineSettings) -> LoadedModel:
-    """The model loaded offline with its linear layers on ``settings.linear_kernel``."""
+    """The model loaded offline with its linear layers on ``settings.linear_kernel`` and its
+    input embedding held as ``settings.weights`` asks (:mod:`prefixkv.engine.embedding`)."""
     loaded = load_model(
         settings.model,
         device=settings.device,
         dtype=settings.dtype,
         cache_dir=settings.model_cache_dir,
     )
-    weights = weight_format(settings.weights, file_blocks(settings, loaded), loaded.model)
+    raw = file_blocks(settings, loaded)
+    weights = weight_format(settings.weights, raw, loaded.model)
     kernel = choose_linear(settings.linear_kernel, loaded.model, weights)
     swapped = kernel.install(loaded.model)
-    log.info("linear layers: %s (%d swapped; weights %s)", kernel.name, swapped,
-             formats_of(loaded.model))  # fmt: skip
+    # After the linear layers: a tied head has its own packed copy by then.
+    embedding = install_embedding(loaded.model, settings.weights, raw)
+    log.info("linear layers: %s (%d swapped; weights %s); input embedding %s", kernel.name,
+             swapped, formats_of(loaded.model), embedding)  # fmt: skip
     # The weights left unpacked would keep the whole checkpoint file mapped and resident
     # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
     # (see prefixkv.heap). benchmarks/load_memory.py measures both.
@@ -158,8 +163,8 @@ def load_kernels(settings: EngineSettings) -> LoadedModel:
 
 
 def file_blocks(settings: EngineSettings, loaded: LoadedModel) -> dict[str, RawWeight]:
-    """The GGUF file's quantized blocks by linear layer (verified), where ``--weights auto``
-    may keep them: a model loaded from a GGUF in float32. Empty otherwise."""
+    """The GGUF file's quantized blocks by linear layer and input embedding (verified), where
+    ``--weights auto`` may keep them: a model loaded from a GGUF in float32. Empty otherwise."""
     source = loaded.source
     if settings.weights != "auto" or not (source.is_file() and source.suffix == ".gguf"):
         return {}

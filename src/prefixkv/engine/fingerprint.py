@@ -10,6 +10,7 @@ weights computed another way. The fingerprint hashes
   the same weights with another window compute other KV). A weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its
   plain values under a name marking the kernel, one packed for the native kernel as its
   column blocks (a buffer named ``packed``), so the linear kernel is named by the weights;
+  a token embedding held narrow (:mod:`prefixkv.engine.embedding`) as its rows and format;
 - the :class:`Arithmetic`: which attention computes the KV (the batch runner's kernel, or
   the model's own attention under the serial backend), the native kernel library's identity
   (sources, flags, compiler, the CPU target it was built for) where a native kernel runs,
@@ -114,16 +115,18 @@ def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithm
     """16 bytes naming ``model``'s weights, ``layout``, its :func:`attention_reach` and how
     the KV is ``computed``. Needs the ``[tiers]`` extra."""
     require("tiers", "a model fingerprint")
+    from prefixkv.engine.embedding import RowEmbedding
     from prefixkv.engine.native_linear import NativeLinearLayer
     from prefixkv.tiers.naming import fingerprint_of
 
     config: Any = model.config
     parts = [repr(layout).encode(), computed.encode(), *attention_reach(config)]
-    # A packed weight's bytes are read per its format (two formats' bytes could coincide).
+    # A packed weight's or embedding's bytes are read per its format (two formats' bytes
+    # could coincide).
     parts += [
         f"{name}:{module.format}".encode()
         for name, module in model.named_modules()
-        if isinstance(module, NativeLinearLayer)
+        if isinstance(module, NativeLinearLayer | RowEmbedding)
     ]
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_mkldnn:

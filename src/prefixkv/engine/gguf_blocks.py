@@ -1,12 +1,15 @@
-"""The raw GGUF rows behind every ``nn.Linear`` weight of a model loaded from that GGUF.
+"""The raw GGUF rows behind every ``nn.Linear`` weight (and the plain ``nn.Embedding`` input
+embedding) of a model loaded from that GGUF.
 
 transformers de-quantizes a GGUF to float weights; a kernel that reads the quantized blocks
-directly needs, for each linear layer, the file's bytes in the row order of the HF weight.
+directly needs, for each linear layer, the file's bytes in the row order of the HF weight (and
+an embedding lookup, the token embedding's rows: :mod:`prefixkv.engine.embedding`).
 Usage::
 
     found = raw_weights(model, gguf_path)  # {"model.layers.0.self_attn.q_proj": RawWeight, ...}
     rw = found["lm_head"]  # tied to token_embd.weight in SmolLM2: those rows
     rw.format, rw.rows.shape  # "q8_0", (49152, 612): 18 blocks of 34 bytes per row
+    found["model.embed_tokens"]  # the same rows, found for the input embedding
 
 Contract of :func:`scan_raw_weights` (and :func:`raw_weights`, which also logs):
 
@@ -17,6 +20,9 @@ Contract of :func:`scan_raw_weights` (and :func:`raw_weights`, which also logs):
   the tensor it shares) and orders their rows with transformers' own tensor processor for
   that architecture; it never de-quantizes a whole file, only each kept layer's rows, once,
   to verify them;
+- scans every ``nn.Linear`` and the model's input embedding if it is a plain
+  ``nn.Embedding`` (not a subclass such as Gemma's scaled one); a weight tied to one
+  already verified (SmolLM2's head and embedding) is verified once;
 - returns a :class:`RawWeight` only for a layer whose rows, de-quantized by the reference
   ``gguf.quants.dequantize``, equal the module's current weight bit for bit (compared as int32
   bit patterns, after an exact upcast of the weight to float32). Any other layer is left out
@@ -92,7 +98,8 @@ class LeftOut:
 
 @dataclass(frozen=True)
 class RawWeightScan:
-    """Every ``nn.Linear`` of the model, module name -> found and verified, or left out."""
+    """Every ``nn.Linear`` of the model (and its plain ``nn.Embedding`` input embedding),
+    module name -> found and verified, or left out."""
 
     weights: Mapping[str, RawWeight]
     left_out: Mapping[str, LeftOut]
@@ -194,8 +201,9 @@ def _bits_equal(rows: np.ndarray, qtype: GGMLQuantizationType, weight: torch.Ten
     return True
 
 
-def _raw_weight(linear: torch.nn.Linear, found: _Located) -> RawWeight | LeftOut:
-    """The verified RawWeight for ``linear`` from its located file tensor, or why not."""
+def _raw_weight(weight: torch.Tensor, found: _Located) -> RawWeight | LeftOut:
+    """The verified RawWeight for ``weight`` ([rows, features]: a linear layer's or an
+    embedding's) from its located file tensor, or why not."""
     from gguf import GGMLQuantizationType
 
     tensor = found.tensor
@@ -207,12 +215,12 @@ def _raw_weight(linear: torch.nn.Linear, found: _Located) -> RawWeight | LeftOut
     if found.order is None:
         return LeftOut("not_row_permutation", f"{what}: transformers does more than reorder rows")
     in_features, out_features = tensor.dims
-    if (out_features, in_features) != tuple(linear.weight.shape):
-        return LeftOut("mismatch", f"{what}: weight shape {tuple(linear.weight.shape)}")
+    if (out_features, in_features) != tuple(weight.shape):
+        return LeftOut("mismatch", f"{what}: weight shape {tuple(weight.shape)}")
     rows = _file_rows(tensor)
     if not np.array_equal(found.order, np.arange(out_features)):
         rows = rows[found.order]  # fancy indexing: a contiguous copy in HF row order
-    if not _bits_equal(rows, qtype, linear.weight):
+    if not _bits_equal(rows, qtype, weight):
         return LeftOut("mismatch", f"{what}: de-quantized rows differ from the loaded weight")
     return RawWeight(format=fmt, rows=rows, in_features=in_features)
 
@@ -226,28 +234,45 @@ def _names_by_parameter(model: PreTrainedModel) -> dict[int, list[str]]:
     return names
 
 
+def _scanned_weights(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    """(module name, weight) of every ``nn.Linear``, and of the input embedding if it is a
+    plain ``nn.Embedding`` (a subclass may compute more than a lookup: Gemma scales it)."""
+    import torch
+
+    try:
+        embedding: torch.nn.Module | None = model.get_input_embeddings()
+    except NotImplementedError:  # transformers' answer for a model it cannot find it in
+        embedding = None
+    scanned: list[tuple[str, torch.Tensor]] = []
+    for name, module in model.named_modules():
+        plain_embedding = module is embedding and type(module) is torch.nn.Embedding
+        if isinstance(module, torch.nn.Linear) or plain_embedding:
+            scanned.append((name, module.weight))
+    return scanned
+
+
 def scan_raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> RawWeightScan:
-    """Finds and verifies the raw rows of every ``nn.Linear`` weight; see the module docstring.
+    """Finds and verifies the raw rows of every ``nn.Linear`` weight and of the input
+    embedding; see the module docstring.
 
     Returns the scan (mutates nothing). Raises OSError / ValueError for an unreadable file.
     """
-    import torch
-
     located = _locate(model, read_table(gguf_path))
     names_of = _names_by_parameter(model)
     weights: dict[str, RawWeight] = {}
     left_out: dict[str, LeftOut] = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
+    done: dict[int, RawWeight | LeftOut] = {}  # by parameter id: a tied weight's outcome
+    for name, weight in _scanned_weights(model):
         own = f"{name}.weight"  # first, then the names of the weights it is tied to
-        names = sorted(names_of.get(id(module.weight), [own]), key=lambda n: n != own)
+        names = sorted(names_of.get(id(weight), [own]), key=lambda n: n != own)
         hit = next((located[n] for n in names if n in located), None)
-        outcome = (
-            LeftOut("not_found", f"no 2-D file tensor maps to {' or '.join(names)}")
-            if hit is None
-            else _raw_weight(module, hit)
-        )
+        if id(weight) not in done:
+            done[id(weight)] = (
+                LeftOut("not_found", f"no 2-D file tensor maps to {' or '.join(names)}")
+                if hit is None
+                else _raw_weight(weight, hit)
+            )
+        outcome = done[id(weight)]
         if isinstance(outcome, RawWeight):
             weights[name] = outcome
         else:
@@ -262,7 +287,7 @@ def raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> dict[str, RawW
     scan = scan_raw_weights(model, gguf_path)
     if scan.left_out:
         log.warning(
-            "%d of %d linear layers have no raw GGUF rows: %s",
+            "%d of %d weights (linear layers, input embedding) have no raw GGUF rows: %s",
             len(scan.left_out),
             len(scan.left_out) + len(scan.weights),
             "; ".join(f"{n} ({o.reason}: {o.detail})" for n, o in scan.left_out.items()),
