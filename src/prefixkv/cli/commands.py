@@ -37,6 +37,7 @@ BENCHES = {
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
     "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
     "results-page": ("prefixkv.bench.results_page", "write docs/results.md from results/*.json"),
+    "make-model": ("prefixkv.bench.make_model", "write a random Llama/Qwen2 of a real size"),
 }
 # What each benchmark imports beyond the core (the index benchmark needs nothing more).
 _BENCH_EXTRAS = {
@@ -47,6 +48,7 @@ _BENCH_EXTRAS = {
     "compression": ("hf", "tiers"),
     "tiers": ("server", "bench"),
     "soak": ("server", "bench"),
+    "make-model": ("hf",),
 }
 
 
