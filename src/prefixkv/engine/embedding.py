@@ -28,45 +28,26 @@ import numpy as np
 import torch
 
 from prefixkv.engine.gguf_blocks import RawWeight
-from prefixkv.kernels.formats import QUANTIZED
+from prefixkv.kernels.formats import QUANTIZED, dequantize, exact_bf16, gguf_planes
 
 __all__ = ["ROW_FORMATS", "RowEmbedding", "dequantize_rows", "install_embedding"]
 
 log = logging.getLogger("prefixkv.engine")
 
 ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "bf16")
-_GROUP = 32  # weights per GGUF block
 _VERIFY_ROWS = 4096  # rows de-quantized at a time when checking a whole table
-
-
-def _half(blocks: torch.Tensor, at: int) -> torch.Tensor:
-    """The fp16 at byte ``at`` of each block as float32: ``[n, blocks, 1]``."""
-    return blocks[..., at : at + 2].contiguous().view(torch.float16).to(torch.float32)
-
-
-def _nibbles(quants: torch.Tensor) -> torch.Tensor:
-    """``[n, blocks, 16]`` bytes -> ``[n, blocks, 32]`` float32: low nibbles are a block's
-    first 16 weights, high nibbles its last 16 (GGML's Q4 layout)."""
-    return torch.cat([quants & 0x0F, quants >> 4], dim=-1).to(torch.float32)
 
 
 def dequantize_rows(format: str, rows: torch.Tensor, features: int) -> torch.Tensor:
     """``rows`` (uint8 ``[n, row_bytes]`` for a GGUF format, bf16 ``[n, features]``) as
-    float32 ``[n, features]``, exactly as gguf's reference de-quantizes them. Returns a new
-    tensor; ValueError for a format not in :data:`ROW_FORMATS`."""
+    float32 ``[n, features]``, exactly as gguf's reference de-quantizes them (the kernels'
+    :func:`~prefixkv.kernels.formats.dequantize`). Returns a new tensor; ValueError for a
+    format not in :data:`ROW_FORMATS`."""
     if format == "bf16":
         return rows.to(torch.float32)
-    blocks = rows.view(rows.shape[0], features // _GROUP, -1)  # [n, blocks, block_bytes]
-    if format == "q8_0":
-        quants = blocks[..., 2:].contiguous().view(torch.int8).to(torch.float32)
-        values = _half(blocks, 0) * quants
-    elif format == "q4_0":
-        values = _half(blocks, 0) * (_nibbles(blocks[..., 2:]) - 8.0)
-    elif format == "q4_1":
-        values = _half(blocks, 0) * _nibbles(blocks[..., 4:]) + _half(blocks, 2)
-    else:
+    if format not in QUANTIZED:
         raise ValueError(f"format: one of {ROW_FORMATS} expected, got {format!r}")
-    return values.view(rows.shape[0], features)
+    return dequantize(format, gguf_planes(format, rows)).view(rows.shape[0], features)
 
 
 class RowEmbedding(torch.nn.Module):
@@ -129,9 +110,8 @@ def _narrow(weights: str, weight: torch.Tensor, raw: RawWeight | None) -> RowEmb
     if raw is not None and raw.format in QUANTIZED:
         rows = torch.from_numpy(np.array(raw.rows, dtype=np.uint8))  # owned: not the mapping
         return RowEmbedding(raw.format, rows, hidden)
-    as_bf16 = weight.detach().to(torch.bfloat16)
-    exact = torch.equal(as_bf16.to(torch.float32), weight.detach())
-    return RowEmbedding("bf16", as_bf16, hidden) if exact else None
+    narrow = exact_bf16(weight)
+    return None if narrow is None else RowEmbedding("bf16", narrow, hidden)
 
 
 def install_embedding(model: torch.nn.Module, weights: str, raw: Mapping[str, RawWeight]) -> str:

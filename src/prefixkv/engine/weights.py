@@ -25,6 +25,7 @@ from prefixkv.kernels.formats import (
     QUANTIZED,
     PackedWeight,
     concat,
+    exact_bf16,
     pack_bf16,
     pack_f32,
     pack_gguf,
@@ -78,8 +79,6 @@ class ExactWeights:
     def __init__(self, raw: Mapping[torch.nn.Module, RawWeight]) -> None:
         """``raw``: the file's blocks by the layer they were found for (before joining)."""
         self.raw = raw
-        self.formats: dict[str, int] = {}
-        """Layers packed per format (what the load reports)."""
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, raw: Mapping[str, RawWeight]) -> ExactWeights:
@@ -90,12 +89,10 @@ class ExactWeights:
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
         weight = layer.weight.detach()
         packed = self._blocks(weight, sources)
-        if packed is None:
-            as_bf16 = weight.to(torch.bfloat16)
-            exact = torch.equal(as_bf16.to(torch.float32), weight)
-            packed = pack_bf16(as_bf16) if exact else pack_f32(weight)
-        self.formats[packed.format] = self.formats.get(packed.format, 0) + 1
-        return packed
+        if packed is not None:
+            return packed
+        narrow = exact_bf16(weight)
+        return pack_f32(weight) if narrow is None else pack_bf16(narrow)
 
     def _blocks(
         self, weight: torch.Tensor, sources: Sequence[torch.nn.Linear]

@@ -94,35 +94,55 @@ def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
                          f"of {format}, got {rows.shape}")  # fmt: skip
     # A read-only array (a view of a mapped file) is copied: torch shares only writable ones.
     readable = np.ascontiguousarray(rows) if rows.flags.writeable else rows.copy()
-    raw = torch.from_numpy(readable).view(rows.shape[0], groups, size)
+    return _pack(format, in_features, gguf_planes(format, torch.from_numpy(readable)))
+
+
+def gguf_planes(format: str, rows: torch.Tensor) -> Planes:
+    """GGUF rows (uint8 ``[n, groups * GGUF_GROUP_BYTES[format]]``, a quantized format, the
+    caller checked) as planes: ``d`` (and ``m`` for q4_1) float32 ``[n, groups]``, ``q``
+    ``[n, groups, 32]`` (int8 for q8_0, the 4-bit values as uint8 otherwise). New tensors."""
+    raw = rows.view(rows.shape[0], -1, GGUF_GROUP_BYTES[format])
     scales = 2 if format == "q4_1" else 1
     planes = {
         name: raw[..., 2 * i : 2 * i + 2].contiguous().view(torch.float16).float()[..., 0]
         for i, name in enumerate(("d", "m")[:scales])
-    }  # [out, groups]
-    quants = raw[..., 2 * scales :]  # [out, groups, 32 or 16]
+    }  # [n, groups]
+    quants = raw[..., 2 * scales :]  # [n, groups, 32 or 16]
     if format == "q8_0":
         planes["q"] = quants.view(torch.int8).clone()
     else:
-        planes["q"] = torch.cat((quants & 15, quants >> 4), dim=-1)  # [out, groups, 32]
-    return _pack(format, in_features, planes)
+        planes["q"] = torch.cat((quants & 15, quants >> 4), dim=-1)  # [n, groups, 32]
+    return planes
+
+
+def dequantize(format: str, planes: Planes) -> torch.Tensor:
+    """A quantized format's planes (see :func:`gguf_planes`) as float32 ``[n, in]``, as
+    gguf's reference computes them: q8_0 ``d * q``, q4_0 ``d * (q - 8)``, q4_1 ``d * q + m``
+    (each exact but q4_1's one rounding). A new tensor."""
+    d = planes["d"][..., None]  # [n, groups, 1]
+    q = planes["q"].float()  # [n, groups, 32]
+    if format == "q8_0":
+        w = d * q
+    elif format == "q4_0":
+        w = d * (q - 8)
+    else:
+        w = d * q + planes["m"][..., None]
+    return w.reshape(w.shape[0], -1)
+
+
+def exact_bf16(weight: torch.Tensor) -> torch.Tensor | None:
+    """``weight`` (float32) as bf16 where every value is a bf16 value, so that widening it
+    back gives the same bits; None where any value would round."""
+    narrow = weight.detach().to(torch.bfloat16)
+    return narrow if torch.equal(narrow.to(_F32), weight.detach()) else None
 
 
 def unpack(packed: PackedWeight) -> torch.Tensor:
     """The reference dequantizer: ``packed``'s weight as a new float32 ``[out, in]``."""
     planes = _planes(packed)
-    out = packed.out_features
     if packed.format in ("f32", "bf16"):
         return planes["w"].float()
-    d = planes["d"][..., None]  # [out, groups, 1]
-    q = planes["q"].float()  # [out, groups, 32]
-    if packed.format == "q8_0":
-        w = d * q
-    elif packed.format == "q4_0":
-        w = d * (q - 8)
-    else:
-        w = d * q + planes["m"][..., None]
-    return w.reshape(out, packed.in_features)
+    return dequantize(packed.format, planes)
 
 
 def concat(parts: Sequence[PackedWeight]) -> PackedWeight:
