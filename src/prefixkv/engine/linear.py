@@ -18,6 +18,7 @@ where MKL's small calls differed from its large ones.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -213,24 +214,21 @@ def streamed_bytes(model: torch.nn.Module) -> int:
     """Bytes the model's linear layers read per forward pass: each weight as its kernel holds
     it (a native layer's packed format, else its elements at their size)."""
     total = 0
-    for module in model.modules():
-        if isinstance(module, NativeLinearLayer):
-            total += module.weight.nbytes
-        elif isinstance(module, torch.nn.Linear | PackedLinear):
-            size = module.weight.element_size() if isinstance(module, torch.nn.Linear) else 4
-            total += module.in_features * module.out_features * size
+    for layer in linear_layers(model):
+        if isinstance(layer, NativeLinearLayer | torch.nn.Linear):
+            total += layer.weight.nbytes
+        else:  # oneDNN's opaque float32 layout
+            total += layer.in_features * layer.out_features * 4
     return total
 
 
 def formats_of(model: torch.nn.Module) -> str:
     """The linear layers per weight format, e.g. ``"q4_1 90, q8_0 1"``."""
-    counts: dict[str, int] = {}
-    for module in model.modules():
-        if isinstance(module, NativeLinearLayer):
-            counts[module.format] = counts.get(module.format, 0) + 1
-        elif isinstance(module, torch.nn.Linear | PackedLinear):
-            name = f"{kernel_of(model)} float32"
-            counts[name] = counts.get(name, 0) + 1
+    plain = f"{kernel_of(model)} float32"
+    counts = Counter(
+        layer.format if isinstance(layer, NativeLinearLayer) else plain
+        for layer in linear_layers(model)
+    )
     return ", ".join(f"{name} {count}" for name, count in sorted(counts.items()))
 
 
