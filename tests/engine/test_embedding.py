@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -19,25 +18,9 @@ from prefixkv import Engine
 from prefixkv.engine import embedding as embedding_module
 from prefixkv.engine.embedding import RowEmbedding, dequantize_rows, install_embedding
 
-from .test_weights import PROMPTS, _bits, _replies
-from .tiny_gguf import write_tiny_gguf
+from .test_weights import PROMPTS, _bits, _engine, _replies
 
 VOCAB_BYTES = 300 * 64 * 4  # the tiny model's table in float32
-
-
-def _engine(tmp: Path, name: str, weights: str, **kw: Any) -> Engine:
-    path = tmp / f"{name}.gguf"
-    if not path.exists():
-        write_tiny_gguf(path, **{k: v for k, v in kw.items() if k != "linear_kernel"})
-    kernel = kw.get("linear_kernel", "auto")
-    return Engine.from_pretrained(
-        str(path),
-        cache_bytes=1 << 20,
-        block_size=4,
-        cache_dir=tmp / "cache",
-        weights=weights,
-        linear_kernel=kernel,
-    )
 
 
 def _table(engine: Engine) -> torch.nn.Module:

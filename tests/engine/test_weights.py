@@ -23,12 +23,18 @@ from .tiny_gguf import write_tiny_gguf
 PROMPTS = ["hello world", "the quick brown fox", "user assistant hello", "lazy dog jumps"]
 
 
-def _engine(tmp: Path, name: str, weights: str, **kw: Any) -> Engine:
+def _engine(tmp: Path, name: str, weights: str, linear_kernel: str = "auto", **kw: Any) -> Engine:
+    """The tiny GGUF ``name`` (written with ``kw`` on first use) under ``weights``."""
     path = tmp / f"{name}.gguf"
     if not path.exists():
         write_tiny_gguf(path, **kw)
     return Engine.from_pretrained(
-        str(path), cache_bytes=1 << 20, block_size=4, cache_dir=tmp / "cache", weights=weights
+        str(path),
+        cache_bytes=1 << 20,
+        block_size=4,
+        cache_dir=tmp / "cache",
+        weights=weights,
+        linear_kernel=linear_kernel,
     )
 
 
