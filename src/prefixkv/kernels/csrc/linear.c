@@ -78,12 +78,6 @@ static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
     return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
-/* bytes: 16 bytes of 4-bit pairs; low: their low nibbles as floats, high: their high ones */
-static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
-    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
-    *low = from_u8(_mm_and_si128(bytes, mask));
-    *high = from_u8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
-}
 #elif defined(__AVX2__)
 #include <immintrin.h>
 /* Two 8-lane halves make one 16-lane vector (GCC lowers vf to two ymm registers here). */
@@ -112,6 +106,9 @@ static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
     }
     return out.whole;
 }
+#endif
+#if defined(__AVX512F__) || defined(__AVX2__)
+/* p: 16 bytes of 4-bit pairs; low: their low nibbles as floats, high: their high ones */
 static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
     __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
     *low = from_u8(_mm_and_si128(bytes, mask));
