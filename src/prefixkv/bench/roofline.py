@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
 
 
@@ -144,6 +146,21 @@ def model_size(folder: Path) -> ModelSize:
     if total.parameters == 0:
         raise FileNotFoundError(f"no safetensors weights in {folder}")
     return total
+
+
+def gguf_size(path: Path) -> ModelSize:
+    """Elements and bytes of every tensor in a GGUF file: what a server that streams the
+    file's own blocks reads per decode step (tied weights are stored, and counted, once)."""
+    from prefixkv.engine.gguf_table import read_table
+
+    tensors = read_table(path).tensors
+    elements = sum(int(np.prod(t.dims)) for t in tensors)
+    return ModelSize(elements, sum(int(t.data.nbytes) for t in tensors))
+
+
+def as_dtype(model: ModelSize, dtype_bytes: int) -> ModelSize:
+    """``model`` with every parameter stored in ``dtype_bytes`` bytes."""
+    return ModelSize(model.parameters, model.parameters * dtype_bytes)
 
 
 def distinct_prefix_tokens(prompts: Sequence[Sequence[int]]) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
@@ -90,15 +90,15 @@ async def drive(
     clients: int,
     max_tokens: int,
     on_reply: Callable[[], None] = lambda: None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[tuple[Reply, ...], float]:
-    """``clients`` concurrent clients; client c sends requests c, c + clients, ... in turn.
+    """``clients`` concurrent clients; client c sends requests c, c + clients, ... in turn;
+    ``headers`` go with every request.
 
     Returns the replies in workload order and the wall time from the first request sent to
     the last reply received."""
     replies: dict[int, Reply] = {}
-    async with openai.AsyncOpenAI(
-        base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600.0
-    ) as api:
+    async with _client(url, headers) as api:
 
         async def client(first: int) -> None:
             for i in range(first, len(workload), clients):
@@ -111,10 +111,20 @@ async def drive(
     return tuple(replies[i] for i in range(len(workload))), seconds
 
 
-async def warm_up(url: str, model: str, max_tokens: int) -> None:
+async def warm_up(
+    url: str, model: str, max_tokens: int, headers: Mapping[str, str] | None = None
+) -> None:
     """One request with the workload's sampling settings: transformers serve keeps the first
     request's settings for every later one, and first calls pay one-off costs."""
-    async with openai.AsyncOpenAI(
-        base_url=url + "/v1", api_key="none", max_retries=0, timeout=3600.0
-    ) as api:
+    async with _client(url, headers) as api:
         await ask(api, model, WARMUP, max_tokens)
+
+
+def _client(url: str, headers: Mapping[str, str] | None) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=url + "/v1",
+        api_key="none",
+        max_retries=0,
+        timeout=3600.0,
+        default_headers=dict(headers or {}),
+    )

@@ -101,7 +101,9 @@ def prompt_ids(folder: Path, work: dict[int, list[Request]]) -> dict[int, list[l
     return {c: [ids(r) for r in requests] for c, requests in work.items()}
 
 
-def choose(args: argparse.Namespace, table: dict[str, servers.Setting]) -> list[servers.Setting]:
+def choose(
+    args: argparse.Namespace, table: dict[str, servers.Setting], plan: servers.Plan
+) -> list[servers.Setting]:
     """The settings to run: those asked for (all for ``auto``) minus the ones that cannot run
     here, each skipped with its reason printed."""
     asked = servers.parse_settings(args.settings, list(table))
@@ -109,7 +111,7 @@ def choose(args: argparse.Namespace, table: dict[str, servers.Setting]) -> list[
     helps = {kind: servers.help_text(kind) for kind in {table[n].kind for n in names}}
     chosen = []
     for name in names:
-        reason = servers.skip_reason(table[name], helps)
+        reason = servers.skip_reason(table[name], helps, plan)
         if reason is None:
             chosen.append(table[name])
         else:
@@ -130,11 +132,19 @@ def run_setting(
     server = servers.ServerProcess(setting, plan, logs / f"{setting.name}.log")
     try:
         load = server.wait_ready()
-        asyncio.run(warm_up(server.url, server.model, args.max_tokens))
+        asyncio.run(warm_up(server.url, server.model, args.max_tokens, server.headers))
         phases = []
         for clients, requests in work.items():
             replies, seconds = asyncio.run(
-                drive(server.url, server.model, requests, clients, args.max_tokens, bar.update)
+                drive(
+                    server.url,
+                    server.model,
+                    requests,
+                    clients,
+                    args.max_tokens,
+                    bar.update,
+                    server.headers,
+                )
             )
             phases.append(Phase(setting.name, clients, replies, seconds))
         peak = server.peak_rss()
@@ -152,8 +162,13 @@ def reference_name(chosen: list[servers.Setting]) -> str:
 
 
 def make_plan(
-    args: argparse.Namespace, folder: Path, work: dict[int, list[Request]]
+    args: argparse.Namespace, folder: Path, work: dict[int, list[Request]], longest: int
 ) -> servers.Plan:
+    """What every setting shares; ``longest``: the longest prompt in tokens."""
+    from prefixkv.engine.loader import resolve_model
+
+    source = resolve_model(args.model)
+    config = servers.read_config(folder)
     return servers.Plan(
         model=args.model,
         folder=folder,
@@ -162,7 +177,23 @@ def make_plan(
         kv_bytes_per_token=servers.kv_bytes_per_token(servers.read_config(folder)),
         max_queue=max(len(r) for r in work.values()) + 1,
         max_batch_tokens=args.max_batch_tokens,
+        gguf=None if source.is_dir() else source,
+        slots=max(args.clients),
+        slot_tokens=-(-(longest + args.max_tokens + 16) // 256) * 256,
+        context=int(str(config.get("max_position_embeddings", 8192))),
     )
+
+
+def weight_sizes(folder: Path, gguf: Path | None) -> dict[str, roofline.ModelSize]:
+    """Parameters and the bytes one decode step streams, per ``Setting.weights``: the file's
+    own formats (the GGUF's blocks, else the folder as stored), fp32 and bf16."""
+    folder_size = roofline.model_size(folder)
+    stored = folder_size if gguf is None else roofline.gguf_size(gguf)
+    return {
+        servers.AS_STORED: stored,
+        "fp32": roofline.as_dtype(folder_size, 4),
+        "bf16": roofline.as_dtype(folder_size, 2),
+    }
 
 
 def header(args: argparse.Namespace, chosen: list[servers.Setting], sizes: list[int]) -> str:
@@ -222,15 +253,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     work = workloads(args)
     folder = servers.model_folder(args.model)
-    plan = make_plan(args, folder, work)
+    prompts = prompt_ids(folder, work)
+    plan = make_plan(args, folder, work, max(len(p) for ps in prompts.values() for p in ps))
     table = servers.settings_table(plan)
-    chosen = choose(args, table)
+    chosen = choose(args, table, plan)
     if not chosen:
         print("# nothing to run")
         return 2
-    info, size = machine_info(), roofline.model_size(folder)
-    rates, prompts = roofline.measure_machine(), prompt_ids(folder, work)
-    print(describe(info), roofline.describe(rates, size), sep="\n")
+    info, sizes = machine_info(), weight_sizes(folder, plan.gguf)
+    rates = roofline.measure_machine()
+    print(describe(info), roofline.describe(rates, sizes[servers.AS_STORED]), sep="\n")
     print(header(args, chosen, [len(p) for ps in prompts.values() for p in ps]), flush=True)
     phases, facts = run_all(chosen, plan, args, work)
     after = roofline.measure_machine()
@@ -240,13 +272,21 @@ def main(argv: list[str] | None = None) -> int:
     refs = {p.clients: p for p in phases if p.setting == ref}
     uncached = {c: roofline.distinct_prefix_tokens(p) for c, p in prompts.items()}
     summaries = [
-        summarize(p, refs[p.clients], table[p.setting], rates, size, uncached[p.clients])
+        summarize(
+            p,
+            refs[p.clients],
+            table[p.setting],
+            rates,
+            sizes[table[p.setting].weights],
+            uncached[p.clients],
+        )
         for p in phases
     ]
     compared = comparisons(summaries)
     print("\n".join([*map(line, summaries), *map(comparison_line, compared)]))
     context: dict[str, Any] = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}}
-    context |= {"model_folder": str(folder), "roofline": asdict(rates) | asdict(size)}
+    context |= {"model_folder": str(folder), "roofline": asdict(rates)}
+    context |= {"weights": {name: asdict(size) for name, size in sizes.items()}}
     write(args, context | {"reference": ref, "servers": facts}, phases, summaries, compared)
     exact = all(s["identical"] == s["requests"] for s in summaries if s["kind"] == servers.PREFIXKV)
     return 0 if exact else 1

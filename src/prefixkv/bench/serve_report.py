@@ -70,6 +70,9 @@ def summarize(
         "memory_min_s": bound.memory_s,
         "minimum_s": bound.minimum_s,
         "over_minimum": phase.seconds / bound.minimum_s,
+        "weights": setting.weights,
+        "weight_bytes": size.weight_bytes,
+        "step_floor_s": size.weight_bytes / rates.bandwidth,
     }
 
 
@@ -85,7 +88,8 @@ def line(s: dict[str, Any]) -> str:
         f"serve {s['setting']:<16} c={s['clients']:<3} n={s['requests']:<4}"
         f" req/s={s['requests_per_s']:6.2f} out tok/s={s['output_tokens_per_s']:6.1f}"
         f"  TTFT p50={_ms(s['ttft_p50_s'])}ms p99={_ms(s['ttft_p99_s'])}ms"
-        f"  ITL p50={_ms(s['itl_p50_s'])}ms p99={_ms(s['itl_p99_s'])}ms  hit={hit}"
+        f"  ITL p50={_ms(s['itl_p50_s'])}ms p99={_ms(s['itl_p99_s'])}ms"
+        f" (floor {_ms(s['step_floor_s'])}ms, {s['weights']})  hit={hit}"
         f"  identical={same}  time={s['seconds']:.1f}s min={s['minimum_s']:.2f}s"
         f" ({s['over_minimum']:.1f}x min)"
     )

