@@ -34,7 +34,7 @@ __all__ = ["ROW_FORMATS", "RowEmbedding", "dequantize_rows", "install_embedding"
 
 log = logging.getLogger("prefixkv.engine")
 
-ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "bf16")
+ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16")
 _VERIFY_ROWS = 4096  # rows de-quantized at a time when checking a whole table
 
 
