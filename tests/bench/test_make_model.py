@@ -13,7 +13,7 @@ from prefixkv import Engine
 from prefixkv.bench.make_model import config_of, main, write_model
 from prefixkv.bench.model_gguf import k_mix_type, use_more_bits
 from prefixkv.bench.model_shapes import SHAPES, STD, VOCAB, tensor_groups, tensor_values
-from prefixkv.engine.linear import formats_of
+from prefixkv.engine.linear import formats_of, streamed_bytes
 from prefixkv.engine.loader import load_model
 
 # Parameter counts of the checkpoints whose shapes SHAPES copies (their safetensors metadata
@@ -134,9 +134,10 @@ def test_a_tiny256_k_mix_streams_its_k_quants_with_the_logits_of_fp32(
     kept = _engine(path, tmp_path)
     plain = Engine.from_pretrained(str(path), cache_bytes=1 << 20, block_size=4,
                                    cache_dir=tmp_path / "cache", weights="fp32")  # fmt: skip
-    # layer 1's q/k/v join a Q6_K attn_v to q/k in the base type: one format per join, so
-    # that join stays f32; the tied head and layer 1's ffn_down are Q6_K
-    assert formats_of(kept.model) == f"f32 1, {base} 6, q6_k 2"
+    # layer 1's q/k/v join a Q6_K attn_v to q/k in the base type: split in two layers,
+    # q/k and v; with layer 1's ffn_down and the tied head, three Q6_K layers
+    assert formats_of(kept.model) == f"{base} 7, q6_k 3"
+    assert streamed_bytes(kept.model) < streamed_bytes(plain.model) / 4
     assert getattr(kept.model.get_input_embeddings(), "format", None) == "q6_k"
     ids = kept.tokenizer("hello world, the quick brown fox", return_tensors="pt").input_ids
     with torch.inference_mode():
