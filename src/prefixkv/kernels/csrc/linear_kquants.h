@@ -84,10 +84,8 @@ static inline __attribute__((always_inline)) void load_q6_k(const uint8_t *w, in
                                                             const struct kscales *s,
                                                             vf out[VECTORS]) {
     const uint8_t *super = w + (k / SUPER) * SUPER_Q6_K;
-    vf high[VECTORS];
-    from_u2(super + 1152 + (k % SUPER) * WIDTH, high);
-    nibbles(super + 5248 + (k % SUPER) * (BLOCK / 2), out);
-    for (int j = 0; j < VECTORS; j++) out[j] = s->a[j] * (out[j] + 16.0f * high[j] - 32.0f);
+    from_u6(super + 5248 + (k % SUPER) * (BLOCK / 2), super + 1152 + (k % SUPER) * WIDTH, out);
+    for (int j = 0; j < VECTORS; j++) out[j] = s->a[j] * (out[j] - 32.0f);
 }
 
 #endif

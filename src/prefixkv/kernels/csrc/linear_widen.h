@@ -80,15 +80,31 @@ static inline __attribute__((always_inline)) vf widen_u8(const uint8_t *p) {
 #endif
 }
 
-/* p: 16 bytes of 2-bit values, byte b holding lanes b of four vectors at bits 0-1, 2-3, 4-5,
- * 6-7; out[j]: the values at bits 2j, 2j + 1. */
-static inline __attribute__((always_inline)) void from_u2(const uint8_t *p, vf out[4]) {
+/* q6_k's 64 6-bit values of a k step, as floats in column order: ql, 32 bytes of 4-bit pairs
+ * (byte c: column c low, c + 32 high); qh, 16 bytes of 2-bit values (byte b: columns b,
+ * b + 16, b + 32, b + 48 at bits 0-1, 2-3, 4-5, 6-7). Joined as bytes, then widened once. */
+static inline __attribute__((always_inline)) void from_u6(const uint8_t *ql, const uint8_t *qh,
+                                                          vf out[4]) {
 #if defined(__AVX512F__) || defined(__AVX2__)
-    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(3);
-    for (int j = 0; j < 4; j++) out[j] = from_u8(_mm_and_si128(_mm_srli_epi16(bytes, 2 * j), mask));
+    __m128i low0 = _mm_loadu_si128((const __m128i *)ql);
+    __m128i low1 = _mm_loadu_si128((const __m128i *)(ql + 16));
+    __m128i high = _mm_loadu_si128((const __m128i *)qh);
+    __m128i m15 = _mm_set1_epi8(15), m48 = _mm_set1_epi8(48); /* 16-bit shifts: bits that
+                                                                 cross bytes are masked off */
+    out[0] = from_u8(_mm_or_si128(_mm_and_si128(low0, m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 4), m48)));
+    out[1] = from_u8(_mm_or_si128(_mm_and_si128(low1, m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 2), m48)));
+    out[2] = from_u8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(low0, 4), m15),
+                                  _mm_and_si128(high, m48)));
+    out[3] = from_u8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(low1, 4), m15),
+                                  _mm_and_si128(_mm_srli_epi16(high, 2), m48)));
 #else
-    vu8 bytes = *(const vu8 *)p;
-    for (int j = 0; j < 4; j++) out[j] = __builtin_convertvector((bytes >> (2 * j)) & 3, vf);
+    vu8 low0 = *(const vu8 *)ql, low1 = *(const vu8 *)(ql + 16), high = *(const vu8 *)qh;
+    out[0] = __builtin_convertvector((low0 & 15) | ((high << 4) & 48), vf);
+    out[1] = __builtin_convertvector((low1 & 15) | ((high << 2) & 48), vf);
+    out[2] = __builtin_convertvector((low0 >> 4) | (high & 48), vf);
+    out[3] = __builtin_convertvector((low1 >> 4) | ((high >> 2) & 48), vf);
 #endif
 }
 
