@@ -86,9 +86,10 @@ def pack(format: str, planes: Planes) -> torch.Tensor:
         parts = [part("d"), part("sc"), as_bytes(high.sum(3, dtype=_U8), rows), low]
     else:
         parts = [part("d"), part("dmin"), part("sc"), part("m")]
-        if format == "q5_k":  # bit c of a k's 8 bytes (little-endian): column c's 5th bit
-            bits = ((q >> 4) & 1).view(blocks, supers, SUPER, 8, 8) << _shifts(*range(8))
-            parts.append(as_bytes(bits.sum(4, dtype=_U8), rows))
+        if format == "q5_k":  # k pairs: byte b, bit j + 4 t: column 16 j + b of step 2 p + t
+            fifth = ((q >> 4) & 1).view(blocks, supers, SUPER // 2, 2, 4, 16)
+            bits = fifth << _shifts(*range(8)).view(2, 4, 1)
+            parts.append(as_bytes(bits.sum((3, 4), dtype=_U8), rows))
         parts.append(low)
     return torch.cat(parts, dim=1).view(blocks, -1)
 
@@ -116,9 +117,10 @@ def unpack(format: str, data: torch.Tensor, out: int, in_features: int) -> Plane
     else:
         planes = {"d": take(0, 128, _F16), "dmin": take(128, 256, _F16),
                   "sc": take(256, 768, _U8, 8), "m": take(768, 1280, _U8, 8)}  # fmt: skip
-        if format == "q5_k":
-            fifth = high(1280, 8)[..., None] >> _shifts(*range(8))  # [.., 8, 8]
-            low = low | ((fifth & 1).flatten(-2) << 4)  # byte i, bit t: column 8 i + t
+        if format == "q5_k":  # [blocks, S, 128, 16] -> [blocks, S, 128, 2, 4, 16]
+            pairs = high(1280, 8).reshape(blocks, supers, SUPER // 2, 1, 1, 16)
+            fifth = (pairs >> _shifts(*range(8)).view(2, 4, 1)) & 1
+            low = low | (fifth.reshape(blocks, supers, SUPER, 64) << 4)
     planes["q"] = columns_first(low, out)  # [out, S, 256]
     return planes
 

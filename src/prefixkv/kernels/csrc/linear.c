@@ -173,12 +173,15 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
     for (int r = 0; r < (R); r++)                                             \
         for (int j = 0; j < VECTORS; j++) sum[r][j] = sums[r][j];            \
     for (int64_t g = k0; g < k1; g += (SUB)) {                                \
+        const uint8_t *super = w + g / SUPER * (BYTES);                       \
+        int i0 = (int)(g % SUPER);                                            \
         struct kscales scales;                                                \
-        HEAD(w, g, &scales);                                                  \
-        for (int64_t k = g; k < g + (SUB); k++) {                             \
+        HEAD(super, i0, &scales);                                             \
+        for (int i = i0; i < i0 + (SUB); i++) {                               \
+            int64_t k = g + (i - i0);                                         \
             __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
             vf wk[VECTORS];                                                   \
-            LOAD(w, k, &scales, wk);                                          \
+            LOAD(super, i, &scales, wk);                                      \
             for (int r = 0; r < (R); r++) {                                   \
                 float xk = x[r * k_dim + k];                                  \
                 for (int j = 0; j < VECTORS; j++) sum[r][j] += wk[j] * xk;    \
@@ -190,11 +193,14 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
 
 #define DEQUANT_GROUPED(HEAD, LOAD, SUB, BYTES)                               \
     for (int64_t g = k0; g < k1; g += (SUB)) {                                \
+        const uint8_t *super = w + g / SUPER * (BYTES);                       \
+        int i0 = (int)(g % SUPER);                                            \
         struct kscales scales;                                                \
-        HEAD(w, g, &scales);                                                  \
-        for (int64_t k = g; k < g + (SUB); k++) {                             \
+        HEAD(super, i0, &scales);                                             \
+        for (int i = i0; i < i0 + (SUB); i++) {                               \
+            int64_t k = g + (i - i0);                                         \
             __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
-            LOAD(w, k, &scales, buf[k - k0]);                                 \
+            LOAD(super, i, &scales, buf[k - k0]);                             \
         }                                                                     \
     }
 

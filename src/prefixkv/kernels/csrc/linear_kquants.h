@@ -3,7 +3,8 @@
  * whole, one after the other (K % 256 == 0), columns last (c = output column in the block):
  *   q4_k: fp16 d[64]; fp16 dmin[64]; uint8 sc[8][64]; uint8 m[8][64]; uint8 q[256][32]
  *         w = (d * sc) * q - (dmin * m)                                      (9472 B)
- *   q5_k: as q4_k, then uint64 qh[256] before q: bit c of qh[k] is the 5th bit of column c
+ *   q5_k: as q4_k, then uint8 qh[128][16] before q: byte b of qh[k / 2] holds the 5th bits
+ *         of columns b, b + 16, b + 32, b + 48 at bits 0-3 (k even) or 4-7 (k odd)
  *         w = (d * sc) * (q + 16 h) - (dmin * m)                             (11520 B)
  *   q6_k: fp16 d[64]; int8 sc[16][64]; uint8 qh[256][16]; uint8 q[256][32]
  *         byte b of qh[k] holds the high 2 bits of columns b, b + 16, b + 32, b + 48
@@ -31,10 +32,10 @@ struct kscales {
 };
 
 /* q4_k's and q5_k's header (d, dmin, sc, m at the same offsets) of the super-block that
- * starts at super, for the sub-block of step k. */
-static inline __attribute__((always_inline)) void head_dmin(const uint8_t *super, int64_t k,
+ * starts at super, for the sub-block of step i (0 <= i < SUPER) of it. */
+static inline __attribute__((always_inline)) void head_q4_k(const uint8_t *super, int i,
                                                             struct kscales *s) {
-    int64_t sub = (k % SUPER) / SUB_Q4_K;
+    int sub = i / SUB_Q4_K;
     for (int j = 0; j < VECTORS; j++) {
         s->a[j] = from_f16(super + 2 * WIDTH * j) * widen_u8(super + 256 + sub * BLOCK + WIDTH * j);
         s->b[j] = from_f16(super + 128 + 2 * WIDTH * j) *
@@ -42,49 +43,34 @@ static inline __attribute__((always_inline)) void head_dmin(const uint8_t *super
     }
 }
 
-static inline __attribute__((always_inline)) void head_q4_k(const uint8_t *w, int64_t k,
-                                                            struct kscales *s) {
-    head_dmin(w + (k / SUPER) * SUPER_Q4_K, k, s);
-}
+#define head_q5_k head_q4_k
 
-static inline __attribute__((always_inline)) void head_q5_k(const uint8_t *w, int64_t k,
+static inline __attribute__((always_inline)) void head_q6_k(const uint8_t *super, int i,
                                                             struct kscales *s) {
-    head_dmin(w + (k / SUPER) * SUPER_Q5_K, k, s);
-}
-
-static inline __attribute__((always_inline)) void head_q6_k(const uint8_t *w, int64_t k,
-                                                            struct kscales *s) {
-    const uint8_t *super = w + (k / SUPER) * SUPER_Q6_K;
-    int64_t sub = (k % SUPER) / SUB_Q6_K;
+    int sub = i / SUB_Q6_K;
     for (int j = 0; j < VECTORS; j++)
         s->a[j] = from_f16(super + 2 * WIDTH * j) * from_i8(super + 128 + sub * BLOCK + WIDTH * j);
 }
 
-static inline __attribute__((always_inline)) void load_q4_k(const uint8_t *w, int64_t k,
+/* The 64 weights of step i of the super-block at super, with its sub-block's scales s. */
+static inline __attribute__((always_inline)) void load_q4_k(const uint8_t *super, int i,
                                                             const struct kscales *s,
                                                             vf out[VECTORS]) {
-    nibbles(w + (k / SUPER) * SUPER_Q4_K + 1280 + (k % SUPER) * (BLOCK / 2), out);
+    nibbles(super + 1280 + i * (BLOCK / 2), out);
     for (int j = 0; j < VECTORS; j++) out[j] = s->a[j] * out[j] - s->b[j];
 }
 
-static inline __attribute__((always_inline)) void load_q5_k(const uint8_t *w, int64_t k,
+static inline __attribute__((always_inline)) void load_q5_k(const uint8_t *super, int i,
                                                             const struct kscales *s,
                                                             vf out[VECTORS]) {
-    const uint8_t *super = w + (k / SUPER) * SUPER_Q5_K;
-    uint64_t high;
-    memcpy(&high, super + 1280 + (k % SUPER) * 8, sizeof(high));
-    nibbles(super + 3328 + (k % SUPER) * (BLOCK / 2), out);
-    for (int j = 0; j < VECTORS; j++) {
-        vf q = out[j] + 16.0f * from_u1((uint32_t)(high >> (WIDTH * j)) & 0xffff);
-        out[j] = s->a[j] * q - s->b[j];
-    }
+    from_u5(super + 3328 + i * (BLOCK / 2), super + 1280 + i / 2 * WIDTH, i % 2 * 4, out);
+    for (int j = 0; j < VECTORS; j++) out[j] = s->a[j] * out[j] - s->b[j];
 }
 
-static inline __attribute__((always_inline)) void load_q6_k(const uint8_t *w, int64_t k,
+static inline __attribute__((always_inline)) void load_q6_k(const uint8_t *super, int i,
                                                             const struct kscales *s,
                                                             vf out[VECTORS]) {
-    const uint8_t *super = w + (k / SUPER) * SUPER_Q6_K;
-    from_u6(super + 5248 + (k % SUPER) * (BLOCK / 2), super + 1152 + (k % SUPER) * WIDTH, out);
+    from_u6(super + 5248 + i * (BLOCK / 2), super + 1152 + i * WIDTH, out);
     for (int j = 0; j < VECTORS; j++) out[j] = s->a[j] * (out[j] - 32.0f);
 }
 

@@ -108,11 +108,32 @@ static inline __attribute__((always_inline)) void from_u6(const uint8_t *ql, con
 #endif
 }
 
-/* bits: 16 one-bit values (lane l at bit l), as floats 0 or 1. */
-static inline __attribute__((always_inline)) vf from_u1(uint32_t bits) {
-    const vu lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    vi one = (vi)((((vu){} + bits) >> lane) & 1);
-    return __builtin_convertvector(one, vf);
+/* q5_k's 64 5-bit values of a k step, as floats in column order: ql as in from_u6; qh, 16
+ * bytes of one-bit values for two k steps (byte b: columns b, b + 16, b + 32, b + 48 at bits
+ * 0-3 for the even step, 4-7 for the odd one), shift 0 or 4 choosing the step. */
+static inline __attribute__((always_inline)) void from_u5(const uint8_t *ql, const uint8_t *qh,
+                                                          int shift, vf out[4]) {
+#if defined(__AVX512F__) || defined(__AVX2__)
+    __m128i low0 = _mm_loadu_si128((const __m128i *)ql);
+    __m128i low1 = _mm_loadu_si128((const __m128i *)(ql + 16));
+    __m128i high = _mm_srl_epi16(_mm_loadu_si128((const __m128i *)qh), _mm_cvtsi32_si128(shift));
+    __m128i m15 = _mm_set1_epi8(15), m16 = _mm_set1_epi8(16); /* bits that cross bytes in a
+                                                                 16-bit shift: masked off */
+    out[0] = from_u8(_mm_or_si128(_mm_and_si128(low0, m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 4), m16)));
+    out[1] = from_u8(_mm_or_si128(_mm_and_si128(low1, m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 3), m16)));
+    out[2] = from_u8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(low0, 4), m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 2), m16)));
+    out[3] = from_u8(_mm_or_si128(_mm_and_si128(_mm_srli_epi16(low1, 4), m15),
+                                  _mm_and_si128(_mm_slli_epi16(high, 1), m16)));
+#else
+    vu8 low0 = *(const vu8 *)ql, low1 = *(const vu8 *)(ql + 16), high = *(const vu8 *)qh >> shift;
+    out[0] = __builtin_convertvector((low0 & 15) | ((high << 4) & 16), vf);
+    out[1] = __builtin_convertvector((low1 & 15) | ((high << 3) & 16), vf);
+    out[2] = __builtin_convertvector((low0 >> 4) | ((high << 2) & 16), vf);
+    out[3] = __builtin_convertvector((low1 >> 4) | ((high << 1) & 16), vf);
+#endif
 }
 
 /* One fp16 value (IEEE binary16 bits) as a float: the generic path's widening. */
