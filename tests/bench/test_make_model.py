@@ -11,8 +11,9 @@ import torch
 
 from prefixkv import Engine
 from prefixkv.bench.make_model import config_of, main, write_model
+from prefixkv.bench.model_gguf import k_mix_type, use_more_bits
 from prefixkv.bench.model_shapes import SHAPES, STD, VOCAB, tensor_groups, tensor_values
-from prefixkv.engine.linear import formats_of
+from prefixkv.engine.linear import formats_of, streamed_bytes
 from prefixkv.engine.loader import load_model
 
 # Parameter counts of the checkpoints whose shapes SHAPES copies (their safetensors metadata
@@ -103,3 +104,42 @@ def test_the_command_line_writes_and_reports(
     assert main(argv) == 0
     assert (tmp_path / "qwen2-tiny-q4_0.gguf").is_file()
     assert "qwen2-tiny-q4_0.gguf" in capsys.readouterr().out
+
+
+def test_the_k_mixes_follow_llama_cpp_s_choice_of_types() -> None:
+    # use_more_bits over 16 layers: the first and last eighth, and every third between
+    assert [i for i in range(16) if use_more_bits(i, 16)] == [0, 1, 4, 7, 10, 13, 14, 15]
+    assert k_mix_type("blk.4.attn_v.weight", 2048, "Q4_K", 16) == "Q6_K"
+    assert k_mix_type("blk.5.attn_v.weight", 2048, "Q4_K", 16) == "Q4_K"
+    assert k_mix_type("blk.15.ffn_down.weight", 8192, "Q5_K", 16) == "Q6_K"
+    assert k_mix_type("blk.4.attn_q.weight", 2048, "Q5_K", 16) == "Q5_K"
+    assert k_mix_type("token_embd.weight", 2048, "Q4_K", 16) == "Q6_K"  # the tied head
+    # rows that are not super-blocks of 256: llama.cpp's fallbacks
+    assert k_mix_type("blk.5.attn_q.weight", 64, "Q4_K", 16) == "Q5_0"
+    assert k_mix_type("blk.5.attn_q.weight", 64, "Q5_K", 16) == "Q5_1"
+    assert k_mix_type("token_embd.weight", 64, "Q4_K", 16) == "Q8_0"
+
+
+@pytest.mark.parametrize(("weights", "base"), [("q4_k_m", "q4_k"), ("q5_k_m", "q5_k")])
+def test_a_tiny256_k_mix_streams_its_k_quants_with_the_logits_of_fp32(
+    weights: str, base: str, tmp_path: Path
+) -> None:
+    from gguf import GGUFReader
+
+    path = write_model(tmp_path / "out", "llama", "tiny256", weights, seed=3)
+    kinds = {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}
+    assert kinds["token_embd.weight"] == "Q6_K"
+    assert kinds["blk.1.attn_v.weight"] == kinds["blk.1.ffn_down.weight"] == "Q6_K"
+    assert kinds["blk.0.attn_v.weight"] == kinds["blk.0.ffn_down.weight"] == base.upper()
+    kept = _engine(path, tmp_path)
+    plain = Engine.from_pretrained(str(path), cache_bytes=1 << 20, block_size=4,
+                                   cache_dir=tmp_path / "cache", weights="fp32")  # fmt: skip
+    # layer 1's q/k/v join a Q6_K attn_v to q/k in the base type: split in two layers,
+    # q/k and v; with layer 1's ffn_down and the tied head, three Q6_K layers
+    assert formats_of(kept.model) == f"{base} 7, q6_k 3"
+    assert streamed_bytes(kept.model) < streamed_bytes(plain.model) / 4
+    assert getattr(kept.model.get_input_embeddings(), "format", None) == "q6_k"
+    ids = kept.tokenizer("hello world, the quick brown fox", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        got, want = kept.model(ids).logits, plain.model(ids).logits
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

@@ -182,3 +182,14 @@ def test_smollm2_holds_its_q8_0_table_and_logits_equal_fp32() -> None:
     plain = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="fp32")
     for prompt in PROMPTS[:2]:
         assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt
+
+
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K"])
+def test_k_quant_rows_are_gguf_py_s_rows(kind: str) -> None:
+    from prefixkv.bench.model_kquants import quantize_k
+
+    values = np.random.default_rng(0).standard_normal((7, 512)).astype(np.float32) * 0.02
+    rows = quantize_k(values, kind)
+    want = torch.from_numpy(dequantize(rows, GGMLQuantizationType[kind]))
+    got = dequantize_rows(kind.lower(), torch.from_numpy(rows), 512)
+    assert torch.equal(got.view(torch.int32), want.view(torch.int32))

@@ -14,6 +14,7 @@ import torch
 from prefixkv import Engine
 from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.linear import formats_of, linear_kernel, streamed_bytes
+from prefixkv.engine.native_linear import SplitLinearLayer
 from prefixkv.engine.request import SamplingParams
 from prefixkv.engine.weights import weight_format
 from prefixkv.kernels import formats
@@ -78,13 +79,18 @@ def test_a_bf16_file_is_streamed_as_bf16_exactly(tmp_path: Path) -> None:
         assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt
 
 
-def test_siblings_in_different_formats_are_not_joined_as_blocks(tmp_path: Path) -> None:
+def test_siblings_in_different_formats_keep_their_blocks_side_by_side(tmp_path: Path) -> None:
     types = {"blk.0.attn_v.weight": "Q8_0"}  # q and k are Q4_1: layer 0's q/k/v differ
     kept = _engine(tmp_path, "mixed", "auto", matrix_type="Q4_1", types=types)
     plain = _engine(tmp_path, "mixed", "fp32")
-    assert formats_of(kept.model) == "f32 1, q4_1 8"
+    # layer 0's q/k/v: q and k joined in Q4_1, v alone in Q8_0 (a SplitLinearLayer)
+    assert formats_of(kept.model) == "q4_1 9, q8_0 1"
+    assert isinstance(kept.model.model.layers[0].self_attn.joined_q_proj.joined,
+                      SplitLinearLayer)  # fmt: skip
     for prompt in PROMPTS:
         assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt
+    alone, batched = _replies(kept)
+    assert alone == batched == _replies(plain)[0]
 
 
 def test_a_packing_that_differs_from_the_loaded_weight_is_never_used(

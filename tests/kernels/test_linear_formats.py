@@ -85,7 +85,7 @@ def test_block_bytes_agree_with_the_library(format: str) -> None:
 
 
 def test_the_library_knows_no_other_format_or_quantized_size() -> None:
-    assert loaded()._lib.prefixkv_linear_block_bytes(5, 64) == -1
+    assert loaded()._lib.prefixkv_linear_block_bytes(8, 256) == -1
     assert loaded().linear_block_bytes("q4_1", 48) == -1
     with pytest.raises(ValueError, match="q4_0: in_features 48 is not a multiple of 32"):
         formats.block_bytes("q4_0", 48)

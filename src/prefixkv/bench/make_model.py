@@ -2,8 +2,8 @@
 Qwen2.5-1.5B/3B, or a tiny one for tests) with SmolLM2's tokenizer, without any download.
 
 ``--weights bf16|f32`` writes a Hugging Face folder (config.json, one safetensors shard a
-layer, generation_config.json, tokenizer files); ``q8_0|q4_0|q4_1`` one GGUF file
-``<family>-<size>-<weights>.gguf``. Tensors are generated one layer (HF) or one tensor (GGUF)
+layer, generation_config.json, tokenizer files); ``q8_0|q4_0|q4_1|q4_k_m|q5_k_m`` one GGUF
+file ``<family>-<size>-<weights>.gguf`` (the K mixes: :mod:`prefixkv.bench.model_gguf`). Tensors are generated one layer (HF) or one tensor (GGUF)
 at a time, so a 3B model never sits whole in memory. Outputs are gibberish: only the sizes,
 and so the time a forward pass takes, are real.
 """
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from prefixkv.bench.model_gguf import GGML_TYPES, write_gguf
+from prefixkv.bench.model_gguf import GGUF_WEIGHTS, write_gguf
 from prefixkv.bench.model_shapes import (
     CONTEXT,
     SHAPES,
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 FOLDER_WEIGHTS = ("bf16", "f32")
-WEIGHTS = (*FOLDER_WEIGHTS, *GGML_TYPES)
+WEIGHTS = (*FOLDER_WEIGHTS, *GGUF_WEIGHTS)
 _BOS, _EOS = 1, 2  # SmolLM2's <|im_start|> and <|im_end|> (its GGUF's bos/eos token ids)
 
 

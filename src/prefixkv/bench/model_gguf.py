@@ -1,6 +1,14 @@
 """Write a random model of a :class:`~prefixkv.bench.model_shapes.Shape` as one GGUF file
-(matrices in Q8_0, Q4_0 or Q4_1; norms and biases F32), with SmolLM2's tokenizer metadata
-copied from its GGUF. Tensors are generated, quantised and written one at a time."""
+(matrices in Q8_0, Q4_0 or Q4_1, or llama.cpp's Q4_K_M / Q5_K_M mix; norms and biases F32),
+with SmolLM2's tokenizer metadata copied from its GGUF. Tensors are generated, quantised and
+written one at a time.
+
+The K mixes follow llama.cpp's ``llama_tensor_get_type``: every matrix in the base type
+(Q4_K or Q5_K) but the head, which is Q6_K (here the token embedding, the head of these
+tied models), and ``attn_v`` and ``ffn_down`` in Q6_K in the layers ``use_more_bits``
+picks (the first and last eighth, and every third between). A matrix whose rows are not a
+multiple of 256 takes llama.cpp's fallback (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from prefixkv.bench.model_kquants import K_TYPES, SUPER, quantize_k
 from prefixkv.bench.model_shapes import CONTEXT, VOCAB, Shape, TensorSpec, tensor_values
 
 GGML_TYPES = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1"}
+K_MIXES = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}  # --weights -> the mix's base type
+GGUF_WEIGHTS = (*GGML_TYPES, *K_MIXES)
+_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}  # rows not a multiple of 256
 _CHUNK_ROWS = 4096  # rows quantised at once: bounds quantize()'s float temporaries (~5 copies)
 
 
@@ -43,11 +55,31 @@ def _add_metadata(writer: Any, name: str, shape: Shape) -> None:
     writer.add_rope_dimension_count(shape.head_dim)
 
 
-def _qtype(spec: TensorSpec, weights: str) -> Any:
+def use_more_bits(layer: int, layers: int) -> bool:
+    """llama.cpp's choice of the layers whose attn_v and ffn_down get more bits."""
+    return layer < layers // 8 or layer >= 7 * layers // 8 or (layer - layers // 8) % 3 == 2
+
+
+def k_mix_type(gguf_name: str, columns: int, base: str, layers: int) -> str:
+    """The GGML type name of the matrix ``gguf_name`` (rows of ``columns`` values) in the K
+    mix of ``base`` ("Q4_K" or "Q5_K") over ``layers`` layers (module docstring)."""
+    head = gguf_name in ("output.weight", "token_embd.weight")  # token_embd: the tied head
+    more = gguf_name.endswith((".attn_v.weight", ".ffn_down.weight")) and use_more_bits(
+        int(gguf_name.split(".")[1]), layers
+    )
+    kind = "Q6_K" if head or more else base
+    return _FALLBACK[kind] if columns % SUPER else kind
+
+
+def _qtype(spec: TensorSpec, weights: str, layers: int) -> Any:
     from gguf import GGMLQuantizationType
 
-    kind = GGML_TYPES[weights] if len(spec.shape) == 2 else "F32"
-    return GGMLQuantizationType[kind]
+    if len(spec.shape) == 1:
+        return GGMLQuantizationType.F32
+    if weights in K_MIXES:
+        return GGMLQuantizationType[k_mix_type(spec.gguf_name, spec.shape[1], K_MIXES[weights],
+                                               layers)]  # fmt: skip
+    return GGMLQuantizationType[GGML_TYPES[weights]]
 
 
 def _quantized(values: np.ndarray, qtype: Any) -> np.ndarray:
@@ -57,6 +89,9 @@ def _quantized(values: np.ndarray, qtype: Any) -> np.ndarray:
 
     if values.ndim == 1:
         return values
+    if qtype.name in K_TYPES:  # gguf-py reads K-quants but cannot write them
+        return np.concatenate([quantize_k(values[r : r + _CHUNK_ROWS], qtype.name)
+                               for r in range(0, len(values), _CHUNK_ROWS)])  # fmt: skip
     parts = [
         quantize(values[r : r + _CHUNK_ROWS], qtype) for r in range(0, len(values), _CHUNK_ROWS)
     ]
@@ -74,13 +109,13 @@ def write_gguf(
     tokenizer_gguf: Path,
 ) -> None:
     """Writes the model whose tensors are ``specs`` (in order) to ``path``: matrices as
-    ``weights`` (a key of :data:`GGML_TYPES`), values from
+    ``weights`` (one of :data:`GGUF_WEIGHTS`), values from
     :func:`~prefixkv.bench.model_shapes.tensor_values`. Holds one tensor (float32, plus its
     quantised copy) at a time. Raises KeyError for an unknown ``weights``."""
     from gguf import GGUFWriter
     from gguf.quants import quant_shape_to_byte_shape
 
-    qtypes = [_qtype(spec, weights) for spec in specs]
+    qtypes = [_qtype(spec, weights, shape.layers) for spec in specs]
     writer = GGUFWriter(str(path), family)
     _add_metadata(writer, path.stem, shape)
     _copy_tokenizer(writer, tokenizer_gguf)

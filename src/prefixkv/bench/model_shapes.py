@@ -45,6 +45,9 @@ SHAPES: dict[tuple[str, str], Shape] = {
     # tiny (for tests, about 13 MB in f32, nearly all of it the 49152 x 64 embedding)
     ("llama", "tiny"): Shape(64, 2, 4, 2, 128, 500000.0, 1e-5),
     ("qwen2", "tiny"): Shape(64, 2, 4, 2, 128, 1000000.0, 1e-6),
+    # tiny256 (for tests of the K-quants, whose rows are super-blocks of 256 values)
+    ("llama", "tiny256"): Shape(256, 2, 4, 2, 512, 500000.0, 1e-5),
+    ("qwen2", "tiny256"): Shape(256, 2, 4, 2, 512, 1000000.0, 1e-6),
 }
 
 

@@ -2,9 +2,10 @@
 
 A lookup reads a few rows of the table (one per decode step and sequence, 512 per prefill
 chunk), so the table need not be float32 in memory: :class:`RowEmbedding` keeps it as the
-file's Q8_0/Q4_0/Q4_1 rows (uint8 ``[vocab, row_bytes]``) or as bf16 ``[vocab, hidden]`` and
+file's Q8_0/Q4_0/Q4_1/Q4_K/Q5_K/Q6_K rows (uint8 ``[vocab, row_bytes]``) or as bf16 ``[vocab, hidden]`` and
 de-quantizes only the gathered rows, in torch, to float32. The de-quantization is gguf's
-(``d * q``; Q4_0 ``d * (q - 8)``; Q4_1 ``d * q + m``, two roundings as gguf's reference), so
+(``d * q``; Q4_0 ``d * (q - 8)``; Q4_1 ``d * q + m``, two roundings as gguf's reference; the
+K-quants as :func:`prefixkv.kernels.kquants.dequantize`), so
 every value is the float32 transformers loaded, bit for bit; :func:`install_embedding`
 checks the whole table once against the loaded weight before swapping the module in.
 
@@ -34,7 +35,7 @@ __all__ = ["ROW_FORMATS", "RowEmbedding", "dequantize_rows", "install_embedding"
 
 log = logging.getLogger("prefixkv.engine")
 
-ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "bf16")
+ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16")
 _VERIFY_ROWS = 4096  # rows de-quantized at a time when checking a whole table
 
 

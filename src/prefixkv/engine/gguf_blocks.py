@@ -64,7 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Format = Literal["q8_0", "q4_0", "q4_1", "bf16", "f16", "f32"]
+Format = Literal["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16", "f16", "f32"]
 Reason = Literal["format", "not_found", "not_row_permutation", "mismatch"]
 
 # GGML type name (gguf.GGMLQuantizationType member) -> the format name a RawWeight carries
@@ -72,6 +72,9 @@ KEPT_FORMATS: Mapping[str, Format] = {
     "Q8_0": "q8_0",
     "Q4_0": "q4_0",
     "Q4_1": "q4_1",
+    "Q4_K": "q4_k",
+    "Q5_K": "q5_k",
+    "Q6_K": "q6_k",
     "BF16": "bf16",
     "F16": "f16",
     "F32": "f32",

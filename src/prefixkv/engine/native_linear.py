@@ -128,10 +128,52 @@ class NativeLinear:
         family = family_of(model)
         kernels = load()
 
-        def make(linear: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> NativeLinearLayer:
-            bias = None if linear.bias is None else linear.bias.detach()
-            return NativeLinearLayer.from_packed(self.weights.pack(linear, sources), bias, kernels)
+        def make(linear: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> torch.nn.Module:
+            runs = self.weights.runs(sources)
+            if len(runs) == 1:
+                return self._layer(linear, sources, kernels)
+            parts, start = [], 0
+            for count in runs:  # each run's rows of the joined weight, packed on their own
+                rows = sum(source.out_features for source in sources[start : start + count])
+                part = _rows(linear, sum(s.out_features for s in sources[:start]), rows)
+                parts.append(self._layer(part, sources[start : start + count], kernels))
+                start += count
+            return SplitLinearLayer(parts)
 
         swapped = swap_linears(model, family.siblings, make)
         swap_native_layers(model, family, kernels)
         return swapped
+
+    def _layer(self, linear: torch.nn.Linear, sources: Sequence[torch.nn.Linear],
+               kernels: Kernels) -> NativeLinearLayer:  # fmt: skip
+        """``linear`` (whose rows are ``sources``') as one packed layer."""
+        bias = None if linear.bias is None else linear.bias.detach()
+        return NativeLinearLayer.from_packed(self.weights.pack(linear, sources), bias, kernels)
+
+
+class SplitLinearLayer(torch.nn.Module):
+    """A joined projection whose siblings keep weights of different formats (llama.cpp's
+    K mixes store some layers' attn_v in Q6_K beside Q4_K q and k): one
+    :class:`NativeLinearLayer` a run of siblings in one format, their outputs side by side.
+    Every output column is the same multiply-add chain as in one joined layer."""
+
+    def __init__(self, parts: Sequence[NativeLinearLayer]) -> None:
+        super().__init__()
+        self.parts = torch.nn.ModuleList(parts)
+        self.in_features = parts[0].in_features
+        self.out_features = sum(part.out_features for part in parts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[..., in_features]`` -> a new ``[..., out_features]`` (as each part)."""
+        return torch.cat([part(x) for part in self.parts], dim=-1)
+
+
+def _rows(linear: torch.nn.Linear, start: int, count: int) -> torch.nn.Linear:
+    """A new ``nn.Linear`` over rows ``[start, start + count)`` of ``linear`` (views of its
+    weight and bias)."""
+    part = torch.nn.Linear(linear.in_features, count, bias=linear.bias is not None,
+                           device="meta")  # fmt: skip
+    part.weight = torch.nn.Parameter(linear.weight.detach()[start : start + count], False)
+    if linear.bias is not None:
+        part.bias = torch.nn.Parameter(linear.bias.detach()[start : start + count], False)
+    return part

@@ -2,8 +2,9 @@
 
 A CPU decode step reads every weight once, so the bytes per weight set the step's floor.
 ``auto`` (the default) keeps each layer in the narrowest format that holds its loaded
-weights exactly: the GGUF file's own Q8_0, Q4_0 or Q4_1 blocks (found by
-:mod:`prefixkv.engine.gguf_blocks`), else bf16 where every value is a bf16 value (a bf16
+weights exactly: the GGUF file's own Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K blocks (found by
+:mod:`prefixkv.engine.gguf_blocks`; joined siblings in different formats are packed run by
+run, :meth:`WeightFormat.runs`), else bf16 where every value is a bf16 value (a bf16
 checkpoint), else fp32. Each of these formats dequantizes to exactly the fp32 value the
 load path computed, and the kernel runs the same multiply-add chain on it
 (:mod:`prefixkv.kernels.formats`), so outputs are those of ``fp32`` bit for bit; a packing
@@ -14,6 +15,7 @@ against it (opt-in). ``fp32``: every layer as loaded.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -47,6 +49,12 @@ class WeightFormat(Protocol):
         holds, in order (see :data:`prefixkv.engine.fused.MakeLayer`). Mutates nothing."""
         ...
 
+    def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
+        """How many consecutive ``sources`` pack in one format, run by run (one run of all
+        of them but where siblings keep blocks of different formats, e.g. a Q6_K attn_v
+        beside Q4_K q and k). Mutates nothing."""
+        ...
+
 
 class Fp32Weights:
     """Every layer as loaded (float32)."""
@@ -55,6 +63,9 @@ class Fp32Weights:
 
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
         return pack_f32(layer.weight.detach())
+
+    def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
+        return [len(sources)]
 
 
 AS_LOADED = Fp32Weights()
@@ -68,6 +79,9 @@ class Bf16Weights:
 
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
         return pack_bf16(layer.weight.detach().to(torch.bfloat16))
+
+    def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
+        return [len(sources)]
 
 
 class ExactWeights:
@@ -93,6 +107,12 @@ class ExactWeights:
             return packed
         narrow = exact_bf16(weight)
         return pack_f32(weight) if narrow is None else pack_bf16(narrow)
+
+    def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
+        """Runs of sources whose kept blocks share a format (sources without any: one kind)."""
+        raws = [self.raw.get(source) for source in sources]
+        kinds = [raw.format if raw is not None and raw.format in QUANTIZED else "" for raw in raws]
+        return [len(list(run)) for _, run in itertools.groupby(kinds)]
 
     def _blocks(
         self, weight: torch.Tensor, sources: Sequence[torch.nn.Linear]

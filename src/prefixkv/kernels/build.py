@@ -43,7 +43,9 @@ log = logging.getLogger("prefixkv.kernels")
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c"))
-HEADERS = tuple(SOURCE_DIR / name for name in ("abi.h", "vector.h"))
+HEADERS = tuple(
+    SOURCE_DIR / name for name in ("abi.h", "vector.h", "linear_widen.h", "linear_kquants.h")
+)
 """Included by the sources: part of the library's identity, like them."""
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 """No ``-ffast-math``: linking with it sets flush-to-zero for the whole process, which would

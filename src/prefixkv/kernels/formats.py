@@ -1,12 +1,18 @@
 """Weights for the native linear kernel, packed at the precision they ship in.
 
 A :class:`PackedWeight` holds a ``[out, in]`` weight as column blocks of ``BLOCK`` output
-columns, each ``block_bytes(format, in)`` bytes (layouts in ``csrc/linear.c``): ``f32``,
-``bf16``, and GGUF's ``q8_0``, ``q4_0``, ``q4_1`` with their fp16 scales (and mins) widened
-to fp32, which is exact. Columns past ``out_features`` are zero weights (zero scale, zero
-min, zero q). Every format's dequantized value is exact in fp32 and equals what gguf-py's
-``dequantize`` gives, so the kernel on a packed weight computes bit for bit what it computes
-on ``pack_f32(unpack(weight))``.
+columns, each ``block_bytes(format, in)`` bytes (layouts in ``csrc/linear.c`` and
+``csrc/linear_kquants.h``): ``f32``, ``bf16``, GGUF's ``q8_0``, ``q4_0``, ``q4_1`` with
+their fp16 scales (and mins) widened to fp32, which is exact, and GGUF's K-quants ``q4_k``,
+``q5_k``, ``q6_k`` (:mod:`prefixkv.kernels.kquants`) with their fp16 and 6/8-bit scales kept
+compact, widened in the kernel's registers. Columns past ``out_features`` are zero weights
+(zero scale, zero min, zero q). Every format's dequantized value is exact in fp32 and equals
+what gguf-py's ``dequantize`` gives, so the kernel on a packed weight computes bit for bit
+what it computes on ``pack_f32(unpack(weight))``.
+
+Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0 1.0625 -> 1.125; q4_0
+0.5625 -> 0.625; q4_1 0.625 -> 0.75; q4_k 0.5625 -> 0.578; q5_k 0.6875 -> 0.703; q6_k
+0.8203 -> 0.8203.
 
 Packing goes through *planes*: per format, tensors with one leading row per output column
 (``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features). Columns are
@@ -22,10 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BLOCK = 64  # output columns per block: prefixkv_linear_block()
+from prefixkv.kernels import columns, kquants
+from prefixkv.kernels.columns import as_bytes, columns_first, columns_last
+
+BLOCK = columns.BLOCK  # output columns per block: prefixkv_linear_block()
 GROUP = 32  # input features per quantized group (GGUF's block size)
-CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4}  # the kernel's format codes
-QUANTIZED = ("q8_0", "q4_0", "q4_1")
+# the kernel's format codes
+CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
+QUANTIZED = ("q8_0", "q4_0", "q4_1", *kquants.K_FORMATS)
 # GGUF bytes per group of 32: fp16 d (and m for q4_1), then the quants
 GGUF_GROUP_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
 # Our bytes per group of one column block: fp32 header(s), then q
@@ -54,7 +64,12 @@ class PackedWeight:
 
 def block_bytes(format: str, in_features: int) -> int:
     """Bytes of one column block. ValueError for an unknown format, or a quantized one whose
-    ``in_features`` is not a multiple of GROUP."""
+    ``in_features`` is not a multiple of GROUP (a K-quant: of kquants.SUPER)."""
+    if format in kquants.K_FORMATS:
+        if in_features % kquants.SUPER:
+            raise ValueError(f"{format}: in_features {in_features} is not a multiple of "
+                             f"{kquants.SUPER}")  # fmt: skip
+        return in_features // kquants.SUPER * kquants.PACKED_SUPER_BYTES[format]
     if format == "f32":
         return in_features * BLOCK * 4
     if format == "bf16":
@@ -78,19 +93,28 @@ def pack_bf16(weight: torch.Tensor) -> PackedWeight:
     return _pack("bf16", weight.shape[1], {"w": weight.detach().cpu()})
 
 
+def gguf_row_bytes(format: str, in_features: int) -> int:
+    """Bytes of one GGUF row of ``in_features`` weights in a quantized ``format``; ValueError
+    as :func:`block_bytes`."""
+    block_bytes(format, in_features)  # the multiple of GROUP or SUPER
+    if format in kquants.K_FORMATS:
+        return in_features // kquants.SUPER * kquants.GGUF_SUPER_BYTES[format]
+    return in_features // GROUP * GGUF_GROUP_BYTES[format]
+
+
 def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
-    """A GGUF tensor's rows as the file stores them: ``rows`` uint8 ``[out, in_features / 32
-    * GGUF_GROUP_BYTES[format]]`` (q8_0: fp16 d, int8 q[32]; q4_0: fp16 d, qs[16]; q4_1: fp16
-    d, fp16 m, qs[16]; element j is qs[j] & 15, element j + 16 is qs[j] >> 4). Copies;
-    ValueError for another format or shape, TypeError for another dtype."""
+    """A GGUF tensor's rows as the file stores them: ``rows`` uint8 ``[out,
+    gguf_row_bytes(format, in_features)]`` (q8_0: fp16 d, int8 q[32]; q4_0: fp16 d, qs[16];
+    q4_1: fp16 d, fp16 m, qs[16]; element j is qs[j] & 15, element j + 16 is qs[j] >> 4;
+    the K-quants' super-blocks of 256: :mod:`prefixkv.kernels.kquants`). Copies; ValueError
+    for another format or shape, TypeError for another dtype."""
     if format not in QUANTIZED:
         raise ValueError(f"format: one of {QUANTIZED} expected, got {format!r}")
     if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8:
         raise TypeError(f"rows: a uint8 numpy array expected, not {getattr(rows, 'dtype', rows)}")
-    block_bytes(format, in_features)  # the multiple of GROUP
-    groups, size = in_features // GROUP, GGUF_GROUP_BYTES[format]
-    if rows.ndim != 2 or rows.shape[1] != groups * size or rows.shape[0] < 1:
-        raise ValueError(f"rows: [out, {groups * size}] expected for {in_features} features "
+    size = gguf_row_bytes(format, in_features)
+    if rows.ndim != 2 or rows.shape[1] != size or rows.shape[0] < 1:
+        raise ValueError(f"rows: [out, {size}] expected for {in_features} features "
                          f"of {format}, got {rows.shape}")  # fmt: skip
     # A read-only array (a view of a mapped file) is copied: torch shares only writable ones.
     readable = np.ascontiguousarray(rows) if rows.flags.writeable else rows.copy()
@@ -100,7 +124,10 @@ def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
 def gguf_planes(format: str, rows: torch.Tensor) -> Planes:
     """GGUF rows (uint8 ``[n, groups * GGUF_GROUP_BYTES[format]]``, a quantized format, the
     caller checked) as planes: ``d`` (and ``m`` for q4_1) float32 ``[n, groups]``, ``q``
-    ``[n, groups, 32]`` (int8 for q8_0, the 4-bit values as uint8 otherwise). New tensors."""
+    ``[n, groups, 32]`` (int8 for q8_0, the 4-bit values as uint8 otherwise); a K-quant's
+    as :func:`prefixkv.kernels.kquants.gguf_planes`. New tensors."""
+    if format in kquants.K_FORMATS:
+        return kquants.gguf_planes(format, rows)
     raw = rows.view(rows.shape[0], -1, GGUF_GROUP_BYTES[format])
     scales = 2 if format == "q4_1" else 1
     planes = {
@@ -118,7 +145,10 @@ def gguf_planes(format: str, rows: torch.Tensor) -> Planes:
 def dequantize(format: str, planes: Planes) -> torch.Tensor:
     """A quantized format's planes (see :func:`gguf_planes`) as float32 ``[n, in]``, as
     gguf's reference computes them: q8_0 ``d * q``, q4_0 ``d * (q - 8)``, q4_1 ``d * q + m``
-    (each exact but q4_1's one rounding). A new tensor."""
+    (each exact but q4_1's one rounding); a K-quant's as
+    :func:`prefixkv.kernels.kquants.dequantize`. A new tensor."""
+    if format in kquants.K_FORMATS:
+        return kquants.dequantize(format, planes)
     d = planes["d"][..., None]  # [n, groups, 1]
     q = planes["q"].float()  # [n, groups, 32]
     if format == "q8_0":
@@ -172,24 +202,18 @@ def _pack(format: str, in_features: int, planes: Planes) -> PackedWeight:
     """Lays ``planes`` (each ``[out, ...]``) out as ``format``'s column blocks."""
     out = next(iter(planes.values())).shape[0]
     blocks = -(-out // BLOCK)
-
-    def columns_last(plane: torch.Tensor) -> torch.Tensor:
-        """``[out, *rest]`` -> ``[blocks, *rest, BLOCK]``, zero past ``out``."""
-        padded = plane.new_zeros(blocks * BLOCK, *plane.shape[1:])
-        padded[:out] = plane
-        grouped = padded.view(blocks, BLOCK, *plane.shape[1:])
-        return grouped.movedim(1, -1).contiguous()
-
+    if format in kquants.K_FORMATS:
+        return PackedWeight(format, in_features, out, kquants.pack(format, planes))
     if format in ("f32", "bf16"):
-        data = _bytes(columns_last(planes["w"]), blocks)  # [blocks, in, BLOCK]
+        data = as_bytes(columns_last(planes["w"], blocks), blocks)  # [blocks, in, BLOCK]
         return PackedWeight(format, in_features, out, data)
     groups = in_features // GROUP
-    parts = [_bytes(columns_last(planes[name]), blocks * groups) for name in ("d", "m")
-             if name in planes]  # fmt: skip
-    q = columns_last(planes["q"])  # [blocks, groups, 32, BLOCK]
+    parts = [as_bytes(columns_last(planes[name], blocks), blocks * groups)
+             for name in ("d", "m") if name in planes]  # fmt: skip
+    q = columns_last(planes["q"], blocks)  # [blocks, groups, 32, BLOCK]
     if format != "q8_0":  # byte c: column c low, column c + 32 high
         q = q[..., : BLOCK // 2] | (q[..., BLOCK // 2 :] << 4)
-    parts.append(_bytes(q, blocks * groups))
+    parts.append(as_bytes(q, blocks * groups))
     data = torch.cat(parts, dim=1).view(blocks, -1)
     return PackedWeight(format, in_features, out, data)
 
@@ -197,28 +221,20 @@ def _pack(format: str, in_features: int, planes: Planes) -> PackedWeight:
 def _planes(packed: PackedWeight) -> Planes:
     """The inverse of :func:`_pack`: ``packed``'s planes, each ``[out, ...]``, new tensors."""
     blocks, out, k = packed.data.shape[0], packed.out_features, packed.in_features
-
-    def columns_first(plane: torch.Tensor) -> torch.Tensor:
-        """``[blocks, *rest, BLOCK]`` -> ``[out, *rest]``."""
-        return plane.movedim(-1, 1).reshape(blocks * BLOCK, *plane.shape[1:-1])[:out].clone()
-
+    if packed.format in kquants.K_FORMATS:
+        return kquants.unpack(packed.format, packed.data, out, k)
     if packed.format in ("f32", "bf16"):
         dtype = torch.float32 if packed.format == "f32" else torch.bfloat16
-        return {"w": columns_first(packed.data.view(dtype).view(blocks, k, BLOCK))}
+        return {"w": columns_first(packed.data.view(dtype).view(blocks, k, BLOCK), out)}
     groups = k // GROUP
     rows = packed.data.view(blocks, groups, -1)
     names = ("d", "m")[: _HEADER[packed.format]]
     header = BLOCK * 4  # bytes of one fp32 vector of BLOCK
     planes = {
-        name: columns_first(rows[..., i * header : (i + 1) * header].contiguous().view(_F32))
+        name: columns_first(rows[..., i * header : (i + 1) * header].contiguous().view(_F32), out)
         for i, name in enumerate(names)
     }
     q = rows[..., len(names) * header :].reshape(blocks, groups, GROUP, -1)
     q = q.view(torch.int8) if packed.format == "q8_0" else torch.cat((q & 15, q >> 4), dim=-1)
-    planes["q"] = columns_first(q)  # [out, groups, 32]
+    planes["q"] = columns_first(q, out)  # [out, groups, 32]
     return planes
-
-
-def _bytes(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """``tensor``'s bytes (contiguous) as uint8 ``[rows, -1]``."""
-    return tensor.contiguous().view(torch.uint8).view(rows, -1)

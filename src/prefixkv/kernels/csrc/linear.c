@@ -3,8 +3,9 @@
  *
  * The weight is packed once (prefixkv/kernels/formats.py) into column blocks: block j holds
  * output columns [64 j, 64 j + 64), zero weights past out_features. A call runs the blocks
- * in parallel. Per block, in one of five formats (K = in_features; the quantized ones need
- * K % 32 == 0 and store each group of 32 k's one after the other):
+ * in parallel. Per block, in one of eight formats (K = in_features; the quantized ones need
+ * K % 32 == 0 and store each group of 32 k's one after the other; the K-quants q4_k, q5_k,
+ * q6_k need K % 256 == 0 and are laid out in linear_kquants.h):
  *   f32:  float    w[K][64]
  *   bf16: uint16   w[K][64]                  (bf16 bits: w = bits << 16)
  *   q8_0: per group: float d[64]; int8 q[32][64]                 w = d * q        (2304 B)
@@ -53,7 +54,7 @@ typedef uint8_t vu8 __attribute__((vector_size(WIDTH), aligned(1)));
 typedef int32_t vi __attribute__((vector_size(WIDTH * 4)));
 typedef uint32_t vu __attribute__((vector_size(WIDTH * 4)));
 
-enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4 };
+enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7 };
 
 /* Bytes of a block's stream per k step (a group's bytes / GROUP for quantized formats). */
 #define STEP_F32 (BLOCK * 4)
@@ -62,74 +63,7 @@ enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4 };
 #define STEP_Q4_0 ((BLOCK * 4 + GROUP * BLOCK / 2) / GROUP)
 #define STEP_Q4_1 ((BLOCK * 8 + GROUP * BLOCK / 2) / GROUP)
 
-/* 16 narrow values widened to floats. GCC 12 turns a widening __builtin_convertvector into
- * scalar code (each byte moved alone: 2-3x slower than the f32 kernel), so with AVX-512 and
- * with AVX2 the widening instructions are named; elsewhere the generic form stands. Every
- * path gives the same exact values (a widening is exact). */
-#ifdef __AVX512F__
-#include <immintrin.h>
-static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
-    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
-static inline __attribute__((always_inline)) vf from_u8(__m128i bytes) {
-    return (vf)_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
-}
-static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
-    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-    return (vf)_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-}
-#elif defined(__AVX2__)
-#include <immintrin.h>
-/* Two 8-lane halves make one 16-lane vector (GCC lowers vf to two ymm registers here). */
-typedef union {
-    vf whole;
-    __m256 half[2];
-} halves;
-static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
-    halves out;
-    for (int h = 0; h < 2; h++)
-        out.half[h] = _mm256_cvtepi32_ps(
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 8 * h))));
-    return out.whole;
-}
-static inline __attribute__((always_inline)) vf from_u8(__m128i bytes) {
-    halves out;
-    out.half[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-    out.half[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(bytes, 8)));
-    return out.whole;
-}
-static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
-    halves out;
-    for (int h = 0; h < 2; h++) {
-        __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 16 * h)));
-        out.half[h] = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-    }
-    return out.whole;
-}
-#endif
-#if defined(__AVX512F__) || defined(__AVX2__)
-/* p: 16 bytes of 4-bit pairs; low: their low nibbles as floats, high: their high ones */
-static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
-    __m128i bytes = _mm_loadu_si128((const __m128i *)p), mask = _mm_set1_epi8(15);
-    *low = from_u8(_mm_and_si128(bytes, mask));
-    *high = from_u8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask));
-}
-#else
-static inline __attribute__((always_inline)) vf from_i8(const uint8_t *p) {
-    return __builtin_convertvector(*(const vi8 *)p, vf);
-}
-static inline __attribute__((always_inline)) vf from_bf16(const uint8_t *p) {
-    vu bits = __builtin_convertvector(*(const vh *)p, vu) << 16;
-    vf out;
-    memcpy(&out, &bits, sizeof(out));
-    return out;
-}
-static inline __attribute__((always_inline)) void from_u4(const uint8_t *p, vf *low, vf *high) {
-    vu8 bytes = *(const vu8 *)p;
-    *low = __builtin_convertvector(bytes & 15, vf);
-    *high = __builtin_convertvector(bytes >> 4, vf);
-}
-#endif
+#include "linear_widen.h"
 
 /* The 64 weights of step k of block w, by format. */
 static inline __attribute__((always_inline)) void load_f32(const uint8_t *w, int64_t k,
@@ -177,6 +111,8 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
     nibbles(group + BLOCK * 8 + (k % GROUP) * (BLOCK / 2), out);
     for (int j = 0; j < VECTORS; j++) out[j] = d[j] * out[j] + m[j];
 }
+
+#include "linear_kquants.h"
 
 /* One tile, k in [k0, k1): rows x[0 .. rows) (row stride k_dim) against one column block,
  * adding to sums[0 .. rows). Every cache line of the weights is prefetched one chunk of the
@@ -228,11 +164,74 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
         DEQUANT(LOAD, STEP)                                                               \
     }
 
+/* PASS and DEQUANT for a K-quant: each sub-block's scales formed once (HEAD), then its SUB
+ * steps decoded (LOAD). k0 and k1 are multiples of SUB (K % 256 == 0, CHUNK % 32 == 0).
+ * A k step's bytes average BYTES / SUPER (under LINE): one prefetch a step reaches every
+ * line, a chunk ahead. */
+#define PASS_GROUPED(R, HEAD, LOAD, SUB, BYTES)                               \
+    vf sum[R][VECTORS];                                                       \
+    for (int r = 0; r < (R); r++)                                             \
+        for (int j = 0; j < VECTORS; j++) sum[r][j] = sums[r][j];            \
+    for (int64_t g = k0; g < k1; g += (SUB)) {                                \
+        const uint8_t *super = w + g / SUPER * (BYTES);                       \
+        int i0 = (int)(g % SUPER);                                            \
+        struct kscales scales;                                                \
+        HEAD(super, i0, &scales);                                             \
+        for (int i = i0; i < i0 + (SUB); i++) {                               \
+            int64_t k = g + (i - i0);                                         \
+            __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
+            vf wk[VECTORS];                                                   \
+            LOAD(super, i, &scales, wk);                                      \
+            for (int r = 0; r < (R); r++) {                                   \
+                float xk = x[r * k_dim + k];                                  \
+                for (int j = 0; j < VECTORS; j++) sum[r][j] += wk[j] * xk;    \
+            }                                                                 \
+        }                                                                     \
+    }                                                                         \
+    for (int r = 0; r < (R); r++)                                             \
+        for (int j = 0; j < VECTORS; j++) sums[r][j] = sum[r][j];
+
+#define DEQUANT_GROUPED(HEAD, LOAD, SUB, BYTES)                               \
+    for (int64_t g = k0; g < k1; g += (SUB)) {                                \
+        const uint8_t *super = w + g / SUPER * (BYTES);                       \
+        int i0 = (int)(g % SUPER);                                            \
+        struct kscales scales;                                                \
+        HEAD(super, i0, &scales);                                             \
+        for (int i = i0; i < i0 + (SUB); i++) {                               \
+            int64_t k = g + (i - i0);                                         \
+            __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
+            LOAD(super, i, &scales, buf[k - k0]);                             \
+        }                                                                     \
+    }
+
+#define DEFINE_GROUPED(NAME, SUB, BYTES)                                                   \
+    static void pass_##NAME(const uint8_t *w, const float *x, int64_t k_dim, int64_t k0,  \
+                            int64_t k1, int rows, vf sums[][VECTORS]) {                   \
+        switch (rows) {                                                                   \
+        case 6: { PASS_GROUPED(6, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
+        case 5: { PASS_GROUPED(5, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
+        case 4: { PASS_GROUPED(4, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
+        case 3: { PASS_GROUPED(3, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
+        case 2: { PASS_GROUPED(2, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
+        default: { PASS_GROUPED(1, head_##NAME, load_##NAME, SUB, BYTES) } break;         \
+        }                                                                                 \
+    }                                                                                     \
+    static void dequant_##NAME(const uint8_t *w, int64_t k0, int64_t k1,                  \
+                               vf buf[][VECTORS]) {                                       \
+        DEQUANT_GROUPED(head_##NAME, load_##NAME, SUB, BYTES)                             \
+    }
+
 DEFINE_FORMAT(f32, load_f32, STEP_F32)
 DEFINE_FORMAT(bf16, load_bf16, STEP_BF16)
 DEFINE_FORMAT(q8_0, load_q8_0, STEP_Q8_0)
 DEFINE_FORMAT(q4_0, load_q4_0, STEP_Q4_0)
 DEFINE_FORMAT(q4_1, load_q4_1, STEP_Q4_1)
+DEFINE_GROUPED(q4_k, SUB_Q4_K, SUPER_Q4_K)
+DEFINE_GROUPED(q5_k, SUB_Q4_K, SUPER_Q5_K)
+DEFINE_GROUPED(q6_k, SUB_Q6_K, SUPER_Q6_K)
+#undef DEFINE_GROUPED
+#undef DEQUANT_GROUPED
+#undef PASS_GROUPED
 #undef DEFINE_FORMAT
 #undef DEQUANT
 #undef PASS
@@ -243,7 +242,8 @@ struct format_ops {
 };
 static const struct format_ops FORMATS[] = {
     {pass_f32, dequant_f32},   {pass_bf16, dequant_bf16}, {pass_q8_0, dequant_q8_0},
-    {pass_q4_0, dequant_q4_0}, {pass_q4_1, dequant_q4_1},
+    {pass_q4_0, dequant_q4_0}, {pass_q4_1, dequant_q4_1}, {pass_q4_k, dequant_q4_k},
+    {pass_q5_k, dequant_q5_k}, {pass_q6_k, dequant_q6_k},
 };
 
 /* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim).
@@ -284,10 +284,16 @@ static void block(int format, const uint8_t *w, const float *x, int64_t r0, int6
 int prefixkv_linear_block(void) { return BLOCK; }
 
 /* Bytes of one column block of a weight of k_dim input features in format; -1 for an unknown
- * format or a quantized one with k_dim not a multiple of GROUP. */
+ * format, a quantized one with k_dim not a multiple of GROUP, or a K-quant with k_dim not a
+ * multiple of SUPER. */
 int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
     static const int64_t step[] = {STEP_F32, STEP_BF16, STEP_Q8_0, STEP_Q4_0, STEP_Q4_1};
-    if (format < F32 || format > Q4_1 || k_dim < 0 || (format >= Q8_0 && k_dim % GROUP))
+    static const int64_t super[] = {SUPER_Q4_K, SUPER_Q5_K, SUPER_Q6_K};
+    if (format < F32 || format > Q6_K || k_dim < 0)
+        return -1;
+    if (format >= Q4_K)
+        return k_dim % SUPER ? -1 : k_dim / SUPER * super[format - Q4_K];
+    if (format >= Q8_0 && k_dim % GROUP)
         return -1;
     return k_dim * step[format];
 }
