@@ -25,6 +25,7 @@ from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.role import Delivery
 from prefixkv.engine.serial import SerialRunner
 from prefixkv.engine.sinks import Collect
 from prefixkv.index.policy import EvictionPolicy
@@ -143,7 +144,7 @@ class Engine:
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
     ) -> Completion:
         """Run one request to completion. ``sampling``: max_tokens, temperature, top_p, seed,
-        stop (see SamplingParams.create). Raises InvalidRequestError before any work on bad
+        stop, the logits controls, logprobs (see SamplingParams.create). Raises InvalidRequestError before any work on bad
         input, leaving the cache untouched."""
         start = time.perf_counter()
         request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
@@ -154,19 +155,20 @@ class Engine:
 
     def stream(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
-    ) -> Generator[str | Completion, None, None]:
-        """Validate now, then return a generator of text deltas ending with the Completion.
+    ) -> Generator[Delivery, None, None]:
+        """Validate now, then return a generator of text deltas (and TokenLogprobs when
+        asked for) ending with the Completion.
         Closing it early (``close()``) stops generation and releases the cached blocks."""
         start = time.perf_counter()
         request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
         return self._stream(request, start)
 
-    def run(self, request: Request) -> Generator[str | Completion, None, None]:
+    def run(self, request: Request) -> Generator[Delivery, None, None]:
         """Generate for a request from :meth:`request`: text deltas, then the Completion
         (times from this call). Closing the generator early releases the cached blocks."""
         return self._stream(request, time.perf_counter())
 
-    def _stream(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
+    def _stream(self, request: Request, start: float) -> Generator[Delivery, None, None]:
         """The serial runner's steps over a Collect sink, read between tokens."""
         sink = Collect()
         steps = self.serial.steps(request, sink, start)

@@ -52,6 +52,7 @@ class Intake:
         characters than the context could hold (by the tokenizer's bound) is refused before
         tokenizing. O(prompt).
         """
+        self._check_ids(params)
         field = prompt_field(prompt)
         bound = self._chars_per_token
         if bound is not None and prompt_chars(prompt) > bound * self.context_length:
@@ -79,3 +80,17 @@ class Intake:
                 "context_length_exceeded",
             )
         return Request(ids, replace(params, max_tokens=max_tokens), namespace)
+
+    def _check_ids(self, params: SamplingParams) -> None:
+        """The token ids ``logit_bias`` and ``stop_token_ids`` name are in the vocabulary."""
+        for name, ids in (
+            ("logit_bias", [t for t, _ in params.logit_bias]),
+            ("stop_token_ids", params.stop_token_ids),
+        ):
+            outside = [t for t in ids if t >= self.vocab_size]
+            if outside:
+                raise InvalidRequestError(
+                    f"{name}: token id {outside[0]} is outside the vocabulary "
+                    f"(size {self.vocab_size})",
+                    name,
+                )

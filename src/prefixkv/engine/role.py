@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable
 from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import BlockStore
+from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 
@@ -52,6 +53,11 @@ Outcome = Literal["pending", "completed", "failed", "skipped", "stopped"]
 generating."""
 
 
+Delivery = str | TokenLogprob | Completion
+"""What a runner delivers for a request: text deltas, each generated token's TokenLogprob
+just before its text (only when the request asked for logprobs), then one Completion."""
+
+
 class RequestCancelled(Exception):
     """The request was cancelled before it finished (client gone, or the server stopping)."""
 
@@ -65,8 +71,8 @@ class Sink(Protocol):
         """True once the consumer gave up: the request stops at the engine's next step."""
         ...
 
-    def deliver(self, item: str | Completion) -> None:
-        """One text delta, or the final Completion."""
+    def deliver(self, item: Delivery) -> None:
+        """One text delta or TokenLogprob, or the final Completion."""
         ...
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
