@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Callable, Generator, Hashable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from prefixkv.engine.serial import SerialRunner
 from prefixkv.engine.sinks import Collect
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
+from prefixkv.tokens import TokenBytes
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
 
@@ -139,6 +140,14 @@ class Engine:
         return self.intake.request(
             prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
         )
+
+    def tokenize(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """See :meth:`Intake.tokens`."""
+        return self.intake.tokens(prompt, add_generation_prompt=add_generation_prompt)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """See :meth:`Intake.text`."""
+        return self.intake.text(ids)
 
     def generate(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any

@@ -10,13 +10,14 @@ batch one (:mod:`prefixkv.engine.batch.runner`). Importing this module loads no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.tokens import TokenBytes
 
 
 class EngineRole(Protocol):
@@ -45,6 +46,15 @@ class EngineRole(Protocol):
     ) -> Request:
         """Tokenize and validate once. Raises InvalidRequestError (naming the field) before
         touching the cache. May take long (tokenizing): callers keep it off event loops."""
+        ...
+
+    def tokenize(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """``prompt``'s ids as a request would carry them (context not checked); raises
+        InvalidRequestError. May take long, as ``request``."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens shown; raises InvalidRequestError."""
         ...
 
 

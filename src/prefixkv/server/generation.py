@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request as HTTPRequest
@@ -44,6 +44,7 @@ PROMOTE_THREADS = 4
 """Promotions at once: tier reads wait on I/O (and release the GIL), so a few stuck on a
 slow tier leave threads for the others."""
 log = logging.getLogger("prefixkv.server")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,10 @@ class Generation:
         completion = await _complete(http, job)
         logprobs = completion.logprobs if asked else None
         return JSONResponse(responses.body(endpoint.shape, meta, completion, logprobs))
+
+    async def prepared(self, work: Callable[[], T]) -> T:
+        """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare, work)
 
     async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         """Tokenize and validate on the preparation thread, then bring the prompt's blocks

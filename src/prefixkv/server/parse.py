@@ -86,7 +86,7 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Parse
 def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
     """Chat's ``logprobs`` (a boolean) and ``top_logprobs`` (needs ``logprobs: true``)."""
     top = body.get("top_logprobs")
-    if not _bool(body, "logprobs", False):
+    if not read_bool(body, "logprobs", False):
         if top is not None:
             raise APIError.invalid("top_logprobs needs logprobs set to true", "top_logprobs")
         return None
@@ -129,7 +129,7 @@ def _parse(
     body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings, logprobs: int | None
 ) -> ParsedRequest:
     _refuse_unsupported(body)
-    stream = _bool(body, "stream", False)
+    stream = read_bool(body, "stream", False)
     return ParsedRequest(
         prompt=prompt,
         params=_sampling(body, settings, logprobs),
@@ -202,7 +202,7 @@ def _include_usage(body: Mapping[str, Any]) -> bool:
         return False
     if not isinstance(options, dict):
         raise wrong_type("stream_options", "an object", options)
-    return _bool(options, "include_usage", False, "stream_options.include_usage")
+    return read_bool(options, "include_usage", False, "stream_options.include_usage")
 
 
 def _cache_salt(body: Mapping[str, Any], settings: ServerSettings) -> str:
@@ -218,7 +218,8 @@ def _cache_salt(body: Mapping[str, Any], settings: ServerSettings) -> str:
     return salt
 
 
-def _bool(body: Mapping[str, Any], name: str, default: bool, param: str | None = None) -> bool:
+def read_bool(body: Mapping[str, Any], name: str, default: bool, param: str | None = None) -> bool:
+    """``body[name]`` as a boolean (``default`` when absent or null); raises naming it."""
     value = body.get(name)
     if value is None:
         return default
