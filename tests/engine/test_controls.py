@@ -84,7 +84,7 @@ def test_logprobs_sum_to_one_where_the_list_covers_the_mass(parts: tuple[Any, An
     reply = plain.generate(PROMPT, max_tokens=4, logprobs=20, logit_bias=favoured)
     for item in reply.logprobs:
         assert 10 <= item.chosen.token_id < 30
-        assert math.isclose(sum(math.exp(c.logprob) for c in item.top), 1.0, rel_tol=1e-9)
+        assert math.isclose(sum(math.exp(c.logprob) for c in item.top), 1.0, rel_tol=1e-5)
 
 
 def test_logit_bias_forces_and_forbids(parts: tuple[Any, Any]) -> None:

@@ -35,24 +35,26 @@ class LogitsProcessor(Protocol):
 
 class RepetitionPenalty:
     """vLLM's ``repetition_penalty`` (after CTRL): a token seen in the prompt or generated so
-    far has a positive logit divided by ``penalty``, a negative one multiplied by it."""
+    far has a positive logit divided by ``penalty``, a negative one multiplied by it. Works
+    on the seen ids only (a gather and a scatter), not on the whole vocabulary."""
 
     def __init__(self, penalty: float, prompt: TokenBytes) -> None:
         self.penalty = penalty
-        self._prompt = np.unique(np.frombuffer(prompt, dtype=np.uint32)).astype(np.int64)
-        self._seen: torch.Tensor | None = None  # [vocab] bool, made at the first call
+        self._seen = set(np.frombuffer(prompt, dtype=np.uint32).tolist())
+        self._ids: torch.Tensor | None = None  # [seen] int64, remade after a new token
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        if self._seen is None:
-            self._seen = torch.zeros(logits.shape[-1], dtype=torch.bool)
-            self._seen[torch.from_numpy(self._prompt[self._prompt < logits.shape[-1]])] = True
-        seen = logits[self._seen]
-        logits[self._seen] = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
-        return logits
+        if self._ids is None:
+            vocab = logits.shape[-1]
+            self._ids = torch.tensor(sorted(t for t in self._seen if t < vocab), dtype=torch.long)
+        seen = logits.index_select(0, self._ids)
+        penalised = torch.where(seen > 0, seen / self.penalty, seen * self.penalty)
+        return logits.index_copy_(0, self._ids, penalised)
 
     def accept(self, token: int) -> None:
-        if self._seen is not None and token < self._seen.numel():
-            self._seen[token] = True
+        if token not in self._seen:
+            self._seen.add(token)
+            self._ids = None
 
 
 class OccurrencePenalty:
@@ -96,11 +98,12 @@ class MinTokens:
 
     def __init__(self, count: int, enders: Iterable[int]) -> None:
         self._left = count
-        self._ids = torch.tensor(sorted(enders), dtype=torch.long)
+        self._enders = sorted(enders)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         if self._left > 0:
-            logits[self._ids[self._ids < logits.shape[-1]]] = -torch.inf
+            ids = [t for t in self._enders if t < logits.shape[-1]]
+            logits[ids] = -torch.inf
         return logits
 
     def accept(self, token: int) -> None:

@@ -43,7 +43,8 @@ class SamplingParams:
     The logits controls (see :mod:`prefixkv.engine.processors`): ``presence_penalty`` and
     ``frequency_penalty`` (OpenAI's, over the generated tokens), ``repetition_penalty``
     (over prompt and generated tokens; 1 is none), ``logit_bias`` (sorted ``(id, bias)``
-    pairs), ``min_tokens`` (end tokens masked until that many were generated),
+    pairs), ``min_tokens`` (end tokens masked until that many were generated; stop
+    strings still end the reply, where vLLM holds them off too),
     ``stop_token_ids`` (more tokens that end the reply), ``ignore_eos``. ``logprobs`` None
     reports no log-probabilities; k reports each chosen token's and the k likeliest.
     Token ids are checked against the vocabulary by ``Engine.request``.
