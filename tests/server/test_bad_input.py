@@ -102,6 +102,7 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "logprobs_not_bool": (CHAT, chat(logprobs=1), 400, "logprobs", "invalid_type"),
     "top_logprobs_21": (CHAT, chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),
     "top_logprobs_alone": (CHAT, chat(top_logprobs=2), 400, "top_logprobs", None),
+    "top_logprobs_true_alone": (CHAT, chat(top_logprobs=True), 400, "top_logprobs", None),
     "completion_logprobs_6": (TEXT, text(logprobs=6), 400, "logprobs", None),
     "completion_logprobs_true": (TEXT, text(logprobs=True), 400, "logprobs", "invalid_type"),
     "presence_penalty_3": (CHAT, chat(presence_penalty=3), 400, "presence_penalty", None),

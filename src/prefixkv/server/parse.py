@@ -84,10 +84,11 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Parse
 
 
 def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
-    """Chat's ``logprobs`` (a boolean) and ``top_logprobs`` (needs ``logprobs: true``)."""
+    """Chat's ``logprobs`` (a boolean) and ``top_logprobs`` (more than 0 needs ``logprobs:
+    true``; 0, which some clients always send, is harmless)."""
     top = body.get("top_logprobs")
     if not read_bool(body, "logprobs", False):
-        if top is not None:
+        if top is not None and not (_is_int(top) and top == 0):
             raise APIError.invalid("top_logprobs needs logprobs set to true", "top_logprobs")
         return None
     if top is None:
