@@ -20,7 +20,7 @@ from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.role import Sink
 from prefixkv.engine.serial import SerialRunner
-from prefixkv.tokens import token_count
+from prefixkv.tokens import TokenBytes, token_count
 
 SPECIALS = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
 VOCAB = 256
@@ -111,6 +111,14 @@ class FakeEngine:
         return self.intake.request(
             prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
         )
+
+    def tokenize(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """See :meth:`Intake.tokens`."""
+        return self.intake.tokens(prompt, add_generation_prompt=add_generation_prompt)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """See :meth:`Intake.text`."""
+        return self.intake.text(ids)
 
     def runner(self, on_step: Callable[[StepReport], None]) -> FakeRunner:
         """A serial runner over this engine (what the server tests serve with), reporting

@@ -85,6 +85,12 @@ PLAUSIBLE = {
     "response_format": ANY_JSON,
     "logit_bias": ANY_JSON,
     "presence_penalty": ANY_JSON,
+    "frequency_penalty": ANY_JSON,
+    "repetition_penalty": ANY_JSON,
+    "min_tokens": ANY_JSON,
+    "stop_token_ids": ANY_JSON,
+    "ignore_eos": ANY_JSON,
+    "prompt_logprobs": ANY_JSON,
     "user": ANY_JSON,
 }
 RANDOM_BODIES = st.fixed_dictionaries({}, optional=PLAUSIBLE).flatmap(
@@ -106,6 +112,13 @@ def valid_bodies(model: str) -> st.SearchStrategy[dict[str, Any]]:
             "stream": st.booleans(),
             "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
             "cache_salt": st.text(max_size=8),
+            "presence_penalty": st.floats(-2, 2),
+            "frequency_penalty": st.floats(-2, 2),
+            "repetition_penalty": st.floats(0.1, 2),
+            "logit_bias": st.dictionaries(st.integers(0, 60).map(str), st.floats(-100, 100)),
+            "min_tokens": st.integers(0, 1),
+            "stop_token_ids": st.lists(st.integers(0, 60), max_size=3),
+            "ignore_eos": st.booleans(),
         },
     )
     return st.tuples(

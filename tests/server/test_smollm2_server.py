@@ -100,3 +100,69 @@ def test_completions_second_request_hits_and_matches_uncached(
     assert complete(plain, prompts[1], stream=True) == (second_text, 0)
     assert servers["plain"].stats()["used_blocks"] == 0  # its pool only holds running KV
     assert servers["cached"].stats()["pinned_blocks"] == 0
+
+
+def test_logprobs_and_seeded_penalties_agree_cached_or_not(
+    servers: dict[str, ServerProcess],
+) -> None:
+    """Logprobs and seeded sampling with penalties: the same from a cached prefix as from
+    none (the second request to the cached server hits the first one's blocks)."""
+    messages: Any = [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": QUESTIONS[0]},
+    ]
+    common: Any = {
+        "model": "smollm2",
+        "messages": messages,
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.9,
+        "seed": 11,
+        "presence_penalty": 0.8,
+        "frequency_penalty": 0.4,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "extra_body": {"repetition_penalty": 1.2},
+    }
+    with servers["cached"].client() as cached, servers["plain"].client() as plain:
+        cached.chat.completions.create(**{**common, "max_tokens": 1})
+        hit = cached.chat.completions.create(**common)
+        cold = plain.chat.completions.create(**common)
+    assert hit.usage is not None and hit.usage.prompt_tokens_details is not None
+    assert (hit.usage.prompt_tokens_details.cached_tokens or 0) > 0
+    assert hit.choices[0].message.content == cold.choices[0].message.content
+    ours, theirs = hit.choices[0].logprobs, cold.choices[0].logprobs
+    assert ours is not None and theirs is not None and ours.content and theirs.content
+    for a, b in zip(ours.content, theirs.content, strict=True):
+        assert a.token == b.token and abs(a.logprob - b.logprob) < 1e-3
+
+
+def test_partial_utf8_tokens_report_their_bytes(servers: dict[str, ServerProcess]) -> None:
+    server = servers["cached"]
+    emoji = "\U0001f642"
+    ids = server.post("/tokenize", json={"prompt": emoji}).json()["tokens"]
+    assert len(ids) >= 2  # byte-level BPE splits it: each piece is part of a character
+    with server.client() as client:
+        reply = client.completions.create(
+            model="smollm2",
+            prompt="Faces: ",
+            max_tokens=1,
+            temperature=0,
+            logprobs=len(ids),
+            logit_bias={str(t): 100 for t in ids},
+        )
+        chat = client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Smile!"}],
+            max_tokens=1,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=len(ids),
+            logit_bias={str(t): 100 for t in ids},
+        )
+    top = reply.choices[0].logprobs
+    assert top is not None and top.top_logprobs and all("\ufffd" in t for t in top.top_logprobs[0])
+    content = chat.choices[0].logprobs
+    assert content is not None and content.content
+    pieces = [bytes(c.bytes or []) for c in content.content[0].top_logprobs]
+    assert all("\ufffd" in c.token for c in content.content[0].top_logprobs)
+    assert b"".join(sorted(pieces, key=emoji.encode().index)) == emoji.encode()

@@ -34,7 +34,7 @@ from prefixkv.bench.stats import percentile
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.linear import formats_of, linear_layers, streamed_bytes
-from prefixkv.engine.request import Completion, SamplingParams
+from prefixkv.engine.request import SamplingParams
 
 
 class _Quiet:
@@ -42,7 +42,7 @@ class _Quiet:
 
     cancelled = False
 
-    def deliver(self, item: str | Completion) -> None:
+    def deliver(self, item: object) -> None:
         return None
 
     def finish(self, outcome: str, error: BaseException | None = None) -> None:

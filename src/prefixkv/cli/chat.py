@@ -72,7 +72,8 @@ def _turn(
                 out.write(f"\n{describe(item)}\n")
                 out.flush()
                 return item
-            out.write(item)
+            if isinstance(item, str):  # (no TokenLogprob: the chat asks for none)
+                out.write(item)
             out.flush()
     except KeyboardInterrupt:
         out.write("\n[interrupted]\n")

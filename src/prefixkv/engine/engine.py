@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Callable, Generator, Hashable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -25,10 +25,12 @@ from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.role import Delivery
 from prefixkv.engine.serial import SerialRunner
 from prefixkv.engine.sinks import Collect
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
+from prefixkv.tokens import TokenBytes
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Completion", "Engine", "NextTokenLogits", "Request"]
 
@@ -139,11 +141,19 @@ class Engine:
             prompt, params, namespace=namespace, default_max_tokens=default_max_tokens
         )
 
+    def tokenize(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """See :meth:`Intake.tokens`."""
+        return self.intake.tokens(prompt, add_generation_prompt=add_generation_prompt)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """See :meth:`Intake.text`."""
+        return self.intake.text(ids)
+
     def generate(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
     ) -> Completion:
         """Run one request to completion. ``sampling``: max_tokens, temperature, top_p, seed,
-        stop (see SamplingParams.create). Raises InvalidRequestError before any work on bad
+        stop, the logits controls, logprobs (see SamplingParams.create). Raises InvalidRequestError before any work on bad
         input, leaving the cache untouched."""
         start = time.perf_counter()
         request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
@@ -154,19 +164,20 @@ class Engine:
 
     def stream(
         self, prompt: Prompt, *, namespace: Hashable = None, **sampling: Any
-    ) -> Generator[str | Completion, None, None]:
-        """Validate now, then return a generator of text deltas ending with the Completion.
+    ) -> Generator[Delivery, None, None]:
+        """Validate now, then return a generator of text deltas (and TokenLogprobs when
+        asked for) ending with the Completion.
         Closing it early (``close()``) stops generation and releases the cached blocks."""
         start = time.perf_counter()
         request = self.request(prompt, SamplingParams.create(**sampling), namespace=namespace)
         return self._stream(request, start)
 
-    def run(self, request: Request) -> Generator[str | Completion, None, None]:
+    def run(self, request: Request) -> Generator[Delivery, None, None]:
         """Generate for a request from :meth:`request`: text deltas, then the Completion
         (times from this call). Closing the generator early releases the cached blocks."""
         return self._stream(request, time.perf_counter())
 
-    def _stream(self, request: Request, start: float) -> Generator[str | Completion, None, None]:
+    def _stream(self, request: Request, start: float) -> Generator[Delivery, None, None]:
         """The serial runner's steps over a Collect sink, read between tokens."""
         sink = Collect()
         steps = self.serial.steps(request, sink, start)

@@ -8,7 +8,7 @@ server's tests can run it over a fake tokenizer).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,8 +19,14 @@ from prefixkv.engine.prompts import (
     prompt_field,
     prompt_ids,
 )
-from prefixkv.engine.request import InvalidRequestError, Request, SamplingParams, short_repr
-from prefixkv.tokens import token_count
+from prefixkv.engine.request import (
+    InvalidRequestError,
+    Request,
+    SamplingParams,
+    short_repr,
+    wrong_type,
+)
+from prefixkv.tokens import TokenBytes, token_count
 
 DEFAULT_MAX_TOKENS = 128
 """Tokens generated when a request sets no max_tokens (as far as the context allows)."""
@@ -52,6 +58,7 @@ class Intake:
         characters than the context could hold (by the tokenizer's bound) is refused before
         tokenizing. O(prompt).
         """
+        self._check_ids(params)
         field = prompt_field(prompt)
         bound = self._chars_per_token
         if bound is not None and prompt_chars(prompt) > bound * self.context_length:
@@ -79,3 +86,43 @@ class Intake:
                 "context_length_exceeded",
             )
         return Request(ids, replace(params, max_tokens=max_tokens), namespace)
+
+    def tokens(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """``prompt``'s ids as a request would carry them (vLLM's ``/tokenize``); the
+        context is not checked. Raises InvalidRequestError naming the field. O(prompt)."""
+        return prompt_ids(
+            prompt, self.tokenizer, self.vocab_size, add_generation_prompt=add_generation_prompt
+        )
+
+    def text(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens shown (vLLM's ``/detokenize``). Raises
+        InvalidRequestError (param ``tokens``) for a value that is no id of the
+        vocabulary."""
+        for token in ids:
+            if isinstance(token, bool) or not isinstance(token, int):
+                raise wrong_type("tokens", "a list of token ids", token)
+            if not 0 <= token < self.vocab_size:
+                raise InvalidRequestError(
+                    f"tokens: {short_repr(token)} is outside the vocabulary (size "
+                    f"{self.vocab_size})",
+                    "tokens",
+                )
+        return str(
+            self.tokenizer.decode(
+                list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
+            )
+        )
+
+    def _check_ids(self, params: SamplingParams) -> None:
+        """The token ids ``logit_bias`` and ``stop_token_ids`` name are in the vocabulary."""
+        for name, ids in (
+            ("logit_bias", [t for t, _ in params.logit_bias]),
+            ("stop_token_ids", params.stop_token_ids),
+        ):
+            outside = [t for t in ids if t >= self.vocab_size]
+            if outside:
+                raise InvalidRequestError(
+                    f"{name}: token id {outside[0]} is outside the vocabulary "
+                    f"(size {self.vocab_size})",
+                    name,
+                )

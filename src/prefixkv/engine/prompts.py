@@ -66,8 +66,11 @@ def chars_per_token_bound(tokenizer: Any) -> int | None:
     return max(map(len, tokenizer.get_vocab()), default=1)
 
 
-def prompt_ids(prompt: Any, tokenizer: Any, vocab_size: int) -> TokenBytes:
-    """Token ids of ``prompt``, converted once to the cache's canonical form. Raises
+def prompt_ids(
+    prompt: Any, tokenizer: Any, vocab_size: int, *, add_generation_prompt: bool = True
+) -> TokenBytes:
+    """Token ids of ``prompt``, converted once to the cache's canonical form (chat messages
+    end with the assistant's opening unless ``add_generation_prompt`` is False). Raises
     InvalidRequestError naming the problem."""
     if isinstance(prompt, str):
         if not prompt:
@@ -75,7 +78,7 @@ def prompt_ids(prompt: Any, tokenizer: Any, vocab_size: int) -> TokenBytes:
         _check_text(prompt, "prompt")
         ids = as_token_bytes(tokenizer(prompt)["input_ids"])
     elif is_chat(prompt):
-        ids = as_token_bytes(chat_ids(prompt, tokenizer))
+        ids = as_token_bytes(chat_ids(prompt, tokenizer, add_generation_prompt))
     elif isinstance(prompt, Sequence) and not isinstance(prompt, (bytes, bytearray)):
         if len(prompt) == 0:
             raise InvalidRequestError("prompt is empty", "prompt")
@@ -98,8 +101,11 @@ def prompt_ids(prompt: Any, tokenizer: Any, vocab_size: int) -> TokenBytes:
     return ids
 
 
-def chat_ids(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[int]:
-    """Render chat messages with the tokenizer's chat template, ready for the assistant.
+def chat_ids(
+    messages: Sequence[Mapping[str, Any]], tokenizer: Any, add_generation_prompt: bool = True
+) -> list[int]:
+    """Render chat messages with the tokenizer's chat template, ready for the assistant
+    (as the template renders ``add_generation_prompt``).
 
     The template is rendered twice: with stand-ins for the contents (its structure) and with
     the real contents. When the real rendering is the structure with each content pasted in
@@ -117,8 +123,8 @@ def chat_ids(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[int]
             "this model's tokenizer has no chat template; send a text prompt", "messages"
         )
     marks = [_MARK.format(i) for i in range(len(contents))]
-    structure = _split_on(_render(tokenizer, roles, marks), marks)
-    rendered = _render(tokenizer, roles, contents)
+    structure = _split_on(_render(tokenizer, roles, marks, add_generation_prompt), marks)
+    rendered = _render(tokenizer, roles, contents, add_generation_prompt)
     if structure is not None and rendered == _interleave(structure, contents):
         return _tokenize_pieces(tokenizer, structure, contents)
     for i, content in enumerate(contents):
@@ -132,9 +138,9 @@ def chat_ids(messages: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[int]
     return list(tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
 
-def _render(tokenizer: Any, roles: list[str], contents: list[str]) -> str:
+def _render(tokenizer: Any, roles: list[str], contents: list[str], opening: bool) -> str:
     messages = [{"role": r, "content": c} for r, c in zip(roles, contents, strict=True)]
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=opening, tokenize=False)
     return str(text)
 
 

@@ -10,12 +10,14 @@ batch one (:mod:`prefixkv.engine.batch.runner`). Importing this module loads no 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import BlockStore
+from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.tokens import TokenBytes
 
 
 class EngineRole(Protocol):
@@ -46,10 +48,24 @@ class EngineRole(Protocol):
         touching the cache. May take long (tokenizing): callers keep it off event loops."""
         ...
 
+    def tokenize(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> TokenBytes:
+        """``prompt``'s ids as a request would carry them (context not checked); raises
+        InvalidRequestError. May take long, as ``request``."""
+        ...
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """The text of token ids, special tokens shown; raises InvalidRequestError."""
+        ...
+
 
 Outcome = Literal["pending", "completed", "failed", "skipped", "stopped"]
 """How a request ended. ``skipped``: cancelled while waiting; ``stopped``: cancelled while
 generating."""
+
+
+Delivery = str | TokenLogprob | Completion
+"""What a runner delivers for a request: text deltas, each generated token's TokenLogprob
+just before its text (only when the request asked for logprobs), then one Completion."""
 
 
 class RequestCancelled(Exception):
@@ -65,8 +81,8 @@ class Sink(Protocol):
         """True once the consumer gave up: the request stops at the engine's next step."""
         ...
 
-    def deliver(self, item: str | Completion) -> None:
-        """One text delta, or the final Completion."""
+    def deliver(self, item: Delivery) -> None:
+        """One text delta or TokenLogprob, or the final Completion."""
         ...
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:

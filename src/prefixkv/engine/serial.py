@@ -163,7 +163,8 @@ class SerialRunner:
     # --- one request ----------------------------------------------------------------------
 
     def steps(self, request: Request, sink: Sink, start: float) -> Generator[None, None, None]:
-        """Generate for ``request``: text deltas, then the Completion (times from ``start``,
+        """Generate for ``request``: text deltas (and TokenLogprobs when asked for), then
+        the Completion (times from ``start``,
         a perf_counter), go to ``sink.deliver``; yields before each further token, so its
         driver may stop between tokens by closing it (which releases the cached blocks).
         Raises what the model raises (nothing is cached then); never calls ``sink.finish``."""
@@ -178,9 +179,7 @@ class SerialRunner:
             logits = self._forward(prompt[reuse:], reuse, kv)
             decoding = Decoding(request, engine.tokenizer, engine.eos_ids)
             while True:
-                delta = decoding.accept(logits)
-                if delta:
-                    sink.deliver(delta)
+                decoding.accept(logits, sink)
                 if decoding.done:
                     break
                 yield

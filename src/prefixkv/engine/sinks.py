@@ -4,7 +4,7 @@ batch runner's ``run_all``), as the server's Job is the Sink its event loop read
 from __future__ import annotations
 
 from prefixkv.engine.request import Completion
-from prefixkv.engine.role import Outcome
+from prefixkv.engine.role import Delivery, Outcome
 
 
 class Collect:
@@ -14,12 +14,12 @@ class Collect:
     cancelled = False
 
     def __init__(self) -> None:
-        self.items: list[str | Completion] = []
+        self.items: list[Delivery] = []
         self.completion: Completion | None = None
         self.outcome: Outcome = "pending"
         self.error: BaseException | None = None
 
-    def deliver(self, item: str | Completion) -> None:
+    def deliver(self, item: Delivery) -> None:
         self.items.append(item)
         if isinstance(item, Completion):
             self.completion = item
@@ -27,7 +27,7 @@ class Collect:
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
         self.outcome, self.error = outcome, error
 
-    def take(self) -> list[str | Completion]:
+    def take(self) -> list[Delivery]:
         """The items delivered since the last call, in order; forgets them."""
         items, self.items = self.items, []
         return items

@@ -1,6 +1,7 @@
 """The FastAPI application: routes, authentication, lifecycle of the worker.
 
-Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
+``POST /detokenize`` (vLLM's), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``, ``GET /metrics``
 and ``GET /health`` (the only one open without an API key; ``/metrics`` too on a keyless
 server bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
@@ -23,6 +24,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole, Runner
+from prefixkv.server import tokenizing
 from prefixkv.server.auth import Authenticator, Caller, require_admin
 from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
@@ -154,6 +156,18 @@ async def chat_completions(request: Request, caller: CallerDep) -> Response:
 @router.post("/v1/completions")
 async def completions(request: Request, caller: CallerDep) -> Response:
     return await _state(request).generation.handle(request, caller.tenant, TEXT)
+
+
+@router.post("/tokenize")
+async def tokenize(request: Request, caller: CallerDep) -> dict[str, Any]:
+    state = _state(request)
+    return await tokenizing.tokenize(request, state.engine, state.generation, state.settings)
+
+
+@router.post("/detokenize")
+async def detokenize(request: Request, caller: CallerDep) -> dict[str, Any]:
+    state = _state(request)
+    return await tokenizing.detokenize(request, state.engine, state.generation, state.settings)
 
 
 @router.get("/v1/models")

@@ -20,13 +20,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from prefixkv.cache.tenants import Namespace
+from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.server import responses
@@ -43,6 +44,7 @@ PROMOTE_THREADS = 4
 """Promotions at once: tier reads wait on I/O (and release the GIL), so a few stuck on a
 slow tier leave threads for the others."""
 log = logging.getLogger("prefixkv.server")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -93,11 +95,17 @@ class Generation:
         except RequestCancelled as exc:
             raise APIError(503, str(exc), code="shutting_down") from exc
         meta = responses.new_meta(endpoint.shape, self.settings.model)
+        asked = parsed.params.logprobs is not None
         if parsed.stream:
-            events = _sse(job, endpoint.shape, meta, parsed.include_usage)
+            events = _sse(job, _Chunks(endpoint.shape, meta, asked), parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         completion = await _complete(http, job)
-        return JSONResponse(responses.body(endpoint.shape, meta, completion))
+        logprobs = completion.logprobs if asked else None
+        return JSONResponse(responses.body(endpoint.shape, meta, completion, logprobs))
+
+    async def prepared(self, work: Callable[[], T]) -> T:
+        """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""
+        return await asyncio.get_running_loop().run_in_executor(self._prepare, work)
 
     async def _request(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         """Tokenize and validate on the preparation thread, then bring the prompt's blocks
@@ -151,25 +159,57 @@ async def _cancel_on_disconnect(http: HTTPRequest, job: Job) -> None:
     job.cancel()
 
 
-async def _sse(
-    job: Job, shape: Shape, meta: ResponseMeta, include_usage: bool
-) -> AsyncIterator[bytes]:
+class _Chunks:
+    """One stream's chunks: each text delta goes out with the TokenLogprobs of the tokens
+    delivered since the last chunk (a token whose text is held back, for a stop string or
+    an incomplete character, is reported with the text that follows it, or at the end)."""
+
+    def __init__(self, shape: Shape, meta: ResponseMeta, with_logprobs: bool) -> None:
+        self.shape, self.meta = shape, meta
+        self.pending: list[TokenLogprob] | None = [] if with_logprobs else None
+        self.offset = 0  # characters of token text reported (completions' text_offset)
+
+    def opening(self) -> bytes | None:
+        opening = self.shape.opening()
+        return None if opening is None else responses.sse(self._chunk([opening]))
+
+    def hold(self, item: TokenLogprob) -> None:
+        if self.pending is not None:
+            self.pending.append(item)
+
+    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        logprobs = self.pending
+        if logprobs is not None:
+            self.pending = []
+        choice = self.shape.delta(text, finish_reason, logprobs, self.offset)
+        self.offset += sum(len(item.chosen.token) for item in logprobs or ())
+        return responses.sse(self._chunk([choice]))
+
+    def usage(self, completion: Completion) -> bytes:
+        return responses.sse(self._chunk([], responses.usage(completion)))
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
+        return responses.chunk(self.shape, self.meta, choices, usage)
+
+
+async def _sse(job: Job, chunks: _Chunks, include_usage: bool) -> AsyncIterator[bytes]:
     """The event stream of a job. The first chunk is sent with the first token, so a
     client's time to first chunk is the real time to first token. Starlette cancels this
     generator when the client disconnects; ``finally`` then cancels the job."""
     started = False
     try:
         async for item in job.events():
-            if not started and (opening := shape.opening()) is not None:
-                yield responses.sse(responses.chunk(shape, meta, [opening]))
+            if not started and (opening := chunks.opening()) is not None:
+                yield opening
             started = True
-            if isinstance(item, str):
-                yield responses.sse(responses.chunk(shape, meta, [shape.delta(item, None)]))
-                continue
-            final = shape.delta("", item.finish_reason)
-            yield responses.sse(responses.chunk(shape, meta, [final]))
-            if include_usage:
-                yield responses.sse(responses.chunk(shape, meta, [], responses.usage(item)))
+            if isinstance(item, TokenLogprob):
+                chunks.hold(item)
+            elif isinstance(item, str):
+                yield chunks.text(item)
+            else:
+                yield chunks.text("", item.finish_reason)
+                if include_usage:
+                    yield chunks.usage(item)
         yield responses.sse("[DONE]")
     except RequestCancelled as exc:
         yield responses.sse(error_body(503, str(exc), code="cancelled"))

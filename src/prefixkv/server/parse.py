@@ -6,7 +6,12 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (logprobs, tools, penalties, n > 1, ...) are refused rather than silently ignored.
+implement (tools, structured outputs, n > 1, echo, prompt_logprobs, ...) are refused rather
+than silently ignored.
+
+``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
+``top_logprobs: 0..20``; completions send ``logprobs: 0..5``. Both become
+``SamplingParams.logprobs``, the number of alternatives to report.
 """
 
 from __future__ import annotations
@@ -16,12 +21,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefixkv.engine.prompts import Prompt
-from prefixkv.engine.request import InvalidRequestError, SamplingParams, short_repr, wrong_type
+from prefixkv.engine.request import (
+    MAX_LOGPROBS,
+    InvalidRequestError,
+    SamplingParams,
+    short_repr,
+    wrong_type,
+)
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
 
 MAX_TEMPERATURE = 2.0  # OpenAI's bound; the engine itself accepts more
 OPENAI_TEMPERATURE = 1.0  # OpenAI's default (the library's is 0: greedy)
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound on the completions API's logprobs
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,11 @@ class ParsedRequest:
 def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
     """A ``/v1/chat/completions`` body; raises APIError naming the first bad field."""
     check_model(body, settings)
+    return _parse(body, chat_messages(body), settings, _chat_logprobs(body))
+
+
+def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``messages``, checked to be a non-empty list of objects."""
     messages = body.get("messages")
     if not isinstance(messages, list):
         raise wrong_type("messages", "a list of messages", messages)
@@ -47,7 +64,7 @@ def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedReque
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
             raise wrong_type(f"messages[{i}]", "an object", message)
-    return _parse(body, messages, settings)
+    return messages
 
 
 def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
@@ -63,7 +80,34 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Parse
             raise wrong_type("prompt", "text or a list of token ids", prompt)
     elif not isinstance(prompt, str):
         raise wrong_type("prompt", "text or a list of token ids", prompt)
-    return _parse(body, prompt, settings)
+    return _parse(body, prompt, settings, _completion_logprobs(body))
+
+
+def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
+    """Chat's ``logprobs`` (a boolean) and ``top_logprobs`` (more than 0 needs ``logprobs:
+    true``; 0, which some clients always send, is harmless)."""
+    top = body.get("top_logprobs")
+    if not read_bool(body, "logprobs", False):
+        if top is not None and not (_is_int(top) and top == 0):
+            raise APIError.invalid("top_logprobs needs logprobs set to true", "top_logprobs")
+        return None
+    if top is None:
+        return 0
+    return _count(top, "top_logprobs", MAX_LOGPROBS)
+
+
+def _completion_logprobs(body: Mapping[str, Any]) -> int | None:
+    """The completions API's ``logprobs``: how many alternatives, 0..5, or null."""
+    value = body.get("logprobs")
+    return None if value is None else _count(value, "logprobs", MAX_COMPLETION_LOGPROBS)
+
+
+def _count(value: object, name: str, most: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise wrong_type(name, "an integer", value)
+    if not 0 <= value <= most:
+        raise APIError.invalid(f"{name} must be in [0, {most}], got {short_repr(value)}", name)
+    return value
 
 
 def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
@@ -82,19 +126,23 @@ def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
         )
 
 
-def _parse(body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings) -> ParsedRequest:
+def _parse(
+    body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings, logprobs: int | None
+) -> ParsedRequest:
     _refuse_unsupported(body)
-    stream = _bool(body, "stream", False)
+    stream = read_bool(body, "stream", False)
     return ParsedRequest(
         prompt=prompt,
-        params=_sampling(body, settings),
+        params=_sampling(body, settings, logprobs),
         stream=stream,
         include_usage=stream and _include_usage(body),
         cache_salt=_cache_salt(body, settings),
     )
 
 
-def _sampling(body: Mapping[str, Any], settings: ServerSettings) -> SamplingParams:
+def _sampling(
+    body: Mapping[str, Any], settings: ServerSettings, logprobs: int | None
+) -> SamplingParams:
     # max_completion_tokens is the newer name; it wins when both are sent.
     name = (
         "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
@@ -107,6 +155,8 @@ def _sampling(body: Mapping[str, Any], settings: ServerSettings) -> SamplingPara
             top_p=1.0 if body.get("top_p") is None else body["top_p"],
             seed=body.get("seed"),
             stop=body.get("stop"),
+            logprobs=logprobs,
+            **_controls(body),
         )
     except InvalidRequestError as exc:
         if exc.param == "max_tokens" != name:  # name the field that was sent
@@ -128,13 +178,32 @@ def _sampling(body: Mapping[str, Any], settings: ServerSettings) -> SamplingPara
     return params
 
 
+# The logits controls, with the value that means "not set" (JSON null is read as it).
+_CONTROLS: dict[str, object] = {
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "logit_bias": None,
+    "min_tokens": 0,
+    "stop_token_ids": None,
+    "ignore_eos": False,
+}
+
+
+def _controls(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The controls as SamplingParams.create takes them (it validates them)."""
+    return {
+        name: unset if body.get(name) is None else body[name] for name, unset in _CONTROLS.items()
+    }
+
+
 def _include_usage(body: Mapping[str, Any]) -> bool:
     options = body.get("stream_options")
     if options is None:
         return False
     if not isinstance(options, dict):
         raise wrong_type("stream_options", "an object", options)
-    return _bool(options, "include_usage", False, "stream_options.include_usage")
+    return read_bool(options, "include_usage", False, "stream_options.include_usage")
 
 
 def _cache_salt(body: Mapping[str, Any], settings: ServerSettings) -> str:
@@ -150,7 +219,8 @@ def _cache_salt(body: Mapping[str, Any], settings: ServerSettings) -> str:
     return salt
 
 
-def _bool(body: Mapping[str, Any], name: str, default: bool, param: str | None = None) -> bool:
+def read_bool(body: Mapping[str, Any], name: str, default: bool, param: str | None = None) -> bool:
+    """``body[name]`` as a boolean (``default`` when absent or null); raises naming it."""
     value = body.get(name)
     if value is None:
         return default
@@ -163,21 +233,13 @@ def _is_one(value: object) -> bool:
     return _is_int(value) and value == 1
 
 
-def _is_zero(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
-
-
 # Fields whose non-default values ask for behaviour this server does not implement.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "n": _is_one,
     "best_of": _is_one,
-    "logprobs": lambda v: v is False,
-    "top_logprobs": lambda v: _is_int(v) and v == 0,
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",
-    "logit_bias": lambda v: v == {},
-    "presence_penalty": _is_zero,
-    "frequency_penalty": _is_zero,
+    "prompt_logprobs": lambda v: False,
     "tools": lambda v: v == [],
     "functions": lambda v: v == [],
     "tool_choice": lambda v: v in ("none", "auto"),

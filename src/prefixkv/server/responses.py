@@ -1,7 +1,10 @@
 """OpenAI response bodies and stream chunks, for chat and for text completions.
 
-The two APIs differ only in names and in where the text goes (``message``/``delta`` against
-``text``), so each is a small Shape object and everything else is shared.
+The two APIs differ in names, in where the text goes (``message``/``delta`` against
+``text``) and in how log-probabilities are laid out (chat: a list of per-token objects with
+bytes; completions: parallel lists with text offsets), so each is a small Shape object and
+everything else is shared. ``logprobs`` None means the request asked for none (the field is
+then JSON null); a tuple holds the TokenLogprobs of the tokens in that body or chunk.
 """
 
 from __future__ import annotations
@@ -9,10 +12,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prefixkv.engine.engine import Completion
+from prefixkv.engine.logprob_records import Candidate, TokenLogprob
+
+Logprobs = Sequence[TokenLogprob] | None
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,7 @@ class ResponseMeta:
 
 
 class Shape(Protocol):
-    """Where one API puts the generated text."""
+    """Where one API puts the generated text and its log-probabilities."""
 
     @property
     def object(self) -> str: ...
@@ -36,13 +43,18 @@ class Shape(Protocol):
     @property
     def id_prefix(self) -> str: ...
 
-    def choice(self, text: str, finish_reason: str) -> dict[str, Any]: ...
+    def choice(self, text: str, finish_reason: str, logprobs: Logprobs) -> dict[str, Any]: ...
 
     def opening(self) -> dict[str, Any] | None:
         """The first streamed choice, sent when the first token exists; None for no such."""
         ...
 
-    def delta(self, text: str, finish_reason: str | None) -> dict[str, Any]: ...
+    def delta(
+        self, text: str, finish_reason: str | None, logprobs: Logprobs, offset: int
+    ) -> dict[str, Any]:
+        """One streamed choice; ``offset``: characters of token text reported before it
+        (where the completions API's ``text_offset`` continues)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -51,17 +63,29 @@ class ChatShape:
     chunk_object: str = "chat.completion.chunk"
     id_prefix: str = "chatcmpl-"
 
-    def choice(self, text: str, finish_reason: str) -> dict[str, Any]:
+    def choice(self, text: str, finish_reason: str, logprobs: Logprobs) -> dict[str, Any]:
         message = {"role": "assistant", "content": text}
-        return {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
+        return {
+            "index": 0,
+            "message": message,
+            "finish_reason": finish_reason,
+            "logprobs": _chat_logprobs(logprobs),
+        }
 
     def opening(self) -> dict[str, Any] | None:
         delta = {"role": "assistant", "content": ""}
         return {"index": 0, "delta": delta, "finish_reason": None, "logprobs": None}
 
-    def delta(self, text: str, finish_reason: str | None) -> dict[str, Any]:
+    def delta(
+        self, text: str, finish_reason: str | None, logprobs: Logprobs, offset: int
+    ) -> dict[str, Any]:
         delta = {"content": text} if text else {}
-        return {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {
+            "index": 0,
+            "delta": delta,
+            "finish_reason": finish_reason,
+            "logprobs": _chat_logprobs(logprobs),
+        }
 
 
 @dataclass(frozen=True)
@@ -70,14 +94,65 @@ class TextShape:
     chunk_object: str = "text_completion"
     id_prefix: str = "cmpl-"
 
-    def choice(self, text: str, finish_reason: str) -> dict[str, Any]:
-        return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    def choice(self, text: str, finish_reason: str, logprobs: Logprobs) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "text": text,
+            "finish_reason": finish_reason,
+            "logprobs": _text_logprobs(logprobs, 0),
+        }
 
     def opening(self) -> dict[str, Any] | None:
         return None
 
-    def delta(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        return {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    def delta(
+        self, text: str, finish_reason: str | None, logprobs: Logprobs, offset: int
+    ) -> dict[str, Any]:
+        return {
+            "index": 0,
+            "text": text,
+            "finish_reason": finish_reason,
+            "logprobs": _text_logprobs(logprobs, offset),
+        }
+
+
+def _candidate(candidate: Candidate) -> dict[str, Any]:
+    return {
+        "token": candidate.token,
+        "logprob": candidate.logprob,
+        "bytes": list(candidate.raw),
+    }
+
+
+def _chat_logprobs(logprobs: Logprobs) -> dict[str, Any] | None:
+    """Chat's layout: ``content`` lists each token with its ``top_logprobs``."""
+    if logprobs is None:
+        return None
+    content = [
+        {**_candidate(item.chosen), "top_logprobs": [_candidate(c) for c in item.top]}
+        for item in logprobs
+    ]
+    return {"content": content, "refusal": None}
+
+
+def _text_logprobs(logprobs: Logprobs, offset: int) -> dict[str, Any] | None:
+    """The completions API's layout: parallel lists; each ``top_logprobs`` entry maps the
+    likeliest tokens' text (and the chosen token's) to their log-probabilities; each
+    ``text_offset`` is where the token's text starts, counting from ``offset``."""
+    if logprobs is None:
+        return None
+    offsets = []
+    for item in logprobs:
+        offsets.append(offset)
+        offset += len(item.chosen.token)
+    return {
+        "tokens": [item.chosen.token for item in logprobs],
+        "token_logprobs": [item.chosen.logprob for item in logprobs],
+        "top_logprobs": [
+            {c.token: c.logprob for c in (*item.top, item.chosen)} for item in logprobs
+        ],
+        "text_offset": offsets,
+    }
 
 
 CHAT = ChatShape()
@@ -98,14 +173,17 @@ def usage(completion: Completion) -> dict[str, Any]:
     }
 
 
-def body(shape: Shape, meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
-    """The non-streaming response."""
+def body(
+    shape: Shape, meta: ResponseMeta, completion: Completion, logprobs: Logprobs
+) -> dict[str, Any]:
+    """The non-streaming response; ``logprobs``: the completion's, or None when the request
+    asked for none."""
     return {
         "id": meta.id,
         "object": shape.object,
         "created": meta.created,
         "model": meta.model,
-        "choices": [shape.choice(completion.text, completion.finish_reason)],
+        "choices": [shape.choice(completion.text, completion.finish_reason, logprobs)],
         "usage": usage(completion),
     }
 

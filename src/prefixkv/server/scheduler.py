@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol
 
 from prefixkv.engine.request import Completion, Request
-from prefixkv.engine.role import Outcome, RequestCancelled
+from prefixkv.engine.role import Delivery, Outcome, RequestCancelled
 from prefixkv.server.throttle import report_failure
 
 log = logging.getLogger("prefixkv.server")
@@ -61,7 +61,7 @@ class Job:
         self._sent = 0  # items delivered (backend thread only)
         self._taken = 0  # items read (event loop only)
         self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[str | Completion | BaseException] = asyncio.Queue()
+        self._events: asyncio.Queue[Delivery | BaseException] = asyncio.Queue()
         self._cancelled = threading.Event()
 
     @property
@@ -72,8 +72,8 @@ class Job:
         """Ask the backend to skip or stop this job. Idempotent; any thread."""
         self._cancelled.set()
 
-    async def events(self) -> AsyncIterator[str | Completion]:
-        """Text deltas, then the Completion. Raises the job's error or RequestCancelled."""
+    async def events(self) -> AsyncIterator[Delivery]:
+        """Text deltas (and TokenLogprobs), then the Completion. Raises the job's error or RequestCancelled."""
         while True:
             item = await self._events.get()
             self._taken += 1
@@ -91,7 +91,7 @@ class Job:
 
     # --- backend side --------------------------------------------------------------------
 
-    def deliver(self, item: str | Completion | BaseException) -> None:
+    def deliver(self, item: Delivery | BaseException) -> None:
         if self.first_output is None and not isinstance(item, BaseException):
             self.first_output = time.perf_counter()
         if isinstance(item, Completion):

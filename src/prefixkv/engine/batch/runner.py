@@ -343,10 +343,8 @@ class BatchRunner:
                 self.store.commit(seq.table, seq.fed_bytes())
             if not sample:
                 continue
-            delta = seq.accept(logits[row])
+            seq.accept(logits[row])
             row += 1
-            if delta:
-                seq.sink.deliver(delta)
             if seq.decoding.done:
                 seq.sink.deliver(seq.completion())
                 self._end(seq, "completed")

@@ -62,13 +62,12 @@ class Sequence:
         must be computed (so the cached part never covers a token this sequence writes)."""
         return TokenBytes(self.tokens[: len(self.tokens) - 1].tobytes())
 
-    def accept(self, logits: torch.Tensor) -> str:
-        """Sample the next token (see :meth:`Decoding.accept`); a token that does not end
-        the sequence becomes its next known token."""
-        delta = self.decoding.accept(logits)
+    def accept(self, logits: torch.Tensor) -> None:
+        """Choose the next token, delivering to the sink (see :meth:`Decoding.accept`); a
+        token that does not end the sequence becomes its next known token."""
+        self.decoding.accept(logits, self.sink)
         if not self.decoding.done:
             self.tokens.append(self.decoding.generated[-1])
-        return delta
 
     def completion(self) -> Completion:
         return self.decoding.completion(
