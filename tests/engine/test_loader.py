@@ -25,7 +25,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
-from prefixkv.engine import loader
+from prefixkv.engine import converted, loader
 from prefixkv.engine.loader import (
     INSTALL_HINT,
     LoadedModel,
@@ -241,7 +241,7 @@ def test_gguf_converts_once_with_identical_logits(tiny_gguf: Path, tmp_path: Pat
         raise AssertionError("converted again")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loader, "_convert", no_conversion)
+        mp.setattr(loader, "convert", no_conversion)
         second = load_model(str(tiny_gguf), cache_dir=tmp_path)
     assert second.config_dir == target
     for text in PROMPTS:
@@ -273,17 +273,17 @@ def test_fingerprint_tracks_content(tiny_gguf: Path, tmp_path: Path) -> None:
 def test_failed_conversion_leaves_no_folder(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = loader._write_converted
+    real = converted.write_converted
 
     def crash(config: Any, tokenizer: Any, gguf: Path, out: Path) -> None:
         real(config, tokenizer, gguf, out)
         raise RuntimeError("simulated crash before the rename")
 
-    monkeypatch.setattr(loader, "_write_converted", crash)
+    monkeypatch.setattr(converted, "write_converted", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         load_model(str(tiny_gguf), cache_dir=tmp_path)
     assert list((tmp_path / "models").iterdir()) == []
-    monkeypatch.setattr(loader, "_write_converted", real)
+    monkeypatch.setattr(converted, "write_converted", real)
     lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
     assert lm.config_dir == converted_dir(tiny_gguf, tmp_path)
 
@@ -292,10 +292,10 @@ def test_failed_conversion_leaves_no_folder(
 def test_killed_conversion_is_never_loaded(tiny_gguf: Path, tmp_path: Path) -> None:
     """A process killed after writing every file but before the rename leaves only a temp."""
     script = (
-        "import os, sys\nfrom pathlib import Path\nfrom prefixkv.engine import loader\n"
-        "real = loader._write_converted\n"
+        "import os, sys\nfrom pathlib import Path\nfrom prefixkv.engine import converted, loader\n"
+        "real = converted.write_converted\n"
         "def die(*a):\n    real(*a)\n    os._exit(17)\n"
-        "loader._write_converted = die\n"
+        "converted.write_converted = die\n"
         "loader.load_model(sys.argv[1], cache_dir=Path(sys.argv[2]))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -377,7 +377,7 @@ def test_smollm2_converts_once_and_matches_gguf_bitwise(
     def no_parse(*args: object) -> None:
         raise AssertionError("the GGUF's metadata was parsed again")
 
-    monkeypatch.setattr(loader, "_gguf_metadata", no_parse)
+    monkeypatch.setattr(converted, "gguf_metadata", no_parse)
     second = load_model("SmolLM2", cache_dir=cache)
     assert second.config_dir == target
     assert second.load_seconds < direct_seconds / 3

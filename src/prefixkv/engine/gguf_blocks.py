@@ -4,7 +4,9 @@ embedding) of a model loaded from that GGUF.
 transformers de-quantizes a GGUF to float weights; a kernel that reads the quantized blocks
 directly needs, for each linear layer, the file's bytes in the row order of the HF weight (and
 an embedding lookup, the token embedding's rows: :mod:`prefixkv.engine.embedding`).
-Usage::
+:func:`file_rows` finds them without any loaded weight (what
+:mod:`prefixkv.engine.gguf_load` opens a file with); :func:`scan_raw_weights` also checks
+them against a loaded model (a test's and a benchmark's check of the direct load). Usage::
 
     found = raw_weights(model, gguf_path)  # {"model.layers.0.self_attn.q_proj": RawWeight, ...}
     rw = found["lm_head"]  # tied to token_embd.weight in SmolLM2: those rows

