@@ -43,7 +43,7 @@ SHAPES: dict[tuple[str, str], Shape] = {
     # Qwen/Qwen2.5-3B: 2048 hidden, 36 layers, 16 heads, 2 kv heads, 11008 inter
     ("qwen2", "3b"): Shape(2048, 36, 16, 2, 11008, 1000000.0, 1e-6),
     # meta-llama/Llama-3.1-8B: 4096 hidden, 32 layers, 32 heads, 8 kv heads, 14336 inter
-    # (with SmolLM2's vocabulary and a tied head: 7.0 B parameters, not 8.0)
+    # (with SmolLM2's vocabulary and a tied head: 7.18 B parameters, not 8.03)
     ("llama", "8b"): Shape(4096, 32, 32, 8, 14336, 500000.0, 1e-5),
     # tiny (for tests, about 13 MB in f32, nearly all of it the 49152 x 64 embedding)
     ("llama", "tiny"): Shape(64, 2, 4, 2, 128, 500000.0, 1e-5),
