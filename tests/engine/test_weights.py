@@ -90,14 +90,14 @@ def test_siblings_in_different_formats_are_not_joined_as_blocks(tmp_path: Path) 
 def test_a_packing_that_differs_from_ggufs_dequantization_is_never_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = formats.concat
+    real = formats.pack_gguf
 
-    def corrupted(parts: Any) -> formats.PackedWeight:
-        packed = real(parts)
+    def corrupted(format: str, rows: Any, in_features: int) -> formats.PackedWeight:
+        packed = real(format, rows, in_features)
         packed.data[0, 4 * formats.BLOCK] ^= 1  # a bit of column 0's first quant (after d[64])
         return packed
 
-    monkeypatch.setattr("prefixkv.engine.weights.concat", corrupted)
+    monkeypatch.setattr("prefixkv.engine.weights.pack_gguf", corrupted)
     with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
         kept = _engine(tmp_path, "bad", "auto", matrix_type="Q8_0")
     assert "q8_0" not in formats_of(kept.model)  # every packing refused, none served

@@ -39,7 +39,6 @@ from prefixkv.kernels.formats import (
     CODES,
     QUANTIZED,
     PackedWeight,
-    concat,
     exact_bf16,
     pack_bf16,
     pack_f32,
@@ -145,7 +144,9 @@ def _blocks(raws: Sequence[RawWeight]) -> PackedWeight | None:
     formats = {raw.format for raw in raws}
     if len(formats) != 1 or next(iter(formats)) not in QUANTIZED:
         return None  # no rows, siblings in different formats, or a format not read
-    packed = concat([pack_gguf(raw.format, raw.rows, raw.in_features) for raw in raws])
+    # Siblings' rows stacked, then packed once: GGUF rows are independent in every type.
+    rows = raws[0].rows if len(raws) == 1 else np.concatenate([raw.rows for raw in raws])
+    packed = pack_gguf(raws[0].format, rows, raws[0].in_features)
     if not _spot_check(packed, raws):
         log.warning("%s packing differs from gguf's de-quantization: packed from the "
                     "de-quantized values", packed.format)  # fmt: skip
