@@ -11,7 +11,8 @@ first load of a GGUF also writes its converted folder, so run twice and keep the
     PYTHONPATH=src python benchmarks/load_memory.py --model smollm2 --weights auto
 
 Only ``load_kernels`` and ``EngineSettings`` are used, so the same script measures an
-older checkout (``PYTHONPATH=/path/to/old/src``).
+older checkout (``PYTHONPATH=/path/to/old/src``). ``--ask PROMPT`` then builds the
+engine (a KV pool of ``--cache-bytes``) and answers the prompt, with RSS after it.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--kernel", default="auto", help="linear kernel (auto)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="converted models")
     parser.add_argument("--label", default="", help="a name for this checkout, printed")
+    parser.add_argument("--ask", default="", help="then answer this prompt (8 tokens)")
+    parser.add_argument("--cache-bytes", type=int, default=64 << 20, help="KV pool for --ask")
     args = parser.parse_args()
     import torch  # noqa: F401  (the baseline: what every load imports first)
     import transformers  # noqa: F401
@@ -92,6 +95,17 @@ def main() -> None:
     }
     target = 1.1 * record["file_mb"] + record["baseline_mb"]
     record["target_mb"] = round(target)
+    if args.ask:  # one request through a built engine, its KV pool of --cache-bytes
+        from prefixkv.engine.build import assemble
+
+        asking = EngineSettings(model=args.model, cache_bytes=args.cache_bytes)
+        engine = assemble(asking, loaded.model, loaded.tokenizer, loaded.name).engine
+        start = time.perf_counter()
+        reply = engine.generate(args.ask, max_tokens=8, temperature=0)
+        record["answer_s"] = round(time.perf_counter() - start, 2)
+        record["answer_tokens"] = len(reply.token_ids)
+        record["rss_answered_mb"] = round(status_kb("VmRSS") * 1000 / _MB)
+        record["peak_answered_mb"] = round(status_kb("VmHWM") * 1000 / _MB)
     print(json.dumps(record))
 
 
