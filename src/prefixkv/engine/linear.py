@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import torch
 
 from prefixkv.engine.fused import swap_linears
-from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
+from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, refusal
 from prefixkv.engine.weights import AS_LOADED, WeightFormat
 from prefixkv.kernels.build import NativeUnavailable
 from prefixkv.kernels.ops import load
@@ -174,7 +174,7 @@ def linear_kernel(
         _check_weights(kernel, weights)
         return kernel
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers or not all(native_runs(m.weight) for m in layers):
+    if not layers or refusal(model) is not None:
         return TorchLinear()
     try:
         load()
