@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from .conftest import tiny_server_process
 from .harness import ServerProcess, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -92,22 +94,52 @@ def test_streamed_choices_carry_their_index_and_their_own_end(client: openai.Ope
     assert last.usage.completion_tokens == 3 * 7
 
 
-def test_eight_samples_prefill_the_prompt_once(
-    client: openai.OpenAI, tiny_server: ServerProcess
-) -> None:
+@pytest.fixture(scope="module")
+def serial_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """The tiny model on the serial runner: the samples run one after another."""
+    yield from tiny_server_process(
+        tiny_model_dir, tmp_path_factory, "tiny-serial", "--backend", "serial"
+    )
+
+
+def assert_prefilled_once(server: ServerProcess, client: openai.OpenAI) -> None:
     """max_tokens 1: every token fed is a prompt token (the one generated is never fed)."""
     prompt = f"A prompt no other test sent, {uuid.uuid4().hex}, long enough to span blocks."
-    before = tiny_server.metrics()[FED]
+    before = server.metrics()[FED]
     whole = client.completions.create(
         model="tiny", prompt=prompt, max_tokens=1, n=8, extra_body={"ignore_eos": True}
     )
     assert whole.usage is not None
-    fed = tiny_server.metrics()[FED] - before
+    fed = server.metrics()[FED] - before
     length = whole.usage.prompt_tokens
     assert length > 8 * BLOCK  # so that eight prefills could not pass for one
     # Once the prompt, then each other sample at most its partial last block (recomputed).
     assert length <= fed <= length + 7 * BLOCK
     assert len(whole.choices) == 8
+
+
+def test_eight_samples_prefill_the_prompt_once(
+    client: openai.OpenAI, tiny_server: ServerProcess
+) -> None:
+    assert_prefilled_once(tiny_server, client)
+
+
+def test_the_serial_runner_serves_n_from_the_prompt_it_cached(
+    serial_server: ServerProcess,
+) -> None:
+    with serial_server.client() as serial:
+        assert_prefilled_once(serial_server, serial)
+        whole = sampled(serial, n=3, seed=55)
+        assert [c.text for c in whole.choices] == [
+            sampled(serial, seed=55 + i).choices[0].text for i in range(3)
+        ]
+        streamed = ["", "", ""]
+        for chunk in sampled(serial, n=3, seed=55, stream=True):
+            for choice in chunk.choices:
+                streamed[choice.index] += choice.text
+        assert streamed == [c.text for c in whole.choices]
 
 
 def test_dropping_a_stream_stops_every_sample(tiny_server: ServerProcess) -> None:
@@ -147,3 +179,20 @@ def test_bad_n_is_a_400_naming_it_and_the_server_serves_on(client: openai.OpenAI
         model="tiny", messages=MESSAGES, max_tokens=2, temperature=0, n=2
     )
     assert len(after.choices) == 2
+
+
+def test_each_choice_reports_its_own_logprobs(client: openai.OpenAI) -> None:
+    body: Any = {"model": "tiny", "messages": MESSAGES, "max_tokens": 5, "seed": 3, "n": 2}
+    extra: Any = {"logprobs": True, "top_logprobs": 2, "extra_body": {"ignore_eos": True}}
+    whole = client.chat.completions.create(**body, **extra)
+    tokens: list[list[str]] = []
+    for choice in whole.choices:
+        assert choice.logprobs is not None and choice.logprobs.content is not None
+        tokens.append([t.token for t in choice.logprobs.content])
+    assert [len(t) for t in tokens] == [5, 5]
+    streamed: list[list[str]] = [[], []]
+    for chunk in client.chat.completions.create(**body, **extra, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.content:
+                streamed[choice.index] += [t.token for t in choice.logprobs.content]
+    assert streamed == tokens
