@@ -30,13 +30,14 @@ from prefixkv.cache.tenants import Namespace
 from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
-from prefixkv.server import responses
+from prefixkv.server import responses, tool_replies
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.tool_calls import CallScanner
 from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -96,12 +97,17 @@ class Generation:
             raise APIError(503, str(exc), code="shutting_down") from exc
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
+        scanner = tool_replies.scanner_for(parsed.tools)
         if parsed.stream:
-            events = _sse(job, _Chunks(endpoint.shape, meta, asked), parsed.include_usage)
+            chunks = _Chunks(endpoint.shape, meta, asked)
+            if scanner is not None:
+                chunks = _ToolChunks(endpoint.shape, meta, asked, scanner)
+            events = _sse(job, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         completion = await _complete(http, job)
         logprobs = completion.logprobs if asked else None
-        return JSONResponse(responses.body(endpoint.shape, meta, completion, logprobs))
+        answer = responses.body(endpoint.shape, meta, completion, logprobs)
+        return JSONResponse(answer if scanner is None else tool_replies.with_calls(answer, scanner))
 
     async def prepared(self, work: Callable[[], T]) -> T:
         """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""
@@ -185,11 +191,44 @@ class _Chunks:
         self.offset += sum(len(item.chosen.token) for item in logprobs or ())
         return responses.sse(self._chunk([choice]))
 
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The TokenLogprobs held since the last chunk (None when none were asked for)."""
+        logprobs = self.pending
+        if logprobs is not None:
+            self.pending = []
+        self.offset += sum(len(item.chosen.token) for item in logprobs or ())
+        return logprobs
+
     def usage(self, completion: Completion) -> bytes:
         return responses.sse(self._chunk([], responses.usage(completion)))
 
     def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
         return responses.chunk(self.shape, self.meta, choices, usage)
+
+
+class _ToolChunks(_Chunks):
+    """A chat stream whose text is parsed for tool calls (see
+    :mod:`prefixkv.server.tool_replies`): a delta may become several chunks, or none while
+    a call's block is still open; held TokenLogprobs go with the next chunk sent."""
+
+    def __init__(
+        self, shape: Shape, meta: ResponseMeta, with_logprobs: bool, scanner: CallScanner
+    ) -> None:
+        super().__init__(shape, meta, with_logprobs)
+        self.scanner = scanner
+
+    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        events = self.scanner.feed(text)
+        if finish_reason is not None:
+            events += self.scanner.finish()
+        out = [self._choice(delta, None) for delta in tool_replies.deltas(events)]
+        if finish_reason is not None:
+            out.append(self._choice({}, tool_replies.finish_reason(self.scanner, finish_reason)))
+        return b"".join(out)
+
+    def _choice(self, delta: dict[str, Any], reason: str | None) -> bytes:
+        choice = self.shape.delta("", reason, self.take_logprobs(), 0)
+        return responses.sse(self._chunk([{**choice, "delta": delta}]))
 
 
 async def _sse(job: Job, chunks: _Chunks, include_usage: bool) -> AsyncIterator[bytes]:
@@ -205,7 +244,8 @@ async def _sse(job: Job, chunks: _Chunks, include_usage: bool) -> AsyncIterator[
             if isinstance(item, TokenLogprob):
                 chunks.hold(item)
             elif isinstance(item, str):
-                yield chunks.text(item)
+                if data := chunks.text(item):  # empty while a tool call's block is open
+                    yield data
             else:
                 yield chunks.text("", item.finish_reason)
                 if include_usage:
