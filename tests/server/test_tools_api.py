@@ -1,6 +1,7 @@
 """Tools through the official ``openai`` client, over an engine whose reply is scripted (a
 tiny random model would emit gibberish): calls parsed into ``tool_calls``, streamed and not;
-``tool_choice``; a growing tool history reused from the cache; 400s naming the field."""
+``tool_choice``; a growing tool history reused from the cache; 400s naming the field;
+``/tokenize`` with tools."""
 
 from __future__ import annotations
 
@@ -213,6 +214,16 @@ def test_a_growing_tool_history_is_rendered_and_reused(scripted: App) -> None:
     reusable = first.usage.prompt_tokens - opening
     cached = second.usage.prompt_tokens_details.cached_tokens
     assert reusable - 4 < cached <= second.usage.prompt_tokens  # 4: the fake's block
+
+
+def test_tokenize_renders_tools_as_a_request_does(scripted: App) -> None:
+    _script(scripted, "ok")
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    body = {"messages": messages, "tools": [WEATHER], "tool_choice": "required"}
+    counted = scripted.http.post("/tokenize", json=body).json()["count"]
+    assert counted == _ask(scripted, tool_choice="required").usage.prompt_tokens
+    bare = scripted.http.post("/tokenize", json={"messages": messages}).json()["count"]
+    assert bare < counted
 
 
 BAD = [
