@@ -15,6 +15,7 @@ import pytest
 
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import Intake
+from prefixkv.engine.logprob_records import Candidate, TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.role import Sink
@@ -64,6 +65,8 @@ class ScriptedRunner(FakeRunner):
         try:
             reuse = min(table.cached_tokens, count - 1)
             for delta in engine.script:
+                if request.params.logprobs is not None:  # one "token" per delta
+                    sink.deliver(_logprob(delta))
                 sink.deliver(delta)
                 yield
             engine.cache.reserve(table, count)
@@ -73,7 +76,12 @@ class ScriptedRunner(FakeRunner):
         text = "".join(engine.script)
         elapsed = time.perf_counter() - start
         ids = tuple(range(len(engine.script)))
-        sink.deliver(Completion(text, ids, count, reuse, "stop", elapsed, elapsed))
+        logprobs = tuple(_logprob(delta) for delta in engine.script)
+        sink.deliver(Completion(text, ids, count, reuse, "stop", elapsed, elapsed, logprobs))
+
+
+def _logprob(delta: str) -> TokenLogprob:
+    return TokenLogprob(Candidate(0, delta, delta.encode(), -0.5), ())
 
 
 @pytest.fixture
@@ -139,6 +147,23 @@ def test_streaming_gives_the_same_calls(scripted: App, size: int) -> None:
     assert [c["name"] for c in calls] == ["get_weather", "get_weather"]
     assert [json.loads(c["arguments"]) for c in calls] == [{"city": "Paris"}, {"city": "Oslo"}]
     assert all(c["id"].startswith("call_") for c in calls)
+
+
+def test_logprobs_and_usage_survive_the_parsing(scripted: App) -> None:
+    """Every token's logprob is streamed once, whichever chunk carries it; usage follows."""
+    _script(scripted, "Checking.\n" + CALL, 4)
+    tokens, usage, reasons = [], None, []
+    stream = _ask(scripted, stream=True, logprobs=True, stream_options={"include_usage": True})
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            reasons.append(choice.finish_reason)
+            tokens += [t.token for t in (choice.logprobs.content if choice.logprobs else [])]
+    assert "".join(tokens) == "Checking.\n" + CALL
+    assert reasons[-1] == "tool_calls" and usage is not None
+    reply = _ask(scripted, logprobs=True).choices[0]
+    assert reply.finish_reason == "tool_calls" and reply.logprobs is not None
+    assert "".join(t.token for t in reply.logprobs.content or []) == "Checking.\n" + CALL
 
 
 def test_text_without_calls_streams_as_content(scripted: App) -> None:
