@@ -31,13 +31,14 @@ from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.engine.samples import samples_of
-from prefixkv.server import fanin, responses
+from prefixkv.server import fanin, responses, tool_replies
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler, Slot
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.tool_calls import CallScanner
 from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -98,11 +99,15 @@ class Generation:
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
         if parsed.stream:
-            chunks = [_Chunks(endpoint.shape, meta, asked, i) for i in range(len(jobs))]
+            chunks = [
+                _chunks(endpoint.shape, meta, asked, i, tool_replies.scanner_for(parsed.tools))
+                for i in range(len(jobs))
+            ]
             events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         completions = await _complete(http, jobs)
-        return JSONResponse(responses.body(endpoint.shape, meta, completions, asked))
+        answer = responses.body(endpoint.shape, meta, completions, asked)
+        return JSONResponse(tool_replies.with_calls(answer, parsed.tools))
 
     async def prepared(self, work: Callable[[], T]) -> T:
         """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""
@@ -197,12 +202,18 @@ class _Chunks:
             self.pending.append(item)
 
     def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        offset = self.offset
+        choice = self.shape.delta(text, finish_reason, self.take_logprobs(), offset)
+        return responses.sse(self._chunk([choice]))
+
+    def take_logprobs(self) -> list[TokenLogprob] | None:
+        """The TokenLogprobs held since the last chunk (None when none were asked for);
+        advances the text offset past them."""
         logprobs = self.pending
         if logprobs is not None:
             self.pending = []
-        choice = self.shape.delta(text, finish_reason, logprobs, self.offset)
         self.offset += sum(len(item.chosen.token) for item in logprobs or ())
-        return responses.sse(self._chunk([choice]))
+        return logprobs
 
     def usage(self, completions: list[Completion]) -> bytes:
         """The usage chunk (no choices) of every choice's completion."""
@@ -213,6 +224,41 @@ class _Chunks:
     def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         indexed = [{**choice, "index": self.index} for choice in choices]
         return responses.chunk(self.shape, self.meta, indexed)
+
+
+class _ToolChunks(_Chunks):
+    """A chat choice's stream whose text is parsed for tool calls (see
+    :mod:`prefixkv.server.tool_replies`): a delta may become several chunks, or none while
+    a call's block is still open; held TokenLogprobs go with the next chunk sent."""
+
+    def __init__(
+        self, shape: Shape, meta: ResponseMeta, with_logprobs: bool, index: int,
+        scanner: CallScanner,
+    ) -> None:  # fmt: skip
+        super().__init__(shape, meta, with_logprobs, index)
+        self.scanner = scanner
+
+    def text(self, text: str, finish_reason: str | None = None) -> bytes:
+        events = self.scanner.feed(text)
+        if finish_reason is not None:
+            events += self.scanner.finish()
+        out = [self._choice(delta, None) for delta in tool_replies.deltas(events)]
+        if finish_reason is not None:
+            out.append(self._choice({}, tool_replies.finish_reason(self.scanner, finish_reason)))
+        return b"".join(out)
+
+    def _choice(self, delta: dict[str, Any], reason: str | None) -> bytes:
+        choice = self.shape.delta("", reason, self.take_logprobs(), 0)
+        return responses.sse(self._chunk([{**choice, "delta": delta}]))
+
+
+def _chunks(
+    shape: Shape, meta: ResponseMeta, asked: bool, index: int, scanner: CallScanner | None
+) -> _Chunks:
+    """Choice ``index``'s stream: parsed for tool calls when the request has a scanner."""
+    if scanner is None:
+        return _Chunks(shape, meta, asked, index)
+    return _ToolChunks(shape, meta, asked, index, scanner)
 
 
 async def _sse(jobs: list[Job], chunks: list[_Chunks], include_usage: bool) -> AsyncIterator[bytes]:
@@ -233,7 +279,8 @@ async def _sse(jobs: list[Job], chunks: list[_Chunks], include_usage: bool) -> A
                 if isinstance(item, TokenLogprob):
                     stream.hold(item)
                 elif isinstance(item, str):
-                    yield stream.text(item)
+                    if data := stream.text(item):  # empty while a tool call's block is open
+                        yield data
                 else:
                     yield stream.text("", item.finish_reason)
                     done.append(item)

@@ -6,9 +6,10 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (tools, structured outputs, best_of, echo, prompt_logprobs, ...) are refused
-rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the prompt
-(see :mod:`prefixkv.engine.samples`).
+implement (legacy ``functions``, structured outputs, best_of, echo, prompt_logprobs, ...)
+are refused rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples
+of the prompt (see :mod:`prefixkv.engine.samples`); ``tools`` are read by
+:mod:`prefixkv.server.tools`.
 
 ``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
 ``top_logprobs: 0..20``; completions send ``logprobs: 0..5``. Both become
@@ -18,7 +19,7 @@ rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from prefixkv.engine.prompts import Prompt
@@ -32,6 +33,8 @@ from prefixkv.engine.request import (
 from prefixkv.engine.samples import check_n
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.tool_history import tool_messages
+from prefixkv.server.tools import ToolSpec, parse_tools
 
 MAX_TEMPERATURE = 2.0  # OpenAI's bound; the engine itself accepts more
 OPENAI_TEMPERATURE = 1.0  # OpenAI's default (the library's is 0: greedy)
@@ -50,12 +53,16 @@ class ParsedRequest:
     cache_salt: str
     n: int = 1
     """Samples of the prompt to return (choices ``0..n-1``)."""
+    tools: ToolSpec | None = None
 
 
 def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
-    """A ``/v1/chat/completions`` body; raises APIError naming the first bad field."""
+    """A ``/v1/chat/completions`` body, its tools and tool turns rendered as plain messages
+    (see :mod:`prefixkv.server.tools`); raises APIError naming the first bad field."""
     check_model(body, settings)
-    return _parse(body, chat_messages(body), settings, _chat_logprobs(body))
+    tools = parse_tools(body)
+    messages = tool_messages(chat_messages(body), tools)
+    return replace(_parse(body, messages, settings, _chat_logprobs(body)), tools=tools)
 
 
 def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -244,9 +251,7 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",
     "prompt_logprobs": lambda v: False,
-    "tools": lambda v: v == [],
     "functions": lambda v: v == [],
-    "tool_choice": lambda v: v in ("none", "auto"),
     "response_format": lambda v: v == {"type": "text"},
 }
 

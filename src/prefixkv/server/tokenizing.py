@@ -1,8 +1,9 @@
 """``POST /tokenize`` and ``POST /detokenize``, as vLLM exposes them.
 
 ``/tokenize`` takes ``prompt`` (text) or ``messages`` (rendered with the chat template, with
-the assistant's opening unless ``add_generation_prompt`` is false) and returns the ids a
-generation request would carry: ``tokens``, ``count`` and the model's ``max_model_len``.
+``tools`` and tool turns as a chat request renders them, and the assistant's opening unless
+``add_generation_prompt`` is false) and returns the ids a generation request would carry:
+``tokens``, ``count`` and the model's ``max_model_len``.
 ``/detokenize`` takes ``tokens`` and returns their text as ``prompt``. Both authenticate as
 the generation endpoints do, read bodies under the same bound, and tokenize on the
 preparation thread, never on the event loop.
@@ -21,6 +22,8 @@ from prefixkv.server.body import read_json_object
 from prefixkv.server.generation import Generation
 from prefixkv.server.parse import chat_messages, check_model, read_bool
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.tool_history import tool_messages
+from prefixkv.server.tools import parse_tools
 from prefixkv.tokens import tokens_from_bytes
 
 
@@ -33,7 +36,7 @@ async def tokenize(
     check_model(body, settings)
     prompt: Prompt
     if body.get("messages") is not None:
-        prompt = chat_messages(body)
+        prompt = tool_messages(chat_messages(body), parse_tools(body))
         opening = read_bool(body, "add_generation_prompt", True)
     else:
         text = body.get("prompt")

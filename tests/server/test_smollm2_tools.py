@@ -1,0 +1,81 @@
+"""SmolLM2-135M-Instruct calling a tool through the real server and the official client: its
+template ignores tools, so they reach it as the Hermes-style system block; a few past calls
+in the history (which the server renders as ``<tool_call>`` turns) are enough for the small
+model to answer a new question with a call that the server parses, streamed and not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.server.harness import ServerProcess
+
+pytestmark = [pytest.mark.process, pytest.mark.smollm2, pytest.mark.slow]
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def _history() -> list[Any]:
+    """Three questions answered with calls, then a fourth question."""
+    history: list[Any] = []
+    for i, city in enumerate(["London", "Rome", "Berlin"]):
+        call = {
+            "id": f"c{i}",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+        }
+        history += [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+        ]
+    return [*history, {"role": "user", "content": "Weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("smollm2-tools") / "server.log"
+    args = ["--model", "smollm2", "--cache-bytes", "128MiB"]
+    started = ServerProcess(args, log).wait_ready(timeout=300)
+    yield started
+    assert started.stop() == 0, started.output()
+
+
+def test_smollm2_calls_the_tool(server: ServerProcess) -> None:
+    common: Any = {
+        "model": "smollm2",
+        "messages": _history(),
+        "tools": [WEATHER],
+        "temperature": 0,
+        "max_tokens": 40,
+    }
+    client = server.client()
+    reply = client.chat.completions.create(**common)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice.message.content
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    names, arguments, reasons = "", "", []
+    for chunk in client.chat.completions.create(**common, stream=True):
+        for streamed in chunk.choices:
+            reasons.append(streamed.finish_reason)
+            for part in streamed.delta.tool_calls or []:
+                assert part.function is not None
+                names += part.function.name or ""
+                arguments += part.function.arguments or ""
+    assert names == "get_weather" and json.loads(arguments) == {"city": "Paris"}
+    assert reasons[-1] == "tool_calls"

@@ -1,0 +1,307 @@
+"""Tools through the official ``openai`` client, over an engine whose reply is scripted (a
+tiny random model would emit gibberish): calls parsed into ``tool_calls``, streamed and not;
+``tool_choice``; a growing tool history reused from the cache; 400s naming the field;
+``/tokenize`` with tools."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from prefixkv.engine.batch.records import StepReport
+from prefixkv.engine.intake import Intake
+from prefixkv.engine.logprob_records import Candidate, TokenLogprob
+from prefixkv.engine.prompts import Prompt
+from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.role import Sink
+from prefixkv.tokens import token_count
+from tests.server.conftest import App, running_app
+from tests.server.fake_engine import VOCAB, FakeEngine, FakeRunner
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+class ScriptedEngine(FakeEngine):
+    """Replies with ``script`` (its deltas in order), whatever the prompt; records the
+    prompts (messages as the server rendered them) and the requests it ran."""
+
+    context_length = 4096  # the tools' system block alone is ~600 characters
+
+    def __init__(self) -> None:
+        super().__init__(capacity_blocks=4096)
+        self.intake = Intake(self.tokenizer, VOCAB, self.context_length)
+        self.script: list[str] = []
+        self.seen: list[Request] = []
+        self.prompts: list[Any] = []
+
+    def request(self, prompt: Prompt, params: SamplingParams, **kwargs: Any) -> Request:
+        self.prompts.append(prompt)
+        return super().request(prompt, params, **kwargs)
+
+    def runner(self, on_step: Callable[[StepReport], None]) -> FakeRunner:
+        return ScriptedRunner(self, on_step)
+
+
+class ScriptedRunner(FakeRunner):
+    def steps(self, request: Request, sink: Sink, start: float) -> Generator[None, None, None]:
+        engine = self.fake
+        assert isinstance(engine, ScriptedEngine)
+        engine.seen.append(request)
+        count = token_count(request.ids)
+        table = engine.cache.open(request.ids, request.namespace)
+        try:
+            reuse = min(table.cached_tokens, count - 1)
+            for delta in engine.script:
+                if request.params.logprobs is not None:  # one "token" per delta
+                    sink.deliver(_logprob(delta))
+                sink.deliver(delta)
+                yield
+            engine.cache.reserve(table, count)
+            engine.cache.commit(table, request.ids)
+        finally:
+            engine.cache.close(table)
+        text = "".join(engine.script)
+        elapsed = time.perf_counter() - start
+        ids = tuple(range(len(engine.script)))
+        logprobs = tuple(_logprob(delta) for delta in engine.script)
+        sink.deliver(Completion(text, ids, count, reuse, "stop", elapsed, elapsed, logprobs))
+
+
+def _logprob(delta: str) -> TokenLogprob:
+    return TokenLogprob(Candidate(0, delta, delta.encode(), -0.5), ())
+
+
+@pytest.fixture
+def scripted() -> Iterator[App]:
+    with running_app(ScriptedEngine(), max_tokens_limit=64, default_max_tokens=16) as running:
+        yield running
+
+
+def _script(app: App, text: str, size: int = 3) -> None:
+    """The reply, cut into deltas of ``size`` characters (cuts fall inside the tags)."""
+    engine = app.engine
+    assert isinstance(engine, ScriptedEngine)
+    engine.script = [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _ask(app: App, **extra: Any) -> Any:
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    return app.openai().chat.completions.create(
+        model="fake", messages=messages, tools=[WEATHER], **extra
+    )
+
+
+def _streamed(app: App, **extra: Any) -> tuple[str, list[dict[str, str]], str]:
+    """(content, calls as a client accumulates them, finish_reason) of a streamed answer."""
+    content, calls, reason = "", {}, ""
+    for chunk in _ask(app, stream=True, **extra):
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            reason = choice.finish_reason or reason
+            for part in choice.delta.tool_calls or []:
+                call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += part.id or ""
+                call["name"] += part.function.name or ""
+                call["arguments"] += part.function.arguments or ""
+    return content, [calls[i] for i in sorted(calls)], reason
+
+
+def test_a_call_is_parsed_into_tool_calls(scripted: App) -> None:
+    _script(scripted, "I will check.\n" + CALL)
+    choice = _ask(scripted).choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content == "I will check.\n"
+    (call,) = choice.message.tool_calls
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_content_is_null_when_only_calls(scripted: App) -> None:
+    _script(scripted, CALL + "\n" + CALL)
+    message = _ask(scripted).choices[0].message
+    assert message.content is None
+    assert [c.function.name for c in message.tool_calls] == ["get_weather"] * 2
+    assert len({c.id for c in message.tool_calls}) == 2
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_streaming_gives_the_same_calls(scripted: App, size: int) -> None:
+    _script(scripted, "Checking.\n" + CALL + "\n" + CALL.replace("Paris", "Oslo"), size)
+    content, calls, reason = _streamed(scripted)
+    assert reason == "tool_calls"
+    assert content == "Checking.\n"
+    assert [c["name"] for c in calls] == ["get_weather", "get_weather"]
+    assert [json.loads(c["arguments"]) for c in calls] == [{"city": "Paris"}, {"city": "Oslo"}]
+    assert all(c["id"].startswith("call_") for c in calls)
+
+
+def test_logprobs_and_usage_survive_the_parsing(scripted: App) -> None:
+    """Every token's logprob is streamed once, whichever chunk carries it; usage follows."""
+    _script(scripted, "Checking.\n" + CALL, 4)
+    tokens, usage, reasons = [], None, []
+    stream = _ask(scripted, stream=True, logprobs=True, stream_options={"include_usage": True})
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            reasons.append(choice.finish_reason)
+            tokens += [t.token for t in (choice.logprobs.content if choice.logprobs else [])]
+    assert "".join(tokens) == "Checking.\n" + CALL
+    assert reasons[-1] == "tool_calls" and usage is not None
+    reply = _ask(scripted, logprobs=True).choices[0]
+    assert reply.finish_reason == "tool_calls" and reply.logprobs is not None
+    assert "".join(t.token for t in reply.logprobs.content or []) == "Checking.\n" + CALL
+
+
+def test_text_without_calls_streams_as_content(scripted: App) -> None:
+    _script(scripted, "It is <sunny> today.", 2)
+    content, calls, reason = _streamed(scripted)
+    assert (content, calls, reason) == ("It is <sunny> today.", [], "stop")
+
+
+def test_tool_choice_none_parses_nothing(scripted: App) -> None:
+    _script(scripted, CALL)
+    choice = _ask(scripted, tool_choice="none").choices[0]
+    assert (choice.finish_reason, choice.message.content) == ("stop", CALL)
+    assert not choice.message.tool_calls
+    assert _streamed(scripted, tool_choice="none") == (CALL, [], "stop")
+
+
+def test_required_without_a_call_returns_the_text(scripted: App) -> None:
+    _script(scripted, "I do not want to call anything.")
+    choice = _ask(scripted, tool_choice="required").choices[0]
+    assert (choice.finish_reason, choice.message.content) == (
+        "stop",
+        "I do not want to call anything.",
+    )
+    assert "You must call at least one function." in _prompt_text(scripted)
+
+
+def test_a_named_choice_keeps_only_that_function(scripted: App) -> None:
+    search = {"type": "function", "function": {"name": "search"}}
+    _script(scripted, CALL)
+    named = {"type": "function", "function": {"name": "search"}}
+    choice = (
+        scripted.openai()
+        .chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[WEATHER, search],
+            tool_choice=named,
+        )
+        .choices[0]
+    )
+    assert (choice.finish_reason, choice.message.content) == ("stop", CALL)
+    assert "You must call the function search." in _prompt_text(scripted)
+
+
+def _prompt_text(app: App) -> str:
+    """The last prompt's messages, as the chat template saw them."""
+    engine = app.engine
+    assert isinstance(engine, ScriptedEngine)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in engine.prompts[-1])
+
+
+def test_a_growing_tool_history_is_rendered_and_reused(scripted: App) -> None:
+    client = scripted.openai()
+    history: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    _script(scripted, CALL)
+    first = client.chat.completions.create(model="fake", messages=history, tools=[WEATHER])
+    assert _prompt_text(scripted).startswith("system: Be brief.\n\nYou may call functions")
+    message = first.choices[0].message
+    history.append(message.model_dump(exclude_none=True))
+    call_id = message.tool_calls[0].id
+    history.append({"role": "tool", "tool_call_id": call_id, "content": '{"sky": "clear"}'})
+    _script(scripted, "Clear skies.")
+    second = client.chat.completions.create(model="fake", messages=history, tools=[WEATHER])
+    assert second.choices[0].message.content == "Clear skies."
+    text = _prompt_text(scripted)
+    assert '{"name": "get_weather", "arguments": {"city": "Paris"}}' in text
+    assert 'user: <tool_response>\n{"sky": "clear"}\n</tool_response>' in text
+    # The first prompt, but for its assistant opening, begins the second: reused.
+    opening = len("assistant\n") + 1  # the marker token and the role line
+    reusable = first.usage.prompt_tokens - opening
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert reusable - 4 < cached <= second.usage.prompt_tokens  # 4: the fake's block
+
+
+def test_tokenize_renders_tools_as_a_request_does(scripted: App) -> None:
+    _script(scripted, "ok")
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    body = {"messages": messages, "tools": [WEATHER], "tool_choice": "required"}
+    counted = scripted.http.post("/tokenize", json=body).json()["count"]
+    assert counted == _ask(scripted, tool_choice="required").usage.prompt_tokens
+    bare = scripted.http.post("/tokenize", json={"messages": messages}).json()["count"]
+    assert bare < counted
+
+
+BAD = [
+    ({"tools": {"a": 1}}, "tools"),
+    ({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0].type"),
+    ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+    ({"tools": [WEATHER, WEATHER]}, "tools[1].function.name"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+        "tools[0].function.parameters",
+    ),
+    ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    (
+        {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+        "tool_choice.function.name",
+    ),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+]
+
+
+@pytest.mark.parametrize(("extra", "param"), BAD)
+def test_bad_tools_are_400s_naming_the_field(app: App, extra: dict[str, Any], param: str) -> None:
+    body = {"messages": [{"role": "user", "content": "hi"}], **extra}
+    response = app.http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_malformed_past_call_is_a_400(app: App) -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        app.openai().chat.completions.create(model="fake", messages=messages)
+    body: Any = caught.value.body
+    assert body["param"] == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_every_choice_of_n_is_parsed_on_its_own(scripted: App) -> None:
+    _script(scripted, "I will check.\n" + CALL)
+    choices = _ask(scripted, n=3).choices
+    assert [c.index for c in choices] == [0, 1, 2]
+    for choice in choices:
+        assert choice.finish_reason == "tool_calls"
+        (call,) = choice.message.tool_calls
+        assert json.loads(call.function.arguments) == {"city": "Paris"}
+    by_index: dict[int, list[str]] = {}
+    for chunk in _ask(scripted, n=3, stream=True):
+        for choice in chunk.choices:
+            for part in choice.delta.tool_calls or []:
+                by_index.setdefault(choice.index, []).append(part.function.arguments or "")
+    assert sorted(by_index) == [0, 1, 2]
+    assert all(json.loads("".join(parts)) == {"city": "Paris"} for parts in by_index.values())
