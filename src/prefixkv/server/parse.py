@@ -6,7 +6,7 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (tools, structured outputs, n > 1, echo, prompt_logprobs, ...) are refused rather
+implement (tools, n > 1, echo, prompt_logprobs, ...) are refused rather
 than silently ignored.
 
 ``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
@@ -30,6 +30,7 @@ from prefixkv.engine.request import (
 )
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.structured import grammar_of
 
 MAX_TEMPERATURE = 2.0  # OpenAI's bound; the engine itself accepts more
 OPENAI_TEMPERATURE = 1.0  # OpenAI's default (the library's is 0: greedy)
@@ -156,6 +157,7 @@ def _sampling(
             seed=body.get("seed"),
             stop=body.get("stop"),
             logprobs=logprobs,
+            grammar=grammar_of(body),
             **_controls(body),
         )
     except InvalidRequestError as exc:
@@ -243,7 +245,6 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "tools": lambda v: v == [],
     "functions": lambda v: v == [],
     "tool_choice": lambda v: v in ("none", "auto"),
-    "response_format": lambda v: v == {"type": "text"},
 }
 
 
