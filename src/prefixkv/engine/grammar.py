@@ -74,7 +74,8 @@ class Grammars:
         self._lib: Any = None
         self._lltokenizer: Any = None
         self._compiled: OrderedDict[GrammarSpec, Any] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _compiled
+        self._building = threading.Lock()  # guards _lib and _lltokenizer
 
     def compile(self, spec: GrammarSpec) -> Any:
         """The compiled matcher of ``spec`` (cached; the first call for a tokenizer also
@@ -86,11 +87,13 @@ class Grammars:
             if found is not None:
                 self._compiled.move_to_end(spec)
                 return found
-            matcher = self._build(spec)
+        # Built outside the lock: the runner thread's cache hits never wait on a compile.
+        matcher = self._build(spec)
+        with self._lock:
             self._compiled[spec] = matcher
             if len(self._compiled) > CACHED_GRAMMARS:
                 self._compiled.popitem(last=False)
-            return matcher
+        return matcher
 
     def mask(self, spec: GrammarSpec) -> GrammarMask:
         """A fresh GrammarMask for one sequence; raises as :meth:`compile`."""
@@ -98,10 +101,11 @@ class Grammars:
         return GrammarMask(matcher, self._lltokenizer.vocab_size)
 
     def _build(self, spec: GrammarSpec) -> Any:
-        if self._lltokenizer is None:
-            self._lib = _library()
-            wrapper = self._lib.TokenizerWrapper(_Vocabulary(self._tokenizer))
-            self._lltokenizer = self._lib.LLTokenizer(wrapper)
+        with self._building:  # llguidance's tokenizer, made once
+            if self._lltokenizer is None:
+                self._lib = _library()
+                wrapper = self._lib.TokenizerWrapper(_Vocabulary(self._tokenizer))
+                self._lltokenizer = self._lib.LLTokenizer(wrapper)
         lib = self._lib.LLMatcher
         try:
             grammar = _grammar_text(lib, spec)
