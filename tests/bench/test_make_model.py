@@ -18,11 +18,13 @@ from prefixkv.engine.loader import load_model
 
 # Parameter counts of the checkpoints whose shapes SHAPES copies (their safetensors metadata
 # on the HF hub) and the vocabulary each really has, to check our tables against.
+# The third field: whether the checkpoint ties its head (ours always do).
 PUBLISHED = {
-    ("llama", "1b"): (1_235_814_400, 128_256),  # meta-llama/Llama-3.2-1B
-    ("llama", "3b"): (3_212_749_824, 128_256),  # meta-llama/Llama-3.2-3B
-    ("qwen2", "1b"): (1_543_714_304, 151_936),  # Qwen/Qwen2.5-1.5B
-    ("qwen2", "3b"): (3_085_938_688, 151_936),  # Qwen/Qwen2.5-3B
+    ("llama", "1b"): (1_235_814_400, 128_256, True),  # meta-llama/Llama-3.2-1B
+    ("llama", "3b"): (3_212_749_824, 128_256, True),  # meta-llama/Llama-3.2-3B
+    ("llama", "8b"): (8_030_261_248, 128_256, False),  # meta-llama/Llama-3.1-8B
+    ("qwen2", "1b"): (1_543_714_304, 151_936, True),  # Qwen/Qwen2.5-1.5B
+    ("qwen2", "3b"): (3_085_938_688, 151_936, True),  # Qwen/Qwen2.5-3B
 }
 
 
@@ -92,9 +94,10 @@ def test_the_shape_table_matches_transformers_and_the_published_sizes(
     assert {s.hf_name: s.shape for s in specs} == expected
     assert model.lm_head.weight is model.model.embed_tokens.weight  # tied
     if key in PUBLISHED:
-        count, vocab = PUBLISHED[key]
+        count, vocab, tied = PUBLISHED[key]
         ours = sum(int(np.prod(s.shape)) for s in specs)
-        assert ours + (vocab - VOCAB) * shape.hidden == count
+        head = 0 if tied else vocab * shape.hidden
+        assert ours + (vocab - VOCAB) * shape.hidden + head == count
 
 
 def test_the_command_line_writes_and_reports(

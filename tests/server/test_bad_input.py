@@ -91,7 +91,10 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "temperature_string": (CHAT, chat(temperature="hot"), 400, "temperature", "invalid_type"),
     "top_p_zero": (CHAT, chat(top_p=0), 400, "top_p", None),
     "top_p_too_high": (TEXT, text(top_p=1.5), 400, "top_p", None),
-    "n_two": (CHAT, chat(n=2), 400, "n", "unsupported_parameter"),
+    "n_zero": (CHAT, chat(n=0), 400, "n", None),
+    "n_past_max": (TEXT, text(n=17), 400, "n", None),
+    "n_string": (CHAT, chat(n="2"), 400, "n", "invalid_type"),
+    "best_of_two": (TEXT, text(best_of=2), 400, "best_of", "unsupported_parameter"),
     "prompt_logprobs": (
         TEXT,
         text(prompt_logprobs=1),
@@ -198,7 +201,7 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     ),
     "max_tokens_4000_digits": (CHAT, chat(max_tokens=10**3999), 400, "max_tokens", None),
     "temperature_400_digits": (CHAT, chat(temperature=10**400), 400, "temperature", None),
-    "n_true": (CHAT, chat(n=True), 400, "n", "unsupported_parameter"),
+    "n_true": (CHAT, chat(n=True), 400, "n", "invalid_type"),
     "top_logprobs_false": (
         CHAT,
         chat(logprobs=True, top_logprobs=False),

@@ -32,7 +32,7 @@ class Shape:
 
 
 # (family, size) -> Shape. Sources: the config.json of each named checkpoint on the HF hub;
-# all four tie lm_head to the embedding. Only the vocabulary (49152) is SmolLM2's, not theirs.
+# all of them tie lm_head to the embedding. Only the vocabulary (49152) is SmolLM2's, not theirs.
 SHAPES: dict[tuple[str, str], Shape] = {
     # meta-llama/Llama-3.2-1B: 2048 hidden, 16 layers, 32 heads, 8 kv heads, 8192 inter
     ("llama", "1b"): Shape(2048, 16, 32, 8, 8192, 500000.0, 1e-5),
@@ -42,6 +42,9 @@ SHAPES: dict[tuple[str, str], Shape] = {
     ("qwen2", "1b"): Shape(1536, 28, 12, 2, 8960, 1000000.0, 1e-6),
     # Qwen/Qwen2.5-3B: 2048 hidden, 36 layers, 16 heads, 2 kv heads, 11008 inter
     ("qwen2", "3b"): Shape(2048, 36, 16, 2, 11008, 1000000.0, 1e-6),
+    # meta-llama/Llama-3.1-8B: 4096 hidden, 32 layers, 32 heads, 8 kv heads, 14336 inter
+    # (with SmolLM2's vocabulary and a tied head: 7.18 B parameters, not 8.03)
+    ("llama", "8b"): Shape(4096, 32, 32, 8, 14336, 500000.0, 1e-5),
     # tiny (for tests, about 13 MB in f32, nearly all of it the 49152 x 64 embedding)
     ("llama", "tiny"): Shape(64, 2, 4, 2, 128, 500000.0, 1e-5),
     ("qwen2", "tiny"): Shape(64, 2, 4, 2, 128, 1000000.0, 1e-6),

@@ -216,20 +216,31 @@ def skip_reason(
 
 
 def model_folder(spec: str) -> Path:
-    """The plain Hugging Face folder for ``spec``: itself, or the converted copy of its GGUF
-    (converted now, once, when it does not exist yet)."""
+    """The plain Hugging Face folder for ``spec``: itself, or for a GGUF a float32 copy
+    written once next to its converted config (``<converted>-f32``): the peers read
+    safetensors, prefixkv the GGUF itself."""
+    import shutil
+    import tempfile
+
     from prefixkv.engine.loader import converted_dir, default_cache_dir, load_model, resolve_model
 
     source = resolve_model(spec)
     if source.is_dir():
         return source
-    folder = converted_dir(source, default_cache_dir())
-    if not (folder / "config.json").is_file():
-        print(f"# converting {source.name} once into {folder}", flush=True)
-        loaded = load_model(spec)
-        if loaded.weights_dir is None:
-            raise RuntimeError(f"could not write the converted model under {folder.parent}")
-        folder = loaded.weights_dir
+    converted = converted_dir(source, default_cache_dir())
+    folder = converted.with_name(f"{converted.name}-f32")
+    if (folder / "config.json").is_file():
+        return folder
+    print(f"# writing {source.name} once as a float32 folder {folder}", flush=True)
+    loaded = load_model(spec)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    try:
+        loaded.model.save_pretrained(tmp)
+        loaded.tokenizer.save_pretrained(tmp)
+        tmp.rename(folder)  # config.json appears with every other file, or not at all
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -12,9 +12,11 @@ Nothing is built twice or thrown away: ``prefixkv serve``/``chat`` and
 
 from __future__ import annotations
 
+import gc
 import logging
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,16 +27,18 @@ from prefixkv.cache.null import NullCache
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
-from prefixkv.engine.embedding import install_embedding
+from prefixkv.engine.embedding import input_rows, install_embedding, rounds
 from prefixkv.engine.engine import Engine
-from prefixkv.engine.gguf_blocks import RawWeight, raw_weights
+from prefixkv.engine.gguf_blocks import RawWeight
+from prefixkv.engine.gguf_load import widen
 from prefixkv.engine.kvbridge import UnsupportedModelError, layout_of
 from prefixkv.engine.linear import formats_of
 from prefixkv.engine.linear import linear_kernel as choose_linear
-from prefixkv.engine.loader import LoadedModel, load_model
+from prefixkv.engine.loader import LoadedModel, open_model
 from prefixkv.engine.mapped import copy_mapped_weights
+from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.role import Runner
-from prefixkv.engine.weights import weight_format
+from prefixkv.engine.weights import ExactWeights, WeightFormat, weight_format
 from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
@@ -139,38 +143,56 @@ def assemble(
 
 def load_kernels(settings: EngineSettings) -> LoadedModel:
     """The model loaded offline with its linear layers on ``settings.linear_kernel`` and its
-    input embedding held as ``settings.weights`` asks (:mod:`prefixkv.engine.embedding`)."""
-    loaded = load_model(
+    input embedding held as ``settings.weights`` asks (:mod:`prefixkv.engine.embedding`).
+
+    A GGUF's linear layers and embedding are packed from the file's rows, a bf16 folder's
+    from its bf16 weights (:func:`prefixkv.engine.loader.open_model`), one layer at a time;
+    a kernel other than the native one gets float32 weights (:func:`widen`), as does
+    whatever stays unpacked."""
+    opened = open_model(
         settings.model,
         device=settings.device,
         dtype=settings.dtype,
         cache_dir=settings.model_cache_dir,
     )
-    raw = file_blocks(settings, loaded)
-    weights = weight_format(settings.weights, raw, loaded.model)
-    kernel = choose_linear(settings.linear_kernel, loaded.model, weights)
-    swapped = kernel.install(loaded.model)
+    model, rows = opened.model, opened.rows
+    weights = weight_format(settings.weights, rows, model)
+    kernel = choose_linear(settings.linear_kernel, model, weights)
+    table = input_rows(model, rows)
+    if kernel.name != NativeLinear.name:
+        widen(model, rows)  # the other kernels compute on float32 weights
+    swapped = kernel.install(model)
     # After the linear layers: a tied head has its own packed copy by then.
-    embedding = install_embedding(loaded.model, settings.weights, raw)
+    embedding = install_embedding(model, settings.weights, rows)
+    widen(model, rows)  # what no kernel packed (an embedding kept float32)
+    _notice_converted(weights, table if embedding == "bf16" else None)
     log.info("linear layers: %s (%d swapped; weights %s); input embedding %s", kernel.name,
-             swapped, formats_of(loaded.model), embedding)  # fmt: skip
+             swapped, formats_of(model), embedding)  # fmt: skip
+    del weights, rows
+    loaded = replace(opened, rows={})  # the rows' file mapping goes with the last reference
+    del opened
+    gc.collect()
     # The weights left unpacked would keep the whole checkpoint file mapped and resident
     # (see prefixkv.engine.mapped); packing left the plain copies freed on the C heap
     # (see prefixkv.heap). benchmarks/load_memory.py measures both.
-    copy_mapped_weights(loaded.model)
+    copy_mapped_weights(model)
     release_free_heap()
     return loaded
 
 
-def file_blocks(settings: EngineSettings, loaded: LoadedModel) -> dict[str, RawWeight]:
-    """The GGUF file's quantized blocks by linear layer and input embedding (verified), where
-    ``--weights auto`` may keep them: a model loaded from a GGUF in float32. Empty otherwise."""
-    source = loaded.source
-    if settings.weights != "auto" or not (source.is_file() and source.suffix == ".gguf"):
-        return {}
-    if _dtype(loaded.model) != torch.float32:
-        return {}
-    return raw_weights(loaded.model, source)
+def _notice_converted(weights: WeightFormat, table: RawWeight | None) -> None:
+    """One log line naming the file tensors ``auto`` de-quantized to bf16 (per GGML type),
+    if any: the linear layers' (``weights``) and the embedding's (``table``, its rows if
+    held as bf16)."""
+    if not isinstance(weights, ExactWeights):
+        return
+    converted = Counter(weights.converted)
+    if table is not None and rounds(table.format):
+        converted[table.format] += 1
+    if converted:
+        log.info("GGUF tensors in types the native kernels do not read, de-quantized to "
+                 "bf16 at load: %s (a precision change only where a value is not a bf16 "
+                 "value)", ", ".join(f"{f} {n}" for f, n in sorted(converted.items())))  # fmt: skip
 
 
 def choose_attention(settings: EngineSettings, model: Any, layout: KVLayout) -> str:

@@ -28,15 +28,25 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from prefixkv.engine.gguf_blocks import RawWeight
+from prefixkv.engine.gguf_blocks import RawWeight, ggml_type
+from prefixkv.engine.gguf_load import dequantize_raw
 from prefixkv.kernels.formats import QUANTIZED, dequantize, exact_bf16, gguf_planes
 
-__all__ = ["ROW_FORMATS", "RowEmbedding", "dequantize_rows", "install_embedding"]
+__all__ = [
+    "ROW_FORMATS",
+    "RowEmbedding",
+    "dequantize_rows",
+    "input_rows",
+    "install_embedding",
+    "rounds",
+]
 
 log = logging.getLogger("prefixkv.engine")
 
 ROW_FORMATS = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16")
 _VERIFY_ROWS = 4096  # rows de-quantized at a time when checking a whole table
+_SPOT_ROWS = 64  # rows at each end of a table of file rows checked against gguf's reference
+_F32 = torch.float32
 
 
 def dequantize_rows(format: str, rows: torch.Tensor, features: int) -> torch.Tensor:
@@ -93,37 +103,99 @@ def _replaceable(model: torch.nn.Module, embedding: torch.nn.Module) -> str | No
     if type(embedding) is not torch.nn.Embedding or embedding.max_norm is not None:
         return f"{type(embedding).__name__} is more than a plain lookup"
     weight = embedding.weight
-    if weight.dtype != torch.float32 or weight.device.type != "cpu":
-        return f"weight is {weight.dtype} on {weight.device}, not float32 on the CPU"
+    held = weight.device.type in ("cpu", "meta") and weight.dtype in (_F32, torch.bfloat16)
+    if not held:
+        return f"weight is {weight.dtype} on {weight.device}, not float32 or bf16 on the CPU"
     owners = [p for m in model.modules() if m is not embedding for p in m.parameters(False)]
     if any(p is weight for p in owners):
         return "another layer (a tied head left unpacked) reads its weight"
     return None
 
 
+def _values(weight: torch.Tensor, raw: RawWeight | None) -> torch.Tensor:
+    """The table as float32 ``[vocab, hidden]``: the loaded weight (widened exactly), or
+    for a weight on the meta device its file rows de-quantized (KeyError-free: the caller
+    holds ``raw`` for a meta weight)."""
+    if not weight.is_meta:
+        return weight.to(_F32)
+    assert raw is not None  # a meta weight always comes with its rows (gguf_load)
+    return dequantize_raw(raw)
+
+
 def _narrow(weights: str, weight: torch.Tensor, raw: RawWeight | None) -> RowEmbedding | None:
-    """The RowEmbedding ``weights`` asks for (``weight``: float32 ``[vocab, hidden]``)."""
+    """The RowEmbedding ``weights`` asks for (``weight``: ``[vocab, hidden]``, float32 or
+    bf16, on the meta device where ``raw`` holds its values), or None to keep it float32."""
     hidden = weight.shape[1]
+    if weights == "fp32":
+        return None
+    if weight.dtype == torch.bfloat16 and not weight.is_meta:
+        return RowEmbedding("bf16", weight, hidden)  # a bf16 checkpoint's table, as loaded
     if weights == "bf16":
-        return RowEmbedding("bf16", weight.detach().to(torch.bfloat16), hidden)
+        return RowEmbedding("bf16", _values(weight, raw).to(torch.bfloat16), hidden)
     if weights != "auto":
         return None
-    if raw is not None and raw.format in QUANTIZED:
+    if weight.is_meta and raw is not None and raw.format in ROW_FORMATS:
         rows = torch.from_numpy(np.array(raw.rows, dtype=np.uint8))  # owned: not the mapping
+        if raw.format == "bf16":
+            return RowEmbedding("bf16", rows.view(torch.bfloat16), hidden)
         return RowEmbedding(raw.format, rows, hidden)
-    narrow = exact_bf16(weight)
+    values = _values(weight, raw)
+    narrow = exact_bf16(values)
+    if narrow is None and raw is not None and rounds(raw.format):
+        narrow = values.to(torch.bfloat16)  # a type no lookup here reads: bf16, as a layer
     return None if narrow is None else RowEmbedding("bf16", narrow, hidden)
 
 
-def install_embedding(model: torch.nn.Module, weights: str, raw: Mapping[str, RawWeight]) -> str:
-    """Replaces ``model``'s input embedding with the :class:`RowEmbedding` ``weights`` (a
-    ``--weights`` name) asks for; ``raw``: the file's rows by module name (as
-    :func:`prefixkv.engine.gguf_blocks.raw_weights` returns them). Call after the linear
-    layers are installed (a tied head must have its own packed copy by then).
+def rounds(format: str) -> bool:
+    """True for a GGML type (lower case) whose rows ``auto`` rounds to bf16 in the table:
+    one :class:`RowEmbedding` does not hold, other than f32."""
+    return format not in ROW_FORMATS and format != "f32"
 
-    Returns the format the table is held in (``f32`` where it stays as loaded). Mutates
-    ``model`` (its input embedding). A narrow table whose values differ from the loaded
-    weight's bits (under ``auto``) is never used: logged, kept float32."""
+
+def _agrees(narrow: RowEmbedding, weights: str, weight: torch.Tensor,
+            raw: RawWeight | None) -> bool:  # fmt: skip
+    """True if ``narrow`` holds what it should: a loaded weight's bits (rounded to bf16
+    under ``bf16``) over the whole table, or file rows' gguf de-quantization over the first
+    and last ``_SPOT_ROWS`` rows (-0.0 and 0.0 told apart)."""
+    if weight.is_meta:
+        if raw is None or narrow.format not in QUANTIZED:
+            return True  # made from gguf's own de-quantization just now
+        from gguf.quants import dequantize
+
+        ends = (slice(0, _SPOT_ROWS), slice(max(0, narrow.num_embeddings - _SPOT_ROWS), None))
+        for rows in ends:
+            got = dequantize_rows(narrow.format, narrow.rows[rows], narrow.embedding_dim)
+            want = np.ascontiguousarray(dequantize(raw.rows[rows], ggml_type(raw.format)))
+            if not torch.equal(got.view(torch.int32), torch.from_numpy(want).view(torch.int32)):
+                return False
+        return True
+    expected = weight.to(_F32)
+    if weights == "bf16":
+        expected = expected.to(torch.bfloat16).to(_F32)
+    return torch.equal(narrow.table().view(torch.int32), expected.view(torch.int32))
+
+
+def input_rows(model: torch.nn.Module, rows: Mapping[str, RawWeight]) -> RawWeight | None:
+    """The file rows ``rows`` (by module name) holds for ``model``'s input embedding."""
+    try:
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
+    except NotImplementedError:
+        return None
+    name = next((n for n, m in model.named_modules() if m is embedding), None)
+    return None if name is None else rows.get(name)
+
+
+def install_embedding(model: torch.nn.Module, weights: str, rows: Mapping[str, RawWeight]) -> str:
+    """Replaces ``model``'s input embedding with the :class:`RowEmbedding` ``weights`` (a
+    ``--weights`` name) asks for; ``rows``: the file's rows by module name of the layers
+    whose weight is on the meta device (:class:`prefixkv.engine.gguf_load.Opened`). Call
+    after the linear layers are installed (a tied head must have its own packed copy by
+    then).
+
+    Returns the format the table is held in (``f32`` where it stays: a meta weight then
+    still needs :func:`prefixkv.engine.gguf_load.widen`). Mutates ``model`` (its input
+    embedding). A narrow table that does not hold the values it should (:func:`_agrees`) is
+    never used: logged, kept float32."""
     try:
         embedding = model.get_input_embeddings()  # type: ignore[operator]
     except NotImplementedError:  # transformers' answer for a model it cannot find it in
@@ -135,14 +207,12 @@ def install_embedding(model: torch.nn.Module, weights: str, raw: Mapping[str, Ra
             log.info("input embedding kept float32: %s", why)
         return "f32"
     name = next(n for n, m in model.named_modules() if m is embedding)
-    weight = embedding.weight.detach()
-    narrow = _narrow(weights, weight, raw.get(name))
+    weight, raw = embedding.weight.detach(), rows.get(name)
+    narrow = _narrow(weights, weight, raw)
     if narrow is None:
         return "f32"
-    # bf16 rounds by request; every other format must give the loaded bits (-0.0 != 0.0).
-    expected = weight.to(torch.bfloat16).to(torch.float32) if weights == "bf16" else weight
-    if not torch.equal(narrow.table().view(torch.int32), expected.view(torch.int32)):
-        log.warning("input embedding as %s differs from the loaded weight: kept as fp32",
+    if not _agrees(narrow, weights, weight, raw):
+        log.warning("input embedding as %s differs from the values it holds: kept as fp32",
                     narrow.format)  # fmt: skip
         return "f32"
     model.set_input_embeddings(narrow)  # type: ignore[operator]

@@ -41,17 +41,13 @@ class JoinedProjection(torch.nn.Module):
         biased = first.bias is not None
         self.in_features = first.in_features
         self.widths = tuple(s.out_features for s in siblings)
-        joined = torch.nn.Linear(
-            first.in_features,
-            sum(self.widths),
-            bias=biased,
-            device=first.weight.device,
-            dtype=first.weight.dtype,
-        )
-        with torch.no_grad():
-            joined.weight.copy_(torch.cat([s.weight for s in siblings]))
+        joined = torch.nn.Linear(first.in_features, sum(self.widths), bias=False,
+                                 device="meta", dtype=first.weight.dtype)  # fmt: skip
+        with torch.no_grad():  # each on its siblings' device: a weight may be on meta
+            # (its values still in a file: prefixkv.engine.gguf_load), its bias not
+            joined.weight = torch.nn.Parameter(torch.cat([s.weight for s in siblings]))
             if biased:
-                joined.bias.copy_(torch.cat([s.bias for s in siblings]))
+                joined.bias = torch.nn.Parameter(torch.cat([s.bias for s in siblings]))
         self.joined = joined
         self.starts = tuple(sum(self.widths[:i]) for i in range(len(self.widths)))
         self._kept = _Kept()  # a plain object: nn.Module's __setattr__ costs ~6 us a call

@@ -4,7 +4,9 @@ embedding) of a model loaded from that GGUF.
 transformers de-quantizes a GGUF to float weights; a kernel that reads the quantized blocks
 directly needs, for each linear layer, the file's bytes in the row order of the HF weight (and
 an embedding lookup, the token embedding's rows: :mod:`prefixkv.engine.embedding`).
-Usage::
+:func:`file_rows` finds them without any loaded weight (what
+:mod:`prefixkv.engine.gguf_load` opens a file with); :func:`scan_raw_weights` also checks
+them against a loaded model (a test's and a benchmark's check of the direct load). Usage::
 
     found = raw_weights(model, gguf_path)  # {"model.layers.0.self_attn.q_proj": RawWeight, ...}
     rw = found["lm_head"]  # tied to token_embd.weight in SmolLM2: those rows
@@ -42,7 +44,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -55,16 +57,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KEPT_FORMATS",
+    "FileMap",
     "LeftOut",
+    "Located",
     "RawWeight",
     "RawWeightScan",
+    "file_map",
+    "file_rows",
+    "ggml_type",
+    "locate",
     "raw_weights",
     "scan_raw_weights",
 ]
 
 log = logging.getLogger(__name__)
 
-Format = Literal["q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16", "f16", "f32"]
+Format = Literal[
+    "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k", "bf16", "f16", "f32"
+]  # what a scan verifies
 Reason = Literal["format", "not_found", "not_row_permutation", "mismatch"]
 
 # GGML type name (gguf.GGMLQuantizationType member) -> the format name a RawWeight carries
@@ -86,7 +96,7 @@ _VERIFY_ELEMENTS = 1 << 20  # rows are de-quantized in chunks of about this many
 class RawWeight:
     """One linear layer's weight exactly as the GGUF file stores it, in HF row order."""
 
-    format: Format  # the GGML type of the file's tensor
+    format: str  # the GGML type of the file's tensor, lower case ("q4_1", "f16", "q5_k", ...)
     rows: np.ndarray  # uint8 [out_features, row_bytes]: row i holds HF weight row i's blocks
     in_features: int
 
@@ -109,7 +119,7 @@ class RawWeightScan:
 
 
 @dataclass(frozen=True)
-class _Located:
+class Located:
     """A 2-D file tensor, and the file row that lands in each HF row after transformers'
     processing (``order[i]``: the file row of HF row i)."""
 
@@ -151,38 +161,99 @@ def _key_map(model: PreTrainedModel, arch: str, processor: object) -> dict[str, 
     return key_map
 
 
-def _locate(model: PreTrainedModel, table: TensorTable) -> dict[str, _Located]:
-    """HF parameter name -> the 2-D file tensor transformers loads into it.
+@dataclass(frozen=True)
+class FileMap:
+    """How transformers' GGUF loader fills a model from a file: its tensor ``processor`` for
+    the file's architecture (``process(weights=, name=, tensor_key_mapping=,
+    parsed_parameters=)``), and ``key_map``: processed GGUF name -> HF parameter name."""
 
-    Runs transformers' tensor processor for the file's architecture on a column of row
-    indices per tensor, so that whatever it does to the real weight's rows (Llama's rotary
-    reordering of q/k) it does to the indices, and maps the name it returns."""
+    processor: Any
+    key_map: Mapping[str, str]
+
+
+def file_map(model: PreTrainedModel, table: TensorTable) -> FileMap:
+    """The :class:`FileMap` of ``table``'s architecture for ``model`` (any device, meta
+    included: only names and the config are read)."""
     from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor
 
     arch = table.architecture
     processor_class = TENSOR_PROCESSORS.get(arch, TensorProcessor)
     processor = processor_class(config=model.config.to_dict())  # type: ignore[no-untyped-call]
-    key_map = _key_map(model, arch, processor)
-    located: dict[str, _Located] = {}
+    return FileMap(processor, _key_map(model, arch, processor))
+
+
+def locate(model: PreTrainedModel, table: TensorTable) -> dict[str, Located]:
+    """HF parameter name -> the 2-D file tensor transformers loads into it.
+
+    Runs transformers' tensor processor for the file's architecture on a column of row
+    indices per tensor, so that whatever it does to the real weight's rows (Llama's rotary
+    reordering of q/k) it does to the indices, and maps the name it returns."""
+    mapping = file_map(model, table)
+    processor, key_map = mapping.processor, mapping.key_map
+    located: dict[str, Located] = {}
     for tensor in table.tensors:
         if len(tensor.dims) != 2:
             continue
         n_rows = tensor.dims[1]  # GGML dims are (in_features, out_features)
         probe = np.arange(n_rows, dtype=np.float64).reshape(n_rows, 1)  # exact below 2**53
-        result = processor.process(  # type: ignore[no-untyped-call]
+        result = processor.process(
             weights=probe,
             name=tensor.name,
             tensor_key_mapping=key_map,
             parsed_parameters={"tensors": {}},
         )
         if result.name in key_map:
-            located[key_map[result.name]] = _Located(tensor, _row_order(result.weights, n_rows))
+            located[key_map[result.name]] = Located(tensor, _row_order(result.weights, n_rows))
     return located
 
 
 def _file_rows(tensor: TensorEntry) -> np.ndarray:
     """uint8 [out_features, row_bytes] view of the tensor's bytes, in file row order."""
     return tensor.data.reshape(tensor.dims[1], -1)
+
+
+def ggml_type(format: str) -> GGMLQuantizationType:
+    """The GGML type a :attr:`RawWeight.format` names (KeyError for none)."""
+    from gguf import GGMLQuantizationType
+
+    return GGMLQuantizationType[format.upper()]
+
+
+def _rows_of(weight: torch.Tensor, found: Located) -> RawWeight | None:
+    """``found``'s rows in HF row order for ``weight`` ([rows, features]), unverified; None
+    where transformers does more than reorder its rows or the shapes differ."""
+    from gguf import GGMLQuantizationType
+
+    tensor = found.tensor
+    in_features, out_features = tensor.dims
+    if found.order is None or (out_features, in_features) != tuple(weight.shape):
+        return None
+    rows = _file_rows(tensor)
+    if not np.array_equal(found.order, np.arange(out_features)):
+        rows = rows[found.order]  # fancy indexing: a contiguous copy in HF row order
+    fmt = GGMLQuantizationType(tensor.ggml_type).name.lower()
+    return RawWeight(format=fmt, rows=rows, in_features=in_features)
+
+
+def file_rows(model: PreTrainedModel, located: Mapping[str, Located]) -> dict[str, RawWeight]:
+    """Module name -> the file's rows (any GGML type, in HF row order, not verified: there
+    may be no loaded weight to verify against) of every ``nn.Linear`` and of the plain input
+    embedding whose file tensor transformers fills by reordering rows only. A weight tied to
+    another (SmolLM2's head) gets the rows of the tensor they share. Mutates nothing; the
+    rows may be views of the file's mapping. ``located``: :func:`locate`'s answer."""
+    names_of = _names_by_parameter(model)
+    found: dict[str, RawWeight] = {}
+    done: dict[int, RawWeight | None] = {}  # by parameter id: a tied weight's rows, once
+    for name, weight in _scanned_weights(model):
+        if id(weight) not in done:
+            own = f"{name}.weight"
+            names = sorted(names_of.get(id(weight), [own]), key=lambda n: n != own)
+            hit = next((located[n] for n in names if n in located), None)
+            done[id(weight)] = None if hit is None else _rows_of(weight, hit)
+        rows = done[id(weight)]
+        if rows is not None:
+            found[name] = rows
+    return found
 
 
 def _bits_equal(rows: np.ndarray, qtype: GGMLQuantizationType, weight: torch.Tensor) -> bool:
@@ -204,7 +275,7 @@ def _bits_equal(rows: np.ndarray, qtype: GGMLQuantizationType, weight: torch.Ten
     return True
 
 
-def _raw_weight(weight: torch.Tensor, found: _Located) -> RawWeight | LeftOut:
+def _raw_weight(weight: torch.Tensor, found: Located) -> RawWeight | LeftOut:
     """The verified RawWeight for ``weight`` ([rows, features]: a linear layer's or an
     embedding's) from its located file tensor, or why not."""
     from gguf import GGMLQuantizationType
@@ -260,7 +331,7 @@ def scan_raw_weights(model: PreTrainedModel, gguf_path: Path | str) -> RawWeight
 
     Returns the scan (mutates nothing). Raises OSError / ValueError for an unreadable file.
     """
-    located = _locate(model, read_table(gguf_path))
+    located = locate(model, read_table(gguf_path))
     names_of = _names_by_parameter(model)
     weights: dict[str, RawWeight] = {}
     left_out: dict[str, LeftOut] = {}

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import torch
 
 from prefixkv.engine.fused import swap_linears
-from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, native_runs
+from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, refusal
 from prefixkv.engine.weights import AS_LOADED, WeightFormat
 from prefixkv.kernels.build import NativeUnavailable
 from prefixkv.kernels.ops import load
@@ -131,7 +131,8 @@ class OneDNNLinear:
 
     def install(self, model: torch.nn.Module) -> int:
         for name, layer in model.named_modules():  # check every layer before changing any
-            if isinstance(layer, torch.nn.Linear) and not onednn_runs(layer.weight):
+            weight = layer.weight if isinstance(layer, torch.nn.Linear) else None
+            if weight is not None and (weight.dtype != torch.float32 or not onednn_runs(weight)):
                 raise RuntimeError(
                     f"oneDNN linear layers need float32 CPU weights with PyTorch's oneDNN "
                     f"build; {name} has {layer.weight.dtype} on {layer.weight.device} "
@@ -143,10 +144,11 @@ class OneDNNLinear:
 
 
 def onednn_runs(weight: torch.Tensor) -> bool:
-    """True where :class:`PackedLinear` can hold ``weight``."""
+    """True where :class:`PackedLinear` can hold ``weight`` once widened to float32 (a bf16
+    or meta weight: :func:`prefixkv.engine.gguf_load.widen`, which the build calls first)."""
     return (
-        weight.device.type == "cpu"
-        and weight.dtype == torch.float32
+        weight.device.type in ("cpu", "meta")
+        and weight.dtype in (torch.float32, torch.bfloat16)
         and bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
     )
@@ -172,7 +174,7 @@ def linear_kernel(
         _check_weights(kernel, weights)
         return kernel
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not layers or not all(native_runs(m.weight) for m in layers):
+    if not layers or refusal(model) is not None:
         return TorchLinear()
     try:
         load()

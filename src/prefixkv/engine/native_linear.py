@@ -41,7 +41,7 @@ class NativeLinearLayer(torch.nn.Module):
     packed: torch.Tensor  # weight.data, a buffer: what the model fingerprint hashes
 
     def __init__(self, linear: torch.nn.Linear, kernels: Kernels) -> None:
-        if not native_runs(linear.weight):
+        if linear.weight.dtype != _F32 or not linear.weight.is_cpu:
             refuse_input(type(self).__name__, linear.weight)
         bias = None if linear.bias is None else linear.bias.detach()
         self._setup(pack_f32(linear.weight.detach()), bias, kernels)
@@ -99,12 +99,35 @@ class NativeLinearLayer(torch.nn.Module):
 
 
 def native_runs(weight: torch.Tensor) -> bool:
-    """True where :class:`NativeLinearLayer` can hold ``weight`` (the library aside)."""
-    return weight.device.type == "cpu" and weight.dtype == torch.float32
+    """True where :class:`NativeLinear` can pack ``weight`` (the library aside): float32 or
+    bf16 on the CPU, or on the meta device (its values are a file's rows, which the weight
+    format packs: :mod:`prefixkv.engine.gguf_load`)."""
+    return weight.device.type in ("cpu", "meta") and weight.dtype in (_F32, torch.bfloat16)
+
+
+def refusal(model: torch.nn.Module) -> str | None:
+    """Why :class:`NativeLinear` cannot take ``model``'s linear layers, or None: each weight
+    must be one :func:`native_runs` takes, and the activations float32 (every other
+    parameter float32: a model cast whole to bf16 computes in bf16)."""
+    try:
+        embedding = model.get_input_embeddings()  # type: ignore[operator]
+    except (AttributeError, NotImplementedError):
+        embedding = None
+    packed: set[int] = set()
+    for name, layer in model.named_modules():
+        if isinstance(layer, torch.nn.Linear) or layer is embedding:
+            if isinstance(layer, torch.nn.Linear) and not native_runs(layer.weight):
+                return f"{name} has {layer.weight.dtype} on {layer.weight.device}"
+            packed.add(id(layer.weight))
+    for name, param in model.named_parameters():
+        if id(param) not in packed and param.dtype != _F32:
+            return f"{name} is {param.dtype}: the model does not compute in float32"
+    return None
 
 
 class NativeLinear:
-    """:class:`NativeLinearLayer` for every ``nn.Linear`` of a float32 CPU model, sibling
+    """:class:`NativeLinearLayer` for every ``nn.Linear`` of a CPU model (see
+    :func:`native_runs`), sibling
     projections of one input first joined into one (:mod:`prefixkv.engine.fused`); then,
     where the model's family computes them as the native kernels do, the RMS norms and the
     gated MLP's activation in C too (:mod:`prefixkv.engine.native_layers`)."""
@@ -119,12 +142,11 @@ class NativeLinear:
     def install(self, model: torch.nn.Module) -> int:
         """Raises RuntimeError (NativeUnavailable where the library does not build) before
         changing anything when a layer is not float32 on the CPU."""
-        for name, layer in model.named_modules():
-            if isinstance(layer, torch.nn.Linear) and not native_runs(layer.weight):
-                raise RuntimeError(
-                    f"native linear layers need float32 CPU weights; {name} has "
-                    f"{layer.weight.dtype} on {layer.weight.device} (use --linear-kernel torch)"
-                )
+        why = refusal(model)
+        if why is not None:
+            raise RuntimeError(f"native linear layers need float32 CPU weights (bf16 linear "
+                               f"weights in a float32 model too); {why} (use --linear-kernel "
+                               "torch)")  # fmt: skip
         family = family_of(model)
         kernels = load()
 

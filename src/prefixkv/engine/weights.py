@@ -1,32 +1,46 @@
 """What each linear layer's weight is streamed as by the native kernel: ``--weights``.
 
 A CPU decode step reads every weight once, so the bytes per weight set the step's floor.
-``auto`` (the default) keeps each layer in the narrowest format that holds its loaded
-weights exactly: the GGUF file's own Q8_0, Q4_0, Q4_1, Q4_K, Q5_K or Q6_K blocks (found by
-:mod:`prefixkv.engine.gguf_blocks`; joined siblings in different formats are packed run by
-run, :meth:`WeightFormat.runs`), else bf16 where every value is a bf16 value (a bf16
-checkpoint), else fp32. Each of these formats dequantizes to exactly the fp32 value the
-load path computed, and the kernel runs the same multiply-add chain on it
-(:mod:`prefixkv.kernels.formats`), so outputs are those of ``fp32`` bit for bit; a packing
-is compared with the loaded weight before it is used, and a layer that does not match
-stays fp32 (logged). ``bf16`` rounds every layer to bf16: half fp32's bytes, but not exact
-against it (opt-in). ``fp32``: every layer as loaded.
+A layer's weight comes either loaded (a float32 or bf16 parameter) or, for a model opened
+from a GGUF (:mod:`prefixkv.engine.gguf_load`), as the file's rows with the parameter left
+on the meta device; a layer is packed from one or the other, one layer at a time, so the
+model never exists whole in float32.
+
+``auto`` (the default) keeps each layer in the narrowest format that holds its values
+exactly: the file's own blocks where the kernel reads their format
+(:data:`prefixkv.kernels.formats.QUANTIZED`), else bf16 where every value is a bf16 value
+(a bf16 checkpoint), else fp32; joined siblings whose blocks differ in format (a Q6_K
+attn_v beside Q4_K q and k) are packed run by run (:meth:`WeightFormat.runs`). Each kept format dequantizes to exactly the fp32 value
+gguf's reference (and so transformers' load) computes, and the kernel runs the same
+multiply-add chain on it (:mod:`prefixkv.kernels.formats`), so outputs are those of
+``fp32`` bit for bit; each packing of the file's blocks is spot-checked against gguf's
+de-quantization (its first and last column blocks) and one that differs is packed from the
+de-quantized values instead (logged). A layer whose file rows are in a GGML type the
+kernel does not read (F16, Q5_0, Q2_K, IQ*, ...) is de-quantized
+and rounded to bf16 (a precision change only where a value is not a bf16 value;
+:func:`unkept_formats` names them for the one notice). ``bf16`` rounds every layer to
+bf16: half fp32's bytes, not exact against it (opt-in). ``fp32``: every layer in float32.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
+import numpy as np
 import torch
 
-from prefixkv.engine.gguf_blocks import RawWeight
+from prefixkv.engine.gguf_blocks import RawWeight, ggml_type
+from prefixkv.engine.gguf_load import dequantize_raw
 from prefixkv.kernels.formats import (
+    BLOCK,
+    CODES,
     QUANTIZED,
     PackedWeight,
-    concat,
     exact_bf16,
     pack_bf16,
     pack_f32,
@@ -37,6 +51,9 @@ from prefixkv.kernels.formats import (
 log = logging.getLogger("prefixkv.engine")
 
 WEIGHTS = ("auto", "fp32", "bf16")
+Rows = Mapping[torch.nn.Module, RawWeight]
+"""The file's rows by the layer they were found for (before joining)."""
+NO_ROWS: Rows = MappingProxyType({})
 
 
 class WeightFormat(Protocol):
@@ -56,13 +73,28 @@ class WeightFormat(Protocol):
         ...
 
 
+def float_weight(
+    layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear], rows: Rows
+) -> torch.Tensor:
+    """``layer``'s weight as float32 ``[out, in]``: the loaded one (widened exactly from
+    bf16), or for a weight on the meta device its sources' rows de-quantized and joined (a
+    new tensor: one layer's). KeyError for a meta weight whose sources have no rows."""
+    weight = layer.weight.detach()
+    if not weight.is_meta:
+        return weight.to(torch.float32)
+    return torch.cat([dequantize_raw(rows[source]) for source in sources])
+
+
 class Fp32Weights:
-    """Every layer as loaded (float32)."""
+    """Every layer in float32."""
 
     name = "fp32"
 
+    def __init__(self, rows: Rows = NO_ROWS) -> None:
+        self.rows = rows
+
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
-        return pack_f32(layer.weight.detach())
+        return pack_f32(float_weight(layer, sources, self.rows))
 
     def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
         return [len(sources)]
@@ -77,69 +109,113 @@ class Bf16Weights:
 
     name = "bf16"
 
+    def __init__(self, rows: Rows = NO_ROWS) -> None:
+        self.rows = rows
+
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
-        return pack_bf16(layer.weight.detach().to(torch.bfloat16))
+        if layer.weight.dtype == torch.bfloat16 and not layer.weight.is_meta:
+            return pack_bf16(layer.weight.detach())
+        return pack_bf16(float_weight(layer, sources, self.rows).to(torch.bfloat16))
 
     def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
         return [len(sources)]
 
 
 class ExactWeights:
-    """The narrowest exact format per layer (``auto``): the file's blocks where ``raw`` has
-    every source's, verified; else bf16 where exact; else fp32."""
+    """The narrowest exact format per layer (``auto``): the file's blocks where every source
+    has them in one format the kernel reads; else bf16 where exact; else fp32, or bf16
+    rounded for rows in a type the kernel does not read (see the module docstring)."""
 
     name = "auto"
 
-    def __init__(self, raw: Mapping[torch.nn.Module, RawWeight]) -> None:
-        """``raw``: the file's blocks by the layer they were found for (before joining)."""
-        self.raw = raw
-
-    @classmethod
-    def for_model(cls, model: torch.nn.Module, raw: Mapping[str, RawWeight]) -> ExactWeights:
-        """``raw`` by module name (as :func:`prefixkv.engine.gguf_blocks.raw_weights` returns
-        it), keyed by module; call before any layer is swapped."""
-        return cls({model.get_submodule(name): weight for name, weight in raw.items()})
+    def __init__(self, rows: Rows = NO_ROWS) -> None:
+        self.rows = rows
+        self.converted: Counter[str] = Counter()
+        """File tensors per GGML type the kernel does not read, packed as bf16 so far."""
 
     def pack(self, layer: torch.nn.Linear, sources: Sequence[torch.nn.Linear]) -> PackedWeight:
+        """Mutates :attr:`converted` only."""
         weight = layer.weight.detach()
-        packed = self._blocks(weight, sources)
+        if weight.dtype == torch.bfloat16 and not weight.is_meta:
+            return pack_bf16(weight)  # a bf16 checkpoint's layer, as loaded
+        raws = [self.rows[s] for s in sources] if weight.is_meta else []
+        packed = _blocks(raws)
         if packed is not None:
             return packed
-        narrow = exact_bf16(weight)
-        return pack_f32(weight) if narrow is None else pack_bf16(narrow)
+        values = float_weight(layer, sources, self.rows)
+        unread = bool(raws) and all(raw.format not in CODES for raw in raws)
+        if unread:  # all: a sibling the kernel reads keeps the layer exact (fp32)
+            self.converted.update(raw.format for raw in raws)
+        narrow = exact_bf16(values)
+        if narrow is not None:
+            return pack_bf16(narrow)
+        return pack_bf16(values.to(torch.bfloat16)) if unread else pack_f32(values)
 
     def runs(self, sources: Sequence[torch.nn.Linear]) -> list[int]:
         """Runs of sources whose kept blocks share a format (sources without any: one kind)."""
-        raws = [self.raw.get(source) for source in sources]
+        raws = [self.rows.get(source) for source in sources]
         kinds = [raw.format if raw is not None and raw.format in QUANTIZED else "" for raw in raws]
         return [len(list(run)) for _, run in itertools.groupby(kinds)]
 
-    def _blocks(
-        self, weight: torch.Tensor, sources: Sequence[torch.nn.Linear]
-    ) -> PackedWeight | None:
-        """The file's blocks for ``weight``, if every source has them in one kept format and
-        they dequantize to ``weight`` bit for bit."""
-        found = [self.raw.get(source) for source in sources]
-        raws = [raw for raw in found if raw is not None and raw.format in QUANTIZED]
-        if len(raws) != len(found) or len({raw.format for raw in raws}) != 1:
-            return None  # a source without kept blocks, or siblings in different formats
-        packed = concat([pack_gguf(raw.format, raw.rows, raw.in_features) for raw in raws])
-        # The file's blocks were verified against each source; this checks the packing and
-        # the join (-0.0 and 0.0 told apart: bit patterns, not values).
-        if not torch.equal(unpack(packed).view(torch.int32), weight.view(torch.int32)):
-            log.warning("%s packing differs from the loaded weight: kept as fp32", packed.format)
-            return None
-        return packed
+
+def _blocks(raws: Sequence[RawWeight]) -> PackedWeight | None:
+    """The joined file blocks of ``raws`` (a layer's sources, in order) if they share one
+    format the kernel reads and the packing passes :func:`_spot_check`, else None."""
+    formats = {raw.format for raw in raws}
+    if len(formats) != 1 or next(iter(formats)) not in QUANTIZED:
+        return None  # no rows, siblings in different formats, or a format not read
+    # Siblings' rows stacked, then packed once: GGUF rows are independent in every type.
+    rows = raws[0].rows if len(raws) == 1 else np.concatenate([raw.rows for raw in raws])
+    packed = pack_gguf(raws[0].format, rows, raws[0].in_features)
+    if not _spot_check(packed, raws):
+        log.warning("%s packing differs from gguf's de-quantization: packed from the "
+                    "de-quantized values", packed.format)  # fmt: skip
+        return None
+    return packed
 
 
-def weight_format(name: str, raw: Mapping[str, RawWeight], model: torch.nn.Module) -> WeightFormat:
-    """The format called ``name`` (one of :data:`WEIGHTS`); ``raw``: the file's blocks by
-    module name (empty for a checkpoint without quantized blocks). ValueError for another
-    name."""
+def _spot_check(packed: PackedWeight, raws: Sequence[RawWeight]) -> bool:
+    """True if the first and last column blocks of ``packed`` unpack to gguf's reference
+    de-quantization of those rows, bit for bit (-0.0 and 0.0 told apart)."""
+    last = packed.data.shape[0] - 1
+    checks = {0: _joined_rows(raws, 0, BLOCK), last: _joined_rows(raws, last * BLOCK, None)}
+    for block, file_rows in checks.items():
+        part = PackedWeight(packed.format, packed.in_features, file_rows.shape[0],
+                            packed.data[block : block + 1])  # fmt: skip
+        want = torch.from_numpy(_dequantized(file_rows, raws[0].format))
+        if not torch.equal(unpack(part).view(torch.int32), want.view(torch.int32)):
+            return False
+    return True
+
+
+def _joined_rows(raws: Sequence[RawWeight], start: int, stop: int | None) -> np.ndarray:
+    """Rows ``start:stop`` of the sources' rows stacked (copies only those rows)."""
+    picked, offset = [], 0
+    for raw in raws:
+        count = raw.rows.shape[0]
+        end = offset + count if stop is None else min(stop, offset + count)
+        if end > start and offset < end:
+            picked.append(raw.rows[max(start - offset, 0) : end - offset])
+        offset += count
+    return np.concatenate(picked)
+
+
+def _dequantized(rows: np.ndarray, format: str) -> np.ndarray:
+    """gguf's reference de-quantization of ``rows``: float32 ``[n, in]``, contiguous."""
+    from gguf.quants import dequantize
+
+    return np.ascontiguousarray(dequantize(rows, ggml_type(format)), dtype=np.float32)
+
+
+def weight_format(name: str, rows: Mapping[str, RawWeight], model: torch.nn.Module) -> WeightFormat:
+    """The format called ``name`` (one of :data:`WEIGHTS`); ``rows``: the file's rows by
+    module name of the layers whose weight is on the meta device (empty for a model loaded
+    whole). Call before any layer is swapped. ValueError for another name."""
+    by_module = {model.get_submodule(n): raw for n, raw in rows.items()}
     if name == "fp32":
-        return AS_LOADED
+        return Fp32Weights(by_module)
     if name == "bf16":
-        return Bf16Weights()
+        return Bf16Weights(by_module)
     if name == "auto":
-        return ExactWeights.for_model(model, raw)
+        return ExactWeights(by_module)
     raise ValueError(f"unknown weights {name!r}; choose one of {', '.join(WEIGHTS)}")

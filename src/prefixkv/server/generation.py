@@ -30,12 +30,13 @@ from prefixkv.cache.tenants import Namespace
 from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
-from prefixkv.server import responses
+from prefixkv.engine.samples import samples_of
+from prefixkv.server import fanin, responses
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
 from prefixkv.server.responses import ResponseMeta, Shape
-from prefixkv.server.scheduler import Job, QueueFullError, Scheduler
+from prefixkv.server.scheduler import Job, QueueFullError, Scheduler, Slot
 from prefixkv.server.settings import ServerSettings
 from prefixkv.threads import current_threads, helper_thread
 
@@ -88,8 +89,8 @@ class Generation:
         try:
             with self.scheduler.reserve() as slot:
                 request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
-                job = Job(request, endpoint.name, arrived)
-                slot.submit(job)
+                jobs = [Job(r, endpoint.name, arrived) for r in samples_of(request, parsed.n)]
+                _submit(slot, jobs)
         except QueueFullError as exc:
             raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
         except RequestCancelled as exc:
@@ -97,11 +98,11 @@ class Generation:
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
         if parsed.stream:
-            events = _sse(job, _Chunks(endpoint.shape, meta, asked), parsed.include_usage)
+            chunks = [_Chunks(endpoint.shape, meta, asked, i) for i in range(len(jobs))]
+            events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
-        completion = await _complete(http, job)
-        logprobs = completion.logprobs if asked else None
-        return JSONResponse(responses.body(endpoint.shape, meta, completion, logprobs))
+        completions = await _complete(http, jobs)
+        return JSONResponse(responses.body(endpoint.shape, meta, completions, asked))
 
     async def prepared(self, work: Callable[[], T]) -> T:
         """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""
@@ -138,34 +139,52 @@ class Generation:
             log.exception("promoting a prompt's blocks from the lower tiers failed")
 
 
-async def _complete(http: HTTPRequest, job: Job) -> Completion:
-    """Wait for the whole completion, cancelling the job if the client disconnects first."""
-    watcher = asyncio.create_task(_cancel_on_disconnect(http, job))
+def _submit(slot: Slot, jobs: list[Job]) -> None:
+    """Queue every job through ``slot``; if one is refused, the others are cancelled (and
+    the refusal raised)."""
     try:
-        return await job.result()
+        for job in jobs:
+            slot.submit(job)
+    except BaseException:
+        for job in jobs:
+            job.cancel()
+        raise
+
+
+async def _complete(http: HTTPRequest, jobs: list[Job]) -> list[Completion]:
+    """Wait for every job's completion, cancelling them all if the client disconnects
+    first (or one of them fails)."""
+    watcher = asyncio.create_task(_cancel_on_disconnect(http, jobs))
+    try:
+        return await fanin.results(jobs)
     except RequestCancelled as exc:
         raise APIError(503, str(exc), code="cancelled") from exc
     finally:
-        job.cancel()  # a no-op once the job is done; stops it if this handler is cancelled
+        for job in jobs:  # a no-op once a job is done; stops it if this handler is cancelled
+            job.cancel()
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
 
 
-async def _cancel_on_disconnect(http: HTTPRequest, job: Job) -> None:
+async def _cancel_on_disconnect(http: HTTPRequest, jobs: list[Job]) -> None:
     # The body has been read, so the next ASGI message can only be the disconnect.
     while (await http.receive())["type"] != "http.disconnect":
         pass
-    job.cancel()
+    for job in jobs:
+        job.cancel()
 
 
 class _Chunks:
-    """One stream's chunks: each text delta goes out with the TokenLogprobs of the tokens
-    delivered since the last chunk (a token whose text is held back, for a stop string or
-    an incomplete character, is reported with the text that follows it, or at the end)."""
+    """One choice's chunks in a stream: each text delta goes out with the TokenLogprobs of
+    the tokens delivered since the last chunk (a token whose text is held back, for a stop
+    string or an incomplete character, is reported with the text that follows it, or at the
+    end); every choice carries ``index``."""
 
-    def __init__(self, shape: Shape, meta: ResponseMeta, with_logprobs: bool) -> None:
-        self.shape, self.meta = shape, meta
+    def __init__(
+        self, shape: Shape, meta: ResponseMeta, with_logprobs: bool, index: int = 0
+    ) -> None:
+        self.shape, self.meta, self.index = shape, meta, index
         self.pending: list[TokenLogprob] | None = [] if with_logprobs else None
         self.offset = 0  # characters of token text reported (completions' text_offset)
 
@@ -185,31 +204,41 @@ class _Chunks:
         self.offset += sum(len(item.chosen.token) for item in logprobs or ())
         return responses.sse(self._chunk([choice]))
 
-    def usage(self, completion: Completion) -> bytes:
-        return responses.sse(self._chunk([], responses.usage(completion)))
+    def usage(self, completions: list[Completion]) -> bytes:
+        """The usage chunk (no choices) of every choice's completion."""
+        return responses.sse(
+            responses.chunk(self.shape, self.meta, [], responses.usage(*completions))
+        )
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
-        return responses.chunk(self.shape, self.meta, choices, usage)
+    def _chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        indexed = [{**choice, "index": self.index} for choice in choices]
+        return responses.chunk(self.shape, self.meta, indexed)
 
 
-async def _sse(job: Job, chunks: _Chunks, include_usage: bool) -> AsyncIterator[bytes]:
-    """The event stream of a job. The first chunk is sent with the first token, so a
-    client's time to first chunk is the real time to first token. Starlette cancels this
-    generator when the client disconnects; ``finally`` then cancels the job."""
-    started = False
+async def _sse(jobs: list[Job], chunks: list[_Chunks], include_usage: bool) -> AsyncIterator[bytes]:
+    """The event stream of a request's jobs (``chunks[i]`` shapes job ``i``'s choice). A
+    choice's first chunk is sent with its first token, so a client's time to first chunk
+    is the real time to first token; the usage chunk follows the last choice's end.
+    Starlette cancels this generator when the client disconnects; ``finally`` then cancels
+    every job."""
+    started = [False] * len(jobs)
+    done: list[Completion] = []
     try:
-        async for item in job.events():
-            if not started and (opening := chunks.opening()) is not None:
-                yield opening
-            started = True
-            if isinstance(item, TokenLogprob):
-                chunks.hold(item)
-            elif isinstance(item, str):
-                yield chunks.text(item)
-            else:
-                yield chunks.text("", item.finish_reason)
-                if include_usage:
-                    yield chunks.usage(item)
+        async with contextlib.aclosing(fanin.merged(jobs)) as items:
+            async for index, item in items:
+                stream = chunks[index]
+                if not started[index] and (opening := stream.opening()) is not None:
+                    yield opening
+                started[index] = True
+                if isinstance(item, TokenLogprob):
+                    stream.hold(item)
+                elif isinstance(item, str):
+                    yield stream.text(item)
+                else:
+                    yield stream.text("", item.finish_reason)
+                    done.append(item)
+        if include_usage:
+            yield chunks[0].usage(done)
         yield responses.sse("[DONE]")
     except RequestCancelled as exc:
         yield responses.sse(error_body(503, str(exc), code="cancelled"))
@@ -218,4 +247,5 @@ async def _sse(job: Job, chunks: _Chunks, include_usage: bool) -> AsyncIterator[
         yield responses.sse(error_body(500, "internal server error", code="internal_error"))
         yield responses.sse("[DONE]")
     finally:
-        job.cancel()
+        for job in jobs:
+            job.cancel()

@@ -6,8 +6,9 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (tools, n > 1, echo, prompt_logprobs, ...) are refused rather
-than silently ignored.
+implement (tools, best_of, echo, prompt_logprobs, ...) are refused rather than silently
+ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the prompt (see
+:mod:`prefixkv.engine.samples`).
 
 ``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
 ``top_logprobs: 0..20``; completions send ``logprobs: 0..5``. Both become
@@ -28,6 +29,7 @@ from prefixkv.engine.request import (
     short_repr,
     wrong_type,
 )
+from prefixkv.engine.samples import check_n
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.structured import grammar_of
@@ -47,6 +49,8 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     cache_salt: str
+    n: int = 1
+    """Samples of the prompt to return (choices ``0..n-1``)."""
 
 
 def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedRequest:
@@ -138,6 +142,7 @@ def _parse(
         stream=stream,
         include_usage=stream and _include_usage(body),
         cache_salt=_cache_salt(body, settings),
+        n=1 if body.get("n") is None else check_n(body["n"]),
     )
 
 
@@ -237,7 +242,6 @@ def _is_one(value: object) -> bool:
 
 # Fields whose non-default values ask for behaviour this server does not implement.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "n": _is_one,
     "best_of": _is_one,
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",

@@ -163,28 +163,37 @@ def new_meta(shape: Shape, model: str) -> ResponseMeta:
     return ResponseMeta(id=shape.id_prefix + uuid.uuid4().hex, model=model)
 
 
-def usage(completion: Completion) -> dict[str, Any]:
-    """Token counts as OpenAI and vLLM report them, cached prompt tokens included."""
+def usage(*completions: Completion) -> dict[str, Any]:
+    """Token counts as OpenAI and vLLM report them, cached prompt tokens included; for the
+    samples of one prompt (``n`` > 1), the prompt counted once and the generated tokens of
+    every sample summed, with the fewest cached tokens any sample saw (the later samples
+    find the blocks the first one computed; what the prompt had cached is the least)."""
+    prompt = completions[0].prompt_tokens
+    generated = sum(c.completion_tokens for c in completions)
     return {
-        "prompt_tokens": completion.prompt_tokens,
-        "completion_tokens": completion.completion_tokens,
-        "total_tokens": completion.prompt_tokens + completion.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": generated,
+        "total_tokens": prompt + generated,
+        "prompt_tokens_details": {"cached_tokens": min(c.cached_tokens for c in completions)},
     }
 
 
 def body(
-    shape: Shape, meta: ResponseMeta, completion: Completion, logprobs: Logprobs
+    shape: Shape, meta: ResponseMeta, completions: Sequence[Completion], asked: bool
 ) -> dict[str, Any]:
-    """The non-streaming response; ``logprobs``: the completion's, or None when the request
-    asked for none."""
+    """The non-streaming response, choice ``i`` from ``completions[i]``; ``asked``: the
+    request asked for logprobs (else the field is null)."""
+    choices = [
+        {**shape.choice(c.text, c.finish_reason, c.logprobs if asked else None), "index": i}
+        for i, c in enumerate(completions)
+    ]
     return {
         "id": meta.id,
         "object": shape.object,
         "created": meta.created,
         "model": meta.model,
-        "choices": [shape.choice(completion.text, completion.finish_reason, logprobs)],
-        "usage": usage(completion),
+        "choices": choices,
+        "usage": usage(*completions),
     }
 
 
