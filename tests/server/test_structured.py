@@ -201,3 +201,27 @@ def test_grammar_sequences_share_a_batch_with_free_ones(client: openai.OpenAI) -
             check_ship(json.loads(text))
         else:
             assert text  # free text, unconstrained
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_of_n_samples_follows_the_schema(client: openai.OpenAI, stream: bool) -> None:
+    """n > 1: every sample carries its own matcher (one prompt, n masks)."""
+    body: Any = {
+        "model": "tiny-json",
+        "messages": MESSAGES,
+        "max_tokens": 400,
+        "temperature": 1.0,
+        "seed": 7,
+        "n": 3,
+        "response_format": RESPONSE_FORMAT,
+    }
+    if stream:
+        texts = ["", "", ""]
+        for chunk in client.chat.completions.create(**body, stream=True):
+            for choice in chunk.choices:
+                texts[choice.index] += choice.delta.content or ""
+    else:
+        texts = [c.message.content or "" for c in client.chat.completions.create(**body).choices]
+    for text in texts:
+        check_ship(json.loads(text))
+    assert len(set(texts)) > 1
