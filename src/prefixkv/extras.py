@@ -2,7 +2,8 @@
 
 The core (``prefixkv.index``, ``prefixkv.cache``) needs NumPy and PyTorch only. Each layer
 above it lives behind an extra: ``[hf]`` for the engine (transformers and GGUF loading),
-``[tiers]`` for the disk and Redis tiers, ``[server]`` for the HTTP server, ``[bench]`` for the benchmarks.
+``[tiers]`` for the disk and Redis tiers, ``[server]`` for the HTTP server, ``[bench]`` for the benchmarks,
+``[grammar]`` for structured outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EXTRAS = {
     "tiers": ("xxhash", "redis", "cryptography"),
     "server": ("fastapi", "uvicorn", "prometheus_client"),
     "bench": ("openai", "httpx", "matplotlib"),
+    "grammar": ("llguidance",),
 }
 
 

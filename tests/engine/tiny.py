@@ -17,11 +17,12 @@ TEMPLATE = (
 )
 
 
-def tiny_tokenizer() -> Any:
+def tiny_tokenizer(extra: str = "") -> Any:
+    """One token per character of CHARS, then of ``extra`` (characters CHARS lacks)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS))}
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + list(CHARS + extra))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # One character per piece: control tokens are recognised only as added special tokens,
     # so ``split_special_tokens=True`` turns their text into plain characters, as with BPE.
@@ -38,12 +39,13 @@ def tiny_tokenizer() -> Any:
     )
 
 
-def tiny_llama(seed: int = 0, layers: int = 2) -> Any:
-    """For :func:`tiny_tokenizer`: 2 layers of width 64, 4 query and 2 KV heads, context 512."""
+def tiny_llama(seed: int = 0, layers: int = 2, extra: str = "") -> Any:
+    """For :func:`tiny_tokenizer` (with the same ``extra``): 2 layers of width 64, 4 query
+    and 2 KV heads, context 512."""
     return _llama(
         seed,
         layers,
-        vocab=len(SPECIALS) + len(CHARS),
+        vocab=len(SPECIALS) + len(CHARS + extra),
         context=512,
         ids=(SPECIALS.index("<s>"), SPECIALS.index("<|im_end|>"), SPECIALS.index("</s>")),
     )

@@ -4,6 +4,8 @@ text as a server started with ``--no-prefix-cache``."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -166,3 +168,49 @@ def test_partial_utf8_tokens_report_their_bytes(servers: dict[str, ServerProcess
     pieces = [bytes(c.bytes or []) for c in content.content[0].top_logprobs]
     assert all("\ufffd" in c.token for c in content.content[0].top_logprobs)
     assert b"".join(sorted(pieces, key=emoji.encode().index)) == emoji.encode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_json_schema_reply_validates(servers: dict[str, ServerProcess], stream: bool) -> None:
+    """SmolLM2 under a strict json_schema, sampled with a seed: the reply parses and follows
+    the schema (checked by hand: jsonschema is not a dependency), finish_reason stop."""
+    pytest.importorskip("llguidance", reason="the grammar extra is not installed")
+    schema = {
+        "type": "object",
+        "properties": {
+            "opens": {"type": "string", "pattern": "^[0-9]{1,2}:[0-9]{2}$"},
+            "days": {"type": "array", "items": {"enum": ["Mon", "Tue", "Wed"]}, "maxItems": 3},
+            "seats": {"type": "integer", "minimum": 1, "maximum": 100},
+        },
+        "required": ["opens", "days", "seats"],
+        "additionalProperties": False,
+    }
+    body: Any = {
+        "model": "smollm2",
+        "messages": [
+            {"role": "system", "content": DOCUMENT},
+            {"role": "user", "content": "When does the archive open, and how many seats?"},
+        ],
+        "max_tokens": 80,
+        "temperature": 0.7,
+        "seed": 5,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "archive", "schema": schema, "strict": True},
+        },
+    }
+    with servers["cached"].client() as client:
+        if stream:
+            chunks = [c for c in client.chat.completions.create(**body, stream=True) if c.choices]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            finish = chunks[-1].choices[0].finish_reason
+        else:
+            choice = client.chat.completions.create(**body).choices[0]
+            text, finish = choice.message.content or "", choice.finish_reason
+    assert finish == "stop", text
+    value = json.loads(text)
+    assert set(value) == {"opens", "days", "seats"}
+    assert re.fullmatch(r"[0-9]{1,2}:[0-9]{2}", value["opens"])
+    assert isinstance(value["days"], list) and len(value["days"]) <= 3
+    assert all(day in ("Mon", "Tue", "Wed") for day in value["days"])
+    assert type(value["seats"]) is int and 1 <= value["seats"] <= 100

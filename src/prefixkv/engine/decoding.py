@@ -11,10 +11,11 @@ from typing import Any
 import torch
 
 from prefixkv.engine.detok import TextStream
+from prefixkv.engine.grammar import grammars_of
 from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.logprobs import LogprobReport
 from prefixkv.engine.pieces import pieces_of
-from prefixkv.engine.processors import processors_for
+from prefixkv.engine.processors import Pipeline, processors_for
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import Sink
 from prefixkv.engine.sampling import Sampler
@@ -23,7 +24,7 @@ from prefixkv.engine.sampling import Sampler
 class Decoding:
     """Processors and sampler (the request's params), text with stop strings, and the end
     conditions: an end token (end-of-sequence unless ``ignore_eos``, or one of
-    ``stop_token_ids``), a stop string, or ``max_tokens``."""
+    ``stop_token_ids``), a stop string, a complete grammar, or ``max_tokens``."""
 
     def __init__(self, request: Request, tokenizer: Any, eos_ids: frozenset[int]) -> None:
         params = request.params
@@ -32,6 +33,12 @@ class Decoding:
             params.stop_token_ids
         )
         self.process = processors_for(params, request.ids, self.enders)
+        # The grammar mask comes last: no bias or penalty can lift a token it forbids.
+        self.grammar = (
+            None if params.grammar is None else grammars_of(tokenizer).mask(params.grammar)
+        )
+        if self.grammar is not None:
+            self.process = Pipeline((*self.process.processors, self.grammar))
         self.sampler = Sampler(params)
         self.report = (
             None
@@ -68,7 +75,7 @@ class Decoding:
             self.finish_reason, self.done = "stop", True
             return self.text.finish()
         delta = self.text.push(token)
-        if self.text.stopped:
+        if self.text.stopped or (self.grammar is not None and self.grammar.finished):
             self.finish_reason, self.done = "stop", True
         elif len(self.generated) == self.max_tokens:
             self.done = True

@@ -12,6 +12,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import replace
 from typing import Any
 
+from prefixkv.engine.grammar import grammars_of
 from prefixkv.engine.prompts import (
     Prompt,
     chars_per_token_bound,
@@ -59,6 +60,8 @@ class Intake:
         tokenizing. O(prompt).
         """
         self._check_ids(params)
+        if params.grammar is not None:  # compiled (and cached) here, off the step loop
+            grammars_of(self.tokenizer).compile(params.grammar)
         field = prompt_field(prompt)
         bound = self._chars_per_token
         if bound is not None and prompt_chars(prompt) > bound * self.context_length:

@@ -33,6 +33,24 @@ MAX_LISTED_IDS = 1024  # logit_bias entries or stop_token_ids per request
 
 
 @dataclass(frozen=True)
+class GrammarSpec:
+    """A structured-output constraint, as :mod:`prefixkv.engine.grammar` compiles it.
+
+    ``kind``: ``"json_schema"`` (``source`` a JSON schema as JSON text), ``"regex"``, or
+    ``"lark"`` (a Lark grammar; a choice of strings is sent as one). ``param``: the request
+    field it came from, named by a compile error. Hashable: the compile cache's key.
+    """
+
+    kind: str
+    source: str
+    param: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("json_schema", "regex", "lark"):
+            raise ValueError(f"unknown grammar kind {self.kind!r}")
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens; validated on construction (InvalidRequestError naming the field).
 
@@ -47,7 +65,8 @@ class SamplingParams:
     strings still end the reply, where vLLM holds them off too),
     ``stop_token_ids`` (more tokens that end the reply), ``ignore_eos``. ``logprobs`` None
     reports no log-probabilities; k reports each chosen token's and the k likeliest.
-    Token ids are checked against the vocabulary by ``Engine.request``.
+    ``grammar``: a structured-output constraint (the reply ends, with ``stop``, once the
+    grammar is complete). Token ids are checked against the vocabulary by ``Engine.request``.
     """
 
     max_tokens: int | None = None
@@ -63,6 +82,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: int | None = None
+    grammar: GrammarSpec | None = None
 
     @classmethod
     def create(
@@ -81,6 +101,7 @@ class SamplingParams:
         stop_token_ids: Sequence[int] | None = None,
         ignore_eos: bool = False,
         logprobs: int | None = None,
+        grammar: GrammarSpec | None = None,
     ) -> SamplingParams:
         """The record from loosely typed values (ints for floats, one stop string, a
         logit_bias mapping, a list of stop ids)."""
@@ -106,6 +127,7 @@ class SamplingParams:
             tuple(stop_token_ids or ()),
             ignore_eos,
             logprobs,
+            grammar,
         )
 
     def __post_init__(self) -> None:

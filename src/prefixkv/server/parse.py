@@ -6,10 +6,10 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (legacy ``functions``, structured outputs, best_of, echo, prompt_logprobs, ...)
-are refused rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples
-of the prompt (see :mod:`prefixkv.engine.samples`); ``tools`` are read by
-:mod:`prefixkv.server.tools`.
+implement (legacy ``functions``, best_of, echo, prompt_logprobs, ...) are refused rather
+than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the prompt (see
+:mod:`prefixkv.engine.samples`); ``tools`` are read by :mod:`prefixkv.server.tools`,
+structured outputs by :mod:`prefixkv.server.structured`.
 
 ``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
 ``top_logprobs: 0..20``; completions send ``logprobs: 0..5``. Both become
@@ -33,6 +33,7 @@ from prefixkv.engine.request import (
 from prefixkv.engine.samples import check_n
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
+from prefixkv.server.structured import grammar_of
 from prefixkv.server.tool_history import tool_messages
 from prefixkv.server.tools import ToolSpec, parse_tools
 
@@ -168,6 +169,7 @@ def _sampling(
             seed=body.get("seed"),
             stop=body.get("stop"),
             logprobs=logprobs,
+            grammar=grammar_of(body),
             **_controls(body),
         )
     except InvalidRequestError as exc:
@@ -252,7 +254,6 @@ _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "suffix": lambda v: v == "",
     "prompt_logprobs": lambda v: False,
     "functions": lambda v: v == [],
-    "response_format": lambda v: v == {"type": "text"},
 }
 
 
