@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefixkv.kernels import formats, kquants
-from prefixkv.kernels.formats import PackedWeight, concat, pack_f32, pack_gguf, unpack
+from prefixkv.kernels.formats import PackedWeight, concat, pack_gguf, unpack
+from tests.kernels.linear_checks import check_against_f32
 from tests.kernels.loaded import loaded
 
 GGUF_TYPES = {
@@ -85,22 +86,8 @@ def test_kernel_on_a_k_quant_is_the_f32_kernel_on_its_dequantized_weight(
     format: str, supers: int, out: int, counts: list[int], bias: bool, seed: int
 ) -> None:
     """Bit for bit, every row alone or in any batch; and near ``x @ W.T``."""
-    kernels, in_features = loaded(), supers * kquants.SUPER
     packed = random_packed(format, out, supers, seed)
-    dense = unpack(packed)
-    reference = pack_f32(dense)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(max(counts) + 20, in_features, generator=gen)
-    b = torch.randn(out, generator=gen) if bias else None
-    alone = torch.cat([kernels.linear(x[i : i + 1], packed, b) for i in range(len(x))])
-    assert torch.equal(alone, kernels.linear(x, reference, b))
-    assert torch.equal(alone, kernels.linear(x, packed, b))
-    for start, count in enumerate(counts):
-        rows = x[start : start + count]
-        assert torch.equal(kernels.linear(rows, packed, b), alone[start : start + count])
-    want = x.double() @ dense.double().T + (0 if b is None else b.double())
-    scale = (x.double().abs() @ dense.double().abs().T).max().item() + 1.0
-    torch.testing.assert_close(alone.double(), want, rtol=0, atol=1e-5 * scale)
+    check_against_f32(packed, counts, bias, seed)
 
 
 @pytest.mark.parametrize("format", GGUF_TYPES)
