@@ -161,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
 def _servers(args: argparse.Namespace, info: dict[str, Any]) -> int:
     """``--servers``: each server's one-client decode against its floor, in ``--out``."""
     from prefixkv.bench.decode_servers import run
+    from prefixkv.bench.results_page import command_of
 
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     rows = run(args.model, names, args.requests, args.max_tokens)
     record = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "servers": rows}
+    # recorded, so a results file under another name still says what made it
+    record["command"] = command_of("decode", record)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(f"results: {args.out}")

@@ -32,6 +32,7 @@ from typing import Any
 
 from prefixkv.bench import roofline, servers
 from prefixkv.bench.machine import describe, machine_info
+from prefixkv.bench.results_page import command_of
 from prefixkv.bench.serve_client import Phase, drive, warm_up
 from prefixkv.bench.serve_report import chart, comparison_line, comparisons, line, summarize
 from prefixkv.bench.workloads import Request, document_qa_workload
@@ -241,6 +242,8 @@ def write(
         for p in phases
     ]
     result = {**context, "summaries": summaries, "comparisons": compared, "replies": replies}
+    # recorded, so a results file under another name (--out) still says what made it
+    result = {"command": command_of("serve", result), **result}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     args.chart.parent.mkdir(parents=True, exist_ok=True)
