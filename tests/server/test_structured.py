@@ -181,8 +181,10 @@ def test_bad_specs_are_400s_naming_the_field(
     with pytest.raises(openai.BadRequestError) as caught:
         chat(client, **extra)
     assert caught.value.param == param
-    text, _ = chat(client, max_tokens=2)  # and the server goes on serving
-    assert text
+    # and the server goes on serving (sampled at temperature 1, two tokens of a random
+    # model may decode to no text: the answer's finish reason is what shows it was served)
+    _, reason = chat(client, max_tokens=2)
+    assert reason in ("length", "stop")
 
 
 def test_grammar_sequences_share_a_batch_with_free_ones(client: openai.OpenAI) -> None:
