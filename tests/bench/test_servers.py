@@ -194,3 +194,15 @@ def test_peak_rss_counts_the_processes_a_server_starts(tmp_path: Path) -> None:
         for pid in servers._descendants(proc.pid):
             subprocess.run(["kill", str(pid)], check=False)
         proc.wait(10)
+
+
+def test_plan_for_a_folder_reads_its_config_and_has_no_gguf(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({**SMOLLM2_CONFIG, "max_position_embeddings": 4096})
+    )
+    run = servers.plan_for(str(tmp_path), tmp_path, cache_bytes=1 << 30, block_size=16,
+                           max_queue=4, max_batch_tokens=None, slots=2, slot_tokens=1024)  # fmt: skip
+    assert run.gguf is None and run.context == 4096 and run.kv_bytes_per_token == 45 << 10
+    assert (run.slots, run.slot_tokens, run.model) == (2, 1024, str(tmp_path))

@@ -107,27 +107,6 @@ def report_line(row: dict[str, Any]) -> str:
     )
 
 
-def plan_for(model: str, folder: Path, max_tokens: int) -> servers.Plan:
-    """One client's plan: a 1 GiB cache, one llama-server slot."""
-    from prefixkv.engine.loader import resolve_model
-
-    source = resolve_model(model)
-    config = servers.read_config(folder)
-    return servers.Plan(
-        model=model,
-        folder=folder,
-        cache_bytes=1 << 30,
-        block_size=16,
-        kv_bytes_per_token=servers.kv_bytes_per_token(config),
-        max_queue=4,
-        max_batch_tokens=None,
-        gguf=None if source.is_dir() else source,
-        slots=1,
-        slot_tokens=2048 + max_tokens,
-        context=int(str(config.get("max_position_embeddings", 8192))),
-    )
-
-
 def run(model: str, names: list[str], count: int, max_tokens: int) -> list[dict[str, Any]]:
     """Every runnable server of ``names`` in turn (the others skipped, with their reason
     printed); returns their figures, each line printed as it comes."""
@@ -136,7 +115,9 @@ def run(model: str, names: list[str], count: int, max_tokens: int) -> list[dict[
     from prefixkv.bench.serve_load import weight_sizes
 
     folder = servers.model_folder(model)
-    plan = plan_for(model, folder, max_tokens)
+    # one client: a 1 GiB cache, one llama-server slot
+    plan = servers.plan_for(model, folder, cache_bytes=1 << 30, block_size=16, max_queue=4,
+                            max_batch_tokens=None, slots=1, slot_tokens=2048 + max_tokens)  # fmt: skip
     table = servers.settings_table(plan)
     unknown = sorted(set(names) - set(table))
     if unknown:

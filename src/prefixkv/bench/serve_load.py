@@ -166,22 +166,15 @@ def make_plan(
     args: argparse.Namespace, folder: Path, work: dict[int, list[Request]], longest: int
 ) -> servers.Plan:
     """What every setting shares; ``longest``: the longest prompt in tokens."""
-    from prefixkv.engine.loader import resolve_model
-
-    source = resolve_model(args.model)
-    config = servers.read_config(folder)
-    return servers.Plan(
-        model=args.model,
-        folder=folder,
+    return servers.plan_for(
+        args.model,
+        folder,
         cache_bytes=args.cache_bytes,
         block_size=args.block_size,
-        kv_bytes_per_token=servers.kv_bytes_per_token(servers.read_config(folder)),
         max_queue=max(len(r) for r in work.values()) + 1,
         max_batch_tokens=args.max_batch_tokens,
-        gguf=None if source.is_dir() else source,
         slots=max(args.clients),
         slot_tokens=-(-(longest + args.max_tokens + 16) // 256) * 256,
-        context=int(str(config.get("max_position_embeddings", 8192))),
     )
 
 

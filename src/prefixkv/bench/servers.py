@@ -244,6 +244,39 @@ def model_folder(spec: str) -> Path:
     return folder
 
 
+def plan_for(
+    model: str,
+    folder: Path,
+    *,
+    cache_bytes: int,
+    block_size: int,
+    max_queue: int,
+    max_batch_tokens: int | None,
+    slots: int,
+    slot_tokens: int,
+) -> Plan:
+    """The run's Plan for the model spec ``model`` served from ``folder``: its KV bytes per
+    token and context from the folder's config (read once), its GGUF file when the spec
+    names one."""
+    from prefixkv.engine.loader import resolve_model
+
+    source = resolve_model(model)
+    config = read_config(folder)
+    return Plan(
+        model=model,
+        folder=folder,
+        cache_bytes=cache_bytes,
+        block_size=block_size,
+        kv_bytes_per_token=kv_bytes_per_token(config),
+        max_queue=max_queue,
+        max_batch_tokens=max_batch_tokens,
+        gguf=None if source.is_dir() else source,
+        slots=slots,
+        slot_tokens=slot_tokens,
+        context=int(str(config.get("max_position_embeddings", 8192))),
+    )
+
+
 def read_config(folder: Path) -> dict[str, object]:
     config: dict[str, object] = json.loads((folder / "config.json").read_text())
     return config
