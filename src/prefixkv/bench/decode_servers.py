@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefixkv.bench import roofline, servers
-from prefixkv.bench.serve_client import Reply, ask, warm_up
+from prefixkv.bench.serve_client import Reply, api_client, ask, warm_up
 from prefixkv.bench.stats import percentile
 from prefixkv.bench.workloads import Request, document, rag_question
 
@@ -39,15 +39,7 @@ def requests(count: int) -> list[Request]:
 async def _one_at_a_time(
     server: servers.ServerProcess, work: list[Request], max_tokens: int
 ) -> list[Reply]:
-    import openai
-
-    async with openai.AsyncOpenAI(
-        base_url=server.url + "/v1",
-        api_key="none",
-        max_retries=0,
-        timeout=3600.0,
-        default_headers=server.headers,
-    ) as api:
+    async with api_client(server.url, server.headers) as api:
         return [await ask(api, server.model, request, max_tokens) for request in work]
 
 

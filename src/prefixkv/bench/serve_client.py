@@ -98,7 +98,7 @@ async def drive(
     Returns the replies in workload order and the wall time from the first request sent to
     the last reply received."""
     replies: dict[int, Reply] = {}
-    async with _client(url, headers) as api:
+    async with api_client(url, headers) as api:
 
         async def client(first: int) -> None:
             for i in range(first, len(workload), clients):
@@ -116,11 +116,13 @@ async def warm_up(
 ) -> None:
     """One request with the workload's sampling settings: transformers serve keeps the first
     request's settings for every later one, and first calls pay one-off costs."""
-    async with _client(url, headers) as api:
+    async with api_client(url, headers) as api:
         await ask(api, model, WARMUP, max_tokens)
 
 
-def _client(url: str, headers: Mapping[str, str] | None) -> openai.AsyncOpenAI:
+def api_client(url: str, headers: Mapping[str, str] | None) -> openai.AsyncOpenAI:
+    """The benchmarks' client of the server at ``url``: no retries, ``headers`` on every
+    request."""
     return openai.AsyncOpenAI(
         base_url=url + "/v1",
         api_key="none",
