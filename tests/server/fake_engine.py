@@ -69,6 +69,13 @@ class CharTokenizer:
                 pos += 1
         return ids
 
+    def decode(
+        self, ids: list[int], skip_special_tokens: bool, clean_up_tokenization_spaces: bool
+    ) -> str:
+        """The inverse of encoding for characters below code point 253 (and the markers)."""
+        names = {i: s for s, i in SPECIALS.items()}
+        return "".join(names.get(i) or chr(i - 3) for i in ids)
+
     def apply_chat_template(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool, tokenize: bool
     ) -> str:

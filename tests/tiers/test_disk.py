@@ -77,6 +77,9 @@ class DiskModel(RuleBasedStateMachine):
     def consistent(self) -> None:
         self.tier.check_invariants()
         assert self.tier.counters().blocks == len(self.model)
+        order = list(self.tier._files)
+        assert self.tier.holds(NAMES) == [n in self.model for n in NAMES]
+        assert list(self.tier._files) == order  # asking changes no recency
 
     def teardown(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -34,6 +34,9 @@ class Counting:
         time.sleep(self.delay)
         return self.inner.get_many(names)
 
+    def holds(self, names: Sequence[bytes]) -> list[bool]:
+        return self.inner.holds(names)
+
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         self.inner.put_many(records)
 

@@ -147,6 +147,8 @@ def test_missing_names_are_none(
     tier.put_many(pairs(blocks[1:3]))
     assert tier.get_many(names(blocks[:4])) == [None, blocks[1].record, blocks[2].record, None]
     assert tier.counters().reads == 2
+    assert tier.holds(names(blocks[:4])) == [False, True, True, False]  # reads nothing
+    assert tier.counters().reads == 2 and tier.holds([]) == []
 
 
 @pytest.mark.process

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from prefixkv.cache.explain import MISS_REASONS, Explanation, disabled
 from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, RamOnly
@@ -86,6 +87,21 @@ class NullCache(RamOnly, GeometryOwner):
 
     def reset_tenant(self, tenant: Hashable) -> int:
         return 0
+
+    def explain(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, window: int = 64
+    ) -> Explanation:
+        """Every prompt misses here, for one reason: ``disabled``."""
+        return disabled(as_token_bytes(tokens), self.block_size)
+
+    def miss_tokens(self) -> dict[str, int]:
+        """Every token looked up missed: ``disabled``."""
+        with self._counting:
+            return {reason: self._tokens if reason == "disabled" else 0 for reason in MISS_REASONS}
+
+    def tenant_miss_tokens(self, tenant: Hashable) -> dict[str, int]:
+        """Every tenant's (as ``tenant_stats``)."""
+        return self.miss_tokens()
 
     def tenant_stats(self, tenant: Hashable) -> CacheStats:
         """The counts of every tenant: a cache that keeps nothing tells nobody anything."""

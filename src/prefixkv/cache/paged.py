@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from prefixkv.cache.evictions import EvictionRing, LocalNamer
+from prefixkv.cache.explain import Explanation, MissCounts, classify, explain_in
 from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
 from prefixkv.cache.lease import Lease
 from prefixkv.cache.pool import BlockPool
@@ -66,7 +68,12 @@ class PrefixKVCache(RamOnly, GeometryOwner):
                 f"tokens takes {block_bytes} bytes for this layout"
             )
         self.pool = BlockPool(self.geometry, capacity_bytes // block_bytes, self.device)
-        self.tenants = Tenants(block_size, policy, self.pool.num_blocks, tenant_share)
+        # Recent evictions by block name, for explanations (see prefixkv.cache.explain).
+        self.evictions = EvictionRing(LocalNamer(block_size))
+        self.tenants = Tenants(
+            block_size, policy, self.pool.num_blocks, tenant_share, self.evictions
+        )
+        self._misses = MissCounts()
         self._lock = threading.Lock()
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
@@ -204,10 +211,14 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         Counts one lookup in ``stats()``, like :meth:`lookup`. Raises TypeError/ValueError
         on malformed tokens."""
         buf = as_token_bytes(tokens)
+        tenant = tenant_of(namespace)
         with self._lock:
-            index = self.tenants.index(tenant_of(namespace))
+            index = self.tenants.index(tenant)
             match = index.match(buf, namespace)
             index.pin(match)
+            if match.num_tokens < token_count(buf):
+                finding = classify(index, self.evictions, buf, namespace)
+                self._misses.add(tenant, finding.miss_tokens())
         return BlockTable(namespace, list(match.values), match.num_tokens, match.num_blocks, match)
 
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
@@ -223,7 +234,8 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             if shortfall > sum(i.evictable_blocks for _, i in self.tenants):
                 return False  # evicting would lose cached blocks for nothing
             if shortfall > 0:
-                self.pool.free(self.tenants.evict_any(shortfall))
+                with self.evictions.pressure("running", tenant_of(table.namespace)):
+                    self.pool.free(self.tenants.evict_any(shortfall))
             if self.pool.num_free < need:
                 return False
             blocks = self.pool.allocate(need)
@@ -298,6 +310,27 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             finally:
                 index.unpin(cached)
 
+    def explain(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, window: int = 64
+    ) -> Explanation:
+        """Why ``tokens`` would (not) hit now, and how far (see :mod:`prefixkv.cache.explain`):
+        records, pins and changes nothing. ``window``: tokens of the nearest cached
+        continuation to return. Also finds the deepest match under another tenant's
+        namespace (for the admin's eyes only) when the tenant's own cache has less."""
+        buf = as_token_bytes(tokens)
+        with self._lock:
+            return explain_in(self.tenants, self.evictions, buf, namespace, window)
+
+    def miss_tokens(self) -> dict[str, int]:
+        """Served prompt tokens that missed, by reason (every tenant)."""
+        with self._lock:
+            return self._misses.total()
+
+    def tenant_miss_tokens(self, tenant: Hashable) -> dict[str, int]:
+        """``tenant``'s served prompt tokens that missed, by reason."""
+        with self._lock:
+            return self._misses.tenant(tenant)
+
     def available_blocks(self) -> int:
         """Blocks a new sequence could get now: free plus evictable (unpinned) ones."""
         with self._lock:
@@ -310,7 +343,8 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             return []
         shortfall = count - self.pool.num_free
         if shortfall > 0:
-            self.pool.free(self.tenants.evict(shortfall, tenant))
+            with self.evictions.pressure("store", tenant):
+                self.pool.free(self.tenants.evict(shortfall, tenant))
         blocks = self.pool.allocate(count)
         if len(blocks) < count:
             self._dropped[tenant] = self._dropped.get(tenant, 0) + count - len(blocks)
@@ -325,14 +359,14 @@ class PrefixKVCache(RamOnly, GeometryOwner):
 
     def reset(self) -> int:
         """Evict every unpinned block (pinned ones stay until their leases end)."""
-        with self._lock:
+        with self._lock, self.evictions.pressure("reset", None):
             evicted = [v for _, index in self.tenants for v in index.evict(len(index))]
             self.pool.free(evicted)
             return len(evicted)
 
     def reset_tenant(self, tenant: Hashable) -> int:
         """Evict every unpinned block of ``tenant``'s namespaces; return how many."""
-        with self._lock:
+        with self._lock, self.evictions.pressure("reset", tenant):
             index = self.tenants.index(tenant)
             evicted = index.evict(len(index))
             self.pool.free(evicted)
@@ -372,6 +406,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
 
     def check_invariants(self) -> None:
         """Index invariants, then the conservation law free + used + reserved == total."""
+        self.evictions.check_invariants()
         with self._lock:
             in_use = []
             for _, index in self.tenants:

@@ -12,6 +12,7 @@ from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes
 
 if TYPE_CHECKING:
+    from prefixkv.cache.explain import Explanation
     from prefixkv.tiers.protocol import TierCounters
 
 
@@ -199,6 +200,23 @@ class BlockStore(Protocol):
 
     def tier_stats(self) -> list[TierStats]:
         """One record per tier below RAM, in order (none for a RAM-only cache)."""
+        ...
+
+    def explain(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, window: int = 64
+    ) -> Explanation:
+        """Why ``tokens`` would or would not hit now, in ``namespace`` (see
+        :mod:`prefixkv.cache.explain`), with up to ``window`` tokens of the nearest cached
+        continuation. Records, pins, promotes and changes nothing."""
+        ...
+
+    def miss_tokens(self) -> dict[str, int]:
+        """Prompt tokens of ``open``ed requests that missed, by reason (every reason of
+        ``MISS_REASONS``, zeros included), all tenants."""
+        ...
+
+    def tenant_miss_tokens(self, tenant: Hashable) -> dict[str, int]:
+        """The same, for ``tenant``'s namespaces."""
         ...
 
     def flush(self, timeout: float | None = None) -> bool:

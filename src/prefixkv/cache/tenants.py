@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, NamedTuple
 
+from prefixkv.index.evicted import EvictionObserver
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.index.records import IndexStats
 from prefixkv.index.tree import PrefixIndex
@@ -48,12 +49,15 @@ class Tenants:
         policy: EvictionPolicy | None,
         total_blocks: int,
         share: float | None = None,
+        on_evict: EvictionObserver | None = None,
     ) -> None:
+        """``on_evict``: given to every tenant's index (see :mod:`prefixkv.index.evicted`)."""
         if share is not None and not 0.0 < share <= 1.0:
             raise ValueError(f"a tenant share must be in (0, 1], got {share!r}")
         self.block_size = block_size
         self.policy = policy
         self.quota = None if share is None else math.floor(share * total_blocks)
+        self._on_evict = on_evict
         self._clock = itertools.count(1)  # shared: ticks are unique across all indexes
         self._indexes: dict[Hashable, PrefixIndex] = {}
 
@@ -61,7 +65,9 @@ class Tenants:
         """The tenant's index, created empty on first use."""
         found = self._indexes.get(tenant)
         if found is None:
-            found = PrefixIndex(self.block_size, policy=self.policy, clock=self._clock)
+            found = PrefixIndex(
+                self.block_size, policy=self.policy, clock=self._clock, on_evict=self._on_evict
+            )
             self._indexes[tenant] = found
         return found
 

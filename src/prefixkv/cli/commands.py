@@ -1,4 +1,4 @@
-"""The ``prefixkv`` command: ``serve``, ``chat`` and ``bench``.
+"""The ``prefixkv`` command: ``serve``, ``chat``, ``explain`` and ``bench``.
 
 Every option has an environment variable ``PREFIXKV_<OPTION>`` (dashes become underscores);
 an option given on the command line wins over its variable (see :mod:`prefixkv.cli.options`). Heavy imports (torch,
@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from prefixkv.cli.options import (
     Parser,
@@ -29,6 +30,7 @@ from prefixkv.extras import MissingExtraError, require
 
 BENCHES = {
     "index": ("prefixkv.bench.index_ops", "prefix index operations (lookup, insert, evict)"),
+    "classify": ("prefixkv.bench.classify", "what classifying a served miss adds per request"),
     "ttft": ("prefixkv.bench.ttft", "time to first token with and without the prefix cache"),
     "serve": ("prefixkv.bench.serve_load", "concurrent clients against the HTTP server"),
     "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
@@ -239,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(chat, "--max-tokens", "tokens per reply", type=positive_int, default="256")
     add_option(chat, "--temperature", "sampling temperature (0: greedy)", type=float, default="0")
     chat.set_defaults(run=_chat)
+    _explain_parser(commands)
     key = commands.add_parser("tier-key", help="write a new tier key file (mode 0600)")
     key.add_argument("file", help="the file to create (never overwritten)")
     key.set_defaults(run=write_tier_key)
@@ -246,6 +249,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=sorted(BENCHES), help=_bench_help())
     bench.set_defaults(run=lambda args: run_bench(args.name, []))
     return parser
+
+
+def _explain_parser(commands: Any) -> None:
+    explain = commands.add_parser(
+        "explain", help="ask a running server why a prompt would (not) hit its cache"
+    )
+    explain.add_argument("prompt", nargs="?", help="the prompt text (or use --messages)")
+    add_option(explain, "--messages", "a JSON file of chat messages (or a chat request body)")
+    add_option(explain, "--url", "the server", default="http://127.0.0.1:8000")
+    add_option(explain, "--api-key", "the caller's key (its tenant's cache)", secret=True)
+    add_option(explain, "--salt", "the request's cache_salt")
+    add_option(explain, "--json", "print the server's JSON answer", action="flag")
+    explain.set_defaults(run=_explain)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from prefixkv.cli.explain import explain_command
+
+    return explain_command(args)
 
 
 def _bench_help() -> str:

@@ -32,9 +32,11 @@ from typing import Any
 
 from prefixkv.index.check import check_index
 from prefixkv.index.descent import common_blocks, descend
+from prefixkv.index.evicted import EvictedRun, EvictionObserver
 from prefixkv.index.eviction_queue import EvictionQueue
 from prefixkv.index.node import Node, Region
 from prefixkv.index.policy import EvictionPolicy, LRUPolicy
+from prefixkv.index.probe import Probe, nearest_continuation
 from prefixkv.index.records import IndexStats, Match, MatchHandle, StaleMatchError
 from prefixkv.tokens import TOKEN_BYTES, TokenBytes, TokenReader
 
@@ -64,7 +66,10 @@ class PrefixIndex:
         policy: EvictionPolicy | None = None,
         child_key: ChildKey = _same_bytes,
         clock: Iterator[int] | None = None,
+        on_evict: EvictionObserver | None = None,
     ) -> None:
+        """``on_evict``: told of every run of blocks ``evict`` removes, with its tokens
+        (see :mod:`prefixkv.index.evicted`)."""
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = block_size
@@ -74,6 +79,7 @@ class PrefixIndex:
         self._hit_step = self._queue.policy.hit_step
         self._roots: dict[Hashable, Node] = {}
         self._lock = threading.Lock()
+        self._on_evict = on_evict
         # Ticks: one per operation, increasing. Indexes sharing a clock (one per tenant of a
         # cache) have comparable use records; ``_tick`` is this index's latest.
         self._clock = clock if clock is not None else itertools.count(1)
@@ -138,6 +144,70 @@ class PrefixIndex:
         reader = TokenReader(tokens, self.block_size)
         with self._lock:
             return self._find(reader, namespace)[0]
+
+    def probe(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, window: int = 0
+    ) -> Probe:
+        """Where ``tokens`` leave ``namespace``'s cached blocks: read-only like ``peek``,
+        plus the nearest cached continuation after the matched blocks and up to ``window``
+        of its tokens (at least a block's). See :mod:`prefixkv.index.probe` for the cost."""
+        reader = TokenReader(tokens, self.block_size)
+        with self._lock:
+            match, path, used = self._find(reader, namespace)
+            blocks, bb = match.num_blocks, self._block_token_bytes
+            query = reader.read_to((blocks + 1) * self.block_size)
+            labels = self._continuations(namespace, path, used, max(window * TOKEN_BYTES, bb))
+            shared, cached = nearest_continuation(labels, query[blocks * bb : (blocks + 1) * bb])
+            return Probe(blocks, blocks * self.block_size + shared, bool(labels), cached)
+
+    def _continuations(
+        self, namespace: Hashable, path: list[Node], used: int, size: int
+    ) -> list[bytes]:
+        """The first ``size`` bytes of each cached continuation after the matched blocks:
+        the rest of the path's last node, else each child of it (of the root when nothing
+        matched)."""
+        if path and used < len(path[-1].values):
+            start = used * self._block_token_bytes
+            return [bytes(path[-1].label[start : start + size])]
+        node = path[-1] if path else self._roots.get(namespace)
+        if node is None:
+            return []
+        return [bytes(child.label[:size]) for child in node.children.values()]
+
+    def deepest_elsewhere(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, enough: int = 0
+    ) -> Match | None:
+        """The longest match of ``tokens`` in any namespace of this index but
+        ``namespace`` (None when no other namespace caches its first block), or, given
+        ``enough``, the first one found of at least ``enough`` blocks. Read-only like
+        ``peek``. One dict lookup per other namespace (the query's first block is keyed
+        once), plus a descent in each that caches that block."""
+        reader = TokenReader(tokens, self.block_size)
+        bb = self._block_token_bytes
+        end = reader.num_tokens // self.block_size * bb
+        if not end:
+            return None
+        key = self._child_key(bytes(reader.view[:bb]))
+        best: tuple[int, list[Node], int, Hashable] | None = None
+        with self._lock:
+            for other, root in self._roots.items():
+                child = root.children.get(key)
+                if child is None or other == namespace:
+                    continue
+                path, used = descend(child, reader, end, bb, self._child_key)
+                blocks = path[-1].depth + used if path else 0
+                if blocks and (best is None or blocks > best[0]):
+                    best = (blocks, path, used, other)
+                    if enough and blocks >= enough:
+                        break
+            if best is None:
+                return None
+            return self._match_of(best[1], best[2], reader.view, best[3])
+
+    def namespaces(self) -> list[Hashable]:
+        """The namespaces holding at least one block. O(namespaces)."""
+        with self._lock:
+            return list(self._roots)
 
     def _find(self, reader: TokenReader, namespace: Hashable) -> tuple[Match, list[Node], int]:
         """The match for ``reader``'s full blocks, its path, and the blocks used in the path's
@@ -300,6 +370,8 @@ class PrefixIndex:
                     break
                 run_start = node.regions[-2].end if len(node.regions) > 1 else 0
                 keep = max(run_start, len(node.values) - (num_blocks - len(out)))
+                if self._on_evict is not None:
+                    self._on_evict.evicted(self._run_of(node, keep))
                 out.extend(node.truncate(keep, self._block_token_bytes))
                 if keep:
                     self._queue.update(node)
@@ -310,6 +382,18 @@ class PrefixIndex:
                 self._evicted_blocks += len(out)
                 self._epoch += 1
         return out
+
+    def _run_of(self, node: Node, keep: int) -> EvictedRun:
+        """The run ``evict`` removes from ``node`` (its blocks from ``keep``), with the
+        tokens of the whole path to it. O(path bytes)."""
+        labels = [node.label]
+        parent = node.parent
+        while parent is not None and parent.parent is not None:
+            labels.append(parent.label)
+            parent = parent.parent
+        assert parent is not None  # a namespace root: its key is the namespace
+        tokens = b"".join(reversed(labels))
+        return EvictedRun(parent.key, tokens, node.depth + keep, len(node.values) - keep)
 
     def next_eviction(self) -> tuple[int, ...] | None:
         """The policy priority of the block ``evict(1)`` would take now, or None when no

@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
 ``POST /detokenize`` (vLLM's), ``GET /v1/models``,
-``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``, ``GET /metrics``
+``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``,
+``POST /v1/cache/explain`` (:mod:`prefixkv.server.explaining`), ``GET /metrics``
 and ``GET /health`` (the only one open without an API key; ``/metrics`` too on a keyless
 server bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
 they would be unauthenticated endpoints.
@@ -24,8 +25,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole, Runner
-from prefixkv.server import tokenizing
-from prefixkv.server.auth import Authenticator, Caller, require_admin
+from prefixkv.server import explaining, tokenizing
+from prefixkv.server.auth import ANONYMOUS, Authenticator, Caller, require_admin, tenant_of
 from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
@@ -63,8 +64,14 @@ class ServerState:
         threads: int | None,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
+        keys = settings.api_keys + settings.admin_keys
+        tenants = [tenant_of(key) for key in keys] if keys else [ANONYMOUS]
         metrics = ServerMetrics(
-            engine.cache, steps, lambda: scheduler.pending, lambda: scheduler.backend.running
+            engine.cache,
+            steps,
+            lambda: scheduler.pending,
+            lambda: scheduler.backend.running,
+            tenants,
         )
         scheduler.on_finish = metrics.observe_job
         generation = Generation(engine, scheduler, settings)
@@ -187,18 +194,26 @@ async def model(model_id: str, request: Request, caller: CallerDep) -> dict[str,
 async def cache_stats(request: Request, caller: CallerDep) -> dict[str, Any]:
     """The admin sees the whole cache; a tenant sees its own namespaces only (and not the
     pool's free blocks, which would tell it how much the others hold)."""
-    cache = _state(request).engine.cache
+    state = _state(request)
+    cache = state.engine.cache
     if caller.admin:
         stats = cache.stats()
         return {
             **stats._asdict(),
             "hit_rate": stats.hit_rate,
+            "miss_tokens": cache.miss_tokens(),
             "scope": "all",
             "tiers": tier_records(cache),
         }
     stats = cache.tenant_stats(caller.tenant)
     own = {k: v for k, v in stats._asdict().items() if k not in _POOL_WIDE}
-    return {**own, "hit_rate": stats.hit_rate, "scope": "tenant"}
+    return {
+        **own,
+        "hit_rate": stats.hit_rate,
+        "miss_tokens": cache.tenant_miss_tokens(caller.tenant),
+        "time_to_first_token": state.metrics.tenants.ttft_summary(caller.tenant),
+        "scope": "tenant",
+    }
 
 
 _POOL_WIDE = frozenset({"free_blocks", "reserved_blocks"})
@@ -218,6 +233,13 @@ async def cache_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
         raise APIError.invalid('scope must be "tenant" or "all"', "scope")
     require_admin(caller, "a reset of the whole cache")
     return {"evicted_blocks": cache.reset(), "scope": scope}
+
+
+@router.post("/v1/cache/explain")
+async def cache_explain(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Why this chat or completions body would (not) hit the cache now; runs nothing."""
+    state = _state(request)
+    return await explaining.explain(request, caller, state.engine, state.generation, state.settings)
 
 
 @router.get("/metrics")

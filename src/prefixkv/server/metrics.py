@@ -17,7 +17,7 @@ by the runner's step callback (:mod:`prefixkv.server.steps`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefixkv.cache.protocol import BlockStore, CacheStats
 from prefixkv.server.scheduler import Job
+from prefixkv.server.service_levels import TenantLevels
 from prefixkv.server.steps import STEP_SECONDS, StepMetrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,6 +37,7 @@ ENDPOINTS = frozenset(
         "/v1/models",
         "/v1/cache/stats",
         "/v1/cache/reset",
+        "/v1/cache/explain",
         "/health",
         "/metrics",
     }
@@ -153,7 +155,10 @@ class ServerMetrics:
         steps: StepMetrics,
         queue_depth: Callable[[], int],
         running: Callable[[], int] = lambda: 0,
+        tenants: Sequence[str] = (),
     ) -> None:
+        """``tenants``: the configured tenants, labelled in per-tenant series (see
+        :mod:`prefixkv.server.service_levels`)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -198,10 +203,12 @@ class ServerMetrics:
         steps.register(r)
         r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
+        self.tenants = TenantLevels(cache, tenants, r)
 
     def observe_job(self, job: Job) -> None:
         """Record a finished generation (called on the worker thread)."""
         self.generations.labels(job.endpoint, job.outcome).inc()
+        self.tenants.observe_job(job)
         if job.slow_reader:
             self.slow_readers.inc()
         if job.first_output is not None:

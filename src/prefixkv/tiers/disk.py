@@ -169,6 +169,11 @@ class DiskTier:
             self._read_seconds += time.perf_counter() - start
         return data  # writable: decoding needs no copy; a wrong size fails verification
 
+    def holds(self, names: Sequence[bytes]) -> list[bool]:
+        """Whether each name is held, as far as this process knows (no file is opened)."""
+        with self._lock:
+            return [name in self._files for name in names]
+
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         for name, record in records:
             with self._lock:

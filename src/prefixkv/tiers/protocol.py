@@ -57,6 +57,12 @@ class Tier(Protocol):
         raises for a storage failure (counted in ``errors``)."""
         ...
 
+    def holds(self, names: Sequence[bytes]) -> list[bool]:
+        """Whether a record is stored under each of ``names`` (read nothing, change no
+        recency: for explanations). One batched operation where the store allows. Never
+        raises for a storage failure (answers False, counted in ``errors``)."""
+        ...
+
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         """Store ``(name, record)`` pairs, skipping names already held; may evict older
         records to stay under capacity. Never raises for a storage failure: the write is

@@ -196,6 +196,20 @@ class RedisTier:
             self._read_seconds += elapsed
         return [value if isinstance(value, bytes) else None for value in values]
 
+    def holds(self, names: Sequence[bytes]) -> list[bool]:
+        """Pipelined EXISTS (no record is read, no TTL or recency touched)."""
+        if not names:
+            return []
+
+        def exists() -> list[object]:
+            pipe = self._client.pipeline(transaction=False)
+            for name in names:
+                pipe.exists(self._key(name))
+            return list(pipe.execute())
+
+        found = self._call(exists)
+        return [bool(value) for value in found] if found is not None else [False] * len(names)
+
     def _put(self, records: dict[str, bytes]) -> list[tuple[int, object]]:
         """Pipelined EXISTS, then pipelined SET NX for the missing keys; ``(bytes, reply)``
         per SET. SET NX alone sends every payload even for held keys: 16 records of 737 KB on

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from prefixkv.cache.explain import Explanation, LowerTier
 from prefixkv.cache.layout import KVGeometry
 from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.cache.pool import BlockPool
@@ -40,9 +41,12 @@ from prefixkv.tiers.promote import Promoter
 from prefixkv.tiers.protocol import Tier
 from prefixkv.tiers.seal import seal_for
 from prefixkv.tiers.writer import Writer
-from prefixkv.tokens import TokenBytes, as_token_bytes
+from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
 
 log = logging.getLogger("prefixkv.tiers")
+
+EXPLAIN_TIER_BLOCKS = 256
+"""Names an explanation asks each tier about at most (one batched existence check)."""
 
 PROMOTE_DEADLINE = 0.5
 """Seconds a promotion may read tiers before it stops at the next batch boundary: well
@@ -87,6 +91,7 @@ class TieredCache:
             promote_deadline,
         )  # fmt: skip
         hot.write_through = self
+        hot.evictions.use_namer(self.namer)  # the ring's names are the tiers' record names
 
     # --- what is the RAM cache's --------------------------------------------------------
 
@@ -143,6 +148,33 @@ class TieredCache:
 
     def check_invariants(self) -> None:
         self.hot.check_invariants()
+
+    def miss_tokens(self) -> dict[str, int]:
+        return self.hot.miss_tokens()
+
+    def tenant_miss_tokens(self, tenant: Hashable) -> dict[str, int]:
+        return self.hot.tenant_miss_tokens(tenant)
+
+    def explain(
+        self, tokens: Sequence[int] | Any, namespace: Hashable = None, window: int = 64
+    ) -> Explanation:
+        """RAM's explanation; when RAM misses full blocks, also how many of them (from the
+        first, at most ``EXPLAIN_TIER_BLOCKS``) the first tier holding the first one has:
+        then the reason is ``lower_tier``. Asks the tiers whether they hold names, reads
+        and promotes nothing."""
+        buf = as_token_bytes(tokens)
+        ram = self.hot.explain(buf, namespace, window)
+        first = ram.finding.probe.matched_blocks
+        stop = min(token_count(buf) // self.block_size, first + EXPLAIN_TIER_BLOCKS)
+        if stop <= first or ram.finding.reason == "hit":
+            return ram
+        names = self.namer.names(buf, namespace, stop)[first:]
+        for tier in self.tiers:
+            held = tier.holds(names)
+            count = next((i for i, h in enumerate(held) if not h), len(held))
+            if count:
+                return ram._replace(lower_tier=LowerTier(tier.name, count))
+        return ram
 
     # --- reads: RAM first, then each tier -----------------------------------------------
 
