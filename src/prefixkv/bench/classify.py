@@ -64,13 +64,18 @@ def _setting(
     match = _time(lambda: index.match(buf, "own"), reps)
     added = _time(lambda: classify(index, ring, buf, "own"), reps)
     reason = classify(index, ring, buf, "own").reason
-    match_us = {"p50": percentile(match, 50), "p99": percentile(match, 99)}
-    classify_us = {"p50": percentile(added, 50), "p99": percentile(added, 99)}
+    row = {
+        "case": name,
+        "reason": reason,
+        "match_p50_us": round(percentile(match, 50), 2),
+        "classify_p50_us": round(percentile(added, 50), 2),
+        "classify_p99_us": round(percentile(added, 99), 2),
+    }
     print(
-        f"classify {name:<24} ({reason}): match p50 {match_us['p50']:7.1f} us, "
-        f"classify p50 {classify_us['p50']:7.1f} us p99 {classify_us['p99']:7.1f} us"
+        f"classify {name:<24} ({reason}): match p50 {row['match_p50_us']:7.1f} us, "
+        f"classify p50 {row['classify_p50_us']:7.1f} us p99 {row['classify_p99_us']:7.1f} us"
     )
-    return {"case": name, "reason": reason, "match_us": match_us, "classify_us": classify_us}
+    return row
 
 
 def _full_ring(namer: BlockNaming, rng: random.Random, buf: TokenBytes, block: int) -> EvictionRing:
@@ -132,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info))
     rows = run(args.tokens, args.reps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"machine": info, "tokens": args.tokens, "block": BLOCK, "rows": rows}
+    record = {
+        "machine": info,
+        "args": {"tokens": args.tokens, "reps": args.reps},
+        "block": BLOCK,
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(record, indent=2))
     print(f"# wrote {args.out}")
     return 0
