@@ -3,9 +3,10 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
 ``POST /detokenize`` (vLLM's), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``,
-``POST /v1/cache/explain`` (:mod:`prefixkv.server.explaining`), ``GET /metrics``
-and ``GET /health`` (the only one open without an API key; ``/metrics`` too on a keyless
-server bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
+``POST /v1/cache/explain`` (:mod:`prefixkv.server.explaining`), ``GET /metrics``,
+``GET /v1/dashboard`` and ``GET /health`` (the only one open without an API key, with the
+dashboard's page and files, which hold no figures; ``/metrics`` too on a keyless server
+bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
 they would be unauthenticated endpoints.
 
 The routes are module-level and find their server through ``request.app.state``, so several
@@ -14,6 +15,8 @@ apps (over different engines) can live in one process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,12 +28,13 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole, Runner
-from prefixkv.server import explaining, tokenizing
-from prefixkv.server.auth import ANONYMOUS, Authenticator, Caller, require_admin, tenant_of
+from prefixkv.server import dashboard, explaining, tokenizing
+from prefixkv.server.auth import Authenticator, Caller, require_admin
 from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
+from prefixkv.server.history import History, Sources
 from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
 from prefixkv.server.scheduler import Scheduler
@@ -52,6 +56,7 @@ class ServerState:
     metrics: ServerMetrics
     generation: Generation
     auth: Authenticator
+    history: History
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -64,19 +69,25 @@ class ServerState:
         threads: int | None,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
-        keys = settings.api_keys + settings.admin_keys
-        tenants = [tenant_of(key) for key in keys] if keys else [ANONYMOUS]
+        auth = Authenticator(settings.api_keys, settings.admin_keys)
         metrics = ServerMetrics(
             engine.cache,
             steps,
             lambda: scheduler.pending,
             lambda: scheduler.backend.running,
-            tenants,
+            list(auth.tenants),
         )
         scheduler.on_finish = metrics.observe_job
         generation = Generation(engine, scheduler, settings)
-        auth = Authenticator(settings.api_keys, settings.admin_keys)
-        return cls(engine, settings, scheduler, metrics, generation, auth)
+        sources = Sources(
+            engine.cache,
+            steps,
+            metrics.recent_ttft,
+            running=lambda: scheduler.backend.running,
+            waiting=lambda: scheduler.pending,
+            tenants=auth.tenants,
+        )
+        return cls(engine, settings, scheduler, metrics, generation, auth, History(sources))
 
     def model_card(self) -> dict[str, Any]:
         return {
@@ -129,8 +140,12 @@ def begin_shutdown(app: FastAPI, grace_seconds: float) -> None:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServerState = app.state.prefixkv
     state.scheduler.start()
+    sampler = asyncio.create_task(state.history.run(state.settings.sample_seconds))
     log.info("serving %s (cache: %s)", state.settings.model, type(state.engine.cache).__name__)
     yield
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
     state.scheduler.stop()
     state.generation.close()
 
@@ -249,3 +264,24 @@ async def prometheus(request: Request) -> Response:
     if not state.settings.public_metrics:
         require_admin(state.auth(request), "/metrics (whole-cache and all-tenant figures)")
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+@router.get("/dashboard")
+async def dashboard_page() -> Response:
+    return dashboard.asset("index.html")
+
+
+@router.get("/dashboard/{name}")
+async def dashboard_file(name: str) -> Response:
+    return dashboard.asset(name)
+
+
+@router.get("/v1/dashboard")
+async def dashboard_data(request: Request, caller: CallerDep, since: float = 0.0) -> dict[str, Any]:
+    """The dashboard's points after Unix time ``since``: the whole server for the admin (or
+    anyone where ``/metrics`` is public), the caller's own cache figures otherwise."""
+    state = _state(request)
+    interval = state.settings.sample_seconds
+    if caller.admin or state.settings.public_metrics:
+        return dashboard.whole_view(state.history, state.engine.cache, interval, since)
+    return dashboard.tenant_view(state.history, state.engine.cache, interval, caller.tenant, since)

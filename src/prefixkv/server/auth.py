@@ -69,6 +69,13 @@ class Authenticator:
             raise APIError(401, "incorrect API key provided", code="invalid_api_key")
         return caller
 
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        """Every tenant a caller can be: one per configured key, or the anonymous one."""
+        if not self._keys:
+            return (ANONYMOUS,)
+        return tuple(dict.fromkeys(caller.tenant for _, caller in self._keys))
+
     def caller(self, token: str) -> Caller | None:
         """The caller whose key is ``token``, comparing against every key in constant time."""
         given = token.encode()

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefixkv.cache.protocol import BlockStore, CacheStats
+from prefixkv.server.latency import LatencyWindow
 from prefixkv.server.scheduler import Job
 from prefixkv.server.service_levels import TenantLevels
 from prefixkv.server.steps import STEP_SECONDS, StepMetrics
@@ -40,6 +41,8 @@ ENDPOINTS = frozenset(
         "/v1/cache/explain",
         "/health",
         "/metrics",
+        "/dashboard",
+        "/v1/dashboard",
     }
 )
 # Seconds; CPU inference spans milliseconds (tiny models, cache hits) to minutes.
@@ -200,6 +203,8 @@ class ServerMetrics:
             "Requests cancelled because their client stopped reading",
             registry=r,
         )
+        self.recent_ttft = LatencyWindow()
+        """The last minute's TTFTs, for live quantiles (the dashboard)."""
         steps.register(r)
         r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
@@ -213,6 +218,7 @@ class ServerMetrics:
             self.slow_readers.inc()
         if job.first_output is not None:
             self.ttft.observe(job.first_output - job.arrived)
+            self.recent_ttft.add(job.first_output - job.arrived)
         done = job.completion
         if done is None or job.outcome != "completed":
             return

@@ -32,6 +32,8 @@ class ServerSettings:
     max_queue: int = 1024
     max_cache_salt_chars: int = 256
     public_metrics: bool = False
+    sample_seconds: float = 1.0
+    """How often the dashboard's history reads the server's figures."""
 
     def __post_init__(self) -> None:
         if not self.model_names or not all(self.model_names):
@@ -45,6 +47,8 @@ class ServerSettings:
             raise ValueError(
                 "public_metrics is for a server without keys: with keys, /metrics needs the admin key"
             )
+        if not self.sample_seconds > 0:
+            raise ValueError(f"sample_seconds must be > 0, got {self.sample_seconds}")
         for name in ("max_body_bytes", "default_max_tokens", "max_tokens_limit", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -4,7 +4,8 @@ registered in the server's registry by :class:`~prefixkv.server.metrics.ServerMe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -13,6 +14,16 @@ if TYPE_CHECKING:
 
 # Seconds; CPU steps span milliseconds (tiny models, decode) to minutes (long prefills).
 STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class StepTotals(NamedTuple):
+    """Running sums over every step so far (what the dashboard's rates are differences of)."""
+
+    steps: int
+    sequences: int
+    tokens: int
+    seconds: float
+    sampled: int
 
 
 class StepMetrics:
@@ -49,6 +60,8 @@ class StepMetrics:
             "Running requests preempted for lack of KV blocks (they resume later)",
             registry=None,
         )
+        self._lock = threading.Lock()
+        self._totals = StepTotals(0, 0, 0, 0.0, 0)
 
     def observe(self, report: StepReport) -> None:
         """Record one step (the runner's ``on_step``)."""
@@ -58,6 +71,20 @@ class StepMetrics:
         self.sampled.inc(report.sampled)
         if report.preempted:
             self.preemptions.inc(report.preempted)
+        with self._lock:
+            t = self._totals
+            self._totals = StepTotals(
+                t.steps + 1,
+                t.sequences + report.sequences,
+                t.tokens + report.tokens,
+                t.seconds + report.seconds,
+                t.sampled + report.sampled,
+            )
+
+    def totals(self) -> StepTotals:
+        """The sums over every step observed so far (any thread)."""
+        with self._lock:
+            return self._totals
 
     def register(self, registry: CollectorRegistry) -> None:
         """Export every series through ``registry``. ValueError if it has them already."""
