@@ -210,3 +210,26 @@ def test_a_conversation_keeps_one_use_record_under_lru(policy: type, records: in
     (node,) = index._roots[None].children.values()
     assert len(node.values) == 64
     assert len(node.regions) == records
+
+
+def test_discard_removes_a_block_on_and_everything_extending_it() -> None:
+    from prefixkv.index import PinnedBlocksError
+
+    index = PrefixIndex(2)
+    index.insert([1, 2, 3, 4, 5, 6], ["a", "b", "c"])
+    index.insert([1, 2, 3, 4, 7, 8], ["a", "b", "d"])
+    index.insert([1, 2, 9, 9], ["a", "e"])
+    held = index.match([1, 2, 9, 9])
+    index.pin(held)
+    with pytest.raises(PinnedBlocksError):
+        index.discard([1, 2, 9, 9], 0)  # block 0 is on the pinned path
+    assert len(index) == 5
+    assert sorted(index.discard([1, 2, 3, 4, 5, 6], 1)) == ["b", "c", "d"]
+    index.check_invariants()
+    assert index.peek([1, 2, 3, 4, 5, 6]).values == ("a",)
+    assert index.peek([1, 2, 9, 9]).values == ("a", "e")
+    assert index.discard([1, 2, 3, 4], 1) == []  # not indexed any more
+    index.unpin(held)
+    assert sorted(index.discard([1, 2], 0)) == ["a", "e"]
+    index.check_invariants()
+    assert len(index) == 0 and index.num_nodes == 0

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prefixkv import LFUPolicy, LRUPolicy, PrefixIndex, StaleMatchError
+from prefixkv.index import PinnedBlocksError
 from prefixkv.index.reference import ReferenceIndex
 
 BLOCK = 2
@@ -88,6 +89,18 @@ class IndexVsReference(RuleBasedStateMachine):
                 outcomes.append("unpinned")
             except ValueError:
                 outcomes.append("not pinned")
+        assert outcomes[0] == outcomes[1]
+
+    @precondition(lambda self: self.inserted)
+    @rule(data=st.data(), first=st.integers(0, 7))
+    def discard(self, data: st.DataObject, first: int) -> None:
+        tokens, ns = data.draw(st.sampled_from(self.inserted))
+        outcomes = []
+        for index in (self.index, self.ref):
+            try:
+                outcomes.append(sorted(index.discard(tokens, first, ns)))
+            except PinnedBlocksError:
+                outcomes.append(["pinned"])
         assert outcomes[0] == outcomes[1]
 
     @rule(count=st.integers(0, 6))

@@ -34,7 +34,7 @@ from prefixkv.cache.tenants import tenant_of
 from prefixkv.index.evicted import EvictedRun
 from prefixkv.tokens import TOKEN_BYTES
 
-Pressure = Literal["store", "running", "reset"]
+Pressure = Literal["store", "running", "reset", "canary"]
 DEFAULT_CAPACITY = 16384
 """Records kept: a few MB, minutes of eviction history on a busy server."""
 
@@ -74,6 +74,8 @@ class EvictionRecord(NamedTuple):
     at: float
     """``time.time()`` when it was evicted."""
     pressure: Pressure
+    """Why: a store, a running sequence or a reset needed the room, or the exactness canary
+    found the block bad."""
     own_tenant: bool
     """The request that needed the room was of the block's own tenant (False: another
     tenant's, or a whole-cache reset)."""

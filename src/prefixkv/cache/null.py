@@ -50,6 +50,16 @@ class NullCache(RamOnly, GeometryOwner):
             self._tokens += count
         return BlockTable(namespace, [], 0, 0, None)
 
+    def hold(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """An empty table, counting nothing."""
+        as_token_bytes(tokens)
+        return BlockTable(namespace, [], 0, 0, None)
+
+    def discard(
+        self, tokens: Sequence[int] | Any, first_block: int, namespace: Hashable = None
+    ) -> int:
+        return 0
+
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
         need = self.geometry.blocks_for(num_tokens) - len(table.blocks)
         if need <= 0:

@@ -221,6 +221,26 @@ class PrefixKVCache(RamOnly, GeometryOwner):
                 self._misses.add(tenant, finding.miss_tokens())
         return BlockTable(namespace, list(match.values), match.num_tokens, match.num_blocks, match)
 
+    def hold(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """See :meth:`BlockStore.hold`: :meth:`open` without counting or using anything."""
+        buf = as_token_bytes(tokens)
+        with self._lock:
+            index = self.tenants.index(tenant_of(namespace))
+            match = index.peek(buf, namespace)
+            index.pin(match)
+        return BlockTable(namespace, list(match.values), match.num_tokens, match.num_blocks, match)
+
+    def discard(
+        self, tokens: Sequence[int] | Any, first_block: int, namespace: Hashable = None
+    ) -> int:
+        """See :meth:`BlockStore.discard`."""
+        buf = as_token_bytes(tokens)
+        tenant = tenant_of(namespace)
+        with self._lock, self.evictions.pressure("canary", tenant):
+            blocks = self.tenants.index(tenant).discard(buf, first_block, namespace)
+            self.pool.free(blocks)
+        return len(blocks)
+
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
         """Give ``table`` room for ``num_tokens`` tokens in all, evicting unpinned cached
         blocks if needed (any tenant's: shares bound what stores may evict, not the KV of

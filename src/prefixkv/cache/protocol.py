@@ -146,6 +146,22 @@ class BlockStore(Protocol):
         Counts one lookup. Raises TypeError/ValueError on malformed tokens."""
         ...
 
+    def hold(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        """A table over the cached prefix of ``tokens`` (pinned until ``close``), like
+        ``open`` but for work that is not a request (the exactness canary): counts no
+        lookup, records no use, reads no lower tier. Empty ``tokens``: an empty table, for
+        private blocks (``grow``) that are never indexed."""
+        ...
+
+    def discard(
+        self, tokens: Sequence[int] | Any, first_block: int, namespace: Hashable = None
+    ) -> int:
+        """Stop serving block ``first_block`` of the cached prefix of ``tokens`` and every
+        block after or below it (found bad): unindex and free them in RAM; return how many.
+        Lower tiers keep their own copies (verified on load). Raises PinnedBlocksError,
+        changing nothing, while a running sequence holds any of them."""
+        ...
+
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
         """Room for ``num_tokens`` tokens in all, for a running sequence's KV (evicting any
         tenant's unpinned blocks), or False and nothing allocated."""

@@ -22,6 +22,7 @@ from prefixkv.cli.options import (
     parse_bytes,
     positive_float,
     positive_int,
+    rate_fraction,
     share_fraction,
 )
 from prefixkv.cli.serving import serve_command
@@ -146,6 +147,15 @@ def _batch_options(p: argparse.ArgumentParser) -> None:
         "where it builds)",
         type=one_of(["auto", "native", "torch"]),
         default="auto",
+    )
+    add_option(
+        p,
+        "--canary-rate",
+        "the exactness canary: the fraction of requests served from the cache whose cached "
+        "prefix is recomputed without it when the runner has spare room, and compared bit "
+        "for bit (0: off)",
+        type=rate_fraction,
+        default="0.01",
     )
     add_option(
         p,

@@ -52,6 +52,13 @@ def share_fraction(text: str) -> float:
     return value
 
 
+def rate_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
 _HELP = ("-h", "--help")
 
 

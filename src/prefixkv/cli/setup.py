@@ -121,6 +121,7 @@ def engine_settings(
         attention_kernel=args.attention_kernel if batching else "auto",
         limits=_limits(args) if batching else BatchLimits(),
         threads=threads,
+        canary_rate=getattr(args, "canary_rate", 0.0) if batching else 0.0,
     )
 
 

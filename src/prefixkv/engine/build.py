@@ -12,10 +12,11 @@ Nothing is built twice or thrown away: ``prefixkv serve``/``chat`` and
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,8 +44,10 @@ from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
 from prefixkv.models.family import text_config
 from prefixkv.threads import current_threads
+from prefixkv.tokens import TokenBytes
 
 if TYPE_CHECKING:
+    from prefixkv.engine.batch.canary import Canary
     from prefixkv.tiers.key import TierKey
 
 log = logging.getLogger("prefixkv.engine")
@@ -92,6 +95,9 @@ class EngineSettings:
     attention_kernel: str = "auto"
     limits: BatchLimits = field(default=DEFAULT_LIMITS)
     threads: int | None = None
+    canary_rate: float = 0.0
+    """The batch runner's exactness canary (see :mod:`prefixkv.engine.batch.canary`): the
+    fraction of cache-served requests whose prefix is recomputed and compared; 0: none."""
 
 
 @dataclass(frozen=True)
@@ -137,8 +143,34 @@ def assemble(
     from prefixkv.engine.batch.runner import BatchRunner
 
     kernel = attention.removeprefix("batch:")  # resolved already: no second probe of "auto"
-    runner = BatchRunner(engine, settings.limits, on_step, attention_kernel=kernel)
+    canary = make_canary(settings, model, geometry, attention, threads)
+    runner = BatchRunner(engine, settings.limits, on_step, attention_kernel=kernel, canary=canary)
     return Built(engine, runner, geometry, attention)
+
+
+def make_canary(
+    settings: EngineSettings, model: Any, geometry: KVGeometry, attention: str, threads: int
+) -> Canary:
+    """The exactness canary ``settings.canary_rate`` asks for. Its log names blocks as the
+    tiers do (the model's fingerprint is computed at the first mismatch, not before)."""
+    from prefixkv.engine.batch.canary import NO_CANARY, SampledCanary
+
+    if settings.canary_rate == 0.0:
+        return NO_CANARY
+
+    @functools.cache
+    def namer() -> Any:
+        from prefixkv.engine.fingerprint import arithmetic, model_fingerprint
+        from prefixkv.tiers.naming import BlockNamer
+
+        computed = arithmetic(model, attention, threads)
+        fingerprint = model_fingerprint(model, geometry.layout, computed)
+        return BlockNamer(fingerprint, geometry.block_size)
+
+    def names(tokens: TokenBytes, namespace: Hashable, count: int) -> list[str]:
+        return [name.hex() for name in namer().names(tokens, namespace, count)]
+
+    return SampledCanary(settings.canary_rate, names)
 
 
 def load_kernels(settings: EngineSettings) -> LoadedModel:

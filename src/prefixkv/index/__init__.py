@@ -17,7 +17,7 @@ from prefixkv.index.policy import (
     LRUPolicy,
     policy_by_name,
 )
-from prefixkv.index.records import IndexStats, Match, StaleMatchError
+from prefixkv.index.records import IndexStats, Match, PinnedBlocksError, StaleMatchError
 from prefixkv.index.tree import PrefixIndex
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "LFUPolicy",
     "LRUPolicy",
     "Match",
+    "PinnedBlocksError",
     "PrefixIndex",
     "StaleMatchError",
     "policy_by_name",

@@ -14,6 +14,10 @@ class StaleMatchError(RuntimeError):
     """``pin(match)`` after some of the match's blocks were evicted since ``match``."""
 
 
+class PinnedBlocksError(RuntimeError):
+    """``discard`` of blocks a running sequence has pinned (nothing was removed)."""
+
+
 class MatchHandle(NamedTuple):
     """Where a match ended, for ``pin``; opaque to users."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefixkv.index.policy import BlockAccess, EvictionPolicy, LRUPolicy
-from prefixkv.index.records import StaleMatchError
+from prefixkv.index.records import PinnedBlocksError, StaleMatchError
 from prefixkv.tokens import TOKEN_BYTES, as_token_bytes
 
 # An entry's key: (namespace, parent entry serial or None for the first block, block bytes).
@@ -127,6 +127,24 @@ class ReferenceIndex:
                 self._by_serial[parent_serial].children -= 1
             out.append(victim.value)
         return out
+
+    def discard(self, tokens: Any, first_block: int, namespace: Hashable = None) -> list[Any]:
+        path = self._walk(namespace, self._blocks(tokens))
+        if len(path) <= first_block:
+            return []
+        doomed = {path[first_block].serial}
+        for entry in sorted(self._entries.values(), key=lambda e: e.serial):  # parents first
+            if entry.key[1] in doomed:
+                doomed.add(entry.serial)
+        victims = [self._by_serial[serial] for serial in doomed]
+        if any(e.pins for e in victims):
+            raise PinnedBlocksError(f"block {first_block} of this prefix is pinned")
+        for entry in victims:
+            del self._entries[entry.key]
+            del self._by_serial[entry.serial]
+        if first_block:
+            path[first_block - 1].children -= 1
+        return [e.value for e in victims]
 
     def __len__(self) -> int:
         return len(self._entries)

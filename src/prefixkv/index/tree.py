@@ -37,7 +37,13 @@ from prefixkv.index.eviction_queue import EvictionQueue
 from prefixkv.index.node import Node, Region
 from prefixkv.index.policy import EvictionPolicy, LRUPolicy
 from prefixkv.index.probe import Probe, nearest_continuation
-from prefixkv.index.records import IndexStats, Match, MatchHandle, StaleMatchError
+from prefixkv.index.records import (
+    IndexStats,
+    Match,
+    MatchHandle,
+    PinnedBlocksError,
+    StaleMatchError,
+)
 from prefixkv.tokens import TOKEN_BYTES, TokenBytes, TokenReader
 
 ChildKey = Callable[[bytes], Hashable]
@@ -394,6 +400,52 @@ class PrefixIndex:
         assert parent is not None  # a namespace root: its key is the namespace
         tokens = b"".join(reversed(labels))
         return EvictedRun(parent.key, tokens, node.depth + keep, len(node.values) - keep)
+
+    def discard(
+        self, tokens: Sequence[int] | Any, first_block: int, namespace: Hashable = None
+    ) -> list[Any]:
+        """Remove block ``first_block`` of the indexed prefix of ``tokens`` in ``namespace``,
+        every later block of that prefix and every block extending them (a subtree: no
+        block stays cached without its parent); return their values, any order. Blocks
+        before ``first_block`` stay. For blocks known bad (the exactness canary): unlike
+        ``evict``, it picks what to remove, not the policy. Returns [] when fewer blocks are
+        indexed. Raises PinnedBlocksError, removing nothing, when any of them is pinned (a
+        running sequence reads them: try again once it closes). O(ids read + blocks removed).
+        """
+        if not isinstance(first_block, int) or first_block < 0:
+            raise ValueError(f"first_block must be a non-negative integer, got {first_block!r}")
+        reader = TokenReader(tokens, self.block_size)
+        with self._lock:
+            match, path, _ = self._find(reader, namespace)
+            if match.num_blocks <= first_block:
+                return []
+            node = next(n for n in path if n.depth + len(n.values) > first_block)
+            if node.pin_count:
+                raise PinnedBlocksError(f"block {first_block} of this prefix is pinned")
+            if first_block > node.depth:  # keep the good head; the node object keeps the tail
+                self._split(node, first_block - node.depth)
+            removed = self._cut(node)
+            self._num_blocks -= len(removed)
+            self._evicted_blocks += len(removed)
+            self._epoch += 1
+            return removed
+
+    def _cut(self, top: Node) -> list[Any]:
+        """Unlink ``top`` (unpinned) and its whole subtree; return their values."""
+        out: list[Any] = []
+        stack = [top]
+        while stack:
+            node = stack.pop()
+            if self._on_evict is not None:  # (its path is still linked: name it first)
+                self._on_evict.evicted(self._run_of(node, 0))
+            out.extend(node.values)
+            stack.extend(node.children.values())
+            self._queue.discard(node)
+            if node is not top:
+                node.parent, node.attached = None, False
+                self._num_nodes -= 1
+        self._remove(top)
+        return out
 
     def next_eviction(self) -> tuple[int, ...] | None:
         """The policy priority of the block ``evict(1)`` would take now, or None when no

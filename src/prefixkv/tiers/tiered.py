@@ -183,6 +183,14 @@ class TieredCache:
         self.promote(buf, namespace)
         return self.hot.open(buf, namespace)
 
+    def hold(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> BlockTable:
+        return self.hot.hold(tokens, namespace)
+
+    def discard(
+        self, tokens: Sequence[int] | Any, first_block: int, namespace: Hashable = None
+    ) -> int:
+        return self.hot.discard(tokens, first_block, namespace)
+
     def promote(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> dict[str, int]:
         """Put the blocks of ``tokens`` that follow RAM's cached prefix back into RAM from
         the lower tiers, as far as they hold them, RAM has room and the deadline allows;

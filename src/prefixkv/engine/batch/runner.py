@@ -26,9 +26,15 @@ import torch
 
 from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch import attention, kernels
+from prefixkv.engine.batch.canary import NO_CANARY, Canary
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
-from prefixkv.engine.batch.sequence import RequestCancelled, Sequence, Sink
+from prefixkv.engine.batch.sequence import (
+    UNINDEXED,
+    RequestCancelled,
+    Sequence,
+    Sink,
+)
 from prefixkv.engine.linear import padding_of
 from prefixkv.engine.request import Completion, InvalidRequestError, Request
 from prefixkv.engine.role import wait_until
@@ -41,6 +47,10 @@ log = logging.getLogger("prefixkv.engine")
 
 __all__ = ["BatchLimits", "BatchRunner", "StepReport"]
 
+IDLE_WAIT = 0.05
+"""Seconds the runner sleeps after a step with nothing to feed while a canary check waits
+for room (a new request wakes it at once)."""
+
 
 class BatchRunner:
     """Serves Requests from many callers together on one engine's model and block store."""
@@ -51,9 +61,11 @@ class BatchRunner:
         limits: BatchLimits = DEFAULT_LIMITS,
         on_step: Callable[[StepReport], None] = lambda report: None,
         attention_kernel: str = "auto",
+        canary: Canary = NO_CANARY,
     ) -> None:
         """``attention_kernel``: what attends decoding sequences (see :mod:`.kernels`; ValueError
-        for an unknown name, NativeUnavailable for ``native`` where it cannot run)."""
+        for an unknown name, NativeUnavailable for ``native`` where it cannot run).
+        ``canary``: which served prefixes to recompute and compare (see :mod:`.canary`)."""
         store: BlockStore = engine.cache
         if getattr(store, "pool", None) is None:
             raise TypeError(
@@ -63,6 +75,7 @@ class BatchRunner:
         with engine.model_lock:  # the probe switches the model's attention for a moment
             attention.check_supported(engine.model)
         self.engine, self.store, self.limits, self.on_step = engine, store, limits, on_step
+        self.canary = canary
         self._padded = padding_of(engine.model)  # rows the linear layers compute per step
         layout = engine.layout
         self.attention_kernel = kernels.attention_kernel(
@@ -167,16 +180,20 @@ class BatchRunner:
         compute_on(threads)
         while True:
             with self._cond:
-                while not self._running and not self._waiting and self._accepting:
+                while not (self._running or self._waiting or self.canary.busy) and self._accepting:
                     self._cond.wait()
                 if not self._accepting and not self._running and not self._waiting:
                     return
             try:
-                self.step()
+                idle = self.step() is None
             except Exception as exc:  # the model failed: fail the step's sequences, go on
                 log.exception("batch step failed")
                 for seq in list(self._running):
                     self._end(seq, "failed", exc)
+                continue
+            if idle:  # only a canary check is left, waiting for room: do not spin
+                with self._cond:
+                    self._cond.wait(IDLE_WAIT)
 
     @property
     def block_size(self) -> int:
@@ -185,7 +202,9 @@ class BatchRunner:
     def step(self) -> StepReport | None:
         """One step: drop cancelled sequences, admit, feed, sample. None when idle."""
         self._drop_cancelled()
+        self.canary.tend(self.store)  # before admissions pin the blocks it drops again
         self._admit()
+        self._admit_check()
         planned = plan_step(self._running, self.limits.max_batch_tokens, self._padded)
         feeds, preempted = self._allocate(planned)
         note_held(self._running, feeds)
@@ -237,11 +256,26 @@ class BatchRunner:
             with self._cond:
                 self._waiting.extendleft(reversed(deferred))
 
+    def _admit_check(self) -> None:
+        """Admit the canary's next check when there is spare room: nothing waits and a
+        running slot is free (the canary itself waits for free pool blocks)."""
+        if self._waiting or len(self._running) >= self.limits.max_running:
+            return
+        job = self.canary.next_check(self.store)
+        if job is None:
+            return
+        seq = Sequence.create(job.request, job.sink, self.engine.tokenizer, self.engine.eos_ids)
+        seq.caching = UNINDEXED
+        if self._start(seq):
+            job.sink.fresh = seq.table
+        else:
+            seq.sink.finish("skipped")
+
     def _start(self, seq: Sequence) -> bool:
         """Open ``seq``'s table with room for its known tokens; False (nothing held) when
         the pool cannot give that room while others run. A failure ends ``seq``."""
         try:
-            table = self.store.open(seq.lookup_bytes(), seq.request.namespace)
+            table = seq.caching.open(self.store, seq)
             if not self.store.grow(table, len(seq.tokens)) and self._running:
                 self.store.close(table)
                 return False
@@ -253,6 +287,7 @@ class BatchRunner:
         if seq.cached_tokens < 0:
             seq.cached_tokens = table.cached_tokens
         self._running.append(seq)
+        seq.caching.started(self.store, seq, self.canary)
         return True
 
     def _in_flight(self, seq: Sequence) -> bool:
@@ -298,7 +333,7 @@ class BatchRunner:
 
     def _preempt(self, seq: Sequence) -> None:
         assert seq.table is not None
-        self.store.commit(seq.table, seq.fed_bytes())
+        seq.caching.commit(self.store, seq)
         self.store.close(seq.table)
         seq.table, seq.computed = None, 0
         self._running.remove(seq)
@@ -338,9 +373,7 @@ class BatchRunner:
         for seq, count in feeds:
             sample = count == seq.pending
             seq.computed += count
-            assert seq.table is not None
-            if seq.computed // self.block_size > seq.table.indexed:
-                self.store.commit(seq.table, seq.fed_bytes())
+            seq.caching.commit(self.store, seq)
             if not sample:
                 continue
             seq.accept(logits[row])

@@ -12,17 +12,72 @@ from __future__ import annotations
 import array
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from prefixkv.cache.protocol import BlockStore
 from prefixkv.cache.table import BlockTable
 from prefixkv.engine.decoding import Decoding
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import Outcome, RequestCancelled, Sink
 from prefixkv.tokens import TokenBytes
 
+if TYPE_CHECKING:
+    from prefixkv.engine.batch.canary import Canary
+
 __all__ = ["Outcome", "RequestCancelled", "Sequence", "Sink"]
+
+
+class Caching(Protocol):
+    """How a sequence uses the store: open its table, then index what it fills."""
+
+    def open(self, store: BlockStore, seq: Sequence) -> BlockTable:
+        """The table to start (or resume) ``seq`` on."""
+        ...
+
+    def commit(self, store: BlockStore, seq: Sequence) -> None:
+        """Index the full blocks ``seq`` has computed, if this caching indexes."""
+        ...
+
+    def started(self, store: BlockStore, seq: Sequence, canary: Canary) -> None:
+        """``seq`` was admitted on its table: tell the exactness canary if it should know."""
+        ...
+
+
+class Indexed:
+    """A request's caching: starts from the longest cached prefix, indexes every block it
+    fills (what every request does)."""
+
+    def open(self, store: BlockStore, seq: Sequence) -> BlockTable:
+        return store.open(seq.lookup_bytes(), seq.request.namespace)
+
+    def commit(self, store: BlockStore, seq: Sequence) -> None:
+        assert seq.table is not None
+        if seq.computed // store.block_size > seq.table.indexed:
+            store.commit(seq.table, seq.fed_bytes())
+
+    def started(self, store: BlockStore, seq: Sequence, canary: Canary) -> None:
+        assert seq.table is not None
+        canary.consider(store, seq.table, seq.lookup_bytes())
+
+
+class Unindexed:
+    """The exactness canary's caching: computes everything into private blocks, which no
+    lookup ever finds (see :mod:`.canary`)."""
+
+    def open(self, store: BlockStore, seq: Sequence) -> BlockTable:
+        return store.hold(TokenBytes(b""), seq.request.namespace)
+
+    def commit(self, store: BlockStore, seq: Sequence) -> None:
+        return None
+
+    def started(self, store: BlockStore, seq: Sequence, canary: Canary) -> None:
+        return None  # a check is not checked
+
+
+INDEXED = Indexed()
+UNINDEXED = Unindexed()
 
 
 @dataclass(eq=False)
@@ -40,6 +95,7 @@ class Sequence:
     cached_tokens: int = -1  # set at first admission (-1: never admitted)
     held: int = 0
     """Steps in a row that left this prefill out to give others their first token sooner."""
+    caching: Caching = INDEXED
 
     @classmethod
     def create(cls, request: Request, sink: Sink, tokenizer: Any, eos: frozenset[int]) -> Sequence:
