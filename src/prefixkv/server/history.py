@@ -175,5 +175,5 @@ class History:
         """Sample every ``interval`` seconds until cancelled, off the event loop (the cache's
         lock may be busy with the runner)."""
         while True:
-            await asyncio.to_thread(self.sample)
             await asyncio.sleep(interval)
+            await asyncio.to_thread(self.sample)
