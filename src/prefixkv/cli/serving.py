@@ -19,6 +19,7 @@ pages it frees that are needed again are faulted back in once per interval."""
 
 if TYPE_CHECKING:
     from prefixkv.server import ServerSettings
+    from prefixkv.server.request_log import RequestLog
 
 
 def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
@@ -89,13 +90,28 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, built.runner, steps, threads)
+    app = create_app(engine, settings, built.runner, steps, threads, _request_log(args, engine))
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)
     finally:
         trimmer.stop()
         close_tiers(engine)
+
+
+def _request_log(args: argparse.Namespace, engine: Any) -> RequestLog | None:
+    """The ``--request-log`` writer (closed with the app), or None without the option."""
+    if not args.request_log:
+        return None
+    from prefixkv.server.request_log import RequestLog, namer_for
+
+    cache = engine.cache
+    try:
+        return RequestLog(
+            args.request_log, namer_for(cache, engine.name), cache.geometry.block_bytes
+        )
+    except OSError as exc:
+        raise CommandError(f"--request-log {args.request_log}: {exc.strerror}") from exc
 
 
 def server_settings(

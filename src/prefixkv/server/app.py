@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -32,7 +32,8 @@ from prefixkv.server.errors import APIError, install_error_handlers
 from prefixkv.server.generation import CHAT, TEXT, Generation
 from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
-from prefixkv.server.scheduler import Scheduler
+from prefixkv.server.request_log import RequestLog
+from prefixkv.server.scheduler import Job, Scheduler
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.steps import StepMetrics
 
@@ -51,6 +52,8 @@ class ServerState:
     metrics: ServerMetrics
     generation: Generation
     auth: Authenticator
+    request_log: RequestLog | None = None
+    """Told of every finished generation after the metrics (``--request-log``)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -61,15 +64,19 @@ class ServerState:
         runner: Runner,
         steps: StepMetrics,
         threads: int | None,
+        request_log: RequestLog | None = None,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         metrics = ServerMetrics(
             engine.cache, steps, lambda: scheduler.pending, lambda: scheduler.backend.running
         )
         scheduler.on_finish = metrics.observe_job
+        if request_log is not None:
+            scheduler.on_finish = _both(metrics.observe_job, request_log.observe)
+            metrics.watch_request_log(lambda: request_log.dropped)
         generation = Generation(engine, scheduler, settings)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
-        return cls(engine, settings, scheduler, metrics, generation, auth)
+        return cls(engine, settings, scheduler, metrics, generation, auth, request_log)
 
     def model_card(self) -> dict[str, Any]:
         return {
@@ -81,19 +88,29 @@ class ServerState:
         }
 
 
+def _both(first: Callable[[Job], None], second: Callable[[Job], None]) -> Callable[[Job], None]:
+    def both(job: Job) -> None:
+        first(job)
+        second(job)
+
+    return both
+
+
 def create_app(
     engine: EngineRole,
     settings: ServerSettings,
     runner: Runner,
     steps: StepMetrics,
     threads: int | None = None,
+    request_log: RequestLog | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch,
     built with ``steps.observe`` as its step callback: ``/metrics`` exports ``steps``),
     whose thread runs torch ops on ``threads`` cores (default: the starting thread's). The
     runner's thread starts and stops with the app's lifespan (uvicorn runs it; so does
-    ``TestClient`` used as a context manager)."""
-    state = ServerState.build(engine, settings, runner, steps, threads)
+    ``TestClient`` used as a context manager). ``request_log`` gets a line per finished
+    generation and is closed with the app."""
+    state = ServerState.build(engine, settings, runner, steps, threads, request_log)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -126,6 +143,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     state.scheduler.stop()
     state.generation.close()
+    if state.request_log is not None:
+        state.request_log.close()
 
 
 def _state(request: Request) -> ServerState:

@@ -199,6 +199,15 @@ class ServerMetrics:
         r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
 
+    def watch_request_log(self, dropped: Callable[[], int]) -> None:
+        """Export the request log's dropped lines (``--request-log``), read at scrape."""
+        gauge = Gauge(
+            "prefixkv_request_log_dropped",
+            "Request log lines dropped because its writer fell behind (or failed)",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(dropped()))
+
     def observe_job(self, job: Job) -> None:
         """Record a finished generation (called on the worker thread)."""
         self.generations.labels(job.endpoint, job.outcome).inc()
