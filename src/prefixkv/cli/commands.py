@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from prefixkv.cli import simulate
+from prefixkv.cli import simulate, warm
 from prefixkv.cli.options import (
     Parser,
     ReplaceThenAppend,
@@ -247,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(chat, "--temperature", "sampling temperature (0: greedy)", type=float, default="0")
     chat.set_defaults(run=_chat)
     simulate.add_parser(commands)
+    warm.add_parser(commands)
     key = commands.add_parser("tier-key", help="write a new tier key file (mode 0600)")
     key.add_argument("file", help="the file to create (never overwritten)")
     key.set_defaults(run=write_tier_key)

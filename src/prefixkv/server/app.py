@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
 ``POST /detokenize`` (vLLM's), ``GET /v1/models``,
-``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``, ``GET /metrics``
+``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``,
+``POST /v1/cache/pin``, ``POST /v1/cache/unpin``, ``GET /metrics``
 and ``GET /health`` (the only one open without an API key; ``/metrics`` too on a keyless
 server bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
 they would be unauthenticated endpoints.
@@ -24,7 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole, Runner
-from prefixkv.server import tokenizing
+from prefixkv.server import pinning, tokenizing
 from prefixkv.server.auth import Authenticator, Caller, require_admin
 from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
@@ -237,6 +238,18 @@ async def cache_reset(request: Request, caller: CallerDep) -> dict[str, Any]:
         raise APIError.invalid('scope must be "tenant" or "all"', "scope")
     require_admin(caller, "a reset of the whole cache")
     return {"evicted_blocks": cache.reset(), "scope": scope}
+
+
+@router.post("/v1/cache/pin")
+async def cache_pin(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Cache a prompt and keep its blocks resident for ``ttl_seconds`` (see
+    :mod:`prefixkv.server.pinning`)."""
+    return await pinning.pin(request, _state(request).generation, caller.tenant)
+
+
+@router.post("/v1/cache/unpin")
+async def cache_unpin(request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await pinning.unpin(request, _state(request).generation, caller.tenant)
 
 
 @router.get("/metrics")

@@ -36,6 +36,8 @@ ENDPOINTS = frozenset(
         "/v1/models",
         "/v1/cache/stats",
         "/v1/cache/reset",
+        "/v1/cache/pin",
+        "/v1/cache/unpin",
         "/health",
         "/metrics",
     }

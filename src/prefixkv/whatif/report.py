@@ -84,9 +84,14 @@ def plot(results: Sequence[ReplayResult], path: Path, served_rate: float | None)
         sizes = [r.config.ram_bytes / (1 << 20) for r in points]
         axes.plot(sizes, [100 * r.hit_rate for r in points], marker="o", label=label)
     if served_rate is not None:
-        axes.axhline(100 * served_rate, linestyle="--", color="grey", label="served")
+        axes.axhline(
+            100 * served_rate, linestyle="--", color="grey", label="served (at its own size)"
+        )
     axes.set_xscale("log", base=2)
-    axes.set_xlabel("RAM cache (MiB)")
+    ticks = sorted({r.config.ram_bytes for r in results})
+    axes.set_xticks([t / (1 << 20) for t in ticks], [_size(t) for t in ticks])
+    axes.minorticks_off()
+    axes.set_xlabel("RAM cache")
     axes.set_ylabel("token hit rate (%)")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
