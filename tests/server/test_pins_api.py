@@ -87,6 +87,22 @@ def test_over_the_share_is_refused_and_the_server_serves_on() -> None:
         assert reply.status_code == 200
 
 
+def test_pins_leave_room_for_everyone_else() -> None:
+    """Without shares one tenant may pin up to half the pool, then gets a 409; another
+    tenant's requests, and its own, still run in the other half."""
+    with running_app(FakeEngine(capacity_blocks=48), api_keys=KEYS) as app:
+        codes = []
+        for i in range(12):
+            doc = {"prompt": f"{i:02d} pinned document number {i}, kept.", "ttl_seconds": 600}
+            codes.append(post(app, "/v1/cache/pin", doc).status_code)
+        assert 409 in codes and codes[: codes.index(409)] == [200] * codes.index(409)
+        assert 12 < stats(app)["pinned_blocks"] <= 24  # half of 48
+        big = {"prompt": "another tenant's long prompt " * 3, "max_tokens": 4}
+        for key in KEYS[::-1]:
+            reply = post(app, "/v1/completions", big, key)
+            assert reply.status_code == 200 and reply.json()["usage"]["prompt_tokens"] == 87
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [

@@ -141,3 +141,23 @@ def test_blocks_names_of_the_output_continue_the_prompts(tmp_path: Path) -> None
     names = [n.hex() for n in namer.names(fed, None, 4)]
     assert line["blocks"] == names[:2] and line["output_blocks"] == names[2:]
     assert line["output_tokens"] == 7 and line["tenant"] is None
+
+
+def test_a_tiered_cache_names_blocks_as_its_tiers_do(tmp_path: Path) -> None:
+    """With tiers, the log's names are the tier records' names (keyed with the tier key)."""
+    from prefixkv.tiers.disk import DiskTier
+    from prefixkv.tiers.key import TierKey
+    from prefixkv.tiers.tiered import TieredCache
+    from tests.tiers.kv import FINGERPRINT, hot_cache
+
+    cache = TieredCache(
+        hot_cache(8), [DiskTier(tmp_path / "disk", 1 << 20)], FINGERPRINT, key=TierKey.generate()
+    )
+    try:
+        assert namer_for(cache, "any name") is cache.namer
+    finally:
+        cache.shutdown()
+    plain = namer_for(FakeEngine().cache, "fake")
+    assert plain.names(bytes(64), None, 2) != namer_for(FakeEngine().cache, "other").names(
+        bytes(64), None, 2
+    )  # unkeyed names still depend on the model's name

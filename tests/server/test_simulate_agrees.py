@@ -1,6 +1,8 @@
 """``prefixkv simulate`` against the real thing: a real ``prefixkv serve`` on the tiny model,
 with a small cache under eviction pressure, logs its traffic; replayed at the server's own
-cache size, the simulated token hit rate is the one the server's replies reported."""
+cache size and policy, the simulated token hit rate is the one the server's replies
+reported (within 3 points; when written, the replay found exactly the served tokens:
+3,452 of 6,825 under LRU, 3,576 under LFU)."""
 
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ def traffic(seed: int = 7) -> list[list[dict[str, str]]]:
     return chats
 
 
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
 def test_simulated_hit_rate_is_the_served_one(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    policy: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     log = tmp_path / "requests.jsonl"
     args = ["--model", str(tiny_model_dir), "--cache-bytes", CACHE, "--block-size", "4",
-            "--threads", "1", "--request-log", str(log)]  # fmt: skip
+            "--threads", "1", "--request-log", str(log), "--eviction-policy", policy]  # fmt: skip
     server = ServerProcess(args, tmp_path / "server.log").wait_ready()
     try:
         client = server.client()
@@ -61,8 +64,10 @@ def test_simulated_hit_rate_is_the_served_one(
     assert len(records) == 60
     assert records[0].block_bytes == model_block_bytes(str(tiny_model_dir), 4)
     assert main(["simulate", "--log", str(log), "--cache-bytes", f"{CACHE},1MiB",
-                 "--model", str(tiny_model_dir), "--plot", str(tmp_path / "c.png")]) == 0  # fmt: skip
+                 "--policy", policy, "--model", str(tiny_model_dir),
+                 "--plot", str(tmp_path / "c.png")]) == 0  # fmt: skip
     rows = {row[0]: row for row in map(str.split, capsys.readouterr().out.splitlines()) if row}
+    assert rows[CACHE][2] == policy
     simulated = float(rows[CACHE][3].rstrip("%")) / 100
     assert abs(simulated - served) <= 0.03, (simulated, served)
     assert float(rows["1MiB"][3].rstrip("%")) / 100 >= simulated  # no eviction: every repeat

@@ -57,11 +57,22 @@ def test_a_given_prefill_rate_and_block_bytes(
 ) -> None:
     log = tmp_path / "log.jsonl"
     write_log(log, chat_log())
-    args = ["simulate", "--log", str(log), "--cache-bytes", "1MiB", "--block-bytes", "500000",
-            "--prefill-rate", "1000", "--plot", str(tmp_path / "c.png")]  # fmt: skip
+    args = ["simulate", "--log", str(log), "--cache-bytes", "1MiB", "--block-bytes", "40000",
+            "--disk-cache-bytes", "100MiB", "--prefill-rate", "1000",
+            "--plot", str(tmp_path / "c.png")]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "given with --prefill-rate" in out and "blocks of 500,000 bytes" in out
+    assert "given with --prefill-rate" in out and "blocks of 40,000 bytes" in out
+    # 26 blocks of RAM hold the document and one user's turn; the disk below holds every
+    # turn, so RAM and disk find what a cache that never evicts finds.
+    row = next(row.split() for row in out.splitlines() if row.split()[:1] == ["1MiB"])
+    unbounded = Replay(CacheConfig(1 << 30), 1000)
+    for r in read_log(log):
+        unbounded.feed(r)
+    assert row[1] == "100MiB" and row[3] == f"{100 * unbounded.result().hit_rate:.1f}%"
+    assert float(row[4].rstrip("%")) < float(row[3].rstrip("%"))
+    assert main([*args[:-2], "--model", str(tmp_path)]) == 2
+    assert "give --block-bytes or --model, not both" in capsys.readouterr().err
 
 
 def test_a_bad_line_is_refused_by_number(

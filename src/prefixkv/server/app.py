@@ -74,7 +74,7 @@ class ServerState:
         scheduler.on_finish = metrics.observe_job
         if request_log is not None:
             scheduler.on_finish = _both(metrics.observe_job, request_log.observe)
-            metrics.watch_request_log(lambda: request_log.dropped)
+            metrics.watch_request_log(lambda: request_log.dropped + request_log.failed)
         generation = Generation(engine, scheduler, settings)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
         return cls(engine, settings, scheduler, metrics, generation, auth, request_log)

@@ -17,9 +17,10 @@ private (it is created mode 0600).
 Writing is off the serving path: the runner thread that finishes a job only puts a small
 record (references to the job's token bytes, no copy) on a bounded queue; one writer thread
 names the blocks, formats the line and writes it. When the disk falls behind and the queue
-is full, further records are *dropped* (counted in ``dropped`` and the Prometheus counter
-``prefixkv_request_log_dropped``, with a warning per power of two): serving never waits for
-the log, and a replay of a log with drops sees less traffic than the server did.
+is full, further records are *dropped* (counted in ``dropped``, with a warning per power of
+two; lines the writer failed to write, e.g. on a full disk, in ``failed``; both in the
+Prometheus gauge ``prefixkv_request_log_dropped``): serving never waits for the log, and a
+replay of a log with drops sees less traffic than the server did.
 """
 
 from __future__ import annotations
@@ -143,7 +144,8 @@ class RequestLog:
         self.namer = namer
         self.block_bytes = block_bytes
         self.written = 0
-        self.dropped = 0
+        self.dropped = 0  # by observe (the runner's thread) only
+        self.failed = 0  # by the writer thread only
         self._queue: queue.Queue[Finished] = queue.Queue(max_pending)
         self._stop = threading.Event()
         descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -184,5 +186,5 @@ class RequestLog:
                     self._file.flush()  # a reader sees every line once the server is idle
             except Exception:  # a full disk: the line is lost, the server goes on
                 log.exception("writing the request log failed")
-                self.dropped += 1
+                self.failed += 1
         self._file.flush()
