@@ -67,6 +67,7 @@ class PinBook:
         self.pinnable = math.floor(PINNABLE_FRACTION * total_blocks)
         self.quota = quota
         self._held: dict[str, _Held] = {}
+        self._soonest = math.inf  # the earliest deadline held: expire() is O(1) until then
 
     def add(
         self, index: PrefixIndex, match: Match, tenant: Hashable, ttl_seconds: float
@@ -101,6 +102,7 @@ class PinBook:
             secrets.token_hex(8), tenant, match.num_tokens, blocks, self.clock() + ttl_seconds
         )
         self._held[pin.id] = _Held(pin, index, match)
+        self._soonest = min(self._soonest, pin.expires)
         return pin
 
     def remove(self, pin_id: str, tenant: Hashable) -> PrefixPin | None:
@@ -111,15 +113,20 @@ class PinBook:
             return None
         del self._held[pin_id]
         held.index.unpin(held.match)
+        self._soonest = min((h.pin.expires for h in self._held.values()), default=math.inf)
         return held.pin
 
     def expire(self) -> int:
-        """Unpin every pin past its deadline; how many."""
+        """Unpin every pin past its deadline; how many. O(1) before the earliest deadline,
+        O(pins) when one is due (it runs on every look for room)."""
         now = self.clock()
+        if now < self._soonest:
+            return 0
         due = [pin_id for pin_id, held in self._held.items() if held.pin.expires <= now]
         for pin_id in due:
             held = self._held.pop(pin_id)
             held.index.unpin(held.match)
+        self._soonest = min((h.pin.expires for h in self._held.values()), default=math.inf)
         return len(due)
 
     def blocks_of(self, tenant: Hashable) -> int:

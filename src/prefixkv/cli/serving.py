@@ -79,6 +79,7 @@ def serve_command(args: argparse.Namespace) -> int:
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
     check_access(args.host, bool(api_keys or admin), args.allow_anonymous)
+    _check_request_log(args.request_log)
     from prefixkv.threads import current_threads, helper_thread
 
     # The backend's thread runs the model on every core; this one only loads it (see
@@ -97,6 +98,16 @@ def serve_command(args: argparse.Namespace) -> int:
     finally:
         trimmer.stop()
         close_tiers(engine)
+
+
+def _check_request_log(path: str | None) -> None:
+    """CommandError at once (before the model loads) for a request log that cannot be
+    opened for appending."""
+    if path:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        except OSError as exc:
+            raise CommandError(f"--request-log {path}: {exc.strerror}") from exc
 
 
 def _request_log(args: argparse.Namespace, engine: Any) -> RequestLog | None:
