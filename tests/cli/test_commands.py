@@ -77,7 +77,7 @@ def test_api_keys_stay_out_of_help(
     assert "sekrit-key" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [[], ["serve"], ["chat"], ["bench"]])
+@pytest.mark.parametrize("command", [[], ["serve"], ["chat"], ["bench"], ["simulate"], ["warm"]])
 def test_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         cli.main([*command, "--help"])
@@ -214,6 +214,17 @@ def test_bad_tier_options_fail_before_the_model_loads(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and "no-model-here" not in err
     assert "secret" not in err
+
+
+def test_an_unwritable_request_log_fails_before_the_model_loads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "no-such-dir" / "requests.jsonl"
+    argv = ["serve", "--model", str(tmp_path / "no-model-here"), "--request-log", str(log)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--request-log {log}: No such file or directory" in err
+    assert "no-model-here" not in err
 
 
 def test_every_benchmark_module_is_a_command() -> None:

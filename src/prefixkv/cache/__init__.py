@@ -6,6 +6,7 @@
 - :mod:`.paged`: :class:`PrefixKVCache`, the index plus the pool under one lock
 - :mod:`.null`: :class:`NullCache`, the cache that keeps nothing (the uncached baseline)
 - :mod:`.tenants`: :class:`Namespace` (tenant, salt), per-tenant indexes and shares
+- :mod:`.pins`: prefixes pinned for a while (``/v1/cache/pin``), within their limits
 - :mod:`.pool`: :class:`BlockPool`, preallocated KV blocks and their free list
 - :mod:`.layout`: :class:`KVLayout`, the shape of a model's keys and values
 """

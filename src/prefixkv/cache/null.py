@@ -10,6 +10,7 @@ import torch
 
 from prefixkv.cache.explain import MISS_REASONS, Explanation, disabled
 from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
+from prefixkv.cache.pins import PinRefused, PrefixPin
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, RamOnly
 from prefixkv.cache.table import BlockTable
@@ -91,6 +92,15 @@ class NullCache(RamOnly, GeometryOwner):
     def available_blocks(self) -> int:
         with self._counting:
             return 0 if self.pool is None else self.pool.num_free
+
+    def pin_prefix(
+        self, tokens: Sequence[int] | Any, namespace: Hashable, ttl_seconds: float
+    ) -> PrefixPin:
+        """Refused: nothing is ever cached here."""
+        raise PinRefused("the prefix cache is off (--no-prefix-cache): nothing to pin", "cache_off")
+
+    def unpin_prefix(self, pin_id: str, tenant: Hashable) -> PrefixPin | None:
+        return None
 
     def reset(self) -> int:
         return 0

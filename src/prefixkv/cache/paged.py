@@ -15,6 +15,7 @@ nor another store can touch them meanwhile.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from prefixkv.cache.evictions import EvictionRing, LocalNamer
 from prefixkv.cache.explain import Explanation, MissCounts, classify, explain_in
 from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
 from prefixkv.cache.lease import Lease
+from prefixkv.cache.pins import PinBook, PrefixPin
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, NoWriteThrough, RamOnly, WriteThrough
 from prefixkv.cache.table import BlockTable
@@ -52,10 +54,12 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         *,
         policy: EvictionPolicy | None = None,
         tenant_share: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``tenant_share``: the fraction of the pool within which a tenant's blocks cannot
         be evicted by another tenant's stores (None: tenants compete freely, LRU/LFU
-        across all of them). ``write_through`` (set by a tiered cache) is told of every block
+        across all of them). ``clock``: what pins' deadlines are read on (see
+        :mod:`prefixkv.cache.pins`). ``write_through`` (set by a tiered cache) is told of every block
         ``store`` or ``commit`` caches; blocks put back by ``restore`` are not repeated."""
         if not isinstance(layout, KVLayout):
             raise TypeError(f"layout must be a KVLayout, got {type(layout).__name__}")
@@ -74,6 +78,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             block_size, policy, self.pool.num_blocks, tenant_share, self.evictions
         )
         self._misses = MissCounts()
+        self.pins = PinBook(self.pool.num_blocks, self.tenants.quota, clock)
         self._lock = threading.Lock()
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
@@ -250,6 +255,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         if need <= 0:
             return True
         with self._lock:
+            self.pins.expire()
             shortfall = need - self.pool.num_free
             if shortfall > sum(i.evictable_blocks for _, i in self.tenants):
                 return False  # evicting would lose cached blocks for nothing
@@ -361,6 +367,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         is pinned or protected."""
         if count <= 0:
             return []
+        self.pins.expire()
         shortfall = count - self.pool.num_free
         if shortfall > 0:
             with self.evictions.pressure("store", tenant):
@@ -374,6 +381,27 @@ class PrefixKVCache(RamOnly, GeometryOwner):
     def _unpin(self, index: PrefixIndex, match: Match) -> None:
         with self._lock:
             index.unpin(match)
+
+    # --- pinned prefixes (see prefixkv.cache.pins) --------------------------------------
+
+    def pin_prefix(
+        self, tokens: Sequence[int] | Any, namespace: Hashable, ttl_seconds: float
+    ) -> PrefixPin:
+        """Keep the cached full blocks of ``tokens`` resident for ``ttl_seconds`` (or until
+        :meth:`unpin_prefix`); PinRefused when none is cached or a limit forbids it."""
+        buf = as_token_bytes(tokens)
+        tenant = tenant_of(namespace)
+        with self._lock:
+            self.pins.expire()
+            index = self.tenants.index(tenant)
+            return self.pins.add(index, index.peek(buf, namespace), tenant, ttl_seconds)
+
+    def unpin_prefix(self, pin_id: str, tenant: Hashable) -> PrefixPin | None:
+        """End ``tenant``'s pin ``pin_id`` now; None when it has none by that id (expired,
+        unpinned, or never its own)."""
+        with self._lock:
+            self.pins.expire()
+            return self.pins.remove(pin_id, tenant)
 
     # --- maintenance ---------------------------------------------------------------------
 
@@ -394,6 +422,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
 
     def stats(self) -> CacheStats:
         with self._lock:
+            self.pins.expire()
             return self._stats(
                 self.tenants.stats(),
                 len(self.tenants),
@@ -405,6 +434,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         """``tenant``'s own counters and blocks (``free_blocks``, ``reserved_blocks`` and the
         capacity are the pool's, shared by all tenants)."""
         with self._lock:
+            self.pins.expire()
             index = self.tenants.index(tenant)
             return self._stats(
                 index.stats(), len(index), index.pinned_blocks, self._dropped.get(tenant, 0)
@@ -436,3 +466,5 @@ class PrefixKVCache(RamOnly, GeometryOwner):
                 self.pool.check(in_use)
             elif len(in_use) + self.pool.num_free + self._reserved != self.pool.num_blocks:
                 raise AssertionError("PrefixKVCache: free + used + reserved != total blocks")
+            if self.pins.total_blocks > self.pins.pinnable:
+                raise AssertionError("PrefixKVCache: pins hold more than the pinnable blocks")

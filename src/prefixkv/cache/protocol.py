@@ -7,6 +7,7 @@ from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from prefixkv.cache.layout import KVGeometry
+from prefixkv.cache.pins import PrefixPin
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.table import BlockTable
 from prefixkv.tokens import TokenBytes
@@ -41,7 +42,8 @@ class CacheStats(NamedTuple):
     free_blocks: int
     total_blocks: int
     pinned_blocks: int
-    """Blocks pinned by open tables (requests running on them): never evicted."""
+    """Blocks pinned by open tables (requests running on them) and by pinned prefixes
+    (``POST /v1/cache/pin``): never evicted."""
     reserved_blocks: int
     """Blocks taken from the pool but not indexed: running sequences' own blocks and blocks
     being filled. Conservation: ``free_blocks + used_blocks + reserved_blocks ==
@@ -195,6 +197,19 @@ class BlockStore(Protocol):
         ``open`` (a prefetch, e.g. while the request waits in a queue); return blocks found
         by tier name. A cache with nothing below RAM does nothing and returns ``{}``. Pins
         nothing: what it brings may be evicted again before the ``open``."""
+        ...
+
+    def pin_prefix(
+        self, tokens: Sequence[int] | Any, namespace: Hashable, ttl_seconds: float
+    ) -> PrefixPin:
+        """Keep the cached full blocks of ``tokens`` resident (never evicted) for
+        ``ttl_seconds`` or until ``unpin_prefix``, within the limits of
+        :mod:`prefixkv.cache.pins`; PinRefused (its ``code`` says why) when nothing is
+        cached or a limit forbids it."""
+        ...
+
+    def unpin_prefix(self, pin_id: str, tenant: Hashable) -> PrefixPin | None:
+        """End ``tenant``'s pin ``pin_id`` now; None when it holds no such pin."""
         ...
 
     def reset(self) -> int:

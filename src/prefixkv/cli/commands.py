@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from prefixkv.cli import simulate, warm
 from prefixkv.cli.options import (
     Parser,
     ReplaceThenAppend,
@@ -241,6 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         "most connections served at once, more get 503 (default: 90%% of the open-file limit)",
         type=positive_int,
     )
+    add_option(
+        serve,
+        "--request-log",
+        "append one JSON line per finished request to this file (block names, token counts, "
+        "times; never text or token ids) for `prefixkv simulate`",
+    )
     _batch_options(serve)
     levels = ["critical", "error", "warning", "info", "debug"]
     add_option(serve, "--log-level", "server log level", type=one_of(levels), default="info")
@@ -252,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(chat, "--temperature", "sampling temperature (0: greedy)", type=float, default="0")
     chat.set_defaults(run=_chat)
     _explain_parser(commands)
+    simulate.add_parser(commands)
+    warm.add_parser(commands)
     key = commands.add_parser("tier-key", help="write a new tier key file (mode 0600)")
     key.add_argument("file", help="the file to create (never overwritten)")
     key.set_defaults(run=write_tier_key)

@@ -19,6 +19,7 @@ pages it frees that are needed again are faulted back in once per interval."""
 
 if TYPE_CHECKING:
     from prefixkv.server import ServerSettings
+    from prefixkv.server.request_log import RequestLog
 
 
 def secret_keys(values: list[str], flag: str) -> tuple[str, ...]:
@@ -78,6 +79,7 @@ def serve_command(args: argparse.Namespace) -> int:
     api_keys = secret_keys(args.api_key, "--api-key")
     admin = secret_keys([] if args.admin_key is None else [args.admin_key], "--admin-key")
     check_access(args.host, bool(api_keys or admin), args.allow_anonymous)
+    _check_request_log(args.request_log)
     from prefixkv.threads import current_threads, helper_thread
 
     # The backend's thread runs the model on every core; this one only loads it (see
@@ -89,13 +91,38 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
-    app = create_app(engine, settings, built.runner, steps, threads)
+    app = create_app(engine, settings, built.runner, steps, threads, _request_log(args, engine))
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)
     finally:
         trimmer.stop()
         close_tiers(engine)
+
+
+def _check_request_log(path: str | None) -> None:
+    """CommandError at once (before the model loads) for a request log that cannot be
+    opened for appending."""
+    if path:
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        except OSError as exc:
+            raise CommandError(f"--request-log {path}: {exc.strerror}") from exc
+
+
+def _request_log(args: argparse.Namespace, engine: Any) -> RequestLog | None:
+    """The ``--request-log`` writer (closed with the app), or None without the option."""
+    if not args.request_log:
+        return None
+    from prefixkv.server.request_log import RequestLog, namer_for
+
+    cache = engine.cache
+    try:
+        return RequestLog(
+            args.request_log, namer_for(cache, engine.name), cache.geometry.block_bytes
+        )
+    except OSError as exc:
+        raise CommandError(f"--request-log {args.request_log}: {exc.strerror}") from exc
 
 
 def server_settings(

@@ -3,10 +3,11 @@
 Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /tokenize``,
 ``POST /detokenize`` (vLLM's), ``GET /v1/models``,
 ``GET /v1/models/{id}``, ``GET /v1/cache/stats``, ``POST /v1/cache/reset``,
-``POST /v1/cache/explain`` (:mod:`prefixkv.server.explaining`), ``GET /metrics``,
-``GET /v1/dashboard`` and ``GET /health`` (the only one open without an API key, with the
-dashboard's page and files, which hold no figures; ``/metrics`` too on a keyless server
-bound to loopback, see :mod:`prefixkv.server.auth`). The interactive docs are off:
+``POST /v1/cache/explain`` (:mod:`prefixkv.server.explaining`), ``POST /v1/cache/pin``,
+``POST /v1/cache/unpin``, ``GET /metrics``, ``GET /v1/dashboard`` and ``GET /health`` (the
+only one open without an API key, with the dashboard's page and files, which hold no
+figures; ``/metrics`` too on a keyless server bound to loopback, see
+:mod:`prefixkv.server.auth`). The interactive docs are off:
 they would be unauthenticated endpoints.
 
 The routes are module-level and find their server through ``request.app.state``, so several
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
 from prefixkv.engine.role import EngineRole, Runner
-from prefixkv.server import dashboard, explaining, tokenizing
+from prefixkv.server import dashboard, explaining, pinning, tokenizing
 from prefixkv.server.auth import Authenticator, Caller, require_admin
 from prefixkv.server.backends import RunnerBackend
 from prefixkv.server.body import read_json_object
@@ -37,7 +38,8 @@ from prefixkv.server.generation import CHAT, TEXT, Generation
 from prefixkv.server.history import History, Sources
 from prefixkv.server.hosts import HostCheck
 from prefixkv.server.metrics import CONTENT_TYPE, RequestCounter, ServerMetrics, tier_records
-from prefixkv.server.scheduler import Scheduler
+from prefixkv.server.request_log import RequestLog
+from prefixkv.server.scheduler import Job, Scheduler
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.steps import StepMetrics
 
@@ -57,6 +59,8 @@ class ServerState:
     generation: Generation
     auth: Authenticator
     history: History
+    request_log: RequestLog | None = None
+    """Told of every finished generation after the metrics (``--request-log``)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     @classmethod
@@ -67,6 +71,7 @@ class ServerState:
         runner: Runner,
         steps: StepMetrics,
         threads: int | None,
+        request_log: RequestLog | None = None,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
@@ -78,6 +83,9 @@ class ServerState:
             list(auth.tenants),
         )
         scheduler.on_finish = metrics.observe_job
+        if request_log is not None:
+            scheduler.on_finish = _both(metrics.observe_job, request_log.observe)
+            metrics.watch_request_log(lambda: request_log.dropped + request_log.failed)
         generation = Generation(engine, scheduler, settings)
         sources = Sources(
             engine.cache,
@@ -87,7 +95,8 @@ class ServerState:
             waiting=lambda: scheduler.pending,
             tenants=auth.tenants,
         )
-        return cls(engine, settings, scheduler, metrics, generation, auth, History(sources))
+        history = History(sources)
+        return cls(engine, settings, scheduler, metrics, generation, auth, history, request_log)
 
     def model_card(self) -> dict[str, Any]:
         return {
@@ -99,19 +108,29 @@ class ServerState:
         }
 
 
+def _both(first: Callable[[Job], None], second: Callable[[Job], None]) -> Callable[[Job], None]:
+    def both(job: Job) -> None:
+        first(job)
+        second(job)
+
+    return both
+
+
 def create_app(
     engine: EngineRole,
     settings: ServerSettings,
     runner: Runner,
     steps: StepMetrics,
     threads: int | None = None,
+    request_log: RequestLog | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch,
     built with ``steps.observe`` as its step callback: ``/metrics`` exports ``steps``),
     whose thread runs torch ops on ``threads`` cores (default: the starting thread's). The
     runner's thread starts and stops with the app's lifespan (uvicorn runs it; so does
-    ``TestClient`` used as a context manager)."""
-    state = ServerState.build(engine, settings, runner, steps, threads)
+    ``TestClient`` used as a context manager). ``request_log`` gets a line per finished
+    generation and is closed with the app."""
+    state = ServerState.build(engine, settings, runner, steps, threads, request_log)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )
@@ -148,6 +167,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sampler
     state.scheduler.stop()
     state.generation.close()
+    if state.request_log is not None:
+        state.request_log.close()
 
 
 def _state(request: Request) -> ServerState:
@@ -255,6 +276,18 @@ async def cache_explain(request: Request, caller: CallerDep) -> dict[str, Any]:
     """Why this chat or completions body would (not) hit the cache now; runs nothing."""
     state = _state(request)
     return await explaining.explain(request, caller, state.engine, state.generation, state.settings)
+
+
+@router.post("/v1/cache/pin")
+async def cache_pin(request: Request, caller: CallerDep) -> dict[str, Any]:
+    """Cache a prompt and keep its blocks resident for ``ttl_seconds`` (see
+    :mod:`prefixkv.server.pinning`)."""
+    return await pinning.pin(request, _state(request).generation, caller.tenant)
+
+
+@router.post("/v1/cache/unpin")
+async def cache_unpin(request: Request, caller: CallerDep) -> dict[str, Any]:
+    return await pinning.unpin(request, _state(request).generation, caller.tenant)
 
 
 @router.get("/metrics")

@@ -87,15 +87,7 @@ class Generation:
         arrived = time.perf_counter()
         body = await read_json_object(http, self.settings.max_body_bytes)
         parsed = endpoint.parse(body, self.settings)
-        try:
-            with self.scheduler.reserve() as slot:
-                request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
-                jobs = [Job(r, endpoint.name, arrived) for r in samples_of(request, parsed.n)]
-                _submit(slot, jobs)
-        except QueueFullError as exc:
-            raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
-        except RequestCancelled as exc:
-            raise APIError(503, str(exc), code="shutting_down") from exc
+        _, jobs = await self._queued(parsed, tenant, endpoint, arrived)
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
         if parsed.stream:
@@ -108,6 +100,31 @@ class Generation:
         completions = await _complete(http, jobs)
         answer = responses.body(endpoint.shape, meta, completions, asked)
         return JSONResponse(tool_replies.with_calls(answer, parsed.tools))
+
+    async def prefill(
+        self, http: HTTPRequest, parsed: ParsedRequest, tenant: str, endpoint: Endpoint
+    ) -> tuple[Request, Completion]:
+        """Run ``parsed`` (one sample; the caller sets its max_tokens) like any request,
+        queue and limits included, and return the Request and its Completion: what
+        ``/v1/cache/pin`` caches before it pins."""
+        request, jobs = await self._queued(parsed, tenant, endpoint, time.perf_counter())
+        return request, (await _complete(http, jobs))[0]
+
+    async def _queued(
+        self, parsed: ParsedRequest, tenant: str, endpoint: Endpoint, arrived: float
+    ) -> tuple[Request, list[Job]]:
+        """Admit, prepare and queue ``parsed``'s jobs (one per sample): 429 when the queue
+        is full, 503 when the server is stopping."""
+        try:
+            with self.scheduler.reserve() as slot:
+                request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
+                jobs = [Job(r, endpoint.name, arrived) for r in samples_of(request, parsed.n)]
+                _submit(slot, jobs)
+        except QueueFullError as exc:
+            raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
+        except RequestCancelled as exc:
+            raise APIError(503, str(exc), code="shutting_down") from exc
+        return request, jobs
 
     async def prepared(self, work: Callable[[], T]) -> T:
         """``work()`` (tokenizing) run on the preparation thread; raises what it raises."""

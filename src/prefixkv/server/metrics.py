@@ -39,6 +39,8 @@ ENDPOINTS = frozenset(
         "/v1/cache/stats",
         "/v1/cache/reset",
         "/v1/cache/explain",
+        "/v1/cache/pin",
+        "/v1/cache/unpin",
         "/health",
         "/metrics",
         "/dashboard",
@@ -209,6 +211,15 @@ class ServerMetrics:
         r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
         self.tenants = TenantLevels(cache, tenants, r)
+
+    def watch_request_log(self, dropped: Callable[[], int]) -> None:
+        """Export the request log's dropped lines (``--request-log``), read at scrape."""
+        gauge = Gauge(
+            "prefixkv_request_log_dropped",
+            "Request log lines dropped because its writer fell behind (or failed)",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(dropped()))
 
     def observe_job(self, job: Job) -> None:
         """Record a finished generation (called on the worker thread)."""

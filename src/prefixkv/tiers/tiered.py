@@ -30,6 +30,7 @@ import torch
 from prefixkv.cache.explain import Explanation, LowerTier
 from prefixkv.cache.layout import KVGeometry
 from prefixkv.cache.paged import PrefixKVCache
+from prefixkv.cache.pins import PrefixPin
 from prefixkv.cache.pool import BlockPool
 from prefixkv.cache.protocol import CacheStats, TierStats
 from prefixkv.cache.table import BlockTable
@@ -133,6 +134,15 @@ class TieredCache:
 
     def available_blocks(self) -> int:
         return self.hot.available_blocks()
+
+    def pin_prefix(
+        self, tokens: Sequence[int] | Any, namespace: Hashable, ttl_seconds: float
+    ) -> PrefixPin:
+        """Pins RAM's blocks (those below RAM are not evicted by RAM's pressure anyway)."""
+        return self.hot.pin_prefix(tokens, namespace, ttl_seconds)
+
+    def unpin_prefix(self, pin_id: str, tenant: Hashable) -> PrefixPin | None:
+        return self.hot.unpin_prefix(pin_id, tenant)
 
     def reset(self) -> int:
         return self.hot.reset()
