@@ -18,6 +18,8 @@ rose in steps under `prefixkv bench soak`; a call is cheap next to the interval,
 pages it frees that are needed again are faulted back in once per interval."""
 
 if TYPE_CHECKING:
+    from prefixkv.engine.build import Built
+    from prefixkv.events.publisher import KVEventPublisher
     from prefixkv.server import ServerSettings
 
 
@@ -89,13 +91,39 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
+    events = _kv_events(args, built, threads)
     app = create_app(engine, settings, built.runner, steps, threads)
+    if events is not None:
+        from prefixkv.events.serving import EventsCollector
+
+        app.state.prefixkv.metrics.registry.register(EventsCollector(events.counts))
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)
     finally:
         trimmer.stop()
         close_tiers(engine)
+        if events is not None:
+            events.close()
+
+
+def _kv_events(args: argparse.Namespace, built: Built, threads: int) -> KVEventPublisher | None:
+    """The publisher ``--kv-events`` asks for, reporting the cache from now on (None without
+    it). CommandError for a cache that keeps nothing or an endpoint that cannot be bound."""
+    if args.kv_events is None:
+        if args.kv_events_replay is not None:
+            raise CommandError("--kv-events-replay needs --kv-events")
+        return None
+    import zmq
+
+    from prefixkv.events.serving import publish_events
+
+    try:
+        return publish_events(built, threads, args.kv_events, args.kv_events_replay)
+    except ValueError as exc:
+        raise CommandError(f"--kv-events: {exc} (drop --no-prefix-cache)") from exc
+    except zmq.ZMQError as exc:
+        raise CommandError(f"--kv-events: cannot bind its endpoints: {exc}") from exc
 
 
 def server_settings(
