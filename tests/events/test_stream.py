@@ -7,7 +7,7 @@ each with its parent and tokens."""
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,15 +19,19 @@ from prefixkv.cache.paged import PrefixKVCache
 from prefixkv.cache.tenants import Namespace
 from prefixkv.events import KVEventPublisher, attach, namer_for
 from prefixkv.tiers.disk import DiskTier
+from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.naming import BlockNamer
+from prefixkv.tiers.redis import RedisTier
 from prefixkv.tiers.tiered import TieredCache
 from prefixkv.tokens import as_token_bytes
+from tests.redis_fixtures import StartRedis
 from tests.tiers.kv import BLOCK, BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of
 
 from .subscriber import Held, Subscriber
 
 RAM = ("CPU", None, None)
 DISK = ("STORAGE", "LOCAL", "disk")
+REDIS = ("STORAGE", "REMOTE", "redis")
 # Prompts sharing prefixes (so stores extend, split and duplicate paths), in two tenants.
 STEMS = [[1] * 8, [1] * 4 + [2] * 8, [3] * 12, [1] * 8 + [4] * 4]
 NAMESPACES: list[Hashable] = [None, Namespace("b")]
@@ -48,12 +52,18 @@ ops = st.one_of(
 )
 
 
+def tiered(directory: Path, ram_blocks: int, disk_records: int) -> TieredCache:
+    disk = DiskTier(directory, disk_records * (BLOCK_BYTES + 180))
+    return TieredCache(hot_cache(ram_blocks), [disk], FINGERPRINT)
+
+
 @contextmanager
 def streamed(
-    directory: Path, ram_blocks: int, disk_records: int
+    directory: Path, ram_blocks: int, disk_records: int, cache: TieredCache | None = None
 ) -> Iterator[tuple[TieredCache, KVEventPublisher, Subscriber]]:
-    disk = DiskTier(directory, disk_records * (BLOCK_BYTES + 180))
-    cache = TieredCache(hot_cache(ram_blocks), [disk], FINGERPRINT)
+    """A cache (by default RAM over a disk tier in ``directory``) whose events a publisher
+    sends to a subscriber, all closed after."""
+    cache = cache or tiered(directory, ram_blocks, disk_records)
     publisher = KVEventPublisher(
         namer_for(cache, FINGERPRINT), "tcp://127.0.0.1:0", replay_endpoint="tcp://127.0.0.1:0"
     )
@@ -131,6 +141,7 @@ def check(
     subscriber: Subscriber,
     directory: Path,
     seen: list[tuple[list[int], Hashable]],
+    redis_names: Callable[[], set[bytes]] | None = None,
 ) -> None:
     assert cache.flush(10) and publisher.flush(10)
     subscriber.sync(publisher.counts().batches)
@@ -140,6 +151,8 @@ def check(
     ram = ram_contents(cache.hot, cache.namer, seen)
     assert subscriber.media.get(RAM, {}) == ram
     assert subscriber.media.get(DISK, {}) == disk_contents(directory, every)
+    if redis_names is not None:
+        assert subscriber.media.get(REDIS, {}) == {name: every[name] for name in redis_names()}
     counts = publisher.counts()
     assert counts.dropped_reports == counts.undescribed_blocks == 0
 
@@ -202,3 +215,36 @@ def test_an_endpoint_in_use_raises_at_start() -> None:
             KVEventPublisher(namer_for(cache, FINGERPRINT), first.endpoint)
     finally:
         first.close()
+
+
+@pytest.mark.process
+def test_redis_writes_promotions_and_discards_are_published(
+    tmp_path: Path, start_redis: StartRedis
+) -> None:
+    """Sealed records (the tokens come from the descriptions, never from a record): RAM of 8,
+    a disk of 3 records, Redis unbounded; a record damaged in Redis is discarded when a
+    promotion rejects it, and the verified one before it is copied up to the disk."""
+    server = start_redis()
+    disk = DiskTier(tmp_path, 3 * (BLOCK_BYTES + 180))
+    tiers = [disk, RedisTier(server.url)]
+    cache = TieredCache(hot_cache(8), tiers, FINGERPRINT, key=TierKey(bytes(range(32))))
+    prompt = [9] * (6 * BLOCK)
+    seen: list[tuple[list[int], Hashable]] = [(prompt, None)]
+
+    def in_redis() -> set[bytes]:
+        with server.client() as client:
+            keys = client.keys("prefixkv:*")
+        return {bytes.fromhex(key.decode()[len("prefixkv:") :]) for key in keys}
+
+    with streamed(tmp_path, 8, 3, cache) as (cache, pub, sub):
+        cache.hot.store(prompt, kv_of(prompt))  # RAM 6, disk the last 3, Redis 6
+        check(cache, pub, sub, tmp_path, seen, in_redis)
+        assert len(sub.media[REDIS]) == 6 and len(sub.media[DISK]) == 3
+        cache.reset()
+        names = cache.namer.names(as_token_bytes(prompt), None, 6)
+        with server.client() as client:
+            client.set("prefixkv:" + names[1].hex(), b"damaged")
+        cache.close(cache.open(prompt))  # block 0 from Redis (and up to disk), 1 rejected
+        check(cache, pub, sub, tmp_path, seen, in_redis)
+        assert names[1] not in sub.media[REDIS] and names[0] in sub.media[DISK]
+        assert len(sub.media[RAM]) == 1
