@@ -4,11 +4,13 @@ The cache reports pool block ids and tokens (:mod:`prefixkv.cache.events`), the 
 names (:class:`~prefixkv.tiers.protocol.TierEvents`); subscribers want names, parents and
 token ids in every medium. The :class:`Translator` names RAM blocks with the tiers' namer
 (so a block has one name in every medium), remembers which name each pool block holds
-(a removal gives only the id), and keeps a bounded memory of each recent name's parent and
-tokens, from which a tier's ``stored`` (names only) is described. Whoever writes records to
-a tier describes them first (the tier writer, a promotion copying records up), on the
-thread that then writes them, so a description is there when a tier stores its block unless
-it aged out of the memory (``undescribed``: then the event carries no tokens and no parent).
+(a removal gives only the id), and keeps a bounded memory of the parent and tokens of the
+records last described, from which a tier's ``stored`` (names only) is told in full.
+Whoever writes records to a tier describes them first (the tier writer, a promotion copying
+records up), on the thread that then writes them, so a description is there when a tier
+stores its block unless it aged out of the memory (``undescribed``: then the event carries
+no tokens and no parent). RAM's own stores are not remembered: every tier write is
+described by its writer, and a memory of every RAM block would cost each one an entry.
 """
 
 from __future__ import annotations
@@ -116,7 +118,6 @@ class Translator:
         size = self.namer.block_size * TOKEN_BYTES
         self._names.update(zip(report.blocks, names[first:], strict=True))
         tokens = report.tokens[first * size : (first + count) * size]
-        self._describe(names[first:], parent, tokens)
         return [_stored(names[first:], parent, tokens, self.namer.block_size, RAM)]
 
     def _tier_stored(self, report: TierStored) -> list[Event]:
