@@ -250,3 +250,24 @@ def test_redis_writes_promotions_and_discards_are_published(
         check(cache, pub, sub, tmp_path, seen, in_redis)
         assert names[1] not in sub.media[REDIS] and names[0] in sub.media[DISK]
         assert len(sub.media[RAM]) == 1
+
+
+def test_records_a_disk_tier_kept_from_before_are_announced_at_start(tmp_path: Path) -> None:
+    """A restart: the disk's files are stored in the stream right after AllBlocksCleared, by
+    name only (what a record holds is not read at start), counted as undescribed."""
+    prompt = [7] * (4 * BLOCK)
+    first = tiered(tmp_path, 8, 8)
+    first.hot.store(prompt, kv_of(prompt))
+    assert first.flush(10)
+    first.shutdown()
+    with streamed(tmp_path, 8, 8) as (cache, pub, sub):
+        assert pub.flush(10)
+        sub.sync(pub.counts().batches)
+        kept = disk_contents(tmp_path, chain(cache.namer, prompt, None))
+        assert len(kept) == 4 and sub.cleared == 1
+        assert sub.media[DISK] == {name: Held(None, ()) for name in kept}
+        assert pub.counts().undescribed_blocks == 4
+        cache.close(cache.open(prompt))  # promoted: RAM's events carry the tokens
+        assert cache.flush(10) and pub.flush(10)
+        sub.sync(pub.counts().batches)
+        assert sub.media[RAM] == kept

@@ -47,6 +47,9 @@ class Counting:
     def sharing(self) -> str | None:
         return self.inner.sharing()
 
+    def announce(self) -> None:
+        self.inner.announce()
+
     def close(self) -> None:
         self.inner.close()
 

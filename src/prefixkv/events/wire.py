@@ -80,7 +80,8 @@ class BlockRemoved(KVCacheEvent):
 
 
 class AllBlocksCleared(KVCacheEvent):
-    """Every medium is empty (sent once when a publisher starts)."""
+    """Forget every medium (sent once when a publisher starts; what lower tiers kept from
+    before is announced right after it)."""
 
 
 class KVEventBatch(EventBatch):

@@ -214,6 +214,13 @@ class DiskTier:
         except OSError as exc:
             self._failed("remove failed", exc)
 
+    def announce(self) -> None:
+        """Every file indexed now, oldest first (names only: what they hold is sealed or
+        unread)."""
+        with self._lock:
+            if self._files:
+                self.events.stored(self.name, list(self._files))
+
     def counters(self) -> TierCounters:
         with self._lock:
             return TierCounters(

@@ -113,6 +113,11 @@ class Tier(Protocol):
         :mod:`prefixkv.tiers.policy`)."""
         ...
 
+    def announce(self) -> None:
+        """Tell ``events`` (as ``stored``) of every record this tier knows it holds now: the
+        start of a stream, for records kept from before (a disk tier's files)."""
+        ...
+
     def close(self) -> None:
         """Release files and connections. Idempotent."""
         ...

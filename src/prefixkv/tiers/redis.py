@@ -261,6 +261,12 @@ class RedisTier:
             self._blocks = max(0, self._blocks - 1)
             self._bytes = max(0, self._bytes - result[0])
 
+    def announce(self) -> None:
+        """Nothing: Redis may hold records of other replicas and of earlier runs, which this
+        process cannot list without scanning a shared store; its own writes are told as
+        they happen."""
+        return None
+
     def sharing(self) -> str:
         return redis_sharing(self.url)
 

@@ -169,11 +169,13 @@ class TieredCache:
             self.writer.put_blocks(namespace, tokens, first_block, data, self.tiers)  # immutable
 
     def observe(self, events: TierEvents) -> None:
-        """Tell ``events`` what every lower tier starts and stops holding, and what the
-        records written to them hold (RAM's own blocks: ``hot.events``)."""
+        """Tell ``events`` what every lower tier holds now (as far as it knows: see
+        ``Tier.announce``), then starts and stops holding, and what the records written to
+        them hold (RAM's own blocks: ``hot.events``)."""
         self.writer.events = events
         for tier in self.tiers:
             tier.events = events
+            tier.announce()
 
     # --- lifecycle and stats ------------------------------------------------------------
 
