@@ -56,4 +56,5 @@ def test_a_server_publishes_what_ram_and_disk_hold(tiny_model_dir: Path, tmp_pat
     finally:
         subscriber.close()
         assert server.stop() == 0, server.output()
+    assert f"KV events on {pub}, replay on {replay}" in server.output()
     assert "Traceback" not in server.output()

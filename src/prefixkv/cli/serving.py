@@ -159,9 +159,12 @@ def banner(args: argparse.Namespace, model: str) -> str:
         cache += f" + redis {redacted_url(args.redis_url)}"
     if args.disk_cache or args.redis_url:
         cache += f", {_sealing(args)}"
+    events = "" if args.kv_events is None else f"; KV events on {args.kv_events}"
+    if args.kv_events_replay is not None:
+        events += f", replay on {args.kv_events_replay}"
     return (
         f"prefixkv: serving {model} at http://{args.host}:{args.port}/v1 "
-        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})"
+        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)}{events})"
     )
 
 

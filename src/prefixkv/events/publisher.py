@@ -82,6 +82,7 @@ class KVEventPublisher:
         self._seq = self._events = self._dropped = self._replays = 0
         self._busy = False
         self._stopping = False
+        self._drop_lock = threading.Lock()
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self._pub = self._context.socket(zmq.PUB)
         self._replay: zmq.Socket[bytes] | None = None
@@ -104,10 +105,11 @@ class KVEventPublisher:
 
     def report(self, report: Report) -> None:
         """Queue one change (any thread; never blocks), or count it dropped if full."""
-        if len(self._queue) >= self.max_queued:
-            self._dropped += 1  # racy by one at worst: a counter, not a bound
+        if len(self._queue) >= self.max_queued:  # a bound within a few reports: no lock
+            with self._drop_lock:  # reports come from several threads (cache, tiers)
+                self._dropped += 1
             return
-        self._queue.append(report)
+        self._queue.append(report)  # deque.append is atomic
 
     def counts(self) -> PublisherCounts:
         return PublisherCounts(
