@@ -245,3 +245,23 @@ def test_every_benchmark_module_is_a_command() -> None:
         )
     }
     assert with_main and with_main == {module for module, _ in cli.BENCHES.values()}
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:5557", "tcp://*:0", "tcp://[::1]:5557", "ipc:///tmp/kv"]
+)
+def test_kv_events_endpoints(endpoint: str) -> None:
+    args = cli.build_parser().parse_args(["serve", "--kv-events", endpoint])
+    assert args.kv_events == endpoint and args.kv_events_replay is None
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["127.0.0.1:5557", "tcp://127.0.0.1", "tcp://:5557", "tcp://h:99999", "ipc://"]
+)
+def test_a_bad_kv_events_endpoint_names_the_flag(
+    endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.build_parser().parse_args(["serve", "--kv-events-replay", endpoint])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and "--kv-events-replay" in error and "tcp://HOST:PORT" in error

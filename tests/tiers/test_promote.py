@@ -26,6 +26,7 @@ class Counting:
     def __init__(self, inner: Tier, delay: float = 0.0) -> None:
         self.inner = inner
         self.name = inner.name
+        self.events = inner.events
         self.delay = delay
         self.asked = 0
 
@@ -48,6 +49,9 @@ class Counting:
 
     def sharing(self) -> str | None:
         return self.inner.sharing()
+
+    def announce(self) -> None:
+        self.inner.announce()
 
     def close(self) -> None:
         self.inner.close()

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from prefixkv.cache.events import BlockEvents, NoBlockEvents, RemovalCause
 from prefixkv.cache.evictions import EvictionRing, LocalNamer
 from prefixkv.cache.explain import Explanation, MissCounts, classify, explain_in
 from prefixkv.cache.layout import GeometryOwner, KVGeometry, KVLayout
@@ -83,6 +84,9 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         self._reserved = 0
         self._dropped: dict[Hashable, int] = {}  # by tenant
         self.write_through: WriteThrough = NoWriteThrough()
+        self.events: BlockEvents = NoBlockEvents()
+        """Told of every block indexed and dropped, under the lock (see
+        :mod:`prefixkv.cache.events`)."""
 
     @property
     def index(self) -> PrefixIndex:
@@ -205,6 +209,9 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             # Another store may have indexed some of these blocks meanwhile: free our copies.
             duplicates = [b for b in index.insert(buf, values, cached.namespace) if b in mine]
             self.pool.free(duplicates)
+            # Refused blocks are a leading run (their path was indexed first): ours follow.
+            first = cached.num_blocks + len(duplicates)
+            self.events.stored(cached.namespace, buf, first, blocks[len(duplicates) :])
             index.unpin(cached)
         return len(blocks) - len(duplicates)
 
@@ -243,7 +250,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         tenant = tenant_of(namespace)
         with self._lock, self.evictions.pressure("canary", tenant):
             blocks = self.tenants.index(tenant).discard(buf, first_block, namespace)
-            self.pool.free(blocks)
+            self._drop(blocks, "evicted")  # (KV events: removed, as any eviction)
         return len(blocks)
 
     def grow(self, table: BlockTable, num_tokens: int) -> bool:
@@ -261,7 +268,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
                 return False  # evicting would lose cached blocks for nothing
             if shortfall > 0:
                 with self.evictions.pressure("running", tenant_of(table.namespace)):
-                    self.pool.free(self.tenants.evict_any(shortfall))
+                    self._drop(self.tenants.evict_any(shortfall), "evicted")
             if self.pool.num_free < need:
                 return False
             blocks = self.pool.allocate(need)
@@ -283,6 +290,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
             refused = set(index.insert(prefix, table.blocks[:full], table.namespace))
             adopted = [b for b in table.blocks[table.indexed : full] if b not in refused]
             table.private.difference_update(adopted)
+            self.events.stored(table.namespace, prefix, full - len(adopted), adopted)
             self._reserved -= len(adopted)
             path = index.peek(prefix, table.namespace)
             index.pin(path)
@@ -371,12 +379,18 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         shortfall = count - self.pool.num_free
         if shortfall > 0:
             with self.evictions.pressure("store", tenant):
-                self.pool.free(self.tenants.evict(shortfall, tenant))
+                self._drop(self.tenants.evict(shortfall, tenant), "evicted")
         blocks = self.pool.allocate(count)
         if len(blocks) < count:
             self._dropped[tenant] = self._dropped.get(tenant, 0) + count - len(blocks)
         self._reserved += len(blocks)
         return blocks
+
+    def _drop(self, evicted: list[int], cause: RemovalCause) -> None:
+        """Under the lock: tell the observer of blocks the indexes let go, free them."""
+        if evicted:
+            self.events.removed(evicted, cause)
+        self.pool.free(evicted)
 
     def _unpin(self, index: PrefixIndex, match: Match) -> None:
         with self._lock:
@@ -409,7 +423,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         """Evict every unpinned block (pinned ones stay until their leases end)."""
         with self._lock, self.evictions.pressure("reset", None):
             evicted = [v for _, index in self.tenants for v in index.evict(len(index))]
-            self.pool.free(evicted)
+            self._drop(evicted, "reset")
             return len(evicted)
 
     def reset_tenant(self, tenant: Hashable) -> int:
@@ -417,7 +431,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         with self._lock, self.evictions.pressure("reset", tenant):
             index = self.tenants.index(tenant)
             evicted = index.evict(len(index))
-            self.pool.free(evicted)
+            self._drop(evicted, "reset")
             return len(evicted)
 
     def stats(self) -> CacheStats:

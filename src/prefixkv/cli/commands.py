@@ -25,6 +25,7 @@ from prefixkv.cli.options import (
     positive_int,
     rate_fraction,
     share_fraction,
+    zmq_endpoint,
 )
 from prefixkv.cli.serving import serve_command
 from prefixkv.cli.setup import CommandError, close_tiers, load_engine, write_tier_key
@@ -173,6 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="OpenAI-compatible server with a prefix cache")
     _engine_options(serve)
     add_option(serve, "--host", "address to bind", default="127.0.0.1")
+    add_option(
+        serve,
+        "--kv-events",
+        "publish vLLM-format KV cache events (blocks stored and removed in RAM, disk and "
+        "Redis) on this ZeroMQ PUB endpoint, bound here: tcp://HOST:PORT",
+        type=zmq_endpoint,
+    )
+    add_option(
+        serve,
+        "--kv-events-replay",
+        "ZeroMQ ROUTER endpoint answering replay requests for missed event batches (the "
+        "last 10,000): tcp://HOST:PORT",
+        type=zmq_endpoint,
+    )
     add_option(serve, "--port", "TCP port", type=int, default="8000")
     add_option(
         serve,

@@ -123,6 +123,17 @@ def _checked(convert: Any, secret: bool) -> Any:
     return parse
 
 
+def zmq_endpoint(text: str) -> str:
+    """A ZeroMQ endpoint to bind: ``tcp://HOST:PORT`` (PORT a number, 0 for any free one) or
+    ``ipc://PATH``. ValueError saying the form otherwise."""
+    if text.startswith("ipc://") and len(text) > len("ipc://"):
+        return text
+    host, _, port = text.removeprefix("tcp://").rpartition(":")
+    if not (text.startswith("tcp://") and host and port.isdigit() and int(port) < 65536):
+        raise ValueError("expected tcp://HOST:PORT or ipc://PATH")
+    return text
+
+
 def one_of(choices: list[str]) -> Any:
     def parse(text: str) -> str:
         if text.lower() not in choices:

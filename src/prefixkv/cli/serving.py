@@ -18,6 +18,8 @@ rose in steps under `prefixkv bench soak`; a call is cheap next to the interval,
 pages it frees that are needed again are faulted back in once per interval."""
 
 if TYPE_CHECKING:
+    from prefixkv.engine.build import Built
+    from prefixkv.events.publisher import KVEventPublisher
     from prefixkv.server import ServerSettings
     from prefixkv.server.request_log import RequestLog
 
@@ -91,13 +93,39 @@ def serve_command(args: argparse.Namespace) -> int:
     engine = built.engine
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
+    events = _kv_events(args, built, threads)
     app = create_app(engine, settings, built.runner, steps, threads, _request_log(args, engine))
+    if events is not None:
+        from prefixkv.events.serving import EventsCollector
+
+        app.state.prefixkv.metrics.registry.register(EventsCollector(events.counts))
     trimmer = HeapTrimmer(HEAP_TRIM_SECONDS).start()
     try:
         return _run_server(app, args)
     finally:
         trimmer.stop()
         close_tiers(engine)
+        if events is not None:
+            events.close()
+
+
+def _kv_events(args: argparse.Namespace, built: Built, threads: int) -> KVEventPublisher | None:
+    """The publisher ``--kv-events`` asks for, reporting the cache from now on (None without
+    it). CommandError for a cache that keeps nothing or an endpoint that cannot be bound."""
+    if args.kv_events is None:
+        if args.kv_events_replay is not None:
+            raise CommandError("--kv-events-replay needs --kv-events")
+        return None
+    import zmq
+
+    from prefixkv.events.serving import publish_events
+
+    try:
+        return publish_events(built, threads, args.kv_events, args.kv_events_replay)
+    except ValueError as exc:
+        raise CommandError(f"--kv-events: {exc} (drop --no-prefix-cache)") from exc
+    except zmq.ZMQError as exc:
+        raise CommandError(f"--kv-events: cannot bind its endpoints: {exc}") from exc
 
 
 def _check_request_log(path: str | None) -> None:
@@ -158,9 +186,12 @@ def banner(args: argparse.Namespace, model: str) -> str:
         cache += f" + redis {redacted_url(args.redis_url)}"
     if args.disk_cache or args.redis_url:
         cache += f", {_sealing(args)}"
+    events = "" if args.kv_events is None else f"; KV events on {args.kv_events}"
+    if args.kv_events_replay is not None:
+        events += f", replay on {args.kv_events_replay}"
     return (
         f"prefixkv: serving {model} at http://{args.host}:{args.port}/v1 "
-        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)})"
+        f"(prefix cache {cache}, blocks of {args.block_size} tokens, {_batching(args)}{events})"
     )
 
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from prefixkv.tiers import files
-from prefixkv.tiers.protocol import NAME_BYTES, TierCounters, hex_name
+from prefixkv.tiers.protocol import NAME_BYTES, NoTierEvents, TierCounters, TierEvents, hex_name
 from prefixkv.tiers.record import HEADER_BYTES, VerificationError, read_header
 
 log = logging.getLogger("prefixkv.tiers.disk")
@@ -63,6 +63,7 @@ class DiskTier:
         self.capacity_bytes = capacity_bytes
         self.retry_after = retry_after
         self._lock = threading.Lock()
+        self.events: TierEvents = NoTierEvents()  # told under the lock (see TierEvents)
         self._files: OrderedDict[bytes, int] = OrderedDict()  # name -> bytes, LRU first
         self._bytes = 0
         self._reads = self._writes = self._evicted = self._errors = self._corrupt = 0
@@ -206,6 +207,7 @@ class DiskTier:
             if name not in self._files:
                 self._files[name] = len(record)
                 self._bytes += len(record)
+                self.events.stored(self.name, (name,))
             self._writes += 1
             self._write_seconds += time.perf_counter() - start
             self._evict_over(0)
@@ -216,6 +218,13 @@ class DiskTier:
             self._remove(name)
         except OSError as exc:
             self._failed("remove failed", exc)
+
+    def announce(self) -> None:
+        """Every file indexed now, oldest first (names only: what they hold is sealed or
+        unread)."""
+        with self._lock:
+            if self._files:
+                self.events.stored(self.name, list(self._files))
 
     def counters(self) -> TierCounters:
         with self._lock:
@@ -285,6 +294,7 @@ class DiskTier:
             size = self._files.pop(name, None)
             if size is not None:
                 self._bytes -= size
+                self.events.removed(self.name, (name,))
 
     def _evict_over(self, incoming: int) -> None:
         """Under the lock: remove least recently used files until the new bytes fit."""
@@ -292,6 +302,7 @@ class DiskTier:
             name, size = self._files.popitem(last=False)
             self._bytes -= size
             self._evicted += 1
+            self.events.removed(self.name, (name,))
             try:
                 self._remove(name)
             except OSError as exc:

@@ -143,10 +143,20 @@ class Promoter:
                     break
                 kept.append((run.names[pos + len(found)], raw))  # type: ignore[arg-type]
                 found.append(block)
+            if kept and above:
+                self._describe(run, pos, len(kept))
             self.writer.put_records(kept, above)
             self._restore(run, found)
             if len(found) < self.batch_blocks or run.full:
                 return  # a miss (or the room's end) in this batch, or RAM full
+
+    def _describe(self, run: _Run, pos: int, count: int) -> None:
+        """Tell the writer's observer what the verified records of blocks ``pos ...`` hold
+        (before they are queued for the tiers above: see TierEvents)."""
+        step = self.hot.block_size * TOKEN_BYTES
+        parent = run.names[pos - 1] if pos else None
+        tokens = run.buf[pos * step : (pos + count) * step]
+        self.writer.events.described(run.names[pos : pos + count], parent, tokens)
 
     def _restore(self, run: _Run, found: list[Fill]) -> None:
         """Put ``found`` (the blocks after RAM's ``run.cached``) into RAM, advancing

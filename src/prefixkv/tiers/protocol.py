@@ -44,12 +44,49 @@ class TierCounters(NamedTuple):
     removed; records failing verification on load are counted by the facade."""
 
 
+class TierEvents(Protocol):
+    """An observer of the records a tier holds, told under the tier's own lock as its
+    bookkeeping changes (so in order for any one name): must not block, must not call the
+    tier. ``tier`` is the tier's ``name``. The tiers see names only; what the records hold is
+    told first, by whoever is about to write them (``described``)."""
+
+    def described(self, names: Sequence[bytes], parent: bytes | None, tokens: bytes) -> None:
+        """Records about to be written hold a chain of blocks: ``names[0]``'s parent is
+        ``parent`` (None: the first block of a prompt), each next name's parent the one
+        before, and ``tokens`` (canonical uint32 bytes) their tokens, in order."""
+        ...
+
+    def stored(self, tier: str, names: Sequence[bytes]) -> None:
+        """The tier now holds records under ``names`` (it did not before)."""
+        ...
+
+    def removed(self, tier: str, names: Sequence[bytes]) -> None:
+        """The tier no longer holds ``names`` (evicted, discarded, or found gone)."""
+        ...
+
+
+class NoTierEvents:
+    """The observer a tier starts with: ignores everything."""
+
+    def described(self, names: Sequence[bytes], parent: bytes | None, tokens: bytes) -> None:
+        return None
+
+    def stored(self, tier: str, names: Sequence[bytes]) -> None:
+        return None
+
+    def removed(self, tier: str, names: Sequence[bytes]) -> None:
+        return None
+
+
 class Tier(Protocol):
     """A store of records by name. Thread-safe: the request path reads, a background writer
     writes."""
 
     name: str
     """Short and stable: ``disk``, ``redis`` (used in metrics and logs)."""
+    events: TierEvents
+    """Told of the records this tier starts and stops holding, as far as this process sees
+    (a :class:`NoTierEvents` until an observer is attached)."""
 
     def get_many(self, names: Sequence[bytes]) -> list[bytes | bytearray | None]:
         """The records stored under ``names``, in order; None for a name not held or not
@@ -80,6 +117,11 @@ class Tier(Protocol):
         sentence for an error message; None when it is private to this user. A shared store
         needs sealed records (a tier key) unless the user accepts the risk (see
         :mod:`prefixkv.tiers.policy`)."""
+        ...
+
+    def announce(self) -> None:
+        """Tell ``events`` (as ``stored``) of every record this tier knows it holds now: the
+        start of a stream, for records kept from before (a disk tier's files)."""
         ...
 
     def close(self) -> None:

@@ -31,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from prefixkv.redaction import redacted_url
-from prefixkv.tiers.protocol import TierCounters, hex_name
+from prefixkv.tiers.protocol import NoTierEvents, TierCounters, TierEvents, hex_name
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class RedisTier:
         self._pool = redis.ConnectionPool(**options, retry=Retry(NoBackoff(), 0))
         self._client = redis.Redis(connection_pool=self._pool)
         self._lock = threading.Lock()
+        self.events: TierEvents = NoTierEvents()  # told under the lock (see TierEvents)
         self._closed = False
         self._down = False  # the breaker is open
         self._refusing = False  # the last write got an error reply
@@ -210,9 +211,9 @@ class RedisTier:
         found = self._call(exists)
         return [bool(value) for value in found] if found is not None else [False] * len(names)
 
-    def _put(self, records: dict[str, bytes]) -> list[tuple[int, object]]:
+    def _put(self, records: dict[str, bytes]) -> list[tuple[str, int, object]]:
         """Pipelined EXISTS, then pipelined SET NX for the missing keys; ``(bytes, reply)``
-        per SET. SET NX alone sends every payload even for held keys: 16 records of 737 KB on
+        per SET (with its key). SET NX alone sends every payload even for held keys: 16 records of 737 KB on
         loopback (redis 7.0, redis-py 8.1, medians), all held: 2.6-7.5 ms per call for SET NX,
         0.2 ms for EXISTS first; none held: both 3-7 ms (the extra round trip is noise). Re-puts
         of shared prefixes are common, and over a network the 11.8 MB not sent matter more.
@@ -226,7 +227,8 @@ class RedisTier:
             for key, record in missing:
                 pipe.set(key, record, nx=True)
             replies = pipe.execute(raise_on_error=False) if missing else []
-        return [(len(record), reply) for (_, record), reply in zip(missing, replies, strict=True)]
+        pairs = zip(missing, replies, strict=True)
+        return [(key, len(record), reply) for (key, record), reply in pairs]
 
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         unique: dict[str, bytes] = {}
@@ -239,9 +241,12 @@ class RedisTier:
         if results is None:
             return
         elapsed = time.perf_counter() - start
-        written = [size for size, reply in results if reply is True]
-        refused = [reply for _, reply in results if isinstance(reply, Exception)]
+        written = [size for _, size, reply in results if reply is True]
+        names = [bytes.fromhex(key[len(self._prefix) :]) for key, _, r in results if r is True]
+        refused = [reply for _, _, reply in results if isinstance(reply, Exception)]
         with self._lock:
+            if names:
+                self.events.stored(self.name, names)
             self._writes += len(written)
             self._write_seconds += elapsed
             self._blocks += len(written)
@@ -266,8 +271,15 @@ class RedisTier:
         if result is None or not result[1]:
             return
         with self._lock:
+            self.events.removed(self.name, (name,))
             self._blocks = max(0, self._blocks - 1)
             self._bytes = max(0, self._bytes - result[0])
+
+    def announce(self) -> None:
+        """Nothing: Redis may hold records of other replicas and of earlier runs, which this
+        process cannot list without scanning a shared store; its own writes are told as
+        they happen."""
+        return None
 
     def sharing(self) -> str:
         return redis_sharing(self.url)

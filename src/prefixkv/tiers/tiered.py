@@ -39,7 +39,7 @@ from prefixkv.tiers.key import TierKey
 from prefixkv.tiers.naming import BlockNamer, fingerprint_of
 from prefixkv.tiers.policy import check_policy
 from prefixkv.tiers.promote import Promoter
-from prefixkv.tiers.protocol import Tier
+from prefixkv.tiers.protocol import Tier, TierEvents
 from prefixkv.tiers.seal import seal_for
 from prefixkv.tiers.writer import Writer
 from prefixkv.tokens import TokenBytes, as_token_bytes, token_count
@@ -217,6 +217,15 @@ class TieredCache:
         if blocks and self.tiers:
             data = self.hot.pool.read_blocks(blocks)
             self.writer.put_blocks(namespace, tokens, first_block, data, self.tiers)  # immutable
+
+    def observe(self, events: TierEvents) -> None:
+        """Tell ``events`` what every lower tier holds now (as far as it knows: see
+        ``Tier.announce``), then starts and stops holding, and what the records written to
+        them hold (RAM's own blocks: ``hot.events``)."""
+        self.writer.events = events
+        for tier in self.tiers:
+            tier.events = events
+            tier.announce()
 
     # --- lifecycle and stats ------------------------------------------------------------
 

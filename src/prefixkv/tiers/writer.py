@@ -19,7 +19,7 @@ import torch
 from prefixkv.threads import current_threads, helper_thread
 from prefixkv.tiers.codec import BlockCodec
 from prefixkv.tiers.naming import BlockNamer
-from prefixkv.tiers.protocol import Tier
+from prefixkv.tiers.protocol import NoTierEvents, Tier, TierEvents
 from prefixkv.tiers.record import encode
 from prefixkv.tiers.seal import Seal
 
@@ -54,6 +54,7 @@ class Writer:
         self.seal = seal
         self.max_queued_bytes = max_queued_bytes
         self.dropped_blocks = 0
+        self.events: TierEvents = NoTierEvents()  # told what each job's records hold
         self._jobs: deque[_Blocks | _Records] = deque()
         # The last chain named (writer thread only): a running sequence's blocks arrive one
         # commit at a time, each job extending the last, so naming resumes where it stopped
@@ -154,6 +155,8 @@ class Writer:
         names = self.namer.extend(parent, job.tokens, job.first, job.first + count)
         size = self.namer.block_size * 4
         self._chain = (job.namespace, job.tokens, (job.first + count) * size, names[-1])
+        span = job.tokens[job.first * size : (job.first + count) * size]
+        self.events.described(names, parent if job.first else None, span)
         out = []
         for i in range(count):
             block = job.first + i
