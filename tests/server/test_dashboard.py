@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefixkv.cache.protocol import CacheStats
+from prefixkv.engine.batch.canary import CanaryCounts
 from prefixkv.server.history import Point, Reading
 from prefixkv.server.latency import LatencyWindow
 from prefixkv.server.steps import StepTotals
@@ -128,7 +129,11 @@ def _stats(query: int, hit: int, evicted: int = 0) -> CacheStats:
 
 
 def _reading(t: float, stats: CacheStats, steps: StepTotals) -> Reading:
-    return Reading(t, stats, {"a": stats}, {}, steps, running=1, waiting=2, ttft=[0.1, 0.4])
+    misses = {"cold": int(t) * 10, "evicted": 0}
+    canary = CanaryCounts(
+        checks=int(t), mismatches=0, skipped=0, recomputed_tokens=0, discarded_blocks=0
+    )
+    return Reading(t, stats, {"a": stats}, {}, steps, 1, 2, [0.1, 0.4], misses, canary)
 
 
 def test_a_point_is_the_rates_between_two_readings() -> None:
@@ -140,6 +145,8 @@ def test_a_point_is_the_rates_between_two_readings() -> None:
     assert point.server["evicted_blocks_per_s"] == 3
     assert point.server["batch_size"] == 20 / 4 and point.server["decode_tokens_per_s"] == 10
     assert point.tenants["a"]["hit_rate"] == 300 / 400
+    assert point.server["miss_cold_per_s"] == 10 and point.server["miss_evicted_per_s"] == 0
+    assert point.server["canary_checks"] == 102
     idle = Point.between(after, _reading(103.0, after.cache, after.steps))
     assert idle.server["hit_rate"] is None and idle.server["batch_size"] is None
     assert idle.server["decode_tokens_per_s"] == 0

@@ -35,6 +35,8 @@ NAMES = (
     "prefixkv",
     "prefixkv-fp32",
     "prefixkv-nocache",
+    "prefixkv-nocanary",
+    "prefixkv-canary-all",
     "tf-cb",
     "tf-cb-matched",
     "llama-server",
@@ -111,6 +113,10 @@ def settings_table(plan: Plan) -> dict[str, Setting]:
             "prefixkv-fp32", PREFIXKV, ("--weights", "fp32"), "weights as fp32", weights="fp32"
         ),
         Setting("prefixkv-nocache", PREFIXKV, ("--no-prefix-cache",), "prefix cache off"),
+        # What the exactness canary costs: off, and checking every served prefix (its default
+        # rate, 0.01, is ``prefixkv``'s).
+        Setting("prefixkv-nocanary", PREFIXKV, ("--canary-rate", "0"), "canary off"),
+        Setting("prefixkv-canary-all", PREFIXKV, ("--canary-rate", "1"), "every prefix checked"),
         Setting("tf-cb", TRANSFORMERS, ("--continuous-batching",), "defaults", weights="fp32"),
         Setting(
             "tf-cb-matched",

@@ -94,7 +94,8 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = server_settings(args, engine.name, api_keys, admin)
     print(banner(args, engine.name), flush=True)
     events = _kv_events(args, built, threads)
-    app = create_app(engine, settings, built.runner, steps, threads, _request_log(args, engine))
+    request_log = _request_log(args, engine)
+    app = create_app(engine, settings, built.runner, steps, threads, request_log, built.canary)
     if events is not None:
         from prefixkv.events.serving import EventsCollector
 

@@ -33,7 +33,7 @@ from prefixkv.engine.engine import Engine
 from prefixkv.engine.gguf_blocks import RawWeight
 from prefixkv.engine.gguf_load import widen
 from prefixkv.engine.kvbridge import UnsupportedModelError, layout_of
-from prefixkv.engine.linear import formats_of
+from prefixkv.engine.linear import formats_of, kernel_of
 from prefixkv.engine.linear import linear_kernel as choose_linear
 from prefixkv.engine.loader import LoadedModel, open_model
 from prefixkv.engine.mapped import copy_mapped_weights
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from prefixkv.tiers.key import TierKey
 
 log = logging.getLogger("prefixkv.engine")
+
+EXACT_LINEAR = frozenset({"native", "onednn"})
+"""Linear kernels whose every output is one summation order whatever the row count."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ class Built:
     runner: Runner
     geometry: KVGeometry
     attention: str
+    canary: Canary = field(default_factory=lambda: _no_canary())
+    """The batch runner's exactness canary (the serial runner has none)."""
 
 
 def build(
@@ -138,6 +143,8 @@ def assemble(
     cache = make_cache(settings, geometry, model, attention, threads)
     if attention.startswith("serial:"):
         engine = Engine(model, tokenizer, cache, name=name, on_step=on_step)
+        if settings.canary_rate:
+            log.warning("the exactness canary runs on the batch runner only: it is off")
         return Built(engine, engine.serial, geometry, attention)
     engine = Engine(model, tokenizer, cache, name=name)
     from prefixkv.engine.batch.runner import BatchRunner
@@ -145,7 +152,13 @@ def assemble(
     kernel = attention.removeprefix("batch:")  # resolved already: no second probe of "auto"
     canary = make_canary(settings, model, geometry, attention, threads)
     runner = BatchRunner(engine, settings.limits, on_step, attention_kernel=kernel, canary=canary)
-    return Built(engine, runner, geometry, attention)
+    return Built(engine, runner, geometry, attention, canary)
+
+
+def _no_canary() -> Canary:
+    from prefixkv.engine.batch.canary import NO_CANARY
+
+    return NO_CANARY
 
 
 def make_canary(
@@ -156,6 +169,17 @@ def make_canary(
     from prefixkv.engine.batch.canary import NO_CANARY, SampledCanary
 
     if settings.canary_rate == 0.0:
+        return NO_CANARY
+    linear = kernel_of(model)
+    if linear not in EXACT_LINEAR or attention != "batch:native":
+        # PyTorch's own GEMM and attention round a row differently with the batch around it
+        # (tests/engine/batch/test_canary.py shows it): every check would be a false alarm.
+        log.warning(
+            "the exactness canary is off: it needs the native attention kernel and the "
+            "native or oneDNN linear kernel (bit-exact whatever the batch), not %s / %s",
+            attention.removeprefix("batch:"),
+            linear,
+        )
         return NO_CANARY
 
     @functools.cache

@@ -28,6 +28,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from starlette.responses import Response
 
+from prefixkv.engine.batch.canary import NO_CANARY, Canary
 from prefixkv.engine.role import EngineRole, Runner
 from prefixkv.server import dashboard, explaining, pinning, tokenizing
 from prefixkv.server.auth import Authenticator, Caller, require_admin
@@ -72,6 +73,7 @@ class ServerState:
         steps: StepMetrics,
         threads: int | None,
         request_log: RequestLog | None = None,
+        canary: Canary = NO_CANARY,
     ) -> ServerState:
         scheduler = Scheduler(RunnerBackend(runner, threads), settings.max_queue)
         auth = Authenticator(settings.api_keys, settings.admin_keys)
@@ -81,6 +83,7 @@ class ServerState:
             lambda: scheduler.pending,
             lambda: scheduler.backend.running,
             list(auth.tenants),
+            canary.counts,
         )
         scheduler.on_finish = metrics.observe_job
         if request_log is not None:
@@ -94,6 +97,7 @@ class ServerState:
             running=lambda: scheduler.backend.running,
             waiting=lambda: scheduler.pending,
             tenants=auth.tenants,
+            canary=canary.counts,
         )
         history = History(sources)
         return cls(engine, settings, scheduler, metrics, generation, auth, history, request_log)
@@ -123,14 +127,16 @@ def create_app(
     steps: StepMetrics,
     threads: int | None = None,
     request_log: RequestLog | None = None,
+    canary: Canary = NO_CANARY,
 ) -> FastAPI:
     """An OpenAI-compatible app serving ``engine``'s requests on ``runner`` (serial or batch,
     built with ``steps.observe`` as its step callback: ``/metrics`` exports ``steps``),
     whose thread runs torch ops on ``threads`` cores (default: the starting thread's). The
     runner's thread starts and stops with the app's lifespan (uvicorn runs it; so does
     ``TestClient`` used as a context manager). ``request_log`` gets a line per finished
-    generation and is closed with the app."""
-    state = ServerState.build(engine, settings, runner, steps, threads, request_log)
+    generation and is closed with the app; ``canary`` is the runner's exactness canary, whose
+    counts ``/metrics`` and the dashboard show."""
+    state = ServerState.build(engine, settings, runner, steps, threads, request_log, canary)
     app = FastAPI(
         title="prefixkv", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None
     )

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefixkv.cache.protocol import BlockStore, CacheStats
+from prefixkv.engine.batch.canary import NO_CANARY, CanaryCounts
 from prefixkv.server.latency import LatencyWindow
 from prefixkv.server.metrics import tier_records
 from prefixkv.server.steps import StepMetrics, StepTotals
@@ -41,6 +42,7 @@ class Sources:
     running: Callable[[], int]
     waiting: Callable[[], int]
     tenants: tuple[str, ...]
+    canary: Callable[[], CanaryCounts] = NO_CANARY.counts
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Reading:
     running: int
     waiting: int
     ttft: list[float | None]
+    misses: dict[str, int]
+    """Served miss tokens by reason (the whole cache)."""
+    canary: CanaryCounts
 
     @classmethod
     def take(cls, sources: Sources) -> Reading:
@@ -72,6 +77,8 @@ class Reading:
             running=sources.running(),
             waiting=sources.waiting(),
             ttft=sources.ttft.quantiles((0.5, 0.99)),
+            misses=cache.miss_tokens(),
+            canary=sources.canary(),
         )
 
 
@@ -134,6 +141,12 @@ class Point:
             "step_tokens_per_s": _rate(after.steps.tokens - before.steps.tokens, seconds),
             "ttft_p50": after.ttft[0],
             "ttft_p99": after.ttft[1],
+            **{
+                f"miss_{reason}_per_s": _rate(count - before.misses.get(reason, 0), seconds)
+                for reason, count in after.misses.items()
+            },
+            "canary_checks": after.canary.checks,
+            "canary_mismatches": after.canary.mismatches,
             "tiers": {
                 name: _tier_rates(before.tiers.get(name, now), now, seconds)
                 for name, now in after.tiers.items()

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from prefixkv.cache.protocol import BlockStore, CacheStats
+from prefixkv.engine.batch.canary import NO_CANARY, CanaryCounts
 from prefixkv.server.latency import LatencyWindow
 from prefixkv.server.scheduler import Job
 from prefixkv.server.service_levels import TenantLevels
@@ -150,6 +151,27 @@ class TierCollector(Collector):
                 yield metric
 
 
+class CanaryCollector(Collector):
+    """Exports the exactness canary's counts at each scrape as ``prefixkv_canary_<field>``
+    (counters; see :mod:`prefixkv.engine.batch.canary`)."""
+
+    def __init__(self, counts: Callable[[], CanaryCounts]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self._counts()._asdict().items():
+            yield CounterMetricFamily(f"prefixkv_canary_{name}", _CANARY_HELP[name], value=value)
+
+
+_CANARY_HELP = {
+    "checks": "Served prefixes recomputed without the cache and compared bit for bit",
+    "mismatches": "Checks whose recomputed KV differed from the served blocks",
+    "skipped": "Sampled checks not run (queue full, no room in time, shutdown)",
+    "recomputed_tokens": "Prompt tokens computed again by checks (their cost)",
+    "discarded_blocks": "Blocks dropped from the cache after mismatches",
+}
+
+
 class ServerMetrics:
     """The registry and the instruments the server updates; ``steps`` (made before the
     runner, whose steps it observes) is exported through the same registry."""
@@ -161,9 +183,10 @@ class ServerMetrics:
         queue_depth: Callable[[], int],
         running: Callable[[], int] = lambda: 0,
         tenants: Sequence[str] = (),
+        canary: Callable[[], CanaryCounts] = NO_CANARY.counts,
     ) -> None:
         """``tenants``: the configured tenants, labelled in per-tenant series (see
-        :mod:`prefixkv.server.service_levels`)."""
+        :mod:`prefixkv.server.service_levels`); ``canary``: the runner's canary counts."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -208,6 +231,7 @@ class ServerMetrics:
         self.recent_ttft = LatencyWindow()
         """The last minute's TTFTs, for live quantiles (the dashboard)."""
         steps.register(r)
+        r.register(CanaryCollector(canary))
         r.register(CacheCollector(cache.stats))
         r.register(TierCollector(cache))
         self.tenants = TenantLevels(cache, tenants, r)

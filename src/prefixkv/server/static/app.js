@@ -2,7 +2,7 @@
 // No library, no external fetch (the page's Content-Security-Policy forbids it).
 "use strict";
 
-const COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#c53030"];
+const COLORS = ["#2b6cb0", "#dd6b20", "#38a169", "#805ad5", "#c53030", "#d69e2e", "#718096"];
 const CHARTS = {
   hit_rate: { series: [["hit rate", "hit_rate"]], max: 1 },
   tokens: { series: [["looked up", "query_tokens_per_s"], ["cached", "hit_tokens_per_s"]] },
@@ -10,6 +10,10 @@ const CHARTS = {
   batch: { series: [["running", "running"], ["waiting", "waiting"], ["batch size", "batch_size"]] },
   decode: { series: [["decode tokens/s", "decode_tokens_per_s"]] },
   ttft: { series: [["p50", "ttft_p50"], ["p99", "ttft_p99"]] },
+  misses: {
+    series: ["cold", "evicted", "diverged", "partial_block", "other_namespace", "lower_tier",
+      "disabled"].map((reason) => [reason.replace("_", " "), `miss_${reason}_per_s`]),
+  },
 };
 const KEEP = 600; // points: ten minutes at one a second
 let points = [];
@@ -88,7 +92,9 @@ function renderTiles(data) {
     tiles.push(["pool used", fmt((now.used_blocks + now.reserved_blocks) / now.total_blocks * 100, 1) + "%"],
       ["running", fmt(latest.running, 0)], ["waiting", fmt(latest.waiting, 0)],
       ["decode tokens/s", fmt(latest.decode_tokens_per_s, 1)], ["TTFT p50 s", fmt(latest.ttft_p50, 3)],
-      ["TTFT p99 s", fmt(latest.ttft_p99, 3)], ["evicted blocks", fmt(now.evicted_blocks, 0)]);
+      ["TTFT p99 s", fmt(latest.ttft_p99, 3)], ["evicted blocks", fmt(now.evicted_blocks, 0)],
+      ["canary checks", fmt(latest.canary_checks, 0)],
+      ["canary mismatches", fmt(latest.canary_mismatches, 0)]);
   }
   const box = document.getElementById("tiles");
   box.replaceChildren(...tiles.map(([label, value]) => {
