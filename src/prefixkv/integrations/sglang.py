@@ -23,6 +23,7 @@ cache, a disabled radix cache, eviction policies other than ``lru`` and ``lfu``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -181,6 +182,7 @@ class PrefixKVRadixCache(BasePrefixCache):  # type: ignore[misc]  # SGLang is un
         req.last_node = node
 
     def evict(self, params: EvictParams) -> EvictResult:
+        start = time.perf_counter()
         firsts = self.index.evict(blocks_for(params.num_tokens, self.page_size))
         if firsts:
             freed = page_slots(firsts, self.page_size, self.device)
@@ -188,7 +190,9 @@ class PrefixKVRadixCache(BasePrefixCache):  # type: ignore[misc]  # SGLang is un
             if self.kv_events.enabled:
                 hashes = [self._event_hashes.pop(first) for first in firsts]
                 self.kv_events.enqueue(BlockRemoved(block_hashes=hashes, medium=_GPU))
-        return EvictResult(num_tokens_evicted=len(firsts) * self.page_size)
+        evicted = len(firsts) * self.page_size
+        self.update_eviction_metrics(evicted, start)  # (a no-op without --enable-metrics)
+        return EvictResult(num_tokens_evicted=evicted)
 
     def inc_lock_ref(self, node: Match) -> IncLockRefResult:
         before = self.index.pinned_blocks
