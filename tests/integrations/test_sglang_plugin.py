@@ -117,3 +117,24 @@ def test_events_of_namespaced_prefixes_are_refused(adapter: Any) -> None:
         cache.insert(InsertParams(key=key, value=torch.arange(16, 32, dtype=torch.int64)))
     assert cache.total_size() == 0  # refused before anything changed
     assert [type(event).__name__ for event in cache.take_events()] == ["AllBlocksCleared"]
+
+
+def test_dfs_weight_order_puts_shared_prefixes_together(adapter: Any) -> None:
+    from sglang.srt.mem_cache.base_prefix_cache import InsertParams, MatchPrefixParams
+    from sglang.srt.mem_cache.radix_cache import RadixKey
+
+    cache = adapter.PrefixKVRadixCache(params())
+    a, b = [1] * 16 + [2] * 16, [3] * 16
+    cache.insert(InsertParams(key=RadixKey(array("q", a)), value=torch.arange(16, 48)))
+    cache.insert(InsertParams(key=RadixKey(array("q", b)), value=torch.arange(64, 80)))
+    queries = [a, b, a[:16], b, a]
+    handles = [
+        cache.match_prefix(MatchPrefixParams(key=RadixKey(array("q", q)))).last_device_node
+        for q in queries
+    ]
+    order = cache.dfs_weight_order(handles)
+    assert sorted(order) == [0, 1, 2, 3, 4]
+    assert [queries[i][0] for i in order] == [1, 1, 1, 3, 3]  # each prefix's requests adjacent
+    before = cache.index.stats().queries
+    cache.touch_prefix(RadixKey(array("q", a)))  # records a use, as a match does
+    assert cache.index.stats().queries == before + 1
