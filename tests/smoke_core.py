@@ -39,6 +39,13 @@ except ImportError as exc:
 else:
     raise AssertionError("prefixkv.tiers imported without the [tiers] extra")
 
+try:
+    import prefixkv.integrations.sglang
+except ImportError as exc:
+    assert "pip install --no-deps sglang==" in str(exc) and "\n" not in str(exc), exc
+else:
+    raise AssertionError("prefixkv.integrations.sglang imported without SGLang installed")
+
 for command, extra in ((["serve"], "server"), (["chat"], "hf"), (["bench", "ttft"], "hf")):
     done = subprocess.run(
         [sys.executable, "-m", "prefixkv.cli", *command], capture_output=True, text=True

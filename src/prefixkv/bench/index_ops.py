@@ -1,7 +1,9 @@
 """``prefixkv bench index``: prefix-index operations, side by side with peers, in one run.
 
 Subjects: prefixkv's PrefixIndex, the plain-dict ReferenceIndex, SGLang's classic RadixCache
-(page size 16 and 1) and vLLM's block hashing + lookup (sha256 and xxhash), the peers when
+(page size 16 and 1), SGLang's default UnifiedRadixCache with its Rust TreeCore, prefixkv's
+SGLang backend (``prefixkv.integrations.sglang``, driven through SGLang's calls like the
+SGLang trees) and vLLM's block hashing + lookup (sha256 and xxhash), the peers when
 importable (``prefixkv.bench.peers``). Every subject gets the same input object, in one of
 three forms, made before the clock starts:
 
@@ -225,8 +227,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--peers",
         nargs="*",
-        default=["dict", "sglang", "vllm"],
-        choices=["dict", "sglang", "vllm"],
+        default=["dict", "sglang", "sglang-rust", "prefixkv-sglang", "vllm"],
+        choices=["dict", "sglang", "sglang-rust", "prefixkv-sglang", "vllm"],
         help="baselines to run beside prefixkv (skipped with a note when not importable)",
     )
     parser.add_argument("--out", type=Path, default=Path("results/index_ops.json"))

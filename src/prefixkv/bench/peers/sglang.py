@@ -1,5 +1,9 @@
-"""SGLang's classic radix tree (``sglang.srt.mem_cache.radix_cache.RadixCache``) as an
-index-benchmark subject, driven through its installed package on CPU (nothing copied from it).
+"""SGLang's radix trees as index-benchmark subjects, driven through the installed package on
+CPU (nothing copied from it), all through the same SGLang-shaped calls:
+
+* ``classic``: ``sglang.srt.mem_cache.radix_cache.RadixCache``, the Python tree;
+* ``unified``: ``UnifiedRadixCache`` with its Rust TreeCore, SGLang 0.5.23's default tree;
+* ``prefixkv``: prefixkv's backend for SGLang (:mod:`prefixkv.integrations.sglang`).
 
 Install with ``benchmarks/install_peers.sh``. Fairness notes:
 
@@ -34,6 +38,7 @@ __all__ = ["SGLangRadix"]
 #   sentencepiece      - tokenizer of one model config (InternVL).
 #   compressed_tensors - quantization config formats.
 #   orjson, pybase64, zmq - JSON / base64 / ZeroMQ of the server and IPC paths.
+#   partial_json_parser - tool-call parsing, imported by UnifiedRadixCache's module chain.
 # msgspec and dill cannot be replaced (SGLang subclasses msgspec.Struct and serialises a
 # class with dill at import time): install_peers.sh installs them.
 SGLANG_STUBS = (
@@ -47,7 +52,11 @@ SGLANG_STUBS = (
     "orjson",
     "pybase64",
     "zmq",
+    "partial_json_parser",
 )
+
+KINDS = ("classic", "unified", "prefixkv")
+"""Which tree a :class:`SGLangRadix` drives (module docstring)."""
 
 
 class _SGLang(NamedTuple):
@@ -59,6 +68,9 @@ class _SGLang(NamedTuple):
     MatchPrefixParams: Any
     InsertParams: Any
     EvictParams: Any
+    UnifiedRadixCache: Any
+    CacheInitParams: Any
+    FULL: Any
     version: str
 
 
@@ -73,15 +85,51 @@ def load_sglang() -> _SGLang:
                 InsertParams,
                 MatchPrefixParams,
             )
+            from sglang.srt.mem_cache.cache_init_params import CacheInitParams
             from sglang.srt.mem_cache.radix_cache import RadixCache, RadixKey
+            from sglang.srt.mem_cache.unified_cache.components import ComponentType
+            from sglang.srt.mem_cache.unified_radix_cache import UnifiedRadixCache
     except Exception as exc:  # ImportError, or anything an import chain raises
         raise PeerUnavailable(f"sglang not importable: {one_line(exc)}") from exc
     import sglang
 
     version = getattr(sglang, "__version__", "?")
     return _SGLang(
-        torch, RadixCache, RadixKey, MatchPrefixParams, InsertParams, EvictParams, version
+        torch,
+        RadixCache,
+        RadixKey,
+        MatchPrefixParams,
+        InsertParams,
+        EvictParams,
+        UnifiedRadixCache,
+        CacheInitParams,
+        ComponentType.FULL,
+        version,
     )
+
+
+def _build_cache(api: _SGLang, kind: str, allocator: Any, page_size: int) -> Any:
+    """The tree ``kind`` names, over ``allocator``, LRU, without metrics or KV events."""
+    if kind == "classic":
+        return api.RadixCache.create_simulated(mock_allocator=allocator, page_size=page_size)
+    params = api.CacheInitParams(
+        disable=False,
+        req_to_token_pool=None,
+        token_to_kv_pool_allocator=allocator,
+        page_size=page_size,
+        tree_components=(api.FULL,),
+        tree_core_backend="rust",
+    )
+    if kind == "unified":
+        cache = api.UnifiedRadixCache(params)
+        if cache._tree_core_backend != "rust":  # SGLang falls back to Python, saying why
+            raise PeerUnavailable("SGLang's Rust TreeCore did not load here")
+        return cache
+    if kind == "prefixkv":
+        from prefixkv.integrations.sglang import PrefixKVRadixCache
+
+        return PrefixKVRadixCache(params)
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
 class _FakeKVAllocator:
@@ -123,10 +171,11 @@ class _FakeKVAllocator:
 
 
 class SGLangRadix:
-    """SGLang's RadixCache (LRU, no metrics, no KV events) through the calls its scheduler
-    makes; a :class:`~prefixkv.bench.subjects.Subject`.
+    """One of SGLang's trees (``kind``, see ``KINDS``; LRU, no metrics, no KV events) through
+    the calls its scheduler makes; a :class:`~prefixkv.bench.subjects.Subject`.
 
-    Built with ``RadixCache.create_simulated`` over a fake KV allocator. ``page_size`` 16
+    Built over a fake KV allocator (the classic tree with ``RadixCache.create_simulated``,
+    the others from ``CacheInitParams`` with the FULL component only). ``page_size`` 16
     matches prefixkv's block size, 1 is SGLang's default; ``block_size`` is what the
     benchmark calls a block (``evict`` counts in it). Token inputs may be a list (converted
     to ``array('q')`` inside the call, as SGLang's scheduler would) or an ``array('q')``.
@@ -137,14 +186,15 @@ class SGLangRadix:
       tree holds.
     * ``match``: ``match_prefix``; returns ``device_prefix_len``. It does not concatenate the
       matched KV indices (the scheduler does that later).
-    * ``pin_unpin``: ``inc_lock_ref`` / ``dec_lock_ref`` on the match's last node.
-    * ``evict``: one ``evict`` call; SGLang builds a heap over *all* evictable leaves on every
-      call, then pops until enough tokens are freed.
+    * ``pin_unpin``: ``inc_lock_ref`` / ``dec_lock_ref`` (with the receipt the unified tree
+      requires) on the match's last node.
+    * ``evict``: one ``evict`` call; the classic tree builds a heap over *all* evictable
+      leaves on every call, then pops until enough tokens are freed.
     """
 
     can_pin = can_evict = True
 
-    def __init__(self, page_size: int = 16, block_size: int = 16) -> None:
+    def __init__(self, page_size: int = 16, block_size: int = 16, kind: str = "classic") -> None:
         if page_size < 1 or block_size < 1:
             raise ValueError("page_size and block_size must be >= 1")
         api = load_sglang()
@@ -152,11 +202,10 @@ class SGLangRadix:
         self.page_size = page_size
         self.block_size = block_size
         self.version = api.version
-        self.name = f"sglang(page={page_size})"
+        prefix = {"classic": "sglang", "unified": "sglang-rust", "prefixkv": "prefixkv-sglang"}
+        self.name = f"{prefix.get(kind, kind)}(page={page_size})"
         self.allocator = _FakeKVAllocator(api.torch, page_size)
-        self.cache = api.RadixCache.create_simulated(
-            mock_allocator=self.allocator, page_size=page_size
-        )
+        self.cache = _build_cache(api, kind, self.allocator, page_size)
 
     def native(self, tokens: list[int]) -> array[int]:
         return array("q", tokens)  # what SGLang's scheduler keeps per request
@@ -179,8 +228,8 @@ class SGLangRadix:
         return self._match(tokens).last_device_node
 
     def pin_unpin(self, handle: Any) -> None:
-        self.cache.inc_lock_ref(handle)
-        self.cache.dec_lock_ref(handle)
+        receipt = self.cache.inc_lock_ref(handle)
+        self.cache.dec_lock_ref(handle, receipt.to_dec_params())
 
     def evict(self, num_blocks: int) -> int:
         """One evict call for ``num_blocks`` blocks' tokens; returns the tokens freed."""
@@ -200,8 +249,10 @@ class SGLangRadix:
         return int(self.cache.protected_size())
 
     def total_size(self) -> int:
-        """Tokens held by the tree (walks it)."""
-        return int(self.cache.total_size())
+        """Tokens held by the tree (the classic tree walks it; the unified one answers
+        ``(full, swa)``)."""
+        size = self.cache.total_size()
+        return int(size[0] if isinstance(size, tuple) else size)
 
     def reset(self) -> None:
         self.cache.reset()
