@@ -88,7 +88,7 @@ def test_each_policy_routes(fleet: Fleet, policy: str) -> None:
     work = document_qa_workload(1, 5, documents=1, sentences=6, seed=3)
     with router(fleet, policy) as url:
         assert [o.failures for o in send(fleet, url, work[:1], 1, 2, 1)] == [()]
-        time.sleep(0.5)  # the first request's KV events reach the router
+        time.sleep(2.0)  # the first request's KV events reach the router (kv_aware)
         before = fleet.counts()
         outcomes = send(fleet, url, work[1:], 1, 2, 1)
         served = [a.minus(b).prompt_tokens for a, b in zip(fleet.counts(), before, strict=True)]

@@ -113,10 +113,11 @@ def run_phase(
                            args.attempts, ADMIN_HEADERS, kill_at(fleet, kill_after))
         )  # fmt: skip
         after = fleet.counts()
+        retries = router.retries()
     finally:
         router.stop()
     counts = [a.minus(b) if a.prompt_tokens else a for a, b in zip(after, before, strict=True)]
-    summary = fleet_report.summarize(name, outcomes, seconds, counts)
+    summary = fleet_report.summarize(name, outcomes, seconds, counts) | {"router_retries": retries}
     print(fleet_report.line(summary), flush=True)
     return summary
 

@@ -56,7 +56,8 @@ def line(s: dict[str, Any]) -> str:
         f"{s['phase']:<14} hit {100 * s['hit_rate']:5.1f}% (RAM {100 * s['ram_hit_rate']:5.1f}%)"
         f"  TTFT p50 {s['ttft_p50_ms']} ms p99 {s['ttft_p99_ms']} ms  {s['req_per_s']:.2f} req/s"
         f"  {s['completed']}/{s['requests']} done, {s['failed_attempts']} failed attempts,"
-        f" {s['lost']} lost  (prompt tokens per replica {s['per_replica_prompt_tokens']})"
+        f" {s.get('router_retries', 0)} router retries, {s['lost']} lost"
+        f"  (prompt tokens per replica {s['per_replica_prompt_tokens']})"
     )
 
 
@@ -93,7 +94,8 @@ def targets(by_phase: dict[str, dict[str, Any]], kill: dict[str, Any]) -> list[d
         {
             "name": "no request lost when a replica is killed mid-run",
             "measured": f"{kill['lost']} lost of {kill['requests']}; "
-            f"{kill['failed_attempts']} failed attempts retried by the client",
+            f"{kill['failed_attempts']} failed attempts retried by the client, "
+            f"{kill.get('router_retries', 0)} retries by the router",
             "met": kill["lost"] == 0,
         },
     ]

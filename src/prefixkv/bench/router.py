@@ -12,8 +12,9 @@ event-driven index, fed over its own engine connections (gRPC, or a ZeroMQ ``ipc
 handshake with vLLM/SGLang schedulers), not from an HTTP worker's PUB endpoint.
 
 The router retries a request on another worker when it cannot connect (a killed replica),
-before any byte reached the client; a reply cut off mid-stream cannot be retried by it, and
-is the client's to retry (:mod:`prefixkv.bench.fleet_client`).
+before any byte reached the client, and counts it (``retries()``); a reply cut off
+mid-stream cannot be retried by it, and is the client's to retry
+(:mod:`prefixkv.bench.fleet_client`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 CACHE_AWARE = "cache_aware"
 ROUND_ROBIN = "round_robin"
@@ -87,6 +89,7 @@ class RouterProcess:
     ) -> None:
         self.config = config
         self.url = f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
@@ -114,6 +117,18 @@ class RouterProcess:
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"vllm-router not ready after {timeout} s; log: {self.log}")
+
+    def retries(self) -> int:
+        """Requests the router sent again (to another worker, after a failed attempt) since
+        it started: its ``vllm_router_retries_total``, over every route."""
+        response = httpx.get(self.metrics_url, timeout=10.0)
+        response.raise_for_status()
+        return sum(
+            int(sample.value)
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+            if sample.name == "vllm_router_retries_total"
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
