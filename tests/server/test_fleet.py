@@ -46,16 +46,23 @@ def router_or_skip() -> Path:
     return binary
 
 
-@pytest.fixture(scope="module")
-def fleet(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@contextmanager
+def started_fleet(model_dir: Path, workdir: Path) -> Iterator[Fleet]:
+    """Two tiny replicas and Redis, stopped on exit."""
     router_or_skip()
-    spec = FleetSpec(str(tiny_model_dir), 2, 64 << 20, 4, 1)
-    started = Fleet(spec, redis_server_path(), tmp_path_factory.mktemp("fleet"))
+    spec = FleetSpec(str(model_dir), 2, 64 << 20, 4, 1)
+    started = Fleet(spec, redis_server_path(), workdir)
     try:
         started.wait_ready()
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with started_fleet(tiny_model_dir, tmp_path_factory.mktemp("fleet")) as started:
+        yield started
 
 
 @contextmanager
@@ -100,13 +107,12 @@ def test_each_policy_routes(fleet: Fleet, policy: str) -> None:
 
 
 def test_a_killed_replica_loses_no_request(
-    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The last test of the module: it kills a replica for good. The router retries what it
-    cannot connect; the client retries replies cut off mid-stream (counted)."""
-    fleet.reset()
+    """On a fleet of its own (it kills a replica for good). The router retries what it
+    cannot connect; the client retries replies cut off mid-stream."""
     work = document_qa_workload(4, 4, documents=2, sentences=6, seed=4)
-    with router(fleet, CACHE_AWARE) as url:
+    with started_fleet(tiny_model_dir, tmp_path) as fleet, router(fleet, CACHE_AWARE) as url:
         outcomes, _ = asyncio.run(
             drive_retrying(url, fleet.spec.model, work, 4, 32, 3, ADMIN_HEADERS, kill_at(fleet, 3))
         )
