@@ -41,6 +41,7 @@ BENCHES = {
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
     "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
+    "fleet": ("prefixkv.bench.fleet", "replicas behind vllm-router: cache-aware vs round-robin"),
     "results-page": ("prefixkv.bench.results_page", "write docs/results.md from results/*.json"),
     "make-model": ("prefixkv.bench.make_model", "write a random Llama/Qwen2 of a real size"),
 }
@@ -53,6 +54,7 @@ _BENCH_EXTRAS = {
     "compression": ("hf", "tiers"),
     "tiers": ("server", "bench"),
     "soak": ("server", "bench"),
+    "fleet": ("server", "bench"),  # and the vllm-router binary ([fleet]), checked by the bench
     "make-model": ("hf",),
 }
 
