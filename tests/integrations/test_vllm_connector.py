@@ -72,7 +72,7 @@ class Scenario:
     redis_held_after_a: list[bool] = field(default_factory=list)
     damaged_record: bytes = b""
     record_after_b: bytes | None = None
-    logs: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def serve(server: VllmServer, label: str, name: str, scenario: Scenario) -> None:
@@ -143,11 +143,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
         found.fingerprints |= {"a2": a2.fingerprint(), "b": b.fingerprint()}
         with redis.client() as client:
             found.record_after_b = client.get(damaged)
+        found.logs = {server.log.stem: server.log_text() for server in started}
         yield found
     finally:
         for server in started:
             server.stop()
-            found.logs[server.log.stem] = server.log_text()
         redis.stop()
 
 

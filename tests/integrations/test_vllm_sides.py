@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from prefixkv.integrations.vllm.plan import BlockRun
 from prefixkv.integrations.vllm.scheduler import SchedulerSide
@@ -146,3 +148,38 @@ def test_notice_sees_files_another_process_wrote(tmp_path: Path) -> None:
     assert reader.holds(names) == [False] * 3
     assert reader.notice(names) == [True] * 3
     reader.check_invariants()
+
+
+@given(
+    length=st.integers(1, 40),
+    chunks=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+    rewind=st.integers(0, 10),
+)
+def test_saves_follow_a_reference_over_chunked_prefills_and_a_rewind(
+    length: int, chunks: list[int], rewind: int
+) -> None:
+    """Chunked prefill in steps of ``chunks`` tokens; before the second step vLLM rewinds
+    the request to block ``rewind`` if it computed past it (a failed load). Reference: each
+    step saves the full blocks from the last one saved (or the rewound one) to the last
+    computed, under the request's vLLM block ids; every computed full block ends up saved."""
+    side = SchedulerSide(BlockNamer(FINGERPRINT, BLOCK), [])
+    tokens = list(range(300, 300 + length))
+    block_ids = list(range(100, 101 + length // BLOCK))
+    side.offer(request("r", tokens), 0)
+    computed = next_save = 0
+    for step, chunk in enumerate(chunks):
+        if computed >= length:
+            break
+        if step == 1 and rewind * BLOCK < computed:
+            computed = rewind * BLOCK
+            next_save = min(next_save, rewind)
+        scheduled = min(chunk, length - computed)
+        if step == 0:
+            out = output([("r", block_ids, 0)], {"r": scheduled})
+        else:
+            out = output([], {"r": scheduled}, cached=[("r", [], computed)])
+        computed += scheduled
+        done = computed // BLOCK
+        expected = [(next_save, tuple(block_ids[next_save:done]))] if done > next_save else []
+        assert [(r.first, r.block_ids) for r in side.plan(out).saves] == expected
+        next_save = max(next_save, done)

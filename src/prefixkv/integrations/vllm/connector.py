@@ -53,6 +53,9 @@ class PrefixKVConnector(KVConnectorBase_V1):  # type: ignore[misc]  # vLLM's cla
 
     def __init__(self, vllm_config: Any, role: Any, kv_cache_config: Any) -> None:
         super().__init__(vllm_config=vllm_config, role=role, kv_cache_config=kv_cache_config)
+        if len(kv_cache_config.kv_cache_groups) != 1:
+            # a record is one block of every layer: one group of layers sharing block ids
+            raise ValueError("the prefixkv connector supports models with one KV cache group")
         transfer = vllm_config.kv_transfer_config
         parallel = vllm_config.parallel_config
         if parallel.tensor_parallel_size * parallel.pipeline_parallel_size > 1:

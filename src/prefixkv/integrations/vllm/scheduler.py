@@ -59,7 +59,6 @@ class SchedulerSide:
         self._offers: dict[str, tuple[int, int]] = {}  # request -> (first block, blocks)
         self._loads: dict[str, tuple[int, int]] = {}
         self._tracked: dict[str, _Tracked] = {}
-        self.offered_blocks = 0
 
     def offer(self, request: Any, num_computed_tokens: int) -> int:
         """Tokens past ``num_computed_tokens`` the tiers hold (whole blocks, in one
