@@ -40,3 +40,17 @@ def test_each_client_count_gets_its_own_documents() -> None:
     work = workloads(parser().parse_args(["--clients", "1,2", "--requests-per-client", "2"]))
     assert [len(work[1]), len(work[2])] == [2, 4]
     assert work[1][0].messages != work[2][0].messages
+
+
+def test_n_rounds_ask_about_documents_of_their_own() -> None:
+    from prefixkv.bench.serve_n import n_workload
+
+    args = parser().parse_args(["--clients", "1,4", "--n", "8"])
+    assert args.n == 8 and args.n_rounds == 3
+    rounds = n_workload(args.n_rounds, args.sentences)
+    documents = [r.messages[1][1].split("\n\nQuestion")[0] for r in rounds]
+    assert len(rounds) == 6 and len(set(documents)) == 6
+    earlier = {
+        r.messages[1][1].split("\n\nQuestion")[0] for rs in workloads(args).values() for r in rs
+    }
+    assert earlier.isdisjoint(documents)  # nothing the client counts cached

@@ -146,3 +146,13 @@ def test_chart_writes_a_png(tmp_path: Path) -> None:
     rows = [summarize(got, got, setting("prefixkv"), RATES, SIZE, 150)]
     chart(rows, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_n_cost_line_states_both_ratios() -> None:
+    from prefixkv.bench.serve_n import NCost, n_line
+
+    cost = NCost(8, (2.0, 1.0, 3.0), (3.0, 1.5, 9.0), (700,) * 6, (32,) * 3, (256,) * 3)
+    assert cost.ratio == 1.5 and cost.best_ratio == 1.5
+    line = n_line("prefixkv", cost)
+    assert line.startswith("prefixkv: n=8 costs 1.50x one request (fastest rounds: 1.50x")
+    assert "2.00/3.00, 1.00/1.50, 3.00/9.00 s" in line

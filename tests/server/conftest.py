@@ -23,6 +23,7 @@ from .harness import ServerProcess, parse_metrics
 
 TINY_ARGS = ["--cache-bytes", "64MiB", "--block-size", "4", "--threads", "1"]
 TINY_CONTEXT = 4096
+JSON_CHARS = "{}[]+\\/"  # what the tiny tokenizer's CHARS lacks for JSON
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,22 @@ def tiny_server_process(
     args = ["--model", str(model_dir), *TINY_ARGS, "--max-tokens-limit", "3000", *extra]
     server = ServerProcess(args, log).wait_ready()
     yield server
+    assert server.stop() == 0, server.output()
+    assert "Traceback" not in server.output(), server.output()
+
+
+def tiny_json_client(factory: pytest.TempPathFactory, name: str) -> Iterator[openai.OpenAI]:
+    """A client of a server on a tiny random model whose characters can spell JSON (and
+    so tool-call blocks), as the model ``tiny-json``; it must stop cleanly."""
+    folder = factory.mktemp("models") / "tiny-json"
+    model = tiny_llama(extra=JSON_CHARS)
+    model.config.max_position_embeddings = TINY_CONTEXT
+    model.save_pretrained(folder)
+    tiny_tokenizer(extra=JSON_CHARS).save_pretrained(folder)
+    log = factory.mktemp("logs") / f"{name}.log"
+    server = ServerProcess(["--model", str(folder), *TINY_ARGS], log).wait_ready()
+    with server.client() as opened:
+        yield opened
     assert server.stop() == 0, server.output()
     assert "Traceback" not in server.output(), server.output()
 

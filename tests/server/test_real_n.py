@@ -196,3 +196,17 @@ def test_each_choice_reports_its_own_logprobs(client: openai.OpenAI) -> None:
             if choice.logprobs is not None and choice.logprobs.content:
                 streamed[choice.index] += [t.token for t in choice.logprobs.content]
     assert streamed == tokens
+
+
+def test_bench_serve_n_rounds_get_n_full_samples(tiny_server: ServerProcess) -> None:
+    """``prefixkv bench serve --n``'s measurement, against the real server: every round
+    gets n choices of exactly max_tokens tokens (ignore_eos) and times both requests."""
+    import argparse
+
+    from prefixkv.bench.serve_n import run_n
+
+    args = argparse.Namespace(n=3, n_rounds=2, max_tokens=5, sentences=3)
+    cost = run_n(tiny_server.url, "tiny", {}, args)
+    assert cost.one_tokens == (5, 5) and cost.many_tokens == (15, 15)
+    assert len(cost.one_s) == len(cost.many_s) == 2 and min(cost.one_s) > 0
+    assert cost.ratio > 0 and len(cost.prompt_tokens) == 4

@@ -79,3 +79,24 @@ def test_smollm2_calls_the_tool(server: ServerProcess) -> None:
                 arguments += part.function.arguments or ""
     assert names == "get_weather" and json.loads(arguments) == {"city": "Paris"}
     assert reasons[-1] == "tool_calls"
+
+
+@pytest.mark.parametrize("choice", ["required", "named"])
+def test_a_forced_choice_makes_smollm2_call_from_the_instruction_alone(
+    server: ServerProcess, choice: str
+) -> None:
+    """Without a history of calls SmolLM2 describes the JSON instead of calling (see
+    test_smollm2_calls_the_tool); a forced choice masks its reply to a call."""
+    forced: Any = (
+        "required" if choice == "required"
+        else {"type": "function", "function": {"name": "get_weather"}}
+    )  # fmt: skip
+    reply = server.client().chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[WEATHER], tool_choice=forced, temperature=0, max_tokens=40,
+    )  # fmt: skip
+    choice_ = reply.choices[0]
+    assert choice_.finish_reason == "tool_calls", choice_.message.content
+    (call,) = choice_.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)

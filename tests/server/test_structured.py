@@ -13,14 +13,12 @@ from typing import Any
 import openai
 import pytest
 
-from ..engine.tiny import CHARS, SPECIALS, tiny_llama, tiny_tokenizer
-from .conftest import TINY_ARGS, TINY_CONTEXT
-from .harness import ServerProcess
+from ..engine.tiny import CHARS, SPECIALS
+from .conftest import JSON_CHARS, tiny_json_client
 
 pytest.importorskip("llguidance", reason="the grammar extra is not installed")
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
-JSON_CHARS = "{}[]+\\/"  # what CHARS lacks for JSON
 SEEDS = (1, 2, 3)
 MESSAGES: Any = [{"role": "user", "content": "Describe the ship as JSON."}]
 SCHEMA: dict[str, Any] = {
@@ -42,17 +40,7 @@ RESPONSE_FORMAT: Any = {
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     """A server on a tiny random model whose characters can spell JSON."""
-    folder = tmp_path_factory.mktemp("models") / "tiny-json"
-    model = tiny_llama(extra=JSON_CHARS)
-    model.config.max_position_embeddings = TINY_CONTEXT
-    model.save_pretrained(folder)
-    tiny_tokenizer(extra=JSON_CHARS).save_pretrained(folder)
-    log = tmp_path_factory.mktemp("logs") / "structured.log"
-    server = ServerProcess(["--model", str(folder), *TINY_ARGS], log).wait_ready()
-    with server.client() as opened:
-        yield opened
-    assert server.stop() == 0, server.output()
-    assert "Traceback" not in server.output(), server.output()
+    yield from tiny_json_client(tmp_path_factory, "structured")
 
 
 def chat(client: openai.OpenAI, stream: bool = False, **extra: Any) -> tuple[str, str | None]:
@@ -108,6 +96,8 @@ def test_json_schema_holds(client: openai.OpenAI, stream: bool) -> None:
         text, finish = chat(client, stream, seed=seed, response_format=RESPONSE_FORMAT)
         assert finish == "stop", text
         check_ship(json.loads(text))
+        # in the schema's order (name, crew, ports), as OpenAI writes it: not sorted
+        assert list(json.loads(text)) == list(SCHEMA["properties"])
         texts.add(text)
     assert len(texts) > 1  # sampled, not one forced string
     again, _ = chat(client, stream, seed=SEEDS[0], response_format=RESPONSE_FORMAT)

@@ -110,3 +110,30 @@ def test_malformed_tool_parts_name_the_field(message: dict[str, Any], param: str
     with pytest.raises((APIError, InvalidRequestError)) as caught:
         tool_messages([message], None)
     assert caught.value.param == param
+
+
+def test_a_forced_schema_rebases_each_functions_local_refs() -> None:
+    """Nested under the call's schema, ``#/$defs/x`` must become a pointer into the
+    function's own place; references elsewhere stay."""
+    parameters = {
+        "$defs": {"c": {"type": "string"}},
+        "type": "object",
+        "properties": {"city": {"$ref": "#/$defs/c"}, "self": {"$ref": "#"},
+                       "far": {"$ref": "https://example.com/s.json"}},
+    }  # fmt: skip
+    tool = {"type": "function", "function": {"name": "f", "parameters": parameters}}
+    other = {"type": "function", "function": {"name": "g", "parameters": parameters}}
+    one = parse_tools({"tools": [tool], "tool_choice": "required"})
+    assert one is not None
+    schema = one.forced_schema()
+    assert schema is not None
+    props = schema["properties"]["arguments"]["properties"]
+    assert props["city"] == {"$ref": "#/properties/arguments/$defs/c"}
+    assert props["self"] == {"$ref": "#/properties/arguments"}
+    assert props["far"] == {"$ref": "https://example.com/s.json"}
+    two = parse_tools({"tools": [tool, other], "tool_choice": "required"})
+    assert two is not None
+    both = two.forced_schema()
+    assert both is not None
+    second = both["anyOf"][1]["properties"]["arguments"]["properties"]
+    assert second["city"] == {"$ref": "#/anyOf/1/properties/arguments/$defs/c"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import openai
@@ -17,7 +18,7 @@ from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import Intake
 from prefixkv.engine.logprob_records import Candidate, TokenLogprob
 from prefixkv.engine.prompts import Prompt
-from prefixkv.engine.request import Completion, Request, SamplingParams
+from prefixkv.engine.request import Completion, GrammarSpec, Request, SamplingParams
 from prefixkv.engine.role import Sink
 from prefixkv.tokens import token_count
 from tests.server.conftest import App, running_app
@@ -36,7 +37,8 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 
 class ScriptedEngine(FakeEngine):
     """Replies with ``script`` (its deltas in order), whatever the prompt; records the
-    prompts (messages as the server rendered them) and the requests it ran."""
+    prompts (messages as the server rendered them), the grammars asked for (then dropped:
+    a script follows no mask) and the requests it ran."""
 
     context_length = 4096  # the tools' system block alone is ~600 characters
 
@@ -46,10 +48,12 @@ class ScriptedEngine(FakeEngine):
         self.script: list[str] = []
         self.seen: list[Request] = []
         self.prompts: list[Any] = []
+        self.grammars: list[GrammarSpec | None] = []
 
     def request(self, prompt: Prompt, params: SamplingParams, **kwargs: Any) -> Request:
         self.prompts.append(prompt)
-        return super().request(prompt, params, **kwargs)
+        self.grammars.append(params.grammar)
+        return super().request(prompt, replace(params, grammar=None), **kwargs)
 
     def runner(self, on_step: Callable[[StepReport], None]) -> FakeRunner:
         return ScriptedRunner(self, on_step)
@@ -180,14 +184,24 @@ def test_tool_choice_none_parses_nothing(scripted: App) -> None:
     assert _streamed(scripted, tool_choice="none") == (CALL, [], "stop")
 
 
-def test_required_without_a_call_returns_the_text(scripted: App) -> None:
-    _script(scripted, "I do not want to call anything.")
+def test_required_is_asked_for_and_masked_to_calls(scripted: App) -> None:
+    """``required`` is in the prompt and in a grammar of call blocks (the grammar's effect
+    on a model: tests/server/test_tool_grammar.py); ``auto`` carries no grammar."""
+    _script(scripted, CALL)
+    _ask(scripted, tool_choice="auto")
+    assert _grammar(scripted) is None
     choice = _ask(scripted, tool_choice="required").choices[0]
-    assert (choice.finish_reason, choice.message.content) == (
-        "stop",
-        "I do not want to call anything.",
-    )
+    assert choice.finish_reason == "tool_calls"
     assert "You must call at least one function." in _prompt_text(scripted)
+    grammar = _grammar(scripted)
+    assert grammar is not None and grammar.param == "tool_choice"
+    assert grammar.kind == "lark" and '{"const": "get_weather"}' in grammar.source
+
+
+def _grammar(app: App) -> GrammarSpec | None:
+    engine = app.engine
+    assert isinstance(engine, ScriptedEngine)
+    return engine.grammars[-1]
 
 
 def test_a_named_choice_keeps_only_that_function(scripted: App) -> None:
@@ -206,6 +220,9 @@ def test_a_named_choice_keeps_only_that_function(scripted: App) -> None:
     )
     assert (choice.finish_reason, choice.message.content) == ("stop", CALL)
     assert "You must call the function search." in _prompt_text(scripted)
+    grammar = _grammar(scripted)
+    assert grammar is not None and '{"const": "search"}' in grammar.source
+    assert "get_weather" not in grammar.source
 
 
 def _prompt_text(app: App) -> str:

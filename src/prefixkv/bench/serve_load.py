@@ -17,7 +17,9 @@ transformers reports no cached tokens), replies identical to the reference setti
 (``prefixkv-serial`` when run, else the first prefixkv setting), and the measured time
 against the minimum of :mod:`prefixkv.bench.roofline`, where the uncached prompt tokens are
 those an unbounded exact prefix cache would compute (tokenized with the model's chat
-template) and the output tokens are the ones the setting produced.
+template) and the output tokens are the ones the setting produced. With ``--n N``, each
+setting also times one request with ``n = N`` against one with ``n = 1``
+(:mod:`prefixkv.bench.serve_n`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from prefixkv.bench import roofline, servers
 from prefixkv.bench.machine import describe, machine_info
 from prefixkv.bench.results_page import command_of
 from prefixkv.bench.serve_client import Phase, drive, warm_up
+from prefixkv.bench.serve_n import n_line, run_n
 from prefixkv.bench.serve_report import chart, comparison_line, comparisons, line, summarize
 from prefixkv.bench.workloads import Request, document_qa_workload
 from prefixkv.cli.options import add_option, parse_bytes, positive_int
@@ -74,6 +77,14 @@ def parser() -> argparse.ArgumentParser:
         p, "--block-size", "tokens per cache block, both servers", type=positive_int, default="16"
     )
     add_option(p, "--max-batch-tokens", "tokens per batched step, both servers", type=positive_int)
+    add_option(
+        p,
+        "--n",
+        "also time one request with n samples against one with n=1, per setting (1: not measured)",
+        type=positive_int,
+        default="1",
+    )
+    add_option(p, "--n-rounds", "rounds of the n measurement", type=positive_int, default="3")
     add_option(p, "--out", "JSON results file", type=Path, default="results/serve_load.json")
     add_option(p, "--chart", "PNG chart", type=Path, default="results/serve_load.png")
     return p
@@ -148,10 +159,15 @@ def run_setting(
                 )
             )
             phases.append(Phase(setting.name, clients, replies, seconds))
-        peak = server.peak_rss()
+        facts: dict[str, Any] = {"flags": list(setting.flags), "load_s": load}
+        if args.n > 1:
+            cost = run_n(server.url, server.model, dict(server.headers), args)
+            print(n_line(setting.name, cost), flush=True)
+            facts["n_cost"] = {**asdict(cost), "ratio": cost.ratio, "best_ratio": cost.best_ratio}
+        facts["peak_rss_bytes"] = server.peak_rss()
     finally:
         server.stop()
-    return phases, {"flags": list(setting.flags), "load_s": load, "peak_rss_bytes": peak}
+    return phases, facts
 
 
 def reference_name(chosen: list[servers.Setting]) -> str:

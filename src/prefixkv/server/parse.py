@@ -34,6 +34,7 @@ from prefixkv.engine.samples import check_n
 from prefixkv.server.errors import APIError
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.structured import grammar_of
+from prefixkv.server.tool_grammar import tool_grammar
 from prefixkv.server.tool_history import tool_messages
 from prefixkv.server.tools import ToolSpec, parse_tools
 
@@ -63,7 +64,17 @@ def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedReque
     check_model(body, settings)
     tools = parse_tools(body)
     messages = tool_messages(chat_messages(body), tools)
-    return replace(_parse(body, messages, settings, _chat_logprobs(body)), tools=tools)
+    parsed = replace(_parse(body, messages, settings, _chat_logprobs(body)), tools=tools)
+    forced = None if tools is None else tool_grammar(tools)
+    if forced is None:
+        return parsed
+    if parsed.params.grammar is not None:
+        raise APIError.invalid(
+            "a required or named tool_choice cannot be combined with response_format or "
+            "structured_outputs",
+            "tool_choice",
+        )
+    return replace(parsed, params=replace(parsed.params, grammar=forced))
 
 
 def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:

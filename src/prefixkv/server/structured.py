@@ -11,6 +11,10 @@ Two forms, one per request (both at once is a 400):
   (a list of strings: the reply is one of them), ``grammar`` (a Lark grammar, llguidance's
   dialect).
 
+A schema is kept in the order it was sent (not key-sorted): llguidance writes an object's
+properties in the schema's order, as OpenAI does, so ``{"name", "age"}`` comes out name
+first (tests/server/test_conformance.py found them sorted).
+
 Only the shapes are checked here; whether a schema, regex or grammar compiles is found by
 the engine (``Intake.request``), which names the field in its 400.
 """
@@ -59,7 +63,7 @@ def _response_format(value: object) -> GrammarSpec | None:
         schema = spec.get("schema", {})  # OpenAI: no schema means any JSON value
         if not isinstance(schema, dict):
             raise wrong_type(param, "an object", schema)
-        return GrammarSpec("json_schema", json.dumps(schema, sort_keys=True), param)
+        return GrammarSpec("json_schema", json.dumps(schema), param)
     raise APIError.invalid(
         "response_format.type must be 'text', 'json_object' or 'json_schema', got "
         f"{short_repr(kind)}",
@@ -88,7 +92,7 @@ def _structured_outputs(value: object) -> GrammarSpec | None:
                 raise APIError.invalid(f"{param} is not valid JSON", param) from None
         if not isinstance(item, dict):
             raise wrong_type(param, "a JSON schema (an object)", item)
-        return GrammarSpec("json_schema", json.dumps(item, sort_keys=True), param)
+        return GrammarSpec("json_schema", json.dumps(item), param)
     if kind == "choice":
         if not isinstance(item, list) or not item or not all(isinstance(c, str) for c in item):
             raise wrong_type(param, "a non-empty list of strings", item)

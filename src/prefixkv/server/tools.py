@@ -10,8 +10,9 @@ content-as-plain-text guarantee of :mod:`prefixkv.engine.prompts` holds for them
 rendering is deterministic and each message's rendering depends on that message only, so an
 agent resending a growing history sends a growing prefix: the cache reuses it.
 
-``required`` and a named ``tool_choice`` are asked for in the prompt only; a decoder that
-can enforce them takes :meth:`ToolSpec.forced_schema` (see its docstring).
+``required`` and a named ``tool_choice`` are enforced by a grammar built from
+:meth:`ToolSpec.forced_schema` (:mod:`prefixkv.server.tool_grammar`): the reply can only be
+calls.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prefixkv.server.errors import APIError
 Choice = Literal["auto", "none", "required", "function"]
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function names
 _MODES: tuple[Choice, ...] = ("auto", "none", "required")
+_ANY_OBJECT = {"type": "object"}
 
 
 @dataclass(frozen=True)
@@ -59,21 +61,45 @@ class ToolSpec:
 
     def forced_schema(self) -> dict[str, Any] | None:
         """The JSON schema one call must match when the choice forces a call (``required``
-        or named), for a constrained decoder to enforce; None when the model may answer in
-        text. The server does not enforce it yet: an unforced model that answers in text
-        gets ``finish_reason: "stop"`` and its text."""
+        or named), which :func:`prefixkv.server.tool_grammar.tool_grammar` enforces; None
+        when the model may answer in text. A function without parameters takes any object
+        (the parser reads only object arguments). Each function's schema is nested under
+        its option's ``arguments``, so its local ``$ref``s (``#/$defs/...``) are rebased
+        there."""
         if self.choice in ("auto", "none"):
             return None
+        chosen = [f for f in self.functions if f.name in self.names]
+        single = len(chosen) == 1
         options = [
             {
                 "type": "object",
-                "properties": {"name": {"const": f.name}, "arguments": f.parameters or {}},
+                "properties": {
+                    "name": {"const": f.name},
+                    "arguments": rebased(
+                        f.parameters or _ANY_OBJECT,
+                        "#/properties/arguments" if single else f"#/anyOf/{i}/properties/arguments",
+                    ),
+                },
                 "required": ["name", "arguments"],
+                "additionalProperties": False,
             }
-            for f in self.functions
-            if f.name in self.names
+            for i, f in enumerate(chosen)
         ]
-        return options[0] if len(options) == 1 else {"anyOf": options}
+        return options[0] if single else {"anyOf": options}
+
+
+def rebased(schema: Any, base: str) -> Any:
+    """``schema`` with every local ``$ref`` (``#`` or ``#/...``) moved under the JSON
+    pointer ``base``; other values as they are."""
+    if isinstance(schema, dict):
+        return {
+            k: base + v[1:] if k == "$ref" and isinstance(v, str) and v.startswith("#")
+            else rebased(v, base)
+            for k, v in schema.items()
+        }  # fmt: skip
+    if isinstance(schema, list):
+        return [rebased(v, base) for v in schema]
+    return schema
 
 
 def parse_tools(body: Mapping[str, Any]) -> ToolSpec | None:
