@@ -261,32 +261,46 @@ class PrefixIndex:
         and every block it uses (module docstring); raises TypeError/ValueError before
         mutating anything.
         """
-        with_match = self.insert_with_match(tokens, values, namespace)
-        return with_match.rejected
+        values, num, query = self._insert_input(tokens, values)
+        with self._lock:
+            return self._place_new(namespace, query, values, num)[0]
 
     def insert_with_match(
         self, tokens: Sequence[int] | Any, values: Sequence[Any], namespace: Hashable = None
     ) -> Inserted:
         """``insert``, also returning the Match of the inserted blocks: what
         ``peek(tokens[:len(values) * block_size], namespace)`` would return right after it,
-        found on the insert's own path (no second descent). The match counts no query;
-        ``insert``'s uses are recorded once, as by ``insert``."""
+        taken from the insert's own path under the same lock (no second descent). The match
+        counts no query. Costs O(inserted blocks) more than ``insert`` (the match's values)."""
+        values, num, query = self._insert_input(tokens, values)
+        with self._lock:
+            rejected, path, used = self._place_new(namespace, query, values, num)
+            if not path:
+                return Inserted(rejected, _new(Match, (0, (), namespace, self._no_blocks)))
+            return Inserted(rejected, self._match_of(path, used, query, namespace))
+
+    def _insert_input(
+        self, tokens: Sequence[int] | Any, values: Sequence[Any]
+    ) -> tuple[list[Any], int, bytes | memoryview]:
+        """Insert's reading, before the lock: the values as a list, the number of blocks to
+        place and their query bytes (raises TypeError/ValueError for a malformed input)."""
         reader = TokenReader(tokens, self.block_size)
         if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
             values = list(values)
         num = min(reader.num_tokens // self.block_size, len(values))
-        query = reader.read_to(num * self.block_size)
-        with self._lock:
-            self._tick = next(self._clock)
-            root = self._roots.get(namespace)
-            if root is None:
-                if num == 0:
-                    return Inserted([], _new(Match, (0, (), namespace, self._no_blocks)))
-                root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
-            rejected, path, used = self._place(root, query, values, num)
-            if not path:
-                return Inserted(rejected, _new(Match, (0, (), namespace, self._no_blocks)))
-            return Inserted(rejected, self._match_of(path, used, query, namespace))
+        return values, num, reader.read_to(num * self.block_size)
+
+    def _place_new(
+        self, namespace: Hashable, query: bytes | memoryview, values: list[Any], num: int
+    ) -> tuple[list[Any], list[Node], int]:
+        """Under the lock: a new tick, the namespace's root made if needed, then ``_place``."""
+        self._tick = next(self._clock)
+        root = self._roots.get(namespace)
+        if root is None:
+            if num == 0:
+                return [], [], 0
+            root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
+        return self._place(root, query, values, num)
 
     def _place(
         self, node: Node, query: bytes | memoryview, values: list[Any], num: int
