@@ -38,6 +38,22 @@ class IndexVsReference(RuleBasedStateMachine):
         self.inserted.append((tokens, ns))
         del self.inserted[:-6]
 
+    @rule(tokens=tokens_st, extra=st.integers(-3, 1), ns=namespaces_st)
+    def insert_with_match(self, tokens: list[int], extra: int, ns: str | None) -> None:
+        """The insert's match is the reference's peek of the inserted blocks right after it,
+        and pins like any match (kept for the pin rules)."""
+        count = max(0, len(tokens) // BLOCK + extra)
+        values = [next(self.values) for _ in range(count)]
+        rejected, mine = self.index.insert_with_match(tokens, values, ns)
+        assert rejected == self.ref.insert(tokens, values, ns)
+        theirs = self.ref.peek(tokens[: count * BLOCK], ns)
+        assert (mine.num_tokens, mine.values) == (theirs.num_tokens, theirs.values)
+        assert mine.namespace == ns
+        self.matches.append((mine, theirs, tokens))
+        del self.matches[:-6]
+        self.inserted.append((tokens, ns))
+        del self.inserted[:-6]
+
     @rule(tokens=tokens_st, ns=namespaces_st)
     def match(self, tokens: list[int], ns: str | None) -> None:
         mine, theirs = self.index.match(tokens, ns), self.ref.match(tokens, ns)

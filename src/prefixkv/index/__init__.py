@@ -3,7 +3,7 @@
 - :mod:`.tree`: :class:`PrefixIndex`, the radix tree over blocks (structure, pins, eviction)
 - :mod:`.descent`: the lookup of a query's longest indexed path (reading it lazily)
 - :mod:`.node`: one node (a run of blocks) and its per-block use records
-- :mod:`.records`: :class:`Match`, :class:`IndexStats`, :class:`StaleMatchError`
+- :mod:`.records`: :class:`Match`, :class:`Inserted`, :class:`IndexStats`, :class:`StaleMatchError`
 - :mod:`.policy`: eviction policies (LRU, LFU) as small strategy objects
 - :mod:`.eviction_queue`: the lazy heap of evictable leaves
 - :mod:`.check`: the full invariant check
@@ -17,13 +17,20 @@ from prefixkv.index.policy import (
     LRUPolicy,
     policy_by_name,
 )
-from prefixkv.index.records import IndexStats, Match, PinnedBlocksError, StaleMatchError
+from prefixkv.index.records import (
+    IndexStats,
+    Inserted,
+    Match,
+    PinnedBlocksError,
+    StaleMatchError,
+)
 from prefixkv.index.tree import PrefixIndex
 
 __all__ = [
     "BlockAccess",
     "EvictionPolicy",
     "IndexStats",
+    "Inserted",
     "LFUPolicy",
     "LRUPolicy",
     "Match",

@@ -20,6 +20,8 @@ from typing import Any
 
 from prefixkv.index.policy import BlockAccess
 
+_new = tuple.__new__  # builds a NamedTuple from its fields without its Python-level __new__
+
 
 class Region:
     """Blocks ``[previous region's end, end)`` of a node, all with the same use record."""
@@ -89,7 +91,7 @@ class Node:
     def tail_access(self) -> BlockAccess:
         """Use record of the last block: the one eviction would take first."""
         last = self.regions[-1]
-        return BlockAccess(last.hits, last.tick)
+        return _new(BlockAccess, (last.hits, last.tick))  # (in C: once per queue update)
 
     def use_all(self, tick: int, hit_step: int) -> None:
         """Record one use of every block. O(regions)."""

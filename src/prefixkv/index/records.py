@@ -56,6 +56,15 @@ class Match(NamedTuple):
         )
 
 
+class Inserted(NamedTuple):
+    """What ``PrefixIndex.insert_with_match`` returns."""
+
+    rejected: list[Any]
+    """The given values not adopted, in block order (``insert``'s result)."""
+    match: Match
+    """The inserted prefix as now indexed (``peek`` of its blocks right after the insert)."""
+
+
 class IndexStats(NamedTuple):
     """Counters since the index was created (a snapshot).
 

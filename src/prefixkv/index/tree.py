@@ -39,6 +39,7 @@ from prefixkv.index.policy import EvictionPolicy, LRUPolicy
 from prefixkv.index.probe import Probe, nearest_continuation
 from prefixkv.index.records import (
     IndexStats,
+    Inserted,
     Match,
     MatchHandle,
     PinnedBlocksError,
@@ -260,41 +261,72 @@ class PrefixIndex:
         and every block it uses (module docstring); raises TypeError/ValueError before
         mutating anything.
         """
+        values, num, query = self._insert_input(tokens, values)
+        with self._lock:
+            return self._place_new(namespace, query, values, num)[0]
+
+    def insert_with_match(
+        self, tokens: Sequence[int] | Any, values: Sequence[Any], namespace: Hashable = None
+    ) -> Inserted:
+        """``insert``, also returning the Match of the inserted blocks: what
+        ``peek(tokens[:len(values) * block_size], namespace)`` would return right after it,
+        taken from the insert's own path under the same lock (no second descent). The match
+        counts no query. Costs O(inserted blocks) more than ``insert`` (the match's values)."""
+        values, num, query = self._insert_input(tokens, values)
+        with self._lock:
+            rejected, path, used = self._place_new(namespace, query, values, num)
+            if not path:
+                return Inserted(rejected, _new(Match, (0, (), namespace, self._no_blocks)))
+            return Inserted(rejected, self._match_of(path, used, query, namespace))
+
+    def _insert_input(
+        self, tokens: Sequence[int] | Any, values: Sequence[Any]
+    ) -> tuple[list[Any], int, bytes | memoryview]:
+        """Insert's reading, before the lock: the values as a list, the number of blocks to
+        place and their query bytes (raises TypeError/ValueError for a malformed input)."""
         reader = TokenReader(tokens, self.block_size)
         if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
             values = list(values)
         num = min(reader.num_tokens // self.block_size, len(values))
-        query = reader.read_to(num * self.block_size)
-        with self._lock:
-            self._tick = next(self._clock)
-            root = self._roots.get(namespace)
-            if root is None:
-                if num == 0:
-                    return []
-                root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
-            return self._place(root, query, values, num)
+        return values, num, reader.read_to(num * self.block_size)
+
+    def _place_new(
+        self, namespace: Hashable, query: bytes | memoryview, values: list[Any], num: int
+    ) -> tuple[list[Any], list[Node], int]:
+        """Under the lock: a new tick, the namespace's root made if needed, then ``_place``."""
+        self._tick = next(self._clock)
+        root = self._roots.get(namespace)
+        if root is None:
+            if num == 0:
+                return [], [], 0
+            root = self._roots[namespace] = Node(None, namespace, bytearray(), [], 0, [])
+        return self._place(root, query, values, num)
 
     def _place(
         self, node: Node, query: bytes | memoryview, values: list[Any], num: int
-    ) -> list[Any]:
+    ) -> tuple[list[Any], list[Node], int]:
         """Insert's work under the lock: index the first ``num`` blocks of ``query`` (all read)
-        below ``node``; return the values not adopted."""
+        below ``node``; return the values not adopted, the path now holding the placed
+        blocks and the blocks of its last node on it (as ``descend``)."""
         bb, key, tick = self._block_token_bytes, self._child_key, self._tick
         end = num * bb
         rejected: list[Any] = []
-        pos = block = 0
+        path: list[Node] = []
+        used = pos = block = 0
         while pos < end:
             first = key(bytes(query[pos : pos + bb]))
             child = node.children.get(first)
             if child is None:
-                self._add_blocks(node, first, query[pos:end], values[block:num], tick)
-                break
+                node = self._add_blocks(node, first, query[pos:end], values[block:num], tick)
+                if not path or path[-1] is not node:  # (a leaf extended in place is last)
+                    path.append(node)
+                return rejected, path, len(node.values)
             common = common_blocks(child.label, query, pos, end, bb)
             if common == 0:  # sibling key collision: cannot place the rest
                 rejected.extend(values[block:num])
                 break
             rejected.extend(values[block : block + common])
-            pos, block = pos + common * bb, block + common
+            pos, block, used = pos + common * bb, block + common, common
             if common == len(child.values):
                 self._use_all(child, tick)
             elif pos == end:
@@ -302,20 +334,22 @@ class PrefixIndex:
             else:
                 child = self._split(child, common)
                 self._use_all(child, tick)
+            path.append(child)
             node = child
-        return rejected
+        return rejected, path, used
 
     def _add_blocks(
         self, node: Node, key: Hashable, label: bytes | memoryview, values: list[Any], tick: int
-    ) -> None:
+    ) -> Node:
         """Append new blocks below ``node``: in place if it is an unpinned leaf, else a child
-        filed under ``key`` (the child key of the label's first block)."""
+        filed under ``key`` (the child key of the label's first block). Returns the node now
+        holding them."""
         self._num_blocks += len(values)
         self._inserted_blocks += len(values)
         if node.parent is not None and not node.children and node.pin_count == 0:
             node.extend(label, values, tick)
             self._queue.update(node)
-            return
+            return node
         child = Node(
             node,
             key,
@@ -328,6 +362,7 @@ class PrefixIndex:
         self._num_nodes += 1
         self._queue.discard(node)
         self._queue.update(child)
+        return child
 
     def _split(self, node: Node, num_blocks: int) -> Node:
         """Split ``node`` after ``num_blocks`` blocks; return the new head (the original node

@@ -31,7 +31,6 @@ from prefixkv.bench.peers.sglang import SGLANG_STUBS
 from prefixkv.bench.peers.stubs import one_line, quiet_import, stubbed_imports
 from prefixkv.index import Match, PrefixIndex, policy_by_name
 from prefixkv.integrations.sglang_pages import blocks_for, namespace_of, page_firsts, page_slots
-from prefixkv.tokens import as_token_bytes
 
 INSTALL = "pip install --no-deps sglang==0.5.23 msgspec==0.22.0 dill==0.4.1"
 
@@ -142,19 +141,20 @@ class PrefixKVRadixCache(BasePrefixCache):  # type: ignore[misc]  # SGLang is un
         key = params.key
         if len(key) % self.page_size:  # (page_aligned copies the ids even when aligned)
             key = key.page_aligned(self.page_size)
-        tokens = as_token_bytes(_tokens(key))  # converted once, for the insert and the peek
+        tokens = _tokens(key)  # (converted by the index as it reads them: once, no copy)
         namespace = namespace_of(key.extra_key, key.cache_salt)
         if params.value is None:
             raise ValueError("InsertParams.value: the KV slots of the key are required")
         if self.kv_events.enabled and namespace is not None:
             raise NotImplementedError("KV events of namespaced prefixes (extra_key, cache_salt)")
-        firsts = page_firsts(params.value[: len(key)], self.page_size)
-        rejected = self.index.insert(tokens, firsts, namespace)
+        size, value = len(key), params.value
+        firsts = page_firsts(value if len(value) == size else value[:size], self.page_size)
+        # (the insert's own path gives the node handle: no second descent to find it)
+        rejected, node = self.index.insert_with_match(tokens, firsts, namespace)
         prefix_len = len(rejected) * self.page_size
         if self.kv_events.enabled and len(firsts) > len(rejected):
             self._record_stores(key, firsts, len(rejected))
-        node = self.index.peek(tokens, namespace)
-        return InsertResult(prefix_len=prefix_len, total_len=len(key), last_device_node=node)
+        return InsertResult(prefix_len=prefix_len, total_len=size, last_device_node=node)
 
     def checkpoint(self, req: Any, *, up_to: int, **kwargs: Any) -> None:
         """SGLang's contract (``BasePrefixCache.checkpoint``): the tree adopts the row's KV

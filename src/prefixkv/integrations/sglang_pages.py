@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,27 +22,47 @@ def page_firsts(slots: torch.Tensor, page_size: int) -> list[int]:
 
     Raises ValueError if a page's slots are not consecutive: such values could not be
     rebuilt from their first slot, and storing them would hand wrong KV to a later match.
-    Checked in NumPy on a host view of the tensor (a few microseconds at any length; torch's
-    per-op overhead made the same check 5x slower at 128 tokens).
+    Checked in NumPy on a host view of the tensor: each slot minus its page's first slot,
+    compared as bytes (one ``memcmp``) with a cached run of in-page offsets, a tile of them
+    at a time. At 128 slots the check alone took about 1.4 us where an elementwise
+    comparison and ``all()`` took 7 (timeit, 2 shared cores); torch ops were slower still.
     """
     if slots.dim() != 1 or slots.numel() % page_size:
         raise ValueError(
             f"value: expected a 1-D tensor of whole pages of {page_size} slots, "
             f"got shape {tuple(slots.shape)}"
         )
-    host = (slots if slots.device.type == "cpu" else slots.cpu()).numpy()
+    host = (slots if slots.is_cpu else slots.cpu()).numpy()
+    if host.dtype != np.int64:  # (the offsets are compared as int64 bytes)
+        host = host.astype(np.int64)
     if page_size == 1:
         return host.tolist()  # type: ignore[no-any-return]
     pages = host.reshape(-1, page_size)
     firsts = pages[:, 0]
-    if not ((pages - firsts[:, None]) == _offsets(page_size)).all():
+    tile = _offsets(page_size)
+    step = len(tile) // (8 * page_size)  # pages per tile
+    if len(pages) <= step:  # (most calls: one tile, no loop)
+        consecutive = (pages - firsts[:, None]).tobytes() == tile[: 8 * host.size]
+    else:
+        consecutive = all(
+            (part - part[:, :1]).tobytes() == tile[: 8 * part.size]
+            for part in (pages[start : start + step] for start in range(0, len(pages), step))
+        )
+    if not consecutive:
         raise ValueError("value: the slots of a page must be consecutive (a paged allocator's)")
     return firsts.tolist()  # type: ignore[no-any-return]
 
 
-@functools.cache
-def _offsets(page_size: int) -> np.ndarray[Any, np.dtype[np.int64]]:
-    return np.arange(page_size, dtype=np.int64)
+_TILE_SLOTS = 16384
+"""Slots of in-page offsets compared per ``memcmp`` (128 KiB: a few tiles stay in cache)."""
+
+
+@functools.cache  # (one entry per page size: one or two per process)
+def _offsets(page_size: int) -> bytes:
+    """``0, 1, ..., page_size - 1`` as int64 bytes, repeated for ``_TILE_SLOTS`` slots (at
+    least one page)."""
+    pages = max(1, _TILE_SLOTS // page_size)
+    return np.tile(np.arange(page_size, dtype=np.int64), pages).tobytes()
 
 
 def page_slots(firsts: Sequence[int], page_size: int, device: torch.device) -> torch.Tensor:
