@@ -191,9 +191,10 @@ class BatchRunner:
                 for seq in list(self._running):
                     self._end(seq, "failed", exc)
                 continue
-            if idle:  # only a canary check is left, waiting for room: do not spin
-                with self._cond:
-                    self._cond.wait(IDLE_WAIT)
+            if idle:  # at most a canary check waiting for room: do not spin
+                with self._cond:  # (checked under the lock: a submit between wakes us)
+                    if not (self._running or self._waiting) and self._accepting:
+                        self._cond.wait(IDLE_WAIT)
 
     @property
     def block_size(self) -> int:
