@@ -11,22 +11,10 @@ from typing import Any
 
 import pytest
 
+from prefixkv.bench.conformance import WEATHER
 from tests.server.harness import ServerProcess
 
 pytestmark = [pytest.mark.process, pytest.mark.smollm2, pytest.mark.slow]
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 
 
 def _history() -> list[Any]:

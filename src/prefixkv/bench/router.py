@@ -30,6 +30,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from prefixkv.bench.processes import stop_process
+
 CACHE_AWARE = "cache_aware"
 ROUND_ROBIN = "round_robin"
 KV_AWARE = "kv_aware"
@@ -131,10 +133,4 @@ class RouterProcess:
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 30)

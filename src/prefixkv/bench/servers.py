@@ -27,6 +27,7 @@ import httpx
 
 from prefixkv.bench import peer_servers
 from prefixkv.bench.peer_servers import LLAMA_SERVER, VLLM
+from prefixkv.bench.processes import stop_process
 
 PREFIXKV = "prefixkv"
 TRANSFORMERS = "transformers"
@@ -384,9 +385,4 @@ class ServerProcess:
         return sum(known) if known else None
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, 60)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import httpx
 import openai
 
 from prefixkv.bench import servers, workloads
+from prefixkv.bench.processes import stop_process
 from prefixkv.bench.serve_client import WARMUP, Reply, ask
 from prefixkv.bench.stats import percentile
 from prefixkv.bench.tiers_workset import long_document, with_question
@@ -91,13 +91,7 @@ class RedisServer:
 
     def stop(self) -> None:
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 30)
 
 
 def redis_binary(given: str) -> str | None:
@@ -165,14 +159,7 @@ class Replica:
         return tiers
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(120)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return int(self.process.returncode)
+        return stop_process(self.process, 120)
 
 
 def _reply_row(reply: Reply) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable, Mapping
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 from prefixkv.cache.evictions import EvictionRecord, EvictionRing
 from prefixkv.cache.tenants import Tenants, tenant_of
@@ -50,16 +50,7 @@ Reason = Literal[
     "cold",
     "disabled",
 ]
-REASONS: tuple[Reason, ...] = (
-    "hit",
-    "partial_block",
-    "lower_tier",
-    "evicted",
-    "diverged",
-    "other_namespace",
-    "cold",
-    "disabled",
-)
+REASONS: tuple[Reason, ...] = get_args(Reason)
 MISS_REASONS: tuple[Reason, ...] = REASONS[1:]
 """The reasons a token can miss for (every reason but ``hit``): the bounded label values of
 ``prefixkv_cache_miss_tokens{reason}``."""
