@@ -11,6 +11,7 @@ import torch
 
 from prefixkv.engine.batch.canary import NO_CANARY, SampledCanary, first_mismatch
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
+from prefixkv.engine.batch.sequence import UNINDEXED
 from prefixkv.engine.engine import Engine
 
 from ...engine.tiny import tiny_tokenizer
@@ -161,3 +162,22 @@ def test_first_mismatch_names_the_first_block_layer_and_token() -> None:
     data[1, 0, 0, 3, 1, 0] = -0.0  # -0.0 == 0.0 as floats, not as bits
     found = first_mismatch(data, [0, 1], [2, 3])
     assert found is not None and (found.block, found.layer, found.position) == (1, 1, 5)
+
+
+def test_a_preempted_check_resumes_and_still_compares(native: tuple[Any, Any]) -> None:
+    """A check preempted for room resumes on a new table; the comparison reads that one (it
+    read the closed first table once, and failed the whole step)."""
+    engine = batch_engine(native)
+    canary = SampledCanary(1.0, names)
+    runner = runner_with(engine, canary, max_batch_tokens=4)  # the check takes several steps
+    prompt = ids(13, 24)
+    submit(engine, runner, prompt, max_tokens=2)
+    drive_all(runner)
+    submit(engine, runner, prompt, max_tokens=2)  # served from the cache: sampled
+    while not any(s.caching is UNINDEXED for s in runner._running):
+        runner.step()
+    (check,) = [s for s in runner._running if s.caching is UNINDEXED]
+    runner._preempt(check)
+    drive_all(runner)
+    assert canary.counts()._replace(recomputed_tokens=0) == (1, 0, 0, 0, 0)
+    assert_clean(engine)

@@ -265,18 +265,24 @@ class CheckSink:
 
     def __init__(self, canary: SampledCanary, store: BlockStore, check: Check) -> None:
         self._canary, self._store, self._check = canary, store, check
-        self.fresh: BlockTable | None = None  # the check sequence's table, once admitted
+        # The check sequence's table now (a preempted check resumes on a new one): set by
+        # the runner at admission.
+        self.table_of: Callable[[], BlockTable | None] = lambda: None
         self._found: Mismatch | None = None
         self._compared = False
 
     def deliver(self, item: Delivery) -> None:
-        if not isinstance(item, Completion) or self.fresh is None:
+        table = self.table_of()
+        held = self._check.held.blocks
+        if not isinstance(item, Completion) or table is None or len(table.blocks) < len(held):
             return
         pool = self._store.pool
         assert pool is not None
-        held = self._check.held.blocks
-        self._found = first_mismatch(pool.data, held, self.fresh.blocks[: len(held)])
-        self._compared = True
+        try:
+            self._found = first_mismatch(pool.data, held, table.blocks[: len(held)])
+            self._compared = True
+        except Exception:  # a check must never fail the step it runs in: count it skipped
+            log.exception("exactness canary: the comparison failed; the check is skipped")
 
     def finish(self, outcome: Outcome, error: BaseException | None = None) -> None:
         self._canary._ended(self._store, self._check, self._found, self._compared)

@@ -267,9 +267,8 @@ class BatchRunner:
             return
         seq = Sequence.create(job.request, job.sink, self.engine.tokenizer, self.engine.eos_ids)
         seq.caching = UNINDEXED
-        if self._start(seq):
-            job.sink.fresh = seq.table
-        else:
+        job.sink.table_of = lambda: seq.table
+        if not self._start(seq):
             seq.sink.finish("skipped")
 
     def _start(self, seq: Sequence) -> bool:
