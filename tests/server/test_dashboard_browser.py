@@ -92,8 +92,10 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 def tile(driver: Any, label: str) -> str:
-    element = driver.find_element("css selector", f'[data-tile="{label}"] b')
-    text: str = element.text
+    """A tile's figure, read in one script call: the page rebuilds its tiles every second, so
+    an element found first and read after may be gone (a stale reference)."""
+    script = "const b = document.querySelector(arguments[0]); return b ? b.textContent : '-1';"
+    text: str = driver.execute_script(script, f'[data-tile="{label}"] b')
     return text
 
 
