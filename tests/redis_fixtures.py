@@ -8,7 +8,6 @@ then they fail saying how to install it. A test using these fixtures must be mar
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
@@ -24,6 +23,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.requirements import missing
+
 INSTALL = "install it: sudo apt-get install redis-server (Debian, Ubuntu)"
 
 
@@ -38,9 +39,7 @@ def redis_server_path() -> str:
     if there is none."""
     path = shutil.which("redis-server")
     if path is None:
-        if os.environ.get("PREFIXKV_REQUIRE_REDIS") == "1":
-            pytest.fail(f"redis-server not found and PREFIXKV_REQUIRE_REDIS=1: {INSTALL}")
-        pytest.skip(f"redis-server not found: {INSTALL}")
+        missing("PREFIXKV_REQUIRE_REDIS", f"redis-server not found: {INSTALL}")
     return path
 
 

