@@ -297,10 +297,24 @@ def _explain_parser(commands: Any) -> None:
     add_option(explain, "--api-key", "the caller's key (its tenant's cache)", secret=True)
     add_option(explain, "--salt", "the request's cache_salt")
     add_option(explain, "--json", "print the server's JSON answer", action="flag")
+    # offline: a request log replayed (simulate's replay) instead of a server asked
+    add_option(explain, "--log", "explain offline against this request log (serve --request-log)")
+    add_option(explain, "--model", "with --log: the server's model (its tokenizer)",
+               default="smollm2")  # fmt: skip
+    add_option(explain, "--cache-bytes", "with --log: the RAM cache size to replay at",
+               type=parse_bytes, default="2GiB")  # fmt: skip
+    add_option(explain, "--policy", "with --log: the eviction policy to replay with",
+               type=one_of(["lru", "lfu"]), default="lru")  # fmt: skip
+    add_option(explain, "--disk-cache-bytes", "with --log: a disk tier below RAM (default: none)",
+               type=parse_bytes)  # fmt: skip
     explain.set_defaults(run=_explain)
 
 
 def _explain(args: argparse.Namespace) -> int:
+    if args.log is not None:
+        from prefixkv.cli.explain_offline import offline_command
+
+        return offline_command(args)
     from prefixkv.cli.explain import explain_command
 
     return explain_command(args)

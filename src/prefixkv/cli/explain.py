@@ -18,7 +18,7 @@ from typing import Any
 from prefixkv.cli.setup import CommandError
 
 TIMEOUT = 60.0
-_WHY = {
+WHY = {
     "hit": "every prompt token is in cached blocks",
     "partial_block": "every full block is cached; the tail shorter than a block never is",
     "lower_tier": "the missing blocks are in a lower tier (disk/Redis), not in RAM",
@@ -80,7 +80,7 @@ def report(answer: dict[str, Any]) -> str:
     misses = ", ".join(f"{k} {v}" for k, v in answer["miss_tokens"].items()) or "none"
     prefix = answer["cached_prefix"]
     lines = [
-        f"reason: {reason} ({_WHY.get(reason, '')})",
+        f"reason: {reason} ({WHY.get(reason, '')})",
         f"prompt: {answer['prompt_tokens']} tokens; would hit {answer['hit_tokens']} "
         f"({prefix['blocks']} blocks of {answer['block_size']}); miss tokens: {misses}",
     ]

@@ -67,12 +67,21 @@ class Finished:
     outcome: str
 
 
+class ModelNamer(BlockNamer):
+    """The log's namer without tiers: unkeyed, over a fingerprint of the model's name, so
+    whoever knows the name and the tokenizer can name a prompt's blocks as the log did
+    (``prefixkv explain --log``)."""
+
+    def __init__(self, model: str, block_size: int) -> None:
+        super().__init__(fingerprint_of(b"prefixkv request log", model.encode()), block_size)
+
+
 def namer_for(cache: BlockStore, model: str) -> BlockNamer:
-    """The tiers' own namer over a tiered cache (keyed with the tier key, if any), else an
-    unkeyed one over a fingerprint of ``model``'s name: no weights hashed, no tier needed."""
+    """The tiers' own namer over a tiered cache (keyed with the tier key, if any), else a
+    :class:`ModelNamer` of ``model``'s name: no weights hashed, no tier needed."""
     if isinstance(cache, TieredCache):
         return cache.namer
-    return BlockNamer(fingerprint_of(b"prefixkv request log", model.encode()), cache.block_size)
+    return ModelNamer(model, cache.block_size)
 
 
 def finished_of(job: Job) -> Finished:
@@ -110,6 +119,8 @@ def line_of(record: Finished, namer: BlockNamer, block_bytes: int) -> dict[str, 
         "time": round(record.finished, 6),
         "tenant": tenant if isinstance(tenant, str) else None,
         "namespace": root.hex(),
+        # (names a ModelNamer gave can be recomputed offline; the tiers' cannot)
+        "naming": "model" if isinstance(namer, ModelNamer) else "tiers",
         "endpoint": record.endpoint,
         "block_size": size,
         "block_bytes": block_bytes,

@@ -32,6 +32,12 @@ class LoggedRequest:
     ttft: float | None
     block_size: int
     block_bytes: int
+    time: float | None = None
+    """Unix time the request finished (None in a line without one)."""
+    naming: str | None = None
+    """How the server named the blocks: ``model`` (recomputable from the model's name,
+    :class:`prefixkv.server.request_log.ModelNamer`), ``tiers`` (the tiers' names, keyed),
+    None in a log written before the field."""
 
     @property
     def lookup_blocks(self) -> int:
@@ -83,6 +89,8 @@ def parse_line(data: Any) -> LoggedRequest:
         ttft=_seconds(data, "ttft"),
         block_size=_count(data, "block_size", least=1),
         block_bytes=_count(data, "block_bytes", least=1),
+        time=_seconds(data, "time"),
+        naming=_naming(data),
     )
 
 
@@ -113,3 +121,10 @@ def _seconds(data: dict[str, Any], field: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise LogError(f"{field} must be a number >= 0 or null, got {value!r}")
     return float(value)
+
+
+def _naming(data: dict[str, Any]) -> str | None:
+    value = data.get("naming")
+    if value is not None and value not in ("model", "tiers"):
+        raise LogError(f"naming must be 'model' or 'tiers', got {value!r}")
+    return None if value is None else str(value)

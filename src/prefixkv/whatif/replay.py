@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prefixkv.index.evicted import EvictionObserver
 from prefixkv.index.policy import policy_by_name
 from prefixkv.index.tree import PrefixIndex
 from prefixkv.tokens import TOKEN_BYTES, TokenBytes
@@ -91,6 +92,15 @@ class DiskLRU:
             found += 1
         return found
 
+    def holds(self, names: Sequence[bytes], start: int) -> int:
+        """How many of ``names`` it holds in a row from ``start``, without using them."""
+        found = 0
+        for name in names[start:]:
+            if name not in self._names:
+                break
+            found += 1
+        return found
+
     def put(self, names: Sequence[bytes]) -> None:
         for name in names:
             self._names[name] = None
@@ -100,14 +110,19 @@ class DiskLRU:
 
 
 class Replay:
-    """Feeds requests to one configuration's cache; ``result()`` any time."""
+    """Feeds requests to one configuration's cache; ``result()`` any time. ``on_evict`` is
+    told of every run of name blocks the RAM index evicts (each 16-byte "block" one name)."""
 
-    def __init__(self, config: CacheConfig, block_bytes: int) -> None:
+    def __init__(
+        self, config: CacheConfig, block_bytes: int, on_evict: EvictionObserver | None = None
+    ) -> None:
         self.config = config
         self.capacity = config.ram_bytes // block_bytes
         if self.capacity < 1:
             raise ValueError(f"{config.ram_bytes} bytes hold no block of {block_bytes} bytes")
-        self.index = PrefixIndex(NAME_TOKENS, policy=policy_by_name(config.policy))
+        self.index = PrefixIndex(
+            NAME_TOKENS, policy=policy_by_name(config.policy), on_evict=on_evict
+        )
         disk = None if config.disk_bytes is None else config.disk_bytes // block_bytes
         self.disk = None if disk is None else DiskLRU(disk)
         self._values = itertools.count()
@@ -117,7 +132,7 @@ class Replay:
         """Replay one request; the blocks it found in RAM and on disk."""
         names = request.blocks + request.output_blocks
         lookup = min(request.lookup_blocks, len(request.blocks))
-        match = self.index.match(_tokens(names[:lookup]))
+        match = self.index.match(name_tokens(names[:lookup]))
         ram = match.num_blocks
         disk = 0 if self.disk is None else self.disk.run(names, ram, lookup)
         self.index.pin(match)
@@ -145,7 +160,7 @@ class Replay:
         for end in [first, *range(first + 1, len(names) + 1)]:
             if end:
                 values = [next(self._values) for _ in range(end)]
-                self.index.insert(_tokens(names[:end]), values)
+                self.index.insert(name_tokens(names[:end]), values)
 
     def result(self) -> ReplayResult:
         return ReplayResult(
@@ -166,5 +181,6 @@ class Replay:
             raise AssertionError("the disk tier holds more than its capacity")
 
 
-def _tokens(names: Sequence[bytes]) -> TokenBytes:
+def name_tokens(names: Sequence[bytes]) -> TokenBytes:
+    """``names`` as the replay's index reads them: one block of four \"tokens\" per name."""
     return TokenBytes(b"".join(names))
