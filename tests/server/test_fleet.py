@@ -19,7 +19,7 @@ import pytest
 
 from prefixkv.bench.fleet import kill_at
 from prefixkv.bench.fleet_client import Outcome, drive_retrying
-from prefixkv.bench.fleet_servers import Fleet, FleetSpec
+from prefixkv.bench.fleet_servers import Fleet, FleetSpec, SharedRedis
 from prefixkv.bench.router import (
     CACHE_AWARE,
     INSTALL,
@@ -50,7 +50,7 @@ def started_fleet(model_dir: Path, workdir: Path) -> Iterator[Fleet]:
     """Two tiny replicas and Redis, stopped on exit."""
     router_or_skip()
     spec = FleetSpec(str(model_dir), 2, 64 << 20, 4, 1)
-    started = Fleet(spec, redis_server_path(), workdir)
+    started = Fleet(spec, SharedRedis(redis_server_path(), workdir), workdir)
     try:
         started.wait_ready()
         yield started

@@ -1,4 +1,5 @@
-"""``prefixkv bench fleet``: N ``prefixkv serve`` replicas sharing one Redis, behind vLLM's
+"""``prefixkv bench fleet``: N ``prefixkv serve`` replicas sharing one Redis (or, with
+``--shared-tier none``, nothing: each its own RAM), behind vLLM's
 router (:mod:`prefixkv.bench.router`), the same multi-document traffic routed once per
 policy: ``cache_aware`` (the router's own approximate prefix tree), ``round_robin``, and
 ``kv_aware`` (the router's index built from the replicas' KV events, ``serve --kv-events``).
@@ -38,8 +39,9 @@ from typing import Any
 
 from prefixkv.bench import fleet_report
 from prefixkv.bench.fleet_client import drive_retrying
-from prefixkv.bench.fleet_servers import Fleet, FleetSpec
+from prefixkv.bench.fleet_servers import Fleet, FleetSpec, NothingShared, SharedRedis, SharedTier
 from prefixkv.bench.machine import describe, machine_info
+from prefixkv.bench.results_page import command_of
 from prefixkv.bench.router import (
     CACHE_AWARE,
     INSTALL,
@@ -52,7 +54,7 @@ from prefixkv.bench.router import (
 from prefixkv.bench.serve_client import WARMUP
 from prefixkv.bench.tiers_servers import ADMIN_HEADERS, free_port, redis_binary
 from prefixkv.bench.workloads import Request, document_qa_workload
-from prefixkv.cli.options import add_option, parse_bytes, positive_int
+from prefixkv.cli.options import add_option, one_of, parse_bytes, positive_int
 
 KILL_PHASE = "kill-test"
 
@@ -85,6 +87,9 @@ def parser() -> argparse.ArgumentParser:
     add_option(p, "--max-tokens", "tokens per reply", type=positive_int, default="8")
     add_option(p, "--attempts", "client attempts per request", type=positive_int, default="3")
     add_option(p, "--redis-server", "redis-server binary", default="redis-server")
+    add_option(p, "--shared-tier", "what the replicas share below RAM: a Redis, or nothing "
+               "(each replica's RAM alone: what routing earns without a shared tier)",
+               type=one_of(["redis", "none"]), default="redis")  # fmt: skip
     add_option(p, "--out", "results JSON", type=Path, default="results/fleet.json")
     return p
 
@@ -160,8 +165,9 @@ def run_all(fleet: Fleet, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    binary, redis = router_binary(), redis_binary(args.redis_server)
-    if binary is None or redis is None:
+    binary = router_binary()
+    redis = redis_binary(args.redis_server) if args.shared_tier == "redis" else None
+    if binary is None or (redis is None and args.shared_tier == "redis"):
         missing = "vllm-router: " + INSTALL if binary is None else f"{args.redis_server}"
         print(f"prefixkv bench fleet: not installed: {missing}")
         return 2
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info), flush=True)
     spec = FleetSpec(args.model, args.replicas, args.cache_bytes, args.block_size, args.threads)
     with tempfile.TemporaryDirectory(prefix="prefixkv-fleet-") as name:
-        fleet = Fleet(spec, redis, Path(name))
+        shared: SharedTier = NothingShared() if redis is None else SharedRedis(redis, Path(name))
+        fleet = Fleet(spec, shared, Path(name))
         try:
             print(f"# {args.replicas} replicas ready in {fleet.wait_ready():.1f} s", flush=True)
             warm_up(fleet)
@@ -183,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     recorded = {k: str(v) for k, v in vars(args).items()}
     out = {"machine": info, "args": recorded, "date": time.strftime("%Y-%m-%d"), **result}
     out["replica_exit_codes"] = codes
+    # recorded, so a results file under another name still says what made it
+    out["command"] = command_of("fleet", out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(f"# wrote {args.out}")

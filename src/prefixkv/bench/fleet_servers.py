@@ -1,6 +1,6 @@
-"""The processes of ``prefixkv bench fleet``: one ``redis-server``, N ``prefixkv serve``
-replicas sharing it (records sealed with one tier key, as replicas sharing a Redis must),
-each publishing its KV events, and what the bench reads from them.
+"""The processes of ``prefixkv bench fleet``: N ``prefixkv serve`` replicas, each publishing
+its KV events, over a shared tier (one ``redis-server``, records sealed with one tier key,
+as replicas sharing a Redis must) or nothing shared, and what the bench reads from them.
 
 Replicas are :class:`~prefixkv.bench.tiers_servers.Replica` processes (the admin key in
 their environment, so ``/v1/cache/stats`` is the whole-cache view). A replica's figures are
@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -78,22 +78,67 @@ class FleetSpec:
     threads: int
 
 
-class Fleet:
-    """Redis and ``spec.replicas`` replicas, started in ``workdir``; ``stop()`` ends them."""
+class SharedTier(Protocol):
+    """What the replicas share below their RAM, if anything."""
 
-    def __init__(self, spec: FleetSpec, redis_binary: str, workdir: Path) -> None:
+    def flags(self) -> list[str]:
+        """``prefixkv serve`` options that attach a replica to it."""
+        ...
+
+    def flush(self) -> None:
+        """Emptied, once the replicas' writes have landed (the replicas' RAM already is)."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class SharedRedis:
+    """One ``redis-server`` the replicas share, records sealed with one tier key (as
+    replicas sharing a Redis must)."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.redis = RedisServer(binary, workdir / "redis")
+        self.key_file = workdir / "tier.key"
+        write_key_file(self.key_file)
+
+    def flags(self) -> list[str]:
+        return ["--redis-url", self.redis.url, "--tier-key-file", str(self.key_file)]
+
+    def flush(self) -> None:
+        _wait_quiet(self.redis)
+        self.redis.flush()
+
+    def stop(self) -> None:
+        self.redis.stop()
+
+
+class NothingShared:
+    """Each replica on its own RAM: what routing alone earns."""
+
+    def flags(self) -> list[str]:
+        return []
+
+    def flush(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class Fleet:
+    """``spec.replicas`` replicas over ``shared``, started in ``workdir``; ``stop()`` ends
+    them (and ``shared``)."""
+
+    def __init__(self, spec: FleetSpec, shared: SharedTier, workdir: Path) -> None:
         self.spec = spec
         self.workdir = workdir
-        self.redis = RedisServer(redis_binary, workdir / "redis")
-        key_file = workdir / "tier.key"
-        write_key_file(key_file)
+        self.shared = shared
         self.replicas: list[Replica] = []
         self.workers: list[Worker] = []
         for i in range(spec.replicas):
             events = f"tcp://127.0.0.1:{free_port()}"
             flags = ["--cache-bytes", str(spec.cache_bytes), "--block-size", str(spec.block_size)]
-            flags += ["--threads", str(spec.threads), "--redis-url", self.redis.url]
-            flags += ["--tier-key-file", str(key_file), "--kv-events", events]
+            flags += ["--threads", str(spec.threads), *shared.flags(), "--kv-events", events]
             replica = Replica(spec.model, flags, workdir / f"replica{i}.log")
             self.replicas.append(replica)
             self.workers.append(Worker(replica.url, events))
@@ -110,7 +155,8 @@ class Fleet:
         return [_counts(r) if r.process.poll() is None else NO_COUNTS for r in self.replicas]
 
     def reset(self) -> None:
-        """Every live replica's RAM emptied and Redis flushed: the next phase starts cold."""
+        """Every live replica's RAM emptied and the shared tier flushed: the next phase
+        starts cold."""
         for replica in self.live():
             response = httpx.post(
                 replica.url + "/v1/cache/reset",
@@ -119,13 +165,13 @@ class Fleet:
                 timeout=60.0,
             )
             response.raise_for_status()
-        _wait_quiet(self.redis)
-        self.redis.flush()
+        self.shared.flush()
 
     def stop(self) -> list[int]:
-        """Every replica stopped (their exit codes; a killed one's is negative), then Redis."""
+        """Every replica stopped (their exit codes; a killed one's is negative), then the
+        shared tier."""
         codes = [replica.stop() for replica in self.replicas]
-        self.redis.stop()
+        self.shared.stop()
         return codes
 
 
