@@ -85,11 +85,6 @@ KNOWN_DIFFERENCES: tuple[Known, ...] = (
         '"" in vLLM',
     ),
     Known(
-        ("chat-tool-named*:*finish_reason",),
-        "prefixkv says tool_calls whenever the reply is calls; vLLM says stop when a named "
-        "tool_choice forced the call",
-    ),
-    Known(
         ("chat-tool-*-stream:stream.choices[].delta.tool_calls[].function.arguments",),
         'prefixkv\'s first delta of a call carries arguments "" beside the name (as '
         "OpenAI's does); vLLM's carries the name alone",

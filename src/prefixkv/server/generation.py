@@ -39,6 +39,7 @@ from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler, Slot
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.tool_calls import CallScanner
+from prefixkv.server.tools import ToolSpec
 from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -92,8 +93,7 @@ class Generation:
         asked = parsed.params.logprobs is not None
         if parsed.stream:
             chunks = [
-                _chunks(endpoint.shape, meta, asked, i, tool_replies.scanner_for(parsed.tools))
-                for i in range(len(jobs))
+                _chunks(endpoint.shape, meta, asked, i, parsed.tools) for i in range(len(jobs))
             ]
             events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
@@ -250,10 +250,10 @@ class _ToolChunks(_Chunks):
 
     def __init__(
         self, shape: Shape, meta: ResponseMeta, with_logprobs: bool, index: int,
-        scanner: CallScanner,
+        tools: ToolSpec, scanner: CallScanner,
     ) -> None:  # fmt: skip
         super().__init__(shape, meta, with_logprobs, index)
-        self.scanner = scanner
+        self.tools, self.scanner = tools, scanner
 
     def text(self, text: str, finish_reason: str | None = None) -> bytes:
         events = self.scanner.feed(text)
@@ -261,7 +261,8 @@ class _ToolChunks(_Chunks):
             events += self.scanner.finish()
         out = [self._choice(delta, None) for delta in tool_replies.deltas(events)]
         if finish_reason is not None:
-            out.append(self._choice({}, tool_replies.finish_reason(self.scanner, finish_reason)))
+            reason = tool_replies.finish_reason(self.tools, self.scanner, finish_reason)
+            out.append(self._choice({}, reason))
         return b"".join(out)
 
     def _choice(self, delta: dict[str, Any], reason: str | None) -> bytes:
@@ -270,12 +271,13 @@ class _ToolChunks(_Chunks):
 
 
 def _chunks(
-    shape: Shape, meta: ResponseMeta, asked: bool, index: int, scanner: CallScanner | None
+    shape: Shape, meta: ResponseMeta, asked: bool, index: int, tools: ToolSpec | None
 ) -> _Chunks:
-    """Choice ``index``'s stream: parsed for tool calls when the request has a scanner."""
-    if scanner is None:
+    """Choice ``index``'s stream: parsed for tool calls when the request's tools ask so."""
+    scanner = tool_replies.scanner_for(tools)
+    if tools is None or scanner is None:
         return _Chunks(shape, meta, asked, index)
-    return _ToolChunks(shape, meta, asked, index, scanner)
+    return _ToolChunks(shape, meta, asked, index, tools, scanner)
 
 
 async def _sse(jobs: list[Job], chunks: list[_Chunks], include_usage: bool) -> AsyncIterator[bytes]:
