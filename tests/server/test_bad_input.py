@@ -94,7 +94,8 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "n_zero": (CHAT, chat(n=0), 400, "n", None),
     "n_past_max": (TEXT, text(n=17), 400, "n", None),
     "n_string": (CHAT, chat(n="2"), 400, "n", "invalid_type"),
-    "best_of_two": (TEXT, text(best_of=2), 400, "best_of", "unsupported_parameter"),
+    "best_of_in_chat": (CHAT, chat(best_of=2), 400, "best_of", "unsupported_parameter"),
+    "best_of_below_n": (TEXT, text(n=2, best_of=1), 400, "best_of", None),
     "prompt_logprobs": (
         TEXT,
         text(prompt_logprobs=1),

@@ -31,7 +31,7 @@ from prefixkv.engine.logprob_records import TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.engine.samples import samples_of
-from prefixkv.server import fanin, responses, tool_replies
+from prefixkv.server import best_of, fanin, responses, tool_replies
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
@@ -98,7 +98,8 @@ class Generation:
             events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
         completions = await _complete(http, jobs)
-        answer = responses.body(endpoint.shape, meta, completions, asked)
+        chosen = best_of.best(completions, parsed.n)
+        answer = responses.body(endpoint.shape, meta, chosen, asked, spent=completions)
         return JSONResponse(tool_replies.with_calls(answer, parsed.tools))
 
     async def prefill(
@@ -118,7 +119,8 @@ class Generation:
         try:
             with self.scheduler.reserve() as slot:
                 request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
-                jobs = [Job(r, endpoint.name, arrived) for r in samples_of(request, parsed.n)]
+                samples = samples_of(request, parsed.best_of)
+                jobs = [Job(r, endpoint.name, arrived) for r in samples]
                 _submit(slot, jobs)
         except QueueFullError as exc:
             raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
@@ -148,7 +150,7 @@ class Generation:
     def _prepared(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         return self.engine.request(
             parsed.prompt,
-            parsed.params,
+            best_of.scored(parsed.params, parsed.best_of, parsed.n),
             namespace=namespace,
             default_max_tokens=self.settings.default_max_tokens,
         )
