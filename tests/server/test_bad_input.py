@@ -96,12 +96,13 @@ CASES: dict[str, tuple[str, Any, int, str | None, str | None]] = {
     "n_string": (CHAT, chat(n="2"), 400, "n", "invalid_type"),
     "best_of_in_chat": (CHAT, chat(best_of=2), 400, "best_of", "unsupported_parameter"),
     "best_of_below_n": (TEXT, text(n=2, best_of=1), 400, "best_of", None),
-    "prompt_logprobs": (
-        TEXT,
-        text(prompt_logprobs=1),
+    "prompt_logprobs_21": (TEXT, text(prompt_logprobs=21), 400, "prompt_logprobs", None),
+    "prompt_logprobs_streamed": (
+        CHAT,
+        chat(prompt_logprobs=1, stream=True),
         400,
         "prompt_logprobs",
-        "unsupported_parameter",
+        None,
     ),
     "logprobs_not_bool": (CHAT, chat(logprobs=1), 400, "logprobs", "invalid_type"),
     "top_logprobs_21": (CHAT, chat(logprobs=True, top_logprobs=21), 400, "top_logprobs", None),

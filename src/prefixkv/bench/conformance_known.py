@@ -38,7 +38,8 @@ KNOWN_DIFFERENCES: tuple[Known, ...] = (
             "*:*usage.prompt_tokens_details.multimodal_tokens",
         ),
         "vLLM's own extensions (null unless asked for, or vLLM's cache accounting); not "
-        "OpenAI's API, and prefixkv does not send them",
+        "OpenAI's API: prefixkv leaves them out (prompt_logprobs too, unless asked for, "
+        "which no case does)",
     ),
     Known(
         (

@@ -27,11 +27,11 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from prefixkv.cache.tenants import Namespace
-from prefixkv.engine.logprob_records import TokenLogprob
+from prefixkv.engine.logprob_records import PromptTokenLogprob, TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.engine.samples import samples_of
-from prefixkv.server import best_of, fanin, responses, tool_replies
+from prefixkv.server import best_of, fanin, prompt_scores, responses, tool_replies
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
@@ -79,16 +79,22 @@ class Generation:
         self._promote = ThreadPoolExecutor(
             PROMOTE_THREADS, thread_name_prefix="prefixkv-promote", initializer=helper_thread
         )
+        # One thread: a prompt's logprobs are a prefill; two at once would only queue on
+        # the model lock.
+        self._score = ThreadPoolExecutor(
+            1, thread_name_prefix="prefixkv-score", initializer=helper_thread
+        )
 
     def close(self) -> None:
         self._prepare.shutdown(wait=False, cancel_futures=True)
         self._promote.shutdown(wait=False, cancel_futures=True)
+        self._score.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, http: HTTPRequest, tenant: str, endpoint: Endpoint) -> Response:
         arrived = time.perf_counter()
         body = await read_json_object(http, self.settings.max_body_bytes)
         parsed = endpoint.parse(body, self.settings)
-        _, jobs = await self._queued(parsed, tenant, endpoint, arrived)
+        request, jobs = await self._queued(parsed, tenant, endpoint, arrived)
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
         if parsed.stream:
@@ -97,10 +103,25 @@ class Generation:
             ]
             events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        scoring = self._scoring(request, parsed.prompt_logprobs)
         completions = await _complete(http, jobs)
         chosen = best_of.best(completions, parsed.n)
         answer = responses.body(endpoint.shape, meta, chosen, asked, spent=completions)
-        return JSONResponse(tool_replies.with_calls(answer, parsed.tools))
+        answer = tool_replies.with_calls(answer, parsed.tools)
+        if scoring is not None:
+            answer = prompt_scores.attached(endpoint.name, answer, await scoring)
+        return JSONResponse(answer)
+
+    def _scoring(
+        self, request: Request, top: int | None
+    ) -> asyncio.Future[tuple[PromptTokenLogprob, ...]] | None:
+        """The prompt's logprobs, computed on the scoring thread beside the generation
+        (both take the model in turn); None when not asked for. Not stopped by a client
+        that leaves: at most one prefill of the prompt."""
+        if top is None:
+            return None
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._score, self.engine.prompt_logprobs, request.ids, top)
 
     async def prefill(
         self, http: HTTPRequest, parsed: ParsedRequest, tenant: str, endpoint: Endpoint

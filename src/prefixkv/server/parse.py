@@ -6,7 +6,7 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (legacy ``functions``, echo, prompt_logprobs, chat's best_of, ...) are refused
+implement (legacy ``functions``, echo, suffix, chat's best_of) are refused
 rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the
 prompt (see :mod:`prefixkv.engine.samples`), the completions API's ``best_of`` for that many
 to choose the best ``n`` from (:mod:`prefixkv.server.best_of`); ``tools`` are read by
@@ -34,6 +34,7 @@ from prefixkv.engine.request import (
 from prefixkv.engine.samples import check_n
 from prefixkv.server.best_of import read_best_of
 from prefixkv.server.errors import APIError
+from prefixkv.server.prompt_scores import read_prompt_logprobs
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.structured import grammar_of
 from prefixkv.server.tool_grammar import tool_grammar
@@ -59,6 +60,9 @@ class ParsedRequest:
     """Samples of the prompt to return (choices ``0..n-1``)."""
     best_of: int = 1
     """Samples of the prompt to generate (at least ``n``; more: the best ``n`` returned)."""
+    prompt_logprobs: int | None = None
+    """Alternatives per prompt token to report (:mod:`prefixkv.server.prompt_scores`);
+    None: no prompt logprobs."""
     tools: ToolSpec | None = None
 
 
@@ -169,6 +173,7 @@ def _parse(
         cache_salt=_cache_salt(body, settings),
         n=n,
         best_of=n,
+        prompt_logprobs=read_prompt_logprobs(body, stream),
     )
 
 
@@ -270,7 +275,6 @@ def _is_one(value: object) -> bool:
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",
-    "prompt_logprobs": lambda v: False,
     "functions": lambda v: v == [],
 }
 
