@@ -79,9 +79,12 @@ def test_a_forced_choice_makes_smollm2_call_from_the_instruction_alone(
         "required" if choice == "required"
         else {"type": "function", "function": {"name": "get_weather"}}
     )  # fmt: skip
+    # One call: with parallel calls allowed, greedy SmolLM2 under ``required`` writes call
+    # after call until max_tokens cuts it (finish reason length).
     reply = server.client().chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}],
         tools=[WEATHER], tool_choice=forced, temperature=0, max_tokens=40,
+        parallel_tool_calls=False,
     )  # fmt: skip
     choice_ = reply.choices[0]
     # OpenAI's and vLLM's reasons: tool_calls for required, stop for a named choice
