@@ -117,11 +117,14 @@ class Generation:
     ) -> asyncio.Future[tuple[PromptTokenLogprob, ...]] | None:
         """The prompt's logprobs, computed on the scoring thread beside the generation
         (both take the model in turn); None when not asked for. Not stopped by a client
-        that leaves: at most one prefill of the prompt."""
+        that leaves: at most one prefill of the prompt, whose outcome nobody then reads
+        (the callback marks its exception read, so asyncio does not log it)."""
         if top is None:
             return None
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._score, self.engine.prompt_logprobs, request.ids, top)
+        scores = loop.run_in_executor(self._score, self.engine.prompt_logprobs, request.ids, top)
+        scores.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return scores
 
     async def prefill(
         self, http: HTTPRequest, parsed: ParsedRequest, tenant: str, endpoint: Endpoint
