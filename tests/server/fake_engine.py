@@ -4,6 +4,7 @@ the prompt, so a reply delivered to the wrong request shows."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Generator, Hashable, Mapping, Sequence
@@ -16,6 +17,7 @@ import torch
 from prefixkv.cache import KVLayout, PrefixKVCache
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import Intake
+from prefixkv.engine.logprob_records import Candidate, PromptTokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.role import Sink
@@ -126,6 +128,16 @@ class FakeEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         """See :meth:`Intake.text`."""
         return self.intake.text(ids)
+
+    def prompt_logprobs(self, ids: TokenBytes, top: int) -> tuple[PromptTokenLogprob, ...]:
+        """The fake model's distribution is uniform: every token has rank VOCAB."""
+        flat = -math.log(VOCAB)
+        tokens = np.frombuffer(ids, dtype=np.uint32).tolist()[1:]
+        alternatives = tuple(Candidate(t, chr(t), bytes([t]), flat) for t in range(top))
+        return tuple(
+            PromptTokenLogprob(Candidate(t, chr(t), bytes([t % 256]), flat), VOCAB, alternatives)
+            for t in tokens
+        )
 
     def runner(self, on_step: Callable[[StepReport], None]) -> FakeRunner:
         """A serial runner over this engine (what the server tests serve with), reporting

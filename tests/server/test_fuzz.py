@@ -90,7 +90,8 @@ PLAUSIBLE = {
     "min_tokens": ANY_JSON,
     "stop_token_ids": ANY_JSON,
     "ignore_eos": ANY_JSON,
-    "prompt_logprobs": ANY_JSON,
+    "prompt_logprobs": st.integers(-1, 3) | ANY_JSON,
+    "best_of": st.integers(0, 4) | ANY_JSON,
     "user": ANY_JSON,
 }
 RANDOM_BODIES = st.fixed_dictionaries({}, optional=PLAUSIBLE).flatmap(

@@ -163,7 +163,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty"),
     ({"extra_body": {"min_tokens": 9}}, "min_tokens"),
     ({"extra_body": {"stop_token_ids": [100000]}}, "stop_token_ids"),
-    ({"extra_body": {"prompt_logprobs": 1}}, "prompt_logprobs"),
+    ({"extra_body": {"prompt_logprobs": -1}}, "prompt_logprobs"),
 ]
 
 

@@ -1,5 +1,6 @@
 """The tool-call parser: unit cases, and properties (arguments round-trip; any split of the
-text into deltas gives the same calls and text as the whole)."""
+text into deltas gives the same calls and text as the whole; under a forcing tool_choice,
+the arguments' pieces of any split add up to the whole parse's arguments)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefixkv.server.tool_calls import CallScanner, Event, Text, ToolCall, scan
+from prefixkv.server.tool_calls import (
+    ArgumentsPiece,
+    CallScanner,
+    CallStart,
+    Event,
+    Text,
+    ToolCall,
+    calls_of,
+    scan,
+)
+from prefixkv.server.tool_fragments import ForcedCallScanner
 
 NAMES = frozenset({"get_weather", "search"})
 
@@ -24,11 +35,19 @@ def _block(name: str, arguments: Any) -> str:
 
 
 def _merged(events: list[Event]) -> list[Event]:
-    """Adjacent Text events joined (a stream may cut text anywhere)."""
+    """Adjacent Text events joined, and adjacent pieces of one call's arguments (a stream
+    may cut text anywhere)."""
     out: list[Event] = []
     for event in events:
-        if isinstance(event, Text) and out and isinstance(out[-1], Text):
-            out[-1] = Text(out[-1].text + event.text)
+        last = out[-1] if out else None
+        if isinstance(event, Text) and isinstance(last, Text):
+            out[-1] = Text(last.text + event.text)
+        elif (
+            isinstance(event, ArgumentsPiece)
+            and isinstance(last, ArgumentsPiece)
+            and last.index == event.index
+        ):
+            out[-1] = ArgumentsPiece(event.index, last.text + event.text)
         else:
             out.append(event)
     return out
@@ -142,3 +161,97 @@ def test_any_split_into_deltas_gives_the_same_events(
     assert _merged(events) == whole
     if not any(isinstance(e, ToolCall) for e in events):  # then nothing is dropped
         assert "".join(e.text for e in events if isinstance(e, Text)) == text
+
+
+def _forced(parallel: bool = True) -> ForcedCallScanner:
+    counter = iter(range(1000))
+    return ForcedCallScanner(NAMES, parallel, ids=lambda: f"call_{next(counter)}")
+
+
+def _split(text: str, cuts: list[int], scanner: CallScanner) -> list[Event]:
+    """``text`` fed to ``scanner`` in the deltas ``cuts`` (offsets) make, then finished."""
+    events: list[Event] = []
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    for start, end in zip([0, *bounds], [*bounds, len(text)], strict=True):
+        events += scanner.feed(text[start:end])
+    return events + scanner.finish()
+
+
+def test_the_arguments_are_the_text_the_model_wrote() -> None:
+    """Not re-encoded: non-ASCII, number spellings and spacing stay as written."""
+    written = '{"city":"Zürich", "days": [1.50, 2e1]}'
+    for scanner in (_scanner(), _forced()):
+        (call,) = calls_of(
+            scan(f'<tool_call>{{"name": "search", "arguments": {written}}}</tool_call>', scanner)
+        )
+        assert call.arguments == written
+
+
+def test_a_forced_call_streams_its_name_then_its_arguments() -> None:
+    scanner = _forced()
+    assert scanner.feed('<tool_call>\n{"name": "search", "argu') == []
+    assert scanner.feed('ments": {"q": "a}') == [
+        CallStart(0, "call_0", "search"),
+        ArgumentsPiece(0, '{"q": "a}'),
+    ]
+    assert scanner.feed('"}}\n</tool_call> done') == [ArgumentsPiece(0, '"}'), Text(" done")]
+    assert scanner.finish() == []
+
+
+def test_a_forced_block_of_another_form_is_judged_whole() -> None:
+    """Arguments before the name, an unknown name, a second call without parallel calls:
+    not streamed; the first is a call at its close, the others text."""
+    reversed_call = '<tool_call>{"arguments": {"q": 1}, "name": "search"}</tool_call>'
+    events = _merged(
+        scan(reversed_call + _block("other", {}) + _block("search", {}), _forced(False))
+    )
+    assert [type(e) for e in events] == [ToolCall, Text]
+    assert isinstance(events[0], ToolCall) and events[0].arguments == '{"q": 1}'
+
+
+def _forced_block(name: str, arguments: Any, ascii_only: bool, compact: bool) -> str:
+    separators = (",", ":") if compact else (", ", ": ")
+    written = json.dumps(arguments, ensure_ascii=ascii_only, separators=separators)
+    return f'<tool_call>\n{{"name": {json.dumps(name)}, "arguments": {written}}}\n</tool_call>'
+
+
+FORCED_BLOCKS = st.builds(
+    _forced_block,
+    st.sampled_from([*sorted(NAMES), "other"]),
+    ARGUMENTS,
+    st.booleans(),
+    st.booleans(),
+)
+
+
+@given(
+    st.lists(st.one_of(FORCED_BLOCKS, PIECES), max_size=6),
+    st.lists(st.integers(0, 400), max_size=12),
+    st.integers(0, 2000),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_forced_pieces_of_any_split_add_up_to_the_whole_parse(
+    pieces: list[str], cuts: list[int], cut_at: int, parallel: bool
+) -> None:
+    """Any text (cut anywhere at its end, as max_tokens cuts it), any split into deltas:
+    the same events as the whole text in one delta, so the same calls and arguments."""
+    text = "".join(pieces)[:cut_at]
+    whole = scan(text, _forced(parallel))
+    streamed = _split(text, cuts, _forced(parallel))
+    assert _merged(streamed) == _merged(whole)
+    assert calls_of(streamed) == calls_of(whole)
+
+
+@given(st.lists(st.tuples(st.sampled_from(sorted(NAMES)), ARGUMENTS, st.booleans()), max_size=3))
+@settings(max_examples=200, deadline=None)
+def test_forced_calls_round_trip(calls: list[tuple[str, Any, bool]]) -> None:
+    """Complete blocks (what the forcing grammar writes): every call, arguments as written."""
+    blocks = [
+        _forced_block(name, arguments, ascii_only, False) for name, arguments, ascii_only in calls
+    ]
+    parsed = calls_of(_split("\n".join(blocks), [7, 19, 40, 41, 90], _forced()))
+    assert [(c.name, json.loads(c.arguments)) for c in parsed] == [(n, a) for n, a, _ in calls]
+    assert [c.arguments for c in parsed] == [
+        json.dumps(a, ensure_ascii=ascii_only) for _, a, ascii_only in calls
+    ]

@@ -46,6 +46,7 @@ class ScriptedEngine(FakeEngine):
         super().__init__(capacity_blocks=4096)
         self.intake = Intake(self.tokenizer, VOCAB, self.context_length)
         self.script: list[str] = []
+        self.reason = "stop"  # the finish reason the script ends with ("length": cut)
         self.seen: list[Request] = []
         self.prompts: list[Any] = []
         self.grammars: list[GrammarSpec | None] = []
@@ -81,7 +82,8 @@ class ScriptedRunner(FakeRunner):
         elapsed = time.perf_counter() - start
         ids = tuple(range(len(engine.script)))
         logprobs = tuple(_logprob(delta) for delta in engine.script)
-        sink.deliver(Completion(text, ids, count, reuse, "stop", elapsed, elapsed, logprobs))
+        completion = Completion(text, ids, count, reuse, engine.reason, elapsed, elapsed, logprobs)
+        sink.deliver(completion)
 
 
 def _logprob(delta: str) -> TokenLogprob:
@@ -111,16 +113,24 @@ def _ask(app: App, **extra: Any) -> Any:
 def _streamed(app: App, **extra: Any) -> tuple[str, list[dict[str, str]], str]:
     """(content, calls as a client accumulates them, finish_reason) of a streamed answer."""
     content, calls, reason = "", {}, ""
+    for part, choice in _tool_deltas(app, **extra):
+        content += choice.delta.content or ""
+        reason = choice.finish_reason or reason
+        if part is not None:
+            call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += part.id or ""
+            call["name"] += part.function.name or ""
+            call["arguments"] += part.function.arguments or ""
+    return content, [calls[i] for i in sorted(calls)], reason
+
+
+def _tool_deltas(app: App, **extra: Any) -> Iterator[tuple[Any, Any]]:
+    """(tool-call delta or None, choice) for every streamed choice and every call part."""
     for chunk in _ask(app, stream=True, **extra):
         for choice in chunk.choices:
-            content += choice.delta.content or ""
-            reason = choice.finish_reason or reason
+            yield None, choice
             for part in choice.delta.tool_calls or []:
-                call = calls.setdefault(part.index, {"id": "", "name": "", "arguments": ""})
-                call["id"] += part.id or ""
-                call["name"] += part.function.name or ""
-                call["arguments"] += part.function.arguments or ""
-    return content, [calls[i] for i in sorted(calls)], reason
+                yield part, choice
 
 
 def test_a_call_is_parsed_into_tool_calls(scripted: App) -> None:
@@ -202,6 +212,69 @@ def _grammar(app: App) -> GrammarSpec | None:
     engine = app.engine
     assert isinstance(engine, ScriptedEngine)
     return engine.grammars[-1]
+
+
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+LONG_CALL = (
+    '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Zürich", "days": [1, 2.50],'
+    ' "note": "say \\"}\\" {"}}\n</tool_call>'
+)
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED])
+@pytest.mark.parametrize("size", [1, 3, 1000])
+def test_forced_calls_stream_their_arguments_in_pieces(
+    scripted: App, choice: Any, size: int
+) -> None:
+    """Under a forcing tool_choice the name goes out first, then the arguments as the
+    model writes them (text as written: no re-encoding), adding up to the whole answer's."""
+    _script(scripted, LONG_CALL, size)
+    whole = _ask(scripted, tool_choice=choice).choices[0].message.tool_calls
+    parts = [part for part, _ in _tool_deltas(scripted, tool_choice=choice) if part is not None]
+    assert parts[0].id.startswith("call_") and parts[0].type == "function"
+    assert (parts[0].function.name, parts[0].function.arguments) == ("get_weather", "")
+    pieces = [part.function.arguments for part in parts[1:]]
+    assert all(part.id is None and part.function.name is None for part in parts[1:])
+    assert "".join(pieces) == whole[0].function.arguments
+    assert whole[0].function.arguments == LONG_CALL.split('"arguments": ')[1].split("}\n</")[0]
+    if size < len(LONG_CALL):  # as the text arrives, not in one piece at the block's close
+        assert len(pieces) > 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_finish_reasons_are_openais(scripted: App, stream: bool) -> None:
+    """tool_calls for calls under auto and required; stop for a named choice; length for a
+    reply cut at max_tokens, whatever complete calls it holds."""
+
+    def reason(**extra: Any) -> str:
+        if stream:
+            return _streamed(scripted, **extra)[2]
+        return str(_ask(scripted, **extra).choices[0].finish_reason)
+
+    _script(scripted, CALL)
+    assert [reason(), reason(tool_choice="required"), reason(tool_choice=NAMED)] == [
+        "tool_calls",
+        "tool_calls",
+        "stop",
+    ]
+    engine = scripted.engine
+    assert isinstance(engine, ScriptedEngine)
+    engine.reason = "length"
+    _script(scripted, CALL + "\n" + CALL[:30])
+    assert {reason(), reason(tool_choice="required"), reason(tool_choice=NAMED)} == {"length"}
+
+
+def test_a_forced_call_cut_at_max_tokens_keeps_what_was_written(scripted: App) -> None:
+    """As OpenAI answers a call cut by length: the call, with its arguments so far."""
+    engine = scripted.engine
+    assert isinstance(engine, ScriptedEngine)
+    engine.reason = "length"
+    _script(scripted, CALL[: CALL.index("Paris") + 2])
+    choice = _ask(scripted, tool_choice=NAMED).choices[0]
+    assert choice.finish_reason == "length" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Pa')
+    assert _streamed(scripted, tool_choice=NAMED)[1][0]["arguments"] == '{"city": "Pa'
 
 
 def test_a_named_choice_keeps_only_that_function(scripted: App) -> None:

@@ -38,7 +38,8 @@ KNOWN_DIFFERENCES: tuple[Known, ...] = (
             "*:*usage.prompt_tokens_details.multimodal_tokens",
         ),
         "vLLM's own extensions (null unless asked for, or vLLM's cache accounting); not "
-        "OpenAI's API, and prefixkv does not send them",
+        "OpenAI's API: prefixkv leaves them out (prompt_logprobs too, unless asked for, "
+        "which no case does)",
     ),
     Known(
         (
@@ -83,11 +84,6 @@ KNOWN_DIFFERENCES: tuple[Known, ...] = (
         ("chat-tool-named:choices[].message.content",),
         "a reply that is only calls has content null in prefixkv (as in OpenAI's answers), "
         '"" in vLLM',
-    ),
-    Known(
-        ("chat-tool-named*:*finish_reason",),
-        "prefixkv says tool_calls whenever the reply is calls; vLLM says stop when a named "
-        "tool_choice forced the call",
     ),
     Known(
         ("chat-tool-*-stream:stream.choices[].delta.tool_calls[].function.arguments",),

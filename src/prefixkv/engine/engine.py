@@ -23,6 +23,9 @@ from prefixkv.cache.protocol import BlockStore
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import DEFAULT_MAX_TOKENS, Intake
 from prefixkv.engine.kvbridge import layout_of, new_cache
+from prefixkv.engine.logprob_records import PromptTokenLogprob
+from prefixkv.engine.pieces import pieces_of
+from prefixkv.engine.prompt_logprobs import prompt_logprobs
 from prefixkv.engine.prompts import Prompt, prompt_ids
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.role import Delivery
@@ -204,6 +207,22 @@ class Engine:
             )
         logits: torch.Tensor = out.logits[0, -1]
         return logits.float()
+
+    def forward_every(self, ids: torch.Tensor, position: int, kv: DynamicCache) -> torch.Tensor:
+        """As :meth:`forward`, but ``[n, vocab]``: the logits at every one of ``ids``."""
+        input_ids = ids.to(self.device)[None]
+        positions = torch.arange(position, position + len(ids), device=self.device)[None]
+        with self.model_lock, torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids, position_ids=positions, past_key_values=kv, use_cache=True
+            )
+        logits: torch.Tensor = out.logits[0]
+        return logits.float()
+
+    def prompt_logprobs(self, ids: TokenBytes, top: int) -> tuple[PromptTokenLogprob, ...]:
+        """See :func:`prefixkv.engine.prompt_logprobs.prompt_logprobs` (a prefill of its
+        own: long, and it takes the model between the runner's steps)."""
+        return prompt_logprobs(self, pieces_of(self.tokenizer), ids, top)
 
     def next_token_logits(self, prompt: Prompt, *, namespace: Hashable = None) -> NextTokenLogits:
         """Logits for the token after ``prompt``, prefilling only what the cache lacks.

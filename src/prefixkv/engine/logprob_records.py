@@ -1,5 +1,6 @@
 """The records of reported log-probabilities: one Candidate per token considered, one
-TokenLogprob per generated token. No torch here (the server shapes them into JSON)."""
+TokenLogprob per generated token, one PromptTokenLogprob per prompt token. No torch here
+(the server shapes them into JSON)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,17 @@ class TokenLogprob:
     likeliest first (as many as the request asked for)."""
 
     chosen: Candidate
+    top: tuple[Candidate, ...]
+
+
+@dataclass(frozen=True)
+class PromptTokenLogprob:
+    """A prompt token (``chosen``), its ``rank`` (how many tokens are at least as likely)
+    and the ``top`` likeliest tokens at its position, likeliest first
+    (:mod:`prefixkv.engine.prompt_logprobs`)."""
+
+    chosen: Candidate
+    rank: int
     top: tuple[Candidate, ...]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Literal, Protocol
 
 from prefixkv.cache.protocol import BlockStore
-from prefixkv.engine.logprob_records import TokenLogprob
+from prefixkv.engine.logprob_records import PromptTokenLogprob, TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.tokens import TokenBytes
@@ -55,6 +55,12 @@ class EngineRole(Protocol):
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """The text of token ids, special tokens shown; raises InvalidRequestError."""
+        ...
+
+    def prompt_logprobs(self, ids: TokenBytes, top: int) -> tuple[PromptTokenLogprob, ...]:
+        """For each token of ``ids`` after the first: its logprob, rank and ``top``
+        likeliest alternatives, from a prefill that reads no cached KV. Takes as long as a
+        prefill: callers keep it off event loops."""
         ...
 
 

@@ -27,11 +27,11 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from prefixkv.cache.tenants import Namespace
-from prefixkv.engine.logprob_records import TokenLogprob
+from prefixkv.engine.logprob_records import PromptTokenLogprob, TokenLogprob
 from prefixkv.engine.request import Completion, Request
 from prefixkv.engine.role import EngineRole, RequestCancelled
 from prefixkv.engine.samples import samples_of
-from prefixkv.server import fanin, responses, tool_replies
+from prefixkv.server import best_of, fanin, prompt_scores, responses, tool_replies
 from prefixkv.server.body import read_json_object
 from prefixkv.server.errors import APIError, error_body
 from prefixkv.server.parse import ParsedRequest, parse_chat, parse_completion
@@ -39,6 +39,7 @@ from prefixkv.server.responses import ResponseMeta, Shape
 from prefixkv.server.scheduler import Job, QueueFullError, Scheduler, Slot
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.tool_calls import CallScanner
+from prefixkv.server.tools import ToolSpec
 from prefixkv.threads import current_threads, helper_thread
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -78,28 +79,52 @@ class Generation:
         self._promote = ThreadPoolExecutor(
             PROMOTE_THREADS, thread_name_prefix="prefixkv-promote", initializer=helper_thread
         )
+        # One thread: a prompt's logprobs are a prefill; two at once would only queue on
+        # the model lock.
+        self._score = ThreadPoolExecutor(
+            1, thread_name_prefix="prefixkv-score", initializer=helper_thread
+        )
 
     def close(self) -> None:
         self._prepare.shutdown(wait=False, cancel_futures=True)
         self._promote.shutdown(wait=False, cancel_futures=True)
+        self._score.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, http: HTTPRequest, tenant: str, endpoint: Endpoint) -> Response:
         arrived = time.perf_counter()
         body = await read_json_object(http, self.settings.max_body_bytes)
         parsed = endpoint.parse(body, self.settings)
-        _, jobs = await self._queued(parsed, tenant, endpoint, arrived)
+        request, jobs = await self._queued(parsed, tenant, endpoint, arrived)
         meta = responses.new_meta(endpoint.shape, self.settings.model)
         asked = parsed.params.logprobs is not None
         if parsed.stream:
             chunks = [
-                _chunks(endpoint.shape, meta, asked, i, tool_replies.scanner_for(parsed.tools))
-                for i in range(len(jobs))
+                _chunks(endpoint.shape, meta, asked, i, parsed.tools) for i in range(len(jobs))
             ]
             events = _sse(jobs, chunks, parsed.include_usage)
             return StreamingResponse(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        scoring = self._scoring(request, parsed.prompt_logprobs)
         completions = await _complete(http, jobs)
-        answer = responses.body(endpoint.shape, meta, completions, asked)
-        return JSONResponse(tool_replies.with_calls(answer, parsed.tools))
+        chosen = best_of.best(completions, parsed.n)
+        answer = responses.body(endpoint.shape, meta, chosen, asked, spent=completions)
+        answer = tool_replies.with_calls(answer, parsed.tools)
+        if scoring is not None:
+            answer = prompt_scores.attached(endpoint.name, answer, await scoring)
+        return JSONResponse(answer)
+
+    def _scoring(
+        self, request: Request, top: int | None
+    ) -> asyncio.Future[tuple[PromptTokenLogprob, ...]] | None:
+        """The prompt's logprobs, computed on the scoring thread beside the generation
+        (both take the model in turn); None when not asked for. Not stopped by a client
+        that leaves: at most one prefill of the prompt, whose outcome nobody then reads
+        (the callback marks its exception read, so asyncio does not log it)."""
+        if top is None:
+            return None
+        loop = asyncio.get_running_loop()
+        scores = loop.run_in_executor(self._score, self.engine.prompt_logprobs, request.ids, top)
+        scores.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return scores
 
     async def prefill(
         self, http: HTTPRequest, parsed: ParsedRequest, tenant: str, endpoint: Endpoint
@@ -118,7 +143,8 @@ class Generation:
         try:
             with self.scheduler.reserve() as slot:
                 request = await self._request(parsed, Namespace(tenant, parsed.cache_salt))
-                jobs = [Job(r, endpoint.name, arrived) for r in samples_of(request, parsed.n)]
+                samples = samples_of(request, parsed.best_of)
+                jobs = [Job(r, endpoint.name, arrived) for r in samples]
                 _submit(slot, jobs)
         except QueueFullError as exc:
             raise APIError(429, f"server busy: {exc}", code="queue_full") from exc
@@ -148,7 +174,7 @@ class Generation:
     def _prepared(self, parsed: ParsedRequest, namespace: Namespace) -> Request:
         return self.engine.request(
             parsed.prompt,
-            parsed.params,
+            best_of.scored(parsed.params, parsed.best_of, parsed.n),
             namespace=namespace,
             default_max_tokens=self.settings.default_max_tokens,
         )
@@ -250,10 +276,10 @@ class _ToolChunks(_Chunks):
 
     def __init__(
         self, shape: Shape, meta: ResponseMeta, with_logprobs: bool, index: int,
-        scanner: CallScanner,
+        tools: ToolSpec, scanner: CallScanner,
     ) -> None:  # fmt: skip
         super().__init__(shape, meta, with_logprobs, index)
-        self.scanner = scanner
+        self.tools, self.scanner = tools, scanner
 
     def text(self, text: str, finish_reason: str | None = None) -> bytes:
         events = self.scanner.feed(text)
@@ -261,7 +287,8 @@ class _ToolChunks(_Chunks):
             events += self.scanner.finish()
         out = [self._choice(delta, None) for delta in tool_replies.deltas(events)]
         if finish_reason is not None:
-            out.append(self._choice({}, tool_replies.finish_reason(self.scanner, finish_reason)))
+            reason = tool_replies.finish_reason(self.tools, self.scanner, finish_reason)
+            out.append(self._choice({}, reason))
         return b"".join(out)
 
     def _choice(self, delta: dict[str, Any], reason: str | None) -> bytes:
@@ -270,12 +297,13 @@ class _ToolChunks(_Chunks):
 
 
 def _chunks(
-    shape: Shape, meta: ResponseMeta, asked: bool, index: int, scanner: CallScanner | None
+    shape: Shape, meta: ResponseMeta, asked: bool, index: int, tools: ToolSpec | None
 ) -> _Chunks:
-    """Choice ``index``'s stream: parsed for tool calls when the request has a scanner."""
-    if scanner is None:
+    """Choice ``index``'s stream: parsed for tool calls when the request's tools ask so."""
+    scanner = tool_replies.scanner_for(tools)
+    if tools is None or scanner is None:
         return _Chunks(shape, meta, asked, index)
-    return _ToolChunks(shape, meta, asked, index, scanner)
+    return _ToolChunks(shape, meta, asked, index, tools, scanner)
 
 
 async def _sse(jobs: list[Job], chunks: list[_Chunks], include_usage: bool) -> AsyncIterator[bytes]:

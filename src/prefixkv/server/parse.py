@@ -6,10 +6,11 @@ are validated once, by :class:`~prefixkv.engine.request.SamplingParams`; what ne
 tokenizer (roles, content, prompt length against the context) is left to the engine's
 ``request``, whose InvalidRequestError also carries ``param``. Unknown fields are ignored, as
 OpenAI-compatible servers do; known fields that would change the output in a way we do not
-implement (legacy ``functions``, best_of, echo, prompt_logprobs, ...) are refused rather
-than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the prompt (see
-:mod:`prefixkv.engine.samples`); ``tools`` are read by :mod:`prefixkv.server.tools`,
-structured outputs by :mod:`prefixkv.server.structured`.
+implement (legacy ``functions``, echo, suffix, chat's best_of) are refused
+rather than silently ignored. ``n`` (1 to ``MAX_N``) asks for that many samples of the
+prompt (see :mod:`prefixkv.engine.samples`), the completions API's ``best_of`` for that many
+to choose the best ``n`` from (:mod:`prefixkv.server.best_of`); ``tools`` are read by
+:mod:`prefixkv.server.tools`, structured outputs by :mod:`prefixkv.server.structured`.
 
 ``logprobs`` differs between the two APIs: chat sends ``logprobs: true`` and
 ``top_logprobs: 0..20``; completions send ``logprobs: 0..5``. Both become
@@ -31,7 +32,9 @@ from prefixkv.engine.request import (
     wrong_type,
 )
 from prefixkv.engine.samples import check_n
+from prefixkv.server.best_of import read_best_of
 from prefixkv.server.errors import APIError
+from prefixkv.server.prompt_scores import read_prompt_logprobs
 from prefixkv.server.settings import ServerSettings
 from prefixkv.server.structured import grammar_of
 from prefixkv.server.tool_grammar import tool_grammar
@@ -55,6 +58,11 @@ class ParsedRequest:
     cache_salt: str
     n: int = 1
     """Samples of the prompt to return (choices ``0..n-1``)."""
+    best_of: int = 1
+    """Samples of the prompt to generate (at least ``n``; more: the best ``n`` returned)."""
+    prompt_logprobs: int | None = None
+    """Alternatives per prompt token to report (:mod:`prefixkv.server.prompt_scores`);
+    None: no prompt logprobs."""
     tools: ToolSpec | None = None
 
 
@@ -62,6 +70,7 @@ def parse_chat(body: Mapping[str, Any], settings: ServerSettings) -> ParsedReque
     """A ``/v1/chat/completions`` body, its tools and tool turns rendered as plain messages
     (see :mod:`prefixkv.server.tools`); raises APIError naming the first bad field."""
     check_model(body, settings)
+    _refuse(body, _CHAT_UNSUPPORTED)
     tools = parse_tools(body)
     messages = tool_messages(chat_messages(body), tools)
     parsed = replace(_parse(body, messages, settings, _chat_logprobs(body)), tools=tools)
@@ -103,7 +112,8 @@ def parse_completion(body: Mapping[str, Any], settings: ServerSettings) -> Parse
             raise wrong_type("prompt", "text or a list of token ids", prompt)
     elif not isinstance(prompt, str):
         raise wrong_type("prompt", "text or a list of token ids", prompt)
-    return _parse(body, prompt, settings, _completion_logprobs(body))
+    parsed = _parse(body, prompt, settings, _completion_logprobs(body))
+    return replace(parsed, best_of=read_best_of(body, parsed.n, parsed.stream))
 
 
 def _chat_logprobs(body: Mapping[str, Any]) -> int | None:
@@ -152,15 +162,18 @@ def check_model(body: Mapping[str, Any], settings: ServerSettings) -> None:
 def _parse(
     body: Mapping[str, Any], prompt: Prompt, settings: ServerSettings, logprobs: int | None
 ) -> ParsedRequest:
-    _refuse_unsupported(body)
+    _refuse(body, _UNSUPPORTED)
     stream = read_bool(body, "stream", False)
+    n = 1 if body.get("n") is None else check_n(body["n"])
     return ParsedRequest(
         prompt=prompt,
         params=_sampling(body, settings, logprobs),
         stream=stream,
         include_usage=stream and _include_usage(body),
         cache_salt=_cache_salt(body, settings),
-        n=1 if body.get("n") is None else check_n(body["n"]),
+        n=n,
+        best_of=n,
+        prompt_logprobs=read_prompt_logprobs(body, stream),
     )
 
 
@@ -260,16 +273,17 @@ def _is_one(value: object) -> bool:
 
 # Fields whose non-default values ask for behaviour this server does not implement.
 _UNSUPPORTED: dict[str, Callable[[Any], bool]] = {
-    "best_of": _is_one,
     "echo": lambda v: v is False,
     "suffix": lambda v: v == "",
-    "prompt_logprobs": lambda v: False,
     "functions": lambda v: v == [],
 }
 
 
-def _refuse_unsupported(body: Mapping[str, Any]) -> None:
-    for name, harmless in _UNSUPPORTED.items():
+_CHAT_UNSUPPORTED: dict[str, Callable[[Any], bool]] = {"best_of": _is_one}
+
+
+def _refuse(body: Mapping[str, Any], unsupported: Mapping[str, Callable[[Any], bool]]) -> None:
+    for name, harmless in unsupported.items():
         value = body.get(name)
         if value is not None and not harmless(value):
             raise APIError.invalid(

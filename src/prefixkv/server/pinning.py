@@ -44,7 +44,14 @@ async def pin(http: HTTPRequest, generation: Generation, tenant: str) -> dict[st
     ttl = ttl_of(body)
     endpoint = CHAT if "messages" in body else TEXT
     one_token = {**body, "max_tokens": 1, "n": 1, "stream": False}
-    for name in ("max_completion_tokens", "stop", "logprobs", "top_logprobs"):
+    for name in (
+        "max_completion_tokens",
+        "stop",
+        "logprobs",
+        "top_logprobs",
+        "best_of",
+        "prompt_logprobs",
+    ):
         one_token.pop(name, None)
     parsed = endpoint.parse(one_token, generation.settings)
     request, completion = await generation.prefill(http, parsed, tenant, endpoint)

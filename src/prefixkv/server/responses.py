@@ -179,10 +179,15 @@ def usage(*completions: Completion) -> dict[str, Any]:
 
 
 def body(
-    shape: Shape, meta: ResponseMeta, completions: Sequence[Completion], asked: bool
+    shape: Shape,
+    meta: ResponseMeta,
+    completions: Sequence[Completion],
+    asked: bool,
+    spent: Sequence[Completion] = (),
 ) -> dict[str, Any]:
     """The non-streaming response, choice ``i`` from ``completions[i]``; ``asked``: the
-    request asked for logprobs (else the field is null)."""
+    request asked for logprobs (else the field is null); ``usage`` counts ``spent``, every
+    sample generated (``completions`` when empty; more with ``best_of``)."""
     choices = [
         {**shape.choice(c.text, c.finish_reason, c.logprobs if asked else None), "index": i}
         for i, c in enumerate(completions)
@@ -193,7 +198,7 @@ def body(
         "created": meta.created,
         "model": meta.model,
         "choices": choices,
-        "usage": usage(*completions),
+        "usage": usage(*(spent or completions)),
     }
 
 

@@ -3,7 +3,9 @@
 same calls wherever the text is cut into deltas.
 
 A block is a call when its JSON is an object with a string ``name`` the request allows and an
-object ``arguments`` (absent means ``{}``); anything else (bad JSON, an unknown name, a call
+object ``arguments`` (absent means ``{}``), whose text the call carries as the model wrote it
+(so that arguments streamed in pieces, :mod:`prefixkv.server.tool_fragments`, add up to it);
+anything else (bad JSON, an unknown name, a call
 past the first when ``parallel_tool_calls`` is false, a block left open at the end) stays in
 the text, verbatim. ``</tool_call>`` inside a JSON string does not close a block. Text
 between calls (or before the first, after the last) that is only whitespace is dropped when
@@ -43,7 +45,24 @@ class Text:
     text: str
 
 
-Event = Text | ToolCall
+@dataclass(frozen=True)
+class CallStart:
+    """A call whose arguments follow in pieces (:mod:`prefixkv.server.tool_fragments`)."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ArgumentsPiece:
+    """The next piece of call ``index``'s arguments text."""
+
+    index: int
+    text: str
+
+
+Event = Text | ToolCall | CallStart | ArgumentsPiece
 
 
 def new_call_id() -> str:
@@ -99,6 +118,10 @@ class CallScanner:
             self._outside(self._buf[:at], events)
             self._buf, self._inside, self._searched = self._buf[at + len(OPEN) :], True, 0
             return True
+        return self._inside_step(events)
+
+    def _inside_step(self, events: list[Event]) -> bool:
+        """Decide on a prefix of a block's buffer: the whole block once its CLOSE is in."""
         at = self._buf.find(CLOSE, self._searched)
         if at < 0:
             self._searched = max(0, len(self._buf) - len(CLOSE) + 1)
@@ -136,10 +159,9 @@ class CallScanner:
             return None
         if not isinstance(parsed, dict) or parsed.get("name") not in self.names:
             return None
-        arguments = parsed.get("arguments", {})
-        if not isinstance(arguments, dict):
+        if not isinstance(parsed.get("arguments", {}), dict):
             return None
-        call = ToolCall(self.calls, self.ids(), parsed["name"], json.dumps(arguments))
+        call = ToolCall(self.calls, self.ids(), parsed["name"], _arguments_text(body))
         self.calls += 1
         return call
 
@@ -147,6 +169,48 @@ class CallScanner:
 def scan(text: str, scanner: CallScanner) -> list[Event]:
     """All of ``text`` through ``scanner`` at once (what a non-streamed answer uses)."""
     return scanner.feed(text) + scanner.finish()
+
+
+def calls_of(events: list[Event]) -> list[ToolCall]:
+    """The whole calls of ``events``: a CallStart with the ArgumentsPieces of its index
+    joined, a ToolCall as it is; in index order."""
+    calls: dict[int, ToolCall] = {}
+    for event in events:
+        if isinstance(event, ToolCall):
+            calls[event.index] = event
+        elif isinstance(event, CallStart):
+            calls[event.index] = ToolCall(event.index, event.id, event.name, "")
+        elif isinstance(event, ArgumentsPiece):
+            call = calls[event.index]
+            calls[event.index] = ToolCall(
+                call.index, call.id, call.name, call.arguments + event.text
+            )
+    return [calls[i] for i in sorted(calls)]
+
+
+def _arguments_text(body: str) -> str:
+    """The text of the ``arguments`` member of ``body`` (a JSON object that parses), as
+    written; the last one when it is repeated (as ``json.loads`` reads it); ``{}`` when
+    absent."""
+    decoder = json.JSONDecoder()
+    at = _skip_space(body, _skip_space(body, 0) + 1)  # past "{"
+    found = "{}"
+    while body[at] != "}":
+        key, at = decoder.raw_decode(body, at)
+        start = _skip_space(body, _skip_space(body, at) + 1)  # past ":"
+        _, at = decoder.raw_decode(body, start)
+        if key == "arguments":
+            found = body[start:at]
+        at = _skip_space(body, at)
+        at = _skip_space(body, at + 1) if body[at] == "," else at
+    return found
+
+
+def _skip_space(text: str, at: int) -> int:
+    """The first index from ``at`` that is not JSON whitespace."""
+    while text[at] in " \t\n\r":
+        at += 1
+    return at
 
 
 def _partial_suffix(text: str, marker: str) -> int:
