@@ -43,6 +43,11 @@ def silu_mul_call() -> Call:
     return {"gate_up": torch.randn(3, 2, 26), "width": 13}
 
 
+def rotary_call() -> Call:
+    return {"x": torch.randn(3, 40), "cos": torch.randn(3, 8), "sin": torch.randn(3, 8),
+            "heads": 4}  # fmt: skip
+
+
 def store_call() -> Call:
     return {
         "keys": torch.randn(KV_HEADS, POOL, DIM),
@@ -75,6 +80,7 @@ CALLS: dict[str, Callable[[], Call]] = {
     "linear": linear_call,
     "rms_norm": rms_norm_call,
     "silu_mul": silu_mul_call,
+    "rotary": rotary_call,
     "store": store_call,
     "attend": attend_call,
 }
@@ -138,8 +144,8 @@ def test_a_wrong_tensor_is_refused_by_name(
 def test_every_door_and_break_is_covered() -> None:
     assert {door for door, _ in TENSOR_ARGS} == set(CALLS)
     assert (
-        len(TENSOR_ARGS) == 2 + 2 + 1 + 4 + 4
-    )  # linear (its weight: SHAPE_BREAKS), rms_norm, silu_mul, store, attend
+        len(TENSOR_ARGS) == 2 + 2 + 1 + 3 + 4 + 4
+    )  # linear (its weight: SHAPE_BREAKS), rms_norm, silu_mul, rotary, store, attend
 
 
 # Shape, stride and bound breaks, one door each: (door, change, error, message pattern).
@@ -183,6 +189,14 @@ SHAPE_BREAKS: list[tuple[str, str, Callable[[Call], None], type[Exception], str]
     ("silu_mul", "no width", _set(width=0), ValueError, "^gate_up: "),
     ("silu_mul", "odd", _apply("gate_up", lambda t: t[..., :25].contiguous()), ValueError, "^gate_up: "),
     ("silu_mul", "strided", _apply("gate_up", strided), ValueError, "^gate_up: a contiguous"),
+    ("rotary", "x strided", _apply("x", strided), ValueError, "^x: a contiguous"),
+    ("rotary", "cos strided", _apply("cos", strided), ValueError, "^cos: a contiguous"),
+    ("rotary", "odd dim", _set(cos=torch.zeros(3, 7), sin=torch.zeros(3, 7)), ValueError, "^cos, sin: .*even head dim"),
+    ("rotary", "sin shape", _apply("sin", lambda t: t[:, :6].contiguous()), ValueError, "^cos, sin: shapes \\(3, 8\\), \\(3, 6\\)"),
+    ("rotary", "x rows", _apply("x", lambda t: t[:2].contiguous()), ValueError, "^x: 2 rows and heads=4; cos has 3 rows"),
+    ("rotary", "no heads", _set(heads=0), ValueError, "^x: .*heads=0"),
+    ("rotary", "heads not int", _set(heads=2.0), TypeError, "^heads: an int expected, not float"),
+    ("rotary", "too many heads", _set(heads=6), ValueError, "^x: 40 columns hold fewer than 6 heads of 8"),
     ("store", "slot past the pool", _set(slots=torch.tensor([3, 0, 32, 7])), ValueError, "^slots: .*outside the pool's 0..31"),
     ("store", "negative slot", _set(slots=torch.tensor([3, -1, 2, 7])), ValueError, "^slots: .*outside"),
     ("store", "slots float", _set(slots=torch.tensor([3.0, 0, 2, 7])), TypeError, "^slots: .*int64"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 4  # PREFIXKV_ABI_VERSION
+ABI_VERSION = 5  # PREFIXKV_ABI_VERSION
 OK, NO_MEMORY, BAD_SIZE, BAD_VERSION, BAD_SLOT = 0, -1, -2, -3, -4
 
 _i32, _i64, _u32, _f32, _ptr = (
@@ -71,6 +71,8 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "prefixkv_rms_norm": ([_ptr, _i64, _i64, _i64, _ptr, _f32, _ptr], None),
     # gate_up, rows, width, row stride, out, threads
     "prefixkv_silu_mul": ([_ptr, _i64, _i64, _i64, _ptr, _i32], None),
+    # x (rotated in place), rows, heads, dim, x row stride, cos, sin, threads
+    "prefixkv_rotary": ([_ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _i32], None),
     # format code, in features -> bytes of one column block (-1: no such format or size)
     "prefixkv_linear_block_bytes": ([_i32, _i64], _i64),
     # x, rows, in features, format code, packed, bias, out features, out, threads

@@ -108,6 +108,30 @@ class Kernels:
         )  # fmt: skip
         return out
 
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> None:
+        """Rotary position embedding of the first ``heads`` heads of each row of ``x``, in
+        place: ``x * cos + rotate_half(x) * sin`` per head, as transformers computes it in
+        float32 (each product and the sum rounded on their own). ``x``: ``[rows, width]``
+        contiguous, ``width >= heads * dim``; ``cos``/``sin``: ``[rows, dim]`` contiguous,
+        ``dim`` even. Mutates ``x`` only."""
+        _dense("x", x, 2)
+        _dense("cos", cos, 2)
+        _dense("sin", sin, 2)
+        rows, dim = cos.shape
+        if sin.shape != cos.shape or dim < 2 or dim % 2:
+            raise ValueError(f"cos, sin: shapes {tuple(cos.shape)}, {tuple(sin.shape)}: "
+                             "equal, with an even head dim, expected")  # fmt: skip
+        if not isinstance(heads, int):
+            raise TypeError(f"heads: an int expected, not {type(heads).__name__}")
+        if heads < 1 or x.shape[0] != rows:
+            raise ValueError(f"x: {x.shape[0]} rows and heads={heads!r}; cos has {rows} rows")
+        if heads * dim > x.shape[1]:
+            raise ValueError(f"x: {x.shape[1]} columns hold fewer than {heads} heads of {dim}")
+        self._lib.prefixkv_rotary(
+            x.data_ptr(), rows, heads, dim, x.shape[1], cos.data_ptr(), sin.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+
     def store(self, keys: torch.Tensor, values: torch.Tensor, new_keys: torch.Tensor,
               new_values: torch.Tensor, slots: torch.Tensor) -> None:  # fmt: skip
         """Write ``new_keys``/``new_values`` (``[kv_heads, T, dim]``, unit stride in dim) into

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 
 from prefixkv.cache.protocol import BlockStore
-from prefixkv.engine.batch import attention, kernels
+from prefixkv.engine.batch import attention, kernels, passes
 from prefixkv.engine.batch.canary import NO_CANARY, Canary
+from prefixkv.engine.batch.passes import ModelPass
 from prefixkv.engine.batch.plan import Feed, input_of, layout_of, note_held, plan_step
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.batch.sequence import (
@@ -85,6 +86,8 @@ class BatchRunner:
             layout.dtype,
             engine.device,
         )
+        self.model_pass: ModelPass = passes.model_pass(engine, self.attention_kernel)
+        """How a step's tokens become logits (:mod:`.passes`): chosen here, once."""
         self._waiting: collections.deque[Sequence] = collections.deque()
         self._running: list[Sequence] = []
         self._cond = threading.Condition()
@@ -354,19 +357,8 @@ class BatchRunner:
                 rows.append(end - 1)
         pool = self.store.pool
         assert pool is not None
-        kv = attention.PagedKV(pool.data, layout)
         keep = torch.tensor(rows, dtype=torch.long, device=device)
-        with self.engine.model_lock, torch.inference_mode(), attention.active(self.engine.model):
-            out = self.engine.model(
-                input_ids=input_ids,
-                position_ids=positions,
-                past_key_values=kv,
-                use_cache=True,
-                logits_to_keep=keep,
-                step=layout,
-            )
-        logits: torch.Tensor = out.logits[0].float()
-        return logits
+        return self.model_pass(input_ids, positions, pool.data, layout, keep)
 
     def _advance(self, feeds: list[Feed], logits: torch.Tensor) -> None:
         row = 0

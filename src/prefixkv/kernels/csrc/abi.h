@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 /* Raised whenever struct prefixkv_attend_args or a function's parameters change. */
-#define PREFIXKV_ABI_VERSION 4
+#define PREFIXKV_ABI_VERSION 5
 
 /* Status codes returned by prefixkv_attend, prefixkv_store and prefixkv_linear. */
 #define PREFIXKV_OK 0

@@ -1,5 +1,6 @@
 /* The vector work between a Llama layer's linear layers, for prefixkv's ``native`` kernel
- * (prefixkv/engine/native_layers.py): the RMS norm and the gated MLP's SiLU(gate) * up.
+ * (prefixkv/engine/native_layers.py): the RMS norm and the gated MLP's SiLU(gate) * up; and
+ * the rotary position embedding, for the batch runner's lean forward (engine/batch/lean.py).
  *
  * PyTorch runs the norm as six operations and the activation as two, each writing a new
  * tensor and paying its dispatch; here one pass reads each input once (measures in
@@ -76,6 +77,45 @@ void prefixkv_silu_mul(const float *gate_up, int64_t rows, int64_t width, int64_
         if (whole < width) {
             int64_t n = width - whole;
             store_part(o + whole, silu_mul(load_part(gate + whole, n), load_part(up + whole, n)), n);
+        }
+    }
+}
+
+/* Rotary position embedding in place, as transformers' apply_rotary_pos_emb computes it in
+ * float32: x * cos + rotate_half(x) * sin, where rotate_half(x) = [-x2, x1] for the halves
+ * x1, x2 of a head. Each product and the sum are rounded on their own, exactly like
+ * PyTorch's three element-wise operations: a fused multiply-add would round once and
+ * differ in the last bit, so contraction is off for this function whatever the build's
+ * default (GCC's is to fuse under -march=native).
+ * x: rows of `heads` heads of `dim` floats each, row r's head h at x + r * x_row + h * dim;
+ * cos, sin: [rows, dim] contiguous. Rows are independent, so threads change nothing. */
+#if defined(__clang__)
+#define PREFIXKV_NO_CONTRACT
+#elif defined(__GNUC__)
+#define PREFIXKV_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define PREFIXKV_NO_CONTRACT
+#endif
+PREFIXKV_NO_CONTRACT
+void prefixkv_rotary(float *x, int64_t rows, int64_t heads, int64_t dim, int64_t x_row,
+                     const float *cos, const float *sin, int threads) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    int64_t half = dim / 2;
+    /* Threads only for prefill-sized calls: waking them costs more than a few rows' work. */
+    #pragma omp parallel for num_threads(threads) schedule(static) if (rows * heads * dim >= 65536)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = cos + r * dim, *s = sin + r * dim;
+        for (int64_t h = 0; h < heads; h++) {
+            float *lo = x + r * x_row + h * dim, *hi = lo + half;
+            for (int64_t i = 0; i < half; i++) {
+                float a = lo[i], b = hi[i];
+                float a_cos = a * c[i], b_sin = -b * s[i];
+                float b_cos = b * c[half + i], a_sin = a * s[half + i];
+                lo[i] = a_cos + b_sin;
+                hi[i] = b_cos + a_sin;
+            }
         }
     }
 }
