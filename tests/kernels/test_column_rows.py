@@ -41,4 +41,3 @@ def test_rows_are_the_dequantized_weights_rows(
     assert got.dtype == torch.float32 and got.shape == (len(picks), packed.in_features)
     want = unpack(packed)[ids]
     assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # -0.0 told apart
-

@@ -37,9 +37,9 @@ from prefixkv.engine.linear import formats_of, kernel_of
 from prefixkv.engine.linear import linear_kernel as choose_linear
 from prefixkv.engine.loader import LoadedModel, open_model
 from prefixkv.engine.mapped import copy_mapped_weights
-from prefixkv.engine.tied_embedding import tied_head
 from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.role import Runner
+from prefixkv.engine.tied_embedding import tied_head
 from prefixkv.engine.weights import ExactWeights, WeightFormat, weight_format
 from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy

@@ -48,7 +48,10 @@ class HeadEmbedding(torch.nn.Module):
             return torch.empty(*ids.shape, self.embedding_dim)
         if int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings:
             raise IndexError(f"ids: each must be in 0..{self.num_embeddings - 1}")
-        values = rows_of(self._head[0].weight, flat)
+        # A row's bytes are spread over its column block (a cache line per k step holds 64
+        # columns' values), so each distinct id is gathered once, in block order.
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        values = rows_of(self._head[0].weight, unique).index_select(0, inverse)
         return values.view(*ids.shape, self.embedding_dim)
 
     def extra_repr(self) -> str:
@@ -66,7 +69,11 @@ def tied_head(model: torch.nn.Module) -> str | None:
     if weight is None:
         return None
     return next(
-        (n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m.weight is weight),
+        (
+            n
+            for n, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m.weight is weight
+        ),
         None,
     )
 

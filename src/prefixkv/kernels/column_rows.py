@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from prefixkv.kernels import formats, kquants
@@ -35,14 +36,17 @@ def rows_of(packed: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
     return formats.dequantize(packed.format, planes)
 
 
-def _spans(packed: PackedWeight, steps: int) -> torch.Tensor:
-    """``packed.data`` as uint8 ``[blocks, in / steps, bytes]``: one span of ``steps`` input
-    features per row (a group, a super-block, one step)."""
+def _spans(packed: PackedWeight, steps: int) -> np.ndarray:
+    """``packed.data`` as a uint8 numpy view ``[blocks, in / steps, bytes]``: one span of
+    ``steps`` input features per row (a group, a super-block, one step). The gathers index
+    it in numpy: one thread, where torch's advanced indexing went parallel on a few ids and
+    waited milliseconds for a busy core (as :class:`prefixkv.engine.embedding.RowEmbedding`
+    found for its own)."""
     blocks = packed.data.shape[0]
-    return packed.data.view(blocks, packed.in_features // steps, -1)
+    return packed.data.numpy().reshape(blocks, packed.in_features // steps, -1)
 
 
-def _lanes(spans: torch.Tensor, start: int, stop: int, dtype: torch.dtype,
+def _lanes(spans: np.ndarray, start: int, stop: int, dtype: torch.dtype,
            block: torch.Tensor, lane: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Bytes ``[start, stop)`` of each span as rows of BLOCK ``dtype`` lanes; lane ``lane``
     of each row of block ``block``: ``[n, spans, rows]`` (rows squeezed where one). Views
@@ -50,11 +54,12 @@ def _lanes(spans: torch.Tensor, start: int, stop: int, dtype: torch.dtype,
     blocks, count = spans.shape[:2]
     size = torch.empty(0, dtype=dtype).element_size()
     part = spans[..., start:stop].reshape(blocks, count, -1, BLOCK, size)
-    picked = part[block, :, :, lane, :].contiguous().view(dtype)[..., 0]  # [n, spans, rows]
-    return picked[..., 0] if picked.shape[-1] == 1 else picked
+    picked = np.ascontiguousarray(part[block.numpy(), :, :, lane.numpy(), :])
+    values = torch.from_numpy(picked).view(dtype)[..., 0]  # [n, spans, rows]
+    return values[..., 0] if values.shape[-1] == 1 else values
 
 
-def _nibbles(spans: torch.Tensor, start: int, steps: int, block: torch.Tensor,
+def _nibbles(spans: np.ndarray, start: int, steps: int, block: torch.Tensor,
              lane: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """The 4-bit values of ``steps`` rows of BLOCK / 2 bytes at ``start`` of each span:
     ``[n, spans, steps]`` uint8 0..15 (column c: byte c % 32, high half for c >= 32)."""
@@ -63,13 +68,13 @@ def _nibbles(spans: torch.Tensor, start: int, steps: int, block: torch.Tensor,
     return (bytes_ >> (4 * (lane // half)).to(_U8).view(-1, 1, 1)) & 15
 
 
-def _pairs(spans: torch.Tensor, start: int, steps: int, width: int, block: torch.Tensor,
+def _pairs(spans: np.ndarray, start: int, steps: int, width: int, block: torch.Tensor,
            byte: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Byte ``byte`` of ``steps`` rows of ``width`` bytes at ``start`` of each span of block
     ``block``: ``[n, spans, steps]`` uint8."""
     blocks, count = spans.shape[:2]
     rows = spans[..., start : start + steps * width].reshape(blocks, count, steps, width)
-    return rows[block, :, :, byte]
+    return torch.from_numpy(np.ascontiguousarray(rows[block.numpy(), :, :, byte.numpy()]))
 
 
 def _plain(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
