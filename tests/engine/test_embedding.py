@@ -1,5 +1,7 @@
 """The token embedding held as the GGUF file's rows (``--weights auto``) or bf16: each lookup
-de-quantizes only the rows it gathers, and the logits are those of ``fp32`` bit for bit."""
+de-quantizes only the rows it gathers, and the logits are those of ``fp32`` bit for bit.
+The tiny models here have their own head (``untied=True``): a tied head's embedding reads
+the head's weight instead (tests/engine/test_tied_embedding.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from prefixkv import Engine
 from prefixkv.engine import embedding as embedding_module
 from prefixkv.engine.embedding import RowEmbedding, dequantize_rows, install_embedding
+from prefixkv.engine.tied_embedding import HeadEmbedding
 
 from .test_weights import PROMPTS, _bits, _engine, _replies
 
@@ -35,7 +38,7 @@ def _table(engine: Engine) -> torch.nn.Module:
 def test_the_table_is_held_as_the_files_rows_and_logits_equal_fp32(
     arch: str, ggml_type: str, tmp_path: Path
 ) -> None:
-    kept = _engine(tmp_path, arch, "auto", arch=arch, matrix_type=ggml_type)
+    kept = _engine(tmp_path, arch, "auto", arch=arch, matrix_type=ggml_type, untied=True)
     plain = _engine(tmp_path, arch, "fp32")
     table = _table(kept)
     assert isinstance(table, RowEmbedding) and table.format == ggml_type.lower()
@@ -70,7 +73,7 @@ def test_a_table_that_differs_from_ggufs_dequantization_stays_fp32(
 
     monkeypatch.setattr(embedding_module, "dequantize_rows", corrupted)
     with caplog.at_level(logging.WARNING, logger="prefixkv.engine"):
-        kept = _engine(tmp_path, "bad", "auto", matrix_type="Q8_0")
+        kept = _engine(tmp_path, "bad", "auto", matrix_type="Q8_0", untied=True)
     assert type(_table(kept)) is torch.nn.Embedding
     assert any("q8_0 differs from the values it holds" in r.getMessage() for r in caplog.records)
     monkeypatch.undo()
@@ -80,7 +83,7 @@ def test_a_table_that_differs_from_ggufs_dequantization_stays_fp32(
 
 
 def test_bf16_rounds_the_table(tmp_path: Path) -> None:
-    rounded = _engine(tmp_path, "round", "bf16", matrix_type="Q8_0")
+    rounded = _engine(tmp_path, "round", "bf16", matrix_type="Q8_0", untied=True)
     plain = _table(_engine(tmp_path, "round", "fp32"))
     table = _table(rounded)
     assert isinstance(table, RowEmbedding) and table.format == "bf16"
@@ -105,7 +108,7 @@ def test_an_untied_head_keeps_its_own_rows(tmp_path: Path) -> None:
 
 
 def test_the_state_dict_holds_the_rows_not_the_float_table(tmp_path: Path) -> None:
-    state = _engine(tmp_path, "sd", "auto", matrix_type="Q8_0").model.state_dict()
+    state = _engine(tmp_path, "sd", "auto", matrix_type="Q8_0", untied=True).model.state_dict()
     assert state["model.embed_tokens.rows"].dtype == torch.uint8
     assert "model.embed_tokens.weight" not in state
 
@@ -174,11 +177,13 @@ def test_only_a_plain_float32_lookup_is_replaced() -> None:
 
 
 @pytest.mark.smollm2
-def test_smollm2_holds_its_q8_0_table_and_logits_equal_fp32() -> None:
+def test_smollm2_reads_its_q8_0_table_out_of_the_tied_head_and_logits_equal_fp32() -> None:
     kept = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="auto")
     table = _table(kept)
-    assert isinstance(table, RowEmbedding) and table.format == "q8_0"
-    assert tuple(table.rows.shape) == (49152, 576 // 32 * 34)
+    assert isinstance(table, HeadEmbedding) and table.format == "q8_0"
+    head = kept.model.lm_head.packed  # the table's one copy: the file's bytes, reordered
+    assert head.numel() == -(-49152 // 64) * 64 * 576 // 32 * 34
+    assert not any(name.startswith("model.embed_tokens") for name in kept.model.state_dict())
     plain = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="fp32")
     for prompt in PROMPTS[:2]:
         assert torch.equal(_bits(kept, prompt), _bits(plain, prompt)), prompt

@@ -85,6 +85,18 @@ def test_block_bytes_agree_with_the_library(format: str) -> None:
     assert loaded().linear_block == formats.BLOCK
 
 
+@pytest.mark.parametrize("format", [*GGUF_TYPES, "q6_k"])
+@pytest.mark.parametrize("in_features", [256, 2048, 8192])
+def test_a_packed_block_holds_the_files_bytes_for_its_columns(
+    format: str, in_features: int
+) -> None:
+    """fp16 scales kept as the file stores them: a block of BLOCK columns is BLOCK file rows'
+    bytes, reordered (resident memory = the file's size for these formats)."""
+    file_rows = formats.gguf_row_bytes(format, in_features) * formats.BLOCK
+    assert formats.block_bytes(format, in_features) == file_rows
+    assert loaded().linear_block_bytes(format, in_features) == file_rows
+
+
 def test_the_library_knows_no_other_format_or_quantized_size() -> None:
     assert loaded()._lib.prefixkv_linear_block_bytes(8, 256) == -1
     assert loaded().linear_block_bytes("q4_1", 48) == -1

@@ -39,6 +39,7 @@ from prefixkv.engine.loader import LoadedModel, open_model
 from prefixkv.engine.mapped import copy_mapped_weights
 from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.role import Runner
+from prefixkv.engine.tied_embedding import tied_head
 from prefixkv.engine.weights import ExactWeights, WeightFormat, weight_format
 from prefixkv.heap import release_free_heap
 from prefixkv.index.policy import EvictionPolicy
@@ -215,11 +216,13 @@ def load_kernels(settings: EngineSettings) -> LoadedModel:
     weights = weight_format(settings.weights, rows, model)
     kernel = choose_linear(settings.linear_kernel, model, weights)
     table = input_rows(model, rows)
+    tied = tied_head(model)
     if kernel.name != NativeLinear.name:
         widen(model, rows)  # the other kernels compute on float32 weights
     swapped = kernel.install(model)
-    # After the linear layers: a tied head has its own packed copy by then.
-    embedding = install_embedding(model, settings.weights, rows)
+    # After the linear layers: a tied head has its own packed copy by then, which the
+    # embedding then reads where it holds the table's values (one copy, not two).
+    embedding = install_embedding(model, settings.weights, rows, tied)
     widen(model, rows)  # what no kernel packed (an embedding kept float32)
     _notice_converted(weights, table if embedding == "bf16" else None)
     log.info("linear layers: %s (%d swapped; weights %s); input embedding %s", kernel.name,

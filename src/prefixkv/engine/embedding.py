@@ -30,6 +30,7 @@ import torch
 
 from prefixkv.engine.gguf_blocks import RawWeight, ggml_type
 from prefixkv.engine.gguf_load import dequantize_raw
+from prefixkv.engine.tied_embedding import shared_embedding
 from prefixkv.kernels.formats import QUANTIZED, dequantize, exact_bf16, gguf_planes
 
 __all__ = [
@@ -185,12 +186,16 @@ def input_rows(model: torch.nn.Module, rows: Mapping[str, RawWeight]) -> RawWeig
     return None if name is None else rows.get(name)
 
 
-def install_embedding(model: torch.nn.Module, weights: str, rows: Mapping[str, RawWeight]) -> str:
+def install_embedding(model: torch.nn.Module, weights: str, rows: Mapping[str, RawWeight],
+                      tied: str | None = None) -> str:  # fmt: skip
     """Replaces ``model``'s input embedding with the :class:`RowEmbedding` ``weights`` (a
     ``--weights`` name) asks for; ``rows``: the file's rows by module name of the layers
     whose weight is on the meta device (:class:`prefixkv.engine.gguf_load.Opened`). Call
     after the linear layers are installed (a tied head must have its own packed copy by
-    then).
+    then). ``tied``: the name of the head whose weight was the embedding's before the
+    linear layers were installed (:func:`prefixkv.engine.tied_embedding.tied_head`); where
+    that head is packed with the values the table would hold, the embedding reads them out
+    of it (:class:`~prefixkv.engine.tied_embedding.HeadEmbedding`) instead of a copy.
 
     Returns the format the table is held in (``f32`` where it stays: a meta weight then
     still needs :func:`prefixkv.engine.gguf_load.widen`). Mutates ``model`` (its input
@@ -208,6 +213,12 @@ def install_embedding(model: torch.nn.Module, weights: str, rows: Mapping[str, R
         return "f32"
     name = next(n for n, m in model.named_modules() if m is embedding)
     weight, raw = embedding.weight.detach(), rows.get(name)
+    shared = None if tied is None else shared_embedding(model, tied, weights, weight, raw)
+    if shared is not None:
+        log.info("input embedding: read out of the tied head's %s blocks (%s)", shared.format,
+                 tied)  # fmt: skip
+        model.set_input_embeddings(shared)  # type: ignore[operator]
+        return shared.format
     narrow = _narrow(weights, weight, raw)
     if narrow is None:
         return "f32"

@@ -10,7 +10,8 @@ weights computed another way. The fingerprint hashes
   the same weights with another window compute other KV). A weight packed for oneDNN (:mod:`prefixkv.engine.linear`) is hashed as its
   plain values under a name marking the kernel, one packed for the native kernel as its
   column blocks (a buffer named ``packed``), so the linear kernel is named by the weights;
-  a token embedding held narrow (:mod:`prefixkv.engine.embedding`) as its rows and format;
+  a token embedding held narrow (:mod:`prefixkv.engine.embedding`) as its rows and format,
+  one read out of a tied head (:mod:`prefixkv.engine.tied_embedding`) as the head's format;
 - the :class:`Arithmetic`: which attention computes the KV (the batch runner's kernel, or
   the model's own attention under the serial backend), the native kernel library's identity
   (sources, flags, compiler, the CPU target it was built for) where a native kernel runs,
@@ -117,6 +118,7 @@ def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithm
     require("tiers", "a model fingerprint")
     from prefixkv.engine.embedding import RowEmbedding
     from prefixkv.engine.native_linear import NativeLinearLayer
+    from prefixkv.engine.tied_embedding import HeadEmbedding
     from prefixkv.tiers.naming import fingerprint_of
 
     config: Any = model.config
@@ -127,6 +129,11 @@ def model_fingerprint(model: torch.nn.Module, layout: KVLayout, computed: Arithm
         f"{name}:{module.format}".encode()
         for name, module in model.named_modules()
         if isinstance(module, NativeLinearLayer | RowEmbedding)
+    ]  # an embedding read out of a tied head: its format, the head's bytes already hashed
+    parts += [
+        f"{name}:head:{module.format}".encode()
+        for name, module in model.named_modules()
+        if isinstance(module, HeadEmbedding)
     ]
     for name, tensor in sorted(model.state_dict().items()):
         if tensor.is_mkldnn:

@@ -2,20 +2,21 @@
 
 A :class:`PackedWeight` holds a ``[out, in]`` weight as column blocks of ``BLOCK`` output
 columns, each ``block_bytes(format, in)`` bytes (layouts in ``csrc/linear.c`` and
-``csrc/linear_kquants.h``): ``f32``, ``bf16``, GGUF's ``q8_0``, ``q4_0``, ``q4_1`` with
-their fp16 scales (and mins) widened to fp32, which is exact, and GGUF's K-quants ``q4_k``,
-``q5_k``, ``q6_k`` (:mod:`prefixkv.kernels.kquants`) with their fp16 and 6/8-bit scales kept
-compact, widened in the kernel's registers. Columns past ``out_features`` are zero weights
+``csrc/linear_legacy.h``, ``csrc/linear_kquants.h``): ``f32``, ``bf16``, GGUF's ``q8_0``,
+``q4_0``, ``q4_1`` and its K-quants ``q4_k``, ``q5_k``, ``q6_k``
+(:mod:`prefixkv.kernels.kquants`), each with its fp16 (and 6/8-bit) scales kept as the file
+stores them and widened in the kernel's registers (a widening is exact). Columns past ``out_features`` are zero weights
 (zero scale, zero min, zero q). Every format's dequantized value is exact in fp32 and equals
 what gguf-py's ``dequantize`` gives, so the kernel on a packed weight computes bit for bit
 what it computes on ``pack_f32(unpack(weight))``.
 
-Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0 1.0625 -> 1.125; q4_0
-0.5625 -> 0.625; q4_1 0.625 -> 0.75; q4_k 0.5625 -> 0.578; q5_k 0.6875 -> 0.703; q6_k
-0.8203 -> 0.8203.
+Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0, q4_0, q4_1 and q6_k the
+file's (1.0625, 0.5625, 0.625, 0.8203: the same bytes, reordered); q4_k 0.5625 -> 0.578;
+q5_k 0.6875 -> 0.703 (their 6-bit scales stored a byte each).
 
 Packing goes through *planes*: per format, tensors with one leading row per output column
-(``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features). Columns are
+(``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features; ``d`` and
+``m`` float16, as the file stores them). Columns are
 independent in every layout, so sibling projections are joined by concatenating planes
 (:func:`concat`), whatever their sizes.
 """
@@ -38,12 +39,12 @@ CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4, "q4_k": 5, "q5_k"
 QUANTIZED = ("q8_0", "q4_0", "q4_1", *kquants.K_FORMATS)
 # GGUF bytes per group of 32: fp16 d (and m for q4_1), then the quants
 GGUF_GROUP_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
-# Our bytes per group of one column block: fp32 header(s), then q
-_HEADER = {"q8_0": 1, "q4_0": 1, "q4_1": 2}  # fp32 vectors of BLOCK: d, then m
+# Our bytes per group of one column block: fp16 header(s), then q
+_HEADER = {"q8_0": 1, "q4_0": 1, "q4_1": 2}  # fp16 vectors of BLOCK: d, then m
 _Q_BYTES = {"q8_0": GROUP * BLOCK, "q4_0": GROUP * BLOCK // 2, "q4_1": GROUP * BLOCK // 2}
 
 Planes = dict[str, torch.Tensor]  # name -> [out, ...]
-_F32 = torch.float32
+_F32, _F16 = torch.float32, torch.float16
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def block_bytes(format: str, in_features: int) -> int:
         raise ValueError(f"format: one of {sorted(CODES)} expected, got {format!r}")
     if in_features % GROUP:
         raise ValueError(f"{format}: in_features {in_features} is not a multiple of {GROUP}")
-    return in_features // GROUP * (_HEADER[format] * BLOCK * 4 + _Q_BYTES[format])
+    return in_features // GROUP * (_HEADER[format] * BLOCK * 2 + _Q_BYTES[format])
 
 
 def pack_f32(weight: torch.Tensor) -> PackedWeight:
@@ -123,7 +124,7 @@ def pack_gguf(format: str, rows: np.ndarray, in_features: int) -> PackedWeight:
 
 def gguf_planes(format: str, rows: torch.Tensor) -> Planes:
     """GGUF rows (uint8 ``[n, groups * GGUF_GROUP_BYTES[format]]``, a quantized format, the
-    caller checked) as planes: ``d`` (and ``m`` for q4_1) float32 ``[n, groups]``, ``q``
+    caller checked) as planes: ``d`` (and ``m`` for q4_1) float16 ``[n, groups]``, ``q``
     ``[n, groups, 32]`` (int8 for q8_0, the 4-bit values as uint8 otherwise); a K-quant's
     as :func:`prefixkv.kernels.kquants.gguf_planes`. New tensors."""
     if format in kquants.K_FORMATS:
@@ -131,7 +132,7 @@ def gguf_planes(format: str, rows: torch.Tensor) -> Planes:
     raw = rows.view(rows.shape[0], -1, GGUF_GROUP_BYTES[format])
     scales = 2 if format == "q4_1" else 1
     planes = {
-        name: raw[..., 2 * i : 2 * i + 2].contiguous().view(torch.float16).float()[..., 0]
+        name: raw[..., 2 * i : 2 * i + 2].contiguous().view(torch.float16)[..., 0]
         for i, name in enumerate(("d", "m")[:scales])
     }  # [n, groups]
     quants = raw[..., 2 * scales :]  # [n, groups, 32 or 16]
@@ -149,14 +150,14 @@ def dequantize(format: str, planes: Planes) -> torch.Tensor:
     :func:`prefixkv.kernels.kquants.dequantize`. A new tensor."""
     if format in kquants.K_FORMATS:
         return kquants.dequantize(format, planes)
-    d = planes["d"][..., None]  # [n, groups, 1]
+    d = planes["d"].float()[..., None]  # [n, groups, 1]: widened exactly
     q = planes["q"].float()  # [n, groups, 32]
     if format == "q8_0":
         w = d * q
     elif format == "q4_0":
         w = d * (q - 8)
     else:
-        w = d * q + planes["m"][..., None]
+        w = d * q + planes["m"].float()[..., None]
     return w.reshape(w.shape[0], -1)
 
 
@@ -229,9 +230,9 @@ def _planes(packed: PackedWeight) -> Planes:
     groups = k // GROUP
     rows = packed.data.view(blocks, groups, -1)
     names = ("d", "m")[: _HEADER[packed.format]]
-    header = BLOCK * 4  # bytes of one fp32 vector of BLOCK
+    header = BLOCK * 2  # bytes of one fp16 vector of BLOCK
     planes = {
-        name: columns_first(rows[..., i * header : (i + 1) * header].contiguous().view(_F32), out)
+        name: columns_first(rows[..., i * header : (i + 1) * header].contiguous().view(_F16), out)
         for i, name in enumerate(names)
     }
     q = rows[..., len(names) * header :].reshape(blocks, groups, GROUP, -1)

@@ -10,8 +10,9 @@
 
 #include <stdint.h>
 
-/* Raised whenever struct prefixkv_attend_args or a function's parameters change. */
-#define PREFIXKV_ABI_VERSION 5
+/* Raised whenever struct prefixkv_attend_args, a function's parameters or a packed weight's
+ * layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1 keep fp16 scales). */
+#define PREFIXKV_ABI_VERSION 6
 
 /* Status codes returned by prefixkv_attend, prefixkv_store and prefixkv_linear. */
 #define PREFIXKV_OK 0

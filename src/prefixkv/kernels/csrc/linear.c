@@ -8,12 +8,14 @@
  * q6_k need K % 256 == 0 and are laid out in linear_kquants.h):
  *   f32:  float    w[K][64]
  *   bf16: uint16   w[K][64]                  (bf16 bits: w = bits << 16)
- *   q8_0: per group: float d[64]; int8 q[32][64]                 w = d * q        (2304 B)
- *   q4_0: per group: float d[64]; uint8 q[32][32]                w = d * (q - 8)  (1280 B)
- *   q4_1: per group: float d[64]; float m[64]; uint8 q[32][32]   w = d * q + m    (1536 B)
+ *   q8_0: per group: fp16 d[64]; int8 q[32][64]                  w = d * q        (2176 B)
+ *   q4_0: per group: fp16 d[64]; uint8 q[32][32]                 w = d * (q - 8)  (1152 B)
+ *   q4_1: per group: fp16 d[64]; fp16 m[64]; uint8 q[32][32]     w = d * q + m    (1280 B)
  * In the 4-bit formats byte c of a k's 32 holds column c in its low nibble and column
- * c + 32 in its high one. Every dequantized weight is exact in fp32 (d is an fp16 value
- * and q a small integer, so d * q is exact and d * q + m rounds once, fused or not).
+ * c + 32 in its high one. A group's bytes are the file's (34, 18 or 20 a column), reordered:
+ * its fp16 scales (and mins) stay fp16 and are widened in registers once per group (a
+ * widening is exact). Every dequantized weight is exact in fp32 (d is an fp16 value and q a
+ * small integer, so d * q is exact and d * q + m rounds once, fused or not).
  *
  * Within a block, tiles of up to ROWS input rows keep ROWS x 64 sums in registers over a
  * pass of k; each k step dequantizes its 64 weights in registers, then adds w * x to every
@@ -56,12 +58,13 @@ typedef uint32_t vu __attribute__((vector_size(WIDTH * 4)));
 
 enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7 };
 
-/* Bytes of a block's stream per k step (a group's bytes / GROUP for quantized formats). */
+/* Bytes of a block's stream per k step. */
 #define STEP_F32 (BLOCK * 4)
 #define STEP_BF16 (BLOCK * 2)
-#define STEP_Q8_0 ((BLOCK * 4 + GROUP * BLOCK) / GROUP)
-#define STEP_Q4_0 ((BLOCK * 4 + GROUP * BLOCK / 2) / GROUP)
-#define STEP_Q4_1 ((BLOCK * 8 + GROUP * BLOCK / 2) / GROUP)
+/* Bytes of one group of GROUP k steps of a block: fp16 header(s), then q. */
+#define GROUP_Q8_0 (BLOCK * 2 + GROUP * BLOCK)
+#define GROUP_Q4_0 (BLOCK * 2 + GROUP * BLOCK / 2)
+#define GROUP_Q4_1 (BLOCK * 4 + GROUP * BLOCK / 2)
 
 #include "linear_widen.h"
 
@@ -78,17 +81,11 @@ static inline __attribute__((always_inline)) void load_bf16(const uint8_t *w, in
     for (int j = 0; j < VECTORS; j++) out[j] = from_bf16(wk + j * WIDTH * 2);
 }
 
-/* A quantized step: the group's header (d, then m) and step k's 64 (8-bit) or 32 (4-bit)
- * bytes of q. */
-#define GROUP_OF(w, k, step) ((w) + ((k) / GROUP) * (step) * GROUP)
-
-static inline __attribute__((always_inline)) void load_q8_0(const uint8_t *w, int64_t k,
-                                                            vf out[VECTORS]) {
-    const uint8_t *group = GROUP_OF(w, k, STEP_Q8_0);
-    const vf *d = (const vf *)group;
-    const uint8_t *q = group + BLOCK * 4 + (k % GROUP) * BLOCK;
-    for (int j = 0; j < VECTORS; j++) out[j] = d[j] * from_i8(q + j * WIDTH);
-}
+/* One sub-block's scales, widened once for its k steps: w = a * q - b (q4_k, q5_k), a * q +
+ * b (q4_1), a * q (q8_0), a * (q - 8) (q4_0) or a * (q - 32) (q6_k). */
+struct kscales {
+    vf a[VECTORS], b[VECTORS];
+};
 
 /* The 64 4-bit values of a step, as floats in column order: byte c holds columns c, c + 32. */
 static inline __attribute__((always_inline)) void nibbles(const uint8_t *bytes,
@@ -96,22 +93,7 @@ static inline __attribute__((always_inline)) void nibbles(const uint8_t *bytes,
     for (int j = 0; j < 2; j++) from_u4(bytes + j * WIDTH, &out[j], &out[j + 2]);
 }
 
-static inline __attribute__((always_inline)) void load_q4_0(const uint8_t *w, int64_t k,
-                                                            vf out[VECTORS]) {
-    const uint8_t *group = GROUP_OF(w, k, STEP_Q4_0);
-    const vf *d = (const vf *)group;
-    nibbles(group + BLOCK * 4 + (k % GROUP) * (BLOCK / 2), out);
-    for (int j = 0; j < VECTORS; j++) out[j] = d[j] * (out[j] - 8.0f);
-}
-
-static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, int64_t k,
-                                                            vf out[VECTORS]) {
-    const uint8_t *group = GROUP_OF(w, k, STEP_Q4_1);
-    const vf *d = (const vf *)group, *m = (const vf *)(group + BLOCK * 4);
-    nibbles(group + BLOCK * 8 + (k % GROUP) * (BLOCK / 2), out);
-    for (int j = 0; j < VECTORS; j++) out[j] = d[j] * out[j] + m[j];
-}
-
+#include "linear_legacy.h"
 #include "linear_kquants.h"
 
 /* One tile, k in [k0, k1): rows x[0 .. rows) (row stride k_dim) against one column block,
@@ -164,24 +146,30 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
         DEQUANT(LOAD, STEP)                                                               \
     }
 
-/* PASS and DEQUANT for a K-quant: each sub-block's scales formed once (HEAD), then its SUB
- * steps decoded (LOAD). k0 and k1 are multiples of SUB (K % 256 == 0, CHUNK % 32 == 0).
- * A k step's bytes average BYTES / SUPER (under LINE): one prefetch a step reaches every
- * line, a chunk ahead. */
-#define PASS_GROUPED(R, HEAD, LOAD, SUB, BYTES)                               \
+/* PASS and DEQUANT for a format stored in spans of SPAN k steps of BYTES bytes each (a
+ * K-quant's super-block of 256, a legacy quant's group of 32): each sub-block's scales are
+ * widened and formed once (HEAD), then its SUB steps decoded (LOAD). k0 and k1 are multiples
+ * of SUB (K % SPAN == 0, CHUNK % 32 == 0). One prefetch a step a chunk ahead reaches every
+ * line where a step averages at most LINE bytes (every K-quant, q4_0, q4_1); q8_0's 68
+ * bytes a step take two. */
+#define PREFETCH_SPAN(k, SPAN, BYTES)                                         \
+    for (int line = 0; line < ((BYTES) / (SPAN) + LINE - 1) / LINE; line++)   \
+        __builtin_prefetch(w + ((k) + CHUNK) * (BYTES) / (SPAN) + line * LINE, 0, 2);
+
+#define PASS_GROUPED(R, HEAD, LOAD, SPAN, SUB, BYTES)                         \
     vf sum[R][VECTORS];                                                       \
     for (int r = 0; r < (R); r++)                                             \
         for (int j = 0; j < VECTORS; j++) sum[r][j] = sums[r][j];            \
     for (int64_t g = k0; g < k1; g += (SUB)) {                                \
-        const uint8_t *super = w + g / SUPER * (BYTES);                       \
-        int i0 = (int)(g % SUPER);                                            \
+        const uint8_t *span = w + g / (SPAN) * (BYTES);                       \
+        int i0 = (int)(g % (SPAN));                                           \
         struct kscales scales;                                                \
-        HEAD(super, i0, &scales);                                             \
+        HEAD(span, i0, &scales);                                              \
         for (int i = i0; i < i0 + (SUB); i++) {                               \
             int64_t k = g + (i - i0);                                         \
-            __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
+            PREFETCH_SPAN(k, SPAN, BYTES)                                     \
             vf wk[VECTORS];                                                   \
-            LOAD(super, i, &scales, wk);                                      \
+            LOAD(span, i, &scales, wk);                                       \
             for (int r = 0; r < (R); r++) {                                   \
                 float xk = x[r * k_dim + k];                                  \
                 for (int j = 0; j < VECTORS; j++) sum[r][j] += wk[j] * xk;    \
@@ -191,47 +179,48 @@ static inline __attribute__((always_inline)) void load_q4_1(const uint8_t *w, in
     for (int r = 0; r < (R); r++)                                             \
         for (int j = 0; j < VECTORS; j++) sums[r][j] = sum[r][j];
 
-#define DEQUANT_GROUPED(HEAD, LOAD, SUB, BYTES)                               \
+#define DEQUANT_GROUPED(HEAD, LOAD, SPAN, SUB, BYTES)                         \
     for (int64_t g = k0; g < k1; g += (SUB)) {                                \
-        const uint8_t *super = w + g / SUPER * (BYTES);                       \
-        int i0 = (int)(g % SUPER);                                            \
+        const uint8_t *span = w + g / (SPAN) * (BYTES);                       \
+        int i0 = (int)(g % (SPAN));                                           \
         struct kscales scales;                                                \
-        HEAD(super, i0, &scales);                                             \
+        HEAD(span, i0, &scales);                                              \
         for (int i = i0; i < i0 + (SUB); i++) {                               \
             int64_t k = g + (i - i0);                                         \
-            __builtin_prefetch(w + (k + CHUNK) * (BYTES) / SUPER, 0, 2);      \
-            LOAD(super, i, &scales, buf[k - k0]);                             \
+            PREFETCH_SPAN(k, SPAN, BYTES)                                     \
+            LOAD(span, i, &scales, buf[k - k0]);                              \
         }                                                                     \
     }
 
-#define DEFINE_GROUPED(NAME, SUB, BYTES)                                                   \
+#define DEFINE_GROUPED(NAME, SPAN, SUB, BYTES)                                             \
     static void pass_##NAME(const uint8_t *w, const float *x, int64_t k_dim, int64_t k0,  \
                             int64_t k1, int rows, vf sums[][VECTORS]) {                   \
         switch (rows) {                                                                   \
-        case 6: { PASS_GROUPED(6, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
-        case 5: { PASS_GROUPED(5, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
-        case 4: { PASS_GROUPED(4, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
-        case 3: { PASS_GROUPED(3, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
-        case 2: { PASS_GROUPED(2, head_##NAME, load_##NAME, SUB, BYTES) } break;          \
-        default: { PASS_GROUPED(1, head_##NAME, load_##NAME, SUB, BYTES) } break;         \
+        case 6: { PASS_GROUPED(6, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;    \
+        case 5: { PASS_GROUPED(5, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;    \
+        case 4: { PASS_GROUPED(4, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;    \
+        case 3: { PASS_GROUPED(3, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;    \
+        case 2: { PASS_GROUPED(2, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;    \
+        default: { PASS_GROUPED(1, head_##NAME, load_##NAME, SPAN, SUB, BYTES) } break;   \
         }                                                                                 \
     }                                                                                     \
     static void dequant_##NAME(const uint8_t *w, int64_t k0, int64_t k1,                  \
                                vf buf[][VECTORS]) {                                       \
-        DEQUANT_GROUPED(head_##NAME, load_##NAME, SUB, BYTES)                             \
+        DEQUANT_GROUPED(head_##NAME, load_##NAME, SPAN, SUB, BYTES)                       \
     }
 
 DEFINE_FORMAT(f32, load_f32, STEP_F32)
 DEFINE_FORMAT(bf16, load_bf16, STEP_BF16)
-DEFINE_FORMAT(q8_0, load_q8_0, STEP_Q8_0)
-DEFINE_FORMAT(q4_0, load_q4_0, STEP_Q4_0)
-DEFINE_FORMAT(q4_1, load_q4_1, STEP_Q4_1)
-DEFINE_GROUPED(q4_k, SUB_Q4_K, SUPER_Q4_K)
-DEFINE_GROUPED(q5_k, SUB_Q4_K, SUPER_Q5_K)
-DEFINE_GROUPED(q6_k, SUB_Q6_K, SUPER_Q6_K)
+DEFINE_GROUPED(q8_0, GROUP, GROUP, GROUP_Q8_0)
+DEFINE_GROUPED(q4_0, GROUP, GROUP, GROUP_Q4_0)
+DEFINE_GROUPED(q4_1, GROUP, GROUP, GROUP_Q4_1)
+DEFINE_GROUPED(q4_k, SUPER, SUB_Q4_K, SUPER_Q4_K)
+DEFINE_GROUPED(q5_k, SUPER, SUB_Q4_K, SUPER_Q5_K)
+DEFINE_GROUPED(q6_k, SUPER, SUB_Q6_K, SUPER_Q6_K)
 #undef DEFINE_GROUPED
 #undef DEQUANT_GROUPED
 #undef PASS_GROUPED
+#undef PREFETCH_SPAN
 #undef DEFINE_FORMAT
 #undef DEQUANT
 #undef PASS
@@ -287,14 +276,15 @@ int prefixkv_linear_block(void) { return BLOCK; }
  * format, a quantized one with k_dim not a multiple of GROUP, or a K-quant with k_dim not a
  * multiple of SUPER. */
 int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
-    static const int64_t step[] = {STEP_F32, STEP_BF16, STEP_Q8_0, STEP_Q4_0, STEP_Q4_1};
+    static const int64_t step[] = {STEP_F32, STEP_BF16};
+    static const int64_t group[] = {GROUP_Q8_0, GROUP_Q4_0, GROUP_Q4_1};
     static const int64_t super[] = {SUPER_Q4_K, SUPER_Q5_K, SUPER_Q6_K};
     if (format < F32 || format > Q6_K || k_dim < 0)
         return -1;
     if (format >= Q4_K)
         return k_dim % SUPER ? -1 : k_dim / SUPER * super[format - Q4_K];
-    if (format >= Q8_0 && k_dim % GROUP)
-        return -1;
+    if (format >= Q8_0)
+        return k_dim % GROUP ? -1 : k_dim / GROUP * group[format - Q8_0];
     return k_dim * step[format];
 }
 

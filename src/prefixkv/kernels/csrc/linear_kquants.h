@@ -26,11 +26,6 @@
 #define SUB_Q4_K 32 /* k steps per scale of a super-block */
 #define SUB_Q6_K 16
 
-/* One sub-block's scales: w = a * q - b (q4_k, q5_k) or a * (q - 32) (q6_k, b unused). */
-struct kscales {
-    vf a[VECTORS], b[VECTORS];
-};
-
 /* q4_k's and q5_k's header (d, dmin, sc, m at the same offsets) of the super-block that
  * starts at super, for the sub-block of step i (0 <= i < SUPER) of it. */
 static inline __attribute__((always_inline)) void head_q4_k(const uint8_t *super, int i,
