@@ -25,8 +25,14 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)
 	$(BIN)/prefixkv serve
 
+# The whole suite in two runs that together select every test once (`slow` is added at
+# collection to every `process` and `smollm2` test, tests/conftest.py): the fast tests (no
+# subprocess, no SmolLM2) on both cores, where they share nothing but the compiled kernels
+# (built once, renamed into place); then the slow ones one at a time, as before: they start
+# servers and time connections, and test_connections' trickle test was flaky under -n 2.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
+	$(BIN)/python -m pytest -q -m slow
 
 # The native kernels' fast tests against a library built with AddressSanitizer and
 # UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1: another name in the cache), their

@@ -50,15 +50,18 @@ def tiny_server_process(
     assert "Traceback" not in server.output(), server.output()
 
 
-def tiny_json_client(factory: pytest.TempPathFactory, name: str) -> Iterator[openai.OpenAI]:
+@pytest.fixture(scope="session")
+def tiny_json_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     """A client of a server on a tiny random model whose characters can spell JSON (and
-    so tool-call blocks), as the model ``tiny-json``; it must stop cleanly."""
-    folder = factory.mktemp("models") / "tiny-json"
+    so tool-call blocks), as the model ``tiny-json``; it must stop cleanly. One for the
+    session: its users (structured outputs, tool grammars) only send requests, each
+    sampled with its own seed, and a prefix the cache serves gives the same tokens."""
+    folder = tmp_path_factory.mktemp("models") / "tiny-json"
     model = tiny_llama(extra=JSON_CHARS)
     model.config.max_position_embeddings = TINY_CONTEXT
     model.save_pretrained(folder)
     tiny_tokenizer(extra=JSON_CHARS).save_pretrained(folder)
-    log = factory.mktemp("logs") / f"{name}.log"
+    log = tmp_path_factory.mktemp("logs") / "tiny-json.log"
     server = ServerProcess(["--model", str(folder), *TINY_ARGS], log).wait_ready()
     with server.client() as opened:
         yield opened

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
 
 from ..engine.tiny import CHARS, SPECIALS
-from .conftest import JSON_CHARS, tiny_json_client
+from .conftest import JSON_CHARS
 
 pytest.importorskip("llguidance", reason="the grammar extra is not installed")
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -38,9 +37,9 @@ RESPONSE_FORMAT: Any = {
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    """A server on a tiny random model whose characters can spell JSON."""
-    yield from tiny_json_client(tmp_path_factory, "structured")
+def client(tiny_json_client: openai.OpenAI) -> openai.OpenAI:
+    """The session's server on a tiny random model whose characters can spell JSON."""
+    return tiny_json_client
 
 
 def chat(client: openai.OpenAI, stream: bool = False, **extra: Any) -> tuple[str, str | None]:

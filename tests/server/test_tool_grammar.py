@@ -7,13 +7,10 @@ several seeds."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import openai
 import pytest
-
-from .conftest import tiny_json_client
 
 pytest.importorskip("llguidance", reason="the grammar extra is not installed")
 pytestmark = [pytest.mark.process, pytest.mark.slow]
@@ -37,8 +34,8 @@ NAMED: Any = {"type": "function", "function": {"name": "get_time"}}
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    yield from tiny_json_client(tmp_path_factory, "tool-grammar")
+def client(tiny_json_client: openai.OpenAI) -> openai.OpenAI:
+    return tiny_json_client
 
 
 def calls(client: openai.OpenAI, stream: bool, **extra: Any) -> tuple[list[Any], str | None, str]:
