@@ -44,16 +44,9 @@ def offline_command(args: argparse.Namespace) -> int:
 
 
 def _read(path: Path) -> list[LoggedRequest]:
-    from prefixkv.whatif.records import LogError, read_log
+    from prefixkv.cli.simulate import read_requests
 
-    try:
-        requests = list(read_log(path))
-    except OSError as exc:
-        raise CommandError(f"--log {path}: {exc.strerror}") from exc
-    except LogError as exc:
-        raise CommandError(str(exc)) from exc
-    if not requests:
-        raise CommandError(f"--log {path} holds no request")
+    requests = read_requests(path)
     if any(r.naming == "tiers" for r in requests):
         raise CommandError(
             f"--log {path}: a server with tiers wrote it; its block names are the tiers' "

@@ -7,11 +7,14 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefixkv.cli.options import add_option, one_of, parse_bytes, positive_float
 from prefixkv.cli.progress import Progress
 from prefixkv.cli.setup import CommandError
+
+if TYPE_CHECKING:
+    from prefixkv.whatif.records import LoggedRequest
 
 
 def size_list(text: str) -> list[int]:
@@ -64,19 +67,27 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(run=simulate_command)
 
 
-def simulate_command(args: argparse.Namespace) -> int:
+def read_requests(path: Path) -> list[LoggedRequest]:
+    """The records of the request log at ``path``; CommandError naming the file (or the
+    line) when it cannot be read, holds a bad line, or holds no request."""
     from prefixkv.whatif.records import LogError, read_log
-    from prefixkv.whatif.replay import CacheConfig, Replay
-    from prefixkv.whatif.report import PrefillRate, measured_rate, plot, served, table
 
     try:
-        requests = list(read_log(Path(args.log)))
+        requests = list(read_log(path))
     except OSError as exc:
-        raise CommandError(f"--log {args.log}: {exc.strerror}") from exc
+        raise CommandError(f"--log {path}: {exc.strerror}") from exc
     except LogError as exc:
         raise CommandError(str(exc)) from exc
     if not requests:
-        raise CommandError(f"--log {args.log} holds no request")
+        raise CommandError(f"--log {path} holds no request")
+    return requests
+
+
+def simulate_command(args: argparse.Namespace) -> int:
+    from prefixkv.whatif.replay import CacheConfig, Replay
+    from prefixkv.whatif.report import PrefillRate, measured_rate, plot, served, table
+
+    requests = read_requests(Path(args.log))
     block_bytes = _block_bytes(args, requests[0].block_size, requests[0].block_bytes)
     disks = args.disk_cache_bytes or [None]
     configs = [
