@@ -71,18 +71,19 @@ def k_mix_type(gguf_name: str, columns: int, base: str, layers: int) -> str:
     return _FALLBACK[kind] if columns % SUPER else kind
 
 
-def _qtype(spec: TensorSpec, weights: str, layers: int) -> Any:
+def tensor_type(gguf_name: str, shape: tuple[int, ...], weights: str, layers: int) -> Any:
+    """The GGML type the tensor ``gguf_name`` of ``shape`` (rows, columns) is stored in for
+    ``weights``: F32 for a 1-D tensor, else the format's (the K mixes: :func:`k_mix_type`)."""
     from gguf import GGMLQuantizationType
 
-    if len(spec.shape) == 1:
+    if len(shape) == 1:
         return GGMLQuantizationType.F32
     if weights in K_MIXES:
-        return GGMLQuantizationType[k_mix_type(spec.gguf_name, spec.shape[1], K_MIXES[weights],
-                                               layers)]  # fmt: skip
+        return GGMLQuantizationType[k_mix_type(gguf_name, shape[1], K_MIXES[weights], layers)]
     return GGMLQuantizationType[GGML_TYPES[weights]]
 
 
-def _quantized(values: np.ndarray, qtype: Any) -> np.ndarray:
+def quantized(values: np.ndarray, qtype: Any) -> np.ndarray:
     """``values`` (rows, cols) float32 as GGML ``qtype`` blocks (rows, bytes a row), quantised
     _CHUNK_ROWS rows at a time; a 1-D tensor is returned as it is (F32)."""
     from gguf.quants import quantize
@@ -115,7 +116,7 @@ def write_gguf(
     from gguf import GGUFWriter
     from gguf.quants import quant_shape_to_byte_shape
 
-    qtypes = [_qtype(spec, weights, shape.layers) for spec in specs]
+    qtypes = [tensor_type(s.gguf_name, s.shape, weights, shape.layers) for s in specs]
     writer = GGUFWriter(str(path), family)
     _add_metadata(writer, path.stem, shape)
     _copy_tokenizer(writer, tokenizer_gguf)
@@ -132,5 +133,5 @@ def write_gguf(
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
     for index, (spec, qtype) in enumerate(zip(specs, qtypes, strict=True)):
-        writer.write_tensor_data(_quantized(tensor_values(spec, seed, index), qtype))
+        writer.write_tensor_data(quantized(tensor_values(spec, seed, index), qtype))
     writer.close()

@@ -39,6 +39,7 @@ BENCHES = {
     "attention": ("prefixkv.bench.attention", "decode attention over pool blocks vs a buffer"),
     "decode": ("prefixkv.bench.decode", "decode tokens/s with 1, 4, 16 running vs serial"),
     "compression": ("prefixkv.bench.compression", "int8/int4 tier codecs: bytes, exactness"),
+    "formats": ("prefixkv.bench.formats", "greedy agreement of each weight format with fp32"),
     "tiers": ("prefixkv.bench.tiers", "disk and Redis tiers vs recompute, RAM only, cold starts"),
     "soak": ("prefixkv.bench.soak", "a server under mixed traffic for minutes: leaks, errors"),
     "fleet": ("prefixkv.bench.fleet", "replicas behind vllm-router: cache-aware vs round-robin"),
@@ -52,6 +53,7 @@ _BENCH_EXTRAS = {
     "attention": ("hf", "bench"),
     "decode": ("hf", "bench"),
     "compression": ("hf", "tiers"),
+    "formats": ("hf", "tiers"),
     "tiers": ("server", "bench"),
     "soak": ("server", "bench"),
     "fleet": ("server", "bench"),  # and the vllm-router binary ([fleet]), checked by the bench
