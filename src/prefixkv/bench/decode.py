@@ -82,7 +82,7 @@ def interleaved(
 def _started(engine: Engine, running: int, tokens: int) -> BatchRunner:
     """A batch runner whose ``running`` sequences have all reached decoding."""
     runner = BatchRunner(engine, BatchLimits(max_running=running, max_batch_tokens=4096))
-    params = SamplingParams(max_tokens=tokens)
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)  # every step decodes all of them
     for i in range(running):
         runner.submit(engine.request(_messages(i), params), _Quiet())
     while True:  # until every sequence decodes in the same step
