@@ -85,10 +85,12 @@ class Alone:
 @contextmanager
 def recorded(model: Any) -> Iterator[list[torch.Tensor]]:
     """The ``[rows, vocab]`` logits of every forward pass of ``model`` meanwhile, in order:
-    one row per sampled token (the serial engine and the batch runner keep no others)."""
+    one row per sampled token (the serial engine and the batch runner keep no others). Read
+    at the output head, which both the model's own forward and the batch runner's lean pass
+    (which does not call the model's forward) call once a pass."""
     rows: list[torch.Tensor] = []
-    handle = model.register_forward_hook(
-        lambda module, args, out: rows.append(out.logits[0].float().clone())
+    handle = model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: rows.append(out.reshape(-1, out.shape[-1]).float().clone())
     )
     try:
         yield rows

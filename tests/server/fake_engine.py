@@ -17,7 +17,7 @@ import torch
 from prefixkv.cache import KVLayout, PrefixKVCache
 from prefixkv.engine.batch.records import StepReport
 from prefixkv.engine.intake import Intake
-from prefixkv.engine.logprob_records import Candidate, PromptTokenLogprob
+from prefixkv.engine.logprob_records import Candidate, PromptTokenLogprob, TokenLogprob
 from prefixkv.engine.prompts import Prompt
 from prefixkv.engine.request import Completion, Request, SamplingParams
 from prefixkv.engine.role import Sink
@@ -167,8 +167,11 @@ class FakeRunner(SerialRunner):
             cuts = [text.find(s) for s in request.params.stop if s in text]
             finish = "stop" if cuts else "length"
             text = text[: min(cuts)] if cuts else text
+            asked = request.params.logprobs is not None
             for char in text:
                 time.sleep(engine.delay)
+                if asked:  # one "token" per character, each a uniform choice of 26
+                    sink.deliver(_logprob(char))
                 sink.deliver(char)
                 yield
             # The prompt's full blocks, as the serial runner caches them (their KV unwritten).
@@ -177,6 +180,10 @@ class FakeRunner(SerialRunner):
         finally:
             engine.cache.close(table)
         elapsed = time.perf_counter() - start
-        sink.deliver(
-            Completion(text, tuple(range(len(text))), count, reuse, finish, elapsed, elapsed)
-        )
+        logprobs = tuple(_logprob(char) for char in text) if asked else ()
+        ids = tuple(range(len(text)))
+        sink.deliver(Completion(text, ids, count, reuse, finish, elapsed, elapsed, logprobs))
+
+
+def _logprob(char: str) -> TokenLogprob:
+    return TokenLogprob(Candidate(ord(char), char, char.encode(), -math.log(26)), ())
