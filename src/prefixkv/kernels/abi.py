@@ -89,7 +89,7 @@ class DecoderArgs(ctypes.Structure):
         ("sin", _ptr),
         ("pool", _ptr),
         ("slots", _ptr),
-        ("layers", ctypes.POINTER(DecoderLayer)),
+        ("layers", _ptr),  # DecoderLayer[layer_count]
         ("member_start", _ptr),
         ("item_rows", _ptr),
         ("sees", _ptr),

@@ -10,18 +10,19 @@ replaces.
 
 from __future__ import annotations
 
-import ctypes
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
-from prefixkv.kernels import abi
+from prefixkv.kernels import abi, formats
 from prefixkv.kernels.formats import PackedWeight
 from prefixkv.kernels.items import INT32_MAX, AttendItems
 from prefixkv.kernels.ops import _dense, _refuse, _weight
 
-_I64 = torch.int64
+_I64, _F32, _U8 = torch.int64, torch.float32, torch.uint8
 
 
 class DecoderLayer(NamedTuple):
@@ -65,7 +66,7 @@ class StepTensors(NamedTuple):
 
 def arguments(step: StepTensors, items: AttendItems, layers: Sequence[DecoderLayer],
               shape: DecoderShape, softcap: float, lanes: int,
-              threads: int) -> tuple[abi.DecoderArgs, ctypes.Array[abi.DecoderLayer]]:  # fmt: skip
+              threads: int) -> tuple[abi.DecoderArgs, np.ndarray]:  # fmt: skip
     """The checked argument block (and the layer table it points to, which must outlive the
     call) for a library of ``lanes`` lanes: TypeError or ValueError naming the argument and
     the problem."""
@@ -75,12 +76,11 @@ def arguments(step: StepTensors, items: AttendItems, layers: Sequence[DecoderLay
     _items(items, shape, rows, pool_slots, lanes)
     if not isinstance(softcap, float | int) or not softcap > 0:
         raise ValueError(f"softcap: a positive number (or inf) expected, got {softcap!r}")
-    table = (abi.DecoderLayer * len(layers))(*(_layer(i, layer, hidden, shape)
-                                               for i, layer in enumerate(layers)))  # fmt: skip
+    table = _table([_layer(i, layer, hidden, shape) for i, layer in enumerate(layers)])
     heads, kv_heads, dim, width = shape
     args = abi.DecoderArgs(
         abi.DECODER_ARGS_SIZE, abi.ABI_VERSION, step.hidden.data_ptr(), step.cos.data_ptr(),
-        step.sin.data_ptr(), step.pool.data_ptr(), step.slots.data_ptr(), table,
+        step.sin.data_ptr(), step.pool.data_ptr(), step.slots.data_ptr(), table.ctypes.data,
         *items.pointers, items.max_tokens, rows, hidden, width, pool_slots, len(layers), heads,
         kv_heads, dim, items.count, threads, float(softcap),
     )  # fmt: skip
@@ -90,7 +90,7 @@ def arguments(step: StepTensors, items: AttendItems, layers: Sequence[DecoderLay
 def _shape(shape: DecoderShape) -> None:
     if not isinstance(shape, DecoderShape) or not all(isinstance(n, int) for n in shape):
         raise TypeError(f"shape: a DecoderShape of ints expected, not {shape!r}")
-    heads, kv_heads, dim, width = shape
+    heads, kv_heads, dim = shape.heads, shape.kv_heads, shape.dim
     if not all(0 < n <= INT32_MAX for n in shape) or heads % kv_heads or dim % 2:
         raise ValueError(f"shape: {shape}: positive, heads a multiple of kv_heads, dim even")
 
@@ -137,40 +137,107 @@ def _items(items: AttendItems, shape: DecoderShape, rows: int, pool_slots: int,
         raise ValueError(f"items: {items.count} items x {shape.kv_heads} kv heads: too many jobs")
 
 
-def _layer(index: int, layer: DecoderLayer, hidden: int, shape: DecoderShape) -> abi.DecoderLayer:
-    """Layer ``index``'s entry of the table, its tensors checked against ``hidden`` and
-    ``shape``."""
+def _layer(index: int, layer: DecoderLayer, hidden: int,
+           shape: DecoderShape) -> tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]:  # fmt: skip
+    """Layer ``index``'s entry of the table (pointers, format codes, numbers), its tensors
+    checked against ``hidden`` and ``shape``."""
     if not isinstance(layer, DecoderLayer):
         raise TypeError(f"layers[{index}]: a DecoderLayer expected, not {type(layer).__name__}")
     heads, kv_heads, dim, width = shape
-    for name in ("attn_norm", "mlp_norm"):
-        norm = getattr(layer, name)
-        _dense(f"layers[{index}].{name}", norm, 1)
-        if norm.shape[0] != hidden:
-            raise ValueError(f"layers[{index}].{name}: {norm.shape[0]} values, not {hidden}")
+    norms = (_vector(index, "attn_norm", layer.attn_norm, hidden),
+             _vector(index, "mlp_norm", layer.mlp_norm, hidden))  # fmt: skip
     projections = (
         ("qkv", layer.qkv, layer.qkv_bias, hidden, (heads + 2 * kv_heads) * dim),
         ("o_proj", layer.o_proj, layer.o_bias, heads * dim, hidden),
         ("gate_up", layer.gate_up, layer.gate_up_bias, hidden, 2 * width),
         ("down", layer.down, layer.down_bias, width, hidden),
     )
-    codes, pointers = [], []
+    codes, weights, biases = [], [], []
     for name, weight, bias, k, n in projections:
-        try:
-            codes.append(_weight(weight))
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"layers[{index}].{name}: {exc}") from None
-        if (weight.in_features, weight.out_features) != (k, n):
-            raise ValueError(f"layers[{index}].{name}: {weight.in_features} -> "
-                             f"{weight.out_features} features, not {k} -> {n}")  # fmt: skip
-        if bias is not None:
-            _dense(f"layers[{index}].{name} bias", bias, 1)
-            if bias.shape[0] != n:
-                raise ValueError(f"layers[{index}].{name} bias: {bias.shape[0]} values, not {n}")
-        pointers.append((weight.data.data_ptr(), None if bias is None else bias.data_ptr()))
+        codes.append(_packed(index, name, weight, k, n))
+        weights.append(weight.data.data_ptr())
+        biases.append(0 if bias is None else _vector(index, f"{name} bias", bias, n))
     numbers = (layer.attn_eps, layer.mlp_eps, layer.scale)
     if not all(isinstance(x, float | int) for x in numbers):
         raise TypeError(f"layers[{index}]: eps and scale numbers expected, not {numbers}")
-    return abi.DecoderLayer(layer.attn_norm.data_ptr(), layer.mlp_norm.data_ptr(),
-                            *(w for w, _ in pointers), *(b for _, b in pointers),
-                            (ctypes.c_int32 * 4)(*codes), *map(float, numbers))  # fmt: skip
+    return (*norms, *weights, *biases), tuple(codes), numbers
+
+
+# The checks below are one boolean expression on the way through (120 weights and 60 norms
+# a step for a 30-layer model); only a refusal takes the door's own checks, which say why.
+
+
+def _vector(index: int, name: str, tensor: torch.Tensor, size: int) -> int:
+    """The data pointer of ``tensor``, a contiguous float32 CPU ``[size]``; TypeError or
+    ValueError naming ``layers[index].name`` otherwise."""
+    try:
+        fine = (
+            tensor.dtype is _F32
+            and tensor.is_cpu
+            and tensor.layout is torch.strided
+            and tensor.dim() == 1
+            and tensor.is_contiguous()
+            and tensor.shape[0] == size
+        )
+    except AttributeError:  # not a tensor
+        fine = False
+    if not fine:
+        _dense(f"layers[{index}].{name}", tensor, 1)
+        raise ValueError(f"layers[{index}].{name}: {tensor.shape[0]} values, not {size}")
+    return int(tensor.data_ptr())
+
+
+def _packed(index: int, name: str, weight: PackedWeight, k: int, n: int) -> int:
+    """The format code of ``weight``, a ``[k -> n]`` packed weight whose data the format's
+    layout holds; TypeError or ValueError naming ``layers[index].name`` otherwise."""
+    try:
+        code, shape = _expected(weight.format, k, n)
+        data = weight.data
+        fine = (
+            type(weight) is PackedWeight
+            and (weight.in_features, weight.out_features) == (k, n)
+            and data.dtype is _U8
+            and data.is_cpu
+            and data.layout is torch.strided
+            and data.is_contiguous()
+            and data.shape == shape
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):  # not a weight, a bad format
+        fine = False
+    if fine:
+        return code
+    try:
+        code = _weight(weight)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"layers[{index}].{name}: {exc}") from None
+    if (weight.in_features, weight.out_features) != (k, n):
+        raise ValueError(f"layers[{index}].{name}: {weight.in_features} -> "
+                         f"{weight.out_features} features, not {k} -> {n}")  # fmt: skip
+    return code
+
+
+@functools.lru_cache(maxsize=256)
+def _expected(format: str, k: int, n: int) -> tuple[int, tuple[int, int]]:
+    """The format code and data shape of a ``[k -> n]`` weight packed in ``format``;
+    KeyError or ValueError for an unknown format or a size it cannot hold."""
+    return formats.CODES[format], (-(-n // formats.BLOCK), formats.block_bytes(format, k))
+
+
+_LAYER = np.dtype(
+    {
+        "names": ["pointers", "formats", "numbers"],
+        "formats": [(np.uint64, 10), (np.int32, 4), (np.float32, 3)],
+        "offsets": [0, abi.DecoderLayer.formats.offset, abi.DecoderLayer.attn_eps.offset],
+        "itemsize": abi.DECODER_LAYER_SIZE,
+    }
+)
+"""``struct prefixkv_decoder_layer`` as a numpy record: a step's table is filled in three
+array assignments (ctypes structures cost ~5 us a layer to build)."""
+
+
+def _table(entries: list[tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]]) -> np.ndarray:
+    table = np.zeros(len(entries), dtype=_LAYER)
+    table["pointers"] = [entry[0] for entry in entries]
+    table["formats"] = [entry[1] for entry in entries]
+    table["numbers"] = [entry[2] for entry in entries]
+    return table

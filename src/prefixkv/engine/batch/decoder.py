@@ -20,7 +20,7 @@ stays the per-kernel reference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,10 +50,18 @@ class LayerModules:
         """The layer's weights as they stand."""
         qkv, o_proj, gate_up, down = self.qkv, self.o_proj, self.gate_up, self.down
         return DecoderLayer(
-            self.attn_norm.weight, self.attn_norm.eps, qkv.weight, qkv.bias, o_proj.weight,
-            o_proj.bias, self.mlp_norm.weight, self.mlp_norm.eps, gate_up.weight, gate_up.bias,
-            down.weight, down.bias, self.scale,
+            _read(self.attn_norm, "weight"), self.attn_norm.eps, qkv.weight, _read(qkv, "bias"),
+            o_proj.weight, _read(o_proj, "bias"), _read(self.mlp_norm, "weight"),
+            self.mlp_norm.eps, gate_up.weight, _read(gate_up, "bias"), down.weight,
+            _read(down, "bias"), self.scale,
         )  # fmt: skip
+
+
+def _read(module: torch.nn.Module, name: str) -> Any:
+    """``module.name``, looked up where Module keeps parameters first: its ``__getattr__``
+    costs ~0.3 us a read, at 12 reads a layer and step."""
+    found = module._parameters.get(name)
+    return found if found is not None else getattr(module, name)
 
 
 @dataclass(frozen=True)
