@@ -8,8 +8,8 @@ stepping thread's CPU time, which other processes' load stretches least, is the 
 figure) and where a step's CPU time goes (of the stepping thread: all of it with
 ``--threads 1``): the native kernels by kind (timed around each door call, checks included,
 which adds ~1 us a call; the decoder pass's one call a step is ``decoder``) and the rest
-(Python glue, sampling and bookkeeping). Last, how one layer's attention uses two threads
-for 1-3 decoding sequences.
+(Python glue, sampling and bookkeeping). Last, what the decoder pass's door checks cost a
+step, and how one layer's attention uses two threads for 1-3 decoding sequences.
 
     python benchmarks/lean_pass.py --weights auto --running 1,4,16 --steps 40 [--threads 1]
 """
@@ -146,6 +146,32 @@ def breakdown(runner: BatchRunner, lean: LeanPass, steps: int) -> str:
     return said
 
 
+def door_checks(decoder: DecoderPass, repeat: int = 300) -> None:
+    """What the decoder pass's door costs a step besides the library call: reading the
+    layers' weights off their modules and checking them with the step's tensors (one row,
+    the model's shapes), best of ``repeat``."""
+    import torch
+
+    from prefixkv.kernels.decoder import StepTensors, arguments
+    from prefixkv.kernels.items import AttendItems
+
+    kv_heads, dim = decoder.shape.kv_heads, decoder.shape.dim
+    hidden = decoder.lean.norm.weight.shape[0]
+    pool = torch.zeros(len(decoder.layers), 2, kv_heads, 4, 16, dim)
+    step = StepTensors(torch.zeros(1, hidden), torch.zeros(1, dim), torch.zeros(1, dim), pool,
+                       torch.tensor([5]))  # fmt: skip
+    items = AttendItems([0, 1], [0], [1], [0], [0, 1], [5], [-1])
+    lanes = decoder.lean.kernels.lanes
+
+    def call() -> None:
+        weights = [layer.weights() for layer in decoder.layers]
+        arguments(step, items, weights, decoder.shape, float("inf"), lanes, 1)
+
+    best = min(_seconds(call) for _ in range(repeat))
+    print(f"decoder door: the layers' weights read and every argument checked, {best * 1e6:.0f}"
+          f" us a step ({len(decoder.layers)} layers)")  # fmt: skip
+
+
 def attention_threads(repeat: int = 300) -> None:
     """One layer's attention for 1-3 decoding sequences of 750 tokens at SmolLM2's shapes (9
     heads over 3 kv heads, dim 64): best time on one thread and on two. A work item is one
@@ -191,6 +217,9 @@ def main() -> None:
     engine = Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=args.weights)
     for running in (int(r) for r in args.running.split(",")):
         measure(engine, running, args.steps)
+    decoder = BatchRunner(engine, BatchLimits()).model_pass
+    if isinstance(decoder, DecoderPass):
+        door_checks(decoder)
     attention_threads()
 
 
