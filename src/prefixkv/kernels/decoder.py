@@ -4,7 +4,7 @@ checks before its one library call, and the argument block it fills (``csrc/abi.
 Every tensor is checked on every call (dtype, device, layout, contiguity, shape against the
 others), every packed weight's format and size, and the work items' reach against the query
 rows and pool slots; the library checks the step's slots against the pool. With the
-layers' weights read off their modules, 0.26 ms a SmolLM2 step (30 layers; ``python
+layers' weights read off their modules, 0.27 ms a SmolLM2 step (30 layers; ``python
 benchmarks/lean_pass.py`` prints it): a tenth of the lean pass's door calls and glue.
 """
 
