@@ -43,6 +43,7 @@ test-kernels-avx2: $(STAMP)
 	PREFIXKV_KERNEL_MARCH=x86-64-v3 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/kernels/test_linear_formats.py tests/kernels/test_linear_kquants.py \
 		tests/kernels/test_linear_kernel.py tests/kernels/test_rotary_kernel.py \
+		tests/kernels/test_decoder_kernel.py \
 		tests/engine/test_weights.py
 
 test-kernels-asan: $(STAMP)

@@ -1,14 +1,15 @@
-"""The batch runner's lean model pass against transformers' modules, step for step: one
-runner with ``running`` sequences decoding (SmolLM2, ``bench decode``'s questions on one
-~700-token document), its steps alternating between the two passes (their logits and KV
-are bit-identical, so switching between steps changes nothing but the time), so a loaded
-machine's drift hits both alike. Prints each pass's step p50/p99/best (the best is what a
-step costs when nothing else competes for the cores; with ``--threads 1`` the stepping
-thread's CPU time, which other processes' load stretches least, is the steadiest figure)
-and, for the lean pass, where a step's CPU time goes (of the stepping thread: all of it with
+"""The batch runner's decoder pass and lean model pass against transformers' modules, step
+for step: one runner with ``running`` sequences decoding (SmolLM2, ``bench decode``'s
+questions on one ~700-token document), its steps taking the three passes in turn (their
+logits and KV are bit-identical, so switching between steps changes nothing but the time),
+so a loaded machine's drift hits all alike. Prints each pass's step p50/p99/best (the best
+is what a step costs when nothing else competes for the cores; with ``--threads 1`` the
+stepping thread's CPU time, which other processes' load stretches least, is the steadiest
+figure) and where a step's CPU time goes (of the stepping thread: all of it with
 ``--threads 1``): the native kernels by kind (timed around each door call, checks included,
-which adds ~1 us a call) and the rest (Python glue, sampling and bookkeeping). Last, how
-one layer's attention uses two threads for 1-3 decoding sequences.
+which adds ~1 us a call; the decoder pass's one call a step is ``decoder``) and the rest
+(Python glue, sampling and bookkeeping). Last, what the decoder pass's door checks cost a
+step, and how one layer's attention uses two threads for 1-3 decoding sequences.
 
     python benchmarks/lean_pass.py --weights auto --running 1,4,16 --steps 40 [--threads 1]
 """
@@ -24,14 +25,15 @@ from typing import Any
 
 from prefixkv.bench.decode import _messages, _Quiet
 from prefixkv.bench.stats import percentile
+from prefixkv.engine.batch.decoder import DecoderPass
 from prefixkv.engine.batch.lean import LeanPass
-from prefixkv.engine.batch.passes import TransformersPass
+from prefixkv.engine.batch.passes import ModelPass, TransformersPass
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.request import SamplingParams
 from prefixkv.threads import compute_on
 
-KINDS = ("linear", "attend", "store", "rms_norm", "silu_mul", "rotary")
+KINDS = ("linear", "attend", "store", "rms_norm", "silu_mul", "rotary", "decoder")
 
 
 def started(engine: Engine, running: int, tokens: int) -> BatchRunner:
@@ -92,14 +94,20 @@ def layers_timed(lean: LeanPass, spent: collections.Counter[str]) -> Callable[[]
 
 
 def measure(engine: Engine, running: int, steps: int) -> None:
-    runner = started(engine, running, 4 * steps + 8)  # room for every phase
-    lean = runner.model_pass
-    assert isinstance(lean, LeanPass), "the lean pass does not cover this model"
-    passes = {"transformers": TransformersPass(engine.model, engine.model_lock), "lean": lean}
+    runner = started(engine, running, 5 * steps + 8)  # room for every phase
+    decoder = runner.model_pass
+    assert isinstance(decoder, DecoderPass), "the decoder pass does not cover this model"
+    lean = decoder.lean
+    passes: dict[str, ModelPass] = {
+        "transformers": TransformersPass(engine.model, engine.model_lock),
+        "lean": lean,
+        "decoder": decoder,
+    }
     times: dict[str, list[float]] = {name: [] for name in passes}
     cpu: dict[str, list[float]] = {name: [] for name in passes}
-    for i in range(2 * steps):
-        name = ("transformers", "lean")[i % 2]
+    names = tuple(passes)
+    for i in range(len(names) * steps):
+        name = names[i % len(names)]
         runner.model_pass = passes[name]
         start = time.thread_time()
         report = runner.step()
@@ -136,6 +144,32 @@ def breakdown(runner: BatchRunner, lean: LeanPass, steps: int) -> str:
         glue = (spent["layer"] - spent["layer doors"]) / steps
         said += f" (in the layers, outside the doors: {glue * 1e3:.2f} ms)"
     return said
+
+
+def door_checks(decoder: DecoderPass, repeat: int = 300) -> None:
+    """What the decoder pass's door costs a step besides the library call: reading the
+    layers' weights off their modules and checking them with the step's tensors (one row,
+    the model's shapes), best of ``repeat``."""
+    import torch
+
+    from prefixkv.kernels.decoder import StepTensors, arguments
+    from prefixkv.kernels.items import AttendItems
+
+    kv_heads, dim = decoder.shape.kv_heads, decoder.shape.dim
+    hidden = decoder.lean.norm.weight.shape[0]
+    pool = torch.zeros(len(decoder.layers), 2, kv_heads, 4, 16, dim)
+    step = StepTensors(torch.zeros(1, hidden), torch.zeros(1, dim), torch.zeros(1, dim), pool,
+                       torch.tensor([5]))  # fmt: skip
+    items = AttendItems([0, 1], [0], [1], [0], [0, 1], [5], [-1])
+    lanes = decoder.lean.kernels.lanes
+
+    def call() -> None:
+        weights = [layer.weights() for layer in decoder.layers]
+        arguments(step, items, weights, decoder.shape, float("inf"), lanes, 1)
+
+    best = min(_seconds(call) for _ in range(repeat))
+    print(f"decoder door: the layers' weights read and every argument checked, {best * 1e6:.0f}"
+          f" us a step ({len(decoder.layers)} layers)")  # fmt: skip
 
 
 def attention_threads(repeat: int = 300) -> None:
@@ -183,6 +217,9 @@ def main() -> None:
     engine = Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=args.weights)
     for running in (int(r) for r in args.running.split(",")):
         measure(engine, running, args.steps)
+    decoder = BatchRunner(engine, BatchLimits()).model_pass
+    if isinstance(decoder, DecoderPass):
+        door_checks(decoder)
     attention_threads()
 
 

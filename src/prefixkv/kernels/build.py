@@ -1,6 +1,6 @@
 """Builds and loads prefixkv's native kernels on first use: attention (``csrc/attention.c``),
-the linear layers (``csrc/linear.c``) and the vector work between them (``csrc/layers.c``),
-one library. Only :mod:`prefixkv.kernels.ops` calls into it.
+the linear layers (``csrc/linear.c``), the vector work between them (``csrc/layers.c``) and
+the decoder pass that runs them all for a step (``csrc/decoder.c``), one library. Only :mod:`prefixkv.kernels.ops` calls into it.
 
 The sources are compiled once per machine with the system's C compiler (``$CC``, else ``cc``
 or ``gcc``) into ``<cache dir>/native/``, under a name hashed from :func:`identity`: the
@@ -42,10 +42,17 @@ from prefixkv.kernels.trust import UntrustedLibrary, folder_problems, open_libra
 log = logging.getLogger("prefixkv.kernels")
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
-SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c"))
+SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c", "decoder.c"))
 HEADERS = tuple(
     SOURCE_DIR / name
-    for name in ("abi.h", "vector.h", "linear_widen.h", "linear_legacy.h", "linear_kquants.h")
+    for name in (
+        "abi.h",
+        "kernels.h",
+        "vector.h",
+        "linear_widen.h",
+        "linear_legacy.h",
+        "linear_kquants.h",
+    )
 )
 """Included by the sources: part of the library's identity, like them."""
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")

@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 
 from prefixkv.kernels import abi, build, formats
 from prefixkv.kernels.formats import PackedWeight
 from prefixkv.kernels.items import INT32_MAX, AttendItems
+
+if TYPE_CHECKING:
+    from prefixkv.kernels.decoder import DecoderLayer, DecoderShape, StepTensors
 
 _F32, _I64, _U8, _STRIDED = torch.float32, torch.int64, torch.uint8, torch.strided
 
@@ -215,6 +219,25 @@ class Kernels:
             items.count, torch.get_num_threads(), float(scale), float(softcap),
         )  # fmt: skip
         _check_status(self._lib.prefixkv_attend(ctypes.byref(args)))
+
+    def decoder(self, step: StepTensors, items: AttendItems, layers: Sequence[DecoderLayer],
+                shape: DecoderShape, softcap: float) -> None:  # fmt: skip
+        """One step through every layer of ``layers`` in one call (``csrc/decoder.c``): per
+        layer what the lean pass runs kernel by kernel, bit for bit the same. ``step``'s
+        hidden states are updated in place and each layer's keys and values written at its
+        slots of its pool layer (all it mutates); ``items``: the step's attention work
+        items (as :meth:`attend`); ``softcap`` as in :meth:`attend`. Checks in
+        :func:`prefixkv.kernels.decoder.arguments`; ValueError (nothing written) for a slot
+        outside the pool, MemoryError when scratch memory cannot be allocated."""
+        from prefixkv.kernels.decoder import arguments
+
+        args, table = arguments(step, items, layers, shape, softcap, self.lanes,
+                                torch.get_num_threads())  # fmt: skip
+        status = self._lib.prefixkv_decoder(ctypes.byref(args))
+        del table  # kept alive through the call: args points into it
+        if status == abi.BAD_SLOT:
+            raise ValueError("slots: a slot outside the pool; nothing written")
+        _check_status(status)
 
 
 @functools.lru_cache(maxsize=4)

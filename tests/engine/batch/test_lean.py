@@ -1,20 +1,25 @@
-"""The lean model pass (engine/batch/lean.py): chosen where it covers the model, and on every
+"""The lean model pass (engine/batch/lean.py) and the decoder pass over it
+(engine/batch/decoder.py): the decoder pass is chosen where it covers the model, and on every
 step (prefill chunks beside decoding sequences, shared and cached prefixes, several batch
-compositions) its logits and the KV it writes are bit-identical to transformers' modules'
-on the same step, for a tiny model of each covered family and for SmolLM2."""
+compositions) its logits and the KV it writes are bit-identical to the lean pass's and to
+transformers' modules' on the same step, for a tiny model of each covered family and for
+SmolLM2."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 import torch
 
-from prefixkv.engine.batch.lean import LeanPass
+from prefixkv.engine.batch.decoder import DecoderPass
+from prefixkv.engine.batch.lean import LeanPass, NotCovered
 from prefixkv.engine.batch.passes import ModelPass, TransformersPass
 from prefixkv.engine.batch.records import BatchLimits
 from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.engine import Engine
+from prefixkv.engine.native_linear import SplitLinearLayer
 from prefixkv.engine.request import SamplingParams
 from tests.engine.conftest import one_thread
 from tests.engine.kernel_matrix import on_linear_kernel
@@ -25,24 +30,25 @@ from .test_runner import PROMPTS, Sink, assert_clean, batch_engine, drive, ids
 
 
 class Compared:
-    """A model pass that runs the lean pass, then transformers' on the same step (which
+    """A model pass that runs its first pass, then each of the others on the same step (each
     writes the same slots again), and fails on any difference in logits or pool."""
 
-    def __init__(self, lean: ModelPass, reference: ModelPass) -> None:
-        self.lean, self.reference = lean, reference
+    def __init__(self, first: ModelPass, *references: ModelPass) -> None:
+        self.first, self.references = first, references
         self.steps = self.mixed = 0
 
     def __call__(self, input_ids: torch.Tensor, positions: torch.Tensor, pool: torch.Tensor,
                  step: Any, keep: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        got = self.lean(input_ids, positions, pool, step, keep)
+        got = self.first(input_ids, positions, pool, step, keep)
         written = pool.clone()
-        want = self.reference(input_ids, positions, pool, step, keep)
-        assert same_bits(got, want), f"step {self.steps}: logits differ"
-        assert same_bits(pool, written), f"step {self.steps}: KV differs"
+        for reference in self.references:
+            want = reference(input_ids, positions, pool, step, keep)
+            assert same_bits(got, want), f"step {self.steps}: {reference.name}'s logits differ"
+            assert same_bits(pool, written), f"step {self.steps}: {reference.name}'s KV differs"
         self.steps += 1
         prefill = any(span.count > 1 for span in step.planned)
         self.mixed += prefill and any(span.count == 1 for span in step.planned)
-        return want
+        return got
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -74,9 +80,10 @@ def native_parts(request: pytest.FixtureRequest) -> Any:
 
 def _compared(engine: Engine, **limits: Any) -> tuple[BatchRunner, Compared]:
     runner = BatchRunner(engine, BatchLimits(**limits), attention_kernel="native")
-    lean = runner.model_pass
-    assert isinstance(lean, LeanPass), "the lean pass must cover this model"
-    compared = Compared(lean, TransformersPass(engine.model, engine.model_lock))
+    decoder = runner.model_pass
+    assert isinstance(decoder, DecoderPass), "the decoder pass must cover this model"
+    assert isinstance(decoder.lean, LeanPass)
+    compared = Compared(decoder, decoder.lean, TransformersPass(engine.model, engine.model_lock))
     runner.model_pass = compared
     return runner, compared
 
@@ -84,7 +91,7 @@ def _compared(engine: Engine, **limits: Any) -> tuple[BatchRunner, Compared]:
 @pytest.mark.parametrize(
     ("running", "tokens"), [(8, 64), (3, 7), (1, 5)], ids=["wide", "chunked", "alone"]
 )
-def test_lean_steps_equal_transformers_bit_for_bit(
+def test_decoder_and_lean_steps_equal_transformers_bit_for_bit(
     native_parts: tuple[Any, Any], running: int, tokens: int
 ) -> None:
     engine = batch_engine(native_parts)
@@ -114,6 +121,19 @@ def test_what_the_lean_pass_does_not_cover_keeps_transformers(
     assert isinstance(BatchRunner(plain, BatchLimits()).model_pass, TransformersPass)
 
 
+def test_a_projection_split_by_format_keeps_the_lean_pass(native_parts: tuple[Any, Any]) -> None:
+    """A joined projection whose parts keep different formats (some K-quant files) is a
+    SplitLinearLayer: the decoder pass does not cover it, the lean pass still does."""
+    engine = batch_engine(native_parts)
+    decoder = BatchRunner(engine, BatchLimits(), attention_kernel="native").model_pass
+    assert isinstance(decoder, DecoderPass)
+    lean, first = decoder.lean, decoder.lean.layers[0]
+    split = SplitLinearLayer([first.modules[0]])  # type: ignore[list-item]
+    layers = (dataclasses.replace(first, modules=(split, *first.modules[1:])), *lean.layers[1:])
+    with pytest.raises(NotCovered, match="q/k/v is SplitLinearLayer"):
+        DecoderPass.of(dataclasses.replace(lean, layers=layers))
+
+
 def test_a_windowed_model_keeps_transformers() -> None:
     from transformers import MistralConfig
 
@@ -124,7 +144,7 @@ def test_a_windowed_model_keeps_transformers() -> None:
 
 @pytest.mark.smollm2
 @pytest.mark.slow
-def test_smollm2_lean_steps_equal_transformers() -> None:
+def test_smollm2_decoder_and_lean_steps_equal_transformers() -> None:
     engine = Engine.from_pretrained("smollm2", cache_bytes=1 << 28)  # --weights auto
     runner, compared = _compared(engine, max_running=4, max_batch_tokens=48)
     sinks = []

@@ -61,6 +61,7 @@ class LeanLayer:
     width: int
     down: Linear
     scale: float  # the attention's score scaling
+    modules: tuple[torch.nn.Module, ...]  # q/k/v, o_proj, gate/up, down (the decoder pass's)
 
 
 @dataclass(frozen=True)
@@ -112,15 +113,24 @@ class LeanPass:
         layers_, _, kv_heads, blocks, size, dim = pool.shape
         flat = pool.view(layers_, 2, kv_heads, blocks * size, dim)  # as PagedKV reads it
         with self.lock, torch.inference_mode():
-            hidden = self.embed(input_ids)  # [1, T, hidden], a new tensor
-            cos, sin = self.rotary(hidden, position_ids=positions)  # [1, T, dim]
-            rope = (cos[0].contiguous(), sin[0].contiguous())
-            h = hidden[0]
+            h, rope = self.inputs(input_ids, positions)
             for index, layer in enumerate(self.layers):
                 h = self._layer(layer, h, rope, flat[index], step)
-            kept = h.index_select(0, keep)
-            normed = self.kernels.rms_norm(kept, self.norm.weight, self.norm.eps)
-            logits: torch.Tensor = self.head(normed).float()
+            return self.logits(h, keep)
+
+    def inputs(self, input_ids: torch.Tensor,
+               positions: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+        """The step's embeddings ``[T, hidden]`` (a new contiguous tensor) and its rotary
+        ``(cos, sin)``, each ``[T, dim]`` contiguous. In inference mode."""
+        hidden = self.embed(input_ids)  # [1, T, hidden], a new tensor
+        cos, sin = self.rotary(hidden, position_ids=positions)  # [1, T, dim]
+        return hidden[0], (cos[0].contiguous(), sin[0].contiguous())
+
+    def logits(self, h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """float32 logits of rows ``keep`` of the last layer's ``h``. In inference mode."""
+        kept = h.index_select(0, keep)
+        normed = self.kernels.rms_norm(kept, self.norm.weight, self.norm.eps)
+        logits: torch.Tensor = self.head(normed).float()
         return logits
 
     def _layer(self, layer: LeanLayer, h: torch.Tensor,
@@ -193,6 +203,7 @@ def _layer(layer: Any, kernels: Kernels, shape: tuple[int, int, int]) -> LeanLay
         mlp.width,
         _linear(mlp.down_proj, kernels),
         float(attn.scaling),
+        (owner.joined, attn.o_proj, mlp.gate_up, mlp.down_proj),
     )
 
 

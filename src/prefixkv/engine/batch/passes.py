@@ -1,6 +1,6 @@
 """The batch runner's model pass: how one step's packed tokens become logits.
 
-Two passes, one contract (:class:`ModelPass`), chosen once when the runner is built
+Three passes, one contract (:class:`ModelPass`), chosen once when the runner is built
 (:func:`model_pass`):
 
 - :class:`TransformersPass`: the model's own modules (transformers' decoder layers, the
@@ -11,6 +11,9 @@ Two passes, one contract (:class:`ModelPass`), chosen once when the runner is bu
   rotary ops a layer). Only where every layer is covered (see :mod:`.lean`); its logits are
   bit-identical to :class:`TransformersPass`'s for every step
   (tests/engine/batch/test_lean.py), so the model fingerprint does not name it.
+- :class:`~prefixkv.engine.batch.decoder.DecoderPass`: the lean pass's layers in one native
+  call a step, bit-identical to it (tests/engine/batch/test_decoder.py); where every
+  projection is one native linear layer. Chosen over the lean pass wherever it covers.
 """
 
 from __future__ import annotations
@@ -74,8 +77,10 @@ class TransformersPass:
 
 
 def model_pass(engine: Any, kernel: AttentionKernel) -> ModelPass:
-    """The lean pass where it covers ``engine``'s model run with ``kernel`` (logged), else
-    :class:`TransformersPass` (the log says what is not covered)."""
+    """The decoder pass where it covers ``engine``'s model run with ``kernel``, else the lean
+    pass where it covers it, else :class:`TransformersPass` (logged: which, and what the
+    faster ones do not cover)."""
+    from prefixkv.engine.batch.decoder import DecoderPass
     from prefixkv.engine.batch.lean import LeanPass, NotCovered
 
     try:
@@ -83,5 +88,11 @@ def model_pass(engine: Any, kernel: AttentionKernel) -> ModelPass:
     except NotCovered as why:
         log.info("batch model pass: transformers' modules (lean pass: %s)", why)
         return TransformersPass(engine.model, engine.model_lock)
-    log.info("batch model pass: lean (%d layers over the native kernels)", len(lean.layers))
-    return lean
+    try:
+        decoder = DecoderPass.of(lean)
+    except NotCovered as why:
+        log.info("batch model pass: lean (%d layers over the native kernels; decoder pass: "
+                 "%s)", len(lean.layers), why)  # fmt: skip
+        return lean
+    log.info("batch model pass: decoder (%d layers in one native call)", len(lean.layers))
+    return decoder

@@ -10,11 +10,13 @@
 
 #include <stdint.h>
 
-/* Raised whenever struct prefixkv_attend_args, a function's parameters or a packed weight's
- * layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1 keep fp16 scales). */
-#define PREFIXKV_ABI_VERSION 6
+/* Raised whenever struct prefixkv_attend_args or prefixkv_decoder_args, a function's
+ * parameters or a packed weight's layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1
+ * keep fp16 scales; 7: the decoder pass, decoder.c). */
+#define PREFIXKV_ABI_VERSION 7
 
-/* Status codes returned by prefixkv_attend, prefixkv_store and prefixkv_linear. */
+/* Status codes returned by prefixkv_attend, prefixkv_store, prefixkv_linear and
+ * prefixkv_decoder. */
 #define PREFIXKV_OK 0
 #define PREFIXKV_NO_MEMORY (-1)   /* scratch memory could not be allocated; out incomplete */
 #define PREFIXKV_BAD_SIZE (-2)    /* the argument block's size is not this library's */
@@ -44,7 +46,38 @@ struct prefixkv_attend_args {
     float softcap; /* scaled scores s become softcap * tanh(s / softcap); +inf: left as s */
 };
 
+/* One Llama-style decoder layer's weights for the decoder pass (decoder.c). */
+struct prefixkv_decoder_layer {
+    const float *attn_norm, *mlp_norm; /* [hidden] RMS norm weights */
+    /* Packed weights (linear.c): q/k/v joined [in hidden, out (heads + 2 kv_heads) * dim],
+     * o_proj [heads * dim, hidden], gate/up joined [hidden, 2 * width], down [width, hidden] */
+    const void *qkv, *o_proj, *gate_up, *down;
+    const float *qkv_bias, *o_bias, *gate_up_bias, *down_bias; /* [out features] or NULL */
+    int32_t formats[4];      /* the four weights' format codes, in the order above */
+    float attn_eps, mlp_eps; /* the norms' epsilons */
+    float scale;             /* the attention's score scaling */
+};
+
+/* One step through every decoder layer (see decoder.c). */
+struct prefixkv_decoder_args {
+    uint32_t size;    /* sizeof(struct prefixkv_decoder_args) as the caller built it */
+    uint32_t version; /* PREFIXKV_ABI_VERSION as the caller knows it */
+    float *hidden;    /* [rows, hidden] contiguous: the step's hidden states, updated in place */
+    const float *cos, *sin; /* [rows, dim] contiguous: the rotary embedding of each row */
+    float *pool; /* [layer_count, 2, kv_heads, pool_slots, dim] contiguous: keys, then values */
+    const int64_t *slots; /* [rows]: the pool slot each row's key and value are stored at */
+    const struct prefixkv_decoder_layer *layers; /* [layer_count] */
+    /* the attention's work items, as in struct prefixkv_attend_args */
+    const int64_t *member_start, *item_rows, *sees, *first, *token_start, *slot;
+    const int32_t *owner;
+    int64_t max_tokens, rows, hidden_size, width, pool_slots;
+    int32_t layer_count, heads, kv_heads, dim, items, threads;
+    float softcap;
+};
+
 int prefixkv_abi_version(void);
 int prefixkv_attend_args_size(void);
+int prefixkv_decoder_args_size(void);
+int prefixkv_decoder_layer_size(void);
 
 #endif

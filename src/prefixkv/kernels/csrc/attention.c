@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "abi.h"
+#include "kernels.h" /* the definitions below checked against the decoder's view */
 #include "vector.h"
 
 /* Rows are prefetched this many tokens ahead: a pool block of one kv head is 4 KB, so a

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels.h" /* the definitions below checked against the decoder's view */
 #include "vector.h"
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
