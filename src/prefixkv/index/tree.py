@@ -317,7 +317,8 @@ class PrefixIndex:
             values = values if type(values) is list else list(values)
             size = self.block_size
             num = min(len(tokens) // size, len(values))  # (reads what TokenReader would)
-            return values, num, self._native.read(tokens, max(min(size, len(tokens)), num * size))
+            read = self._native.read(tokens, max(min(size, len(tokens)), num * size))
+            return values, num, memoryview(read)  # (its slices: views, not copies)
         reader = TokenReader(tokens, self.block_size)
         if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
             values = list(values)
