@@ -34,10 +34,10 @@ test: lint
 	$(BIN)/python -m pytest -q -m "not slow" -n 2
 	$(BIN)/python -m pytest -q -m slow
 
-# The native kernels' fast tests against a library built with AddressSanitizer and
-# UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1: another name in the cache), their
-# runtimes preloaded (ASan's must come first), leaks not reported (CPython and torch keep
-# memory by design); then the canary that shows a bad call is caught.
+# The native kernels' fast tests (and the prefix index's native descent's) against libraries
+# built with AddressSanitizer and UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1:
+# another name in the cache), their runtimes preloaded (ASan's must come first), leaks not
+# reported (CPython and torch keep memory by design); then the canary that shows a bad call is caught.
 # The linear kernel's AVX2 path (a CPU without AVX-512), built and tested on this one.
 test-kernels-avx2: $(STAMP)
 	PREFIXKV_KERNEL_MARCH=x86-64-v3 $(BIN)/python -m pytest -q -p no:cacheprovider \
@@ -49,7 +49,8 @@ test-kernels-avx2: $(STAMP)
 test-kernels-asan: $(STAMP)
 	PREFIXKV_KERNEL_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 \
 	LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow or sanitizer" tests/kernels
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow or sanitizer" tests/kernels \
+		tests/index/test_native_descent.py tests/integrations/test_sglang_pages.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

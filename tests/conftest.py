@@ -49,14 +49,18 @@ platform.processor()
 
 
 def _build_native_kernel() -> None:
-    """Compile the native kernels, attention and linear (a build step, like installing a
+    """Compile the native kernels, attention and linear, and the prefix index's native
+    descent (a build step, like installing a
     package), before the guard is on: later loads in this process reuse the library, and
     :func:`prefixkv.kernels.build.identity` the compiler's answers (both are cached)."""
+    from prefixkv.index.native import native_descent
     from prefixkv.kernels.build import NativeUnavailable
     from prefixkv.kernels.ops import load
 
     with contextlib.suppress(NativeUnavailable):  # tests needing it say why; "auto" falls back
         load()
+    with contextlib.suppress(NativeUnavailable):  # (the prefix index's, as the kernels)
+        native_descent()
 
 
 _build_native_kernel()

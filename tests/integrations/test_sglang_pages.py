@@ -1,6 +1,7 @@
-"""The SGLang adapter's page bookkeeping (no SGLang needed): ``page_firsts`` against a plain
-Python reference, on page sizes small and large enough that a value spans several of the
-check's tiles of in-page offsets."""
+"""The SGLang adapter's page bookkeeping (no SGLang needed): ``page_firsts`` (its native
+check, and the NumPy one used without a compiler) against a plain Python reference, on page
+sizes small and large enough that a value spans several of the NumPy check's tiles of
+in-page offsets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefixkv.integrations.sglang_pages import _TILE_SLOTS, page_firsts, page_slots
+from prefixkv.index.native import native_descent
+from prefixkv.integrations.sglang_pages import (
+    _TILE_SLOTS,
+    _numpy_page_firsts,
+    page_firsts,
+    page_slots,
+)
 
 # 1: no check; 16: SGLang's usual; _TILE_SLOTS // 2 and // 4: a tile is 2 or 4 pages, so a
 # few pages already cross tiles; _TILE_SLOTS * 2: a tile is one page.
@@ -56,3 +63,31 @@ def test_page_firsts_matches_the_reference(case: tuple[list[int], int], dtype: t
 def test_page_firsts_refuses_a_partial_page() -> None:
     with pytest.raises(ValueError, match="whole pages of 16 slots"):
         page_firsts(torch.arange(20), 16)
+
+
+@settings(max_examples=150, deadline=None)
+@given(case=paged_slots(), shift=st.sampled_from([0, 2**63 - 2**41, -(2**63)]))
+def test_the_native_and_numpy_checks_agree(case: tuple[list[int], int], shift: int) -> None:
+    """Both checks give the reference's answer, also for slots near the ends of int64 (the
+    differences wrap, as NumPy's do)."""
+    slots, page_size = case
+    wrapped = [(slot + shift + 2**63) % 2**64 - 2**63 for slot in slots]
+    host = torch.tensor(wrapped, dtype=torch.int64).numpy()
+    consecutive = reference_firsts(slots, page_size) is not None
+    expected = [wrapped[i] for i in range(0, len(wrapped), page_size)] if consecutive else None
+    for check in (native_descent().page_firsts, _numpy_page_firsts):
+        if expected is None:
+            with pytest.raises(ValueError, match="consecutive"):
+                check(host, page_size)
+        else:
+            assert check(host, page_size) == expected
+
+
+def test_page_firsts_reads_a_strided_tensor() -> None:
+    """A strided view (a column of a two-column tensor) is read as contiguous int64s."""
+    slots = torch.arange(32, dtype=torch.int64)
+    column = torch.stack([slots, torch.zeros(32, dtype=torch.int64)], 1)[:, 0]
+    assert column.stride() == (2,)
+    assert page_firsts(column, 16) == [0, 16]
+    with pytest.raises(ValueError, match="consecutive"):
+        page_firsts(torch.stack([slots, slots.flip(0)], 1)[:, 1], 16)

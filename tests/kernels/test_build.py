@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from prefixkv.index import native
 from prefixkv.kernels import build
 from prefixkv.kernels.build import NativeUnavailable, Recipe
 from prefixkv.kernels.target import clang_target, gcc_target
@@ -246,7 +247,8 @@ def test_an_unwritable_cache_dir_is_named(tmp_path: Path) -> None:
 
 def test_the_package_carries_every_kernel_source() -> None:
     """Every file of csrc is compiled or included (so part of the identity) and matched by
-    pyproject's package-data, so a wheel or sdist can build the library."""
+    pyproject's package-data, so a wheel or sdist can build the library; the same for the
+    prefix index's native descent."""
     csrc = {path.name for path in build.SOURCE_DIR.iterdir()}
     assert csrc == {path.name for path in build.SOURCES + build.HEADERS}
     pyproject = (Path(__file__).resolve().parents[2] / "pyproject.toml").read_text()
@@ -256,3 +258,6 @@ def test_the_package_carries_every_kernel_source() -> None:
     patterns = [p.strip().strip('"') for p in found[1].split(",")]
     for name in csrc:
         assert any(fnmatch.fnmatch(f"kernels/csrc/{name}", p) for p in patterns), name
+    descent = {path.name for path in native.SOURCE.parent.iterdir()}  # the index's own C
+    assert descent == {native.SOURCE.name}
+    assert any(fnmatch.fnmatch(f"index/csrc/{native.SOURCE.name}", p) for p in patterns)

@@ -92,7 +92,8 @@ class OurIndex:
 def make_subjects(peers: list[str], block_size: int) -> list[Subject]:
     """prefixkv first, then each requested peer that can be built (``"dict"``: the reference
     model; ``"sglang"``: the classic tree at page size ``block_size`` and 1; ``"sglang-rust"``:
-    SGLang's default tree; ``"prefixkv-sglang"``: prefixkv's SGLang backend; ``"vllm"``:
+    SGLang's default tree and ``"prefixkv-sglang"`` prefixkv's SGLang backend, each at page
+    size ``block_size`` and 1; ``"vllm"``:
     sha256 and xxhash).
     A peer that cannot be built is skipped with a note on stderr."""
     builders: dict[str, list[Callable[[], Subject]]] = {
@@ -102,9 +103,15 @@ def make_subjects(peers: list[str], block_size: int) -> list[Subject]:
             lambda: SGLangRadix(1, block_size),
         ],
         # SGLang 0.5.23's default tree (Rust TreeCore) and prefixkv's SGLang backend, both
-        # through SGLang's own calls (RadixKey(array('q')), page size block_size).
-        "sglang-rust": [lambda: SGLangRadix(block_size, block_size, "unified")],
-        "prefixkv-sglang": [lambda: SGLangRadix(block_size, block_size, "prefixkv")],
+        # through SGLang's own calls (RadixKey(array('q')), page size block_size and 1).
+        "sglang-rust": [
+            lambda: SGLangRadix(block_size, block_size, "unified"),
+            lambda: SGLangRadix(1, block_size, "unified"),
+        ],
+        "prefixkv-sglang": [
+            lambda: SGLangRadix(block_size, block_size, "prefixkv"),
+            lambda: SGLangRadix(1, block_size, "prefixkv"),
+        ],
         "vllm": [
             lambda: VLLMHashing(block_size, "sha256", num_blocks=1 << 20),
             lambda: VLLMHashing(block_size, "xxhash", num_blocks=1 << 20),

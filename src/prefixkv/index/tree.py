@@ -25,6 +25,7 @@ Every public method takes one ``threading.Lock``; any number of threads may call
 
 from __future__ import annotations
 
+import array
 import itertools
 import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -34,6 +35,7 @@ from prefixkv.index.check import check_index
 from prefixkv.index.descent import common_blocks, descend
 from prefixkv.index.evicted import EvictedRun, EvictionObserver
 from prefixkv.index.eviction_queue import EvictionQueue
+from prefixkv.index.native import TYPECODES, NativeDescent
 from prefixkv.index.node import Node, Region
 from prefixkv.index.policy import EvictionPolicy, LRUPolicy
 from prefixkv.index.probe import Probe, nearest_continuation
@@ -52,6 +54,7 @@ ChildKey = Callable[[bytes], Hashable]
 # Builds a NamedTuple from a tuple of its fields in C: a NamedTuple's own __new__ is a Python
 # function, a noticeable share of a 2 us match.
 _new = tuple.__new__
+_ARRAY = array.array
 
 
 def _same_bytes(block: bytes) -> Hashable:
@@ -74,14 +77,19 @@ class PrefixIndex:
         child_key: ChildKey = _same_bytes,
         clock: Iterator[int] | None = None,
         on_evict: EvictionObserver | None = None,
+        native: NativeDescent | None = None,
     ) -> None:
         """``on_evict``: told of every run of blocks ``evict`` removes, with its tokens
-        (see :mod:`prefixkv.index.evicted`)."""
+        (see :mod:`prefixkv.index.evicted`). ``native``: the descent that reads 8-byte
+        token arrays (``array('q')``) in place (:mod:`prefixkv.index.native`), used by
+        ``match``, ``peek`` and the inserts for such arrays; the same results as without."""
         if not isinstance(block_size, int) or block_size < 1:
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = block_size
         self._block_token_bytes = block_size * TOKEN_BYTES  # bytes of one block's token ids
         self._child_key = child_key
+        self._native = native
+        self._native_key = None if child_key is _same_bytes else child_key  # (None: in C)
         self._queue = EvictionQueue(policy or LRUPolicy())
         self._hit_step = self._queue.policy.hit_step
         self._roots: dict[Hashable, Node] = {}
@@ -117,30 +125,38 @@ class PrefixIndex:
         or ValueError for a malformed container or a malformed id among those read, before
         recording anything.
         """
+        if self._native is not None and type(tokens) is _ARRAY and tokens.typecode in TYPECODES:
+            with self._lock:  # (the native descent reads the ids under the lock)
+                match, path, used = self._find_native(self._native, tokens, namespace)
+                return self._record(match, path, used, len(tokens))
         reader = TokenReader(tokens, self.block_size)
         with self._lock:
             match, path, used = self._find(reader, namespace)
-            self._tick = next(self._clock)
-            if path:
-                tick = self._tick
-                for node in path[:-1]:
-                    self._use_all(node, tick)
-                last = path[-1]
-                if used == len(last.values):
-                    self._use_all(last, tick)
-                else:
-                    last.use_prefix(used, tick, self._hit_step)
-            self._queries += 1
-            self._query_tokens += reader.num_tokens
-            if match.num_tokens == 0:
-                self._misses += 1
+            return self._record(match, path, used, reader.num_tokens)
+
+    def _record(self, match: Match, path: list[Node], used: int, num_tokens: int) -> Match:
+        """Under the lock: a match's use of its blocks and its counts in ``stats()``."""
+        self._tick = next(self._clock)
+        if path:
+            tick = self._tick
+            for node in path[:-1]:
+                self._use_all(node, tick)
+            last = path[-1]
+            if used == len(last.values):
+                self._use_all(last, tick)
             else:
-                self._hit_tokens += match.num_tokens
-                if match.num_tokens + self.block_size > reader.num_tokens:  # every full block
-                    self._full_hits += 1
-                else:
-                    self._partial_hits += 1
-            return match
+                last.use_prefix(used, tick, self._hit_step)
+        self._queries += 1
+        self._query_tokens += num_tokens
+        if match.num_tokens == 0:
+            self._misses += 1
+        else:
+            self._hit_tokens += match.num_tokens
+            if match.num_tokens + self.block_size > num_tokens:  # every full block
+                self._full_hits += 1
+            else:
+                self._partial_hits += 1
+        return match
 
     def peek(self, tokens: Sequence[int] | Any, namespace: Hashable = None) -> Match:
         """Like ``match`` but read-only: records no use and counts no query.
@@ -148,6 +164,9 @@ class PrefixIndex:
         For callers that inspect the cache without being a request (``store``, diagnostics).
         Reads ``tokens`` exactly as ``match`` does.
         """
+        if self._native is not None and type(tokens) is _ARRAY and tokens.typecode in TYPECODES:
+            with self._lock:
+                return self._find_native(self._native, tokens, namespace)[0]
         reader = TokenReader(tokens, self.block_size)
         with self._lock:
             return self._find(reader, namespace)[0]
@@ -231,6 +250,16 @@ class PrefixIndex:
                     return self._match_of(path, used, reader.view, namespace), path, used
         return _new(Match, (0, (), namespace, self._no_blocks)), [], 0
 
+    def _find_native(
+        self, native: NativeDescent, ids: array.array[int], namespace: Hashable
+    ) -> tuple[Match, list[Node], int]:
+        """``_find`` for 8-byte ids, by the native descent (the same result and errors)."""
+        root = self._roots.get(namespace)
+        path, used, view = native.find(root, ids, self.block_size, self._native_key)
+        if path:
+            return self._match_of(path, used, view, namespace), path, used
+        return _new(Match, (0, (), namespace, self._no_blocks)), [], 0
+
     def _match_of(
         self, path: list[Node], used: int, query: bytes | memoryview, namespace: Hashable
     ) -> Match:
@@ -276,14 +305,20 @@ class PrefixIndex:
         with self._lock:
             rejected, path, used = self._place_new(namespace, query, values, num)
             if not path:
-                return Inserted(rejected, _new(Match, (0, (), namespace, self._no_blocks)))
-            return Inserted(rejected, self._match_of(path, used, query, namespace))
+                return _new(Inserted, (rejected, _new(Match, (0, (), namespace, self._no_blocks))))
+            return _new(Inserted, (rejected, self._match_of(path, used, query, namespace)))
 
     def _insert_input(
         self, tokens: Sequence[int] | Any, values: Sequence[Any]
     ) -> tuple[list[Any], int, bytes | memoryview]:
         """Insert's reading, before the lock: the values as a list, the number of blocks to
         place and their query bytes (raises TypeError/ValueError for a malformed input)."""
+        if self._native is not None and type(tokens) is _ARRAY and tokens.typecode in TYPECODES:
+            values = values if type(values) is list else list(values)
+            size = self.block_size
+            num = min(len(tokens) // size, len(values))  # (reads what TokenReader would)
+            read = self._native.read(tokens, max(min(size, len(tokens)), num * size))
+            return values, num, memoryview(read)  # (its slices: views, not copies)
         reader = TokenReader(tokens, self.block_size)
         if type(values) is not list:  # (a list is only sliced, never changed: no copy needed)
             values = list(values)

@@ -30,6 +30,7 @@ from typing import Any
 from prefixkv.bench.peers.sglang import SGLANG_STUBS
 from prefixkv.bench.peers.stubs import one_line, quiet_import, stubbed_imports
 from prefixkv.index import Match, PrefixIndex, policy_by_name
+from prefixkv.index.native import native_descent_or_none
 from prefixkv.integrations.sglang_pages import blocks_for, namespace_of, page_firsts, page_slots
 
 INSTALL = "pip install --no-deps sglang==0.5.23 msgspec==0.22.0 dill==0.4.1"
@@ -104,7 +105,10 @@ class PrefixKVRadixCache(BasePrefixCache):  # type: ignore[misc]  # SGLang is un
     # --- queries -----------------------------------------------------------------------------
 
     def reset(self) -> None:
-        self.index = PrefixIndex(self.page_size, policy=self.policy)
+        # (SGLang's array('q') ids read in place by the native descent, where it builds)
+        self.index = PrefixIndex(
+            self.page_size, policy=self.policy, native=native_descent_or_none()
+        )
         self._event_hashes: dict[int, int] = {}  # first slot of a page -> its event hash
         self.root_node = self.index.peek(())
         self._empty_indices = torch.empty((0,), dtype=torch.int64, device=self.device)
@@ -138,16 +142,17 @@ class PrefixKVRadixCache(BasePrefixCache):  # type: ignore[misc]  # SGLang is un
     # --- mutation ----------------------------------------------------------------------------
 
     def insert(self, params: InsertParams) -> InsertResult:
-        key = params.key
-        if len(key) % self.page_size:  # (page_aligned copies the ids even when aligned)
+        key, size = params.key, len(params.key)  # (RadixKey's len is a Python call)
+        if size % self.page_size:  # (page_aligned copies the ids even when aligned)
             key = key.page_aligned(self.page_size)
+            size = len(key)
         tokens = _tokens(key)  # (converted by the index as it reads them: once, no copy)
         namespace = namespace_of(key.extra_key, key.cache_salt)
         if params.value is None:
             raise ValueError("InsertParams.value: the KV slots of the key are required")
         if self.kv_events.enabled and namespace is not None:
             raise NotImplementedError("KV events of namespaced prefixes (extra_key, cache_salt)")
-        size, value = len(key), params.value
+        value = params.value
         firsts = page_firsts(value if len(value) == size else value[:size], self.page_size)
         # (the insert's own path gives the node handle: no second descent to find it)
         rejected, node = self.index.insert_with_match(tokens, firsts, namespace)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from prefixkv.index.native import native_descent_or_none
 
 __all__ = ["blocks_for", "namespace_of", "page_firsts", "page_slots"]
 
@@ -33,10 +36,19 @@ def page_firsts(slots: torch.Tensor, page_size: int) -> list[int]:
             f"got shape {tuple(slots.shape)}"
         )
     host = (slots if slots.is_cpu else slots.cpu()).numpy()
-    if host.dtype != np.int64:  # (the offsets are compared as int64 bytes)
-        host = host.astype(np.int64)
+    if host.dtype != np.int64 or not host.flags.c_contiguous:  # (read as contiguous int64s)
+        host = np.ascontiguousarray(host, np.int64)
     if page_size == 1:
         return host.tolist()  # type: ignore[no-any-return]
+    native = native_descent_or_none()
+    if native is not None:  # (one C pass: 0.8 us at 128 slots where NumPy's takes 3.5)
+        return native.page_firsts(host, page_size)
+    return _numpy_page_firsts(host, page_size)
+
+
+def _numpy_page_firsts(host: np.ndarray[Any, Any], page_size: int) -> list[int]:
+    """``page_firsts`` of an int64 host array in NumPy: the reference of the native check,
+    and the way without a C compiler."""
     pages = host.reshape(-1, page_size)
     firsts = pages[:, 0]
     tile = _offsets(page_size)

@@ -32,14 +32,17 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from prefixkv.engine.loader import default_cache_dir
 from prefixkv.kernels.target import target_features
 from prefixkv.kernels.trust import UntrustedLibrary, folder_problems, open_library
 
 log = logging.getLogger("prefixkv.kernels")
+T = TypeVar("T")
 
 SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c", "decoder.c"))
@@ -76,6 +79,21 @@ class NativeUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Product:
+    """One library :func:`build` compiles: the kernels (:data:`KERNELS`), or another built
+    the same way (the prefix index's descent, :mod:`prefixkv.index.native`)."""
+
+    stem: str  # its file name's start
+    sources: tuple[Path, ...]  # compiled
+    headers: tuple[Path, ...]  # included by them: part of its identity too
+    extra: tuple[str, ...]  # more flags (include directories, defines): part of its identity
+    runtimes: tuple[tuple[str, ...], ...]  # flags tried in turn until a build works
+
+
+KERNELS = Product("kernels", SOURCES, HEADERS, (), (OPENMP, ()))
+
+
+@dataclass(frozen=True)
 class Recipe:
     """How the library is built here: the compiler, its flags, and what it targets."""
 
@@ -84,22 +102,24 @@ class Recipe:
     flags: tuple[str, ...]  # OPENMP is added when the compiler has it
     target: str  # what -march=native resolves to, and the CPU's own feature flags
 
-    def identity(self) -> str:
-        """One line naming everything the library's machine code depends on: the sources'
+    def identity(self, product: Product = KERNELS) -> str:
+        """One line naming everything ``product``'s machine code depends on: the sources'
         digest, the flags, the compiler's version and digests of its full version text and
         of the resolved target."""
         sources = hashlib.sha256()
-        for source in SOURCES + HEADERS:
+        for source in product.sources + product.headers:
             sources.update(source.name.encode() + b"\0" + source.read_bytes())
         first_line = self.version.strip().splitlines()[0] if self.version.strip() else "?"
         target = hashlib.sha256(f"{self.version}\0{self.target}".encode()).hexdigest()
         return (
-            f"sources={sources.hexdigest()[:16]} flags={' '.join(self.flags + OPENMP)} "
+            f"sources={sources.hexdigest()[:16]} "
+            f"flags={' '.join(self.flags + product.runtimes[0] + product.extra)} "
             f"cc={first_line} target={target[:16]}"
         )
 
-    def library_name(self) -> str:
-        return f"kernels-{hashlib.sha256(self.identity().encode()).hexdigest()[:20]}.so"
+    def library_name(self, product: Product = KERNELS) -> str:
+        digest = hashlib.sha256(self.identity(product).encode()).hexdigest()[:20]
+        return f"{product.stem}-{digest}.so"
 
 
 def compiler() -> str:
@@ -156,15 +176,16 @@ def identity() -> str:
     return recipe().identity()
 
 
-def build(target: Path, plan: Recipe) -> None:
-    """Compile SOURCES into ``target`` (with OpenMP if the compiler has it), mode 0755;
-    raises NativeUnavailable with the compiler's last words when neither build works,
-    OSError when ``target``'s directory cannot be written."""
+def build(target: Path, plan: Recipe, product: Product = KERNELS) -> None:
+    """Compile ``product``'s sources into ``target`` (the kernels with OpenMP if the compiler
+    has it), mode 0755; raises NativeUnavailable with the compiler's last words when no
+    build works, OSError when ``target``'s directory cannot be written."""
     errors = []
-    for extra in (OPENMP, ()):
+    for extra in product.runtimes:
         with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so", delete=False) as tmp:
             partial = Path(tmp.name)
-        command = [plan.compiler, *plan.flags, *extra, *map(str, SOURCES), "-o", str(partial)]
+        sources = map(str, product.sources)
+        command = [plan.compiler, *plan.flags, *product.extra, *extra, *sources, "-o", str(partial)]
         try:
             run = subprocess.run(command, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -177,52 +198,59 @@ def build(target: Path, plan: Recipe) -> None:
         partial.unlink(missing_ok=True)
         if run is not None:
             errors.append(run.stderr.strip()[-500:])
-    names = ", ".join(source.name for source in SOURCES)
+    names = ", ".join(source.name for source in product.sources)
     raise NativeUnavailable(f"building {names} with {plan.compiler} failed: {errors[-1]}")
 
 
 @functools.lru_cache(maxsize=4)
 def load(cache_dir: Path | None = None) -> ctypes.CDLL:
-    """The native library, built first if needed (once per process and cache directory),
-    from ``<cache_dir>/native/`` (default :func:`prefixkv.engine.loader.default_cache_dir`)
-    where :mod:`.trust` finds nothing wrong, else built in a private directory and loaded
-    from there (logged as one warning). Raises NativeUnavailable when it cannot be built or
-    loaded. Declares nothing: :mod:`prefixkv.kernels.ops` does."""
+    """The native kernel library (:func:`load_product` of :data:`KERNELS`), once per process
+    and cache directory. Declares nothing: :mod:`prefixkv.kernels.ops` does."""
+    return load_product(KERNELS, open_library, cache_dir)
+
+
+def load_product(product: Product, opener: Callable[[Path], T], cache_dir: Path | None) -> T:
+    """``product`` opened by ``opener``, built first if needed, from ``<cache_dir>/native/``
+    (default :func:`prefixkv.engine.loader.default_cache_dir`) where :mod:`.trust` finds
+    nothing wrong, else built in a private directory and opened from there (logged as one
+    warning). Raises NativeUnavailable when it cannot be built or loaded. ``opener`` applies
+    :mod:`.trust`'s checks (``open_library``, ``open_extension``)."""
     plan = recipe()
     check_sanitizer_runtime(plan, os.environ.get("LD_PRELOAD", ""))
     home = (default_cache_dir() if cache_dir is None else cache_dir) / "native"
-    path = home / plan.library_name()
+    path = home / plan.library_name(product)
     try:
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         problems = folder_problems(home)
         if not problems and not os.path.lexists(path):
-            build(path, plan)
+            build(path, plan, product)
     except OSError as exc:  # an unwritable cache directory, a full disk
         raise NativeUnavailable(f"cannot build into {home} ({exc})") from exc
     if not problems:
         try:
-            return open_library(path)
+            return opener(path)
         except UntrustedLibrary as exc:
             problems = (str(exc),)
         except OSError as exc:
             raise NativeUnavailable(f"cannot load {path} ({exc})") from exc
     log.warning(
-        "native kernels: not loading %s (%s); built a private copy (make the cache directory "
+        "native %s: not loading %s (%s); built a private copy (make the cache directory "
         "yours and not writable by others, or set PREFIXKV_CACHE_DIR)",
+        product.stem,
         path,
         "; ".join(problems),
     )
-    return _load_private(plan)
+    return _load_private(plan, product, opener)
 
 
-def _load_private(plan: Recipe) -> ctypes.CDLL:
-    """The library built afresh in a new directory only this user can enter (mode 0700),
+def _load_private(plan: Recipe, product: Product, opener: Callable[[Path], T]) -> T:
+    """``product`` built afresh in a new directory only this user can enter (mode 0700),
     removed once loaded (the loaded library stays mapped)."""
-    private = Path(tempfile.mkdtemp(prefix="prefixkv-kernels-"))
+    private = Path(tempfile.mkdtemp(prefix=f"prefixkv-{product.stem}-"))
     try:
-        path = private / plan.library_name()
-        build(path, plan)
-        return open_library(path)
+        path = private / plan.library_name(product)
+        build(path, plan, product)
+        return opener(path)
     except (OSError, UntrustedLibrary) as exc:
         raise NativeUnavailable(f"cannot build a private copy in {private} ({exc})") from exc
     finally:

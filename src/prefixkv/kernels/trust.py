@@ -7,16 +7,23 @@ shared directory) would let them put their code under that name. A library is th
 loaded only if it is a regular file, not a symbolic link, owned by the effective user and
 not writable by group or others, in a directory with the same properties (so that no one
 else can replace it either). The checks are pure functions over ``lstat`` results;
-:func:`open_library` applies them.
+:func:`open_checked` applies them (:func:`open_library` for a shared library,
+:func:`open_extension` for a CPython extension module).
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
+import importlib.util
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Protocol, TypeVar
+
+T = TypeVar("T")
 
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 _FD_DIR = Path("/proc/self/fd")
@@ -79,7 +86,28 @@ def path_problems(path: Path) -> tuple[str, ...]:
 
 
 def open_library(path: Path) -> ctypes.CDLL:
-    """The library at ``path``, loaded after :func:`path_problems` finds nothing.
+    """The shared library at ``path``, loaded by :func:`open_checked`."""
+    return open_checked(path, ctypes.CDLL)
+
+
+def open_extension(path: Path, name: str) -> ModuleType:
+    """The CPython extension module ``name`` (its ``PyInit_<name>``) at ``path``, loaded by
+    :func:`open_checked`; not entered in ``sys.modules``."""
+
+    def load(location: str) -> ModuleType:
+        loader = importlib.machinery.ExtensionFileLoader(name, location)
+        spec = importlib.util.spec_from_file_location(name, location, loader=loader)
+        assert spec is not None  # (given a loader, there is always a spec)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        return module
+
+    return open_checked(path, load)
+
+
+def open_checked(path: Path, opener: Callable[[str], T]) -> T:
+    """``opener`` called with the name of the library at ``path`` after
+    :func:`path_problems` finds nothing.
 
     Raises UntrustedLibrary naming the problems (nothing is loaded), OSError when the file
     cannot be opened or loaded. Where ``/proc/self/fd`` exists the library is loaded through
@@ -100,7 +128,7 @@ def open_library(path: Path) -> ctypes.CDLL:
         if problems:
             raise UntrustedLibrary("; ".join(problems))
         by_fd = _FD_DIR / str(fd)
-        library = ctypes.CDLL(str(by_fd) if by_fd.exists() else str(path))
+        library = opener(str(by_fd) if by_fd.exists() else str(path))
     except BaseException:
         os.close(fd)
         raise
