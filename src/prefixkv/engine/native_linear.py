@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from prefixkv.engine.activations import FP32_ACTIVATIONS, Activations
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_layers import refuse_input, swap_native_layers
 from prefixkv.engine.weights import AS_LOADED, WeightFormat
@@ -134,10 +135,14 @@ class NativeLinear:
 
     name = "native"
 
-    def __init__(self, weights: WeightFormat = AS_LOADED) -> None:
+    def __init__(
+        self, weights: WeightFormat = AS_LOADED, activations: Activations = FP32_ACTIVATIONS
+    ) -> None:
         """``weights``: how each layer's weight is packed (``--weights``; default as
-        loaded)."""
+        loaded); ``activations``: what it is multiplied with (``--activations``; default
+        float32, exact)."""
         self.weights = weights
+        self.activations = activations
 
     def install(self, model: torch.nn.Module) -> int:
         """Raises RuntimeError (NativeUnavailable where the library does not build) before
@@ -170,7 +175,8 @@ class NativeLinear:
                kernels: Kernels) -> NativeLinearLayer:  # fmt: skip
         """``linear`` (whose rows are ``sources``') as one packed layer."""
         bias = None if linear.bias is None else linear.bias.detach()
-        return NativeLinearLayer.from_packed(self.weights.pack(linear, sources), bias, kernels)
+        packed = self.activations.adapt(self.weights.pack(linear, sources))
+        return NativeLinearLayer.from_packed(packed, bias, kernels)
 
 
 class SplitLinearLayer(torch.nn.Module):

@@ -45,7 +45,14 @@ SOURCE_DIR = Path(__file__).with_name("csrc")
 SOURCES = tuple(SOURCE_DIR / name for name in ("attention.c", "linear.c", "layers.c"))
 HEADERS = tuple(
     SOURCE_DIR / name
-    for name in ("abi.h", "vector.h", "linear_widen.h", "linear_legacy.h", "linear_kquants.h")
+    for name in (
+        "abi.h",
+        "vector.h",
+        "linear_widen.h",
+        "linear_legacy.h",
+        "linear_kquants.h",
+        "linear_int8.h",
+    )
 )
 """Included by the sources: part of the library's identity, like them."""
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")

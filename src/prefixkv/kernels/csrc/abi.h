@@ -11,8 +11,9 @@
 #include <stdint.h>
 
 /* Raised whenever struct prefixkv_attend_args, a function's parameters or a packed weight's
- * layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1 keep fp16 scales). */
-#define PREFIXKV_ABI_VERSION 6
+ * layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1 keep fp16 scales;
+ * 7: the integer-dot formats q8_0.q8, q4_0.q8, q4_1.q8). */
+#define PREFIXKV_ABI_VERSION 7
 
 /* Status codes returned by prefixkv_attend, prefixkv_store and prefixkv_linear. */
 #define PREFIXKV_OK 0
