@@ -14,6 +14,7 @@ from prefixkv import Engine
 from prefixkv.engine.activations import activations
 from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.linear import formats_of, linear_kernel, streamed_bytes
+from prefixkv.engine.native_linear import float_activations
 from prefixkv.engine.request import SamplingParams
 from prefixkv.engine.weights import weight_format
 from tests.engine.batch.test_lean import _compared
@@ -94,3 +95,14 @@ def test_layers_without_integer_blocks_keep_float32_activations(tmp_path: Path) 
     fp32 = _engine(tmp_path, "bf16", "fp32")
     assert formats_of(q8.model) == "bf16 9"
     assert torch.equal(_bits(_logits(q8, PROMPTS[0])), _bits(_logits(fp32, PROMPTS[0])))
+
+
+def test_the_batch_runners_probe_computes_on_float32_activations(tmp_path: Path) -> None:
+    """Within float_activations every integer-dot layer computes what the fp32 activations'
+    engine does (bit for bit), and after it the 8-bit results again."""
+    q8 = _engine(tmp_path, "probe", "q8", matrix_type="Q4_1")
+    fp32 = _engine(tmp_path, "probe", "fp32")
+    rounded = _logits(q8, PROMPTS[1])
+    with float_activations(q8.model):
+        assert torch.equal(_bits(_logits(q8, PROMPTS[1])), _bits(_logits(fp32, PROMPTS[1])))
+    assert torch.equal(_bits(_logits(q8, PROMPTS[1])), _bits(rounded))

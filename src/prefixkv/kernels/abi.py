@@ -60,7 +60,7 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "prefixkv_attend_args_size": ([], _i32),
     "prefixkv_lanes": ([], _i32),
     "prefixkv_linear_block": ([], _i32),
-    # which path forms the integer-dot formats' sums: 0 generic C, 1 AVX512-VNNI
+    # which path forms the integer-dot formats' sums: 0 generic C, 1 AVX512-VNNI, 2 AVX2
     "prefixkv_int8_path": ([], _i32),
     "prefixkv_attend": ([ctypes.POINTER(AttendArgs)], _i32),
     # keys, values, kv stride, pool slots; new keys, head and row strides; new values, the

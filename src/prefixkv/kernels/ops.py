@@ -29,7 +29,7 @@ from prefixkv.kernels.formats import PackedWeight
 from prefixkv.kernels.items import INT32_MAX, AttendItems
 
 _F32, _I64, _U8, _STRIDED = torch.float32, torch.int64, torch.uint8, torch.strided
-_INT8_PATHS = {0: "generic", 1: "vnni"}
+_INT8_PATHS = {0: "generic", 1: "vnni", 2: "avx2"}
 
 
 class Kernels:
@@ -46,7 +46,7 @@ class Kernels:
         self.lanes = int(library.prefixkv_lanes())
         self.linear_block = int(library.prefixkv_linear_block())
         self.int8_path = _INT8_PATHS.get(int(library.prefixkv_int8_path()), "unknown")
-        """What forms the integer-dot formats' sums in this build (``generic``, ``vnni``)."""
+        """What forms the integer-dot formats' sums in this build (``generic``, ``vnni``, ``avx2``)."""
         if self.linear_block != formats.BLOCK:
             raise RuntimeError(f"the native library packs {self.linear_block} columns a block; "
                                f"prefixkv packs {formats.BLOCK}")  # fmt: skip

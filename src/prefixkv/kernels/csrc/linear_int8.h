@@ -22,7 +22,7 @@
  *   acc = acc + (float)i * (d_w * d_x)                         (q8_0.q8, q4_0.q8)
  *   acc = (acc + (float)i * (d_w * d_x)) + m * (d_x * (float)sum)            (q4_1.q8)
  * over g = 0 .. K/32 - 1 in order from acc = 0, then + bias. Nothing depends on the rows the
- * call has or the path (AVX512-VNNI or generic C) that formed i: cached == uncached and
+ * call has or the path (AVX512-VNNI, AVX2 or generic C) that formed i: cached == uncached and
  * batched == alone bit for bit. Not equal to the fp32 activations' result (the activations
  * are rounded to 8 bits); bench formats measures the agreement. */
 #ifndef PREFIXKV_LINEAR_INT8_H
@@ -120,6 +120,44 @@ static inline __attribute__((always_inline)) void dot_group(int nibbles, const u
     for (int r = 0; r < R; r++)
         for (int j = 0; j < VECTORS; j++) isum[r][j] = (vi)acc[r][j];
 }
+#elif defined(__AVX2__)
+#define INT_PATH 2 /* prefixkv_int8_path: AVX2 */
+/* Per 32-bit lane, the sum of its 4 products u * x (u <= 15: vpmaddubsw's 16-bit pair sums,
+ * at most 15 * 127 * 2, never saturate). */
+static inline __attribute__((always_inline)) __m256i dot4(__m256i u, __m256i x) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1));
+}
+
+/* As the VNNI path, 8 columns (half a vector, h) at a time; q8_0's bytes split into nibbles
+ * (u = 16 hi + lo) so that no 16-bit sum saturates. */
+static inline __attribute__((always_inline)) void dot_group(int nibbles, const uint8_t *u,
+                                                            const int8_t *const *xq, int R,
+                                                            vi isum[][VECTORS]) {
+    const __m256i low = _mm256_set1_epi8(15);
+    for (int h = 0; h < 2 * VECTORS; h++) {
+        for (int r = 0; r < R; r++) {
+            __m256i acc = _mm256_setzero_si256();
+            for (int t = 0; t < GROUP / 4; t += 1 + nibbles) { /* 4-bit: a quad pair a row */
+                __m256i v = _mm256_loadu_si256((const __m256i *)(u + (t >> nibbles) * BLOCK * 4 + h * 32));
+                __m256i lo = _mm256_and_si256(v, low);
+                __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low);
+                int32_t four[2];
+                memcpy(four, xq[r] + 4 * t, 4 + 4 * nibbles);
+                __m256i bl = _mm256_set1_epi32(four[0]);
+                if (nibbles) { /* two products of at most 15 * 127 * 2 each: no saturation */
+                    __m256i bh = _mm256_set1_epi32(four[1]);
+                    __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bl),
+                                                     _mm256_maddubs_epi16(hi, bh));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+                } else {
+                    acc = _mm256_add_epi32(acc, dot4(lo, bl));
+                    acc = _mm256_add_epi32(acc, _mm256_slli_epi32(dot4(hi, bl), 4));
+                }
+            }
+            memcpy((int32_t *)&isum[r][h / 2] + (h % 2) * 8, &acc, sizeof(acc));
+        }
+    }
+}
 #else
 #define INT_PATH 0 /* prefixkv_int8_path: generic C */
 /* The generic path: the same sums, value by value. */
@@ -206,7 +244,7 @@ static void int_block(int format, const uint8_t *w, const struct qacts *a, int64
     }
 }
 
-/* Which path forms the integer sums in this build: 0 generic C, 1 AVX512-VNNI. */
+/* Which path forms the integer sums in this build: 0 generic C, 1 AVX512-VNNI, 2 AVX2. */
 int prefixkv_int8_path(void) { return INT_PATH; }
 
 /* prefixkv_linear for the integer formats (the door has checked sizes): quantizes every row,
