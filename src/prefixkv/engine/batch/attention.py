@@ -28,8 +28,8 @@ from transformers.cache_utils import Cache
 from prefixkv.engine.batch.band import Band, attend_band
 from prefixkv.engine.batch.cascade import CascadeKernel, CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
-from prefixkv.engine.native_linear import float_activations
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
+from prefixkv.engine.native_linear import float_activations
 from prefixkv.models import family_of
 from prefixkv.models.family import text_config
 
