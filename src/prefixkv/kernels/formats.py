@@ -14,6 +14,11 @@ Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0, q4_0, q4_1 and 
 file's (1.0625, 0.5625, 0.625, 0.8203: the same bytes, reordered); q4_k 0.5625 -> 0.578;
 q5_k 0.6875 -> 0.703 (their 6-bit scales stored a byte each).
 
+The integer-dot formats ``q8_0.q8``, ``q4_0.q8``, ``q4_1.q8`` hold the same bytes as their
+base format, each group's quants reordered (:mod:`prefixkv.kernels.int_layout`); their kernel
+quantizes the input rows to 8 bits first (:mod:`prefixkv.kernels.int8`), so it is not the f32
+kernel on the dequantized weight, though :func:`unpack` gives the same weight.
+
 Packing goes through *planes*: per format, tensors with one leading row per output column
 (``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features; ``d`` and
 ``m`` float16, as the file stores them). Columns are
