@@ -38,13 +38,17 @@ test: lint
 # built with AddressSanitizer and UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1:
 # another name in the cache), their runtimes preloaded (ASan's must come first), leaks not
 # reported (CPython and torch keep memory by design); then the canary that shows a bad call is caught.
-# The linear kernel's AVX2 path (a CPU without AVX-512), built and tested on this one.
+# The linear kernel's AVX2 path (a CPU without AVX-512), built and tested on this one; then
+# the integer-dot formats' generic C path (plain x86-64: no AVX2).
 test-kernels-avx2: $(STAMP)
 	PREFIXKV_KERNEL_MARCH=x86-64-v3 $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/kernels/test_linear_formats.py tests/kernels/test_linear_kquants.py \
 		tests/kernels/test_linear_kernel.py tests/kernels/test_rotary_kernel.py \
 		tests/kernels/test_decoder_kernel.py \
-		tests/engine/test_weights.py
+		tests/kernels/test_linear_int8.py tests/kernels/test_column_rows.py \
+		tests/engine/test_weights.py tests/engine/test_activations.py
+	PREFIXKV_KERNEL_MARCH=x86-64 $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/kernels/test_linear_int8.py
 
 test-kernels-asan: $(STAMP)
 	PREFIXKV_KERNEL_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 \

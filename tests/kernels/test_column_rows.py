@@ -13,7 +13,17 @@ from prefixkv.kernels.column_rows import rows_of
 from prefixkv.kernels.formats import PackedWeight, unpack
 from tests.kernels import test_linear_formats, test_linear_kquants
 
-FORMATS = ("f32", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
+FORMATS = (
+    "f32",
+    "bf16",
+    "q8_0",
+    "q4_0",
+    "q4_1",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    *test_linear_formats.INT_FORMATS,
+)
 
 
 def _packed(format: str, out: int, spans: int, seed: int) -> PackedWeight:

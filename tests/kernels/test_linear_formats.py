@@ -25,6 +25,7 @@ from prefixkv.kernels.formats import (
     pack_gguf,
     unpack,
 )
+from prefixkv.kernels.int_layout import reorder
 from tests.kernels.linear_checks import check_against_f32
 from tests.kernels.loaded import loaded
 
@@ -34,6 +35,7 @@ GGUF_TYPES = {
     "q4_1": GGMLQuantizationType.Q4_1,
 }
 FORMATS = ("f32", "bf16", *GGUF_TYPES)
+INT_FORMATS = tuple(formats.INT_DOT.values())  # the same blocks, integer dots on 8-bit rows
 
 
 def gguf_rows(format: str, out: int, in_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -49,6 +51,9 @@ def gguf_rows(format: str, out: int, in_features: int, rng: np.random.Generator)
 
 
 def random_packed(format: str, out: int, in_features: int, seed: int) -> PackedWeight:
+    if format in INT_FORMATS:
+        base = random_packed(format.removesuffix(".q8"), out, in_features, seed)
+        return PackedWeight(format, in_features, out, reorder(base.format, base.data))
     rng = np.random.default_rng(seed)
     if format in GGUF_TYPES:
         return pack_gguf(format, gguf_rows(format, out, in_features, rng), in_features)
@@ -76,7 +81,7 @@ def test_pack_then_unpack_gives_the_weight_back(format: str) -> None:
     assert torch.equal(unpack(packed), weight if format == "f32" else weight.bfloat16().float())
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", FORMATS + INT_FORMATS)
 def test_block_bytes_agree_with_the_library(format: str) -> None:
     packed = random_packed(format, 130, 96, seed=1)
     assert packed.data.shape == (3, formats.block_bytes(format, 96))
@@ -98,7 +103,7 @@ def test_a_packed_block_holds_the_files_bytes_for_its_columns(
 
 
 def test_the_library_knows_no_other_format_or_quantized_size() -> None:
-    assert loaded()._lib.prefixkv_linear_block_bytes(8, 256) == -1
+    assert loaded()._lib.prefixkv_linear_block_bytes(len(formats.CODES), 256) == -1
     assert loaded().linear_block_bytes("q4_1", 48) == -1
     with pytest.raises(ValueError, match="q4_0: in_features 48 is not a multiple of 32"):
         formats.block_bytes("q4_0", 48)
@@ -122,7 +127,7 @@ def test_kernel_on_a_format_is_the_f32_kernel_on_its_dequantized_weight(
     check_against_f32(packed, counts, bias, seed)
 
 
-@pytest.mark.parametrize("format", FORMATS)
+@pytest.mark.parametrize("format", FORMATS + INT_FORMATS)
 def test_joined_siblings_are_the_siblings_side_by_side(format: str) -> None:
     parts = [random_packed(format, out, 64, seed) for seed, out in enumerate((70, 30, 64))]
     joined = concat(parts)
@@ -154,7 +159,7 @@ def test_pack_gguf_refuses_what_it_cannot_read() -> None:
         pack_f32(torch.randn(4, 4).bfloat16())
 
 
-@pytest.mark.parametrize("format", GGUF_TYPES)
+@pytest.mark.parametrize("format", (*GGUF_TYPES, *INT_FORMATS))
 def test_a_quantized_weight_of_another_size_is_refused_by_the_door(format: str) -> None:
     packed = random_packed(format, 70, 64, seed=3)
     x = torch.randn(2, 64)

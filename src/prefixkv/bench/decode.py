@@ -1,7 +1,8 @@
 """``prefixkv bench decode``: decode tokens/s of the batch runner with 1, 4, 16 sequences
 running, against the serial engine, on the same model in one process, for each
 ``--weights`` setting (fp32 and auto by default: what streaming the file's own quantized
-blocks buys), their greedy replies compared.
+blocks buys) and ``--activations`` setting (fp32 by default; ``q8``: integer dot products),
+their greedy replies compared.
 
 Every sequence asks its own question about one ~700-token document (cached once, so the
 prefills are short); after every sequence has produced its first token, rounds of ``--steps``
@@ -111,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prefixkv bench decode", description=__doc__)
     p.add_argument("--model", default="smollm2")
     p.add_argument("--weights", default="fp32,auto", help="--weights settings to compare")
+    p.add_argument("--activations", default="fp32",
+                   help="--activations settings, each run with every --weights one (named "
+                   "WEIGHTS/ACTIVATIONS where not fp32)")  # fmt: skip
     p.add_argument("--running", default="1,4,16", help="sequences per step, comma-separated")
     p.add_argument("--steps", type=int, default=8, help="decode steps per round")
     p.add_argument("--rounds", type=int, default=4, help="alternating rounds")
@@ -123,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     print(describe(info), flush=True)
     if args.servers:
         return _servers(args, info)
-    names = args.weights.split(",")
-    engines = [Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=w) for w in names]
+    settings = [(w, a) for w in args.weights.split(",") for a in args.activations.split(",")]
+    names = [w if a == "fp32" else f"{w}/{a}" for w, a in settings]
+    engines = [Engine.from_pretrained(args.model, cache_bytes=1 << 30, weights=w, activations=a)
+               for w, a in settings]  # fmt: skip
     bandwidth = measure_bandwidth()
     floors = [streamed_bytes(engine.model) / bandwidth for engine in engines]
     for name, engine, floor in zip(names, engines, floors, strict=True):

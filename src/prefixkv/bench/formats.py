@@ -11,7 +11,8 @@ own fp32 path, which the packed blocks must match exactly. Per subject, on every
 prompts), ``--tokens`` greedy tokens: the share of prompts whose reply is identical to the
 fp32 path's, the mean position of the first differing token, and the teacher-forced top-1
 agreement (the fp32 path's reply fed to the subject in one pass: how often its argmax picks
-the same next token). Also what each subject streams per decode step (MB, formats).
+the same next token). ``--activations q8`` runs every subject but the reference on 8-bit
+activations (:mod:`prefixkv.engine.activations`). Also what each subject streams per decode step (MB, formats).
 
 The K mixes are not in the default subjects for SmolLM2: its rows hold 576 values, not a
 multiple of 256, so llama.cpp's rule (and ours) stores every matrix in the mix's fallback
@@ -53,8 +54,9 @@ def _source(model: str, subject: str, workdir: Path) -> tuple[str, str]:
     return str(path), "auto"
 
 
-def _engine(source: str, weights: str) -> Engine:
-    return Engine.from_pretrained(source, cache_bytes=1 << 28, weights=weights)
+def _engine(source: str, weights: str, activations: str = "fp32") -> Engine:
+    return Engine.from_pretrained(source, cache_bytes=1 << 28, weights=weights,
+                                  activations=activations)  # fmt: skip
 
 
 def _replies(engine: Engine, suite: list[tuple[str, Prompt]], tokens: int) -> list[list[int]]:
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2", help="a GGUF file (or smollm2)")
     p.add_argument("--subjects", default=",".join(DEFAULT_SUBJECTS),
                    help=f"compared with fp32, of {', '.join(SUBJECTS)}")  # fmt: skip
+    p.add_argument("--activations", default="fp32", choices=("fp32", "q8"),
+                   help="what every subject but the fp32 reference multiplies its weights "
+                   "with (q8: integer dot products; subjects then named SUBJECT/q8)")  # fmt: skip
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt")
     p.add_argument("--out", type=Path, default=Path("results/formats.json"))
     args = p.parse_args(argv)
@@ -128,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         for subject in subjects:
             start = time.perf_counter()
             source, weights = _source(args.model, subject, Path(work))
-            engine = _engine(source, weights)
+            engine = _engine(source, weights, args.activations)
             replies = _replies(engine, suite, args.tokens)
             top1 = _top1(engine, suite, reference)
-            row = _row(subject, engine, replies, reference, top1, time.perf_counter() - start)
+            name = subject if args.activations == "fp32" else f"{subject}/{args.activations}"
+            row = _row(name, engine, replies, reference, top1, time.perf_counter() - start)
             del engine
             if source != args.model:  # the packed blocks against their own file's fp32 path
                 own = _replies(_engine(source, "fp32"), suite, args.tokens)

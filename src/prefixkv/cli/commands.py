@@ -120,6 +120,16 @@ def _engine_options(p: argparse.ArgumentParser) -> None:
     )
     add_option(
         p,
+        "--activations",
+        "what the native linear kernel multiplies the weights with: fp32 (exact against the "
+        "fp32 reference), q8 (Q8_0/Q4_0/Q4_1 layers: each input row quantized to 8 bits per "
+        "32 values, integer dot products as llama.cpp; still cached == uncached and batched "
+        "== alone, but not equal to fp32)",
+        type=one_of(["fp32", "q8"]),
+        default="fp32",
+    )
+    add_option(
+        p,
         "--eviction-policy",
         "which cached blocks go first when the cache is full",
         type=one_of(["lru", "lfu"]),

@@ -111,6 +111,7 @@ def engine_settings(
         model=args.model,
         linear_kernel=args.linear_kernel,
         weights=args.weights,
+        activations=args.activations,
         cache="none" if args.no_prefix_cache else "ram",
         cache_bytes=args.cache_bytes,
         block_size=args.block_size,

@@ -27,6 +27,7 @@ from prefixkv.cache.layout import KVGeometry, KVLayout
 from prefixkv.cache.null import NullCache
 from prefixkv.cache.paged import DEFAULT_CAPACITY_BYTES, PrefixKVCache
 from prefixkv.cache.protocol import BlockStore
+from prefixkv.engine.activations import activations as activations_named
 from prefixkv.engine.batch.records import DEFAULT_LIMITS, BatchLimits, StepReport
 from prefixkv.engine.embedding import input_rows, install_embedding, rounds
 from prefixkv.engine.engine import Engine
@@ -88,6 +89,9 @@ class EngineSettings:
     weights: str = "auto"
     """What the native linear kernel streams: ``auto``, ``fp32`` or ``bf16`` (see
     :mod:`prefixkv.engine.weights`)."""
+    activations: str = "fp32"
+    """What it multiplies them with: ``fp32`` (exact) or ``q8`` (see
+    :mod:`prefixkv.engine.activations`)."""
     cache: Literal["ram", "none"] = "ram"
     cache_bytes: int = DEFAULT_CAPACITY_BYTES
     block_size: int = 16
@@ -214,7 +218,8 @@ def load_kernels(settings: EngineSettings) -> LoadedModel:
     )
     model, rows = opened.model, opened.rows
     weights = weight_format(settings.weights, rows, model)
-    kernel = choose_linear(settings.linear_kernel, model, weights)
+    kernel = choose_linear(settings.linear_kernel, model, weights,
+                           activations_named(settings.activations))  # fmt: skip
     table = input_rows(model, rows)
     tied = tied_head(model)
     if kernel.name != NativeLinear.name:

@@ -96,13 +96,15 @@ class Engine:
         tenant_share: float | None = None,
         linear_kernel: str = "auto",
         weights: str = "auto",
+        activations: str = "fp32",
     ) -> Engine:
         """Load ``model`` offline (see :func:`prefixkv.engine.loader.load_model`) with a
         PrefixKVCache of ``cache_bytes`` (``policy`` and ``tenant_share`` as there), built by
         :func:`prefixkv.engine.build.build` (which builds any other cache). ``linear_kernel``
         picks what runs the linear layers (see :mod:`prefixkv.engine.linear`; ValueError for
         an unknown name), ``weights`` what the native one streams (see
-        :mod:`prefixkv.engine.weights`)."""
+        :mod:`prefixkv.engine.weights`) and ``activations`` what it multiplies them with
+        (see :mod:`prefixkv.engine.activations`)."""
         from prefixkv.engine.build import EngineSettings, build
 
         settings = EngineSettings(
@@ -112,6 +114,7 @@ class Engine:
             model_cache_dir=cache_dir,
             linear_kernel=linear_kernel,
             weights=weights,
+            activations=activations,
             cache_bytes=cache_bytes,
             block_size=block_size,
             eviction_policy=policy,

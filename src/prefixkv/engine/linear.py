@@ -24,6 +24,7 @@ from typing import Protocol, cast
 
 import torch
 
+from prefixkv.engine.activations import FP32_ACTIVATIONS, Activations
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_linear import NativeLinear, NativeLinearLayer, refusal
 from prefixkv.engine.weights import AS_LOADED, WeightFormat
@@ -155,23 +156,27 @@ def onednn_runs(weight: torch.Tensor) -> bool:
 
 
 def linear_kernel(
-    name: str, model: torch.nn.Module, weights: WeightFormat = AS_LOADED
+    name: str,
+    model: torch.nn.Module,
+    weights: WeightFormat = AS_LOADED,
+    activations: Activations = FP32_ACTIVATIONS,
 ) -> LinearKernel:
     """The kernel called ``name`` (one of :data:`KERNELS`) for ``model``: ``auto`` is native
     where every linear weight is float32 on the CPU and the library builds, else oneDNN where
     it runs, else PyTorch's (logged). ``weights``: how the native kernel packs each weight
     (default: as loaded, fp32); the others run the loaded weights, so ``bf16`` is refused
-    for them. Raises ValueError for another name or that refusal."""
+    for them, as are ``activations`` other than fp32 (:mod:`prefixkv.engine.activations`).
+    Raises ValueError for another name or those refusals."""
     if name not in KERNELS:
         raise ValueError(f"unknown linear kernel {name!r}; choose one of {', '.join(KERNELS)}")
     chosen: dict[str, Callable[[], LinearKernel]] = {
-        "native": lambda: NativeLinear(weights),
+        "native": lambda: NativeLinear(weights, activations),
         "onednn": OneDNNLinear,
         "torch": TorchLinear,
     }
     if name != "auto":
         kernel = chosen[name]()
-        _check_weights(kernel, weights)
+        _check_weights(kernel, weights, activations)
         return kernel
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not layers or refusal(model) is not None:
@@ -182,15 +187,20 @@ def linear_kernel(
         runs = all(onednn_runs(m.weight) for m in layers)
         fallback: LinearKernel = OneDNNLinear() if runs else TorchLinear()
         log.warning("linear layers: %s, not native (%s)", fallback.name, exc)
-        _check_weights(fallback, weights)
+        _check_weights(fallback, weights, activations)
         return fallback
-    return NativeLinear(weights)
+    return NativeLinear(weights, activations)
 
 
-def _check_weights(kernel: LinearKernel, weights: WeightFormat) -> None:
-    """ValueError for weights only the native kernel packs (``bf16``); ``auto`` keeps the
-    loaded weights under any other kernel (logged)."""
-    if kernel.name == NativeLinear.name or weights.name == "fp32":
+def _check_weights(kernel: LinearKernel, weights: WeightFormat, activations: Activations) -> None:
+    """ValueError for weights or activations only the native kernel runs (``bf16``, ``q8``);
+    ``auto`` keeps the loaded weights under any other kernel (logged)."""
+    if kernel.name == NativeLinear.name:
+        return
+    if activations.name != "fp32":
+        raise ValueError(f"--activations {activations.name} needs the native linear kernel, "
+                         f"not {kernel.name}")  # fmt: skip
+    if weights.name == "fp32":
         return
     if weights.name == "bf16":
         raise ValueError(f"--weights bf16 needs the native linear kernel, not {kernel.name}")

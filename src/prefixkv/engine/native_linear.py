@@ -18,15 +18,18 @@ Inputs other than float32 on the CPU are refused with the way out
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import cast
 
 import torch
 
+from prefixkv.engine.activations import FP32_ACTIVATIONS, Activations
 from prefixkv.engine.fused import swap_linears
 from prefixkv.engine.native_layers import refuse_input, swap_native_layers
 from prefixkv.engine.weights import AS_LOADED, WeightFormat
 from prefixkv.kernels.formats import PackedWeight, pack_f32
+from prefixkv.kernels.int_layout import BASE, restore
 from prefixkv.kernels.ops import Kernels, load
 from prefixkv.models import family_of
 
@@ -88,11 +91,25 @@ class NativeLinearLayer(torch.nn.Module):
                 f"{type(self).__name__}: input of shape {tuple(x.shape)}, the layer takes "
                 f"{self.in_features} features"
             )
+        return self._run(x, self.weight)
+
+    def _run(self, x: torch.Tensor, weight: PackedWeight) -> torch.Tensor:
+        """``x`` (checked by :meth:`forward`) through the kernel on ``weight``."""
         rows = x.reshape(-1, self.in_features)
         if not rows.is_contiguous():
             rows = rows.contiguous()
-        out = self._kernels.linear(rows, self.weight, self.bias)
+        out = self._kernels.linear(rows, weight, self.bias)
         return out.view(*x.shape[:-1], self.out_features)
+
+    def float_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with float32 activations: an integer-dot weight restored to its
+        base format for this call (a copy of the layer's weight, freed after it)."""
+        weight = self.weight
+        base = BASE.get(weight.format)
+        if base is not None:
+            weight = PackedWeight(base, weight.in_features, weight.out_features,
+                                  restore(base, weight.data))  # fmt: skip
+        return self._run(x, weight)
 
     def extra_repr(self) -> str:
         return (
@@ -137,10 +154,14 @@ class NativeLinear:
 
     name = "native"
 
-    def __init__(self, weights: WeightFormat = AS_LOADED) -> None:
+    def __init__(
+        self, weights: WeightFormat = AS_LOADED, activations: Activations = FP32_ACTIVATIONS
+    ) -> None:
         """``weights``: how each layer's weight is packed (``--weights``; default as
-        loaded)."""
+        loaded); ``activations``: what it is multiplied with (``--activations``; default
+        float32, exact)."""
         self.weights = weights
+        self.activations = activations
 
     def install(self, model: torch.nn.Module) -> int:
         """Raises RuntimeError (NativeUnavailable where the library does not build) before
@@ -173,7 +194,27 @@ class NativeLinear:
                kernels: Kernels) -> NativeLinearLayer:  # fmt: skip
         """``linear`` (whose rows are ``sources``') as one packed layer."""
         bias = None if linear.bias is None else linear.bias.detach()
-        return NativeLinearLayer.from_packed(self.weights.pack(linear, sources), bias, kernels)
+        packed = self.activations.adapt(self.weights.pack(linear, sources))
+        return NativeLinearLayer.from_packed(packed, bias, kernels)
+
+
+@contextlib.contextmanager
+def float_activations(model: torch.nn.Module) -> Iterator[None]:
+    """Within the block, ``model``'s layers on integer-dot formats compute with float32
+    activations on the same weights (:meth:`NativeLinearLayer.float_forward`, one layer's
+    copy at a time): for a check that compares two attention implementations within a
+    float32 tolerance, which 8-bit activations would not keep (their last-bit differences
+    flip roundings, amplified layer after layer). Mutates the layers' ``forward`` for the
+    block only."""
+    layers = [m for m in model.modules()
+              if isinstance(m, NativeLinearLayer) and m.format in BASE]  # fmt: skip
+    for layer in layers:
+        layer.forward = layer.float_forward  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 class SplitLinearLayer(torch.nn.Module):

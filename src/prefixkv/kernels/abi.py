@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 7  # PREFIXKV_ABI_VERSION
+ABI_VERSION = 8  # PREFIXKV_ABI_VERSION
 OK, NO_MEMORY, BAD_SIZE, BAD_VERSION, BAD_SLOT = 0, -1, -2, -3, -4
 
 _i32, _i64, _u32, _f32, _ptr = (
@@ -122,6 +122,8 @@ _SIGNATURES: dict[str, tuple[list[type], type | None]] = {
     "prefixkv_linear_block": ([], _i32),
     "prefixkv_decoder_args_size": ([], _i32),
     "prefixkv_decoder_layer_size": ([], _i32),
+    # which path forms the integer-dot formats' sums: 0 generic C, 1 AVX512-VNNI, 2 AVX2
+    "prefixkv_int8_path": ([], _i32),
     "prefixkv_attend": ([ctypes.POINTER(AttendArgs)], _i32),
     "prefixkv_decoder": ([ctypes.POINTER(DecoderArgs)], _i32),
     # keys, values, kv stride, pool slots; new keys, head and row strides; new values, the

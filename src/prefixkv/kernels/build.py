@@ -55,6 +55,7 @@ HEADERS = tuple(
         "linear_widen.h",
         "linear_legacy.h",
         "linear_kquants.h",
+        "linear_int8.h",
     )
 )
 """Included by the sources: part of the library's identity, like them."""

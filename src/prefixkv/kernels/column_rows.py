@@ -20,6 +20,7 @@ import torch
 
 from prefixkv.kernels import formats, kquants
 from prefixkv.kernels.formats import BLOCK, GROUP, PackedWeight, Planes
+from prefixkv.kernels.int_layout import BASE
 
 _F16, _U8, _I8 = torch.float16, torch.uint8, torch.int8
 _HALVES = BLOCK * 2  # bytes of one fp16 vector of BLOCK columns
@@ -33,7 +34,7 @@ def rows_of(packed: PackedWeight, ids: torch.Tensor) -> torch.Tensor:
     planes = _GATHER[packed.format](packed, block, lane)
     if packed.format in ("f32", "bf16"):
         return planes["w"].float()
-    return formats.dequantize(packed.format, planes)
+    return formats.dequantize(BASE.get(packed.format, packed.format), planes)
 
 
 def _spans(packed: PackedWeight, steps: int) -> np.ndarray:
@@ -83,19 +84,43 @@ def _plain(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Pla
     return {"w": _lanes(_spans(packed, 1), 0, BLOCK * size, dtype, block, lane)}
 
 
-def _legacy(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
-    spans = _spans(packed, GROUP)
-    names = ("d", "m") if packed.format == "q4_1" else ("d",)
-    planes = {
+def _headers(spans: np.ndarray, base: str, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    """The fp16 ``d`` (and q4_1's ``m``) of q8_0, q4_0, q4_1 and their integer-dot
+    layouts' groups: ``[n, groups]`` each."""
+    names = ("d", "m") if base == "q4_1" else ("d",)
+    return {
         name: _lanes(spans, i * _HALVES, (i + 1) * _HALVES, _F16, block, lane)
         for i, name in enumerate(names)
-    }  # [n, groups]
-    start = len(names) * _HALVES
+    }
+
+
+def _legacy(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    spans = _spans(packed, GROUP)
+    planes = _headers(spans, packed.format, block, lane)
+    start = len(planes) * _HALVES
     if packed.format == "q8_0":
         planes["q"] = _lanes(spans, start, spans.shape[2], _I8, block, lane)
     else:
         planes["q"] = _nibbles(spans, start, GROUP, block, lane)
     return planes  # q: [n, groups, 32]
+
+
+def _int_dot(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    """An integer-dot format's planes (:mod:`prefixkv.kernels.int_layout`): column c's
+    quants are 4 bytes at c * 4 of each of the group's 8 (q8_0: k = 4 t + i, stored q + 128)
+    or 4 (4-bit: low nibble k = 8 p + i, high k = 8 p + 4 + i) rows of BLOCK * 4 bytes."""
+    base = BASE[packed.format]
+    spans = _spans(packed, GROUP)
+    planes = _headers(spans, base, block, lane)
+    start = len(planes) * _HALVES
+    blocks, count = spans.shape[:2]
+    rows = spans[..., start:].reshape(blocks, count, -1, BLOCK, 4)  # [b, g, t or p, c, i]
+    picked = torch.from_numpy(np.ascontiguousarray(rows[block.numpy(), :, :, lane.numpy()]))
+    if base == "q8_0":
+        planes["q"] = (picked.to(torch.int16) - 128).to(_I8).flatten(-2)  # [n, groups, 32]
+    else:
+        planes["q"] = torch.stack((picked & 15, picked >> 4), dim=-2).flatten(-3)
+    return planes
 
 
 def _q6_k(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
@@ -129,4 +154,5 @@ def _q4_k(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Plan
 _GATHER: dict[str, Callable[[PackedWeight, torch.Tensor, torch.Tensor], Planes]] = {
     "f32": _plain, "bf16": _plain, "q8_0": _legacy, "q4_0": _legacy, "q4_1": _legacy,
     "q4_k": _q4_k, "q5_k": _q4_k, "q6_k": _q6_k,
+    "q8_0.q8": _int_dot, "q4_0.q8": _int_dot, "q4_1.q8": _int_dot,
 }  # fmt: skip

@@ -14,6 +14,11 @@ Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0, q4_0, q4_1 and 
 file's (1.0625, 0.5625, 0.625, 0.8203: the same bytes, reordered); q4_k 0.5625 -> 0.578;
 q5_k 0.6875 -> 0.703 (their 6-bit scales stored a byte each).
 
+The integer-dot formats ``q8_0.q8``, ``q4_0.q8``, ``q4_1.q8`` hold the same bytes as their
+base format, each group's quants reordered (:mod:`prefixkv.kernels.int_layout`); their kernel
+quantizes the input rows to 8 bits first (:mod:`prefixkv.kernels.int8`), so it is not the f32
+kernel on the dequantized weight, though :func:`unpack` gives the same weight.
+
 Packing goes through *planes*: per format, tensors with one leading row per output column
 (``w``; or ``d``, ``q`` and for q4_1 ``m``, per group of 32 input features; ``d`` and
 ``m`` float16, as the file stores them). Columns are
@@ -29,13 +34,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from prefixkv.kernels import columns, kquants
+from prefixkv.kernels import columns, int_layout, kquants
 from prefixkv.kernels.columns import as_bytes, columns_first, columns_last
 
 BLOCK = columns.BLOCK  # output columns per block: prefixkv_linear_block()
 GROUP = 32  # input features per quantized group (GGUF's block size)
 # the kernel's format codes
-CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7}
+CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7,
+         "q8_0.q8": 8, "q4_0.q8": 9, "q4_1.q8": 10}  # fmt: skip
+# the integer-dot formats (8-bit activations; csrc/linear_int8.h, prefixkv.kernels.int8)
+INT_DOT = int_layout.INT_DOT
 QUANTIZED = ("q8_0", "q4_0", "q4_1", *kquants.K_FORMATS)
 # GGUF bytes per group of 32: fp16 d (and m for q4_1), then the quants
 GGUF_GROUP_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
@@ -65,7 +73,13 @@ class PackedWeight:
 
 def block_bytes(format: str, in_features: int) -> int:
     """Bytes of one column block. ValueError for an unknown format, or a quantized one whose
-    ``in_features`` is not a multiple of GROUP (a K-quant: of kquants.SUPER)."""
+    ``in_features`` is not a multiple of GROUP (a K-quant: of kquants.SUPER); an integer-dot
+    format's are its base format's."""
+    base = int_layout.BASE.get(format)
+    if base is not None:
+        if in_features % GROUP:
+            raise ValueError(f"{format}: in_features {in_features} is not a multiple of {GROUP}")
+        return block_bytes(base, in_features)
     if format in kquants.K_FORMATS:
         if in_features % kquants.SUPER:
             raise ValueError(f"{format}: in_features {in_features} is not a multiple of "
@@ -173,7 +187,13 @@ def unpack(packed: PackedWeight) -> torch.Tensor:
     planes = _planes(packed)
     if packed.format in ("f32", "bf16"):
         return planes["w"].float()
-    return dequantize(packed.format, planes)
+    return dequantize(int_layout.BASE.get(packed.format, packed.format), planes)
+
+
+def planes_of(packed: PackedWeight) -> Planes:
+    """``packed``'s planes (as :func:`gguf_planes` gives them; an integer-dot format's are
+    its base format's), new tensors."""
+    return _planes(packed)
 
 
 def concat(parts: Sequence[PackedWeight]) -> PackedWeight:
@@ -201,6 +221,11 @@ def _expect(weight: torch.Tensor, dtype: torch.dtype) -> None:
 
 def _pack(format: str, in_features: int, planes: Planes) -> PackedWeight:
     """Lays ``planes`` (each ``[out, ...]``) out as ``format``'s column blocks."""
+    base = int_layout.BASE.get(format)
+    if base is not None:
+        plain = _pack(base, in_features, planes)
+        return PackedWeight(format, in_features, plain.out_features,
+                            int_layout.reorder(base, plain.data))  # fmt: skip
     out = next(iter(planes.values())).shape[0]
     blocks = -(-out // BLOCK)
     if format in kquants.K_FORMATS:
@@ -220,7 +245,12 @@ def _pack(format: str, in_features: int, planes: Planes) -> PackedWeight:
 
 
 def _planes(packed: PackedWeight) -> Planes:
-    """The inverse of :func:`_pack`: ``packed``'s planes, each ``[out, ...]``, new tensors."""
+    """The inverse of :func:`_pack`: ``packed``'s planes, each ``[out, ...]``, new tensors
+    (an integer-dot format's are its base format's)."""
+    base = int_layout.BASE.get(packed.format)
+    if base is not None:
+        data = int_layout.restore(base, packed.data)
+        packed = PackedWeight(base, packed.in_features, packed.out_features, data)
     blocks, out, k = packed.data.shape[0], packed.out_features, packed.in_features
     if packed.format in kquants.K_FORMATS:
         return kquants.unpack(packed.format, packed.data, out, k)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from prefixkv.kernels.decoder import DecoderLayer, DecoderShape, StepTensors
 
 _F32, _I64, _U8, _STRIDED = torch.float32, torch.int64, torch.uint8, torch.strided
+_INT8_PATHS = {0: "generic", 1: "vnni", 2: "avx2"}
 
 
 class Kernels:
@@ -40,7 +41,7 @@ class Kernels:
 
     ``lanes``: query rows a work item holds (``heads // kv_heads`` times its members must
     not exceed it); ``linear_block``: output columns per packed weight block
-    (:meth:`linear`)."""
+    (:meth:`linear`); ``int8_path``: the instructions the integer-dot formats run on."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
         """Declares the library's functions; RuntimeError when it speaks another ABI."""
@@ -48,6 +49,8 @@ class Kernels:
         self._lib = library
         self.lanes = int(library.prefixkv_lanes())
         self.linear_block = int(library.prefixkv_linear_block())
+        self.int8_path = _INT8_PATHS.get(int(library.prefixkv_int8_path()), "unknown")
+        """What forms the integer-dot formats' sums in this build (``generic``, ``vnni``, ``avx2``)."""
         if self.linear_block != formats.BLOCK:
             raise RuntimeError(f"the native library packs {self.linear_block} columns a block; "
                                f"prefixkv packs {formats.BLOCK}")  # fmt: skip

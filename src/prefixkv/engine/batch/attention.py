@@ -29,6 +29,7 @@ from prefixkv.engine.batch.band import Band, attend_band
 from prefixkv.engine.batch.cascade import CascadeKernel, CascadePlan
 from prefixkv.engine.kvbridge import UnsupportedModelError
 from prefixkv.engine.kvbridge import layout_of as layout_of_config
+from prefixkv.engine.native_linear import float_activations
 from prefixkv.models import family_of
 from prefixkv.models.family import text_config
 
@@ -315,8 +316,8 @@ def check_supported(model: Any) -> None:
     step = StepLayout(torch.arange(3, device=device), (SeqSpan(0, 3, 3, ((0, 3),)),))
     ids = torch.tensor([[1, 2, 3]], device=device) % int(text.vocab_size)
     calls = _CallCount()
-    try:
-        with torch.inference_mode():
+    try:  # 8-bit activations on float32 for the probe: its tolerance is float32's
+        with torch.inference_mode(), float_activations(model):
             expected = model(input_ids=ids, use_cache=False).logits
             with active(model), calls.watch():
                 got = model(

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "abi.h"
+#include "kernels.h" /* prefixkv_linear's declaration, as decoder.c calls it */
 
 #define WIDTH 16                  /* floats per vector */
 #define VECTORS 4                 /* vectors per column block */
@@ -56,7 +57,10 @@ typedef uint8_t vu8 __attribute__((vector_size(WIDTH), aligned(1)));
 typedef int32_t vi __attribute__((vector_size(WIDTH * 4)));
 typedef uint32_t vu __attribute__((vector_size(WIDTH * 4)));
 
-enum format { F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7 };
+enum format {
+    F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7,
+    Q8_0_Q8 = 8, Q4_0_Q8 = 9, Q4_1_Q8 = 10 /* integer dots on 8-bit activations: linear_int8.h */
+};
 
 /* Bytes of a block's stream per k step. */
 #define STEP_F32 (BLOCK * 4)
@@ -235,6 +239,8 @@ static const struct format_ops FORMATS[] = {
     {pass_q5_k, dequant_q5_k}, {pass_q6_k, dequant_q6_k},
 };
 
+#include "linear_int8.h"
+
 /* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim).
  * Past STAGE_ROWS rows (four tiles), a format other than f32 dequantizes each chunk once
  * into a 16 KB buffer that every tile then reads as f32 (at 512 rows, dequantizing in each
@@ -279,8 +285,10 @@ int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
     static const int64_t step[] = {STEP_F32, STEP_BF16};
     static const int64_t group[] = {GROUP_Q8_0, GROUP_Q4_0, GROUP_Q4_1};
     static const int64_t super[] = {SUPER_Q4_K, SUPER_Q5_K, SUPER_Q6_K};
-    if (format < F32 || format > Q6_K || k_dim < 0)
+    if (format < F32 || format > Q4_1_Q8 || k_dim < 0)
         return -1;
+    if (format >= INT_FIRST) /* the same bytes as the format they reorder */
+        format -= INT_FIRST - Q8_0;
     if (format >= Q4_K)
         return k_dim % SUPER ? -1 : k_dim / SUPER * super[format - Q4_K];
     if (format >= Q8_0)
@@ -314,6 +322,8 @@ int prefixkv_linear(const float *x, int64_t rows, int64_t k_dim, int format,
      * f32 first dequantizes the whole block into a thread's buffer (k_dim x 256 bytes) and
      * runs the f32 pass on it: chunk by chunk, staged, it ran 0.85-0.92x f32 at 64-512 rows.
      * Few rows: chunks of k (see block). */
+    if (format >= INT_FIRST)
+        return linear_int8(x, rows, k_dim, format, packed, bias, n_dim, out, threads);
     int whole = rows > FEW_ROWS, staged = whole && format != F32, failed = 0;
     int64_t chunk = whole ? k_dim : CHUNK, group = whole ? ROWS : FEW_ROWS;
     #pragma omp parallel num_threads(threads)
