@@ -35,6 +35,7 @@ NAMES = (
     "prefixkv-serial",
     "prefixkv",
     "prefixkv-fp32",
+    "prefixkv-q8",
     "prefixkv-nocache",
     "prefixkv-nocanary",
     "prefixkv-canary-all",
@@ -113,6 +114,9 @@ def settings_table(plan: Plan) -> dict[str, Setting]:
         Setting(
             "prefixkv-fp32", PREFIXKV, ("--weights", "fp32"), "weights as fp32", weights="fp32"
         ),
+        # llama.cpp's arithmetic: 8-bit activations against the file's 4/8-bit blocks (not
+        # equal to fp32's replies; the peer llama-server computes the same way).
+        Setting("prefixkv-q8", PREFIXKV, ("--activations", "q8"), "8-bit activations"),
         Setting("prefixkv-nocache", PREFIXKV, ("--no-prefix-cache",), "prefix cache off"),
         # What the exactness canary costs: off, and checking every served prefix (its default
         # rate, 0.01, is ``prefixkv``'s).
