@@ -7,8 +7,9 @@ Markers (declared in pyproject.toml):
 - ``serial``: the test times something (a deadline, a timeout, an order of arrival) that a
   neighbour on the other core could push past its bound, so ``make test`` runs it in the slow
   tests' one-at-a-time run, not in their ``-n 2`` run (test_connections' trickle test missed
-  its bound under ``-n 2``). Mark a whole module when its tests share a server fixture: split
-  between the two runs, the fixture would start twice.
+  its bound under ``-n 2``). Mark together the tests that share a module's server fixture:
+  split between the two runs, it would start twice (mark them one by one where the module
+  also holds fast tests, which the mark would make slow).
 
 All three imply ``slow``, added here at collection, so ``pytest -m "not slow"`` deselects
 them; ``-m "slow and not serial"`` and ``-m "slow and serial"`` then split the rest in two.
