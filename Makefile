@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)
 	$(BIN)/prefixkv serve
 
-# The whole suite in two runs that together select every test once (`slow` is added at
-# collection to every `process` and `smollm2` test, tests/conftest.py): the fast tests (no
-# subprocess, no SmolLM2) on both cores, where they share nothing but the compiled kernels
-# (built once, renamed into place); then the slow ones one at a time, as before: they start
-# servers and time connections, and test_connections' trickle test was flaky under -n 2.
+# The whole suite in three runs that together select every test once (`slow` is added at
+# collection to every `process`, `smollm2` and `serial` test, tests/conftest.py): the fast
+# tests (no subprocess, no SmolLM2) on both cores, where they share nothing but the compiled
+# kernels (built once, renamed into place); the slow ones on both cores too, a test file at a
+# time per worker (--dist loadfile), so a module's server or model is started once, on one
+# worker; then the `serial` ones one at a time: they time connections, shutdowns and
+# timeouts that a neighbour on the other core could push past their bounds (test_connections'
+# trickle test was flaky under -n 2).
 test: lint
 	$(BIN)/python -m pytest -q -m "not slow" -n 2
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not serial" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "slow and serial"
 
 # The native kernels' fast tests (and the prefix index's native descent's) against libraries
 # built with AddressSanitizer and UndefinedBehaviorSanitizer (PREFIXKV_KERNEL_SANITIZE=1:

@@ -4,8 +4,15 @@ Markers (declared in pyproject.toml):
 
 - ``process``: the test starts a subprocess, itself or through a fixture (a server, a CLI run).
 - ``smollm2``: the test loads the real SmolLM2 model.
+- ``serial``: the test times something (a deadline, a timeout, an order of arrival) that a
+  neighbour on the other core could push past its bound, so ``make test`` runs it in the slow
+  tests' one-at-a-time run, not in their ``-n 2`` run (test_connections' trickle test missed
+  its bound under ``-n 2``). Mark together the tests that share a module's server fixture:
+  split between the two runs, it would start twice (mark them one by one where the module
+  also holds fast tests, which the mark would make slow).
 
-Both imply ``slow``, added here at collection, so ``pytest -m "not slow"`` deselects them.
+All three imply ``slow``, added here at collection, so ``pytest -m "not slow"`` deselects
+them; ``-m "slow and not serial"`` and ``-m "slow and serial"`` then split the rest in two.
 
 The guard: while a test that is not marked ``process`` is being set up, run or torn down,
 starting a process (``subprocess.Popen`` and everything built on it, a ``multiprocessing``
@@ -92,10 +99,13 @@ def _marked(item: pytest.Item) -> bool:
     return item.get_closest_marker("process") is not None
 
 
+IMPLY_SLOW = ("process", "smollm2", "serial")
+
+
 @pytest.hookimpl(tryfirst=True)  # before the mark plugin deselects by -m
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if _marked(item) or item.get_closest_marker("smollm2") is not None:
+        if any(item.get_closest_marker(name) is not None for name in IMPLY_SLOW):
             item.add_marker(pytest.mark.slow)
 
 

@@ -30,7 +30,7 @@ def inner(pytester: pytest.Pytester, request: pytest.FixtureRequest) -> pytest.P
     return pytester
 
 
-def test_process_and_smollm2_imply_slow(inner: pytest.Pytester) -> None:
+def test_process_smollm2_and_serial_imply_slow(inner: pytest.Pytester) -> None:
     inner.makepyfile(
         """
         import pytest
@@ -46,13 +46,24 @@ def test_process_and_smollm2_imply_slow(inner: pytest.Pytester) -> None:
         @pytest.mark.process
         class TestInAClass:
             def test_inherits(self): pass
+
+        @pytest.mark.serial
+        def test_serial(): pass
         """
     )
     fast = inner.runpytest("-m", "not slow", "--collect-only", "-q")
-    fast.stdout.fnmatch_lines(["*::test_plain", "1/4 tests collected (3 deselected)*"])
+    fast.stdout.fnmatch_lines(["*::test_plain", "1/5 tests collected (4 deselected)*"])
     slow = inner.runpytest("-m", "slow", "--collect-only", "-q")
-    slow.stdout.fnmatch_lines(["*::test_process", "*::test_smollm2", "*::test_inherits"])
+    slow.stdout.fnmatch_lines(
+        ["*::test_process", "*::test_smollm2", "*::test_inherits", "*::test_serial"]
+    )
     slow.stdout.no_fnmatch_line("*::test_plain")
+    # make test's two slow runs: together every slow test once
+    parallel = inner.runpytest("-m", "slow and not serial", "--collect-only", "-q")
+    parallel.stdout.fnmatch_lines(["3/5 tests collected (2 deselected)*"])
+    parallel.stdout.no_fnmatch_line("*::test_serial")
+    alone = inner.runpytest("-m", "slow and serial", "--collect-only", "-q")
+    alone.stdout.fnmatch_lines(["*::test_serial", "1/5 tests collected (4 deselected)*"])
 
 
 def test_unmarked_tests_cannot_start_processes(inner: pytest.Pytester) -> None:
@@ -183,9 +194,9 @@ def test_this_session_lets_marked_tests_start_processes() -> None:
     assert done.stdout == "ok\n"
 
 
-def test_every_process_or_smollm2_test_here_is_slow(request: pytest.FixtureRequest) -> None:
+def test_every_process_smollm2_or_serial_test_here_is_slow(request: pytest.FixtureRequest) -> None:
     items = request.session.items
     assert request.node in items
     for item in items:
-        if item.get_closest_marker("process") or item.get_closest_marker("smollm2"):
+        if any(item.get_closest_marker(name) for name in ("process", "smollm2", "serial")):
             assert item.get_closest_marker("slow"), item.nodeid

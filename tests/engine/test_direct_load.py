@@ -21,6 +21,7 @@ from prefixkv.engine.loader import load_model, load_with_transformers, open_mode
 from prefixkv.engine.native_linear import NativeLinear
 from prefixkv.engine.weights import Fp32Weights
 
+from .conftest import with_own_cache
 from .test_weights import PROMPTS, _bits, _engine, _replies
 from .tiny_gguf import TEMPLATE, tiny_bpe_tokenizer
 
@@ -156,10 +157,10 @@ def test_a_bf16_folder_keeps_its_linear_weights_bf16_and_equals_fp32(tmp_path: P
 
 
 @pytest.mark.smollm2
-def test_smollm2_direct_load_equals_the_fp32_path() -> None:
+def test_smollm2_direct_load_equals_the_fp32_path(smollm2_engine: Engine) -> None:
     """The default load (the file's Q4_1/Q8_0 rows) against transformers' own load in
     float32 with fp32 layers: first-token logits bit for bit, the same greedy replies."""
-    kept = Engine.from_pretrained("smollm2", cache_bytes=64 << 20)
+    kept = with_own_cache(smollm2_engine, 64 << 20)
     reference = _reference(resolve_model("smollm2"))
     assert formats_of(kept.model) == "q4_1 120, q8_0 1"
     prompts = ["The capital of France is", "def fib(n):", "Write a haiku about the sea."]

@@ -21,6 +21,7 @@ from prefixkv.engine import embedding as embedding_module
 from prefixkv.engine.embedding import RowEmbedding, dequantize_rows, install_embedding
 from prefixkv.engine.tied_embedding import HeadEmbedding
 
+from .conftest import with_own_cache
 from .test_weights import PROMPTS, _bits, _engine, _replies
 
 VOCAB_BYTES = 300 * 64 * 4  # the tiny model's table in float32
@@ -177,8 +178,10 @@ def test_only_a_plain_float32_lookup_is_replaced() -> None:
 
 
 @pytest.mark.smollm2
-def test_smollm2_reads_its_q8_0_table_out_of_the_tied_head_and_logits_equal_fp32() -> None:
-    kept = Engine.from_pretrained("smollm2", cache_bytes=1 << 24, weights="auto")
+def test_smollm2_reads_its_q8_0_table_out_of_the_tied_head_and_logits_equal_fp32(
+    smollm2_engine: Engine,
+) -> None:
+    kept = with_own_cache(smollm2_engine, 1 << 24)  # weights="auto"
     table = _table(kept)
     assert isinstance(table, HeadEmbedding) and table.format == "q8_0"
     head = kept.model.lm_head.packed  # the table's one copy: the file's bytes, reordered

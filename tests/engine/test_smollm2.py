@@ -15,12 +15,14 @@ from prefixkv.engine.engine import Engine
 from prefixkv.engine.request import InvalidRequestError
 from prefixkv.tokens import tokens_from_bytes
 
+from .conftest import with_own_cache
+
 pytestmark = pytest.mark.smollm2
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[Engine, Engine]:
-    cached = Engine.from_pretrained("smollm2", cache_bytes=256 << 20)
+def pair(smollm2_engine: Engine) -> tuple[Engine, Engine]:
+    cached = with_own_cache(smollm2_engine, 256 << 20)
     return cached, cached.with_cache(NullCache(cached.layout, cached.cache.block_size))
 
 

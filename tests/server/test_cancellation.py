@@ -16,7 +16,8 @@ import pytest
 
 from .harness import ServerProcess, wait_for
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+# serial: arrivals 0.15 s apart must be served in that order
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.serial]
 
 SYSTEM = "You are the lighthouse keeper's log. Record every ship and every storm. " * 3
 LONG = 2500  # tokens: seconds of generation for the tiny model, if nobody interrupts it

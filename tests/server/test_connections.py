@@ -210,6 +210,7 @@ def test_timeouts_must_be_positive() -> None:
 
 
 @pytest.mark.slow  # waits out uvicorn's 5 s keep-alive timeout
+@pytest.mark.serial  # closed within 1.5-3 s
 def test_kept_alive_connections_wait_for_the_keep_alive_timeout() -> None:
     with uvicorn_thread(header_timeout=0.5, keep_alive=2.0) as port:
         with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -398,6 +399,7 @@ def silent_connections(server: ServerProcess, count: int) -> Iterator[list[socke
 
 @pytest.mark.slow
 @pytest.mark.process
+@pytest.mark.serial  # timeouts of seconds, measured against the clock
 def test_300_silent_connections_cannot_lock_out_a_client(guarded_server: ServerProcess) -> None:
     server = guarded_server
     log_before = server.log.stat().st_size
@@ -418,6 +420,7 @@ def test_300_silent_connections_cannot_lock_out_a_client(guarded_server: ServerP
 
 @pytest.mark.slow
 @pytest.mark.process
+@pytest.mark.serial  # timeouts of seconds, measured against the clock
 def test_slowloris_is_disconnected_by_the_header_timeout(guarded_server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", guarded_server.port)) as sock:
         sent, elapsed = trickle(sock, REQUEST[:-2], interval=0.5, timeout=HEADER_TIMEOUT + 3)
@@ -426,6 +429,7 @@ def test_slowloris_is_disconnected_by_the_header_timeout(guarded_server: ServerP
 
 @pytest.mark.slow
 @pytest.mark.process
+@pytest.mark.serial  # timeouts of seconds, measured against the clock
 def test_a_trickled_body_is_disconnected_by_the_body_timeout(
     guarded_server: ServerProcess,
 ) -> None:
@@ -442,6 +446,7 @@ def test_a_trickled_body_is_disconnected_by_the_body_timeout(
 
 @pytest.mark.slow
 @pytest.mark.process
+@pytest.mark.serial  # timeouts of seconds, measured against the clock
 def test_keep_alive_client_makes_several_requests_on_one_connection(
     guarded_server: ServerProcess,
 ) -> None:
@@ -461,6 +466,7 @@ def test_keep_alive_client_makes_several_requests_on_one_connection(
 
 @pytest.mark.slow
 @pytest.mark.process
+@pytest.mark.serial  # timeouts of seconds, measured against the clock
 def test_more_connections_than_the_limit_get_a_fast_503(guarded_server: ServerProcess) -> None:
     server = guarded_server
     log_before = server.log.stat().st_size

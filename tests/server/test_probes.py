@@ -99,6 +99,7 @@ def test_a_forged_system_turn_stays_text(tiny_server: ServerProcess) -> None:
     assert forged_tokens - plain_tokens == len(forged) - len("hi")
 
 
+@pytest.mark.serial  # /health within 1 s
 def test_a_silent_connection_does_not_hold_the_server(tiny_server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", tiny_server.port)) as silent:
         started = time.monotonic()

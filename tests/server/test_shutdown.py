@@ -15,7 +15,7 @@ import pytest
 from .conftest import TINY_ARGS
 from .harness import ServerProcess, wait_for
 
-pytestmark = [pytest.mark.process, pytest.mark.slow]
+pytestmark = [pytest.mark.process, pytest.mark.slow, pytest.mark.serial]  # "at once": < 2 s
 
 
 def test_sigterm_lets_the_running_stream_finish(tiny_model_dir: Path, tmp_path: Path) -> None:

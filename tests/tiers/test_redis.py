@@ -226,6 +226,7 @@ def test_threads_write_and_read_at_once(
 
 
 @pytest.mark.process
+@pytest.mark.serial  # each call within 2 x the 0.2 s timeout
 def test_a_stopped_server_costs_misses_not_errors_or_time(
     redis_server: RedisServer,
     make_tier: MakeTier,
@@ -276,6 +277,7 @@ def test_a_restarted_server_is_used_again_by_itself(
 
 
 @pytest.mark.process
+@pytest.mark.serial  # each call within 2 x the 0.2 s timeout
 def test_a_server_started_after_the_tier(
     redis_executable: str,
     tmp_path: Path,
@@ -341,6 +343,7 @@ def test_a_full_server_that_refuses_writes(
 
 
 @pytest.mark.process
+@pytest.mark.serial  # each call within 2 x the 0.2 s timeout
 def test_a_slow_server_times_out_without_raising(
     redis_server: RedisServer, make_tier: MakeTier, blocks: list[Block]
 ) -> None:

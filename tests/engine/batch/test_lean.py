@@ -21,7 +21,7 @@ from prefixkv.engine.batch.runner import BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.native_linear import SplitLinearLayer
 from prefixkv.engine.request import SamplingParams
-from tests.engine.conftest import one_thread
+from tests.engine.conftest import one_thread, with_own_cache
 from tests.engine.kernel_matrix import on_linear_kernel
 from tests.engine.tiny import tiny_llama, tiny_tokenizer
 from tests.models.tiny_families import LLAMA_LIKE, tiny_model
@@ -144,8 +144,8 @@ def test_a_windowed_model_keeps_transformers() -> None:
 
 @pytest.mark.smollm2
 @pytest.mark.slow
-def test_smollm2_decoder_and_lean_steps_equal_transformers() -> None:
-    engine = Engine.from_pretrained("smollm2", cache_bytes=1 << 28)  # --weights auto
+def test_smollm2_decoder_and_lean_steps_equal_transformers(smollm2_engine: Engine) -> None:
+    engine = with_own_cache(smollm2_engine, 1 << 28)  # --weights auto
     runner, compared = _compared(engine, max_running=4, max_batch_tokens=48)
     sinks = []
     for i, question in enumerate(["What is 2+2?", "Name a colour.", "Say hi."]):

@@ -15,6 +15,7 @@ from prefixkv.bench import workloads
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
 from prefixkv.engine.engine import Engine
 from prefixkv.engine.request import Completion, Request, SamplingParams
+from tests.engine.conftest import with_own_cache
 
 pytestmark = pytest.mark.smollm2
 
@@ -42,8 +43,8 @@ class Collect:
 
 
 @pytest.fixture(scope="module")
-def engines() -> tuple[Engine, Engine]:
-    cached = Engine.from_pretrained("smollm2", cache_bytes=512 << 20)
+def engines(smollm2_engine: Engine) -> tuple[Engine, Engine]:
+    cached = with_own_cache(smollm2_engine, 512 << 20)
     return cached, cached.with_cache(NullCache(cached.layout, cached.cache.block_size))
 
 
