@@ -20,9 +20,9 @@ import torch
 from prefixkv.kernels import abi, formats
 from prefixkv.kernels.formats import PackedWeight
 from prefixkv.kernels.items import INT32_MAX, AttendItems
-from prefixkv.kernels.ops import _dense, _refuse, _weight
+from prefixkv.kernels.ops import _dense, _slots, _weight
 
-_I64, _F32, _U8 = torch.int64, torch.float32, torch.uint8
+_F32, _U8 = torch.float32, torch.uint8
 
 
 class DecoderLayer(NamedTuple):
@@ -110,15 +110,7 @@ def _step(step: StepTensors, shape: DecoderShape, layers: int) -> tuple[int, int
     if layers < 1 or pool[0] < layers or pool[1:3] != (2, shape.kv_heads) or pool[5] != shape.dim:
         raise ValueError(f"pool: shape {pool} for {layers} layers (at least one) of 2 x "
                          f"{shape.kv_heads} kv heads of dim {shape.dim}")  # fmt: skip
-    slots = step.slots
-    try:
-        plain = slots.dtype is _I64 and slots.is_cpu and slots.layout is torch.strided
-    except AttributeError:  # not a tensor
-        plain = False
-    if not plain:
-        _refuse("slots", slots, "an int64 CPU tensor")
-    if slots.shape != (rows,) or not slots.is_contiguous():
-        raise ValueError(f"slots: a contiguous [{rows}] tensor expected, got {tuple(slots.shape)}")
+    _slots(step.slots, rows)
     return rows, hidden
 
 

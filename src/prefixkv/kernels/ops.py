@@ -155,14 +155,7 @@ class Kernels:
                     f"{name}: shape {tuple(new.shape)}, strides {new.stride()} for {tokens} "
                     f"tokens of {kv_heads} kv heads of dim {dim} (unit stride in dim)"
                 )
-        try:
-            plain = slots.dtype is _I64 and slots.is_cpu and slots.layout is _STRIDED
-        except AttributeError:  # not a tensor
-            plain = False
-        if not plain:
-            _refuse("slots", slots, "an int64 CPU tensor")
-        if slots.shape != (tokens,) or not slots.is_contiguous():
-            raise ValueError(f"slots: a contiguous [{tokens}] tensor expected, got {slots.shape}")
+        _slots(slots, tokens)
         status = self._lib.prefixkv_store(
             keys.data_ptr(), values.data_ptr(), keys.stride(0), pool,
             new_keys.data_ptr(), new_keys.stride(0), new_keys.stride(1),
@@ -364,6 +357,19 @@ def _pool(keys: torch.Tensor, values: torch.Tensor) -> tuple[int, int, int]:
     if not 0 < kv_heads <= INT32_MAX or not 0 < dim <= INT32_MAX:
         raise ValueError(f"keys: {kv_heads} kv heads of dim {dim}: each must be 1 to 2^31 - 1")
     return kv_heads, slots, dim
+
+
+def _slots(slots: torch.Tensor, count: int) -> None:
+    """Raises unless ``slots`` is a contiguous int64 CPU tensor of shape ``[count]`` (the pool
+    slots a call writes: TypeError for another kind of object, ValueError for its shape)."""
+    try:
+        plain = slots.dtype is _I64 and slots.is_cpu and slots.layout is _STRIDED
+    except AttributeError:  # not a tensor
+        plain = False
+    if not plain:
+        _refuse("slots", slots, "an int64 CPU tensor")
+    if slots.shape != (count,) or not slots.is_contiguous():
+        raise ValueError(f"slots: a contiguous [{count}] tensor expected, got {tuple(slots.shape)}")
 
 
 def _refuse(name: str, tensor: object, wanted: str) -> NoReturn:

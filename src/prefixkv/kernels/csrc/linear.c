@@ -239,6 +239,20 @@ static const struct format_ops FORMATS[] = {
     {pass_q5_k, dequant_q5_k}, {pass_q6_k, dequant_q6_k},
 };
 
+/* Rows [r0, r1) of one column block's sums (sums[r - r0]: BLOCK floats, the first columns
+ * kept) into out, each plus its bias after the whole sum: the last step of every format's
+ * fixed summation order. */
+static void store_block(vf (*sums)[VECTORS], int64_t r0, int64_t r1, const float *bias,
+                        int columns, float *out, int64_t n_dim) {
+    for (int64_t r = r0; r < r1; r++) {
+        float row[BLOCK];
+        memcpy(row, sums[r - r0], sizeof(row));
+        if (bias)
+            for (int c = 0; c < columns; c++) row[c] += bias[c];
+        memcpy(out + r * n_dim, row, (size_t)columns * sizeof(float));
+    }
+}
+
 #include "linear_int8.h"
 
 /* One column block for rows [r0, r1) of x, adding the bias and writing out (row stride n_dim).
@@ -267,13 +281,7 @@ static void block(int format, const uint8_t *w, const float *x, int64_t r0, int6
                 FORMATS[format].pass(w, x + r * k_dim, k_dim, k0, k1, rows, sum + (r - r0));
         }
     }
-    for (int64_t r = r0; r < r1; r++) {
-        float row[BLOCK];
-        memcpy(row, sum[r - r0], sizeof(row));
-        if (bias)
-            for (int c = 0; c < columns; c++) row[c] += bias[c];
-        memcpy(out + r * n_dim, row, (size_t)columns * sizeof(float));
-    }
+    store_block(sum, r0, r1, bias, columns, out, n_dim);
 }
 
 int prefixkv_linear_block(void) { return BLOCK; }

@@ -235,13 +235,7 @@ static void int_block(int format, const uint8_t *w, const struct qacts *a, int64
             }
         }
     }
-    for (int64_t r = r0; r < r1; r++) {
-        float row[BLOCK];
-        memcpy(row, acc[r - r0], sizeof(row));
-        if (bias)
-            for (int c = 0; c < columns; c++) row[c] += bias[c];
-        memcpy(out + r * n_dim, row, (size_t)columns * sizeof(float));
-    }
+    store_block(acc, r0, r1, bias, columns, out, n_dim);
 }
 
 /* Which path forms the integer sums in this build: 0 generic C, 1 AVX512-VNNI, 2 AVX2. */
