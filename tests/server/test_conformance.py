@@ -26,6 +26,7 @@ from prefixkv.bench.conformance import CASES, Answer, run_case
 from prefixkv.bench.conformance_known import KNOWN_DIFFERENCES, explained, unexplained
 from prefixkv.bench.conformance_shapes import differences
 
+from ..requirements import missing
 from .harness import ServerProcess
 
 pytestmark = [pytest.mark.process, pytest.mark.smollm2, pytest.mark.slow]
@@ -64,7 +65,7 @@ def theirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Answe
     """vLLM's answer to every case, live; skipped where its venv is not built."""
     why = conformance_peer.unavailable()
     if why is not None:
-        pytest.skip(f"vLLM's CPU build is not installed: {why}")
+        missing("PREFIXKV_REQUIRE_VLLM", f"vLLM's CPU build is not installed: {why}")
     log: Path = tmp_path_factory.mktemp("conformance") / "vllm.log"
     server = conformance_peer.start(log)
     try:
