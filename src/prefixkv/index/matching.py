@@ -168,6 +168,8 @@ class Matching(IndexState):
         self, path: list[Node], used: int, query: bytes | memoryview, namespace: Hashable
     ) -> Match:
         """The Match for a non-empty path whose last node is used up to block ``used``."""
-        values = self._store.matched([node.values for node in path], used)
+        # (one node, the common case, without a comprehension: a function call in 3.11)
+        runs = [path[0].values] if len(path) == 1 else [node.values for node in path]
+        values = self._store.matched(runs, used)
         handle = _new(MatchHandle, (self, path[-1], self._epoch, query))
         return _new(Match, (len(values) * self.block_size, values, namespace, handle))
