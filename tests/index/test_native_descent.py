@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefixkv.index import Inserted, Match, PrefixIndex
+from prefixkv.index import INT64_VALUES, LIST_VALUES, Inserted, Match, PrefixIndex, ValueStore
 from prefixkv.index.native import NativeDescent, native_descent, native_descent_or_none
 from prefixkv.index.node import Node
 from prefixkv.tokens import TokenReader
@@ -112,17 +112,20 @@ def test_the_native_descent_finds_what_the_python_one_finds(
             assert not set(query[: found[0]]) & set(WILD)  # (never part of a match)
 
 
+@pytest.mark.parametrize("store", [LIST_VALUES, INT64_VALUES], ids=lambda store: store.name)
 @settings(max_examples=60, deadline=None)
 @given(case=scenarios(), namespace=st.sampled_from([None, "tenant"]))
 def test_indexes_with_and_without_the_native_descent_agree(
     native: NativeDescent,
+    store: ValueStore,
     case: tuple[int, list[list[int]], list[list[int]], list[int]],
     namespace: str | None,
 ) -> None:
     """Every public answer (matches, peeks, inserts' rejects and matches, stats) is the same
-    through the native descent as through the Python one, errors included."""
+    through the native descent as through the Python one, errors included, with either value
+    store (the native descent reads a node's list or ``array('q')`` of values)."""
     size, inserts, queries, evictions = case
-    plain, fast = PrefixIndex(size), PrefixIndex(size, native=native)
+    plain, fast = PrefixIndex(size, values=store), PrefixIndex(size, native=native, values=store)
 
     def both(name: str, *args: Any) -> None:
         """``name`` called on both indexes with ``args``: the same answer or error."""
@@ -136,7 +139,7 @@ def test_indexes_with_and_without_the_native_descent_agree(
 
     for number, tokens in enumerate(inserts + queries):
         ids = array.array("q", tokens)
-        values = [(number, block) for block in range(len(tokens) // size)]
+        values = [number * 1000 + block for block in range(len(tokens) // size)]
         both("peek", ids, namespace)
         both("match", ids, namespace)
         both("insert_with_match", ids, values, namespace)
@@ -207,6 +210,14 @@ def test_the_door_checks_nodes_block_sizes_and_keys(native: NativeDescent) -> No
     with pytest.raises(ValueError, match="a label of 20 bytes for 2 blocks of 2 tokens"):
         native.find(root, ids, 2, None)
     del child.label[-4:]
+    values = child.values
+    for wrong_values in (tuple(values), type("L", (list,), {})(values), bytearray(2)):
+        child.values = wrong_values  # type: ignore[assignment]  # (not a run of a store)
+        with pytest.raises(TypeError, match=r"values a list or an array\.array"):
+            native.find(root, ids, 2, None)
+    child.values = array.array("q", [7, 8])  # (an int64 store's run: read as any run)
+    assert native.find(root, ids, 2, None)[:2] == ([child], 2)
+    child.values = values
     stranger = Node(None, None, bytearray(8), ["x"], 0, [])
     impostor = type("Impostor", (Node,), {})(None, None, bytearray(8), ["x"], 0, [])
     for wrong, message in ((object(), "expected Node"), (impostor, "got Impostor")):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from array import array
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -10,21 +13,33 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from prefixkv import LFUPolicy, LRUPolicy, PrefixIndex, StaleMatchError
-from prefixkv.index import PinnedBlocksError
+from prefixkv.index import INT64_VALUES, LIST_VALUES, PinnedBlocksError, ValueStore
 from prefixkv.index.reference import ReferenceIndex
 
 BLOCK = 2
 # A tiny alphabet makes shared prefixes, splits and partial-block overlaps common.
 tokens_st = st.lists(st.integers(0, 2), max_size=14)
 namespaces_st = st.sampled_from([None, "tenant-a"])
+STORES = {"list": LIST_VALUES, "int64": INT64_VALUES}
+
+
+def plain(store: ValueStore, values: Sequence[Any], kind: str = "run") -> list[Any]:
+    """``values`` as a list, after checking they have ``store``'s type: a run (what insert,
+    evict and discard return) or a match's values."""
+    expected = {("list", "run"): list, ("list", "match"): tuple}.get((store.name, kind), array)
+    assert type(values) is expected, (store.name, kind, type(values))
+    if expected is array:
+        assert values.typecode == "q"  # type: ignore[attr-defined]
+    return list(values)
 
 
 class IndexVsReference(RuleBasedStateMachine):
     policy_cls: type = LRUPolicy
+    store: ValueStore = LIST_VALUES
 
     def __init__(self) -> None:
         super().__init__()
-        self.index = PrefixIndex(BLOCK, policy=self.policy_cls())
+        self.index = PrefixIndex(BLOCK, policy=self.policy_cls(), values=self.store)
         self.ref = ReferenceIndex(BLOCK, policy=self.policy_cls())
         self.values = itertools.count()
         self.matches: list[tuple[object, object, list[int]]] = []  # mine, theirs, tokens
@@ -34,7 +49,8 @@ class IndexVsReference(RuleBasedStateMachine):
     def insert(self, tokens: list[int], extra: int, ns: str | None) -> None:
         count = max(0, len(tokens) // BLOCK + extra)
         values = [next(self.values) for _ in range(count)]
-        assert self.index.insert(tokens, values, ns) == self.ref.insert(tokens, values, ns)
+        found = self.index.insert(tokens, values, ns)
+        assert plain(self.store, found) == self.ref.insert(tokens, values, ns)
         self.inserted.append((tokens, ns))
         del self.inserted[:-6]
 
@@ -45,9 +61,10 @@ class IndexVsReference(RuleBasedStateMachine):
         count = max(0, len(tokens) // BLOCK + extra)
         values = [next(self.values) for _ in range(count)]
         rejected, mine = self.index.insert_with_match(tokens, values, ns)
-        assert rejected == self.ref.insert(tokens, values, ns)
+        assert plain(self.store, rejected) == self.ref.insert(tokens, values, ns)
         theirs = self.ref.peek(tokens[: count * BLOCK], ns)
-        assert (mine.num_tokens, mine.values) == (theirs.num_tokens, theirs.values)
+        mine_values = plain(self.store, mine.values, "match")
+        assert (mine.num_tokens, mine_values) == (theirs.num_tokens, list(theirs.values))
         assert mine.namespace == ns
         self.matches.append((mine, theirs, tokens))
         del self.matches[:-6]
@@ -57,7 +74,8 @@ class IndexVsReference(RuleBasedStateMachine):
     @rule(tokens=tokens_st, ns=namespaces_st)
     def match(self, tokens: list[int], ns: str | None) -> None:
         mine, theirs = self.index.match(tokens, ns), self.ref.match(tokens, ns)
-        assert (mine.num_tokens, mine.values) == (theirs.num_tokens, theirs.values)
+        mine_values = plain(self.store, mine.values, "match")
+        assert (mine.num_tokens, mine_values) == (theirs.num_tokens, list(theirs.values))
         assert mine.num_tokens % BLOCK == 0 and mine.num_blocks == len(mine.values)
         self.matches.append((mine, theirs, tokens))
         del self.matches[:-6]
@@ -114,14 +132,17 @@ class IndexVsReference(RuleBasedStateMachine):
         outcomes = []
         for index in (self.index, self.ref):
             try:
-                outcomes.append(sorted(index.discard(tokens, first, ns)))
+                found = index.discard(tokens, first, ns)
+                if index is self.index:
+                    plain(self.store, found)
+                outcomes.append(sorted(found))
             except PinnedBlocksError:
                 outcomes.append(["pinned"])
         assert outcomes[0] == outcomes[1]
 
     @rule(count=st.integers(0, 6))
     def evict(self, count: int) -> None:
-        assert self.index.evict(count) == self.ref.evict(count)
+        assert plain(self.store, self.index.evict(count)) == self.ref.evict(count)
 
     @invariant()
     def consistent(self) -> None:
@@ -136,20 +157,36 @@ class LFUIndexVsReference(IndexVsReference):
     policy_cls = LFUPolicy
 
 
+class Int64IndexVsReference(IndexVsReference):
+    store = INT64_VALUES
+
+
+class Int64LFUIndexVsReference(IndexVsReference):
+    policy_cls = LFUPolicy
+    store = INT64_VALUES
+
+
 settings_ = settings(max_examples=300, stateful_step_count=40, deadline=None)
 TestLRUAgainstReference = IndexVsReference.TestCase
 TestLRUAgainstReference.settings = settings_
 TestLFUAgainstReference = LFUIndexVsReference.TestCase
 TestLFUAgainstReference.settings = settings_
+TestInt64LRUAgainstReference = Int64IndexVsReference.TestCase
+TestInt64LRUAgainstReference.settings = settings_
+TestInt64LFUAgainstReference = Int64LFUIndexVsReference.TestCase
+TestInt64LFUAgainstReference.settings = settings_
 
 
+@pytest.mark.parametrize("store", STORES)
 @pytest.mark.parametrize("policy", [LRUPolicy, LFUPolicy])
-def test_long_random_run_matches_reference(policy: type) -> None:
+def test_long_random_run_matches_reference(policy: type, store: str) -> None:
     """A longer seeded run with bigger blocks than hypothesis explores."""
     import random
 
     rng = random.Random(7)
-    index, ref = PrefixIndex(4, policy=policy()), ReferenceIndex(4, policy=policy())
+    values_of = STORES[store]
+    index = PrefixIndex(4, policy=policy(), values=values_of)
+    ref = ReferenceIndex(4, policy=policy())
     counter = itertools.count()
     bases = [[rng.randrange(3) for _ in range(rng.randrange(40))] for _ in range(8)]
     for step in range(3000):
@@ -159,13 +196,16 @@ def test_long_random_run_matches_reference(policy: type) -> None:
         op = rng.random()
         if op < 0.45:
             values = [next(counter) for _ in range(len(tokens) // 4)]
-            assert index.insert(tokens, values) == ref.insert(tokens, values)
+            assert plain(values_of, index.insert(tokens, values)) == ref.insert(tokens, values)
         elif op < 0.9:
             a, b = index.match(tokens), ref.match(tokens)
-            assert (a.num_tokens, a.values) == (b.num_tokens, b.values)
+            assert (a.num_tokens, plain(values_of, a.values, "match")) == (
+                b.num_tokens,
+                list(b.values),
+            )
         else:
             count = rng.randrange(12)
-            assert index.evict(count) == ref.evict(count), step
+            assert plain(values_of, index.evict(count)) == ref.evict(count), step
         if step % 50 == 0:
             index.check_invariants()
     index.check_invariants()

@@ -386,7 +386,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         self._reserved += len(blocks)
         return blocks
 
-    def _drop(self, evicted: list[int], cause: RemovalCause) -> None:
+    def _drop(self, evicted: Sequence[int], cause: RemovalCause) -> None:
         """Under the lock: tell the observer of blocks the indexes let go, free them."""
         if evicted:
             self.events.removed(evicted, cause)
@@ -472,7 +472,7 @@ class PrefixKVCache(RamOnly, GeometryOwner):
         """Index invariants, then the conservation law free + used + reserved == total."""
         self.evictions.check_invariants()
         with self._lock:
-            in_use = []
+            in_use: list[int] = []
             for _, index in self.tenants:
                 index.check_invariants()
                 in_use += index.indexed_values()

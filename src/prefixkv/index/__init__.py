@@ -1,6 +1,8 @@
 """The prefix index: token prefixes to per-block values. Needs NumPy only, never torch.
 
-- :mod:`.tree`: :class:`PrefixIndex`, the radix tree over blocks (structure, pins, eviction)
+- :mod:`.tree`: :class:`PrefixIndex`, the radix tree over blocks, assembled from
+  :mod:`.state`, :mod:`.matching`, :mod:`.mutation`, :mod:`.removal` and :mod:`.pins`
+- :mod:`.values`: how block values are kept (lists of anything, or int64 runs)
 - :mod:`.descent`: the lookup of a query's longest indexed path (reading it lazily)
 - :mod:`.node`: one node (a run of blocks) and its per-block use records
 - :mod:`.records`: :class:`Match`, :class:`Inserted`, :class:`IndexStats`, :class:`StaleMatchError`
@@ -25,8 +27,11 @@ from prefixkv.index.records import (
     StaleMatchError,
 )
 from prefixkv.index.tree import PrefixIndex
+from prefixkv.index.values import INT64_VALUES, LIST_VALUES, ValueStore
 
 __all__ = [
+    "INT64_VALUES",
+    "LIST_VALUES",
     "BlockAccess",
     "EvictionPolicy",
     "IndexStats",
@@ -37,5 +42,6 @@ __all__ = [
     "PinnedBlocksError",
     "PrefixIndex",
     "StaleMatchError",
+    "ValueStore",
     "policy_by_name",
 ]

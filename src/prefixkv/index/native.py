@@ -71,12 +71,15 @@ class NativeDescent:
         """The canonical bytes of ``ids[:stop]``; errors as :meth:`find`."""
         return self._read(ids, stop)  # type: ignore[no-any-return]
 
-    def page_firsts(self, slots: Any, page_size: int) -> list[int]:
+    def page_firsts(self, slots: Any, page_size: int) -> array.array[int]:
         """The first slot of each page of ``slots`` (8-byte signed ints, a whole number of
-        pages: ValueError if not), checking that every page's slots are consecutive
-        (ValueError if not). For :func:`prefixkv.integrations.sglang_pages.page_firsts`:
-        SGLang's KV slot tensors, read in place through a NumPy view."""
-        return self._page_firsts(slots, page_size)  # type: ignore[no-any-return]
+        pages: ValueError if not) as an ``array('q')``, checking that every page's slots are
+        consecutive (ValueError if not). For
+        :func:`prefixkv.integrations.sglang_pages.page_firsts`: SGLang's KV slot tensors,
+        read in place through a NumPy view; no Python int is made per page."""
+        firsts = array.array("q")
+        firsts.frombytes(self._page_firsts(slots, page_size))
+        return firsts
 
 
 def _product() -> Any:

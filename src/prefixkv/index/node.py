@@ -1,7 +1,8 @@
 """One node of the prefix tree: a run of consecutive blocks with a single parent.
 
 The tree is a radix tree over *blocks*: a node holds ``n >= 1`` consecutive full blocks (its
-``label``, ``n * block_token_bytes`` bytes of token ids) and one value per block. A root holds no
+``label``, ``n * block_token_bytes`` bytes of token ids) and one value per block (its ``values``, a run of the index's value store, see
+:mod:`prefixkv.index.values`). A root holds no
 blocks. Children are keyed by (a function of) their first block, so finding the child that
 continues a prefix is one dict lookup, whatever the number of siblings.
 
@@ -16,9 +17,9 @@ This module owns the per-node mechanics only; :mod:`prefixkv.index.tree` owns th
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any
 
 from prefixkv.index.policy import BlockAccess
+from prefixkv.index.values import Run
 
 _new = tuple.__new__  # builds a NamedTuple from its fields without its Python-level __new__
 
@@ -66,7 +67,7 @@ class Node:
         parent: Node | None,
         key: Hashable,
         label: bytearray,
-        values: list[Any],
+        values: Run,
         depth: int,
         regions: list[Region],
     ) -> None:
@@ -117,14 +118,14 @@ class Node:
         if last:  # the used regions now share a tick; those with equal hits merge
             self._merge()
 
-    def extend(self, label: bytes | memoryview, values: list[Any], tick: int) -> None:
+    def extend(self, label: bytes | memoryview, values: Run, tick: int) -> None:
         """Append blocks first used at ``tick`` (the caller has already used the rest)."""
         self.label += label
         self.values.extend(values)
         self.regions.append(Region(len(self.values), 1, tick))
         self._merge()
 
-    def truncate(self, num_blocks: int, block_token_bytes: int) -> list[Any]:
+    def truncate(self, num_blocks: int, block_token_bytes: int) -> Run:
         """Keep the first ``num_blocks`` blocks; return the removed values, deepest first."""
         removed = self.values[num_blocks:]
         removed.reverse()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, MutableSequence, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from prefixkv.index.node import Node
-    from prefixkv.index.tree import PrefixIndex
+    from prefixkv.index.state import IndexState
 
 
 class StaleMatchError(RuntimeError):
@@ -21,7 +21,7 @@ class PinnedBlocksError(RuntimeError):
 class MatchHandle(NamedTuple):
     """Where a match ended, for ``pin``; opaque to users."""
 
-    owner: PrefixIndex
+    owner: IndexState
     node: Node | None
     epoch: int
     query: bytes | memoryview
@@ -37,17 +37,23 @@ class Match(NamedTuple):
     """The longest indexed prefix of a query.
 
     ``num_tokens`` is a multiple of the block size; ``values`` holds one value per matched
-    block, in order. Locks are counted per Match object (by identity), not per equal value.
+    block, in order: a tuple with the default value store, an ``array('q')`` with the int64
+    one (:mod:`prefixkv.index.values`; a record: do not change it). Locks are counted per Match object (by identity), not per equal value.
     """
 
     num_tokens: int
-    values: tuple[Any, ...]
+    values: Sequence[Any]
     namespace: Hashable
     handle: MatchHandle
 
     @property
     def num_blocks(self) -> int:
         return len(self.values)
+
+    def __hash__(self) -> int:
+        # Not the values: an int64 store's are an (unhashable) array; equal matches have
+        # the same blocks, namespace and handle anyway.
+        return hash((self.num_tokens, self.namespace, self.handle))
 
     def __repr__(self) -> str:
         return (
@@ -59,7 +65,7 @@ class Match(NamedTuple):
 class Inserted(NamedTuple):
     """What ``PrefixIndex.insert_with_match`` returns."""
 
-    rejected: list[Any]
+    rejected: MutableSequence[Any]
     """The given values not adopted, in block order (``insert``'s result)."""
     match: Match
     """The inserted prefix as now indexed (``peek`` of its blocks right after the insert)."""

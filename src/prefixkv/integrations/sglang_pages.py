@@ -2,14 +2,18 @@
 
 SGLang's paged allocators hand out whole pages: the ``page_size`` slots of a page are
 consecutive (``first, first + 1, ...``), so one int, the page's first slot, names the page.
-The adapter stores that int as the block value of the page's token block, and rebuilds the
-slot tensor of a matched prefix from those ints. At ``page_size`` 1 a page is one slot.
+The adapter stores that int as the block value of the page's token block, in the index's
+int64 value store (:data:`prefixkv.index.INT64_VALUES`: ``array('q')`` runs), and rebuilds
+the slot tensor of a matched prefix from the match's ``array('q')`` with
+``torch.frombuffer``: no Python int is made per page either way. At ``page_size`` 1 a page
+is one slot.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Hashable, Sequence
+from array import array
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
@@ -20,8 +24,8 @@ from prefixkv.index.native import native_descent_or_none
 __all__ = ["blocks_for", "namespace_of", "page_firsts", "page_slots"]
 
 
-def page_firsts(slots: torch.Tensor, page_size: int) -> list[int]:
-    """The first slot of each page of ``slots`` (a whole number of pages).
+def page_firsts(slots: torch.Tensor, page_size: int) -> array[int]:
+    """The first slot of each page of ``slots`` (a whole number of pages), as ``array('q')``.
 
     Raises ValueError if a page's slots are not consecutive: such values could not be
     rebuilt from their first slot, and storing them would hand wrong KV to a later match.
@@ -38,15 +42,15 @@ def page_firsts(slots: torch.Tensor, page_size: int) -> list[int]:
     host = (slots if slots.is_cpu else slots.cpu()).numpy()
     if host.dtype != np.int64 or not host.flags.c_contiguous:  # (read as contiguous int64s)
         host = np.ascontiguousarray(host, np.int64)
-    if page_size == 1:
-        return host.tolist()  # type: ignore[no-any-return]
+    if page_size == 1:  # (every slot is a page: one memcpy)
+        return _int64_run(host)
     native = native_descent_or_none()
     if native is not None:  # (one C pass: 0.8 us at 128 slots where NumPy's takes 3.5)
         return native.page_firsts(host, page_size)
     return _numpy_page_firsts(host, page_size)
 
 
-def _numpy_page_firsts(host: np.ndarray[Any, Any], page_size: int) -> list[int]:
+def _numpy_page_firsts(host: np.ndarray[Any, Any], page_size: int) -> array[int]:
     """``page_firsts`` of an int64 host array in NumPy: the reference of the native check,
     and the way without a C compiler."""
     pages = host.reshape(-1, page_size)
@@ -62,7 +66,14 @@ def _numpy_page_firsts(host: np.ndarray[Any, Any], page_size: int) -> list[int]:
         )
     if not consecutive:
         raise ValueError("value: the slots of a page must be consecutive (a paged allocator's)")
-    return firsts.tolist()  # type: ignore[no-any-return]
+    return _int64_run(np.ascontiguousarray(firsts))
+
+
+def _int64_run(host: np.ndarray[Any, Any]) -> array[int]:
+    """A contiguous int64 host array's values as ``array('q')`` (a copy of its bytes)."""
+    run = array("q")
+    run.frombytes(host.data.cast("B"))  # (as bytes: frombytes reads a byte buffer)
+    return run
 
 
 _TILE_SLOTS = 16384
@@ -77,14 +88,22 @@ def _offsets(page_size: int) -> bytes:
     return np.tile(np.arange(page_size, dtype=np.int64), pages).tobytes()
 
 
-def page_slots(firsts: Sequence[int], page_size: int, device: torch.device) -> torch.Tensor:
-    """The int64 slot tensor of the pages named by ``firsts`` (the inverse of
-    :func:`page_firsts`)."""
-    starts = torch.tensor(firsts, dtype=torch.int64, device=device)
-    if page_size == 1:
-        return starts
-    offsets = torch.arange(page_size, dtype=torch.int64, device=device)
-    return (starts[:, None] + offsets).reshape(-1)
+def page_slots(firsts: array[int], page_size: int, device: torch.device) -> torch.Tensor:
+    """The int64 slot tensor of the pages named by ``firsts`` (an ``array('q')``, which the
+    tensor shares at page size 1 on the CPU: a match's values are its own and never
+    change; the inverse of :func:`page_firsts`)."""
+    if not firsts:  # (torch.frombuffer refuses an empty buffer)
+        return torch.empty((0,), dtype=torch.int64, device=device)
+    starts = torch.frombuffer(firsts, dtype=torch.int64)
+    if page_size > 1:
+        starts = (starts[:, None] + _page_offsets(page_size)).reshape(-1)
+    return starts if device.type == "cpu" else starts.to(device)
+
+
+@functools.cache  # (one entry per page size)
+def _page_offsets(page_size: int) -> torch.Tensor:
+    """``0, 1, ..., page_size - 1`` (int64, CPU): a page's slots past its first."""
+    return torch.arange(page_size, dtype=torch.int64)
 
 
 def namespace_of(extra_key: str | None, cache_salt: str | None) -> Hashable:

@@ -13,7 +13,8 @@
  * path and raise the same error for every query. The door (prefixkv/index/native.py) and
  * this file check every argument: a buffer of format 'q' or 'l' with 8-byte items, 1-D and
  * C-contiguous; Node objects of the given type whose label is a bytearray of exactly
- * len(values) blocks; a dict of children.
+ * len(values) blocks, values a list or an array.array (the index's value store); a dict of
+ * children.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,6 +24,7 @@
 #define MAX_TOKEN_ID 4294967295LL
 
 static PyObject *s_label, *s_values, *s_children; /* interned attribute names */
+static PyTypeObject *array_type; /* array.array: the int64 value store's runs */
 
 /* The caller's ids: a 1-D C-contiguous buffer of 8-byte signed ints. */
 typedef struct {
@@ -84,12 +86,28 @@ static int same(const uint32_t *label, const int64_t *ids, Py_ssize_t count) {
     return diff == 0;
 }
 
-/* Leading blocks of label equal to ids, among the first num. */
+/* Chunk of tokens compared branch-free (vectorizable) before the first difference is
+ * looked for inside it: a long node that differs early costs one chunk, not its length. */
+#define CHUNK 256
+
+/* The index of the first token where label and ids differ, or count if none does. */
+static Py_ssize_t first_difference(const uint32_t *label, const int64_t *ids, Py_ssize_t count) {
+    Py_ssize_t at = 0;
+    while (at < count) {
+        Py_ssize_t n = count - at < CHUNK ? count - at : CHUNK;
+        if (!same(label + at, ids + at, n)) {
+            while ((int64_t)label[at] == ids[at]) at++;
+            return at;
+        }
+        at += n;
+    }
+    return count;
+}
+
+/* Leading blocks of label equal to ids, among the first num (of bs tokens each). */
 static Py_ssize_t leading_blocks(const uint32_t *label, const int64_t *ids, Py_ssize_t num,
                                  Py_ssize_t bs) {
-    Py_ssize_t b = 0;
-    while (b < num && same(label + b * bs, ids + b * bs, bs)) b++;
-    return b;
+    return first_difference(label, ids, num * bs) / bs;
 }
 
 /* A node's fields, type-checked: its label (uint32 tokens) and number of blocks. */
@@ -109,11 +127,15 @@ static int node_fields(PyObject *node, PyTypeObject *node_type, Py_ssize_t bs, F
     PyObject *label = PyObject_GetAttr(node, s_label);
     PyObject *values = label ? PyObject_GetAttr(node, s_values) : NULL;
     if (!values) goto fail;
-    if (!PyByteArray_Check(label) || !PyList_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "node: label must be a bytearray, values a list");
+    /* values: a run of the index's value store, a list or an array.array (exactly: their
+     * lengths are read in C, no Python code runs) */
+    int run = PyList_CheckExact(values) || Py_IS_TYPE(values, array_type);
+    if (!PyByteArray_Check(label) || !run) {
+        PyErr_SetString(PyExc_TypeError,
+                        "node: label must be a bytearray, values a list or an array.array");
         goto fail;
     }
-    out->blocks = PyList_GET_SIZE(values);
+    out->blocks = Py_SIZE(values); /* (a list's and an array's item count) */
     if (PyByteArray_GET_SIZE(label) != out->blocks * bs * 4 || out->blocks < 1) {
         PyErr_Format(PyExc_ValueError, "node: a label of %zd bytes for %zd blocks of %zd "
                      "tokens", PyByteArray_GET_SIZE(label), out->blocks, bs);
@@ -187,7 +209,9 @@ static Py_ssize_t descend(PyObject *child, const Ids *q, Py_ssize_t *read, Py_ss
                 break;
             }
         }
-        if (stop <= end && same(f.tokens, q->ids + pos, stop - pos)) {
+        /* tokens of the node equal to the query's from pos (-1: the query ends inside it) */
+        Py_ssize_t equal = stop <= end ? first_difference(f.tokens, q->ids + pos, stop - pos) : -1;
+        if (equal == stop - pos) {
             Py_DECREF(f.label);
             result = -1;
             if (PyList_Append(path, child) < 0) break;
@@ -210,8 +234,8 @@ static Py_ssize_t descend(PyObject *child, const Ids *q, Py_ssize_t *read, Py_ss
             continue;
         }
         /* some block differs, or the query ends inside this node */
-        Py_ssize_t common =
-            leading_blocks(f.tokens, q->ids + pos, min_ssize(f.blocks, (end - pos) / bs), bs);
+        Py_ssize_t common = equal >= 0 ? equal / bs
+                                       : leading_blocks(f.tokens, q->ids + pos, (end - pos) / bs, bs);
         Py_DECREF(f.label);
         result = used;
         if (common) result = PyList_Append(path, child) < 0 ? -1 : common;
@@ -297,9 +321,10 @@ static PyObject *read_ids(PyObject *self, PyObject *const *args, Py_ssize_t narg
 }
 
 PyDoc_STRVAR(page_firsts_doc,
-"page_firsts(slots, page_size) -> list[int]\n\n"
+"page_firsts(slots, page_size) -> bytes\n\n"
 "The first slot of each page of slots (a 1-D buffer of 8-byte signed ints, a whole number\n"
-"of pages), checking that the slots of every page are consecutive (ValueError if not).");
+"of pages) as native int64 bytes, checking that the slots of every page are consecutive\n"
+"(ValueError if not).");
 
 static PyObject *page_firsts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -330,11 +355,10 @@ static PyObject *page_firsts(PyObject *self, PyObject *const *args, Py_ssize_t n
             goto done;
         }
     }
-    out = PyList_New(q.n / size);
-    for (Py_ssize_t page = 0; out && page < q.n / size; page++) {
-        PyObject *item = PyLong_FromLongLong(q.ids[page * size]);
-        if (!item) Py_CLEAR(out);
-        else PyList_SET_ITEM(out, page, item);
+    out = PyBytes_FromStringAndSize(NULL, q.n / size * 8); /* (no Python int per page) */
+    if (out) {
+        int64_t *dst = (int64_t *)PyBytes_AS_STRING(out);
+        for (Py_ssize_t page = 0; page < q.n / size; page++) dst[page] = q.ids[page * size];
     }
 done:
     PyBuffer_Release(&q.view);
@@ -358,5 +382,14 @@ PyMODINIT_FUNC PyInit_prefixkv_descent(void) {
     s_values = PyUnicode_InternFromString("values");
     s_children = PyUnicode_InternFromString("children");
     if (!s_label || !s_values || !s_children) return NULL;
+    PyObject *array_module = PyImport_ImportModule("array");
+    if (!array_module) return NULL;
+    array_type = (PyTypeObject *)PyObject_GetAttrString(array_module, "array");
+    Py_DECREF(array_module);
+    if (!array_type) return NULL;
+    if (!PyType_Check(array_type)) {
+        PyErr_SetString(PyExc_TypeError, "array.array is not a type");
+        return NULL;
+    }
     return PyModule_Create(&module);
 }
