@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from prefixkv.engine import bitmask
 from prefixkv.engine.pieces import pieces_of
 from prefixkv.engine.request import GrammarSpec, InvalidRequestError
 from prefixkv.extras import require
 
 CACHED_GRAMMARS = 64  # compiled matchers kept per tokenizer (a few KB to a few MB each)
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 
 
 def _library() -> Any:
@@ -140,14 +140,10 @@ class GrammarMask:
         self._bitmask = np.zeros((vocab + 31) // 32, dtype=np.int32)  # [words], bit i: id i
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        # llguidance fills the bitmask from its token trie (it drops the GIL meanwhile);
+        # applying it is :mod:`prefixkv.engine.bitmask`'s (why numpy: see there).
         self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
-        # [words] int32 -> [words, 32] bits, lowest bit first -> [32 * words] allowed; the
-        # model's padding ids past the tokenizer's vocabulary are never allowed.
-        bits = (torch.from_numpy(self._bitmask).unsqueeze(-1) >> _SHIFTS) & 1
-        allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
-        known = min(logits.shape[-1], bits.numel())
-        allowed[:known] = bits.view(-1)[:known].bool()
-        return logits.masked_fill_(~allowed, -torch.inf)
+        return bitmask.apply_bitmask(logits, self._bitmask)
 
     def accept(self, token: int) -> None:
         self._matcher.consume_token(token)

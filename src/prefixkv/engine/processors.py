@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from prefixkv.engine.bitmask import private_copy
 from prefixkv.engine.request import SamplingParams
 from prefixkv.tokens import TokenBytes
 
@@ -121,7 +122,7 @@ class Pipeline:
         processors changed in place (``logits`` may be an inference tensor, a view of the
         batch's logits: never written)."""
         if self.processors:
-            logits = logits.clone()
+            logits = private_copy(logits)
         for processor in self.processors:
             logits = processor(logits)
         return logits
