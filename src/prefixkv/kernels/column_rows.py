@@ -6,7 +6,7 @@ layout keeps a column's values at fixed places of block ``j // BLOCK`` (``csrc/l
 ``csrc/linear_legacy.h``, ``csrc/linear_kquants.h``): a 16-bit or 8-bit lane ``j % BLOCK``
 of each header and 8-bit quant row, a nibble of each 4-bit row (byte ``j % 32``, high half
 for ``j >= 32``), two bits of each q6_k high row and one bit of each q5_k high row (byte
-``j % 16``). :func:`rows_of` gathers just those bytes for the rows asked for, rebuilds their
+``j % 16``); a K-quant's integer-dot layout has its rows' blocks restored first. :func:`rows_of` gathers just those bytes for the rows asked for, rebuilds their
 planes (:mod:`prefixkv.kernels.formats`) and de-quantizes them as
 :func:`prefixkv.kernels.formats.unpack` does: the same float32 bits, a few rows at a time.
 """
@@ -20,7 +20,7 @@ import torch
 
 from prefixkv.kernels import formats, kquants
 from prefixkv.kernels.formats import BLOCK, GROUP, PackedWeight, Planes
-from prefixkv.kernels.int_layout import BASE
+from prefixkv.kernels.int_layout import BASE, restore
 
 _F16, _U8, _I8 = torch.float16, torch.uint8, torch.int8
 _HALVES = BLOCK * 2  # bytes of one fp16 vector of BLOCK columns
@@ -123,6 +123,16 @@ def _int_dot(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> P
     return planes
 
 
+def _k_int_dot(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    """A K-quant's integer-dot layout (:mod:`prefixkv.kernels.kint_layout`): only the column
+    blocks the rows lie in, restored to the base format's layout, then gathered as its."""
+    base = BASE[packed.format]
+    picked, local = torch.unique(block, return_inverse=True)
+    blocks = torch.from_numpy(np.ascontiguousarray(packed.data.numpy()[picked.numpy()]))
+    part = PackedWeight(base, packed.in_features, picked.numel() * BLOCK, restore(base, blocks))
+    return _GATHER[base](part, local, lane)
+
+
 def _q6_k(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
     spans = _spans(packed, kquants.SUPER)
     low = _nibbles(spans, 5248, kquants.SUPER, block, lane)
@@ -155,4 +165,5 @@ _GATHER: dict[str, Callable[[PackedWeight, torch.Tensor, torch.Tensor], Planes]]
     "f32": _plain, "bf16": _plain, "q8_0": _legacy, "q4_0": _legacy, "q4_1": _legacy,
     "q4_k": _q4_k, "q5_k": _q4_k, "q6_k": _q6_k,
     "q8_0.q8": _int_dot, "q4_0.q8": _int_dot, "q4_1.q8": _int_dot,
+    "q4_k.q8": _k_int_dot, "q5_k.q8": _k_int_dot, "q6_k.q8": _k_int_dot,
 }  # fmt: skip
