@@ -212,29 +212,36 @@ static inline __attribute__((always_inline)) void kint_tile(int format, const ui
     kdot(format, k, xq, R, 0, six ? 2 : 4, isum);
     if (six)
         kdot(format, k, xq, R, 2, 4, upper);
+    vi sc[2][VECTORS], mins[VECTORS]; /* the group's scales (q6_k: two) and mins, widened */
+    vf d[VECTORS], dmin[VECTORS];
+    for (int j = 0; j < VECTORS; j++) {
+        d[j] = from_f16(super + 2 * WIDTH * j);
+        if (six) {
+            sc[0][j] = widen_i8_i32(super + 128 + 2 * sub * BLOCK + WIDTH * j);
+            sc[1][j] = widen_i8_i32(super + 128 + (2 * sub + 1) * BLOCK + WIDTH * j);
+        } else {
+            sc[0][j] = widen_u8_i32(super + 256 + sub * BLOCK + WIDTH * j);
+            mins[j] = widen_u8_i32(super + 768 + sub * BLOCK + WIDTH * j);
+            dmin[j] = from_f16(super + 128 + 2 * WIDTH * j);
+        }
+    }
     for (int r = 0; r < R; r++) {
         int64_t at = (r0 + r) * a->groups + g;
         float dx = a->d[at];
         int32_t sum = a->sum[at], half = a->half[at];
         for (int j = 0; j < VECTORS; j++) {
-            vi ints;
-            if (six)
-                ints = widen_i8_i32(super + 128 + 2 * sub * BLOCK + WIDTH * j) *
-                           (isum[r][j] - 32 * half) +
-                       widen_i8_i32(super + 128 + (2 * sub + 1) * BLOCK + WIDTH * j) *
-                           (upper[r][j] - 32 * (sum - half));
-            else
-                ints = widen_u8_i32(super + 256 + sub * BLOCK + WIDTH * j) * isum[r][j];
-            vf scale = from_f16(super + 2 * WIDTH * j) * dx;
+            vi ints = six ? sc[0][j] * (isum[r][j] - 32 * half) +
+                                sc[1][j] * (upper[r][j] - 32 * (sum - half))
+                          : sc[0][j] * isum[r][j];
+            vf scale = d[j] * dx;
             KEEP(scale);
             vf term = __builtin_convertvector(ints, vf) * scale;
             KEEP(term);
             acc[r][j] += term;
             if (!six) {
-                vi mins = widen_u8_i32(super + 768 + sub * BLOCK + WIDTH * j) * sum;
-                vf shift = from_f16(super + 128 + 2 * WIDTH * j) * dx;
+                vf shift = dmin[j] * dx;
                 KEEP(shift);
-                vf less = __builtin_convertvector(mins, vf) * shift;
+                vf less = __builtin_convertvector(mins[j] * sum, vf) * shift;
                 KEEP(less);
                 acc[r][j] -= less;
             }
