@@ -32,11 +32,10 @@ _HEADERS = {
     "q5_k": (("d", _F16, 2), ("dmin", _F16, 2), ("sc", _U8, 8), ("m", _U8, 8)),
     "q6_k": (("d", _F16, 2), ("sc", _I8, 16)),
 }
-_HIGH_BYTES = {"q4_k": 0, "q5_k": BLOCK * 4, "q6_k": 2 * BLOCK * 4}  # per group
-
-
-def _header_bytes(format: str) -> int:
-    return sum(size for _, _, size in _HEADERS[format]) * BLOCK
+HIGH_BYTES = {"q4_k": 0, "q5_k": BLOCK * 4, "q6_k": 2 * BLOCK * 4}
+"""Bytes of a group's high bits (before its 1024 of low ones)."""
+HEADER_BYTES = {name: sum(size for _, _, size in parts) * BLOCK for name, parts in _HEADERS.items()}
+"""Bytes of a super-block's scales (before its groups): 1280, 1280, 1152."""
 
 
 def _shifts(*bits: int) -> torch.Tensor:
@@ -78,7 +77,7 @@ def unpack(format: str, data: torch.Tensor, out: int, in_features: int) -> Plane
         shape = (blocks, supers, BLOCK) if size == 2 else (blocks, supers, size, BLOCK)
         planes[name] = columns_first(raw.view(shape), out)
         start += size * BLOCK
-    high = _HIGH_BYTES[format]
+    high = HIGH_BYTES[format]
     groups = rows[..., start:].reshape(blocks, supers, GROUPS, -1)
     lo = groups[..., high:].reshape(blocks, supers, GROUPS, 4, BLOCK, 4).transpose(-1, -2)
     q = torch.stack((lo & 15, lo >> 4), dim=4)  # [b, S, g, p, h, i, c]
