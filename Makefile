@@ -49,10 +49,11 @@ test-kernels-avx2: $(STAMP)
 		tests/kernels/test_linear_formats.py tests/kernels/test_linear_kquants.py \
 		tests/kernels/test_linear_kernel.py tests/kernels/test_rotary_kernel.py \
 		tests/kernels/test_decoder_kernel.py \
-		tests/kernels/test_linear_int8.py tests/kernels/test_column_rows.py \
+		tests/kernels/test_linear_int8.py tests/kernels/test_linear_int8_k.py \
+		tests/kernels/test_column_rows.py \
 		tests/engine/test_weights.py tests/engine/test_activations.py
 	PREFIXKV_KERNEL_MARCH=x86-64 $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/kernels/test_linear_int8.py
+		tests/kernels/test_linear_int8.py tests/kernels/test_linear_int8_k.py
 
 test-kernels-asan: $(STAMP)
 	PREFIXKV_KERNEL_SANITIZE=1 ASAN_OPTIONS=detect_leaks=0 \

@@ -1,5 +1,5 @@
-"""``--activations q8`` on a model opened from a GGUF file: its Q8_0/Q4_0/Q4_1 layers run on
-integer dot products; cached == uncached, batched == alone and the lean pass == transformers'
+"""``--activations q8`` on a model opened from a GGUF file: its Q8_0/Q4_0/Q4_1 and K-quant
+(Q4_K/Q5_K/Q6_K) layers run on integer dot products; cached == uncached, batched == alone and the lean pass == transformers'
 modules, bit for bit, as for fp32 activations; the replies stay close to fp32's."""
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from tests.engine.batch.test_runner import Sink, drive
 from .tiny_gguf import write_tiny_gguf
 
 PROMPTS = ["hello world", "the quick brown fox", "user assistant hello", "lazy dog jumps"]
+K_TYPES = ("Q4_K", "Q5_K", "Q6_K")  # need in features % 256 == 0: a wider tiny model
 
 
 def _engine(tmp: Path, name: str, acts: str, **kw: Any) -> Engine:
     """The tiny GGUF ``name`` (written with ``kw`` on first use), ``--weights auto``."""
     path = tmp / f"{name}.gguf"
     if not path.exists():
-        write_tiny_gguf(path, **kw)
+        wide = kw.get("matrix_type") in K_TYPES
+        write_tiny_gguf(path, **kw, **({"hidden": 256} if wide else {}))
     return Engine.from_pretrained(str(path), cache_bytes=1 << 20, block_size=4,
                                   cache_dir=tmp / "cache", activations=acts)  # fmt: skip
 
@@ -46,7 +48,7 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
-@pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0", "Q4_1"])
+@pytest.mark.parametrize("ggml_type", ["Q8_0", "Q4_0", "Q4_1", *K_TYPES])
 def test_q8_activations_are_batch_invariant_and_cache_exact(
     arch: str, ggml_type: str, tmp_path: Path
 ) -> None:
@@ -65,10 +67,14 @@ def test_q8_activations_are_batch_invariant_and_cache_exact(
     assert alone == cached == [list(done.token_ids) for done in batched]
 
 
-def test_the_lean_pass_equals_transformers_on_q8_activations(tmp_path: Path) -> None:
-    """test_lean's comparison (logits and KV, every step, mixed prefill and decode)."""
-    engine = _engine(tmp_path, "lean", "q8", matrix_type="Q4_0")
-    assert "q4_0.q8" in formats_of(engine.model)
+@pytest.mark.parametrize("ggml_type", ["Q4_0", *K_TYPES])
+def test_the_decoder_and_lean_passes_equal_transformers_on_q8_activations(
+    ggml_type: str, tmp_path: Path
+) -> None:
+    """test_lean's comparison (logits and KV, every step, mixed prefill and decode): the
+    decoder pass (csrc/decoder.c), the lean pass and transformers' modules."""
+    engine = _engine(tmp_path, "lean", "q8", matrix_type=ggml_type)
+    assert formats_of(engine.model) == f"{ggml_type.lower()}.q8 9"
     prompts = [engine.tokenizer(p).input_ids for p in PROMPTS]
     engine.generate(prompts[0], max_tokens=1)  # a cached prefix
     runner, compared = _compared(engine, max_running=4, max_batch_tokens=7)
@@ -97,10 +103,13 @@ def test_layers_without_integer_blocks_keep_float32_activations(tmp_path: Path) 
     assert torch.equal(_bits(_logits(q8, PROMPTS[0])), _bits(_logits(fp32, PROMPTS[0])))
 
 
-def test_the_batch_runners_probe_computes_on_float32_activations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ggml_type", ["Q4_1", "Q5_K"])
+def test_the_batch_runners_probe_computes_on_float32_activations(
+    ggml_type: str, tmp_path: Path
+) -> None:
     """Within float_activations every integer-dot layer computes what the fp32 activations'
     engine does (bit for bit), and after it the 8-bit results again."""
-    q8 = _engine(tmp_path, "probe", "q8", matrix_type="Q4_1")
+    q8 = _engine(tmp_path, "probe", "q8", matrix_type=ggml_type)
     fp32 = _engine(tmp_path, "probe", "fp32")
     rounded = _logits(q8, PROMPTS[1])
     with float_activations(q8.model):

@@ -66,21 +66,26 @@ def write_tiny_gguf(
     types: Mapping[str, str] | None = None,
     untied: bool = False,
     context: int = 256,
+    hidden: int = 64,
 ) -> None:
     """Writes a 2-layer ``arch`` ("llama" or "qwen2", which adds q/k/v biases) model to ``path``.
 
     Every matrix is stored as GGML type ``matrix_type`` unless ``types`` names another for
     its tensor name (e.g. ``{"blk.0.ffn_up.weight": "Q5_0"}``); 1-D tensors are F32. With
     ``untied`` the file has its own ``output.weight`` (else lm_head is the token embedding);
-    ``context``: its context length."""
+    ``context``: its context length; ``hidden``: its width (the MLP's is twice that; a
+    K-quant, Q4_K, Q5_K or Q6_K, written with prefixkv.bench.model_kquants since gguf cannot,
+    needs a multiple of 256)."""
     from gguf import GGMLQuantizationType, GGUFWriter
     from gguf.quants import quantize
+
+    from prefixkv.bench.model_kquants import K_TYPES, quantize_k
 
     model = json.loads(tiny_bpe_tokenizer().to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    dims = {"hidden": 64, "heads": 4, "kv_heads": 2, "inter": 128, "context": context}
-    hidden, inter, kv_dim = dims["hidden"], dims["inter"], 32  # kv_heads * head_dim
+    dims = {"hidden": hidden, "heads": 4, "kv_heads": 2, "inter": 2 * hidden, "context": context}
+    inter, kv_dim = dims["inter"], hidden // 2  # kv_heads * head_dim
     w = GGUFWriter(str(path), arch)
     _add_metadata(w, tokens, merges, dims)
     rng = np.random.default_rng(0)
@@ -90,6 +95,8 @@ def write_tiny_gguf(
         qtype = GGMLQuantizationType[(types or {}).get(name, matrix_type)]
         if len(shape) == 1 or qtype == GGMLQuantizationType.F32:
             w.add_tensor(name, a)
+        elif qtype.name in K_TYPES:
+            w.add_tensor(name, quantize_k(a, qtype.name), raw_dtype=qtype)
         else:
             w.add_tensor(name, quantize(a, qtype), raw_dtype=qtype)
 

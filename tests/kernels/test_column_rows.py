@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from prefixkv.kernels.column_rows import rows_of
 from prefixkv.kernels.formats import PackedWeight, unpack
+from prefixkv.kernels.int8 import to_int_dot
 from tests.kernels import test_linear_formats, test_linear_kquants
 
 FORMATS = (
@@ -23,6 +24,9 @@ FORMATS = (
     "q5_k",
     "q6_k",
     *test_linear_formats.INT_FORMATS,
+    "q4_k.q8",
+    "q5_k.q8",
+    "q6_k.q8",
 )
 
 
@@ -31,6 +35,8 @@ def _packed(format: str, out: int, spans: int, seed: int) -> PackedWeight:
     (a K-quant: super-blocks of 256)."""
     if format in test_linear_kquants.GGUF_TYPES:
         return test_linear_kquants.random_packed(format, out, spans, seed)
+    if format.removesuffix(".q8") in test_linear_kquants.GGUF_TYPES:
+        return to_int_dot(test_linear_kquants.random_packed(format[:4], out, spans, seed))
     return test_linear_formats.random_packed(format, out, spans * 32, seed)
 
 

@@ -35,7 +35,8 @@ GGUF_TYPES = {
     "q4_1": GGMLQuantizationType.Q4_1,
 }
 FORMATS = ("f32", "bf16", *GGUF_TYPES)
-INT_FORMATS = tuple(formats.INT_DOT.values())  # the same blocks, integer dots on 8-bit rows
+# the same blocks, integer dots on 8-bit rows (the K-quants': tests/kernels/test_linear_int8_k.py)
+INT_FORMATS = tuple(formats.INT_DOT[base] for base in GGUF_TYPES)
 
 
 def gguf_rows(format: str, out: int, in_features: int, rng: np.random.Generator) -> np.ndarray:

@@ -23,7 +23,7 @@ from prefixkv.kernels.int8 import quantize_rows, reference_tensor, to_int_dot
 from tests.kernels.loaded import loaded
 from tests.kernels.test_linear_formats import random_packed
 
-BASES = tuple(int_layout.INT_DOT)
+BASES = ("q8_0", "q4_0", "q4_1")  # the K-quants': test_linear_int8_k.py
 
 
 def int_packed(base: str, out: int, in_features: int, seed: int) -> PackedWeight:

@@ -2,10 +2,10 @@
 
 ``fp32`` (the default) keeps every layer's activations in float32: each output is the fp32
 multiply-add chain of :mod:`prefixkv.kernels.formats`, exact against the fp32 reference
-whatever the weights' format. ``q8`` runs layers whose weights are GGUF ``q8_0``, ``q4_0``
-or ``q4_1`` blocks on integer dot products, as llama.cpp does: each input row is quantized
-to 8 bits per group of 32 before the layer (:mod:`prefixkv.kernels.int8`); other layers (f32,
-bf16, the K-quants) keep float32 activations. Rows are quantized each on its own and every
+whatever the weights' format. ``q8`` runs layers whose weights are GGUF ``q8_0``, ``q4_0``,
+``q4_1`` or K-quant (``q4_k``, ``q5_k``, ``q6_k``) blocks on integer dot products, as
+llama.cpp does: each input row is quantized to 8 bits per group of 32 before the layer
+(:mod:`prefixkv.kernels.int8`); other layers (f32, bf16) keep float32 activations. Rows are quantized each on its own and every
 output is summed in one order, so cached == uncached and batched == alone still hold bit for
 bit; but outputs are not those of fp32 activations (``prefixkv bench formats`` measures the
 greedy agreement).
@@ -42,7 +42,7 @@ class Fp32Activations:
 
 
 class Q8Activations:
-    """8-bit activations and integer dots where the weight is q8_0, q4_0 or q4_1."""
+    """8-bit activations and integer dots where the weight is q8_0, q4_0, q4_1 or a K-quant."""
 
     name = "q8"
 

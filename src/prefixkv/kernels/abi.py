@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ctypes
 
-ABI_VERSION = 8  # PREFIXKV_ABI_VERSION
+ABI_VERSION = 9  # PREFIXKV_ABI_VERSION
 OK, NO_MEMORY, BAD_SIZE, BAD_VERSION, BAD_SLOT = 0, -1, -2, -3, -4
 
 _i32, _i64, _u32, _f32, _ptr = (

@@ -56,6 +56,7 @@ HEADERS = tuple(
         "linear_legacy.h",
         "linear_kquants.h",
         "linear_int8.h",
+        "linear_int8_k.h",
     )
 )
 """Included by the sources: part of the library's identity, like them."""

@@ -6,7 +6,7 @@ layout keeps a column's values at fixed places of block ``j // BLOCK`` (``csrc/l
 ``csrc/linear_legacy.h``, ``csrc/linear_kquants.h``): a 16-bit or 8-bit lane ``j % BLOCK``
 of each header and 8-bit quant row, a nibble of each 4-bit row (byte ``j % 32``, high half
 for ``j >= 32``), two bits of each q6_k high row and one bit of each q5_k high row (byte
-``j % 16``). :func:`rows_of` gathers just those bytes for the rows asked for, rebuilds their
+``j % 16``); in a K-quant's integer-dot layout, 4 bytes of each group's rows of 256 bytes. :func:`rows_of` gathers just those bytes for the rows asked for, rebuilds their
 planes (:mod:`prefixkv.kernels.formats`) and de-quantizes them as
 :func:`prefixkv.kernels.formats.unpack` does: the same float32 bits, a few rows at a time.
 """
@@ -18,9 +18,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from prefixkv.kernels import formats, kquants
+from prefixkv.kernels import formats, kint_layout, kquants
 from prefixkv.kernels.formats import BLOCK, GROUP, PackedWeight, Planes
 from prefixkv.kernels.int_layout import BASE
+from prefixkv.kernels.kint_layout import GROUPS
 
 _F16, _U8, _I8 = torch.float16, torch.uint8, torch.int8
 _HALVES = BLOCK * 2  # bytes of one fp16 vector of BLOCK columns
@@ -123,23 +124,58 @@ def _int_dot(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> P
     return planes
 
 
+def _k_int_dot(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    """A K-quant's integer-dot layout (:mod:`prefixkv.kernels.kint_layout`): the base
+    format's headers, then per group column c's 16 bytes of lo (``(p, c, i)``) and its 4
+    (q5_k) or 8 (q6_k) bytes of hb."""
+    base = BASE[packed.format]
+    spans = _spans(packed, kquants.SUPER)
+    planes = _k_headers(spans, base, block, lane)
+    n, count, high = len(block), spans.shape[1], kint_layout.HIGH_BYTES[base]
+    region = spans[..., kint_layout.HEADER_BYTES[base] :].reshape(*spans.shape[:2], GROUPS, -1)
+    b, c = block.numpy(), lane.numpy()
+    lo = region[..., high:].reshape(*region.shape[:3], 4, BLOCK, 4)[b, :, :, :, c]
+    q = np.stack((lo & 15, lo >> 4), axis=-2)  # [n, S, group, p, h, i]
+    if base == "q5_k":  # bit 2 p + h
+        hb = region[..., :high].reshape(*region.shape[:3], BLOCK, 4)[b, :, :, c]
+        q |= ((hb[:, :, :, None, None] >> _FIFTH) & 1) << 4
+    elif base == "q6_k":  # byte row s = p // 2, bits 4 (p % 2) + 2 h
+        hb = region[..., :high].reshape(*region.shape[:3], 2, BLOCK, 4)[b, :, :, :, c]
+        top = (hb[:, :, :, :, None, None] >> _TOP) & 3  # [n, S, group, s, p % 2, h, i]
+        q |= top.reshape(q.shape) << 4
+    planes["q"] = torch.from_numpy(q.reshape(n, count, kquants.SUPER))
+    return planes
+
+
+_FIFTH = np.arange(8, dtype=np.uint8).reshape(4, 2, 1)
+_TOP = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(2, 2, 1)
+
+
+def _k_headers(spans: np.ndarray, base: str, block: torch.Tensor, lane: torch.Tensor) -> Planes:
+    """A K-quant's scales, at the same places in both its layouts: ``[n, S]`` or ``[n, S,
+    sub-blocks]`` each."""
+    if base == "q6_k":
+        return {"d": _lanes(spans, 0, _HALVES, _F16, block, lane),
+                "sc": _lanes(spans, _HALVES, 1152, _I8, block, lane)}  # fmt: skip
+    return {"d": _lanes(spans, 0, _HALVES, _F16, block, lane),
+            "dmin": _lanes(spans, _HALVES, 2 * _HALVES, _F16, block, lane),
+            "sc": _lanes(spans, 256, 768, _U8, block, lane),
+            "m": _lanes(spans, 768, 1280, _U8, block, lane)}  # fmt: skip
+
+
 def _q6_k(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
     spans = _spans(packed, kquants.SUPER)
     low = _nibbles(spans, 5248, kquants.SUPER, block, lane)
     high = _pairs(spans, 1152, kquants.SUPER, 16, block, lane % 16)
     high = (high >> (2 * (lane // 16)).to(_U8).view(-1, 1, 1)) & 3
-    return {"d": _lanes(spans, 0, _HALVES, _F16, block, lane),
-            "sc": _lanes(spans, _HALVES, 1152, _I8, block, lane), "q": low | (high << 4)}  # fmt: skip
+    return {**_k_headers(spans, "q6_k", block, lane), "q": low | (high << 4)}
 
 
 def _q4_k(packed: PackedWeight, block: torch.Tensor, lane: torch.Tensor) -> Planes:
     """q4_k's and q5_k's planes (q5_k's fifth bits: byte lane % 16 of row k // 2, bit
     lane // 16 for an even k, 4 more for an odd one)."""
     spans = _spans(packed, kquants.SUPER)
-    planes = {"d": _lanes(spans, 0, _HALVES, _F16, block, lane),
-              "dmin": _lanes(spans, _HALVES, 2 * _HALVES, _F16, block, lane),
-              "sc": _lanes(spans, 256, 768, _U8, block, lane),
-              "m": _lanes(spans, 768, 1280, _U8, block, lane)}  # fmt: skip
+    planes = _k_headers(spans, "q4_k", block, lane)
     if packed.format == "q4_k":
         planes["q"] = _nibbles(spans, 1280, kquants.SUPER, block, lane)
         return planes
@@ -155,4 +191,5 @@ _GATHER: dict[str, Callable[[PackedWeight, torch.Tensor, torch.Tensor], Planes]]
     "f32": _plain, "bf16": _plain, "q8_0": _legacy, "q4_0": _legacy, "q4_1": _legacy,
     "q4_k": _q4_k, "q5_k": _q4_k, "q6_k": _q6_k,
     "q8_0.q8": _int_dot, "q4_0.q8": _int_dot, "q4_1.q8": _int_dot,
+    "q4_k.q8": _k_int_dot, "q5_k.q8": _k_int_dot, "q6_k.q8": _k_int_dot,
 }  # fmt: skip

@@ -14,8 +14,9 @@ Bytes per weight, file -> packed: f32 4 -> 4; bf16 2 -> 2; q8_0, q4_0, q4_1 and 
 file's (1.0625, 0.5625, 0.625, 0.8203: the same bytes, reordered); q4_k 0.5625 -> 0.578;
 q5_k 0.6875 -> 0.703 (their 6-bit scales stored a byte each).
 
-The integer-dot formats ``q8_0.q8``, ``q4_0.q8``, ``q4_1.q8`` hold the same bytes as their
-base format, each group's quants reordered (:mod:`prefixkv.kernels.int_layout`); their kernel
+The integer-dot formats ``q8_0.q8``, ``q4_0.q8``, ``q4_1.q8``, ``q4_k.q8``, ``q5_k.q8``,
+``q6_k.q8`` hold the same bytes as their base format, each group's quants reordered
+(:mod:`prefixkv.kernels.int_layout`, :mod:`prefixkv.kernels.kint_layout`); their kernel
 quantizes the input rows to 8 bits first (:mod:`prefixkv.kernels.int8`), so it is not the f32
 kernel on the dequantized weight, though :func:`unpack` gives the same weight.
 
@@ -41,7 +42,8 @@ BLOCK = columns.BLOCK  # output columns per block: prefixkv_linear_block()
 GROUP = 32  # input features per quantized group (GGUF's block size)
 # the kernel's format codes
 CODES = {"f32": 0, "bf16": 1, "q8_0": 2, "q4_0": 3, "q4_1": 4, "q4_k": 5, "q5_k": 6, "q6_k": 7,
-         "q8_0.q8": 8, "q4_0.q8": 9, "q4_1.q8": 10}  # fmt: skip
+         "q8_0.q8": 8, "q4_0.q8": 9, "q4_1.q8": 10, "q4_k.q8": 11, "q5_k.q8": 12,
+         "q6_k.q8": 13}  # fmt: skip
 # the integer-dot formats (8-bit activations; csrc/linear_int8.h, prefixkv.kernels.int8)
 INT_DOT = int_layout.INT_DOT
 QUANTIZED = ("q8_0", "q4_0", "q4_1", *kquants.K_FORMATS)
@@ -77,8 +79,9 @@ def block_bytes(format: str, in_features: int) -> int:
     format's are its base format's."""
     base = int_layout.BASE.get(format)
     if base is not None:
-        if in_features % GROUP:
-            raise ValueError(f"{format}: in_features {in_features} is not a multiple of {GROUP}")
+        unit = kquants.SUPER if base in kquants.K_FORMATS else GROUP
+        if in_features % unit:
+            raise ValueError(f"{format}: in_features {in_features} is not a multiple of {unit}")
         return block_bytes(base, in_features)
     if format in kquants.K_FORMATS:
         if in_features % kquants.SUPER:

@@ -1,12 +1,13 @@
 """The integer-dot path's Python side: weights put in its layout, and the plain reference
-every native path (AVX512-VNNI, generic C) must equal bit for bit.
+every native path (AVX512-VNNI, AVX2, generic C) must equal bit for bit.
 
-``--activations q8`` (:mod:`prefixkv.engine.activations`) runs GGUF's ``q8_0``, ``q4_0``
-and ``q4_1`` weights as llama.cpp does: each input row is quantized to 8 bits per group of
+``--activations q8`` (:mod:`prefixkv.engine.activations`) runs GGUF's ``q8_0``, ``q4_0``,
+``q4_1`` and K-quant (``q4_k``, ``q5_k``, ``q6_k``) weights as llama.cpp does: each input row is quantized to 8 bits per group of
 32 (one float32 scale a group), and each group's dot product is an exact integer sum before
 one float32 scaling. What is computed, operation by operation, is specified in
-``csrc/linear_int8.h``; :func:`reference_linear` computes the same in numpy float32 and
-integers. Each row is quantized on its own and every output is summed over the groups in
+``csrc/linear_int8.h`` (the K-quants' in ``csrc/linear_int8_k.h``); :func:`reference_linear`
+computes the same in numpy float32 and integers (the K-quants' sums:
+:mod:`prefixkv.kernels.int8_kquants`). Each row is quantized on its own and every output is summed over the groups in
 one order, so results do not depend on the rows a call holds (batch invariance), but they
 differ from the float32 activations' (the activations are rounded).
 """
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 
 from prefixkv.kernels.formats import PackedWeight, planes_of
+from prefixkv.kernels.int8_kquants import reference_sums
 from prefixkv.kernels.int_layout import BASE, GROUP, INT_DOT, reorder
+from prefixkv.kernels.kquants import K_FORMATS
 
 QUANT_TINY = np.float32(1e-30)  # a group with max |x| below it quantizes to zeros
 _OFFSET = {"q8_0": 0, "q4_0": 8, "q4_1": 0}  # w = d * (q - offset) (+ m), q as planes hold it
@@ -25,7 +28,7 @@ _F32 = np.float32
 
 
 def to_int_dot(weight: PackedWeight) -> PackedWeight:
-    """``weight`` (q8_0, q4_0 or q4_1) in its integer-dot format: a new PackedWeight of the
+    """``weight`` (q8_0, q4_0, q4_1 or a K-quant) in its integer-dot format: a new PackedWeight of the
     same bytes reordered. KeyError for another format."""
     base = weight.format
     return PackedWeight(INT_DOT[base], weight.in_features, weight.out_features,
@@ -49,9 +52,12 @@ def quantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def reference_linear(x: np.ndarray, weight: PackedWeight, bias: np.ndarray | None) -> np.ndarray:
     """What the kernel computes for ``x`` (float32 ``[rows, in]``) against an integer-dot
     ``weight``: float32 ``[rows, out]``, each group's term added in order, then the bias."""
-    base = BASE[weight.format]
-    planes = {name: plane.numpy() for name, plane in planes_of(weight).items()}
+    base, tensors = BASE[weight.format], planes_of(weight)
     q, dx, sums = quantize_rows(x)
+    if base in K_FORMATS:
+        acc = reference_sums(base, tensors, q, dx, sums)
+        return acc if bias is None else acc + np.asarray(bias, dtype=_F32)[None]
+    planes = {name: plane.numpy() for name, plane in tensors.items()}
     wq = planes["q"].astype(np.int64) - _OFFSET[base]  # [out, groups, 32]
     isum = np.einsum("rgk,ogk->rog", q.astype(np.int64), wq)  # exact
     scale = planes["d"].astype(_F32)[None] * dx[:, None, :]  # [rows, out, groups]

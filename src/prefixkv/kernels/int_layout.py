@@ -5,16 +5,22 @@ q8_0's stored unsigned (``q + 128``). The fp16 headers stay where they are, so a
 the same bytes as its base format's; only the order within a group's quants differs.
 
 Both directions are pure permutations of bytes (and q8_0's offset), so
-``restore(base, reorder(base, data))`` is ``data``.
+``restore(base, reorder(base, data))`` is ``data``. The K-quants' integer-dot layouts (same
+bytes per super-block, quants reordered alike) are :mod:`prefixkv.kernels.kint_layout`'s.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from prefixkv.kernels import kint_layout, kquants
 from prefixkv.kernels.columns import BLOCK, from_nibble_pairs, nibble_pairs
+from prefixkv.kernels.kquants import Planes
 
-INT_DOT = {"q8_0": "q8_0.q8", "q4_0": "q4_0.q8", "q4_1": "q4_1.q8"}
+INT_DOT = {"q8_0": "q8_0.q8", "q4_0": "q4_0.q8", "q4_1": "q4_1.q8",
+           "q4_k": "q4_k.q8", "q5_k": "q5_k.q8", "q6_k": "q6_k.q8"}  # fmt: skip
 """Each base format's integer-dot format (``--activations q8``)."""
 BASE = {name: base for base, name in INT_DOT.items()}
 GROUP = 32
@@ -33,6 +39,8 @@ def _split(base: str, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def reorder(base: str, data: torch.Tensor) -> torch.Tensor:
     """A ``base`` format's packed ``data`` in its integer-dot layout: a new tensor of the
     same shape. KeyError for a format without one."""
+    if base in kquants.K_FORMATS:
+        return kint_layout.pack(base, _k_planes(base, data, kquants.unpack))
     header, quants = _split(base, data)
     blocks, groups = quants.shape[:2]
     if base == "q8_0":
@@ -49,6 +57,8 @@ def reorder(base: str, data: torch.Tensor) -> torch.Tensor:
 
 def restore(base: str, data: torch.Tensor) -> torch.Tensor:
     """The inverse of :func:`reorder`: integer-dot ``data`` in ``base``'s layout (new)."""
+    if base in kquants.K_FORMATS:
+        return kquants.pack(base, _k_planes(base, data, kint_layout.unpack))
     header, quants = _split(base, data)
     blocks, groups = quants.shape[:2]
     if base == "q8_0":
@@ -62,3 +72,12 @@ def restore(base: str, data: torch.Tensor) -> torch.Tensor:
             blocks, groups, -1
         )
     return torch.cat((header, plain), dim=-1).reshape(data.shape).contiguous()
+
+
+def _k_planes(base: str, data: torch.Tensor,
+              unpack: Callable[[str, torch.Tensor, int, int], Planes]) -> Planes:  # fmt: skip
+    """Every column's planes (padding columns too) of a K format's ``data`` as ``unpack``
+    (one layout's) reads them."""
+    blocks = data.shape[0]
+    supers = data.shape[1] // kquants.PACKED_SUPER_BYTES[base]
+    return unpack(base, data, blocks * BLOCK, supers * kquants.SUPER)

@@ -13,8 +13,8 @@
 /* Raised whenever struct prefixkv_attend_args or prefixkv_decoder_args, a function's
  * parameters or a packed weight's layout change (5: the rotary kernel; 6: q8_0, q4_0, q4_1
  * keep fp16 scales; 7: the decoder pass, decoder.c; 8: the integer-dot formats q8_0.q8,
- * q4_0.q8, q4_1.q8). */
-#define PREFIXKV_ABI_VERSION 8
+ * q4_0.q8, q4_1.q8; 9: the K-quants' integer-dot formats q4_k.q8, q5_k.q8, q6_k.q8). */
+#define PREFIXKV_ABI_VERSION 9
 
 /* Status codes returned by prefixkv_attend, prefixkv_store, prefixkv_linear and
  * prefixkv_decoder. */

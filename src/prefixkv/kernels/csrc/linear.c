@@ -59,7 +59,8 @@ typedef uint32_t vu __attribute__((vector_size(WIDTH * 4)));
 
 enum format {
     F32 = 0, BF16 = 1, Q8_0 = 2, Q4_0 = 3, Q4_1 = 4, Q4_K = 5, Q5_K = 6, Q6_K = 7,
-    Q8_0_Q8 = 8, Q4_0_Q8 = 9, Q4_1_Q8 = 10 /* integer dots on 8-bit activations: linear_int8.h */
+    Q8_0_Q8 = 8, Q4_0_Q8 = 9, Q4_1_Q8 = 10, /* integer dots on 8-bit activations: linear_int8.h */
+    Q4_K_Q8 = 11, Q5_K_Q8 = 12, Q6_K_Q8 = 13 /* the K-quants' own: linear_int8_k.h */
 };
 
 /* Bytes of a block's stream per k step. */
@@ -293,7 +294,7 @@ int64_t prefixkv_linear_block_bytes(int format, int64_t k_dim) {
     static const int64_t step[] = {STEP_F32, STEP_BF16};
     static const int64_t group[] = {GROUP_Q8_0, GROUP_Q4_0, GROUP_Q4_1};
     static const int64_t super[] = {SUPER_Q4_K, SUPER_Q5_K, SUPER_Q6_K};
-    if (format < F32 || format > Q4_1_Q8 || k_dim < 0)
+    if (format < F32 || format > Q6_K_Q8 || k_dim < 0)
         return -1;
     if (format >= INT_FIRST) /* the same bytes as the format they reorder */
         format -= INT_FIRST - Q8_0;

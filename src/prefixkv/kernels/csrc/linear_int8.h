@@ -1,11 +1,14 @@
 /* Integer dot products for GGUF's 32-weight formats against activations quantized to 8 bits
  * (included by linear.c after its vector types, from_f16 and FORMATS): the formats
- * q8_0.q8, q4_0.q8 and q4_1.q8 (codes 8-10), selected by ``--activations q8``.
+ * q8_0.q8, q4_0.q8 and q4_1.q8 (codes 8-10), selected by ``--activations q8``; the
+ * K-quants' q4_k.q8, q5_k.q8, q6_k.q8 (codes 11-13) on the same activations are in
+ * linear_int8_k.h.
  *
  * Activations. Each input row is quantized on its own, per group of 32 k's, whatever other
  * rows share the call: amax = max |x|; d = amax / 127; q = rint(clamp(x * (127 / amax),
  * -127, 127)) (round half to even), with d = 0 and q = 0 where amax < QUANT_TINY (127 / amax
- * would overflow); sum = the group's sum of q. All float32 operations, each rounded once.
+ * would overflow); sum = the group's sum of q, half = the sum of its first 16. All float32
+ * operations, each rounded once.
  *
  * Weights. The same bytes per group as q8_0, q4_0, q4_1 (linear.c's opening comment), the
  * quants reordered for 4-byte dot products and stored unsigned, u = w_q + OFFSET (q8_0: q +
@@ -36,16 +39,18 @@
 #define QUANT_TINY 1e-30f
 #define INT_AHEAD 4     /* groups prefetched ahead */
 
-/* One call's quantized activations: q[rows][k_dim], d and sum [rows][k_dim / GROUP]. */
+/* One call's quantized activations: q[rows][k_dim]; d, sum and half [rows][k_dim / GROUP]
+ * (half: the sum of the group's first 16 q, which q6_k.q8's 16-feature sub-blocks need). */
 struct qacts {
     int8_t *q;
     float *d;
-    int32_t *sum;
+    int32_t *sum, *half;
     int64_t k_dim, groups;
 };
 
-/* Row x (k_dim values) quantized into q, d, sum (see the opening comment). */
-static void quantize_row(const float *x, int64_t k_dim, int8_t *q, float *d, int32_t *sum) {
+/* Row x (k_dim values) quantized into q, d, sum, half (see the opening comment). */
+static void quantize_row(const float *x, int64_t k_dim, int8_t *q, float *d, int32_t *sum,
+                         int32_t *half) {
     for (int64_t g = 0; g < k_dim / GROUP; g++) {
         const float *xg = x + g * GROUP;
         float amax = 0.0f;
@@ -58,6 +63,8 @@ static void quantize_row(const float *x, int64_t k_dim, int8_t *q, float *d, int
             int8_t value = (int8_t)rintf(v);
             q[g * GROUP + i] = value;
             total += value;
+            if (i == GROUP / 2 - 1)
+                half[g] = total;
         }
         d[g] = tiny ? 0.0f : amax / 127.0f;
         sum[g] = total;
@@ -238,6 +245,8 @@ static void int_block(int format, const uint8_t *w, const struct qacts *a, int64
     store_block(acc, r0, r1, bias, columns, out, n_dim);
 }
 
+#include "linear_int8_k.h"
+
 /* Which path forms the integer sums in this build: 0 generic C, 1 AVX512-VNNI, 2 AVX2. */
 int prefixkv_int8_path(void) { return INT_PATH; }
 
@@ -248,24 +257,33 @@ static int linear_int8(const float *x, int64_t rows, int64_t k_dim, int format,
                        const uint8_t *packed, const float *bias, int64_t n_dim, float *out,
                        int threads) {
     int64_t groups = k_dim / GROUP, blocks = (n_dim + BLOCK - 1) / BLOCK;
-    int64_t bytes = groups * INT_GROUP_BYTES[format - INT_FIRST];
-    struct qacts a = {malloc((size_t)(rows * k_dim) + 1), malloc((size_t)(rows * groups + 1) * 4),
-                      malloc((size_t)(rows * groups + 1) * 4), k_dim, groups};
+    int kquant = format >= KINT_FIRST;
+    int64_t bytes = kquant ? k_dim / SUPER * KINT_SUPER_BYTES[format - KINT_FIRST]
+                           : groups * INT_GROUP_BYTES[format - INT_FIRST];
+    size_t ints = (size_t)(rows * groups + 1) * 4;
+    struct qacts a = {malloc((size_t)(rows * k_dim) + 1), malloc(ints), malloc(ints),
+                      malloc(ints), k_dim, groups};
     int status = PREFIXKV_NO_MEMORY;
-    if (a.q && a.d && a.sum) {
+    if (a.q && a.d && a.sum && a.half) {
         #pragma omp parallel num_threads(threads)
         {
             #pragma omp for schedule(static)
             for (int64_t r = 0; r < rows; r++)
                 quantize_row(x + r * k_dim, k_dim, a.q + r * k_dim, a.d + r * groups,
-                             a.sum + r * groups);
+                             a.sum + r * groups, a.half + r * groups);
             #pragma omp for schedule(static)
             for (int64_t b = 0; b < blocks; b++) {
                 int columns = n_dim - b * BLOCK < BLOCK ? (int)(n_dim - b * BLOCK) : BLOCK;
-                for (int64_t r0 = 0; r0 < rows; r0 += INT_CHUNK)
-                    int_block(format, packed + b * bytes, &a, r0,
-                              r0 + INT_CHUNK < rows ? r0 + INT_CHUNK : rows,
-                              bias ? bias + b * BLOCK : NULL, columns, out + b * BLOCK, n_dim);
+                for (int64_t r0 = 0; r0 < rows; r0 += INT_CHUNK) {
+                    int64_t r1 = r0 + INT_CHUNK < rows ? r0 + INT_CHUNK : rows;
+                    const float *b_bias = bias ? bias + b * BLOCK : NULL;
+                    if (kquant)
+                        kint_block(format, packed + b * bytes, &a, r0, r1, b_bias, columns,
+                                   out + b * BLOCK, n_dim);
+                    else
+                        int_block(format, packed + b * bytes, &a, r0, r1, b_bias, columns,
+                                  out + b * BLOCK, n_dim);
+                }
             }
         }
         status = PREFIXKV_OK;
@@ -273,6 +291,7 @@ static int linear_int8(const float *x, int64_t rows, int64_t k_dim, int format,
     free(a.q);
     free(a.d);
     free(a.sum);
+    free(a.half);
     return status;
 }
 
