@@ -83,6 +83,19 @@ static const int64_t INT_GROUP_BYTES[] = {GROUP_Q8_0, GROUP_Q4_0, GROUP_Q4_1};
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define INT_PATH 1 /* prefixkv_int8_path: AVX512-VNNI */
+/* Quad pair p of rows xq[0 .. R): bytes 8p .. 8p+3 of each row in every 4-byte lane of
+ * bl[r], bytes 8p+4 .. 8p+7 in bh[r] (a low-nibble and a high-nibble step's activations;
+ * linear_int8_k.h's K-quant groups use it too). */
+static inline __attribute__((always_inline)) void broadcast_pair(const int8_t *const *xq, int R,
+                                                                 int p, __m512i bl[],
+                                                                 __m512i bh[]) {
+    for (int r = 0; r < R; r++) {
+        int32_t four[2];
+        memcpy(four, xq[r] + 8 * p, 8);
+        bl[r] = _mm512_set1_epi32(four[0]);
+        bh[r] = _mm512_set1_epi32(four[1]);
+    }
+}
 /* isum[r][j] (16 columns j a vector) of the group's quants u against rows xq[r], R rows. */
 static inline __attribute__((always_inline)) void dot_group(int nibbles, const uint8_t *u,
                                                             const int8_t *const *xq, int R,
@@ -107,12 +120,7 @@ static inline __attribute__((always_inline)) void dot_group(int nibbles, const u
         const __m512i low = _mm512_set1_epi8(15);
         for (int p = 0; p < GROUP / 8; p++) {
             __m512i bl[INT_ROWS], bh[INT_ROWS];
-            for (int r = 0; r < R; r++) {
-                int32_t four[2];
-                memcpy(four, xq[r] + 8 * p, 8);
-                bl[r] = _mm512_set1_epi32(four[0]);
-                bh[r] = _mm512_set1_epi32(four[1]);
-            }
+            broadcast_pair(xq, R, p, bl, bh);
             for (int j = 0; j < VECTORS; j++) {
                 __m512i wv = _mm512_loadu_si512(u + (p * BLOCK + j * WIDTH) * 4);
                 __m512i lo = _mm512_and_si512(wv, low);

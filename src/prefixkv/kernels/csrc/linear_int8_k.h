@@ -105,12 +105,7 @@ static inline __attribute__((always_inline)) void kdot(int format, struct kgroup
         for (int j = 0; j < VECTORS; j++) acc[r][j] = _mm512_setzero_si512();
     for (int p = p0; p < p1; p++) {
         __m512i bl[INT_ROWS], bh[INT_ROWS];
-        for (int r = 0; r < R; r++) {
-            int32_t four[2];
-            memcpy(four, xq[r] + 8 * p, 8);
-            bl[r] = _mm512_set1_epi32(four[0]);
-            bh[r] = _mm512_set1_epi32(four[1]);
-        }
+        broadcast_pair(xq, R, p, bl, bh);
         __m128i shift = _mm_cvtsi32_si128(khigh_shift(format, p));
         __m128i next = _mm_cvtsi32_si128(khigh_shift(format, p) + step);
         for (int j = 0; j < VECTORS; j++) {
