@@ -53,3 +53,35 @@ def test_gguf_size_counts_every_tensor_once(tmp_path: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
     assert roofline.gguf_size(path) == roofline.ModelSize(32 + 64, 32 * 4 + 64 * 2)
+
+
+def test_each_request_goes_to_every_server_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Request-major order (so the host's drift hits every server alike), each server's
+    replies kept apart, in the work's order."""
+    import asyncio
+    import contextlib
+    from types import SimpleNamespace
+
+    from prefixkv.bench import decode_servers
+
+    asked: list[tuple[str, int]] = []
+
+    async def ask(api: str, model: str, request: object, max_tokens: int) -> Reply:
+        asked.append((api, work.index(request)))  # type: ignore[arg-type]
+        return _reply((0.01 * len(asked),))
+
+    @contextlib.asynccontextmanager
+    async def client(url: str, headers: object) -> object:
+        yield url
+
+    monkeypatch.setattr(decode_servers, "ask", ask)
+    monkeypatch.setattr(decode_servers, "api_client", client)
+    up = [(_setting(), SimpleNamespace(url=u, headers={}, model="m")) for u in ("a", "b", "c")]
+    work = requests(2)
+    replies = asyncio.run(decode_servers._in_turn(up, work, 8))  # type: ignore[arg-type]
+    assert asked == [("a", 0), ("b", 0), ("c", 0), ("a", 1), ("b", 1), ("c", 1)]
+    assert [[r.gaps[0] for r in said] for said in replies] == [
+        pytest.approx([0.01, 0.04]),
+        pytest.approx([0.02, 0.05]),
+        pytest.approx([0.03, 0.06]),
+    ]

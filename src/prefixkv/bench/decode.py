@@ -30,6 +30,7 @@ import torch
 
 from prefixkv.bench import workloads
 from prefixkv.bench.machine import describe, machine_info
+from prefixkv.bench.results_page import command_of
 from prefixkv.bench.roofline import measure_bandwidth
 from prefixkv.bench.stats import percentile
 from prefixkv.engine.batch.runner import BatchLimits, BatchRunner
@@ -161,6 +162,7 @@ def _in_process(args: argparse.Namespace, info: dict[str, Any]) -> int:
     record = {"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
               "weights": names, "floor_s": floors, "bandwidth": bandwidth, "same_replies": same,
               "rows": rows}  # fmt: skip
+    record["command"] = command_of("decode", record)  # what made it, under any file name
     args.out.write_text(json.dumps(record, indent=2))
     print(f"results: {args.out}")
     return 0
@@ -187,7 +189,6 @@ def _summary(
 def _servers(args: argparse.Namespace, info: dict[str, Any]) -> int:
     """``--servers``: each server's one-client decode against its floor, in ``--out``."""
     from prefixkv.bench.decode_servers import run
-    from prefixkv.bench.results_page import command_of
 
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     rows = run(args.model, names, args.requests, args.max_tokens)

