@@ -3,7 +3,8 @@ kernel equals the plain numpy reference (prefixkv.kernels.int8) bit for bit on w
 this build has (AVX512-VNNI with -march=native here; the generic C path under
 ``make test-kernels-avx2``), every row the same alone or in any call; the layout is a
 permutation of the base format's bytes; and the result stays within the activations'
-quantization error of the float32 one."""
+quantization error of the float32 one. Block bytes and joined siblings are checked here for
+the K-quants' integer formats too."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from prefixkv.kernels.formats import PackedWeight, concat, unpack
 from prefixkv.kernels.int8 import quantize_rows, reference_tensor, to_int_dot
 from tests.kernels.loaded import loaded
 from tests.kernels.test_linear_formats import random_packed
+from tests.kernels.test_linear_int8_k import BASES as KQUANT_BASES
+from tests.kernels.test_linear_int8_k import int_packed as kquant_int_packed
 
 BASES = ("q8_0", "q4_0", "q4_1")  # the K-quants': test_linear_int8_k.py
 
@@ -127,14 +130,23 @@ def test_the_layout_is_a_permutation_of_the_base_formats_bytes(
     assert torch.equal(unpack(packed), unpack(plain))
 
 
-@pytest.mark.parametrize("base", BASES)
+def _siblings(base: str) -> tuple[list[PackedWeight], int, int]:
+    """Three random weights of ``base``'s integer-dot format (70, 30 and 64 outputs), their
+    input features, and a width whose block bytes to check."""
+    if base in BASES:
+        return [int_packed(base, n, 64, seed) for seed, n in enumerate((70, 30, 64))], 64, 96
+    parts = [kquant_int_packed(base, n, 1, seed) for seed, n in enumerate((70, 30, 64))]
+    return parts, 256, 512
+
+
+@pytest.mark.parametrize("base", BASES + KQUANT_BASES)
 def test_block_bytes_and_joined_siblings(base: str) -> None:
     name = int_layout.INT_DOT[base]
-    assert loaded().linear_block_bytes(name, 96) == formats.block_bytes(base, 96)
-    parts = [int_packed(base, n, 64, seed) for seed, n in enumerate((70, 30, 64))]
+    parts, k, width = _siblings(base)
+    assert loaded().linear_block_bytes(name, width) == formats.block_bytes(base, width)
     joined = concat(parts)
     assert (joined.format, joined.out_features) == (name, 164)
-    x = torch.randn(5, 64)
+    x = torch.randn(5, k)
     want = torch.cat([loaded().linear(x, p, None) for p in parts], dim=1)
     assert torch.equal(loaded().linear(x, joined, None), want)
 

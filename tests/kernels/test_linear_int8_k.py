@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefixkv.kernels import formats, int_layout, kint_layout, kquants
-from prefixkv.kernels.formats import PackedWeight, concat, unpack
+from prefixkv.kernels.formats import PackedWeight, unpack
 from prefixkv.kernels.int8 import quantize_rows, reference_tensor, to_int_dot
 from tests.kernels.loaded import loaded
 from tests.kernels.test_linear_kquants import GGUF_TYPES, random_packed
@@ -141,18 +141,6 @@ def test_one_quant_lands_where_the_header_says(base: str) -> None:
         assert data[start + ((p // 2) * 64 + 37) * 4 + i] == 3 << (2 * (2 * (p % 2) + h))
     elif base == "q5_k":
         assert data[start + 37 * 4 + i] == 1 << (2 * p + h)
-
-
-@pytest.mark.parametrize("base", BASES)
-def test_block_bytes_and_joined_siblings(base: str) -> None:
-    name = int_layout.INT_DOT[base]
-    assert loaded().linear_block_bytes(name, 512) == formats.block_bytes(base, 512)
-    parts = [int_packed(base, n, 1, seed) for seed, n in enumerate((70, 30, 64))]
-    joined = concat(parts)
-    assert (joined.format, joined.out_features) == (name, 164)
-    x = torch.randn(5, 256)
-    want = torch.cat([loaded().linear(x, p, None) for p in parts], dim=1)
-    assert torch.equal(loaded().linear(x, joined, None), want)
 
 
 @pytest.mark.parametrize("base", BASES)
