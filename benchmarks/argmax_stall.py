@@ -16,6 +16,7 @@ import argparse
 import multiprocessing
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -43,14 +44,15 @@ def main() -> None:
         spinner.start()
     try:
         logits = torch.randn(args.vocab)
-        times: dict[str, list[float]] = {"torch.argmax": [], "numpy (greedy_token)": []}
+        choices: dict[str, Callable[[], int]] = {
+            "torch.argmax": lambda: int(torch.argmax(logits)),
+            "numpy (greedy_token)": lambda: greedy_token(logits),
+        }
+        times: dict[str, list[float]] = {name: [] for name in choices}
         for _ in range(args.calls):
-            for name in times:
+            for name, choose in choices.items():
                 start = time.perf_counter()
-                if name == "torch.argmax":
-                    int(torch.argmax(logits))
-                else:
-                    greedy_token(logits)
+                choose()
                 times[name].append(time.perf_counter() - start)
     finally:
         for spinner in spinners:

@@ -17,6 +17,7 @@ before and after the requests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,10 @@ async def _in_turn(
     """Each request of ``work`` asked of every server in turn, one at a time: each server's
     replies, in ``work``'s order."""
     replies: list[list[Reply]] = [[] for _ in up]
-    for request in work:
-        for (_, server), into in zip(up, replies, strict=True):
-            async with api_client(server.url, server.headers) as api:
+    async with contextlib.AsyncExitStack() as clients:  # one client a server, for the run
+        apis = [await clients.enter_async_context(api_client(s.url, s.headers)) for _, s in up]
+        for request in work:
+            for api, (_, server), into in zip(apis, up, replies, strict=True):
                 into.append(await ask(api, server.model, request, max_tokens))
     return replies
 
@@ -115,8 +117,8 @@ def run(model: str, names: list[str], count: int, max_tokens: int) -> list[dict[
     """Every runnable server of ``names`` (the others skipped, with their reason printed),
     all started first, then asked the same ``count`` requests in turn, so that a change in
     the shared host's speed during the run hits every server alike (this host's measured
-    read bandwidth moved between 33 and 45 GB/s from one minute to the next); returns their
-    figures."""
+    read bandwidth moves between about 32 and 63 GB/s from one second to the next); returns
+    their figures."""
     import tempfile
 
     from prefixkv.bench.serve_load import weight_sizes

@@ -20,15 +20,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from prefixkv.engine.numpy_views import numpy_views
+
 _SHIFTS = torch.arange(32, dtype=torch.int32)
-# The dtypes numpy can view in place; any other (bfloat16) takes the reference path.
-_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64})
 
 
 def apply_bitmask(logits: torch.Tensor, bitmask: np.ndarray) -> torch.Tensor:
     """Masks ``logits`` (``[vocab]``, writable, CPU) in place to the tokens ``bitmask``
     allows and returns it; the same values as :func:`apply_bitmask_reference`."""
-    if logits.dtype not in _NUMPY_DTYPES or logits.device.type != "cpu":
+    if not numpy_views(logits):  # bfloat16, or not on the CPU
         return apply_bitmask_reference(logits, bitmask)
     # Little-endian words as bytes, bits lowest first: bit j of byte k is token 8k + j (a
     # no-op conversion on the little-endian hosts the project runs on).
@@ -54,6 +54,6 @@ def private_copy(logits: torch.Tensor) -> torch.Tensor:
     """A copy of ``logits`` (``[vocab]``, possibly an inference tensor) that processors may
     write; for CPU dtypes numpy holds, copied by numpy on the calling thread (a torch
     ``clone`` of 49K values is a parallel region, see the module's note)."""
-    if logits.dtype not in _NUMPY_DTYPES or logits.device.type != "cpu":
+    if not numpy_views(logits):  # bfloat16, or not on the CPU
         return logits.clone()
     return torch.from_numpy(logits.detach().numpy().copy())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from prefixkv.engine.numpy_views import numpy_views
 from prefixkv.engine.request import SamplingParams
 
 
@@ -44,13 +45,9 @@ class Sampler:
         return int(torch.searchsorted(cdf, draw.reshape(1), right=True).clamp_(max=cdf.numel() - 1))
 
 
-# The dtypes numpy can view in place; any other (bfloat16) takes torch's argmax.
-_NUMPY_DTYPES = frozenset({torch.float16, torch.float32, torch.float64})
-
-
 def greedy_token(logits: torch.Tensor) -> int:
     """The index of the largest of ``[vocab]`` ``logits`` (the first of equal ones; the first
     NaN if any), as ``torch.argmax`` gives it. Reads ``logits``; changes nothing."""
-    if logits.dtype not in _NUMPY_DTYPES or logits.device.type != "cpu":
+    if not numpy_views(logits):  # bfloat16, or not on the CPU
         return int(torch.argmax(logits))
     return int(logits.detach().numpy().argmax())
